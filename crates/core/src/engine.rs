@@ -1,0 +1,205 @@
+//! The embeddable engine: create links and resolve codes, without HTTP.
+
+use std::path::PathBuf;
+
+use crate::code::{CodeDeriver, CodeLength, InstallationSecret};
+use crate::model::{EntityRef, Link, Principal, Timestamp};
+use crate::store::{InsertOutcome, SledStore, Store};
+use crate::target::TargetUrl;
+use crate::{Error, ItemProblem, ShortCode};
+
+/// How many candidate codes to try for one link before giving up. With 8+ characters a
+/// second candidate is already astronomically rare; the bound only matters for tiny test codes.
+const MAX_ATTEMPTS: u32 = 64;
+
+/// The most items one `create` call takes, as in the amoCRM API.
+pub const MAX_BATCH: usize = 250;
+
+/// Settings of an engine on the embedded sled default.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The directory holding the sled database (and with it the installation secret).
+    pub data_dir: PathBuf,
+    /// The length of newly issued codes.
+    pub code_length: CodeLength,
+}
+
+impl Config {
+    /// Defaults for a data directory: 12-character codes.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self { data_dir: data_dir.into(), code_length: CodeLength::default() }
+    }
+}
+
+/// One link to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewLink {
+    /// The target, as given; validated by `create`.
+    pub url: String,
+    /// The entity the link is for.
+    pub entity: EntityRef,
+}
+
+/// What `create` did with one item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The item's link: newly created, or the existing one on a retry.
+    Linked(Link),
+    /// No link: the principal has no rights to the entity.
+    NoRights,
+}
+
+/// Creates and resolves short links on a [`Store`].
+pub struct Shortener<S = SledStore> {
+    store: S,
+    codes: CodeDeriver,
+}
+
+impl Shortener<SledStore> {
+    /// Opens the engine on a sled directory, creating it and its installation secret on first use.
+    pub async fn open(config: Config) -> Result<Self, Error> {
+        let dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || SledStore::open(&dir))
+            .await
+            .map_err(|e| Error::Storage(Box::new(e)))??;
+        Self::with_store(store, config.code_length).await
+    }
+}
+
+impl<S: Store> Shortener<S> {
+    /// Runs the engine on any store. The store keeps the installation secret, so engines on
+    /// one store issue the same codes.
+    pub async fn with_store(store: S, code_length: CodeLength) -> Result<Self, Error> {
+        let secret = store.installation_secret(InstallationSecret::generate()?).await?;
+        Ok(Self { store, codes: CodeDeriver::new(secret, code_length) })
+    }
+
+    /// The store, for what the engine does not wrap (the click outbox, notes, tokens).
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Creates one link per item, in order, for the entities the principal has rights to.
+    ///
+    /// All or nothing on validation: if any item is invalid, every invalid item is reported
+    /// and nothing is created. Retrying the same items returns the same links.
+    pub async fn create(&self, who: &Principal, items: &[NewLink]) -> Result<Vec<Outcome>, Error> {
+        if items.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        if items.len() > MAX_BATCH {
+            return Err(Error::BatchTooLarge { max: MAX_BATCH, got: items.len() });
+        }
+        let mut targets = Vec::with_capacity(items.len());
+        let mut problems = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            match TargetUrl::parse(&item.url) {
+                Ok(t) => targets.push(t),
+                Err(problem) => problems.push(ItemProblem { index, problem }),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Error::InvalidItems(problems));
+        }
+
+        let now = Timestamp::now();
+        let mut outcomes: Vec<Outcome> = vec![Outcome::NoRights; items.len()];
+        // (item index, attempt) of every item still looking for its code.
+        let mut pending: Vec<(usize, u32)> =
+            (0..items.len()).filter(|&i| who.scope.allows(items[i].entity)).map(|i| (i, 0)).collect();
+
+        while !pending.is_empty() {
+            let candidates: Vec<Link> = pending
+                .iter()
+                .map(|&(i, attempt)| Link {
+                    code: self.codes.derive(who.account, items[i].entity, &targets[i], attempt),
+                    account: who.account,
+                    entity: items[i].entity,
+                    target: targets[i].clone(),
+                    created_at: now,
+                    created_by: who.user,
+                })
+                .collect();
+            let results = self.store.insert_links(candidates.clone()).await?;
+            let mut collided = Vec::new();
+            for ((index, attempt), (candidate, result)) in pending.into_iter().zip(candidates.into_iter().zip(results))
+            {
+                match result {
+                    InsertOutcome::Inserted => outcomes[index] = Outcome::Linked(candidate),
+                    InsertOutcome::Occupied(existing) if existing.same_identity(&candidate) => {
+                        outcomes[index] = Outcome::Linked(existing)
+                    }
+                    InsertOutcome::Occupied(_) if attempt + 1 >= MAX_ATTEMPTS => {
+                        return Err(Error::CodeSpaceExhausted(MAX_ATTEMPTS))
+                    }
+                    InsertOutcome::Occupied(_) => collided.push((index, attempt + 1)),
+                }
+            }
+            pending = collided;
+        }
+        Ok(outcomes)
+    }
+
+    /// The link for a code taken from untrusted input; `None` if malformed or unknown.
+    pub async fn resolve(&self, code: &str) -> Result<Option<Link>, Error> {
+        match ShortCode::parse(code) {
+            Some(code) => self.store.get_link(&code).await,
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::model::{AccountId, UserId};
+    use crate::store::MemoryStore;
+
+    fn principal() -> Principal {
+        Principal::all_contacts(AccountId(7), UserId(1))
+    }
+
+    /// With two-character codes (3844 of them) 1500 links collide constantly; every link must
+    /// still get its own code and resolve to its own target, and a retry must find them all.
+    async fn forced_collisions<S: Store>(store: S) {
+        let engine = Shortener::with_store(store, CodeLength::tiny_for_tests(2)).await.unwrap();
+        let items: Vec<NewLink> = (1..=1500u64)
+            .map(|id| NewLink { url: format!("https://example.com/p/{}", id % 3), entity: EntityRef::contact(id) })
+            .collect();
+        let mut first = Vec::new();
+        for chunk in items.chunks(MAX_BATCH) {
+            first.extend(engine.create(&principal(), chunk).await.unwrap());
+        }
+        let mut seen = HashMap::new();
+        let mut collisions = 0;
+        for (item, outcome) in items.iter().zip(&first) {
+            let Outcome::Linked(link) = outcome else { panic!("{outcome:?}") };
+            assert_eq!(link.entity, item.entity);
+            assert!(seen.insert(link.code, item.entity).is_none(), "code {} issued twice", link.code);
+            let stored = engine.store().get_link(&link.code).await.unwrap().unwrap();
+            assert_eq!(stored.target.as_str(), TargetUrl::parse(&item.url).unwrap().as_str());
+            assert_eq!(stored.entity, item.entity, "a link was overwritten");
+            let attempt0 = engine.codes.derive(AccountId(7), item.entity, &stored.target, 0);
+            collisions += usize::from(attempt0 != link.code);
+        }
+        assert!(collisions > 100, "the test must actually collide, got {collisions}");
+        let mut again = Vec::new();
+        for chunk in items.chunks(MAX_BATCH) {
+            again.extend(engine.create(&principal(), chunk).await.unwrap());
+        }
+        assert_eq!(first, again, "a retry must return the very same links");
+    }
+
+    #[tokio::test]
+    async fn forced_collisions_on_memory() {
+        forced_collisions(MemoryStore::new()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forced_collisions_on_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        forced_collisions(SledStore::open(dir.path()).unwrap()).await;
+    }
+}

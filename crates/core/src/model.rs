@@ -1,0 +1,232 @@
+//! The records shortlinks keeps: links, clicks, notes and API tokens.
+
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::code::ShortCode;
+use crate::target::TargetUrl;
+
+/// A CRM account: the unit of isolation. Nothing crosses accounts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AccountId(pub u64);
+
+/// A CRM user, the author of links and notes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct UserId(pub u64);
+
+/// Kinds of CRM entity a link can belong to. Only contacts today; leads and companies can
+/// be added as variants without changing stored data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntityType {
+    /// A contact: the only type the amoCRM API accepts today.
+    Contacts,
+}
+
+impl EntityType {
+    /// The stable one-byte tag used in storage keys and code derivation.
+    pub fn tag(self) -> u8 {
+        match self {
+            Self::Contacts => 1,
+        }
+    }
+
+    /// The name used in the HTTP API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Contacts => "contacts",
+        }
+    }
+
+    /// Parses the HTTP API name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "contacts" => Some(Self::Contacts),
+            _ => None,
+        }
+    }
+}
+
+/// One CRM entity: its type and id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EntityRef {
+    /// The entity's type.
+    pub kind: EntityType,
+    /// The entity's id within its account.
+    pub id: u64,
+}
+
+impl EntityRef {
+    /// A contact.
+    pub fn contact(id: u64) -> Self {
+        Self { kind: EntityType::Contacts, id }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    /// The current wall-clock time.
+    pub fn now() -> Self {
+        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        Self(u64::try_from(ms).unwrap_or(u64::MAX))
+    }
+
+    /// Whole seconds, as amoCRM reports times.
+    pub fn as_secs(self) -> u64 {
+        self.0 / 1000
+    }
+}
+
+/// A short link: one code for one entity and one target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    /// The code in the short URL.
+    pub code: ShortCode,
+    /// The account that owns the link.
+    pub account: AccountId,
+    /// The entity the link was made for.
+    pub entity: EntityRef,
+    /// Where the link redirects.
+    pub target: TargetUrl,
+    /// When it was first created.
+    pub created_at: Timestamp,
+    /// Who first created it.
+    pub created_by: UserId,
+}
+
+impl Link {
+    /// Whether two links are the same link: same account, entity and target.
+    /// Creation time and author do not count, so a retry finds the original.
+    pub fn same_identity(&self, other: &Link) -> bool {
+        self.account == other.account && self.entity == other.entity && self.target == other.target
+    }
+}
+
+/// The HTTP method of a click; HEAD is never a visit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClickMethod {
+    /// A GET: possibly a person.
+    Get,
+    /// A HEAD: a machine checking the link.
+    Head,
+}
+
+/// One request to a short link, as captured on the hot path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Click {
+    /// The code that was requested.
+    pub code: ShortCode,
+    /// When the request arrived.
+    pub at: Timestamp,
+    /// GET or HEAD.
+    pub method: ClickMethod,
+    /// The `User-Agent` header, if any.
+    pub user_agent: Option<String>,
+    /// The `Referer` header, if any.
+    pub referer: Option<String>,
+    /// Prefetch hints (`Purpose`, `Sec-Purpose` and the like), joined, if any.
+    pub prefetch: Option<String>,
+    /// The client's address.
+    pub client_ip: Option<IpAddr>,
+}
+
+/// Where a click sits in the outbox. Ordered; opaque to callers beyond that.
+///
+/// 128 bits, so that backends with two-part ids (a Redis stream's `ms-seq`) fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ClickId(pub u128);
+
+/// A note on an entity, as kept in the notes journal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Note {
+    /// Stable id, derived from what caused the note, so that redelivery is idempotent.
+    pub id: u64,
+    /// The account the entity belongs to.
+    pub account: AccountId,
+    /// The entity the note is on.
+    pub entity: EntityRef,
+    /// The author: for a followed link, the link's creator.
+    pub created_by: UserId,
+    /// When the noted event happened.
+    pub created_at: Timestamp,
+    /// What the note says.
+    pub body: NoteBody,
+}
+
+/// The content of a note.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NoteBody {
+    /// A person followed a link; `url` is the ORIGINAL target, never the short link.
+    LinkFollowed {
+        /// The original URL.
+        url: TargetUrl,
+    },
+}
+
+/// Which contacts a caller may make links for and read notes of.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContactScope {
+    /// Every contact of the account.
+    All,
+    /// Only these contacts (sorted, no duplicates).
+    Only(Vec<u64>),
+}
+
+impl ContactScope {
+    /// A scope of exactly these contacts.
+    pub fn only(mut ids: Vec<u64>) -> Self {
+        ids.sort_unstable();
+        ids.dedup();
+        Self::Only(ids)
+    }
+
+    /// Whether the entity is inside the scope.
+    pub fn allows(&self, entity: EntityRef) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(ids) => entity.kind == EntityType::Contacts && ids.binary_search(&entity.id).is_ok(),
+        }
+    }
+}
+
+/// Who is acting: an account, a user, and the contacts they have rights to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The account acted in.
+    pub account: AccountId,
+    /// The acting user.
+    pub user: UserId,
+    /// The user's rights.
+    pub scope: ContactScope,
+}
+
+impl Principal {
+    /// A principal with rights to every contact, for embedding hosts that check rights themselves.
+    pub fn all_contacts(account: AccountId, user: UserId) -> Self {
+        Self { account, user, scope: ContactScope::All }
+    }
+}
+
+/// An API token as stored: never the token itself, only its hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    /// Public id, part of the token text, used to find the record and to revoke it.
+    pub id: String,
+    /// A hash of the whole token text.
+    pub hash: [u8; 32],
+    /// The principal the token acts as.
+    pub account: AccountId,
+    /// The user the token acts as.
+    pub user: UserId,
+    /// The token's rights.
+    pub scope: ContactScope,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<Timestamp>,
+}

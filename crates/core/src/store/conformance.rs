@@ -1,0 +1,194 @@
+//! The contract every [`Store`] backend must meet, as runnable checks.
+//!
+//! Backends call [`run`] from their tests on a fresh, empty store; it panics on the first
+//! broken promise. It lives in the library, not under `tests/`, so that backends in other
+//! crates (Redis) are held to exactly the same contract.
+
+use super::{InsertOutcome, NotesQuery, Store};
+use crate::code::{InstallationSecret, ShortCode};
+use crate::model::{
+    AccountId, ApiToken, Click, ClickId, ClickMethod, ContactScope, EntityRef, EntityType, Link, Note, NoteBody,
+    Timestamp, UserId,
+};
+use crate::target::TargetUrl;
+
+/// Runs every check against a fresh, empty store.
+pub async fn run<S: Store>(store: &S) {
+    links(store).await;
+    click_outbox(store).await;
+    notes_journal(store).await;
+    tokens(store).await;
+    installation_secret(store).await;
+    store.flush().await.expect("flush");
+}
+
+/// A link for the checks: `code` must be base62.
+pub fn link(code: &str, account: u64, contact: u64, target: &str) -> Link {
+    Link {
+        code: ShortCode::from_key(code.as_bytes()).expect("base62 code"),
+        account: AccountId(account),
+        entity: EntityRef::contact(contact),
+        target: TargetUrl::parse(target).expect("valid target"),
+        created_at: Timestamp(1_700_000_000_000),
+        created_by: UserId(1),
+    }
+}
+
+/// A click for the checks.
+pub fn click(code: &str, at: u64) -> Click {
+    Click {
+        code: ShortCode::from_key(code.as_bytes()).expect("base62 code"),
+        at: Timestamp(at),
+        method: ClickMethod::Get,
+        user_agent: Some("Mozilla/5.0".into()),
+        referer: None,
+        prefetch: None,
+        client_ip: Some([127, 0, 0, 1].into()),
+    }
+}
+
+/// A note for the checks.
+pub fn note(id: u64, account: u64, contact: u64, at: u64) -> Note {
+    Note {
+        id,
+        account: AccountId(account),
+        entity: EntityRef::contact(contact),
+        created_by: UserId(1),
+        created_at: Timestamp(at),
+        body: NoteBody::LinkFollowed { url: TargetUrl::parse("https://example.com/").expect("valid") },
+    }
+}
+
+async fn links<S: Store>(store: &S) {
+    let a = link("AAAAAAAAAAAA", 1, 10, "https://a.example/");
+    let b = link("BBBBBBBBBBBB", 1, 10, "https://b.example/");
+    let c = link("CCCCCCCCCCCC", 1, 11, "https://a.example/");
+    let other_account = link("DDDDDDDDDDDD", 2, 10, "https://a.example/");
+
+    let miss = store.get_link(&a.code).await.expect("get");
+    assert_eq!(miss, None, "an empty store has no links");
+
+    let outcomes =
+        store.insert_links(vec![b.clone(), a.clone(), c.clone(), other_account.clone()]).await.expect("insert");
+    assert_eq!(outcomes, vec![InsertOutcome::Inserted; 4]);
+    for l in [&a, &b, &c, &other_account] {
+        assert_eq!(store.get_link(&l.code).await.expect("get").as_ref(), Some(l), "read back {}", l.code);
+    }
+
+    // The same code again, for the same link (a retry) or another (a collision): never overwritten.
+    let mut intruder = link("AAAAAAAAAAAA", 9, 99, "https://evil.example/");
+    intruder.created_by = UserId(666);
+    let outcomes = store.insert_links(vec![a.clone(), intruder]).await.expect("insert");
+    assert_eq!(outcomes, vec![InsertOutcome::Occupied(a.clone()), InsertOutcome::Occupied(a.clone())]);
+    assert_eq!(store.get_link(&a.code).await.expect("get"), Some(a.clone()), "a collision overwrote a link");
+    assert!(store.links_of(AccountId(9), EntityRef::contact(99)).await.expect("list").is_empty());
+
+    // Within one batch, a later item sees an earlier one.
+    let e = link("EEEEEEEEEEEE", 1, 12, "https://e.example/");
+    let e_twin = link("EEEEEEEEEEEE", 1, 13, "https://f.example/");
+    let outcomes = store.insert_links(vec![e.clone(), e_twin]).await.expect("insert");
+    assert_eq!(outcomes, vec![InsertOutcome::Inserted, InsertOutcome::Occupied(e.clone())]);
+    assert!(store.links_of(AccountId(1), EntityRef::contact(13)).await.expect("list").is_empty());
+
+    // Per-entity listing: key (code) order, nothing from other entities or accounts.
+    assert_eq!(store.links_of(AccountId(1), EntityRef::contact(10)).await.expect("list"), vec![a.clone(), b.clone()]);
+    assert_eq!(store.links_of(AccountId(1), EntityRef::contact(11)).await.expect("list"), vec![c]);
+    assert_eq!(store.links_of(AccountId(2), EntityRef::contact(10)).await.expect("list"), vec![other_account]);
+    assert!(store.links_of(AccountId(3), EntityRef::contact(10)).await.expect("list").is_empty());
+
+    // Ids that differ only in a high byte must not share a key prefix.
+    let high = link("HHHHHHHHHHHH", 1, 10 + (1 << 56), "https://h.example/");
+    store.insert_links(vec![high.clone()]).await.expect("insert");
+    assert_eq!(store.links_of(AccountId(1), EntityRef::contact(10)).await.expect("list").len(), 2);
+    assert_eq!(store.links_of(AccountId(1), high.entity).await.expect("list"), vec![high]);
+}
+
+async fn click_outbox<S: Store>(store: &S) {
+    assert!(store.read_clicks(None, 10).await.expect("read").is_empty(), "the outbox starts empty");
+    store
+        .append_clicks(vec![click("AAAAAAAAAAAA", 1), click("BBBBBBBBBBBB", 2), click("CCCCCCCCCCCC", 3)])
+        .await
+        .expect("append");
+    store.append_clicks(vec![click("DDDDDDDDDDDD", 4), click("EEEEEEEEEEEE", 5)]).await.expect("append");
+    store.append_clicks(Vec::new()).await.expect("an empty append is fine");
+
+    let all = store.read_clicks(None, 100).await.expect("read");
+    let times: Vec<u64> = all.iter().map(|(_, c)| c.at.0).collect();
+    assert_eq!(times, vec![1, 2, 3, 4, 5], "clicks come back in append order");
+    assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "ids grow");
+    assert_eq!(all[0].1, click("AAAAAAAAAAAA", 1));
+
+    let first_two = store.read_clicks(None, 2).await.expect("read");
+    assert_eq!(first_two, all[..2].to_vec());
+    let after = store.read_clicks(Some(first_two[1].0), 2).await.expect("read");
+    assert_eq!(after, all[2..4].to_vec(), "reading after a cursor");
+
+    let mut acked: Vec<ClickId> = vec![all[0].0, all[2].0];
+    acked.push(ClickId(u128::MAX)); // unknown ids are ignored
+    store.ack_clicks(acked).await.expect("ack");
+    let left: Vec<u64> = store.read_clicks(None, 100).await.expect("read").iter().map(|(_, c)| c.at.0).collect();
+    assert_eq!(left, vec![2, 4, 5], "acknowledged clicks are gone, the rest stay in order");
+
+    store.append_clicks(vec![click("FFFFFFFFFFFF", 6)]).await.expect("append");
+    let rest = store.read_clicks(None, 100).await.expect("read");
+    assert_eq!(rest.last().map(|(_, c)| c.at.0), Some(6), "a new click goes after the unacknowledged ones");
+    store.ack_clicks(rest.iter().map(|(id, _)| *id).collect()).await.expect("ack");
+    assert!(store.read_clicks(None, 100).await.expect("read").is_empty());
+}
+
+fn query(account: u64, ids: Option<Vec<u64>>, offset: usize, limit: usize) -> NotesQuery {
+    NotesQuery { account: AccountId(account), entity_type: EntityType::Contacts, entity_ids: ids, offset, limit }
+}
+
+async fn notes_journal<S: Store>(store: &S) {
+    assert!(store.list_notes(query(1, None, 0, 10)).await.expect("list").is_empty());
+    let n = |id, contact, at| note(id, 1, contact, at);
+    store.append_notes(vec![n(5, 20, 300), n(3, 10, 200), n(4, 10, 100)]).await.expect("append");
+    store.append_notes(vec![note(6, 2, 10, 50), n(7, 30, 10)]).await.expect("append");
+    // Redelivery of the same note is not a second note.
+    store.append_notes(vec![n(3, 10, 200)]).await.expect("append");
+
+    let ids = |notes: Vec<Note>| notes.iter().map(|n| n.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.list_notes(query(1, Some(vec![10]), 0, 10)).await.expect("list")), vec![4, 3], "time order");
+    assert_eq!(
+        ids(store.list_notes(query(1, None, 0, 10)).await.expect("list")),
+        vec![4, 3, 5, 7],
+        "by entity, then time"
+    );
+    assert_eq!(ids(store.list_notes(query(1, None, 1, 2)).await.expect("list")), vec![3, 5], "offset and limit");
+    assert_eq!(ids(store.list_notes(query(1, None, 4, 2)).await.expect("list")), Vec::<u64>::new(), "past the end");
+    assert_eq!(ids(store.list_notes(query(1, Some(vec![10, 30]), 0, 10)).await.expect("list")), vec![4, 3, 7]);
+    assert_eq!(ids(store.list_notes(query(1, Some(vec![10, 30]), 2, 10)).await.expect("list")), vec![7]);
+    assert_eq!(ids(store.list_notes(query(1, Some(vec![99]), 0, 10)).await.expect("list")), Vec::<u64>::new());
+    assert_eq!(ids(store.list_notes(query(2, None, 0, 10)).await.expect("list")), vec![6], "accounts are isolated");
+    let stored = store.list_notes(query(2, None, 0, 1)).await.expect("list");
+    assert_eq!(stored, vec![note(6, 2, 10, 50)], "notes read back whole");
+}
+
+async fn tokens<S: Store>(store: &S) {
+    let token = |id: &str| ApiToken {
+        id: id.into(),
+        hash: [7; 32],
+        account: AccountId(1),
+        user: UserId(2),
+        scope: ContactScope::only(vec![3, 1]),
+        created_at: Timestamp(5),
+        revoked_at: None,
+    };
+    assert_eq!(store.get_token("b").await.expect("get"), None);
+    store.put_token(token("b")).await.expect("put");
+    store.put_token(token("a")).await.expect("put");
+    assert_eq!(store.get_token("b").await.expect("get"), Some(token("b")));
+    let mut revoked = token("b");
+    revoked.revoked_at = Some(Timestamp(9));
+    store.put_token(revoked.clone()).await.expect("put");
+    assert_eq!(store.get_token("b").await.expect("get"), Some(revoked.clone()));
+    assert_eq!(store.list_tokens().await.expect("list"), vec![token("a"), revoked], "id order");
+}
+
+async fn installation_secret<S: Store>(store: &S) {
+    let first = InstallationSecret::from_bytes([1; 32]);
+    let second = InstallationSecret::from_bytes([2; 32]);
+    assert_eq!(store.installation_secret(first.clone()).await.expect("secret"), first);
+    assert_eq!(store.installation_secret(second).await.expect("secret"), first, "the first secret stays");
+}

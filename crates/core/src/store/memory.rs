@@ -1,0 +1,164 @@
+//! An in-memory backend: for tests, and for hosts that keep links elsewhere.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use super::{keys, ClickOutbox, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Store, TokenStore};
+use crate::code::{InstallationSecret, ShortCode};
+use crate::model::{AccountId, ApiToken, Click, ClickId, EntityRef, Link, Note};
+use crate::Error;
+
+/// Everything in process memory; nothing survives the process. Cheap to clone: clones share data.
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    links: Arc<RwLock<Links>>,
+    rest: Arc<Mutex<Rest>>,
+}
+
+#[derive(Default)]
+struct Links {
+    by_code: BTreeMap<ShortCode, Link>,
+    by_entity: BTreeMap<Vec<u8>, ShortCode>,
+}
+
+#[derive(Default)]
+struct Rest {
+    next_click: u128,
+    clicks: BTreeMap<ClickId, Click>,
+    notes: BTreeMap<[u8; 33], Note>,
+    tokens: BTreeMap<String, ApiToken>,
+    secret: Option<InstallationSecret>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn rest(&self) -> MutexGuard<'_, Rest> {
+        // A panic while holding the lock cannot leave these maps half-updated.
+        self.rest.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl LinkStore for MemoryStore {
+    async fn insert_links(&self, links: Vec<Link>) -> Result<Vec<InsertOutcome>, Error> {
+        let mut guard = self.links.write().unwrap_or_else(|p| p.into_inner());
+        let mut outcomes = Vec::with_capacity(links.len());
+        for link in links {
+            if let Some(existing) = guard.by_code.get(&link.code) {
+                outcomes.push(InsertOutcome::Occupied(existing.clone()));
+                continue;
+            }
+            let index = keys::link_index_key(link.account, link.entity, link.code.as_bytes());
+            guard.by_entity.insert(index, link.code);
+            guard.by_code.insert(link.code, link);
+            outcomes.push(InsertOutcome::Inserted);
+        }
+        Ok(outcomes)
+    }
+
+    async fn get_link(&self, code: &ShortCode) -> Result<Option<Link>, Error> {
+        Ok(self.links.read().unwrap_or_else(|p| p.into_inner()).by_code.get(code).cloned())
+    }
+
+    async fn links_of(&self, account: AccountId, entity: EntityRef) -> Result<Vec<Link>, Error> {
+        let prefix = keys::entity_prefix(account, entity);
+        let guard = self.links.read().unwrap_or_else(|p| p.into_inner());
+        let found = guard
+            .by_entity
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter_map(|(_, code)| guard.by_code.get(code).cloned())
+            .collect();
+        Ok(found)
+    }
+}
+
+impl ClickOutbox for MemoryStore {
+    async fn append_clicks(&self, clicks: Vec<Click>) -> Result<(), Error> {
+        let mut rest = self.rest();
+        for click in clicks {
+            rest.next_click += 1;
+            let id = ClickId(rest.next_click);
+            rest.clicks.insert(id, click);
+        }
+        Ok(())
+    }
+
+    async fn read_clicks(&self, after: Option<ClickId>, max: usize) -> Result<Vec<(ClickId, Click)>, Error> {
+        let rest = self.rest();
+        let start = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        Ok(rest.clicks.range((start, std::ops::Bound::Unbounded)).take(max).map(|(id, c)| (*id, c.clone())).collect())
+    }
+
+    async fn ack_clicks(&self, ids: Vec<ClickId>) -> Result<(), Error> {
+        let mut rest = self.rest();
+        for id in ids {
+            rest.clicks.remove(&id);
+        }
+        Ok(())
+    }
+}
+
+impl NotesJournal for MemoryStore {
+    async fn append_notes(&self, notes: Vec<Note>) -> Result<(), Error> {
+        let mut rest = self.rest();
+        for note in notes {
+            let key = keys::note_key(note.account, note.entity, note.created_at, note.id);
+            rest.notes.entry(key).or_insert(note);
+        }
+        Ok(())
+    }
+
+    async fn list_notes(&self, query: NotesQuery) -> Result<Vec<Note>, Error> {
+        let prefix = keys::account_type_prefix(query.account, query.entity_type);
+        let rest = self.rest();
+        let mut start = [0u8; 33];
+        start[..9].copy_from_slice(&prefix);
+        Ok(rest
+            .notes
+            .range(start..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter(|(k, _)| wanted(&query, k.as_slice()))
+            .skip(query.offset)
+            .take(query.limit)
+            .map(|(_, n)| n.clone())
+            .collect())
+    }
+}
+
+/// Whether a note key belongs to an entity the query asks for.
+fn wanted(query: &NotesQuery, key: &[u8]) -> bool {
+    match (&query.entity_ids, keys::entity_id_of(key)) {
+        (None, _) => true,
+        (Some(ids), Some(id)) => ids.binary_search(&id).is_ok(),
+        (Some(_), None) => false,
+    }
+}
+
+impl TokenStore for MemoryStore {
+    async fn put_token(&self, token: ApiToken) -> Result<(), Error> {
+        self.rest().tokens.insert(token.id.clone(), token);
+        Ok(())
+    }
+
+    async fn get_token(&self, id: &str) -> Result<Option<ApiToken>, Error> {
+        Ok(self.rest().tokens.get(id).cloned())
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<ApiToken>, Error> {
+        Ok(self.rest().tokens.values().cloned().collect())
+    }
+}
+
+impl Store for MemoryStore {
+    async fn installation_secret(&self, candidate: InstallationSecret) -> Result<InstallationSecret, Error> {
+        Ok(self.rest().secret.get_or_insert(candidate).clone())
+    }
+
+    async fn flush(&self) -> Result<(), Error> {
+        Ok(())
+    }
+}

@@ -1,0 +1,254 @@
+//! The embedded default backend: sled 0.34, in one directory.
+//!
+//! Trees (all values are [`crate::codec`] records):
+//!
+//! | tree        | key                                               | value        |
+//! |-------------|---------------------------------------------------|--------------|
+//! | `links`     | code bytes                                        | `Link`       |
+//! | `by_entity` | account u64 ‖ type u8 ‖ entity u64 ‖ code bytes   | empty        |
+//! | `clicks`    | sled-generated id u64 (monotonic)                 | `Click`      |
+//! | `notes`     | account u64 ‖ type u8 ‖ entity u64 ‖ at u64 ‖ id u64 | `Note`    |
+//! | `tokens`    | token id                                          | `ApiToken`   |
+//! | default     | `installation_secret`                             | 32 raw bytes |
+//!
+//! Integers in keys are big-endian, so scans come out in numeric order.
+//!
+//! Reads run inline: sled serves them from its page cache, and the hot path will put its own
+//! cache in front. Anything that writes or flushes (an fsync) runs on tokio's blocking pool.
+
+use std::ops::Bound;
+use std::path::Path;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use super::{keys, ClickOutbox, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Store, TokenStore};
+use crate::code::{InstallationSecret, ShortCode};
+use crate::codec::{decode, encode};
+use crate::model::{AccountId, ApiToken, Click, ClickId, EntityRef, Link, Note};
+use crate::Error;
+
+const SECRET_KEY: &[u8] = b"installation_secret";
+
+/// A sled database. Cheap to clone: clones share the open database.
+#[derive(Clone)]
+pub struct SledStore {
+    db: sled::Db,
+    links: sled::Tree,
+    by_entity: sled::Tree,
+    clicks: sled::Tree,
+    notes: sled::Tree,
+    tokens: sled::Tree,
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in `dir`. sled locks the directory: one process at a time.
+    pub fn open(dir: &Path) -> Result<Self, Error> {
+        let db = sled::Config::new().path(dir).open()?;
+        Ok(Self {
+            links: db.open_tree("links")?,
+            by_entity: db.open_tree("by_entity")?,
+            clicks: db.open_tree("clicks")?,
+            notes: db.open_tree("notes")?,
+            tokens: db.open_tree("tokens")?,
+            db,
+        })
+    }
+
+    /// Runs blocking work on tokio's blocking pool.
+    async fn blocking<T, F>(&self, work: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&SledStore) -> Result<T, Error> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || work(&store)).await.map_err(|e| Error::Storage(Box::new(e)))?
+    }
+
+    fn flush_now(&self) -> Result<(), Error> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+impl LinkStore for SledStore {
+    async fn insert_links(&self, links: Vec<Link>) -> Result<Vec<InsertOutcome>, Error> {
+        self.blocking(move |s| {
+            let encoded = links.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
+            let outcomes = (&s.links, &s.by_entity)
+                .transaction(|(tx_links, tx_index)| {
+                    let mut outcomes = Vec::with_capacity(links.len());
+                    for (link, bytes) in links.iter().zip(&encoded) {
+                        let key = link.code.as_bytes();
+                        if let Some(existing) = tx_links.get(key)? {
+                            let existing = decode(&existing).map_err(ConflictableTransactionError::Abort)?;
+                            outcomes.push(InsertOutcome::Occupied(existing));
+                            continue;
+                        }
+                        tx_links.insert(key, bytes.as_slice())?;
+                        tx_index.insert(keys::link_index_key(link.account, link.entity, key), &[] as &[u8])?;
+                        outcomes.push(InsertOutcome::Inserted);
+                    }
+                    Ok(outcomes)
+                })
+                .map_err(|e| match e {
+                    TransactionError::Abort(e) => e,
+                    TransactionError::Storage(e) => Error::from(e),
+                })?;
+            s.flush_now()?;
+            Ok(outcomes)
+        })
+        .await
+    }
+
+    async fn get_link(&self, code: &ShortCode) -> Result<Option<Link>, Error> {
+        match self.links.get(code.as_bytes())? {
+            Some(bytes) => decode(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn links_of(&self, account: AccountId, entity: EntityRef) -> Result<Vec<Link>, Error> {
+        let prefix = keys::entity_prefix(account, entity);
+        let mut links = Vec::new();
+        for entry in self.by_entity.scan_prefix(prefix) {
+            let (key, _) = entry?;
+            let code = ShortCode::from_key(&key[prefix.len()..])
+                .ok_or_else(|| Error::Corrupt("bad code in the entity index".into()))?;
+            if let Some(link) = self.get_link(&code).await? {
+                links.push(link);
+            }
+        }
+        Ok(links)
+    }
+}
+
+impl ClickOutbox for SledStore {
+    async fn append_clicks(&self, clicks: Vec<Click>) -> Result<(), Error> {
+        self.blocking(move |s| {
+            let mut batch = sled::Batch::default();
+            for click in &clicks {
+                let id = s.db.generate_id()?;
+                batch.insert(&id.to_be_bytes(), encode(click)?);
+            }
+            s.clicks.apply_batch(batch)?;
+            s.flush_now()
+        })
+        .await
+    }
+
+    async fn read_clicks(&self, after: Option<ClickId>, max: usize) -> Result<Vec<(ClickId, Click)>, Error> {
+        let start = match after {
+            Some(ClickId(id)) => match u64::try_from(id) {
+                Ok(id) => Bound::Excluded(id.to_be_bytes()),
+                Err(_) => return Ok(Vec::new()),
+            },
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for entry in self.clicks.range::<[u8; 8], _>((start, Bound::Unbounded)).take(max) {
+            let (key, value) = entry?;
+            let id: [u8; 8] = key.as_ref().try_into().map_err(|_| Error::Corrupt("bad click id".into()))?;
+            out.push((ClickId(u64::from_be_bytes(id).into()), decode(&value)?));
+        }
+        Ok(out)
+    }
+
+    async fn ack_clicks(&self, ids: Vec<ClickId>) -> Result<(), Error> {
+        // No flush: an ack lost in a crash only means the click is delivered again.
+        let mut batch = sled::Batch::default();
+        for ClickId(id) in ids {
+            if let Ok(id) = u64::try_from(id) {
+                batch.remove(&id.to_be_bytes());
+            }
+        }
+        self.blocking(move |s| Ok(s.clicks.apply_batch(batch)?)).await
+    }
+}
+
+impl NotesJournal for SledStore {
+    async fn append_notes(&self, notes: Vec<Note>) -> Result<(), Error> {
+        self.blocking(move |s| {
+            for note in &notes {
+                let key = keys::note_key(note.account, note.entity, note.created_at, note.id);
+                // Insert-if-absent: a redelivered note leaves the first copy as it is.
+                let _ = s.notes.compare_and_swap(key, None as Option<&[u8]>, Some(encode(note)?))?;
+            }
+            s.flush_now()
+        })
+        .await
+    }
+
+    async fn list_notes(&self, query: NotesQuery) -> Result<Vec<Note>, Error> {
+        let mut prefixes: Vec<Vec<u8>> = match &query.entity_ids {
+            None => vec![keys::account_type_prefix(query.account, query.entity_type).to_vec()],
+            Some(ids) => ids
+                .iter()
+                .map(|&id| keys::entity_prefix(query.account, EntityRef { kind: query.entity_type, id }).to_vec())
+                .collect(),
+        };
+        prefixes.sort();
+        let mut out = Vec::new();
+        let mut skip = query.offset;
+        for prefix in prefixes {
+            for entry in self.notes.scan_prefix(prefix) {
+                if out.len() == query.limit {
+                    return Ok(out);
+                }
+                let (_, value) = entry?;
+                if skip > 0 {
+                    skip -= 1;
+                    continue;
+                }
+                out.push(decode(&value)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl TokenStore for SledStore {
+    async fn put_token(&self, token: ApiToken) -> Result<(), Error> {
+        self.blocking(move |s| {
+            s.tokens.insert(token.id.as_bytes(), encode(&token)?)?;
+            s.flush_now()
+        })
+        .await
+    }
+
+    async fn get_token(&self, id: &str) -> Result<Option<ApiToken>, Error> {
+        match self.tokens.get(id.as_bytes())? {
+            Some(bytes) => decode(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<ApiToken>, Error> {
+        self.tokens.iter().map(|entry| decode(&entry?.1)).collect()
+    }
+}
+
+impl Store for SledStore {
+    async fn installation_secret(&self, candidate: InstallationSecret) -> Result<InstallationSecret, Error> {
+        self.blocking(move |s| {
+            let bytes = candidate.to_bytes();
+            let stored = match s.db.compare_and_swap(SECRET_KEY, None as Option<&[u8]>, Some(&bytes[..]))? {
+                Ok(()) => {
+                    s.flush_now()?;
+                    return Ok(candidate);
+                }
+                Err(current) => current.current,
+            };
+            let stored: [u8; 32] = stored
+                .as_deref()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| Error::Corrupt("installation secret is not 32 bytes".into()))?;
+            Ok(InstallationSecret::from_bytes(stored))
+        })
+        .await
+    }
+
+    async fn flush(&self) -> Result<(), Error> {
+        self.blocking(SledStore::flush_now).await
+    }
+}

@@ -1,0 +1,75 @@
+//! Every backend in this crate against the one storage contract.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+use shortlinks_core::store::{conformance, ClickOutbox, LinkStore, NotesJournal, NotesQuery, TokenStore};
+use shortlinks_core::{
+    AccountId, Config, EntityRef, EntityType, MemoryStore, NewLink, Outcome, Principal, Shortener, SledStore, Store,
+    UserId,
+};
+
+#[tokio::test]
+async fn memory_meets_the_contract() {
+    conformance::run(&MemoryStore::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_meets_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::run(&SledStore::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_data_survives_close_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = conformance::link("AbCdEfGh1234", 5, 50, "https://persist.example/x?y=1");
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        store.insert_links(vec![link.clone()]).await.unwrap();
+        store
+            .append_clicks(vec![conformance::click("AbCdEfGh1234", 10), conformance::click("AbCdEfGh1234", 11)])
+            .await
+            .unwrap();
+        let first = store.read_clicks(None, 1).await.unwrap();
+        store.ack_clicks(vec![first[0].0]).await.unwrap();
+        store.append_notes(vec![conformance::note(1, 5, 50, 10)]).await.unwrap();
+        store.flush().await.unwrap();
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.get_link(&link.code).await.unwrap(), Some(link.clone()));
+    assert_eq!(store.links_of(AccountId(5), EntityRef::contact(50)).await.unwrap(), vec![link]);
+    let clicks = store.read_clicks(None, 10).await.unwrap();
+    assert_eq!(
+        clicks.iter().map(|(_, c)| c.at.0).collect::<Vec<_>>(),
+        vec![11],
+        "unacked clicks survive, acked stay gone"
+    );
+    let query =
+        NotesQuery { account: AccountId(5), entity_type: EntityType::Contacts, entity_ids: None, offset: 0, limit: 10 };
+    assert_eq!(store.list_notes(query).await.unwrap(), vec![conformance::note(1, 5, 50, 10)]);
+    assert!(store.list_tokens().await.unwrap().is_empty());
+    // Ids keep growing across a reopen, so new clicks still sort after the old ones.
+    store.append_clicks(vec![conformance::click("AbCdEfGh1234", 12)]).await.unwrap();
+    let ids: Vec<_> = store.read_clicks(None, 10).await.unwrap().into_iter().map(|(id, _)| id).collect();
+    assert!(ids[0] < ids[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_keeps_its_secret_and_links_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let who = Principal::all_contacts(AccountId(1), UserId(1));
+    let items = vec![NewLink { url: "https://example.com/offer".into(), entity: EntityRef::contact(42) }];
+    let first = {
+        let engine = Shortener::open(Config::new(dir.path())).await.unwrap();
+        engine.create(&who, &items).await.unwrap()
+    };
+    let engine = Shortener::open(Config::new(dir.path())).await.unwrap();
+    assert_eq!(engine.create(&who, &items).await.unwrap(), first, "same secret, same code");
+    let Outcome::Linked(link) = &first[0] else { panic!("{first:?}") };
+    assert_eq!(engine.resolve(link.code.as_str()).await.unwrap().as_ref(), Some(link));
+
+    // A different installation derives different codes for the same input.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Shortener::open(Config::new(other_dir.path())).await.unwrap();
+    assert_ne!(other.create(&who, &items).await.unwrap(), first);
+}
