@@ -6,7 +6,7 @@ use crate::code::{CodeDeriver, CodeLength, InstallationSecret};
 use crate::model::{EntityRef, Link, Principal, Timestamp};
 use crate::store::{InsertOutcome, SledStore, Store};
 use crate::target::TargetUrl;
-use crate::{Error, ItemProblem, ShortCode};
+use crate::{Error, ShortCode};
 
 /// How many candidate codes to try for one link before giving up. With 8+ characters a
 /// second candidate is already astronomically rare; the bound only matters for tiny test codes.
@@ -31,11 +31,12 @@ impl Config {
     }
 }
 
-/// One link to create.
+/// One link to create. The target is already validated: callers report bad URLs in
+/// their own terms (the HTTP API per item, with every other problem of that item).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewLink {
-    /// The target, as given; validated by `create`.
-    pub url: String,
+    /// Where the link will redirect.
+    pub target: TargetUrl,
     /// The entity the link is for.
     pub entity: EntityRef,
 }
@@ -81,8 +82,8 @@ impl<S: Store> Shortener<S> {
 
     /// Creates one link per item, in order, for the entities the principal has rights to.
     ///
-    /// All or nothing on validation: if any item is invalid, every invalid item is reported
-    /// and nothing is created. Retrying the same items returns the same links.
+    /// Retrying the same items returns the same links; an item repeated within the batch
+    /// gets the same link each time.
     pub async fn create(&self, who: &Principal, items: &[NewLink]) -> Result<Vec<Outcome>, Error> {
         if items.is_empty() {
             return Err(Error::EmptyBatch);
@@ -90,18 +91,6 @@ impl<S: Store> Shortener<S> {
         if items.len() > MAX_BATCH {
             return Err(Error::BatchTooLarge { max: MAX_BATCH, got: items.len() });
         }
-        let mut targets = Vec::with_capacity(items.len());
-        let mut problems = Vec::new();
-        for (index, item) in items.iter().enumerate() {
-            match TargetUrl::parse(&item.url) {
-                Ok(t) => targets.push(t),
-                Err(problem) => problems.push(ItemProblem { index, problem }),
-            }
-        }
-        if !problems.is_empty() {
-            return Err(Error::InvalidItems(problems));
-        }
-
         let now = Timestamp::now();
         let mut outcomes: Vec<Outcome> = vec![Outcome::NoRights; items.len()];
         // (item index, attempt) of every item still looking for its code.
@@ -112,10 +101,10 @@ impl<S: Store> Shortener<S> {
             let candidates: Vec<Link> = pending
                 .iter()
                 .map(|&(i, attempt)| Link {
-                    code: self.codes.derive(who.account, items[i].entity, &targets[i], attempt),
+                    code: self.codes.derive(who.account, items[i].entity, &items[i].target, attempt),
                     account: who.account,
                     entity: items[i].entity,
-                    target: targets[i].clone(),
+                    target: items[i].target.clone(),
                     created_at: now,
                     created_by: who.user,
                 })
@@ -166,7 +155,10 @@ mod tests {
     async fn forced_collisions<S: Store>(store: S) {
         let engine = Shortener::with_store(store, CodeLength::tiny_for_tests(2)).await.unwrap();
         let items: Vec<NewLink> = (1..=1500u64)
-            .map(|id| NewLink { url: format!("https://example.com/p/{}", id % 3), entity: EntityRef::contact(id) })
+            .map(|id| NewLink {
+                target: TargetUrl::parse(&format!("https://example.com/p/{}", id % 3)).unwrap(),
+                entity: EntityRef::contact(id),
+            })
             .collect();
         let mut first = Vec::new();
         for chunk in items.chunks(MAX_BATCH) {
@@ -179,7 +171,7 @@ mod tests {
             assert_eq!(link.entity, item.entity);
             assert!(seen.insert(link.code, item.entity).is_none(), "code {} issued twice", link.code);
             let stored = engine.store().get_link(&link.code).await.unwrap().unwrap();
-            assert_eq!(stored.target.as_str(), TargetUrl::parse(&item.url).unwrap().as_str());
+            assert_eq!(stored.target, item.target);
             assert_eq!(stored.entity, item.entity, "a link was overwritten");
             let attempt0 = engine.codes.derive(AccountId(7), item.entity, &stored.target, 0);
             collisions += usize::from(attempt0 != link.code);

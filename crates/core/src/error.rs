@@ -1,7 +1,5 @@
 //! The one error type at this crate's boundary.
 
-use crate::target::UrlProblem;
-
 /// What can go wrong in shortlinks-core.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -16,9 +14,6 @@ pub enum Error {
         /// The size sent.
         got: usize,
     },
-    /// Some items are invalid; each is listed, and nothing was created.
-    #[error("{} item(s) are invalid", .0.len())]
-    InvalidItems(Vec<ItemProblem>),
     /// A code length outside 8..=22.
     #[error("code length must be between 8 and 22 characters, got {0}")]
     InvalidCodeLength(usize),
@@ -43,13 +38,4 @@ impl From<sled::Error> for Error {
     fn from(e: sled::Error) -> Self {
         Error::Storage(Box::new(e))
     }
-}
-
-/// One invalid item of a batch.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ItemProblem {
-    /// The item's position in the batch, from 0.
-    pub index: usize,
-    /// What is wrong with it.
-    pub problem: UrlProblem,
 }

@@ -16,14 +16,17 @@
 //!
 //! # Example
 //! ```
-//! use shortlinks_core::{AccountId, Config, EntityRef, NewLink, Outcome, Principal, Shortener, UserId};
+//! use shortlinks_core::{AccountId, Config, EntityRef, NewLink, Outcome, Principal, Shortener, TargetUrl, UserId};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), shortlinks_core::Error> {
 //! # let dir = tempfile::tempdir().unwrap();
 //! let engine = Shortener::open(Config::new(dir.path())).await?;
 //! let caller = Principal::all_contacts(AccountId(123), UserId(1));
-//! let items = [NewLink { url: "https://www.yandex.ru".into(), entity: EntityRef::contact(321) }];
+//! // Validation comes first, and says why a URL is refused.
+//! assert!(TargetUrl::parse("javascript:alert(1)").is_err());
+//! let target = TargetUrl::parse("https://www.yandex.ru").expect("valid");
+//! let items = [NewLink { target, entity: EntityRef::contact(321) }];
 //!
 //! let outcomes = engine.create(&caller, &items).await?;
 //! let Outcome::Linked(link) = &outcomes[0] else { unreachable!() };
@@ -47,7 +50,7 @@ pub mod target;
 
 pub use code::{CodeLength, InstallationSecret, ShortCode};
 pub use engine::{Config, NewLink, Outcome, Shortener, MAX_BATCH};
-pub use error::{Error, ItemProblem};
+pub use error::Error;
 pub use model::{AccountId, ContactScope, EntityRef, EntityType, Link, Principal, Timestamp, UserId};
 pub use store::{MemoryStore, SledStore, Store};
 pub use target::{TargetUrl, UrlProblem};

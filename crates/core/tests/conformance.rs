@@ -5,7 +5,7 @@
 use shortlinks_core::store::{conformance, ClickOutbox, LinkStore, NotesJournal, NotesQuery, TokenStore};
 use shortlinks_core::{
     AccountId, Config, EntityRef, EntityType, MemoryStore, NewLink, Outcome, Principal, Shortener, SledStore, Store,
-    UserId,
+    TargetUrl, UserId,
 };
 
 #[tokio::test]
@@ -58,7 +58,10 @@ async fn sled_data_survives_close_and_reopen() {
 async fn the_engine_keeps_its_secret_and_links_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let who = Principal::all_contacts(AccountId(1), UserId(1));
-    let items = vec![NewLink { url: "https://example.com/offer".into(), entity: EntityRef::contact(42) }];
+    let items = vec![NewLink {
+        target: TargetUrl::parse("https://example.com/offer").unwrap(),
+        entity: EntityRef::contact(42),
+    }];
     let first = {
         let engine = Shortener::open(Config::new(dir.path())).await.unwrap();
         engine.create(&who, &items).await.unwrap()
