@@ -1,0 +1,259 @@
+//! Operator commands (`token …`, `resolve`) that work whether or not a server is running.
+//!
+//! sled locks its directory to one process. So a running server listens on a Unix socket,
+//! `admin.sock`, in its data directory (mode 0600: whoever may read the data may
+//! administer it, nobody else). A command first tries that socket; if no server answers,
+//! it opens the data directory itself. Both paths run the same [`execute`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use shortlinks_core::{AccountId, ContactScope, ShortCode, SledStore, Store, Timestamp, UserId};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::app::App;
+use crate::{auth, ServerError};
+
+/// The socket's file name inside the data directory.
+pub const SOCKET_NAME: &str = "admin.sock";
+
+/// Where a data directory's admin socket lives.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_NAME)
+}
+
+/// One operator command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum AdminRequest {
+    /// Issue a token.
+    TokenCreate {
+        /// The account it acts in.
+        account: u64,
+        /// The user it acts as.
+        user: u64,
+        /// The contacts it has rights to.
+        scope: ContactScope,
+    },
+    /// List tokens (never their secrets).
+    TokenList,
+    /// Revoke a token by id.
+    TokenRevoke {
+        /// The token's public id.
+        id: String,
+    },
+    /// Show a link.
+    Resolve {
+        /// The code.
+        code: String,
+    },
+}
+
+/// The answer to a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum AdminReply {
+    /// A new token; its text is shown only now.
+    Token {
+        /// The token.
+        token: String,
+    },
+    /// Token records.
+    Tokens {
+        /// One line per token.
+        tokens: Vec<TokenInfo>,
+    },
+    /// A token was revoked (or already was).
+    Revoked {
+        /// Its id.
+        id: String,
+    },
+    /// A link, if the code is known.
+    Link {
+        /// The link, as an operator sees it.
+        link: Option<LinkInfo>,
+    },
+    /// The command failed.
+    Failed {
+        /// Why.
+        message: String,
+    },
+}
+
+/// What `token list` shows of a token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Public id.
+    pub id: String,
+    /// Account.
+    pub account: u64,
+    /// User.
+    pub user: u64,
+    /// `all` or the contact ids.
+    pub contacts: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds, if revoked.
+    pub revoked_at: Option<u64>,
+}
+
+/// What `resolve` shows of a link.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkInfo {
+    /// The code.
+    pub code: String,
+    /// The original URL.
+    pub target: String,
+    /// Account.
+    pub account: u64,
+    /// Entity type.
+    pub entity_type: String,
+    /// Entity id.
+    pub entity_id: u64,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Author.
+    pub created_by: u64,
+}
+
+/// Runs a command against a store.
+pub async fn execute<S: Store>(store: &S, request: AdminRequest) -> AdminReply {
+    match run(store, request).await {
+        Ok(reply) => reply,
+        Err(e) => AdminReply::Failed { message: e.to_string() },
+    }
+}
+
+async fn run<S: Store>(store: &S, request: AdminRequest) -> Result<AdminReply, ServerError> {
+    Ok(match request {
+        AdminRequest::TokenCreate { account, user, scope } => {
+            if account == 0 || user == 0 {
+                return Err(ServerError::Admin("account and user must be positive".into()));
+            }
+            let issued = auth::issue(AccountId(account), UserId(user), scope)?;
+            store.put_token(issued.record).await?;
+            AdminReply::Token { token: issued.text }
+        }
+        AdminRequest::TokenList => {
+            let tokens = store.list_tokens().await?.into_iter().map(|t| TokenInfo {
+                id: t.id,
+                account: t.account.0,
+                user: t.user.0,
+                contacts: match t.scope {
+                    ContactScope::All => "all".into(),
+                    ContactScope::Only(ids) => ids.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
+                },
+                created_at: t.created_at.as_secs(),
+                revoked_at: t.revoked_at.map(Timestamp::as_secs),
+            });
+            AdminReply::Tokens { tokens: tokens.collect() }
+        }
+        AdminRequest::TokenRevoke { id } => {
+            let mut token =
+                store.get_token(&id).await?.ok_or_else(|| ServerError::Admin(format!("no token with id {id}")))?;
+            if token.revoked_at.is_none() {
+                token.revoked_at = Some(Timestamp::now());
+                store.put_token(token).await?;
+            }
+            AdminReply::Revoked { id }
+        }
+        AdminRequest::Resolve { code } => {
+            let code = ShortCode::parse(&code).ok_or_else(|| ServerError::Admin(format!("{code:?} is not a code")))?;
+            let link = store.get_link(&code).await?.map(|l| LinkInfo {
+                code: l.code.to_string(),
+                target: l.target.to_string(),
+                account: l.account.0,
+                entity_type: l.entity.kind.as_str().into(),
+                entity_id: l.entity.id,
+                created_at: l.created_at.as_secs(),
+                created_by: l.created_by.0,
+            });
+            AdminReply::Link { link }
+        }
+    })
+}
+
+/// The server's end of the socket.
+pub struct AdminSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl AdminSocket {
+    /// Binds the socket, replacing a stale one: we hold the data directory's lock, so no
+    /// other server can be using it.
+    pub fn bind(path: &Path) -> Result<Self, ServerError> {
+        let _ = std::fs::remove_file(path);
+        let listener =
+            UnixListener::bind(path).map_err(|e| ServerError::io(format!("binding {}", path.display()), e))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| ServerError::io(format!("restricting {}", path.display()), e))?;
+        Ok(Self { listener, path: path.to_owned() })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Answers commands, one JSON line in and one out per connection, until aborted.
+    pub async fn serve<S: Store>(self, app: Arc<App<S>>) {
+        loop {
+            let Ok((stream, _)) = self.listener.accept().await else { continue };
+            let app = app.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut line = String::new();
+                if BufReader::new(read).read_line(&mut line).await.is_err() {
+                    return;
+                }
+                let reply = match serde_json::from_str(&line) {
+                    Ok(request) => execute(app.engine().store(), request).await,
+                    Err(e) => AdminReply::Failed { message: format!("bad admin request: {e}") },
+                };
+                let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+                out.push(b'\n');
+                let _ = write.write_all(&out).await;
+            });
+        }
+    }
+}
+
+/// Runs a command: through a running server's socket, or on the data directory directly.
+pub async fn command(data_dir: &Path, request: AdminRequest) -> Result<AdminReply, ServerError> {
+    let path = socket_path(data_dir);
+    if let Ok(stream) = UnixStream::connect(&path).await {
+        return over_socket(stream, &request).await;
+    }
+    let dir = data_dir.to_owned();
+    let store = tokio::task::spawn_blocking(move || SledStore::open(&dir))
+        .await
+        .map_err(|e| ServerError::Admin(e.to_string()))?
+        .map_err(|e| {
+            ServerError::Admin(format!(
+                "cannot open {} ({e}); if a server is using it, it did not answer on {}",
+                data_dir.display(),
+                path.display()
+            ))
+        })?;
+    let reply = execute(&store, request).await;
+    store.flush().await?;
+    Ok(reply)
+}
+
+async fn over_socket(stream: UnixStream, request: &AdminRequest) -> Result<AdminReply, ServerError> {
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(request).map_err(|e| ServerError::Admin(e.to_string()))?;
+    line.push(b'\n');
+    write.write_all(&line).await.map_err(|e| ServerError::io("writing to the admin socket", e))?;
+    let mut answer = String::new();
+    BufReader::new(read)
+        .read_line(&mut answer)
+        .await
+        .map_err(|e| ServerError::io("reading from the admin socket", e))?;
+    serde_json::from_str(&answer).map_err(|e| ServerError::Admin(format!("the server answered out of protocol: {e}")))
+}

@@ -1,0 +1,25 @@
+//! shortlinks-server: the amoCRM-compatible HTTP front end, and the `shortlinks` binary.
+//!
+//! A plain hyper 1.x server: [`server::serve`] is an accept loop with `service_fn`, and
+//! [`App::handle`] is a small hand-written router. No framework.
+//!
+//! - `GET|HEAD /{code}`: the hot path, a 302 to the original URL ([`redirect`]).
+//! - `POST /api/v4/short_links`: batch creation, amoCRM's shape ([`short_links`], [`request`]).
+//! - `GET /healthz`, `GET /readyz`: liveness and readiness.
+//!
+//! Tokens ([`auth`]) are stored hashed; operator commands go through [`admin`], which
+//! works whether or not a server holds the data directory.
+
+pub mod admin;
+mod app;
+pub mod auth;
+pub mod config;
+mod error;
+pub mod problem;
+pub mod redirect;
+pub mod request;
+pub mod server;
+pub mod short_links;
+
+pub use app::App;
+pub use error::ServerError;

@@ -1,0 +1,267 @@
+//! The `shortlinks` binary: `serve` (the default), `token create|list|revoke`, `resolve`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use shortlinks_core::ContactScope;
+use shortlinks_server::admin::{self, AdminReply, AdminRequest};
+use shortlinks_server::config::SettingsLayer;
+use shortlinks_server::server;
+
+/// Per-contact short links with notes on click (amoCRM-compatible).
+#[derive(Parser)]
+#[command(name = "shortlinks", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default when no command is given).
+    Serve(ServeArgs),
+    /// Manage API tokens; works whether or not a server is running.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Show a link's target and metadata.
+    Resolve {
+        /// The short code.
+        code: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it alone on standard output.
+    Create {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The account the token acts in.
+        #[arg(long)]
+        account: u64,
+        /// The user the token acts as.
+        #[arg(long)]
+        user: u64,
+        /// `all`, or a comma-separated list of contact ids.
+        #[arg(long, default_value = "all")]
+        contacts: String,
+    },
+    /// List tokens (ids and rights, never secrets).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke a token by its id (the part after `sl_`, before the second `_`).
+    Revoke {
+        /// The token id.
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// Where the data is: the same sources and precedence as `serve`.
+#[derive(Args, Default)]
+struct StoreArgs {
+    /// A TOML settings file.
+    #[arg(long, env = "SHORTLINKS_CONFIG")]
+    config: Option<PathBuf>,
+    /// The data directory [default: ./data].
+    #[arg(long, env = "SHORTLINKS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn data_dir(&self) -> anyhow::Result<PathBuf> {
+        let flags = SettingsLayer { data_dir: self.data_dir.clone(), ..Default::default() };
+        Ok(flags.over(file_layer(self.config.as_deref())?).resolve()?.data_dir)
+    }
+}
+
+/// Every setting; each flag also reads its `SHORTLINKS_*` variable, and both beat the file.
+#[derive(Args, Default)]
+struct ServeArgs {
+    /// A TOML settings file.
+    #[arg(long, env = "SHORTLINKS_CONFIG")]
+    config: Option<PathBuf>,
+    /// The data directory [default: ./data].
+    #[arg(long, env = "SHORTLINKS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "SHORTLINKS_LISTEN")]
+    listen: Option<String>,
+    /// The base of issued links, e.g. https://sho.rt [default: from the listen address].
+    #[arg(long, env = "SHORTLINKS_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Characters in new codes, 8 to 22 [default: 12].
+    #[arg(long, env = "SHORTLINKS_CODE_LENGTH")]
+    code_length: Option<usize>,
+    /// The largest accepted request body [default: 1048576].
+    #[arg(long, env = "SHORTLINKS_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Seconds a client may take to send request headers [default: 10].
+    #[arg(long, env = "SHORTLINKS_HEADER_READ_TIMEOUT_SECS")]
+    header_read_timeout_secs: Option<u64>,
+    /// Seconds a client may take to send a request body [default: 30].
+    #[arg(long, env = "SHORTLINKS_BODY_READ_TIMEOUT_SECS")]
+    body_read_timeout_secs: Option<u64>,
+    /// Seconds shutdown waits for in-flight requests [default: 10].
+    #[arg(long, env = "SHORTLINKS_SHUTDOWN_GRACE_SECS")]
+    shutdown_grace_secs: Option<u64>,
+}
+
+fn file_layer(path: Option<&std::path::Path>) -> anyhow::Result<SettingsLayer> {
+    Ok(match path {
+        Some(path) => SettingsLayer::from_file(path)?,
+        None => SettingsLayer::default(),
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        None => serve(ServeArgs::from_env()).await,
+        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Token(command)) => token(command).await,
+        Some(Command::Resolve { code, store }) => {
+            match admin::command(&store.data_dir()?, AdminRequest::Resolve { code }).await? {
+                AdminReply::Link { link: Some(l) } => {
+                    println!("code:       {}", l.code);
+                    println!("target:     {}", l.target);
+                    println!("account:    {}", l.account);
+                    println!("entity:     {} {}", l.entity_type, l.entity_id);
+                    println!("created_at: {}", l.created_at);
+                    println!("created_by: {}", l.created_by);
+                    Ok(())
+                }
+                AdminReply::Link { link: None } => bail!("no such link"),
+                other => unexpected(other),
+            }
+        }
+    }
+}
+
+impl ServeArgs {
+    /// `shortlinks` with no command: the same settings, from the environment and defaults.
+    fn from_env() -> Self {
+        #[derive(Parser)]
+        struct Bare {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        Bare::parse_from(["shortlinks"]).args
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let flags = SettingsLayer {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        public_url: args.public_url,
+        code_length: args.code_length,
+        max_body_bytes: args.max_body_bytes,
+        header_read_timeout_secs: args.header_read_timeout_secs,
+        body_read_timeout_secs: args.body_read_timeout_secs,
+        shutdown_grace_secs: args.shutdown_grace_secs,
+    };
+    let settings = flags.over(file_layer(args.config.as_deref())?).resolve()?;
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
+    let data_dir = settings.data_dir.clone();
+    let started = server::start(settings).await?;
+    let base = started.public_url().as_str().to_owned();
+    if let Some(token) = &started.first_token {
+        println!("Created the first API token (account 1, user 1, all contacts). It is shown only this once:");
+        println!("  {token}");
+        println!(
+            "Use it as: curl -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \
+             -d '[{{\"url\":\"https://example.com\",\"metadata\":{{\"entity_type\":\"contacts\",\"entity_id\":1}}}}]' \
+             http://{}/api/v4/short_links",
+            started.addr
+        );
+    }
+    println!("listening on http://{} (links: {base}/..., data: {})", started.addr, data_dir.display());
+    started.run(shutdown_signal()).await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+async fn token(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create { store, account, user, contacts } => {
+            let scope = parse_scope(&contacts)?;
+            match admin::command(&store.data_dir()?, AdminRequest::TokenCreate { account, user, scope }).await? {
+                AdminReply::Token { token } => {
+                    println!("{token}");
+                    Ok(())
+                }
+                other => unexpected(other),
+            }
+        }
+        TokenCommand::List { store } => match admin::command(&store.data_dir()?, AdminRequest::TokenList).await? {
+            AdminReply::Tokens { tokens } => {
+                println!("{:<12} {:>10} {:>10} {:<10} {:>12}  contacts", "id", "account", "user", "status", "created");
+                for t in tokens {
+                    let status = if t.revoked_at.is_some() { "revoked" } else { "active" };
+                    println!(
+                        "{:<12} {:>10} {:>10} {:<10} {:>12}  {}",
+                        t.id, t.account, t.user, status, t.created_at, t.contacts
+                    );
+                }
+                Ok(())
+            }
+            other => unexpected(other),
+        },
+        TokenCommand::Revoke { id, store } => {
+            match admin::command(&store.data_dir()?, AdminRequest::TokenRevoke { id }).await? {
+                AdminReply::Revoked { id } => {
+                    println!("revoked {id}");
+                    Ok(())
+                }
+                other => unexpected(other),
+            }
+        }
+    }
+}
+
+fn parse_scope(contacts: &str) -> anyhow::Result<ContactScope> {
+    if contacts.trim() == "all" {
+        return Ok(ContactScope::All);
+    }
+    let ids = contacts
+        .split(',')
+        .map(|id| match id.trim().parse::<u64>() {
+            Ok(id) if id > 0 => Ok(id),
+            _ => bail!("--contacts must be `all` or positive ids separated by commas, got {id:?}"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(ContactScope::only(ids))
+}
+
+fn unexpected(reply: AdminReply) -> anyhow::Result<()> {
+    match reply {
+        AdminReply::Failed { message } => bail!("{message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}

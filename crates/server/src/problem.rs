@@ -1,0 +1,68 @@
+//! Responses: `application/problem+json` errors in amoCRM's shape, and the small fixed bodies.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use serde_json::json;
+
+use crate::request::ItemErrors;
+
+/// The body type of every response.
+pub type Body = Full<Bytes>;
+
+const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
+
+/// A problem response: `{title, type, status, detail}`.
+pub fn problem(status: StatusCode, detail: &str) -> Response<Body> {
+    problem_with(status, json!({}), detail)
+}
+
+/// A 400 listing the problems of each item, as amoCRM does.
+pub fn validation_failed(detail: &str, items: &[ItemErrors]) -> Response<Body> {
+    problem_with(StatusCode::BAD_REQUEST, json!({ "validation-errors": items }), detail)
+}
+
+/// A 405 with the methods that are allowed.
+pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = problem(StatusCode::METHOD_NOT_ALLOWED, &format!("Allowed methods: {allow}"));
+    response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+fn problem_with(status: StatusCode, mut body: serde_json::Value, detail: &str) -> Response<Body> {
+    body["title"] = json!(status.canonical_reason().unwrap_or("Error"));
+    body["type"] = json!(format!("https://httpstatus.es/{}", status.as_u16()));
+    body["status"] = json!(status.as_u16());
+    body["detail"] = json!(detail);
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, PROBLEM_JSON);
+    response
+}
+
+/// A JSON body with a content type (`application/hal+json` for API results).
+pub fn json_response(content_type: &'static str, body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// The 404 page for unknown short links: tiny, and never cached.
+pub fn not_found_page() -> Response<Body> {
+    const PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>Link not found</title></head>\
+<body><h1>Link not found</h1><p>This short link does not exist.</p></body></html>\n";
+    let mut response = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A plain-text status answer (health checks).
+pub fn text(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}

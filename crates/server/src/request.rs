@@ -1,0 +1,199 @@
+//! Parsing and validating the body of `POST /api/v4/short_links`.
+//!
+//! Pure: bytes in, links or problems out. Every problem of every item is collected, so a
+//! client fixes its request in one round trip, and nothing is created unless all is well.
+
+use serde::Serialize;
+use serde_json::Value;
+use shortlinks_core::{EntityRef, EntityType, NewLink, TargetUrl, MAX_BATCH};
+
+/// Why a request body was refused (always a 400).
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyProblem {
+    /// Not JSON.
+    InvalidJson(String),
+    /// JSON, but not an array.
+    NotArray,
+    /// An empty array.
+    Empty,
+    /// More than [`MAX_BATCH`] items.
+    TooMany(usize),
+    /// Items with problems, in order; items without any are not listed.
+    Items(Vec<ItemErrors>),
+}
+
+impl BodyProblem {
+    /// The `detail` of the 400 response.
+    pub fn detail(&self) -> String {
+        match self {
+            Self::InvalidJson(e) => format!("Request body is not valid JSON: {e}"),
+            Self::NotArray => "Request body must be a JSON array of links".into(),
+            Self::Empty => "Request data can not be empty".into(),
+            Self::TooMany(n) => format!("At most {MAX_BATCH} links per request, got {n}"),
+            Self::Items(_) => "Request validation failed".into(),
+        }
+    }
+}
+
+/// The problems of one item, in amoCRM's `validation-errors` shape.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+pub struct ItemErrors {
+    /// The item's index in the request, as a string (what amoCRM clients read).
+    pub request_id: String,
+    /// Each problem.
+    pub errors: Vec<FieldError>,
+}
+
+/// One problem with one field.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// A machine-readable code: `FieldMissing`, `InvalidType`, `InvalidUrl`, `NotSupportedChoice`, `InvalidValue`.
+    pub code: &'static str,
+    /// The field, such as `metadata.entity_id`.
+    pub path: &'static str,
+    /// A sentence for people.
+    pub detail: String,
+}
+
+/// Parses a request body into links to create.
+pub fn parse_links(body: &[u8]) -> Result<Vec<NewLink>, BodyProblem> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| BodyProblem::InvalidJson(e.to_string()))?;
+    let Value::Array(items) = value else { return Err(BodyProblem::NotArray) };
+    if items.is_empty() {
+        return Err(BodyProblem::Empty);
+    }
+    if items.len() > MAX_BATCH {
+        return Err(BodyProblem::TooMany(items.len()));
+    }
+    let mut links = Vec::with_capacity(items.len());
+    let mut problems = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        match parse_item(item) {
+            Ok(link) => links.push(link),
+            Err(errors) => problems.push(ItemErrors { request_id: index.to_string(), errors }),
+        }
+    }
+    if problems.is_empty() {
+        Ok(links)
+    } else {
+        Err(BodyProblem::Items(problems))
+    }
+}
+
+fn parse_item(item: &Value) -> Result<NewLink, Vec<FieldError>> {
+    let Value::Object(fields) = item else {
+        return Err(vec![error("InvalidType", "", "each link must be an object with url and metadata")]);
+    };
+    let mut errors = Vec::new();
+    let target = match fields.get("url") {
+        None | Some(Value::Null) => Err(error("FieldMissing", "url", "url is required")),
+        Some(Value::String(url)) => TargetUrl::parse(url).map_err(|why| error("InvalidUrl", "url", &why.to_string())),
+        Some(_) => Err(error("InvalidType", "url", "url must be a string")),
+    };
+    let entity = match fields.get("metadata") {
+        None | Some(Value::Null) => Err(vec![error("FieldMissing", "metadata", "metadata is required")]),
+        Some(Value::Object(meta)) => parse_metadata(meta),
+        Some(_) => Err(vec![error("InvalidType", "metadata", "metadata must be an object")]),
+    };
+    let target = target.map_err(|e| errors.push(e));
+    let entity = entity.map_err(|e| errors.extend(e));
+    match (target, entity) {
+        (Ok(target), Ok(entity)) => Ok(NewLink { target, entity }),
+        _ => Err(errors),
+    }
+}
+
+fn parse_metadata(meta: &serde_json::Map<String, Value>) -> Result<EntityRef, Vec<FieldError>> {
+    const TYPE: &str = "metadata.entity_type";
+    const ID: &str = "metadata.entity_id";
+    let kind = match meta.get("entity_type") {
+        None | Some(Value::Null) => Err(error("FieldMissing", TYPE, "entity_type is required")),
+        Some(Value::String(name)) => EntityType::from_name(name)
+            .ok_or_else(|| error("NotSupportedChoice", TYPE, "entity_type must be \"contacts\"")),
+        Some(_) => Err(error("InvalidType", TYPE, "entity_type must be a string")),
+    };
+    let id = match meta.get("entity_id") {
+        None | Some(Value::Null) => Err(error("FieldMissing", ID, "entity_id is required")),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(id) if id > 0 => Ok(id),
+            _ => Err(error("InvalidValue", ID, "entity_id must be a positive integer")),
+        },
+        Some(_) => Err(error("InvalidType", ID, "entity_id must be an integer")),
+    };
+    match (kind, id) {
+        (Ok(kind), Ok(id)) => Ok(EntityRef { kind, id }),
+        (kind, id) => Err(kind.err().into_iter().chain(id.err()).collect()),
+    }
+}
+
+fn error(code: &'static str, path: &'static str, detail: &str) -> FieldError {
+    FieldError { code, path, detail: detail.to_owned() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spec_example_parses() {
+        let body = br#"[{"url":"https://www.yandex.ru","metadata":{"entity_type":"contacts","entity_id":11070881}}]"#;
+        let links = parse_links(body).unwrap();
+        assert_eq!(
+            links,
+            vec![NewLink {
+                target: TargetUrl::parse("https://www.yandex.ru").unwrap(),
+                entity: EntityRef::contact(11070881)
+            }]
+        );
+    }
+
+    #[test]
+    fn whole_body_problems() {
+        assert!(matches!(parse_links(b"[{"), Err(BodyProblem::InvalidJson(_))));
+        assert!(matches!(parse_links(b""), Err(BodyProblem::InvalidJson(_))));
+        assert_eq!(parse_links(br#"{"url":"x"}"#), Err(BodyProblem::NotArray));
+        assert_eq!(parse_links(b"[]"), Err(BodyProblem::Empty));
+        let item = r#"{"url":"https://x.example","metadata":{"entity_type":"contacts","entity_id":1}}"#;
+        let big = format!("[{}]", vec![item; 251].join(","));
+        assert_eq!(parse_links(big.as_bytes()), Err(BodyProblem::TooMany(251)));
+        let full = format!("[{}]", vec![item; 250].join(","));
+        assert_eq!(parse_links(full.as_bytes()).unwrap().len(), 250);
+    }
+
+    #[test]
+    fn every_problem_of_every_item_is_reported() {
+        let body = br#"[
+            {"url":"https://ok.example","metadata":{"entity_type":"contacts","entity_id":1}},
+            {"url":"javascript:alert(1)","metadata":{"entity_type":"leads","entity_id":-5}},
+            {"metadata":{"entity_type":"contacts"}},
+            {"url":"https://ok.example","metadata":{"entity_type":"contacts","entity_id":"7"}},
+            {"url":"https://ok.example","metadata":{"entity_type":"contacts","entity_id":0}},
+            {"url":"https://ok.example","metadata":{"entity_type":"contacts","entity_id":1.5}},
+            "string",
+            {"url":42,"metadata":[]}
+        ]"#;
+        let Err(BodyProblem::Items(items)) = parse_links(body) else { panic!() };
+        let summary: Vec<(String, Vec<(&str, &str)>)> =
+            items.iter().map(|i| (i.request_id.clone(), i.errors.iter().map(|e| (e.code, e.path)).collect())).collect();
+        assert_eq!(
+            summary,
+            vec![
+                (
+                    "1".into(),
+                    vec![
+                        ("InvalidUrl", "url"),
+                        ("NotSupportedChoice", "metadata.entity_type"),
+                        ("InvalidValue", "metadata.entity_id")
+                    ]
+                ),
+                ("2".into(), vec![("FieldMissing", "url"), ("FieldMissing", "metadata.entity_id")]),
+                ("3".into(), vec![("InvalidType", "metadata.entity_id")]),
+                ("4".into(), vec![("InvalidValue", "metadata.entity_id")]),
+                ("5".into(), vec![("InvalidValue", "metadata.entity_id")]),
+                ("6".into(), vec![("InvalidType", "")]),
+                ("7".into(), vec![("InvalidType", "url"), ("InvalidType", "metadata")]),
+            ]
+        );
+        assert!(items[0].errors[0].detail.contains("javascript"), "{:?}", items[0].errors[0]);
+    }
+}

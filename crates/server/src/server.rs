@@ -1,0 +1,132 @@
+//! Running the server: open the store, bind, serve connections, shut down gracefully.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+
+use shortlinks_core::{AccountId, Config, ContactScope, Shortener, SledStore, Store, UserId};
+use tokio::net::TcpListener;
+
+use crate::app::App;
+use crate::config::{PublicUrl, Settings};
+use crate::{admin, auth, ServerError};
+
+/// A server that is bound and ready to run.
+pub struct Started {
+    app: Arc<App<SledStore>>,
+    listener: TcpListener,
+    admin: admin::AdminSocket,
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// The first token, when this start created it: to be shown once.
+    pub first_token: Option<String>,
+}
+
+/// Opens the data directory, makes the first token if there is none, and binds.
+pub async fn start(settings: Settings) -> Result<Started, ServerError> {
+    let engine = Shortener::open(Config { data_dir: settings.data_dir.clone(), code_length: settings.code_length })
+        .await
+        .map_err(|e| {
+            ServerError::Config(format!("cannot open the data directory {}: {e}", settings.data_dir.display()))
+        })?;
+    let first_token = ensure_first_token(engine.store()).await?;
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| ServerError::io(format!("binding {}", settings.listen), e))?;
+    let addr = listener.local_addr().map_err(|e| ServerError::io("reading the bound address", e))?;
+    let public_url = settings.public_url.clone().unwrap_or_else(|| PublicUrl::from_bound(addr));
+    let admin = admin::AdminSocket::bind(&admin::socket_path(&settings.data_dir))?;
+    let app = Arc::new(App::new(engine, public_url, settings.limits));
+    Ok(Started { app, listener, admin, addr, first_token })
+}
+
+/// On a store with no tokens at all, issues one for account 1, user 1, all contacts.
+async fn ensure_first_token<S: Store>(store: &S) -> Result<Option<String>, ServerError> {
+    if !store.list_tokens().await?.is_empty() {
+        return Ok(None);
+    }
+    let issued = auth::issue(AccountId(1), UserId(1), ContactScope::All)?;
+    store.put_token(issued.record).await?;
+    Ok(Some(issued.text))
+}
+
+impl Started {
+    /// The base URL of issued links.
+    pub fn public_url(&self) -> &PublicUrl {
+        self.app.public_url()
+    }
+
+    /// Serves until `shutdown` completes, then drains and flushes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let Started { app, listener, admin, .. } = self;
+        let admin_path: PathBuf = admin.path().to_owned();
+        let admin_task = tokio::spawn(admin.serve(app.clone()));
+        let result = serve(app.clone(), listener, shutdown).await;
+        admin_task.abort();
+        let _ = std::fs::remove_file(&admin_path);
+        result?;
+        app.engine().store().flush().await?;
+        Ok(())
+    }
+}
+
+/// The accept loop. Shutdown stops accepting, lets in-flight requests finish within the
+/// grace period, and returns.
+pub async fn serve<S: Store>(
+    app: Arc<App<S>>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let limits = app.limits;
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let mut backoff = Duration::from_millis(5);
+    let mut shutdown = std::pin::pin!(shutdown);
+
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => {
+                    backoff = Duration::from_millis(5);
+                    conn
+                }
+                Err(e) => {
+                    // Such as EMFILE: keep serving the connections we have, and retry later.
+                    tracing::warn!(error = %e, ?backoff, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = service_fn(move |request| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(app.handle(request).await) }
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+
+    drop(listener);
+    tracing::info!("shutting down: draining in-flight requests");
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(grace = ?limits.shutdown_grace, "some connections were still open after the grace period");
+    }
+    Ok(())
+}

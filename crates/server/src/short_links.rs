@@ -1,0 +1,156 @@
+//! `POST /api/v4/short_links`: amoCRM's batch link creation.
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Body as HttpBody;
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use serde::Serialize;
+use shortlinks_core::{Error as CoreError, Link, Outcome, Store};
+
+use crate::app::App;
+use crate::auth::authenticate;
+use crate::problem::{self, json_response, validation_failed, Body};
+use crate::request::{parse_links, BodyProblem};
+
+const SELF_HREF: &str = "/api/v4/short_links";
+
+#[derive(Serialize)]
+struct Created<'a> {
+    _links: SelfLink,
+    _embedded: Embedded<'a>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    skipped: Vec<Skipped>,
+}
+
+#[derive(Serialize)]
+struct SelfLink {
+    #[serde(rename = "self")]
+    self_: Href,
+}
+
+#[derive(Serialize)]
+struct Href {
+    href: &'static str,
+}
+
+#[derive(Serialize)]
+struct Embedded<'a> {
+    short_links: Vec<ShortLink<'a>>,
+}
+
+#[derive(Serialize)]
+struct ShortLink<'a> {
+    url: String,
+    account_id: u64,
+    metadata: Metadata<'a>,
+}
+
+#[derive(Serialize)]
+struct Metadata<'a> {
+    entity_type: &'a str,
+    entity_id: u64,
+}
+
+/// An item for which no link was made, so that a client can tell what happened.
+#[derive(Serialize)]
+struct Skipped {
+    request_id: String,
+    metadata: Metadata<'static>,
+    reason: &'static str,
+}
+
+impl<S: Store> App<S> {
+    pub(crate) async fn create_links<B>(&self, request: Request<B>) -> Response<Body>
+    where
+        B: HttpBody,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let who = match authenticate(self.engine.store(), request.headers().get(AUTHORIZATION)).await {
+            Ok(Ok(who)) => who,
+            Ok(Err(failure)) => return problem::problem(StatusCode::UNAUTHORIZED, failure.detail()),
+            Err(e) => return store_failure(&e),
+        };
+        if !is_json(request.headers().get(CONTENT_TYPE)) {
+            return problem::problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json");
+        }
+        let max = self.limits.max_body_bytes;
+        let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > max as u64) {
+            return too_large(max);
+        }
+        let read = Limited::new(request.into_body(), max).collect();
+        let body = match tokio::time::timeout(self.limits.body_read_timeout, read).await {
+            Err(_) => return problem::problem(StatusCode::REQUEST_TIMEOUT, "The request body took too long to arrive"),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(max),
+            Ok(Err(e)) => {
+                return problem::problem(StatusCode::BAD_REQUEST, &format!("The request body could not be read: {e}"))
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+        let items = match parse_links(&body) {
+            Ok(items) => items,
+            Err(BodyProblem::Items(items)) => {
+                return validation_failed(&BodyProblem::Items(Vec::new()).detail(), &items)
+            }
+            Err(other) => return problem::problem(StatusCode::BAD_REQUEST, &other.detail()),
+        };
+        let outcomes = match self.engine.create(&who, &items).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => return store_failure(&e),
+        };
+        self.created(&outcomes, &items)
+    }
+
+    fn created(&self, outcomes: &[Outcome], items: &[shortlinks_core::NewLink]) -> Response<Body> {
+        let mut short_links = Vec::with_capacity(outcomes.len());
+        let mut skipped = Vec::new();
+        for (index, (outcome, item)) in outcomes.iter().zip(items).enumerate() {
+            match outcome {
+                Outcome::Linked(link) => short_links.push(self.short_link(link)),
+                Outcome::NoRights => skipped.push(Skipped {
+                    request_id: index.to_string(),
+                    metadata: Metadata { entity_type: item.entity.kind.as_str(), entity_id: item.entity.id },
+                    reason: "no rights to this entity",
+                }),
+            }
+        }
+        let body = Created {
+            _links: SelfLink { self_: Href { href: SELF_HREF } },
+            _embedded: Embedded { short_links },
+            skipped,
+        };
+        match serde_json::to_vec(&body) {
+            Ok(bytes) => json_response("application/hal+json", bytes),
+            Err(e) => problem::problem(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    }
+
+    fn short_link<'a>(&self, link: &'a Link) -> ShortLink<'a> {
+        ShortLink {
+            url: format!("{}/{}", self.public_url.as_str(), link.code),
+            account_id: link.account.0,
+            metadata: Metadata { entity_type: link.entity.kind.as_str(), entity_id: link.entity.id },
+        }
+    }
+}
+
+/// `application/json`, with or without parameters such as `charset`.
+fn is_json(content_type: Option<&hyper::header::HeaderValue>) -> bool {
+    content_type
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn too_large(max: usize) -> Response<Body> {
+    problem::problem(StatusCode::PAYLOAD_TOO_LARGE, &format!("The request body is larger than {max} bytes"))
+}
+
+fn store_failure(e: &CoreError) -> Response<Body> {
+    tracing::error!(error = %e, "store failure while creating links");
+    let status = match e {
+        CoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    problem::problem(status, "The links could not be stored; retry the same request")
+}

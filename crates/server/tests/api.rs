@@ -1,0 +1,254 @@
+//! The HTTP API over a real socket, against a real sled directory.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+mod common;
+
+use common::{code_of, item, send, TestServer};
+use hyper::Method;
+use serde_json::json;
+use shortlinks_core::store::LinkStore;
+use shortlinks_core::{AccountId, ContactScope, EntityRef, SledStore};
+use shortlinks_server::admin::{self, AdminReply, AdminRequest};
+use shortlinks_server::config::SettingsLayer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spec_example_request_and_response() {
+    let server = TestServer::start().await;
+    let reply = server
+        .post_links(
+            &server.token,
+            r#"[{"url":"https://www.yandex.ru","metadata":{"entity_type":"contacts","entity_id":11070881}}]"#,
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.content_type(), "application/hal+json");
+    let body = reply.json();
+    let url = body["_embedded"]["short_links"][0]["url"].as_str().unwrap().to_owned();
+    assert_eq!(
+        body,
+        json!({
+            "_links": {"self": {"href": "/api/v4/short_links"}},
+            "_embedded": {"short_links": [
+                {"url": url, "account_id": 1, "metadata": {"entity_type": "contacts", "entity_id": 11070881}}
+            ]}
+        }),
+        "exactly the spec's shape"
+    );
+    assert!(url.starts_with(&format!("{}/", server.base)), "{url}");
+    assert_eq!(code_of(&url).len(), 12);
+    assert!(code_of(&url).bytes().all(|b| b.is_ascii_alphanumeric()));
+
+    let redirect = server.get(&format!("/{}", code_of(&url))).await;
+    assert_eq!(redirect.status, 302);
+    assert_eq!(redirect.headers["location"], "https://www.yandex.ru/");
+    assert_eq!(redirect.headers["cache-control"], "private, no-store");
+    assert!(redirect.body.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_answers_like_get_without_a_body() {
+    let server = TestServer::start().await;
+    let body = json!([item("https://example.com/page?x=1", 5)]).to_string();
+    let url = server.post_links(&server.token, &body).await.json()["_embedded"]["short_links"][0]["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let head = send(server.addr, Method::HEAD, &format!("/{}", code_of(&url)), &[], Vec::new()).await;
+    assert_eq!(head.status, 302);
+    assert_eq!(head.headers["location"], "https://example.com/page?x=1");
+    assert_eq!(head.headers["cache-control"], "private, no-store");
+    assert!(head.body.is_empty());
+    let missing = send(server.addr, Method::HEAD, "/AAAAAAAAAAAA", &[], Vec::new()).await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.body.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_malformed_codes_get_a_small_html_404() {
+    let server = TestServer::start().await;
+    for path in ["/AAAAAAAAAAAA", "/short", "/has-dash-123", "/%41%41%41%41%41%41%41%41", "/", "/a/b", "/favicon.ico"] {
+        let reply = server.get(path).await;
+        assert_eq!(reply.status, 404, "{path}");
+        assert!(reply.content_type().starts_with("text/html"), "{path}");
+        assert!(reply.body.len() < 512 && reply.body.starts_with(b"<!doctype html>"), "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_failures_are_401_problems() {
+    let server = TestServer::start().await;
+    let body = json!([item("https://example.com", 1)]).to_string();
+    let path = "/api/v4/short_links";
+    let json = ("content-type", "application/json");
+    let cases: Vec<Vec<(&str, &str)>> = vec![
+        vec![json],
+        vec![json, ("authorization", "Basic dXNlcjpwdw==")],
+        vec![json, ("authorization", "Bearer not-a-token")],
+        vec![json, ("authorization", "Bearer sl_AAAAAAAAAA_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")],
+    ];
+    for headers in cases {
+        let reply = send(server.addr, Method::POST, path, &headers, body.clone().into_bytes()).await;
+        reply.problem(401);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bodies_are_400_problems() {
+    let server = TestServer::start().await;
+    async fn detail(server: &TestServer, body: &str) -> String {
+        server.post_links(&server.token, body).await.problem(400)["detail"].as_str().unwrap().to_owned()
+    }
+    assert!(detail(&server, "[{").await.contains("not valid JSON"));
+    assert!(detail(&server, r#"{"url":"https://x.example"}"#).await.contains("JSON array"));
+    assert_eq!(detail(&server, "[]").await, "Request data can not be empty");
+    let too_many = json!((1..=251).map(|c| item("https://x.example/", c)).collect::<Vec<_>>()).to_string();
+    assert!(detail(&server, &too_many).await.contains("250"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_invalid_item_is_reported_and_nothing_is_created() {
+    let server = TestServer::start().await;
+    let body = json!([
+        item("https://valid.example/", 500),
+        item("javascript:alert(1)", 2),
+        item("https://valid.example/", 3),
+        {"url": "https://x.example/", "metadata": {"entity_type": "leads", "entity_id": 0}},
+    ])
+    .to_string();
+    let problem = server.post_links(&server.token, &body).await.problem(400);
+    assert_eq!(problem["detail"], "Request validation failed");
+    let errors = problem["validation-errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2);
+    assert_eq!(errors[0]["request_id"], "1");
+    assert_eq!(errors[0]["errors"][0]["code"], "InvalidUrl");
+    assert_eq!(errors[0]["errors"][0]["path"], "url");
+    assert_eq!(errors[1]["request_id"], "3");
+    assert_eq!(errors[1]["errors"].as_array().unwrap().len(), 2, "both metadata problems");
+
+    let dir = server.stop().await;
+    let store = SledStore::open(dir.path()).unwrap();
+    assert!(store.links_of(AccountId(1), EntityRef::contact(500)).await.unwrap().is_empty(), "nothing was created");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_type_method_and_path_errors() {
+    let server = TestServer::start_with(SettingsLayer { max_body_bytes: Some(1000), ..Default::default() }).await;
+    let auth = format!("Bearer {}", server.token);
+    let big = json!((1..=40).map(|c| item("https://example.com/some/long/path", c)).collect::<Vec<_>>()).to_string();
+    assert!(big.len() > 1000);
+    let path = "/api/v4/short_links";
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    send(server.addr, Method::POST, path, &headers, big.clone().into_bytes()).await.problem(413);
+
+    let wrong_type = [("authorization", auth.as_str()), ("content-type", "text/plain")];
+    send(server.addr, Method::POST, path, &wrong_type, b"[]".to_vec()).await.problem(415);
+    let no_type = [("authorization", auth.as_str())];
+    send(server.addr, Method::POST, path, &no_type, b"[]".to_vec()).await.problem(415);
+    let charset = [("authorization", auth.as_str()), ("content-type", "application/json; charset=utf-8")];
+    let ok =
+        send(server.addr, Method::POST, path, &charset, json!([item("https://x.example", 1)]).to_string().into_bytes())
+            .await;
+    assert_eq!(ok.status, 200);
+
+    for method in [Method::GET, Method::PUT, Method::DELETE] {
+        let reply = send(server.addr, method, path, &headers, Vec::new()).await;
+        reply.problem(405);
+        assert_eq!(reply.headers["allow"], "POST");
+    }
+    let reply = send(server.addr, Method::POST, "/AAAAAAAAAAAA", &[], Vec::new()).await;
+    assert_eq!(reply.status, 405);
+    assert_eq!(reply.headers["allow"], "GET, HEAD");
+
+    for unknown in ["/api/v4/leads", "/api/v4/short_links/x", "/api", "/api/"] {
+        server.get(unknown).await.problem(404);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_are_made_only_for_contacts_in_the_tokens_scope() {
+    let server = TestServer::start().await;
+    let scoped = AdminRequest::TokenCreate { account: 1, user: 2, scope: ContactScope::only(vec![2, 4]) };
+    let AdminReply::Token { token } = admin::command(server.dir.path(), scoped).await.unwrap() else { panic!() };
+    let body = json!((1..=4).map(|c| item("https://x.example/", c)).collect::<Vec<_>>()).to_string();
+    let reply = server.post_links(&token, &body).await;
+    assert_eq!(reply.status, 200);
+    let body = reply.json();
+    let ids: Vec<u64> = body["_embedded"]["short_links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["metadata"]["entity_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![2, 4]);
+    assert_eq!(
+        body["skipped"],
+        json!([
+            {"request_id": "0", "metadata": {"entity_type": "contacts", "entity_id": 1}, "reason": "no rights to this entity"},
+            {"request_id": "2", "metadata": {"entity_type": "contacts", "entity_id": 3}, "reason": "no rights to this entity"},
+        ])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_are_isolated() {
+    let server = TestServer::start().await;
+    let other = AdminRequest::TokenCreate { account: 2, user: 1, scope: ContactScope::All };
+    let AdminReply::Token { token } = admin::command(server.dir.path(), other).await.unwrap() else { panic!() };
+    let body = json!([item("https://x.example/", 7)]).to_string();
+    let mine = server.post_links(&server.token, &body).await.json();
+    let theirs = server.post_links(&token, &body).await.json();
+    assert_eq!(mine["_embedded"]["short_links"][0]["account_id"], 1);
+    assert_eq!(theirs["_embedded"]["short_links"][0]["account_id"], 2);
+    assert_ne!(mine["_embedded"]["short_links"][0]["url"], theirs["_embedded"]["short_links"][0]["url"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_is_preserved_for_250_items_and_retries_are_idempotent() {
+    let server = TestServer::start().await;
+    // Reverse order, mixed targets, so sorting by anything would show.
+    let items: Vec<_> = (1..=250u64).rev().map(|c| item(&format!("https://x.example/{}", c % 7), c)).collect();
+    let body = json!(items).to_string();
+    let first = server.post_links(&server.token, &body).await;
+    assert_eq!(first.status, 200);
+    let links = first.json()["_embedded"]["short_links"].as_array().unwrap().clone();
+    assert_eq!(links.len(), 250);
+    for (link, want) in links.iter().zip((1..=250u64).rev()) {
+        assert_eq!(link["metadata"]["entity_id"], want);
+    }
+    let unique: std::collections::HashSet<_> = links.iter().map(|l| l["url"].as_str().unwrap()).collect();
+    assert_eq!(unique.len(), 250, "every contact has its own link");
+
+    let again = server.post_links(&server.token, &body).await;
+    assert_eq!(again.body, first.body, "a retry returns the same links");
+
+    let dup = json!([item("https://dup.example/", 9), item("https://dup.example/", 9)]).to_string();
+    let dup = server.post_links(&server.token, &dup).await.json();
+    assert_eq!(dup["_embedded"]["short_links"][0], dup["_embedded"]["short_links"][1]);
+
+    for link in links.iter().take(20) {
+        let url = link["url"].as_str().unwrap();
+        let target = format!("https://x.example/{}", link["metadata"]["entity_id"].as_u64().unwrap() % 7);
+        assert_eq!(server.get(&format!("/{}", code_of(url))).await.headers["location"], target.as_str());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness() {
+    let server = TestServer::start().await;
+    assert_eq!(server.get("/healthz").await.status, 200);
+    assert_eq!(server.get("/readyz").await.status, 200);
+    assert_eq!(send(server.addr, Method::POST, "/healthz", &[], Vec::new()).await.status, 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_cannot_hold_a_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server =
+        TestServer::start_with(SettingsLayer { header_read_timeout_secs: Some(1), ..Default::default() }).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(b"GET /AAAAAAAAAAAA HTTP/1.1\r\nHost: x\r\n").await.unwrap(); // never finishes
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "the server must close a connection whose headers never finish");
+}
