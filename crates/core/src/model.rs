@@ -135,11 +135,20 @@ pub struct Click {
     pub client_ip: Option<IpAddr>,
 }
 
-/// Where a click sits in the outbox. Ordered; opaque to callers beyond that.
+/// Where an entry sits in a durable queue. Ordered; opaque to callers beyond that.
 ///
 /// 128 bits, so that backends with two-part ids (a Redis stream's `ms-seq`) fit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ClickId(pub u128);
+pub struct EntryId(pub u128);
+
+/// The last visit that became a note, per (link, client): what deduplication remembers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VisitMark {
+    /// When that visit happened.
+    pub at: Timestamp,
+    /// The note it became.
+    pub note_id: u64,
+}
 
 /// A note on an entity, as kept in the notes journal.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,7 +2,10 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
-use shortlinks_core::store::{conformance, ClickOutbox, LinkStore, NotesJournal, NotesQuery, TokenStore};
+use shortlinks_core::model::Click;
+use shortlinks_core::store::{
+    conformance, LinkStore, NotesJournal, NotesQuery, Queues, RecordQueues, TokenStore, CLICK_QUEUE,
+};
 use shortlinks_core::{
     AccountId, Config, EntityRef, EntityType, MemoryStore, NewLink, Outcome, Principal, Shortener, SledStore, Store,
     TargetUrl, UserId,
@@ -26,19 +29,17 @@ async fn sled_data_survives_close_and_reopen() {
     {
         let store = SledStore::open(dir.path()).unwrap();
         store.insert_links(vec![link.clone()]).await.unwrap();
-        store
-            .append_clicks(vec![conformance::click("AbCdEfGh1234", 10), conformance::click("AbCdEfGh1234", 11)])
-            .await
-            .unwrap();
-        let first = store.read_clicks(None, 1).await.unwrap();
-        store.ack_clicks(vec![first[0].0]).await.unwrap();
+        let clicks = [conformance::click("AbCdEfGh1234", 10), conformance::click("AbCdEfGh1234", 11)];
+        store.push_records(CLICK_QUEUE, &clicks).await.unwrap();
+        let first = store.peek(CLICK_QUEUE, None, 1).await.unwrap();
+        store.remove(CLICK_QUEUE, vec![first[0].0]).await.unwrap();
         store.append_notes(vec![conformance::note(1, 5, 50, 10)]).await.unwrap();
         store.flush().await.unwrap();
     }
     let store = SledStore::open(dir.path()).unwrap();
     assert_eq!(store.get_link(&link.code).await.unwrap(), Some(link.clone()));
     assert_eq!(store.links_of(AccountId(5), EntityRef::contact(50)).await.unwrap(), vec![link]);
-    let clicks = store.read_clicks(None, 10).await.unwrap();
+    let clicks = store.peek_records::<Click>(CLICK_QUEUE, None, 10).await.unwrap();
     assert_eq!(
         clicks.iter().map(|(_, c)| c.at.0).collect::<Vec<_>>(),
         vec![11],
@@ -49,8 +50,8 @@ async fn sled_data_survives_close_and_reopen() {
     assert_eq!(store.list_notes(query).await.unwrap(), vec![conformance::note(1, 5, 50, 10)]);
     assert!(store.list_tokens().await.unwrap().is_empty());
     // Ids keep growing across a reopen, so new clicks still sort after the old ones.
-    store.append_clicks(vec![conformance::click("AbCdEfGh1234", 12)]).await.unwrap();
-    let ids: Vec<_> = store.read_clicks(None, 10).await.unwrap().into_iter().map(|(id, _)| id).collect();
+    store.push_records(CLICK_QUEUE, &[conformance::click("AbCdEfGh1234", 12)]).await.unwrap();
+    let ids: Vec<_> = store.peek(CLICK_QUEUE, None, 10).await.unwrap().into_iter().map(|(id, _)| id).collect();
     assert!(ids[0] < ids[1]);
 }
 

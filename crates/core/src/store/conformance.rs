@@ -4,10 +4,10 @@
 //! broken promise. It lives in the library, not under `tests/`, so that backends in other
 //! crates (Redis) are held to exactly the same contract.
 
-use super::{InsertOutcome, NotesQuery, Store};
+use super::{InsertOutcome, NotesQuery, RecordQueues, Store, CLICK_QUEUE};
 use crate::code::{InstallationSecret, ShortCode};
 use crate::model::{
-    AccountId, ApiToken, Click, ClickId, ClickMethod, ContactScope, EntityRef, EntityType, Link, Note, NoteBody,
+    AccountId, ApiToken, Click, ClickMethod, ContactScope, EntityRef, EntityType, EntryId, Link, Note, NoteBody,
     Timestamp, UserId,
 };
 use crate::target::TargetUrl;
@@ -15,8 +15,9 @@ use crate::target::TargetUrl;
 /// Runs every check against a fresh, empty store.
 pub async fn run<S: Store>(store: &S) {
     links(store).await;
-    click_outbox(store).await;
+    queues(store).await;
     notes_journal(store).await;
+    visit_ledger(store).await;
     tokens(store).await;
     installation_secret(store).await;
     store.flush().await.expect("flush");
@@ -103,37 +104,44 @@ async fn links<S: Store>(store: &S) {
     assert_eq!(store.links_of(AccountId(1), high.entity).await.expect("list"), vec![high]);
 }
 
-async fn click_outbox<S: Store>(store: &S) {
-    assert!(store.read_clicks(None, 10).await.expect("read").is_empty(), "the outbox starts empty");
-    store
-        .append_clicks(vec![click("AAAAAAAAAAAA", 1), click("BBBBBBBBBBBB", 2), click("CCCCCCCCCCCC", 3)])
-        .await
-        .expect("append");
-    store.append_clicks(vec![click("DDDDDDDDDDDD", 4), click("EEEEEEEEEEEE", 5)]).await.expect("append");
-    store.append_clicks(Vec::new()).await.expect("an empty append is fine");
+async fn queues<S: Store>(store: &S) {
+    let read = |after, max| store.peek_records::<Click>(CLICK_QUEUE, after, max);
+    assert!(read(None, 10).await.expect("read").is_empty(), "the outbox starts empty");
+    let first = [click("AAAAAAAAAAAA", 1), click("BBBBBBBBBBBB", 2), click("CCCCCCCCCCCC", 3)];
+    store.push_records(CLICK_QUEUE, &first).await.expect("push");
+    store.push_records(CLICK_QUEUE, &[click("DDDDDDDDDDDD", 4), click("EEEEEEEEEEEE", 5)]).await.expect("push");
+    store.push_records::<Click>(CLICK_QUEUE, &[]).await.expect("an empty push is fine");
+    // Another queue is independent of the outbox.
+    store.push("sink:webhook", vec![b"x".to_vec()]).await.expect("push");
 
-    let all = store.read_clicks(None, 100).await.expect("read");
+    let all = read(None, 100).await.expect("read");
     let times: Vec<u64> = all.iter().map(|(_, c)| c.at.0).collect();
-    assert_eq!(times, vec![1, 2, 3, 4, 5], "clicks come back in append order");
+    assert_eq!(times, vec![1, 2, 3, 4, 5], "entries come back in push order, from their queue only");
     assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "ids grow");
     assert_eq!(all[0].1, click("AAAAAAAAAAAA", 1));
 
-    let first_two = store.read_clicks(None, 2).await.expect("read");
+    let first_two = read(None, 2).await.expect("read");
     assert_eq!(first_two, all[..2].to_vec());
-    let after = store.read_clicks(Some(first_two[1].0), 2).await.expect("read");
+    let after = read(Some(first_two[1].0), 2).await.expect("read");
     assert_eq!(after, all[2..4].to_vec(), "reading after a cursor");
 
-    let mut acked: Vec<ClickId> = vec![all[0].0, all[2].0];
-    acked.push(ClickId(u128::MAX)); // unknown ids are ignored
-    store.ack_clicks(acked).await.expect("ack");
-    let left: Vec<u64> = store.read_clicks(None, 100).await.expect("read").iter().map(|(_, c)| c.at.0).collect();
-    assert_eq!(left, vec![2, 4, 5], "acknowledged clicks are gone, the rest stay in order");
+    let mut removed: Vec<EntryId> = vec![all[0].0, all[2].0];
+    removed.push(EntryId(u128::MAX)); // unknown ids are ignored
+    store.remove(CLICK_QUEUE, removed).await.expect("remove");
+    let left: Vec<u64> = read(None, 100).await.expect("read").iter().map(|(_, c)| c.at.0).collect();
+    assert_eq!(left, vec![2, 4, 5], "removed entries are gone, the rest stay in order");
 
-    store.append_clicks(vec![click("FFFFFFFFFFFF", 6)]).await.expect("append");
-    let rest = store.read_clicks(None, 100).await.expect("read");
-    assert_eq!(rest.last().map(|(_, c)| c.at.0), Some(6), "a new click goes after the unacknowledged ones");
-    store.ack_clicks(rest.iter().map(|(id, _)| *id).collect()).await.expect("ack");
-    assert!(store.read_clicks(None, 100).await.expect("read").is_empty());
+    store.push_records(CLICK_QUEUE, &[click("FFFFFFFFFFFF", 6)]).await.expect("push");
+    let rest = read(None, 100).await.expect("read");
+    assert_eq!(rest.last().map(|(_, c)| c.at.0), Some(6), "a new entry goes after the older ones");
+    store.remove(CLICK_QUEUE, rest.iter().map(|(id, _)| *id).collect()).await.expect("remove");
+    assert!(read(None, 100).await.expect("read").is_empty());
+
+    let other = store.peek("sink:webhook", None, 10).await.expect("peek");
+    assert_eq!(other.iter().map(|(_, r)| r.as_slice()).collect::<Vec<_>>(), vec![b"x".as_slice()]);
+    store.remove("sink:webhook", vec![other[0].0]).await.expect("remove");
+    assert!(store.peek("sink:webhook", None, 10).await.expect("peek").is_empty());
+    assert!(store.push("bad name", vec![]).await.is_err(), "queue names are checked");
 }
 
 fn query(account: u64, ids: Option<Vec<u64>>, offset: usize, limit: usize) -> NotesQuery {
@@ -191,4 +199,22 @@ async fn installation_secret<S: Store>(store: &S) {
     let second = InstallationSecret::from_bytes([2; 32]);
     assert_eq!(store.installation_secret(first.clone()).await.expect("secret"), first);
     assert_eq!(store.installation_secret(second).await.expect("secret"), first, "the first secret stays");
+}
+
+async fn visit_ledger<S: Store>(store: &S) {
+    let (key, other_key) = ([1; 16], [2; 16]);
+    let hour = 3_600_000;
+    assert!(store.claim_visit(key, Timestamp(1_000), 11, hour).await.expect("claim"), "a first visit is a note");
+    assert!(
+        !store.claim_visit(key, Timestamp(2_000), 12, hour).await.expect("claim"),
+        "a repeat within the window is not"
+    );
+    assert!(store.claim_visit(key, Timestamp(1_000), 11, hour).await.expect("claim"), "a redelivery of the note is");
+    assert!(store.claim_visit(other_key, Timestamp(2_000), 13, hour).await.expect("claim"), "keys are independent");
+    assert!(!store.claim_visit(key, Timestamp(1_000 + hour - 1), 14, hour).await.expect("claim"));
+    assert!(store.claim_visit(key, Timestamp(1_000 + hour), 15, hour).await.expect("claim"), "after the window");
+    assert!(
+        !store.claim_visit(key, Timestamp(1_000 + hour + 5), 16, hour).await.expect("claim"),
+        "the window restarts"
+    );
 }

@@ -3,9 +3,14 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use super::{keys, ClickOutbox, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Store, TokenStore};
+use std::collections::HashMap;
+
+use super::{
+    check_queue_name, keys, visit_claims, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Queues, Store,
+    TokenStore, VisitLedger,
+};
 use crate::code::{InstallationSecret, ShortCode};
-use crate::model::{AccountId, ApiToken, Click, ClickId, EntityRef, Link, Note};
+use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, Timestamp, VisitMark};
 use crate::Error;
 
 /// Everything in process memory; nothing survives the process. Cheap to clone: clones share data.
@@ -23,8 +28,9 @@ struct Links {
 
 #[derive(Default)]
 struct Rest {
-    next_click: u128,
-    clicks: BTreeMap<ClickId, Click>,
+    next_entry: u128,
+    queues: BTreeMap<(String, EntryId), Vec<u8>>,
+    visits: HashMap<[u8; 16], VisitMark>,
     notes: BTreeMap<[u8; 33], Note>,
     tokens: BTreeMap<String, ApiToken>,
     secret: Option<InstallationSecret>,
@@ -76,29 +82,49 @@ impl LinkStore for MemoryStore {
     }
 }
 
-impl ClickOutbox for MemoryStore {
-    async fn append_clicks(&self, clicks: Vec<Click>) -> Result<(), Error> {
+impl Queues for MemoryStore {
+    async fn push(&self, queue: &str, records: Vec<Vec<u8>>) -> Result<(), Error> {
+        check_queue_name(queue)?;
         let mut rest = self.rest();
-        for click in clicks {
-            rest.next_click += 1;
-            let id = ClickId(rest.next_click);
-            rest.clicks.insert(id, click);
+        for record in records {
+            rest.next_entry += 1;
+            let id = EntryId(rest.next_entry);
+            rest.queues.insert((queue.to_owned(), id), record);
         }
         Ok(())
     }
 
-    async fn read_clicks(&self, after: Option<ClickId>, max: usize) -> Result<Vec<(ClickId, Click)>, Error> {
+    async fn peek(&self, queue: &str, after: Option<EntryId>, max: usize) -> Result<Vec<(EntryId, Vec<u8>)>, Error> {
+        check_queue_name(queue)?;
         let rest = self.rest();
-        let start = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-        Ok(rest.clicks.range((start, std::ops::Bound::Unbounded)).take(max).map(|(id, c)| (*id, c.clone())).collect())
+        let start = (queue.to_owned(), after.map_or(EntryId(0), |EntryId(id)| EntryId(id.saturating_add(1))));
+        Ok(rest
+            .queues
+            .range(start..)
+            .take_while(|((name, _), _)| name == queue)
+            .take(max)
+            .map(|((_, id), record)| (*id, record.clone()))
+            .collect())
     }
 
-    async fn ack_clicks(&self, ids: Vec<ClickId>) -> Result<(), Error> {
+    async fn remove(&self, queue: &str, ids: Vec<EntryId>) -> Result<(), Error> {
+        check_queue_name(queue)?;
         let mut rest = self.rest();
         for id in ids {
-            rest.clicks.remove(&id);
+            rest.queues.remove(&(queue.to_owned(), id));
         }
         Ok(())
+    }
+}
+
+impl VisitLedger for MemoryStore {
+    async fn claim_visit(&self, key: [u8; 16], at: Timestamp, note_id: u64, window_ms: u64) -> Result<bool, Error> {
+        let mut rest = self.rest();
+        let claimed = visit_claims(rest.visits.get(&key).copied(), at, note_id, window_ms);
+        if claimed {
+            rest.visits.insert(key, VisitMark { at, note_id });
+        }
+        Ok(claimed)
     }
 }
 

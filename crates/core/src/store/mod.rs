@@ -8,8 +8,12 @@
 
 use std::future::Future;
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
 use crate::code::{InstallationSecret, ShortCode};
-use crate::model::{AccountId, ApiToken, Click, ClickId, EntityRef, EntityType, Link, Note};
+use crate::codec::{decode, encode};
+use crate::model::{AccountId, ApiToken, EntityRef, EntityType, EntryId, Link, Note};
 use crate::Error;
 
 pub mod conformance;
@@ -19,6 +23,9 @@ mod sled_store;
 
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
+
+/// The queue the redirect appends clicks to and the dispatcher drains.
+pub const CLICK_QUEUE: &str = "clicks";
 
 /// What happened to one link of a batch insert.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,20 +50,67 @@ pub trait LinkStore: Send + Sync + 'static {
     fn links_of(&self, account: AccountId, entity: EntityRef) -> impl Future<Output = Result<Vec<Link>, Error>> + Send;
 }
 
-/// The durable, ordered queue between the redirect and the note dispatcher.
-pub trait ClickOutbox: Send + Sync + 'static {
-    /// Appends clicks in order, durably before returning (one flush for the whole group).
-    fn append_clicks(&self, clicks: Vec<Click>) -> impl Future<Output = Result<(), Error>> + Send;
+/// Named, durable, ordered queues of encoded records: the click outbox, and one delivery
+/// queue per note sink, so that a slow sink only ever delays itself.
+///
+/// Queue names are short ASCII (`[A-Za-z0-9_.:-]`, at most 64 bytes).
+pub trait Queues: Send + Sync + 'static {
+    /// Appends records in order, durably before returning (one flush for the whole group).
+    fn push(&self, queue: &str, records: Vec<Vec<u8>>) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// Up to `max` unacknowledged clicks after `after` (from the start when `None`), in order.
-    fn read_clicks(
+    /// Up to `max` entries after `after` (from the start when `None`), in order.
+    fn peek(
         &self,
-        after: Option<ClickId>,
+        queue: &str,
+        after: Option<EntryId>,
         max: usize,
-    ) -> impl Future<Output = Result<Vec<(ClickId, Click)>, Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<(EntryId, Vec<u8>)>, Error>> + Send;
 
-    /// Removes handled clicks. Acknowledging an unknown id is not an error.
-    fn ack_clicks(&self, ids: Vec<ClickId>) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Removes handled entries. Unknown ids are ignored. Not necessarily flushed: a removal
+    /// lost in a crash means the entry is handled again, never that it is lost.
+    fn remove(&self, queue: &str, ids: Vec<EntryId>) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// Typed access to [`Queues`]: records go through [`crate::codec`].
+pub trait RecordQueues: Queues {
+    /// Encodes and appends records.
+    fn push_records<T: Serialize + Sync>(
+        &self,
+        queue: &str,
+        records: &[T],
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        async move {
+            let encoded = records.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
+            self.push(queue, encoded).await
+        }
+    }
+
+    /// Reads and decodes entries.
+    fn peek_records<T: DeserializeOwned + Send>(
+        &self,
+        queue: &str,
+        after: Option<EntryId>,
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<(EntryId, T)>, Error>> + Send {
+        async move {
+            let raw = self.peek(queue, after, max).await?;
+            raw.into_iter().map(|(id, bytes)| Ok((id, decode(&bytes)?))).collect()
+        }
+    }
+}
+
+impl<Q: Queues + ?Sized> RecordQueues for Q {}
+
+/// Checks a queue name; backends call this so that names cannot collide in their key spaces.
+pub fn check_queue_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Corrupt(format!("invalid queue name {name:?}")))
+    }
 }
 
 /// Which notes to list, and which page.
@@ -96,8 +150,40 @@ pub trait TokenStore: Send + Sync + 'static {
     fn list_tokens(&self) -> impl Future<Output = Result<Vec<ApiToken>, Error>> + Send;
 }
 
+/// Remembers which visits became notes, so that repeats within a window do not.
+///
+/// Kept in the store, not in a process, so it survives restarts and is shared by nodes.
+pub trait VisitLedger: Send + Sync + 'static {
+    /// Whether the visit (`key` names the link and the client) becomes note `note_id`.
+    ///
+    /// Yes if no visit of that key became a note within `window_ms` before `at`, and also
+    /// if the one that did is this very note (a redelivered click). On yes, the mark is
+    /// updated atomically. It is made durable by the next durable write (the note itself).
+    fn claim_visit(
+        &self,
+        key: [u8; 16],
+        at: crate::Timestamp,
+        note_id: u64,
+        window_ms: u64,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+}
+
+/// The decision [`VisitLedger::claim_visit`] makes, shared by every backend.
+pub fn visit_claims(
+    previous: Option<crate::model::VisitMark>,
+    at: crate::Timestamp,
+    note_id: u64,
+    window_ms: u64,
+) -> bool {
+    match previous {
+        None => true,
+        Some(mark) if mark.note_id == note_id => true,
+        Some(mark) => at.0 >= mark.at.0.saturating_add(window_ms),
+    }
+}
+
 /// A complete backend.
-pub trait Store: LinkStore + ClickOutbox + NotesJournal + TokenStore {
+pub trait Store: LinkStore + Queues + NotesJournal + TokenStore + VisitLedger {
     /// The installation secret: the stored one, or `candidate` stored if there is none yet.
     /// Nodes sharing one store thus share one secret.
     fn installation_secret(

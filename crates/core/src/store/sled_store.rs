@@ -6,7 +6,8 @@
 //! |-------------|---------------------------------------------------|--------------|
 //! | `links`     | code bytes                                        | `Link`       |
 //! | `by_entity` | account u64 ‖ type u8 ‖ entity u64 ‖ code bytes   | empty        |
-//! | `clicks`    | sled-generated id u64 (monotonic)                 | `Click`      |
+//! | `queues`    | queue name ‖ 0x00 ‖ sled-generated id u64 (monotonic) | a record |
+//! | `visits`    | 16-byte visit key (link, client)                  | `VisitMark`  |
 //! | `notes`     | account u64 ‖ type u8 ‖ entity u64 ‖ at u64 ‖ id u64 | `Note`    |
 //! | `tokens`    | token id                                          | `ApiToken`   |
 //! | default     | `installation_secret`                             | 32 raw bytes |
@@ -22,10 +23,13 @@ use std::path::Path;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
-use super::{keys, ClickOutbox, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Store, TokenStore};
+use super::{
+    check_queue_name, keys, visit_claims, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Queues, Store,
+    TokenStore, VisitLedger,
+};
 use crate::code::{InstallationSecret, ShortCode};
 use crate::codec::{decode, encode};
-use crate::model::{AccountId, ApiToken, Click, ClickId, EntityRef, Link, Note};
+use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, Timestamp, VisitMark};
 use crate::Error;
 
 const SECRET_KEY: &[u8] = b"installation_secret";
@@ -36,7 +40,8 @@ pub struct SledStore {
     db: sled::Db,
     links: sled::Tree,
     by_entity: sled::Tree,
-    clicks: sled::Tree,
+    queues: sled::Tree,
+    visits: sled::Tree,
     notes: sled::Tree,
     tokens: sled::Tree,
 }
@@ -48,7 +53,8 @@ impl SledStore {
         Ok(Self {
             links: db.open_tree("links")?,
             by_entity: db.open_tree("by_entity")?,
-            clicks: db.open_tree("clicks")?,
+            queues: db.open_tree("queues")?,
+            visits: db.open_tree("visits")?,
             notes: db.open_tree("notes")?,
             tokens: db.open_tree("tokens")?,
             db,
@@ -123,46 +129,81 @@ impl LinkStore for SledStore {
     }
 }
 
-impl ClickOutbox for SledStore {
-    async fn append_clicks(&self, clicks: Vec<Click>) -> Result<(), Error> {
+/// `name ‖ 0x00`: the prefix of a queue's keys (names never contain 0x00).
+fn queue_prefix(queue: &str) -> Result<Vec<u8>, Error> {
+    check_queue_name(queue)?;
+    let mut prefix = Vec::with_capacity(queue.len() + 9);
+    prefix.extend_from_slice(queue.as_bytes());
+    prefix.push(0);
+    Ok(prefix)
+}
+
+fn queue_key(prefix: &[u8], id: u64) -> Vec<u8> {
+    let mut key = prefix.to_vec();
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+impl Queues for SledStore {
+    async fn push(&self, queue: &str, records: Vec<Vec<u8>>) -> Result<(), Error> {
+        let prefix = queue_prefix(queue)?;
         self.blocking(move |s| {
             let mut batch = sled::Batch::default();
-            for click in &clicks {
-                let id = s.db.generate_id()?;
-                batch.insert(&id.to_be_bytes(), encode(click)?);
+            for record in records {
+                batch.insert(queue_key(&prefix, s.db.generate_id()?), record);
             }
-            s.clicks.apply_batch(batch)?;
+            s.queues.apply_batch(batch)?;
             s.flush_now()
         })
         .await
     }
 
-    async fn read_clicks(&self, after: Option<ClickId>, max: usize) -> Result<Vec<(ClickId, Click)>, Error> {
+    async fn peek(&self, queue: &str, after: Option<EntryId>, max: usize) -> Result<Vec<(EntryId, Vec<u8>)>, Error> {
+        let prefix = queue_prefix(queue)?;
         let start = match after {
-            Some(ClickId(id)) => match u64::try_from(id) {
-                Ok(id) => Bound::Excluded(id.to_be_bytes()),
+            None => Bound::Included(prefix.clone()),
+            Some(EntryId(id)) => match u64::try_from(id) {
+                Ok(id) => Bound::Excluded(queue_key(&prefix, id)),
                 Err(_) => return Ok(Vec::new()),
             },
-            None => Bound::Unbounded,
         };
         let mut out = Vec::new();
-        for entry in self.clicks.range::<[u8; 8], _>((start, Bound::Unbounded)).take(max) {
+        for entry in self.queues.range::<Vec<u8>, _>((start, Bound::Unbounded)).take(max) {
             let (key, value) = entry?;
-            let id: [u8; 8] = key.as_ref().try_into().map_err(|_| Error::Corrupt("bad click id".into()))?;
-            out.push((ClickId(u64::from_be_bytes(id).into()), decode(&value)?));
+            let Some(id) = key.strip_prefix(prefix.as_slice()) else { break };
+            let id: [u8; 8] = id.try_into().map_err(|_| Error::Corrupt("bad queue key".into()))?;
+            out.push((EntryId(u64::from_be_bytes(id).into()), value.to_vec()));
         }
         Ok(out)
     }
 
-    async fn ack_clicks(&self, ids: Vec<ClickId>) -> Result<(), Error> {
-        // No flush: an ack lost in a crash only means the click is delivered again.
+    async fn remove(&self, queue: &str, ids: Vec<EntryId>) -> Result<(), Error> {
+        let prefix = queue_prefix(queue)?;
         let mut batch = sled::Batch::default();
-        for ClickId(id) in ids {
+        for EntryId(id) in ids {
             if let Ok(id) = u64::try_from(id) {
-                batch.remove(&id.to_be_bytes());
+                batch.remove(queue_key(&prefix, id));
             }
         }
-        self.blocking(move |s| Ok(s.clicks.apply_batch(batch)?)).await
+        self.blocking(move |s| Ok(s.queues.apply_batch(batch)?)).await
+    }
+}
+
+impl VisitLedger for SledStore {
+    async fn claim_visit(&self, key: [u8; 16], at: Timestamp, note_id: u64, window_ms: u64) -> Result<bool, Error> {
+        let proposed = encode(&VisitMark { at, note_id })?;
+        self.blocking(move |s| loop {
+            let current = s.visits.get(key)?;
+            let previous = current.as_deref().map(decode::<VisitMark>).transpose()?;
+            if !visit_claims(previous, at, note_id, window_ms) {
+                return Ok(false);
+            }
+            // Compare-and-swap, so that two dispatchers never both claim one window.
+            if s.visits.compare_and_swap(key, current, Some(proposed.as_slice()))?.is_ok() {
+                return Ok(true);
+            }
+        })
+        .await
     }
 }
 
