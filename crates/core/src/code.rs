@@ -156,6 +156,11 @@ impl InstallationSecret {
     pub fn to_bytes(&self) -> [u8; 32] {
         self.0
     }
+
+    /// A key for another purpose, derived so that it reveals nothing about this one.
+    pub fn derive_key(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, &self.0)
+    }
 }
 
 impl fmt::Debug for InstallationSecret {
@@ -175,6 +180,11 @@ impl CodeDeriver {
     /// A deriver issuing codes of `len` characters.
     pub fn new(secret: InstallationSecret, len: CodeLength) -> Self {
         Self { secret, len }
+    }
+
+    /// A key for another purpose (click deduplication, note ids), derived from the secret.
+    pub fn derive_key(&self, context: &str) -> [u8; 32] {
+        self.secret.derive_key(context)
     }
 
     /// The code for a link identity; `attempt` picks the next candidate after a collision.

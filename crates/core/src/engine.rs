@@ -75,6 +75,12 @@ impl<S: Store> Shortener<S> {
         Ok(Self { store, codes: CodeDeriver::new(secret, code_length) })
     }
 
+    /// A key for another purpose, derived from the installation secret: every node on one
+    /// store derives the same key, and no key reveals the secret.
+    pub fn derive_key(&self, context: &str) -> [u8; 32] {
+        self.codes.derive_key(context)
+    }
+
     /// The store, for what the engine does not wrap (the click outbox, notes, tokens).
     pub fn store(&self) -> &S {
         &self.store

@@ -1,8 +1,14 @@
 //! The application: shared state and the router. One `handle` per request, no framework.
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
 use hyper::body::Body as HttpBody;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use shortlinks_core::{Shortener, Store};
+use shortlinks_notes::stats::Stats;
+use shortlinks_notes::ClickRecorder;
 
 use crate::config::{Limits, PublicUrl};
 use crate::problem::{self, method_not_allowed, Body};
@@ -12,12 +18,32 @@ pub struct App<S: Store> {
     pub(crate) engine: Shortener<S>,
     pub(crate) public_url: PublicUrl,
     pub(crate) limits: Limits,
+    pub(crate) clicks: ClickRecorder,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) client_ip_header: Option<HeaderName>,
+}
+
+/// How the front end hands clicks over, and where it reads the client's address.
+pub struct ClickCapture {
+    /// The pipeline's recorder.
+    pub recorder: ClickRecorder,
+    /// The pipeline's counters, served on `/metrics`.
+    pub stats: Arc<Stats>,
+    /// A trusted proxy's client-address header; `None` trusts no header.
+    pub client_ip_header: Option<HeaderName>,
 }
 
 impl<S: Store> App<S> {
     /// An application over an engine, issuing links under `public_url`.
-    pub fn new(engine: Shortener<S>, public_url: PublicUrl, limits: Limits) -> Self {
-        Self { engine, public_url, limits }
+    pub fn new(engine: Shortener<S>, public_url: PublicUrl, limits: Limits, capture: ClickCapture) -> Self {
+        Self {
+            engine,
+            public_url,
+            limits,
+            clicks: capture.recorder,
+            stats: capture.stats,
+            client_ip_header: capture.client_ip_header,
+        }
     }
 
     /// The engine, for the binary's shutdown (flush) and for embedding.
@@ -30,9 +56,9 @@ impl<S: Store> App<S> {
         &self.public_url
     }
 
-    /// Answers one request. Generic over the body, so benches and tests can call it
-    /// without a socket.
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body>
+    /// Answers one request from `peer`. Generic over the body, so benches and tests can call
+    /// it without a socket.
+    pub async fn handle<B>(&self, request: Request<B>, peer: Option<IpAddr>) -> Response<Body>
     where
         B: HttpBody,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -41,8 +67,7 @@ impl<S: Store> App<S> {
         // The hot path first: a single segment that is not an API path.
         if let Some(code) = path.strip_prefix('/').filter(|rest| !rest.contains('/') && !is_reserved(rest)) {
             return match *request.method() {
-                Method::GET => self.redirect(code, false).await,
-                Method::HEAD => self.redirect(code, true).await,
+                Method::GET | Method::HEAD => self.redirect(code, &request, peer).await,
                 _ => method_not_allowed("GET, HEAD"),
             };
         }
@@ -51,11 +76,16 @@ impl<S: Store> App<S> {
                 Method::POST => self.create_links(request).await,
                 _ => method_not_allowed("POST"),
             },
-            "/healthz" | "/readyz" if !matches!(*request.method(), Method::GET | Method::HEAD) => {
+            "/healthz" | "/readyz" | "/metrics" if !matches!(*request.method(), Method::GET | Method::HEAD) => {
                 method_not_allowed("GET, HEAD")
             }
             "/healthz" => problem::text(StatusCode::OK, "ok\n"),
             "/readyz" => self.readiness().await,
+            "/metrics" => self.metrics(),
+            p if p.starts_with("/api/v4/contacts/") => match *request.method() {
+                Method::GET => self.list_notes(&request).await,
+                _ => method_not_allowed("GET"),
+            },
             p if p == "/api" || p.starts_with("/api/") => {
                 problem::problem(StatusCode::NOT_FOUND, "There is no such API endpoint")
             }
@@ -73,9 +103,16 @@ impl<S: Store> App<S> {
             }
         }
     }
+
+    /// The pipeline's counters, in Prometheus' text format.
+    fn metrics(&self) -> Response<Body> {
+        let mut response = Response::new(Body::from(self.stats.render()));
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+        response
+    }
 }
 
 /// Single-segment paths that are never codes.
 fn is_reserved(segment: &str) -> bool {
-    matches!(segment, "" | "api" | "healthz" | "readyz")
+    matches!(segment, "" | "api" | "healthz" | "readyz" | "metrics")
 }

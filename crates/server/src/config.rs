@@ -8,31 +8,88 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hyper::header::HeaderName;
 use serde::Deserialize;
-use shortlinks_core::CodeLength;
+use shortlinks_core::{AccountId, CodeLength};
+use shortlinks_notes::Durability;
 
 use crate::ServerError;
 
 /// One source of settings; `None` means "not set here".
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+///
+/// The same struct is the TOML file's schema and the binary's flags: each flag also reads
+/// its `SHORTLINKS_*` environment variable.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsLayer {
     /// Where the sled database lives.
+    #[arg(long, env = "SHORTLINKS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// The address to listen on, such as `127.0.0.1:8080`.
+    #[arg(long, env = "SHORTLINKS_LISTEN")]
     pub listen: Option<String>,
     /// The base of issued short links, such as `https://sho.rt`.
+    #[arg(long, env = "SHORTLINKS_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Characters in new codes, 8 to 22.
+    #[arg(long, env = "SHORTLINKS_CODE_LENGTH")]
     pub code_length: Option<usize>,
     /// The largest accepted request body.
+    #[arg(long, env = "SHORTLINKS_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
     /// How long a client may take to send its request headers.
+    #[arg(long, env = "SHORTLINKS_HEADER_READ_TIMEOUT_SECS")]
     pub header_read_timeout_secs: Option<u64>,
     /// How long a client may take to send a request body.
+    #[arg(long, env = "SHORTLINKS_BODY_READ_TIMEOUT_SECS")]
     pub body_read_timeout_secs: Option<u64>,
     /// How long shutdown waits for in-flight requests.
+    #[arg(long, env = "SHORTLINKS_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
+    /// `group` (default) or `sync`: see [`shortlinks_notes::Durability`].
+    #[arg(long, env = "SHORTLINKS_DURABILITY")]
+    pub durability: Option<String>,
+    /// The group-commit window in milliseconds (default 10).
+    #[arg(long, env = "SHORTLINKS_COMMIT_WINDOW_MS")]
+    pub commit_window_ms: Option<u64>,
+    /// Repeat visits by one client within this many seconds make one note (default 3600).
+    #[arg(long, env = "SHORTLINKS_DEDUP_WINDOW_SECS")]
+    pub dedup_window_secs: Option<u64>,
+    /// A header set by a trusted proxy with the client's address, such as `X-Forwarded-For`.
+    /// Unset (the default), the peer address is used and no header is trusted.
+    #[arg(long, env = "SHORTLINKS_CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<String>,
+    /// Where the webhook sink posts notes; unset, there is no webhook sink.
+    #[arg(long, env = "SHORTLINKS_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// The webhook's HMAC-SHA256 key.
+    #[arg(long, env = "SHORTLINKS_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// The timeout of each request to a sink, in seconds (default 10).
+    #[arg(long, env = "SHORTLINKS_SINK_TIMEOUT_SECS")]
+    pub sink_timeout_secs: Option<u64>,
+    /// The longest delay between a sink's retries, in milliseconds (default 60000).
+    #[arg(long, env = "SHORTLINKS_SINK_RETRY_MAX_MS")]
+    pub sink_retry_max_ms: Option<u64>,
+    /// The amoCRM account (`{subdomain}.amocrm.ru`) the amoCRM sink writes to.
+    #[arg(long, env = "SHORTLINKS_AMOCRM_SUBDOMAIN")]
+    pub amocrm_subdomain: Option<String>,
+    /// Instead of the subdomain: the amoCRM API base URL (for testing or proxies).
+    #[arg(long, env = "SHORTLINKS_AMOCRM_BASE_URL")]
+    pub amocrm_base_url: Option<String>,
+    /// The amoCRM API token.
+    #[arg(long, env = "SHORTLINKS_AMOCRM_TOKEN", hide_env_values = true)]
+    pub amocrm_token: Option<String>,
+    /// Whose notes go to amoCRM: this shortlinks account id (default 1).
+    #[arg(long, env = "SHORTLINKS_AMOCRM_ACCOUNT_ID")]
+    pub amocrm_account_id: Option<u64>,
+}
+
+/// Field by field: `a.or(b)` for every field.
+macro_rules! layer_over {
+    ($high:expr, $low:expr, $($field:ident),* $(,)?) => {
+        SettingsLayer { $($field: $high.$field.or($low.$field)),* }
+    };
 }
 
 impl SettingsLayer {
@@ -45,20 +102,35 @@ impl SettingsLayer {
 
     /// This layer over `lower`: every field set here wins.
     pub fn over(self, lower: SettingsLayer) -> SettingsLayer {
-        SettingsLayer {
-            data_dir: self.data_dir.or(lower.data_dir),
-            listen: self.listen.or(lower.listen),
-            public_url: self.public_url.or(lower.public_url),
-            code_length: self.code_length.or(lower.code_length),
-            max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
-            header_read_timeout_secs: self.header_read_timeout_secs.or(lower.header_read_timeout_secs),
-            body_read_timeout_secs: self.body_read_timeout_secs.or(lower.body_read_timeout_secs),
-            shutdown_grace_secs: self.shutdown_grace_secs.or(lower.shutdown_grace_secs),
-        }
+        layer_over!(
+            self,
+            lower,
+            data_dir,
+            listen,
+            public_url,
+            code_length,
+            max_body_bytes,
+            header_read_timeout_secs,
+            body_read_timeout_secs,
+            shutdown_grace_secs,
+            durability,
+            commit_window_ms,
+            dedup_window_secs,
+            client_ip_header,
+            webhook_url,
+            webhook_secret,
+            sink_timeout_secs,
+            sink_retry_max_ms,
+            amocrm_subdomain,
+            amocrm_base_url,
+            amocrm_token,
+            amocrm_account_id,
+        )
     }
 
     /// Fills in defaults and checks every value.
     pub fn resolve(self) -> Result<Settings, ServerError> {
+        let clicks = self.clicks()?;
         let listen = self.listen.as_deref().unwrap_or(Settings::DEFAULT_LISTEN);
         let listen: SocketAddr = listen
             .parse()
@@ -75,6 +147,7 @@ impl SettingsLayer {
             None => Ok(default),
         };
         Ok(Settings {
+            clicks,
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from(Settings::DEFAULT_DATA_DIR)),
             listen,
             public_url,
@@ -97,9 +170,115 @@ impl SettingsLayer {
     }
 }
 
+impl SettingsLayer {
+    fn clicks(&self) -> Result<ClickSettings, ServerError> {
+        let bad = |msg: String| Err(ServerError::Config(msg));
+        let window = Duration::from_millis(self.commit_window_ms.unwrap_or(10));
+        let durability = match self.durability.as_deref().unwrap_or("group") {
+            "group" if window > Duration::from_secs(1) => return bad("commit_window_ms must be at most 1000".into()),
+            "group" => Durability::Group { window },
+            "sync" => Durability::Sync,
+            other => return bad(format!("durability must be \"group\" or \"sync\", got {other:?}")),
+        };
+        let client_ip_header = match &self.client_ip_header {
+            None => None,
+            Some(name) => Some(
+                HeaderName::from_bytes(name.trim().as_bytes())
+                    .map_err(|_| ServerError::Config(format!("client_ip_header {name:?} is not a header name")))?,
+            ),
+        };
+        let webhook = match (&self.webhook_url, &self.webhook_secret) {
+            (None, _) => None,
+            (Some(_), None) => return bad("webhook_url needs webhook_secret, to sign what it sends".into()),
+            (Some(url), Some(secret)) => {
+                Some(WebhookSettings { url: http_uri(url, "webhook_url")?, secret: secret.clone() })
+            }
+        };
+        let amocrm_base = match (&self.amocrm_base_url, &self.amocrm_subdomain) {
+            (Some(base), _) => Some(http_uri(base, "amocrm_base_url")?.to_string()),
+            (None, Some(sub)) if !sub.is_empty() && sub.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
+                Some(format!("https://{sub}.amocrm.ru"))
+            }
+            (None, Some(sub)) => return bad(format!("amocrm_subdomain {sub:?} is not a subdomain")),
+            (None, None) => None,
+        };
+        let amocrm = match (amocrm_base, &self.amocrm_token) {
+            (None, _) => None,
+            (Some(_), None) => return bad("the amoCRM sink needs amocrm_token".into()),
+            (Some(base), Some(token)) => Some(AmoCrmSettings {
+                base,
+                token: token.clone(),
+                account: AccountId(self.amocrm_account_id.unwrap_or(1)),
+            }),
+        };
+        let positive = |v: Option<u64>, default: u64, name: &str| match v {
+            Some(0) => Err(ServerError::Config(format!("{name} must be positive"))),
+            v => Ok(v.unwrap_or(default)),
+        };
+        Ok(ClickSettings {
+            durability,
+            dedup_window: Duration::from_secs(positive(self.dedup_window_secs, 3600, "dedup_window_secs")?),
+            client_ip_header,
+            webhook,
+            amocrm,
+            sink_timeout: Duration::from_secs(positive(self.sink_timeout_secs, 10, "sink_timeout_secs")?),
+            sink_retry_max: Duration::from_millis(positive(self.sink_retry_max_ms, 60_000, "sink_retry_max_ms")?),
+        })
+    }
+}
+
+fn http_uri(text: &str, name: &str) -> Result<hyper::Uri, ServerError> {
+    let url = url::Url::parse(text).map_err(|e| ServerError::Config(format!("{name} {text:?}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ServerError::Config(format!("{name} must be an http or https URL")));
+    }
+    url.as_str().parse().map_err(|e| ServerError::Config(format!("{name} {text:?}: {e}")))
+}
+
+/// How clicks become notes.
+#[derive(Clone, Debug)]
+pub struct ClickSettings {
+    /// Group commit or sync.
+    pub durability: Durability,
+    /// The deduplication window.
+    pub dedup_window: Duration,
+    /// The trusted proxy's client-address header, if any.
+    pub client_ip_header: Option<HeaderName>,
+    /// The webhook sink, if configured.
+    pub webhook: Option<WebhookSettings>,
+    /// The amoCRM sink, if configured.
+    pub amocrm: Option<AmoCrmSettings>,
+    /// The timeout of each sink request.
+    pub sink_timeout: Duration,
+    /// The longest delay between a sink's retries.
+    pub sink_retry_max: Duration,
+}
+
+/// The webhook sink's settings.
+#[derive(Clone, Debug)]
+pub struct WebhookSettings {
+    /// Where to post.
+    pub url: hyper::Uri,
+    /// The HMAC key.
+    pub secret: String,
+}
+
+/// The amoCRM sink's settings.
+#[derive(Clone, Debug)]
+pub struct AmoCrmSettings {
+    /// The API base URL.
+    pub base: String,
+    /// The token.
+    pub token: String,
+    /// Which shortlinks account's notes go there.
+    pub account: AccountId,
+}
+
 /// Complete, checked settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// How clicks become notes.
+    pub clicks: ClickSettings,
     /// Where the sled database lives.
     pub data_dir: PathBuf,
     /// The address to listen on.
@@ -217,8 +396,48 @@ mod tests {
         for layer in bad {
             assert!(layer.clone().resolve().is_err(), "{layer:?}");
         }
+        for layer in [
+            SettingsLayer { durability: Some("eventually".into()), ..Default::default() },
+            SettingsLayer { webhook_url: Some("http://x.example/hook".into()), ..Default::default() },
+            SettingsLayer {
+                webhook_url: Some("ftp://x".into()),
+                webhook_secret: Some("k".into()),
+                ..Default::default()
+            },
+            SettingsLayer {
+                amocrm_subdomain: Some("x.evil/".into()),
+                amocrm_token: Some("t".into()),
+                ..Default::default()
+            },
+            SettingsLayer { amocrm_subdomain: Some("acme".into()), ..Default::default() },
+            SettingsLayer { client_ip_header: Some("bad header".into()), ..Default::default() },
+            SettingsLayer { dedup_window_secs: Some(0), ..Default::default() },
+        ] {
+            assert!(layer.clone().resolve().is_err(), "{layer:?}");
+        }
         let unknown: Result<SettingsLayer, _> = toml::from_str("lisen = \"127.0.0.1:1\"");
         assert!(unknown.is_err(), "a typo in the file is an error");
+    }
+
+    #[test]
+    fn click_settings() {
+        let s = SettingsLayer::default().resolve().unwrap().clicks;
+        assert_eq!(s.durability, Durability::Group { window: Duration::from_millis(10) });
+        assert_eq!(s.dedup_window, Duration::from_secs(3600));
+        assert!(s.client_ip_header.is_none() && s.webhook.is_none() && s.amocrm.is_none());
+        let s = SettingsLayer {
+            durability: Some("sync".into()),
+            amocrm_subdomain: Some("acme".into()),
+            amocrm_token: Some("t".into()),
+            client_ip_header: Some("X-Forwarded-For".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap()
+        .clicks;
+        assert_eq!(s.durability, Durability::Sync);
+        assert_eq!(s.amocrm.unwrap().base, "https://acme.amocrm.ru");
+        assert_eq!(s.client_ip_header.unwrap().as_str(), "x-forwarded-for");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!
 //! - `GET|HEAD /{code}`: the hot path, a 302 to the original URL ([`redirect`]).
 //! - `POST /api/v4/short_links`: batch creation, amoCRM's shape ([`short_links`], [`request`]).
-//! - `GET /healthz`, `GET /readyz`: liveness and readiness.
+//! - `GET /api/v4/contacts/notes`, `GET /api/v4/contacts/{id}/notes`: the notes journal ([`notes_api`]).
+//! - `GET /healthz`, `GET /readyz`, `GET /metrics`: liveness, readiness, counters.
 //!
 //! Tokens ([`auth`]) are stored hashed; operator commands go through [`admin`], which
 //! works whether or not a server holds the data directory.
@@ -15,11 +16,12 @@ mod app;
 pub mod auth;
 pub mod config;
 mod error;
+pub mod notes_api;
 pub mod problem;
 pub mod redirect;
 pub mod request;
 pub mod server;
 pub mod short_links;
 
-pub use app::App;
+pub use app::{App, ClickCapture};
 pub use error::ServerError;

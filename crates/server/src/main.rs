@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (the default when no command is given).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage API tokens; works whether or not a server is running.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -84,33 +84,11 @@ impl StoreArgs {
 /// Every setting; each flag also reads its `SHORTLINKS_*` variable, and both beat the file.
 #[derive(Args, Default)]
 struct ServeArgs {
-    /// A TOML settings file.
+    /// A TOML settings file (same keys as the flags, with underscores).
     #[arg(long, env = "SHORTLINKS_CONFIG")]
     config: Option<PathBuf>,
-    /// The data directory [default: ./data].
-    #[arg(long, env = "SHORTLINKS_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// The address to listen on [default: 127.0.0.1:8080].
-    #[arg(long, env = "SHORTLINKS_LISTEN")]
-    listen: Option<String>,
-    /// The base of issued links, e.g. https://sho.rt [default: from the listen address].
-    #[arg(long, env = "SHORTLINKS_PUBLIC_URL")]
-    public_url: Option<String>,
-    /// Characters in new codes, 8 to 22 [default: 12].
-    #[arg(long, env = "SHORTLINKS_CODE_LENGTH")]
-    code_length: Option<usize>,
-    /// The largest accepted request body [default: 1048576].
-    #[arg(long, env = "SHORTLINKS_MAX_BODY_BYTES")]
-    max_body_bytes: Option<usize>,
-    /// Seconds a client may take to send request headers [default: 10].
-    #[arg(long, env = "SHORTLINKS_HEADER_READ_TIMEOUT_SECS")]
-    header_read_timeout_secs: Option<u64>,
-    /// Seconds a client may take to send a request body [default: 30].
-    #[arg(long, env = "SHORTLINKS_BODY_READ_TIMEOUT_SECS")]
-    body_read_timeout_secs: Option<u64>,
-    /// Seconds shutdown waits for in-flight requests [default: 10].
-    #[arg(long, env = "SHORTLINKS_SHUTDOWN_GRACE_SECS")]
-    shutdown_grace_secs: Option<u64>,
+    #[command(flatten)]
+    settings: SettingsLayer,
 }
 
 fn file_layer(path: Option<&std::path::Path>) -> anyhow::Result<SettingsLayer> {
@@ -130,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         None => serve(ServeArgs::from_env()).await,
-        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Serve(args)) => serve(*args).await,
         Some(Command::Token(command)) => token(command).await,
         Some(Command::Resolve { code, store }) => {
             match admin::command(&store.data_dir()?, AdminRequest::Resolve { code }).await? {
@@ -163,17 +141,7 @@ impl ServeArgs {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let flags = SettingsLayer {
-        data_dir: args.data_dir,
-        listen: args.listen,
-        public_url: args.public_url,
-        code_length: args.code_length,
-        max_body_bytes: args.max_body_bytes,
-        header_read_timeout_secs: args.header_read_timeout_secs,
-        body_read_timeout_secs: args.body_read_timeout_secs,
-        shutdown_grace_secs: args.shutdown_grace_secs,
-    };
-    let settings = flags.over(file_layer(args.config.as_deref())?).resolve()?;
+    let settings = args.settings.over(file_layer(args.config.as_deref())?).resolve()?;
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
     let data_dir = settings.data_dir.clone();

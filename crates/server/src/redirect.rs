@@ -1,10 +1,15 @@
-//! `GET|HEAD /{code}`: the hot path. One store read, no logging, no waiting on anything else.
+//! `GET|HEAD /{code}`: the hot path. One store read, the click handed to the pipeline
+//! without waiting for it (unless durability is `sync`), no logging.
+
+use std::net::IpAddr;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, CACHE_CONTROL, LOCATION};
-use hyper::{Response, StatusCode};
-use shortlinks_core::Store;
+use hyper::header::{HeaderMap, HeaderValue, CACHE_CONTROL, LOCATION, REFERER, USER_AGENT};
+use hyper::{Method, Request, Response, StatusCode};
+use shortlinks_core::model::ClickMethod;
+use shortlinks_core::{Store, Timestamp};
+use shortlinks_notes::RawClick;
 
 use crate::app::App;
 use crate::problem::{self, Body};
@@ -12,12 +17,12 @@ use crate::problem::{self, Body};
 /// Every click must reach the server, so neither browsers nor proxies may keep the redirect.
 const NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
 
+/// Headers by which browsers mark speculative loads.
+const PREFETCH_HEADERS: [&str; 4] = ["sec-purpose", "purpose", "x-purpose", "x-moz"];
+
 impl<S: Store> App<S> {
     /// 302 to the original URL, or the 404 page.
-    ///
-    /// The click pipeline hooks in here: once the link is known, a click record is handed
-    /// to it without waiting (`head` tells it this was a HEAD, which is never a visit).
-    pub(crate) async fn redirect(&self, code: &str, _head: bool) -> Response<Body> {
+    pub(crate) async fn redirect<B>(&self, code: &str, request: &Request<B>, peer: Option<IpAddr>) -> Response<Body> {
         let link = match self.engine.resolve(code).await {
             Ok(Some(link)) => link,
             Ok(None) => return problem::not_found_page(),
@@ -31,6 +36,19 @@ impl<S: Store> App<S> {
             tracing::error!(code = %link.code, "stored target is not a valid header value");
             return problem::text(StatusCode::INTERNAL_SERVER_ERROR, "invalid stored link\n");
         };
+        let headers = request.headers();
+        let click = RawClick {
+            code: link.code,
+            at: Timestamp::now(),
+            method: if request.method() == Method::HEAD { ClickMethod::Head } else { ClickMethod::Get },
+            user_agent: headers.get(USER_AGENT).cloned(),
+            referer: headers.get(REFERER).cloned(),
+            prefetch: prefetch_hints(headers),
+            client_ip: self.client_ip(headers, peer),
+        };
+        if self.clicks.record(click).await.is_err() {
+            tracing::debug!("click after the pipeline stopped");
+        }
         let mut response = Response::new(Full::new(Bytes::new()));
         *response.status_mut() = StatusCode::FOUND;
         let headers = response.headers_mut();
@@ -38,4 +56,29 @@ impl<S: Store> App<S> {
         headers.insert(CACHE_CONTROL, NO_STORE);
         response
     }
+
+    /// The client's address: from the trusted proxy's header when one is configured (its
+    /// right-most address, the one that proxy saw), else the peer.
+    fn client_ip(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Option<IpAddr> {
+        let from_proxy = self.client_ip_header.as_ref().and_then(|name| {
+            let value = headers.get_all(name).iter().next_back()?.to_str().ok()?;
+            value.rsplit(',').next()?.trim().parse().ok()
+        });
+        from_proxy.or(peer)
+    }
+}
+
+/// `name: value` of every prefetch header present; `None` (no allocation) when there are none.
+fn prefetch_hints(headers: &HeaderMap) -> Option<String> {
+    let mut hints: Option<String> = None;
+    for name in PREFETCH_HEADERS {
+        if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            let hints = hints.get_or_insert_with(String::new);
+            if !hints.is_empty() {
+                hints.push_str("; ");
+            }
+            hints.push_str(value);
+        }
+    }
+    hints
 }

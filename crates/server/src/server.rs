@@ -15,13 +15,17 @@ use hyper_util::server::graceful::GracefulShutdown;
 use shortlinks_core::{AccountId, Config, ContactScope, Shortener, SledStore, Store, UserId};
 use tokio::net::TcpListener;
 
-use crate::app::App;
-use crate::config::{PublicUrl, Settings};
+use shortlinks_notes::sink::{AmoCrmSink, HttpClient, RetryPolicy, WebhookSink};
+use shortlinks_notes::{Pipeline, PipelineBuilder, PipelineConfig};
+
+use crate::app::{App, ClickCapture};
+use crate::config::{ClickSettings, PublicUrl, Settings};
 use crate::{admin, auth, ServerError};
 
 /// A server that is bound and ready to run.
 pub struct Started {
     app: Arc<App<SledStore>>,
+    pipeline: Pipeline,
     listener: TcpListener,
     admin: admin::AdminSocket,
     /// The bound address (useful with port 0).
@@ -44,8 +48,34 @@ pub async fn start(settings: Settings) -> Result<Started, ServerError> {
     let addr = listener.local_addr().map_err(|e| ServerError::io("reading the bound address", e))?;
     let public_url = settings.public_url.clone().unwrap_or_else(|| PublicUrl::from_bound(addr));
     let admin = admin::AdminSocket::bind(&admin::socket_path(&settings.data_dir))?;
-    let app = Arc::new(App::new(engine, public_url, settings.limits));
-    Ok(Started { app, listener, admin, addr, first_token })
+    let pipeline = start_pipeline(&engine, &settings.clicks)?;
+    let capture = ClickCapture {
+        recorder: pipeline.recorder().clone(),
+        stats: pipeline.stats().clone(),
+        client_ip_header: settings.clicks.client_ip_header.clone(),
+    };
+    let app = Arc::new(App::new(engine, public_url, settings.limits, capture));
+    Ok(Started { app, pipeline, listener, admin, addr, first_token })
+}
+
+/// The click pipeline with the configured sinks (the journal is always on).
+fn start_pipeline<S: Store + Clone>(engine: &Shortener<S>, clicks: &ClickSettings) -> Result<Pipeline, ServerError> {
+    let config = PipelineConfig {
+        durability: clicks.durability,
+        dedup_window: clicks.dedup_window,
+        retry: RetryPolicy { max: clicks.sink_retry_max, ..RetryPolicy::default() },
+        ..PipelineConfig::default()
+    };
+    let mut builder = PipelineBuilder::new(engine, config);
+    let http = HttpClient::new(clicks.sink_timeout);
+    if let Some(webhook) = &clicks.webhook {
+        builder = builder.sink(WebhookSink::new(http.clone(), webhook.url.clone(), webhook.secret.as_bytes()), None);
+    }
+    if let Some(amo) = &clicks.amocrm {
+        let sink = AmoCrmSink::new(http, &amo.base, &amo.token).map_err(ServerError::Config)?;
+        builder = builder.sink(sink, Some(amo.account));
+    }
+    Ok(builder.start())
 }
 
 /// On a store with no tokens at all, issues one for account 1, user 1, all contacts.
@@ -66,11 +96,15 @@ impl Started {
 
     /// Serves until `shutdown` completes, then drains and flushes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let Started { app, listener, admin, .. } = self;
+        let Started { app, pipeline, listener, admin, .. } = self;
         let admin_path: PathBuf = admin.path().to_owned();
         let admin_task = tokio::spawn(admin.serve(app.clone()));
         let result = serve(app.clone(), listener, shutdown).await;
+        // No request is in flight any more: every click handed over is drained and flushed.
+        pipeline.shutdown().await;
+        // Abort only asks; awaiting makes sure the task, and its hold on the store, is gone.
         admin_task.abort();
+        let _ = admin_task.await;
         let _ = std::fs::remove_file(&admin_path);
         result?;
         app.engine().store().flush().await?;
@@ -93,7 +127,7 @@ pub async fn serve<S: Store>(
     let mut shutdown = std::pin::pin!(shutdown);
 
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => {
                     backoff = Duration::from_millis(5);
@@ -111,9 +145,10 @@ pub async fn serve<S: Store>(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let peer = Some(peer.ip());
         let service = service_fn(move |request| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(request).await) }
+            async move { Ok::<_, Infallible>(app.handle(request, peer).await) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {

@@ -4,65 +4,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{code_of, item, send, shortlinks_binary};
+use common::{code_of, item, shortlinks_binary, try_send, Process};
 use hyper::Method;
 use serde_json::json;
 use shortlinks_core::store::LinkStore;
 use shortlinks_core::{ShortCode, SledStore};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
-
-/// A `shortlinks serve` process.
-struct Process {
-    child: Child,
-    addr: SocketAddr,
-    /// Lines printed before "listening on".
-    banner: Vec<String>,
-    _stdout: Lines<BufReader<ChildStdout>>,
-}
-
-impl Process {
-    async fn serve(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(shortlinks_binary());
-        command.arg("serve").arg("--data-dir").arg(dir).args(extra).stdout(Stdio::piped()).stderr(Stdio::null());
-        command.env_remove("SHORTLINKS_LISTEN").env_remove("SHORTLINKS_PUBLIC_URL").env_remove("SHORTLINKS_CONFIG");
-        if !extra.contains(&"--listen") {
-            command.env("SHORTLINKS_LISTEN", "127.0.0.1:0");
-        }
-        command.envs(env.iter().copied()).kill_on_drop(true);
-        let mut child = command.spawn().unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut banner = Vec::new();
-        let addr = loop {
-            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap();
-            let line = line.expect("the server exited before listening");
-            if let Some(rest) = line.strip_prefix("listening on http://") {
-                break rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-            banner.push(line);
-        };
-        Self { child, addr, banner, _stdout: lines }
-    }
-
-    /// SIGTERM, and the exit code.
-    async fn terminate(mut self) -> i32 {
-        let pid = self.child.id().unwrap().to_string();
-        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.unwrap().unwrap();
-        status.code().unwrap_or(-1)
-    }
-
-    async fn post(&self, token: &str, body: &serde_json::Value) -> common::Reply {
-        let auth = format!("Bearer {token}");
-        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
-        send(self.addr, Method::POST, "/api/v4/short_links", &headers, body.to_string().into_bytes()).await
-    }
-}
+use tokio::process::Command;
 
 /// Runs a CLI command to completion: (exit success, stdout, stderr).
 async fn cli(args: &[&str]) -> (bool, String, String) {
@@ -205,13 +154,9 @@ async fn graceful_shutdown_loses_no_created_link() {
                     (0..20).map(|i| item(&format!("https://x.example/{client}/{batch}/{i}"), 1 + i)).collect();
                 let body = json!(items).to_string().into_bytes();
                 let auth = format!("Bearer {token}");
-                // In a task of its own: once the server is gone, the helper panics on connect.
-                let attempt = tokio::spawn(async move {
-                    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
-                    send(addr, Method::POST, "/api/v4/short_links", &headers, body).await
-                });
-                match attempt.await {
-                    Ok(reply) if reply.status == 200 => created.push(reply.json()),
+                let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+                match try_send(addr, Method::POST, "/api/v4/short_links", &headers, body).await {
+                    Some(reply) if reply.status == 200 => created.push(reply.json()),
                     _ => break, // the server has stopped accepting
                 }
             }

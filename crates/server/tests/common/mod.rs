@@ -3,6 +3,9 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -11,7 +14,9 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use shortlinks_server::config::SettingsLayer;
 use shortlinks_server::server;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::net::TcpStream;
+use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::oneshot;
 
 /// A server running in this process on 127.0.0.1:0.
@@ -104,16 +109,27 @@ impl Reply {
 
 /// One request on a fresh connection.
 pub async fn send(addr: SocketAddr, method: Method, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    try_send(addr, method, path, headers, body).await.expect("the server answers")
+}
+
+/// One request, or `None` if the server is gone (refused, or closed mid-answer).
+pub async fn try_send(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Option<Reply> {
+    let stream = TcpStream::connect(addr).await.ok()?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
     tokio::spawn(conn);
     let mut request = Request::builder().method(method).uri(path).header("host", addr.to_string());
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let response = sender.send_request(request.body(Full::new(Bytes::from(body))).unwrap()).await.unwrap();
+    let response = sender.send_request(request.body(Full::new(Bytes::from(body))).unwrap()).await.ok()?;
     let (parts, body) = response.into_parts();
-    Reply { status: parts.status, headers: parts.headers, body: body.collect().await.unwrap().to_bytes() }
+    Some(Reply { status: parts.status, headers: parts.headers, body: body.collect().await.ok()?.to_bytes() })
 }
 
 pub fn item(url: &str, contact: u64) -> serde_json::Value {
@@ -126,4 +142,194 @@ pub fn code_of(url: &str) -> &str {
 
 pub fn shortlinks_binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_shortlinks"))
+}
+
+/// A `shortlinks serve` process.
+pub struct Process {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// Lines printed before "listening on".
+    pub banner: Vec<String>,
+    _stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Process {
+    pub async fn serve(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(shortlinks_binary());
+        command.arg("serve").arg("--data-dir").arg(dir).args(extra).stdout(Stdio::piped()).stderr(Stdio::null());
+        command.env_remove("SHORTLINKS_LISTEN").env_remove("SHORTLINKS_PUBLIC_URL").env_remove("SHORTLINKS_CONFIG");
+        if !extra.contains(&"--listen") {
+            command.env("SHORTLINKS_LISTEN", "127.0.0.1:0");
+        }
+        command.envs(env.iter().copied()).kill_on_drop(true);
+        let mut child = command.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut banner = Vec::new();
+        let addr = loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap();
+            let line = line.expect("the server exited before listening");
+            if let Some(rest) = line.strip_prefix("listening on http://") {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+            banner.push(line);
+        };
+        Self { child, addr, banner, _stdout: lines }
+    }
+
+    /// SIGTERM, and the exit code.
+    pub async fn terminate(mut self) -> i32 {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.unwrap().unwrap();
+        status.code().unwrap_or(-1)
+    }
+
+    pub async fn post(&self, token: &str, body: &serde_json::Value) -> Reply {
+        let auth = format!("Bearer {token}");
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        send(self.addr, Method::POST, "/api/v4/short_links", &headers, body.to_string().into_bytes()).await
+    }
+
+    /// SIGKILL: no shutdown at all.
+    pub async fn kill9(mut self) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.unwrap();
+    }
+}
+
+/// A GET of a short link as a browser would send it.
+pub async fn click(addr: SocketAddr, code: &str, headers: &[(&str, &str)]) -> Reply {
+    send(addr, Method::GET, &format!("/{code}"), headers, Vec::new()).await
+}
+
+pub const BROWSER: &str =
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
+
+/// Reads one counter from `/metrics`.
+pub async fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let body = send(addr, Method::GET, "/metrics", &[], Vec::new()).await.body;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
+        .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+}
+
+/// Waits until the dispatcher has finished with `n` clicks (the pipeline is asynchronous).
+pub async fn until_dispatched(addr: SocketAddr, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = metric(addr, "shortlinks_clicks_dispatched_total").await;
+        if done >= n {
+            assert_eq!(done, n, "more clicks were dispatched than were made");
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "only {done} of {n} clicks dispatched");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every note the token can see, following `_links.next`.
+pub async fn all_notes(addr: SocketAddr, token: &str, path: &str) -> Vec<serde_json::Value> {
+    let auth = format!("Bearer {token}");
+    let mut notes = Vec::new();
+    let mut next = Some(path.to_owned());
+    while let Some(path) = next.take() {
+        let reply = send(addr, Method::GET, &path, &[("authorization", &auth)], Vec::new()).await;
+        if reply.status == 204 {
+            break;
+        }
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        assert_eq!(reply.content_type(), "application/hal+json");
+        let body = reply.json();
+        notes.extend(body["_embedded"]["notes"].as_array().unwrap().iter().cloned());
+        next = body["_links"]["next"]["href"].as_str().map(str::to_owned);
+    }
+    notes
+}
+
+/// One request a [`Receiver`] got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// What the receiver answered (0: it stalled past the client's timeout).
+    pub answered: u16,
+}
+
+/// A local HTTP endpoint standing in for a webhook receiver or amoCRM. `script` says what
+/// to do with the n-th request: answer a status (with optional body), or stall.
+pub struct Receiver {
+    pub url: String,
+    pub log: Arc<Mutex<Vec<Received>>>,
+}
+
+#[derive(Clone)]
+pub enum Answer {
+    Status(u16, &'static str),
+    Stall(Duration),
+}
+
+impl Receiver {
+    pub async fn start(script: impl Fn(usize) -> Answer + Send + Sync + 'static) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(script);
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let log2 = log.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (log, script, seen) = (log2.clone(), script.clone(), seen.clone());
+                let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let (log, script, seen) = (log.clone(), script.clone(), seen.clone());
+                    async move {
+                        let (parts, body) = request.into_parts();
+                        let body = body.collect().await.unwrap().to_bytes();
+                        let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let answer = script(n);
+                        let answered = match &answer {
+                            Answer::Status(s, _) => *s,
+                            Answer::Stall(_) => 0,
+                        };
+                        log.lock().unwrap().push(Received {
+                            path: parts.uri.path().to_owned(),
+                            headers: parts.headers,
+                            body,
+                            answered,
+                        });
+                        let (status, text) = match answer {
+                            Answer::Status(status, text) => (status, text),
+                            Answer::Stall(d) => {
+                                tokio::time::sleep(d).await;
+                                (200, "")
+                            }
+                        };
+                        let mut response = hyper::Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+                        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        Self { url, log }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until `done` holds of what was received.
+    pub async fn until(&self, what: &str, done: impl Fn(&[Received]) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !done(&self.received()) {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {:#?}", self.received());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
 }

@@ -1,0 +1,179 @@
+//! Capture: the redirect hands a click over and moves on; a writer appends clicks to the
+//! durable outbox in groups, one flush per group (group commit).
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::header::HeaderValue;
+use shortlinks_core::model::{Click, ClickMethod};
+use shortlinks_core::store::{RecordQueues, CLICK_QUEUE};
+use shortlinks_core::{ShortCode, Store, Timestamp};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use crate::stats::Stats;
+
+/// The most clicks in one group commit.
+const MAX_GROUP: usize = 1024;
+/// Header values longer than this are cut: they are for classification, not archiving.
+const MAX_HEADER_CHARS: usize = 512;
+
+/// When a redirect may answer, relative to its click becoming durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// The redirect does not wait. The writer gathers clicks for up to `window` after the
+    /// first one, then appends and flushes them together. On kill -9 or power loss, at most
+    /// the clicks of the last window and of the flush in progress are lost.
+    Group {
+        /// The commit window (10 ms by default).
+        window: Duration,
+    },
+    /// The redirect answers only once its click is flushed. Concurrent clicks still share a
+    /// flush, so this costs latency, not throughput.
+    Sync,
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Self::Group { window: Duration::from_millis(10) }
+    }
+}
+
+/// A click as the hot path sees it: header values are kept as they are (cloning one is a
+/// reference-count increment), and turned into text off the hot path.
+#[derive(Clone, Debug)]
+pub struct RawClick {
+    /// The requested code.
+    pub code: ShortCode,
+    /// When the request arrived.
+    pub at: Timestamp,
+    /// GET or HEAD.
+    pub method: ClickMethod,
+    /// `User-Agent`.
+    pub user_agent: Option<HeaderValue>,
+    /// `Referer`.
+    pub referer: Option<HeaderValue>,
+    /// Prefetch hints, if the request carried any (rare, so allocating for them is fine).
+    pub prefetch: Option<String>,
+    /// The client's address (from the trusted proxy header only when one is configured).
+    pub client_ip: Option<IpAddr>,
+}
+
+impl RawClick {
+    fn into_click(self) -> Click {
+        let text = |v: Option<HeaderValue>| {
+            v.map(|v| String::from_utf8_lossy(v.as_bytes()).chars().take(MAX_HEADER_CHARS).collect::<String>())
+        };
+        Click {
+            code: self.code,
+            at: self.at,
+            method: self.method,
+            user_agent: text(self.user_agent),
+            referer: text(self.referer),
+            prefetch: self.prefetch.map(|p| p.chars().take(MAX_HEADER_CHARS).collect()),
+            client_ip: self.client_ip,
+        }
+    }
+}
+
+/// Why a click could not be recorded.
+#[derive(Debug, thiserror::Error)]
+#[error("the click pipeline has stopped")]
+pub struct PipelineStopped;
+
+struct Pending {
+    click: RawClick,
+    durable: Option<oneshot::Sender<()>>,
+}
+
+/// The redirect's handle on the pipeline. Cheap to clone.
+#[derive(Clone)]
+pub struct ClickRecorder {
+    tx: mpsc::Sender<Pending>,
+    sync: bool,
+    stats: Arc<Stats>,
+}
+
+impl ClickRecorder {
+    /// Hands a click over. Waits only if the queue is full (clicks are never dropped), or,
+    /// in [`Durability::Sync`], until the click is durable.
+    pub async fn record(&self, click: RawClick) -> Result<(), PipelineStopped> {
+        self.stats.clicks_recorded.fetch_add(1, Relaxed);
+        if !self.sync {
+            return self.tx.send(Pending { click, durable: None }).await.map_err(|_| PipelineStopped);
+        }
+        let (durable, done) = oneshot::channel();
+        self.tx.send(Pending { click, durable: Some(durable) }).await.map_err(|_| PipelineStopped)?;
+        done.await.map_err(|_| PipelineStopped)
+    }
+}
+
+/// Makes a recorder and the writer task that drains it.
+pub(crate) fn channel<S: Store + Clone>(
+    store: S,
+    durability: Durability,
+    capacity: usize,
+    stats: Arc<Stats>,
+    dispatcher: Arc<Notify>,
+    shutdown: watch::Receiver<bool>,
+) -> (ClickRecorder, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let window = match durability {
+        Durability::Group { window } => window,
+        Durability::Sync => Duration::ZERO,
+    };
+    let recorder = ClickRecorder { tx, sync: durability == Durability::Sync, stats: stats.clone() };
+    let writer = tokio::spawn(write_groups(store, rx, window, stats, dispatcher, shutdown));
+    (recorder, writer)
+}
+
+/// The writer: gather a group, append it with one flush, tell the waiters and the dispatcher.
+/// On shutdown it stops taking new clicks, drains the queue, and flushes what it has.
+async fn write_groups<S: Store>(
+    store: S,
+    mut rx: mpsc::Receiver<Pending>,
+    window: Duration,
+    stats: Arc<Stats>,
+    dispatcher: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut group: Vec<Pending> = Vec::with_capacity(MAX_GROUP);
+    loop {
+        let received = tokio::select! {
+            biased;
+            n = rx.recv_many(&mut group, MAX_GROUP) => n,
+            _ = shutdown.changed() => {
+                rx.close();
+                continue;
+            }
+        };
+        if received == 0 {
+            break; // closed and drained
+        }
+        if !window.is_zero() {
+            let deadline = tokio::time::Instant::now() + window;
+            while group.len() < MAX_GROUP {
+                let more = MAX_GROUP - group.len();
+                match tokio::time::timeout_at(deadline, rx.recv_many(&mut group, more)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+        let (clicks, waiters): (Vec<Click>, Vec<_>) =
+            group.drain(..).map(|p| (p.click.into_click(), p.durable)).unzip();
+        let mut backoff = Duration::from_millis(10);
+        while let Err(e) = store.push_records(CLICK_QUEUE, &clicks).await {
+            // Keep the group: its clicks must not be lost. Redirects wait as the queue fills.
+            tracing::error!(error = %e, clicks = clicks.len(), "cannot append clicks to the outbox; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        stats.clicks_persisted.fetch_add(clicks.len() as u64, Relaxed);
+        for durable in waiters.into_iter().flatten() {
+            let _ = durable.send(());
+        }
+        dispatcher.notify_one();
+    }
+}

@@ -1,0 +1,268 @@
+//! Is a click a visit by a person? The rules are data: one table, easy to extend.
+//!
+//! Everything that is not a visit still gets its redirect (previews must keep working);
+//! it is only counted, and writes no note.
+
+use shortlinks_core::model::{Click, ClickMethod};
+
+/// Why a click is not a visit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NotVisit {
+    /// A HEAD request: a machine checking the link.
+    Head,
+    /// A browser's prefetch or prerender (`Purpose`, `Sec-Purpose` and the like).
+    Prefetch,
+    /// No `User-Agent` at all: a script.
+    NoUserAgent,
+    /// A messenger or social network fetching a preview.
+    Preview,
+    /// A mail security scanner or safe-link checker.
+    Scanner,
+    /// A search engine, crawler or HTTP library.
+    Crawler,
+}
+
+impl NotVisit {
+    /// Every kind, for counters.
+    pub const ALL: [NotVisit; 6] =
+        [Self::Head, Self::Prefetch, Self::NoUserAgent, Self::Preview, Self::Scanner, Self::Crawler];
+
+    /// A stable lowercase name, for metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Head => "head",
+            Self::Prefetch => "prefetch",
+            Self::NoUserAgent => "no_user_agent",
+            Self::Preview => "preview",
+            Self::Scanner => "scanner",
+            Self::Crawler => "crawler",
+        }
+    }
+}
+
+/// One rule: a lowercase substring of the `User-Agent`, what it means, and who sends it.
+#[derive(Clone, Copy, Debug)]
+pub struct UserAgentRule {
+    /// Matched case-insensitively anywhere in the `User-Agent`.
+    pub contains: &'static str,
+    /// What a match means.
+    pub kind: NotVisit,
+    /// Who sends it, for people reading the table.
+    pub who: &'static str,
+    /// Match only agents that are not full browsers (no `mozilla/`): for apps whose in-app
+    /// browser, used by people, carries the same name as their preview fetcher.
+    pub bare_only: bool,
+}
+
+const fn rule(contains: &'static str, kind: NotVisit, who: &'static str) -> UserAgentRule {
+    UserAgentRule { contains, kind, who, bare_only: false }
+}
+
+const fn bare(contains: &'static str, kind: NotVisit, who: &'static str) -> UserAgentRule {
+    UserAgentRule { contains, kind, who, bare_only: true }
+}
+
+use NotVisit::{Crawler, Preview, Scanner};
+
+/// The `User-Agent` rules. Patterns are specific on purpose: a bare "bot" would also match
+/// phones such as the Cubot brand.
+pub const USER_AGENT_RULES: &[UserAgentRule] = &[
+    // Link-preview unfurlers.
+    rule("slackbot", Preview, "Slack"),
+    rule("slack-imgproxy", Preview, "Slack"),
+    rule("telegrambot", Preview, "Telegram"),
+    bare("whatsapp", Preview, "WhatsApp"),
+    rule("facebookexternalhit", Preview, "Facebook, Messenger, iMessage"),
+    rule("facebot", Preview, "Facebook"),
+    rule("facebookcatalog", Preview, "Facebook"),
+    rule("twitterbot", Preview, "Twitter/X, iMessage"),
+    rule("linkedinbot", Preview, "LinkedIn"),
+    rule("discordbot", Preview, "Discord"),
+    rule("skypeuripreview", Preview, "Skype, Microsoft Teams"),
+    rule("microsoftpreview", Preview, "Microsoft Teams, Outlook"),
+    rule("teams/", Preview, "Microsoft Teams"),
+    bare("viber", Preview, "Viber"),
+    rule("vkshare", Preview, "VK"),
+    rule("vk.com/dev/share", Preview, "VK"),
+    rule("vkbot", Preview, "VK"),
+    bare("pinterest", Preview, "Pinterest"),
+    rule("redditbot", Preview, "Reddit"),
+    rule("embedly", Preview, "Embedly"),
+    rule("iframely", Preview, "Iframely"),
+    rule("mastodon", Preview, "Mastodon"),
+    bare("snapchat", Preview, "Snapchat"),
+    rule("line-poker", Preview, "LINE"),
+    rule("kakaotalk-scrap", Preview, "KakaoTalk"),
+    rule("google-pagerenderer", Preview, "Google preview"),
+    rule("bingpreview", Preview, "Bing, Outlook"),
+    // Mail security scanners and safe-link checkers.
+    rule("safelinks", Scanner, "Microsoft Defender Safe Links"),
+    rule("ms-office", Scanner, "Microsoft Office link check"),
+    rule("microsoft office", Scanner, "Microsoft Office link check"),
+    rule("office 365", Scanner, "Microsoft 365"),
+    rule("proofpoint", Scanner, "Proofpoint URL Defense"),
+    rule("mimecast", Scanner, "Mimecast"),
+    rule("barracuda", Scanner, "Barracuda"),
+    rule("symantec", Scanner, "Symantec / Broadcom"),
+    rule("forcepoint", Scanner, "Forcepoint"),
+    rule("trendmicro", Scanner, "Trend Micro"),
+    rule("sophos", Scanner, "Sophos"),
+    rule("fortiguard", Scanner, "Fortinet"),
+    rule("cisco", Scanner, "Cisco Secure Email"),
+    rule("ironport", Scanner, "Cisco IronPort"),
+    rule("zscaler", Scanner, "Zscaler"),
+    rule("kaspersky", Scanner, "Kaspersky"),
+    rule("checkpoint", Scanner, "Check Point"),
+    rule("virustotal", Scanner, "VirusTotal"),
+    rule("urlscan", Scanner, "urlscan.io"),
+    // Search engines, crawlers and HTTP libraries.
+    rule("googlebot", Crawler, "Google"),
+    rule("google-inspectiontool", Crawler, "Google"),
+    rule("adsbot-google", Crawler, "Google Ads"),
+    rule("bingbot", Crawler, "Bing"),
+    rule("yandexbot", Crawler, "Yandex"),
+    rule("yandex.com/bots", Crawler, "Yandex"),
+    rule("baiduspider", Crawler, "Baidu"),
+    rule("duckduckbot", Crawler, "DuckDuckGo"),
+    rule("applebot", Crawler, "Apple"),
+    rule("petalbot", Crawler, "Huawei"),
+    rule("semrushbot", Crawler, "Semrush"),
+    rule("ahrefsbot", Crawler, "Ahrefs"),
+    rule("mj12bot", Crawler, "Majestic"),
+    rule("dotbot", Crawler, "Moz"),
+    rule("bytespider", Crawler, "ByteDance"),
+    rule("gptbot", Crawler, "OpenAI"),
+    rule("headlesschrome", Crawler, "headless Chrome"),
+    rule("phantomjs", Crawler, "PhantomJS"),
+    rule("curl/", Crawler, "curl"),
+    rule("wget/", Crawler, "wget"),
+    rule("python-requests", Crawler, "Python requests"),
+    rule("python-urllib", Crawler, "Python urllib"),
+    rule("aiohttp", Crawler, "Python aiohttp"),
+    rule("go-http-client", Crawler, "Go"),
+    rule("okhttp", Crawler, "OkHttp"),
+    rule("java/", Crawler, "Java"),
+    rule("libwww-perl", Crawler, "Perl"),
+    rule("node-fetch", Crawler, "Node.js"),
+    rule("axios/", Crawler, "Node.js axios"),
+    rule("guzzlehttp", Crawler, "PHP Guzzle"),
+    rule("crawler", Crawler, "crawlers"),
+    rule("spider", Crawler, "crawlers"),
+    rule("bot/", Crawler, "bots that name themselves"),
+    rule("+http", Crawler, "bots that link their docs"),
+];
+
+/// Prefetch hints, as found in `Purpose`, `Sec-Purpose`, `X-Purpose` and `X-Moz`.
+const PREFETCH_WORDS: &[&str] = &["prefetch", "prerender", "preview"];
+
+/// `Some(reason)` if the click is not a visit by a person.
+pub fn classify(click: &Click) -> Option<NotVisit> {
+    if click.method == ClickMethod::Head {
+        return Some(NotVisit::Head);
+    }
+    if let Some(hint) = &click.prefetch {
+        let hint = hint.to_ascii_lowercase();
+        if PREFETCH_WORDS.iter().any(|w| hint.contains(w)) {
+            return Some(NotVisit::Prefetch);
+        }
+    }
+    let Some(agent) = click.user_agent.as_deref().filter(|a| !a.trim().is_empty()) else {
+        return Some(NotVisit::NoUserAgent);
+    };
+    let agent = agent.to_ascii_lowercase();
+    let browser = agent.starts_with("mozilla/");
+    USER_AGENT_RULES.iter().find(|r| !(r.bare_only && browser) && agent.contains(r.contains)).map(|r| r.kind)
+}
+
+/// Agents as each really sends them: the table's test corpus, shared with the server's
+/// end-to-end tests.
+pub mod samples {
+    use super::NotVisit::{self, Crawler, Preview, Scanner};
+
+    /// Real User-Agent strings, as each sends them.
+    pub const NOT_VISITS: &[(&str, NotVisit)] = &[
+    ("Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)", Preview),
+    ("TelegramBot (like TwitterBot)", Preview),
+    ("WhatsApp/2.23.20.0 A", Preview),
+    ("facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)", Preview),
+    ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_11_1) AppleWebKit/601.2.4 (KHTML, like Gecko) Version/9.0.1 Safari/601.2.4 facebookexternalhit/1.1 Facebot Twitterbot/1.0", Preview),
+    ("Twitterbot/1.0", Preview),
+    ("LinkedInBot/1.0 (compatible; Mozilla/5.0; Apache-HttpClient +http://www.linkedin.com)", Preview),
+    ("Mozilla/5.0 (compatible; Discordbot/2.0; +https://discordapp.com)", Preview),
+    ("Mozilla/5.0 (Windows NT 6.1; WOW64) SkypeUriPreview Preview/0.5", Preview),
+    ("Viber/13.3.0.5 CFNetwork/1220.1 Darwin/20.3.0", Preview),
+    ("Mozilla/5.0 (compatible; vkShare; +http://vk.com/dev/Share)", Preview),
+    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/100.0.4896.127 Safari/537.36 Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0.15128; Pro)", Scanner),
+    ("Microsoft Office Existence Discovery", Scanner),
+    ("Mozilla/5.0 (compatible; Proofpoint URL Defense)", Scanner),
+    ("Mimecast Security Scanner", Scanner),
+    ("Barracuda Sentinel (EE)", Scanner),
+    ("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", Crawler),
+    ("Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)", Crawler),
+    ("Mozilla/5.0 (compatible; YandexBot/3.0; +http://yandex.com/bots)", Crawler),
+    ("curl/8.5.0", Crawler),
+    ("python-requests/2.31.0", Crawler),
+    ("Go-http-client/1.1", Crawler),
+    ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0.0.0 Safari/537.36", Crawler),
+];
+
+    /// Real browsers, which must stay visits.
+    pub const BROWSERS: &[&str] = &[
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (Linux; Android 10; Cubot X30) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (Linux; Android 13; SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.6367.82 YaBrowser/24.4.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36 Edg/124.0.2478.67",
+    // In-app browsers: a person reading in the app.
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 Viber/21.6.0",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36 Snapchat/12.85.0.40",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 [Pinterest/iOS]",
+];
+}
+
+#[cfg(test)]
+mod tests {
+    use shortlinks_core::store::conformance;
+
+    use super::samples::{BROWSERS, NOT_VISITS};
+    use super::*;
+
+    fn with_agent(agent: &str) -> Click {
+        Click { user_agent: Some(agent.into()), ..conformance::click("AAAAAAAAAAAA", 1) }
+    }
+
+    #[test]
+    fn bots_previews_and_scanners_are_not_visits() {
+        for (agent, kind) in NOT_VISITS {
+            assert_eq!(classify(&with_agent(agent)), Some(*kind), "{agent}");
+        }
+    }
+
+    #[test]
+    fn browsers_are_visits() {
+        for agent in BROWSERS {
+            assert_eq!(classify(&with_agent(agent)), None, "{agent}");
+        }
+    }
+
+    #[test]
+    fn head_prefetch_and_missing_agents_are_not_visits() {
+        let browser = with_agent(BROWSERS[0]);
+        assert_eq!(classify(&Click { method: ClickMethod::Head, ..browser.clone() }), Some(NotVisit::Head));
+        for hint in ["prefetch", "prefetch;prerender", "Prefetch", "preview"] {
+            let click = Click { prefetch: Some(hint.into()), ..browser.clone() };
+            assert_eq!(classify(&click), Some(NotVisit::Prefetch), "{hint}");
+        }
+        assert_eq!(classify(&Click { user_agent: None, ..browser.clone() }), Some(NotVisit::NoUserAgent));
+        assert_eq!(classify(&Click { user_agent: Some("  ".into()), ..browser }), Some(NotVisit::NoUserAgent));
+    }
+
+    #[test]
+    fn every_rule_is_lowercase_and_nonempty() {
+        for r in USER_AGENT_RULES {
+            assert!(!r.contains.is_empty() && r.contains == r.contains.to_ascii_lowercase(), "{r:?}");
+        }
+    }
+}

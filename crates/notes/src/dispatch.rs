@@ -1,0 +1,108 @@
+//! The dispatcher: drains the click outbox in order, turns visits into notes, writes them to
+//! the journal, hands them to every sink's own queue, and only then removes the clicks.
+//!
+//! At-least-once: a crash before the removal means the clicks are handled again, and the
+//! notes they make have the same ids, so the journal keeps one copy and sinks see the same
+//! idempotency key.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shortlinks_core::model::{Click, Note};
+use shortlinks_core::store::{RecordQueues, CLICK_QUEUE};
+use shortlinks_core::{AccountId, Error, Store};
+use tokio::sync::{watch, Notify};
+
+use crate::classify::classify;
+use crate::note::NoteKeys;
+use crate::stats::Stats;
+
+/// Clicks handled per round.
+const BATCH: usize = 256;
+/// Even without a wake-up, look at the outbox this often (clicks written by another process).
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Where a sink's notes go.
+pub(crate) struct Route {
+    pub(crate) queue: String,
+    pub(crate) account: Option<AccountId>,
+    pub(crate) wake: Arc<Notify>,
+}
+
+pub(crate) struct Dispatcher<S> {
+    pub(crate) store: S,
+    pub(crate) keys: NoteKeys,
+    pub(crate) routes: Vec<Route>,
+    pub(crate) dedup_window: Duration,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) wake: Arc<Notify>,
+}
+
+impl<S: Store> Dispatcher<S> {
+    pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(50);
+        while !*shutdown.borrow() {
+            match self.dispatch_batch().await {
+                Ok(0) => {
+                    tokio::select! {
+                        () = self.wake.notified() => {}
+                        () = tokio::time::sleep(IDLE_POLL) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+                Ok(_) => backoff = Duration::from_millis(50),
+                Err(e) => {
+                    tracing::error!(error = %e, "dispatching clicks failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Handles one batch; returns how many clicks it took.
+    pub(crate) async fn dispatch_batch(&self) -> Result<usize, Error> {
+        let batch = self.store.peek_records::<Click>(CLICK_QUEUE, None, BATCH).await?;
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let window_ms = u64::try_from(self.dedup_window.as_millis()).unwrap_or(u64::MAX);
+        let mut notes = Vec::new();
+        for (_, click) in &batch {
+            let Some(link) = self.store.get_link(&click.code).await? else {
+                self.stats.unknown_links.fetch_add(1, Relaxed);
+                continue;
+            };
+            if let Some(why) = classify(click) {
+                self.stats.not_visit(why);
+                continue;
+            }
+            let key = self.keys.visit_key(click);
+            let note = self.keys.note_for(click, &key, &link);
+            if self.store.claim_visit(key, click.at, note.id, window_ms).await? {
+                notes.push(note);
+            } else {
+                self.stats.duplicate_visits.fetch_add(1, Relaxed);
+            }
+        }
+        if !notes.is_empty() {
+            self.store.append_notes(notes.clone()).await?;
+            for route in &self.routes {
+                let mine: Vec<&Note> =
+                    notes.iter().filter(|n| route.account.is_none_or(|account| n.account == account)).collect();
+                if !mine.is_empty() {
+                    self.store.push_records(&route.queue, &mine).await?;
+                    route.wake.notify_one();
+                }
+            }
+            self.stats.notes_written.fetch_add(notes.len() as u64, Relaxed);
+        }
+        self.store.remove(CLICK_QUEUE, batch.iter().map(|(id, _)| *id).collect()).await?;
+        self.stats.clicks_dispatched.fetch_add(batch.len() as u64, Relaxed);
+        Ok(batch.len())
+    }
+}

@@ -1,0 +1,26 @@
+//! shortlinks-notes: from a click to a note on the contact, durably and off the hot path.
+//!
+//! ```text
+//! redirect ──record──▶ bounded queue ──writer (group commit)──▶ outbox "clicks"
+//!                                                                 │
+//!              dispatcher: classify → dedupe → note ◀─────────────┘
+//!                 │ journal (the store's notes, served by the API)
+//!                 └▶ "sink:webhook", "sink:amocrm" queues ──▶ one worker each, retrying
+//! ```
+//!
+//! - [`capture`]: what the redirect hands over, and the group-commit writer.
+//! - [`classify`]: the table of what is not a visit (HEAD, prefetch, previews, scanners, bots).
+//! - [`note`]: note ids, visit keys, amoCRM's JSON shape.
+//! - [`sink`]: the [`sink::NoteSink`] trait, the webhook and amoCRM sinks, retry with backoff.
+//! - [`pipeline`]: putting it together; [`stats`]: counters.
+
+pub mod capture;
+pub mod classify;
+mod dispatch;
+pub mod note;
+pub mod pipeline;
+pub mod sink;
+pub mod stats;
+
+pub use capture::{ClickRecorder, Durability, RawClick};
+pub use pipeline::{Pipeline, PipelineBuilder, PipelineConfig};

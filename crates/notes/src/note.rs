@@ -1,0 +1,161 @@
+//! Notes: stable ids, visit keys, and amoCRM's JSON shape.
+
+use serde::Serialize;
+use shortlinks_core::model::{Click, Link, Note, NoteBody};
+
+/// Keys derived from the installation secret, one per purpose, so that neither can stand
+/// in for the other (nor for the code key).
+#[derive(Clone)]
+pub struct NoteKeys {
+    visit: [u8; 32],
+    note: [u8; 32],
+}
+
+impl NoteKeys {
+    /// The derivation contexts; passed to `Shortener::derive_key`.
+    pub const VISIT_CONTEXT: &'static str = "shortlinks 2026 visit key";
+    /// See [`NoteKeys::VISIT_CONTEXT`].
+    pub const NOTE_CONTEXT: &'static str = "shortlinks 2026 note id";
+
+    /// Keys from their derived bytes.
+    pub fn new(visit: [u8; 32], note: [u8; 32]) -> Self {
+        Self { visit, note }
+    }
+
+    /// Who clicked which link: a keyed hash of (code, client address, User-Agent). Keyed,
+    /// so that the stored value reveals neither address nor agent.
+    pub fn visit_key(&self, click: &Click) -> [u8; 16] {
+        let mut hasher = blake3::Hasher::new_keyed(&self.visit);
+        hasher.update(click.code.as_bytes());
+        hasher.update(&[0]);
+        match click.client_ip {
+            Some(ip) => hasher.update(ip.to_string().as_bytes()),
+            None => hasher.update(b"-"),
+        };
+        hasher.update(&[0]);
+        hasher.update(click.user_agent.as_deref().unwrap_or("").as_bytes());
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+        key
+    }
+
+    /// The note a visit becomes. Its id depends only on the click, so that a redelivered
+    /// click yields the same note; 53 bits, so that JavaScript clients read it exactly.
+    pub fn note_for(&self, click: &Click, visit_key: &[u8; 16], link: &Link) -> Note {
+        let mut hasher = blake3::Hasher::new_keyed(&self.note);
+        hasher.update(visit_key);
+        hasher.update(&click.at.0.to_be_bytes());
+        let bytes: [u8; 8] = hasher.finalize().as_bytes()[..8].try_into().unwrap_or_default();
+        let id = (u64::from_be_bytes(bytes) & ((1 << 53) - 1)).max(1);
+        Note {
+            id,
+            account: link.account,
+            entity: link.entity,
+            created_by: link.created_by,
+            created_at: click.at,
+            body: NoteBody::LinkFollowed { url: link.target.clone() },
+        }
+    }
+}
+
+/// A note as amoCRM shows it. Only the ORIGINAL URL appears; never the short link.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct AmoNote<'a> {
+    /// Note id.
+    pub id: u64,
+    /// The contact.
+    pub entity_id: u64,
+    /// The link's creator.
+    pub created_by: u64,
+    /// As `created_by`: notes are never edited.
+    pub updated_by: u64,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// As `created_at`.
+    pub updated_at: u64,
+    /// The link's creator, who is responsible for the contact's outreach.
+    pub responsible_user_id: u64,
+    /// amoCRM's user group; shortlinks has none.
+    pub group_id: u64,
+    /// `link_followed`.
+    pub note_type: &'static str,
+    /// `{url}`: the original URL.
+    pub params: AmoParams<'a>,
+    /// The account.
+    pub account_id: u64,
+}
+
+/// The `params` of a `link_followed` note.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct AmoParams<'a> {
+    /// The original URL.
+    pub url: &'a str,
+}
+
+impl<'a> AmoNote<'a> {
+    /// The amoCRM view of a stored note.
+    pub fn of(note: &'a Note) -> Self {
+        let NoteBody::LinkFollowed { url } = &note.body;
+        Self {
+            id: note.id,
+            entity_id: note.entity.id,
+            created_by: note.created_by.0,
+            updated_by: note.created_by.0,
+            created_at: note.created_at.as_secs(),
+            updated_at: note.created_at.as_secs(),
+            responsible_user_id: note.created_by.0,
+            group_id: 0,
+            note_type: "link_followed",
+            params: AmoParams { url: url.as_str() },
+            account_id: note.account.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shortlinks_core::store::conformance;
+
+    use super::*;
+
+    fn keys() -> NoteKeys {
+        NoteKeys::new([1; 32], [2; 32])
+    }
+
+    #[test]
+    fn ids_and_keys_are_stable_and_distinct() {
+        let link = conformance::link("AAAAAAAAAAAA", 1, 2, "https://x.example/");
+        let click = conformance::click("AAAAAAAAAAAA", 1000);
+        let key = keys().visit_key(&click);
+        assert_eq!(key, keys().visit_key(&click.clone()));
+        let note = keys().note_for(&click, &key, &link);
+        assert_eq!(note, keys().note_for(&click, &key, &link), "a redelivered click is the same note");
+        assert!(note.id < 1 << 53 && note.id > 0);
+
+        let other_agent = Click { user_agent: Some("other".into()), ..click.clone() };
+        assert_ne!(keys().visit_key(&other_agent), key);
+        let other_ip = Click { client_ip: Some([10, 0, 0, 1].into()), ..click.clone() };
+        assert_ne!(keys().visit_key(&other_ip), key);
+        let later = Click { at: shortlinks_core::Timestamp(2000), ..click.clone() };
+        assert_ne!(keys().note_for(&later, &key, &link).id, note.id);
+        assert_ne!(NoteKeys::new([9; 32], [2; 32]).visit_key(&click), key, "keyed");
+    }
+
+    #[test]
+    fn the_amocrm_shape_carries_the_original_url_only() {
+        let link = conformance::link("AAAAAAAAAAAA", 7, 42, "https://original.example/offer");
+        let click = conformance::click("AAAAAAAAAAAA", 1_700_000_123_456);
+        let note = keys().note_for(&click, &keys().visit_key(&click), &link);
+        let json = serde_json::to_value(AmoNote::of(&note)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "id": note.id, "entity_id": 42, "created_by": 1, "updated_by": 1,
+                "created_at": 1_700_000_123u64, "updated_at": 1_700_000_123u64,
+                "responsible_user_id": 1, "group_id": 0, "note_type": "link_followed",
+                "params": {"url": "https://original.example/offer"}, "account_id": 7
+            })
+        );
+        assert!(!json.to_string().contains("AAAAAAAAAAAA"), "the code never appears in a note");
+    }
+}

@@ -1,0 +1,132 @@
+//! Assembling the pipeline: the writer, the dispatcher and one worker per sink.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shortlinks_core::{AccountId, Shortener, Store};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::capture::{self, ClickRecorder, Durability};
+use crate::dispatch::{Dispatcher, Route};
+use crate::note::NoteKeys;
+use crate::sink::{queue_of, run_sink, NoteSink, RetryPolicy};
+use crate::stats::Stats;
+
+/// How the pipeline behaves.
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    /// When redirects may answer relative to their click's durability.
+    pub durability: Durability,
+    /// How many clicks may wait for the writer before redirects wait.
+    pub queue_capacity: usize,
+    /// Repeat visits by one client to one link within this window make one note.
+    pub dedup_window: Duration,
+    /// Backoff between a sink's attempts.
+    pub retry: RetryPolicy,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            durability: Durability::default(),
+            queue_capacity: 8192,
+            dedup_window: Duration::from_secs(3600),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// Sets the pipeline up; sinks are added before it starts.
+pub struct PipelineBuilder<S> {
+    store: S,
+    keys: NoteKeys,
+    config: PipelineConfig,
+    stats: Arc<Stats>,
+    shutdown: watch::Sender<bool>,
+    routes: Vec<Route>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl<S: Store + Clone> PipelineBuilder<S> {
+    /// A pipeline over the engine's store, with keys derived from its installation secret.
+    pub fn new(engine: &Shortener<S>, config: PipelineConfig) -> Self {
+        let keys = NoteKeys::new(engine.derive_key(NoteKeys::VISIT_CONTEXT), engine.derive_key(NoteKeys::NOTE_CONTEXT));
+        Self {
+            store: engine.store().clone(),
+            keys,
+            config,
+            stats: Arc::new(Stats::default()),
+            shutdown: watch::channel(false).0,
+            routes: Vec::new(),
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Adds a sink for the notes of one account (or of all, with `None`).
+    pub fn sink<K: NoteSink>(mut self, sink: K, account: Option<AccountId>) -> Self {
+        let wake = Arc::new(Notify::new());
+        let stats = self.stats.sink(sink.name());
+        self.routes.push(Route { queue: queue_of(sink.name()), account, wake: wake.clone() });
+        let worker = run_sink(self.store.clone(), sink, self.config.retry, wake, stats, self.shutdown.subscribe());
+        self.tasks.push(tokio::spawn(worker));
+        self
+    }
+
+    /// Starts the writer and the dispatcher.
+    pub fn start(self) -> Pipeline {
+        let wake = Arc::new(Notify::new());
+        let (recorder, writer) = capture::channel(
+            self.store.clone(),
+            self.config.durability,
+            self.config.queue_capacity,
+            self.stats.clone(),
+            wake.clone(),
+            self.shutdown.subscribe(),
+        );
+        let dispatcher = Dispatcher {
+            store: self.store,
+            keys: self.keys,
+            routes: self.routes,
+            dedup_window: self.config.dedup_window,
+            stats: self.stats.clone(),
+            wake,
+        };
+        let mut tasks = self.tasks;
+        tasks.push(tokio::spawn(dispatcher.run(self.shutdown.subscribe())));
+        Pipeline { recorder, stats: self.stats, shutdown: self.shutdown, writer, tasks }
+    }
+}
+
+/// The running pipeline.
+pub struct Pipeline {
+    recorder: ClickRecorder,
+    stats: Arc<Stats>,
+    shutdown: watch::Sender<bool>,
+    writer: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Pipeline {
+    /// The redirect's handle.
+    pub fn recorder(&self) -> &ClickRecorder {
+        &self.recorder
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Stops: the writer drains every click it was handed and flushes them; the dispatcher
+    /// and the sinks stop after what they are doing. Nothing durable is lost: what is left
+    /// in the outbox and the sink queues is taken up on the next start.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        drop(self.recorder);
+        let _ = self.writer.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}

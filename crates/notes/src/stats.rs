@@ -1,0 +1,112 @@
+//! Counters of what the pipeline did: non-visits are counted, not noted.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use crate::classify::NotVisit;
+
+/// Pipeline counters, shared by its tasks; read by `/metrics`.
+#[derive(Default)]
+pub struct Stats {
+    /// Clicks handed over by redirects.
+    pub clicks_recorded: AtomicU64,
+    /// Clicks durably in the outbox.
+    pub clicks_persisted: AtomicU64,
+    /// Clicks the dispatcher has finished with.
+    pub clicks_dispatched: AtomicU64,
+    /// Clicks whose link no longer exists.
+    pub unknown_links: AtomicU64,
+    /// Visits that became notes.
+    pub notes_written: AtomicU64,
+    /// Visits within the dedup window of an earlier one.
+    pub duplicate_visits: AtomicU64,
+    not_visits: [AtomicU64; NotVisit::ALL.len()],
+    sinks: Mutex<Vec<(&'static str, Arc<SinkStats>)>>,
+}
+
+/// Counters of one sink.
+#[derive(Default)]
+pub struct SinkStats {
+    /// Notes the sink took.
+    pub delivered: AtomicU64,
+    /// Failed attempts (each retried).
+    pub failed_attempts: AtomicU64,
+    /// Notes refused for good, moved to the sink's dead-letter queue.
+    pub dead_lettered: AtomicU64,
+}
+
+impl Stats {
+    /// Counts a click that is not a visit.
+    pub fn not_visit(&self, why: NotVisit) {
+        self.not_visits[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// How many clicks were not visits for this reason.
+    pub fn not_visits(&self, why: NotVisit) -> u64 {
+        self.not_visits[why as usize].load(Relaxed)
+    }
+
+    /// Registers a sink's counters.
+    pub fn sink(&self, name: &'static str) -> Arc<SinkStats> {
+        let counters = Arc::new(SinkStats::default());
+        self.sinks.lock().unwrap_or_else(|p| p.into_inner()).push((name, counters.clone()));
+        counters
+    }
+
+    /// The counters in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        };
+        counter(
+            "shortlinks_clicks_recorded_total",
+            "Clicks handed over by redirects.",
+            self.clicks_recorded.load(Relaxed),
+        );
+        counter(
+            "shortlinks_clicks_persisted_total",
+            "Clicks durably in the outbox.",
+            self.clicks_persisted.load(Relaxed),
+        );
+        counter(
+            "shortlinks_clicks_dispatched_total",
+            "Clicks the dispatcher finished.",
+            self.clicks_dispatched.load(Relaxed),
+        );
+        counter(
+            "shortlinks_clicks_unknown_link_total",
+            "Clicks on links that no longer exist.",
+            self.unknown_links.load(Relaxed),
+        );
+        counter("shortlinks_notes_written_total", "Visits that became notes.", self.notes_written.load(Relaxed));
+        counter(
+            "shortlinks_visits_deduplicated_total",
+            "Repeat visits within the window.",
+            self.duplicate_visits.load(Relaxed),
+        );
+        let _ = writeln!(out, "# HELP shortlinks_not_visits_total Clicks that were not visits, by reason.");
+        let _ = writeln!(out, "# TYPE shortlinks_not_visits_total counter");
+        for why in NotVisit::ALL {
+            let _ = writeln!(out, "shortlinks_not_visits_total{{reason=\"{}\"}} {}", why.name(), self.not_visits(why));
+        }
+        let sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        for (metric, help) in [
+            ("shortlinks_sink_delivered_total", "Notes a sink took."),
+            ("shortlinks_sink_failed_attempts_total", "Failed delivery attempts, each retried."),
+            ("shortlinks_sink_dead_lettered_total", "Notes a sink refused for good."),
+        ] {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+            for (name, s) in sinks.iter() {
+                let value = match metric {
+                    "shortlinks_sink_delivered_total" => s.delivered.load(Relaxed),
+                    "shortlinks_sink_failed_attempts_total" => s.failed_attempts.load(Relaxed),
+                    _ => s.dead_lettered.load(Relaxed),
+                };
+                let _ = writeln!(out, "{metric}{{sink=\"{name}\"}} {value}");
+            }
+        }
+        out
+    }
+}
