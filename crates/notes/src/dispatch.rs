@@ -73,14 +73,15 @@ impl<S: Store> Dispatcher<S> {
         let window_ms = u64::try_from(self.dedup_window.as_millis()).unwrap_or(u64::MAX);
         let mut notes = Vec::new();
         for (_, click) in &batch {
-            let Some(link) = self.store.get_link(&click.code).await? else {
-                self.stats.unknown_links.fetch_add(1, Relaxed);
-                continue;
-            };
+            // Classify first: most non-visits never need the link.
             if let Some(why) = classify(click) {
                 self.stats.not_visit(why);
                 continue;
             }
+            let Some(link) = self.store.get_link(&click.code).await? else {
+                self.stats.unknown_links.fetch_add(1, Relaxed);
+                continue;
+            };
             let key = self.keys.visit_key(click);
             let note = self.keys.note_for(click, &key, &link);
             if self.store.claim_visit(key, click.at, note.id, window_ms).await? {

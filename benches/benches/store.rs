@@ -1,0 +1,52 @@
+//! `get_link` on a hit and on a miss, memory and sled, at 10 thousand and 1 million links.
+//! sled is warm: every link is read once before measuring.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use shortlinks_benches::{fill, links, smoke_test, Rng, SEED};
+use shortlinks_core::store::LinkStore;
+use shortlinks_core::{MemoryStore, ShortCode, SledStore};
+
+fn sizes() -> Vec<usize> {
+    if smoke_test() {
+        vec![1_000, 10_000]
+    } else {
+        vec![10_000, 1_000_000]
+    }
+}
+
+fn bench_store<S: LinkStore>(c: &mut Criterion, runtime: &tokio::runtime::Runtime, name: &str, store: &S, n: usize) {
+    let all = links(n, SEED);
+    runtime.block_on(async {
+        fill(store, &all).await;
+        for link in &all {
+            std::hint::black_box(store.get_link(&link.code).await.expect("get"));
+        }
+    });
+    let codes: Vec<ShortCode> = all.iter().map(|l| l.code).collect();
+    let mut group = c.benchmark_group(format!("store_get/{name}"));
+    let mut rng = Rng::new(SEED ^ 1);
+    group.bench_with_input(BenchmarkId::new("hit", n), &codes, |b, codes| {
+        b.to_async(runtime).iter(|| {
+            let code = codes[rng.below(codes.len())];
+            async move { store.get_link(&code).await.expect("get").expect("hit") }
+        })
+    });
+    let missing = ShortCode::parse("zzzzzzzzzzzz").expect("valid");
+    group.bench_function(BenchmarkId::new("miss", n), |b| {
+        b.to_async(runtime).iter(|| async { store.get_link(&missing).await.expect("get") })
+    });
+    group.finish();
+}
+
+fn stores(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    for n in sizes() {
+        bench_store(c, &runtime, "memory", &MemoryStore::new(), n);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sled = SledStore::open(dir.path()).expect("sled");
+        bench_store(c, &runtime, "sled", &sled, n);
+    }
+}
+
+criterion_group!(benches, stores);
+criterion_main!(benches);

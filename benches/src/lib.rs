@@ -1,0 +1,77 @@
+//! Fixtures shared by the benches and the load harness: reproducible links, an in-process app.
+
+#![allow(missing_docs)]
+
+use std::sync::Arc;
+
+use shortlinks_core::store::LinkStore;
+use shortlinks_core::{AccountId, EntityRef, Link, ShortCode, Shortener, Store, TargetUrl, Timestamp, UserId};
+use shortlinks_notes::{Pipeline, PipelineBuilder, PipelineConfig};
+use shortlinks_server::config::{Limits, PublicUrl};
+use shortlinks_server::{App, ClickCapture};
+
+/// A fixed seed: every run measures the same codes.
+pub const SEED: u64 = 0x5eed_2026_1124;
+
+/// splitmix64: a tiny, well-mixed generator, enough for picking keys.
+#[derive(Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// `n` links with distinct random 12-character codes, for store benches.
+pub fn links(n: usize, seed: u64) -> Vec<Link> {
+    const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = Rng::new(seed);
+    (0..n as u64)
+        .map(|i| {
+            let code: Vec<u8> = (0..12).map(|_| BASE62[rng.below(62)]).collect();
+            Link {
+                code: ShortCode::from_key(&code).expect("base62"),
+                account: AccountId(1),
+                entity: EntityRef::contact(i + 1),
+                target: TargetUrl::parse(&format!("https://example.com/landing/{i}?utm_source=crm")).expect("valid"),
+                created_at: Timestamp(1_700_000_000_000),
+                created_by: UserId(1),
+            }
+        })
+        .collect()
+}
+
+/// Fills a store, in big batches (one flush each).
+pub async fn fill<S: LinkStore>(store: &S, links: &[Link]) {
+    for chunk in links.chunks(10_000) {
+        store.insert_links(chunk.to_vec()).await.expect("insert");
+    }
+}
+
+/// The real application, in process, with the click pipeline on (group commit, journal).
+pub fn app<S: Store + Clone>(engine: Shortener<S>) -> (Arc<App<S>>, Pipeline) {
+    let pipeline = PipelineBuilder::new(&engine, PipelineConfig::default()).start();
+    let capture =
+        ClickCapture { recorder: pipeline.recorder().clone(), stats: pipeline.stats().clone(), client_ip_header: None };
+    let public_url = PublicUrl::parse("https://sho.rt").expect("valid");
+    (Arc::new(App::new(engine, public_url, Limits::DEFAULT, capture)), pipeline)
+}
+
+/// Whether criterion runs as a smoke test (`cargo bench -- --test`, `cargo test --benches`):
+/// then the benches use small data sets.
+pub fn smoke_test() -> bool {
+    std::env::args().any(|a| a == "--test") || !std::env::args().any(|a| a == "--bench")
+}
