@@ -1,7 +1,9 @@
 //! The embeddable engine: create links and resolve codes, without HTTP.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use crate::cache::LinkCache;
 use crate::code::{CodeDeriver, CodeLength, InstallationSecret};
 use crate::model::{EntityRef, Link, Principal, Timestamp};
 use crate::store::{InsertOutcome, SledStore, Store};
@@ -22,12 +24,24 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The length of newly issued codes.
     pub code_length: CodeLength,
+    /// How many links the read cache holds.
+    pub cached_links: usize,
+    /// sled's own page cache, in bytes. Small by default: the link cache serves reads.
+    pub sled_cache_bytes: u64,
 }
 
 impl Config {
-    /// Defaults for a data directory: 12-character codes.
+    /// sled's page cache by default: 64 MiB (sled's own default is 1 GiB).
+    pub const DEFAULT_SLED_CACHE_BYTES: u64 = 64 << 20;
+
+    /// Defaults for a data directory: 12-character codes, a million cached links.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        Self { data_dir: data_dir.into(), code_length: CodeLength::default() }
+        Self {
+            data_dir: data_dir.into(),
+            code_length: CodeLength::default(),
+            cached_links: LinkCache::DEFAULT_CAPACITY,
+            sled_cache_bytes: Self::DEFAULT_SLED_CACHE_BYTES,
+        }
     }
 }
 
@@ -54,16 +68,17 @@ pub enum Outcome {
 pub struct Shortener<S = SledStore> {
     store: S,
     codes: CodeDeriver,
+    cache: LinkCache,
 }
 
 impl Shortener<SledStore> {
     /// Opens the engine on a sled directory, creating it and its installation secret on first use.
     pub async fn open(config: Config) -> Result<Self, Error> {
         let dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || SledStore::open(&dir))
+        let store = tokio::task::spawn_blocking(move || SledStore::open_with_cache(&dir, config.sled_cache_bytes))
             .await
             .map_err(|e| Error::Storage(Box::new(e)))??;
-        Self::with_store(store, config.code_length).await
+        Ok(Self::with_store(store, config.code_length).await?.with_cache(LinkCache::new(config.cached_links)))
     }
 }
 
@@ -72,7 +87,22 @@ impl<S: Store> Shortener<S> {
     /// one store issue the same codes.
     pub async fn with_store(store: S, code_length: CodeLength) -> Result<Self, Error> {
         let secret = store.installation_secret(InstallationSecret::generate()?).await?;
-        Ok(Self { store, codes: CodeDeriver::new(secret, code_length) })
+        Ok(Self {
+            store,
+            codes: CodeDeriver::new(secret, code_length),
+            cache: LinkCache::new(LinkCache::DEFAULT_CAPACITY),
+        })
+    }
+
+    /// Uses this read cache (its size, or one shared with other parts).
+    pub fn with_cache(mut self, cache: LinkCache) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// The read cache, for other readers of links (the click dispatcher).
+    pub fn cache(&self) -> &LinkCache {
+        &self.cache
     }
 
     /// A key for another purpose, derived from the installation secret: every node on one
@@ -136,9 +166,10 @@ impl<S: Store> Shortener<S> {
     }
 
     /// The link for a code taken from untrusted input; `None` if malformed or unknown.
-    pub async fn resolve(&self, code: &str) -> Result<Option<Link>, Error> {
+    /// Served from the read cache when it can be: no store read, no allocation.
+    pub async fn resolve(&self, code: &str) -> Result<Option<Arc<Link>>, Error> {
         match ShortCode::parse(code) {
-            Some(code) => self.store.get_link(&code).await,
+            Some(code) => self.cache.get(&self.store, &code).await,
             None => Ok(None),
         }
     }

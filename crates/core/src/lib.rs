@@ -12,6 +12,7 @@
 //! - [`model`]: links, clicks, notes, tokens;
 //! - [`store`]: the storage traits, with in-memory and sled backends;
 //! - [`codec`]: how records are encoded;
+//! - [`cache`]: the read cache in front of the store, for the redirect's hot path;
 //! - [`engine`]: [`Shortener`], the facade a host service embeds.
 //!
 //! # Example
@@ -40,6 +41,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cache;
 pub mod code;
 pub mod codec;
 pub mod engine;
@@ -48,6 +50,7 @@ pub mod model;
 pub mod store;
 pub mod target;
 
+pub use cache::LinkCache;
 pub use code::{CodeLength, InstallationSecret, ShortCode};
 pub use engine::{Config, NewLink, Outcome, Shortener, MAX_BATCH};
 pub use error::Error;

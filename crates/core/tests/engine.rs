@@ -30,7 +30,7 @@ async fn each_contact_gets_its_own_link_for_the_same_url() {
     let (a, b) = (linked(&out[0]), linked(&out[1]));
     assert_ne!(a.code, b.code);
     assert_eq!((a.account, a.created_by, a.entity), (AccountId(3), UserId(9), EntityRef::contact(1)));
-    assert_eq!(engine.resolve(b.code.as_str()).await.unwrap().as_ref(), Some(b));
+    assert_eq!(engine.resolve(b.code.as_str()).await.unwrap().as_deref(), Some(b));
 }
 
 #[tokio::test]

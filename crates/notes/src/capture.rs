@@ -1,5 +1,5 @@
 //! Capture: the redirect hands a click over and moves on; a writer appends clicks to the
-//! durable outbox in groups, one flush per group (group commit).
+//! durable outbox in groups, one record and one flush per group (group commit).
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -164,7 +164,8 @@ async fn write_groups<S: Store>(
         let (clicks, waiters): (Vec<Click>, Vec<_>) =
             group.drain(..).map(|p| (p.click.into_click(), p.durable)).unzip();
         let mut backoff = Duration::from_millis(10);
-        while let Err(e) = store.push_records(CLICK_QUEUE, &clicks).await {
+        // The whole group is one outbox record: one write, not one per click.
+        while let Err(e) = store.push_records(CLICK_QUEUE, &[&clicks]).await {
             // Keep the group: its clicks must not be lost. Redirects wait as the queue fills.
             tracing::error!(error = %e, clicks = clicks.len(), "cannot append clicks to the outbox; retrying");
             tokio::time::sleep(backoff).await;

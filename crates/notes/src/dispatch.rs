@@ -9,17 +9,20 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shortlinks_core::codec::decode;
 use shortlinks_core::model::{Click, Note};
 use shortlinks_core::store::{RecordQueues, CLICK_QUEUE};
-use shortlinks_core::{AccountId, Error, Store};
+use shortlinks_core::{AccountId, Error, LinkCache, Store};
 use tokio::sync::{watch, Notify};
 
 use crate::classify::classify;
 use crate::note::NoteKeys;
 use crate::stats::Stats;
 
-/// Clicks handled per round.
-const BATCH: usize = 256;
+/// Outbox records (each a group of clicks) handled per round.
+const GROUPS: usize = 8;
+/// Where an outbox record that cannot be read is set aside, rather than block the rest.
+const DEAD_CLICKS: &str = "dead:clicks";
 /// Even without a wake-up, look at the outbox this often (clicks written by another process).
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
@@ -32,6 +35,7 @@ pub(crate) struct Route {
 
 pub(crate) struct Dispatcher<S> {
     pub(crate) store: S,
+    pub(crate) links: LinkCache,
     pub(crate) keys: NoteKeys,
     pub(crate) routes: Vec<Route>,
     pub(crate) dedup_window: Duration,
@@ -64,21 +68,32 @@ impl<S: Store> Dispatcher<S> {
         }
     }
 
-    /// Handles one batch; returns how many clicks it took.
+    /// Handles a few groups of clicks; returns how many outbox records it took.
     pub(crate) async fn dispatch_batch(&self) -> Result<usize, Error> {
-        let batch = self.store.peek_records::<Click>(CLICK_QUEUE, None, BATCH).await?;
-        if batch.is_empty() {
+        let records = self.store.peek(CLICK_QUEUE, None, GROUPS).await?;
+        if records.is_empty() {
             return Ok(0);
+        }
+        let mut clicks = Vec::new();
+        for (id, bytes) in &records {
+            match decode::<Vec<Click>>(bytes) {
+                Ok(group) => clicks.extend(group),
+                Err(e) => {
+                    tracing::error!(error = %e, "an outbox record cannot be read; setting it aside in {DEAD_CLICKS}");
+                    self.store.push(DEAD_CLICKS, vec![bytes.clone()]).await?;
+                    self.store.remove(CLICK_QUEUE, vec![*id]).await?;
+                }
+            }
         }
         let window_ms = u64::try_from(self.dedup_window.as_millis()).unwrap_or(u64::MAX);
         let mut notes = Vec::new();
-        for (_, click) in &batch {
+        for click in &clicks {
             // Classify first: most non-visits never need the link.
             if let Some(why) = classify(click) {
                 self.stats.not_visit(why);
                 continue;
             }
-            let Some(link) = self.store.get_link(&click.code).await? else {
+            let Some(link) = self.links.get(&self.store, &click.code).await? else {
                 self.stats.unknown_links.fetch_add(1, Relaxed);
                 continue;
             };
@@ -102,8 +117,8 @@ impl<S: Store> Dispatcher<S> {
             }
             self.stats.notes_written.fetch_add(notes.len() as u64, Relaxed);
         }
-        self.store.remove(CLICK_QUEUE, batch.iter().map(|(id, _)| *id).collect()).await?;
-        self.stats.clicks_dispatched.fetch_add(batch.len() as u64, Relaxed);
-        Ok(batch.len())
+        self.store.remove(CLICK_QUEUE, records.iter().map(|(id, _)| *id).collect()).await?;
+        self.stats.clicks_dispatched.fetch_add(clicks.len() as u64, Relaxed);
+        Ok(records.len())
     }
 }

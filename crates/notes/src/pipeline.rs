@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shortlinks_core::{AccountId, Shortener, Store};
+use shortlinks_core::{AccountId, LinkCache, Shortener, Store};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
@@ -40,6 +40,7 @@ impl Default for PipelineConfig {
 /// Sets the pipeline up; sinks are added before it starts.
 pub struct PipelineBuilder<S> {
     store: S,
+    links: LinkCache,
     keys: NoteKeys,
     config: PipelineConfig,
     stats: Arc<Stats>,
@@ -54,6 +55,7 @@ impl<S: Store + Clone> PipelineBuilder<S> {
         let keys = NoteKeys::new(engine.derive_key(NoteKeys::VISIT_CONTEXT), engine.derive_key(NoteKeys::NOTE_CONTEXT));
         Self {
             store: engine.store().clone(),
+            links: engine.cache().clone(),
             keys,
             config,
             stats: Arc::new(Stats::default()),
@@ -86,6 +88,7 @@ impl<S: Store + Clone> PipelineBuilder<S> {
         );
         let dispatcher = Dispatcher {
             store: self.store,
+            links: self.links,
             keys: self.keys,
             routes: self.routes,
             dedup_window: self.config.dedup_window,

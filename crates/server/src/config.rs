@@ -46,6 +46,12 @@ pub struct SettingsLayer {
     /// How long shutdown waits for in-flight requests.
     #[arg(long, env = "SHORTLINKS_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
+    /// How many links the read cache holds (default 1000000, about 250 MB).
+    #[arg(long, env = "SHORTLINKS_CACHED_LINKS")]
+    pub cached_links: Option<usize>,
+    /// sled's page cache in MiB (default 64).
+    #[arg(long, env = "SHORTLINKS_SLED_CACHE_MIB")]
+    pub sled_cache_mib: Option<u64>,
     /// `group` (default) or `sync`: see [`shortlinks_notes::Durability`].
     #[arg(long, env = "SHORTLINKS_DURABILITY")]
     pub durability: Option<String>,
@@ -113,6 +119,8 @@ impl SettingsLayer {
             header_read_timeout_secs,
             body_read_timeout_secs,
             shutdown_grace_secs,
+            cached_links,
+            sled_cache_mib,
             durability,
             commit_window_ms,
             dedup_window_secs,
@@ -146,7 +154,10 @@ impl SettingsLayer {
             Some(s) => Ok(Duration::from_secs(s)),
             None => Ok(default),
         };
+        let defaults = shortlinks_core::Config::new(".");
         Ok(Settings {
+            cached_links: self.cached_links.unwrap_or(defaults.cached_links),
+            sled_cache_bytes: self.sled_cache_mib.map_or(defaults.sled_cache_bytes, |mib| mib << 20),
             clicks,
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from(Settings::DEFAULT_DATA_DIR)),
             listen,
@@ -287,6 +298,10 @@ pub struct Settings {
     pub public_url: Option<PublicUrl>,
     /// Characters in new codes.
     pub code_length: CodeLength,
+    /// How many links the read cache holds.
+    pub cached_links: usize,
+    /// sled's page cache.
+    pub sled_cache_bytes: u64,
     /// Request size and time limits.
     pub limits: Limits,
 }

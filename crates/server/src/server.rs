@@ -36,11 +36,15 @@ pub struct Started {
 
 /// Opens the data directory, makes the first token if there is none, and binds.
 pub async fn start(settings: Settings) -> Result<Started, ServerError> {
-    let engine = Shortener::open(Config { data_dir: settings.data_dir.clone(), code_length: settings.code_length })
-        .await
-        .map_err(|e| {
-            ServerError::Config(format!("cannot open the data directory {}: {e}", settings.data_dir.display()))
-        })?;
+    let config = Config {
+        data_dir: settings.data_dir.clone(),
+        code_length: settings.code_length,
+        cached_links: settings.cached_links,
+        sled_cache_bytes: settings.sled_cache_bytes,
+    };
+    let engine = Shortener::open(config).await.map_err(|e| {
+        ServerError::Config(format!("cannot open the data directory {}: {e}", settings.data_dir.display()))
+    })?;
     let first_token = ensure_first_token(engine.store()).await?;
     let listener = TcpListener::bind(settings.listen)
         .await

@@ -49,7 +49,12 @@ pub struct SledStore {
 impl SledStore {
     /// Opens (or creates) the database in `dir`. sled locks the directory: one process at a time.
     pub fn open(dir: &Path) -> Result<Self, Error> {
-        let db = sled::Config::new().path(dir).open()?;
+        Self::open_with_cache(dir, crate::Config::DEFAULT_SLED_CACHE_BYTES)
+    }
+
+    /// As [`SledStore::open`], with sled's page cache limited to `cache_bytes`.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, Error> {
+        let db = sled::Config::new().path(dir).cache_capacity(cache_bytes).open()?;
         Ok(Self {
             links: db.open_tree("links")?,
             by_entity: db.open_tree("by_entity")?,
