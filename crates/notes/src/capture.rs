@@ -17,7 +17,7 @@ use crate::stats::Stats;
 /// The most clicks in one group commit.
 const MAX_GROUP: usize = 1024;
 /// Header values longer than this are cut: they are for classification, not archiving.
-const MAX_HEADER_CHARS: usize = 512;
+const MAX_HEADER_BYTES: usize = 512;
 
 /// When a redirect may answer, relative to its click becoming durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,18 +60,26 @@ pub struct RawClick {
     pub client_ip: Option<IpAddr>,
 }
 
+/// A header value as text: lossy UTF-8, cut at a character boundary.
+fn bounded_text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut end = text.len().min(MAX_HEADER_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
 impl RawClick {
     fn into_click(self) -> Click {
-        let text = |v: Option<HeaderValue>| {
-            v.map(|v| String::from_utf8_lossy(v.as_bytes()).chars().take(MAX_HEADER_CHARS).collect::<String>())
-        };
+        let text = |v: Option<HeaderValue>| v.map(|v| bounded_text(v.as_bytes()));
         Click {
             code: self.code,
             at: self.at,
             method: self.method,
             user_agent: text(self.user_agent),
             referer: text(self.referer),
-            prefetch: self.prefetch.map(|p| p.chars().take(MAX_HEADER_CHARS).collect()),
+            prefetch: self.prefetch.map(|p| bounded_text(p.as_bytes())),
             client_ip: self.client_ip,
         }
     }
@@ -151,14 +159,16 @@ async fn write_groups<S: Store>(
         if received == 0 {
             break; // closed and drained
         }
-        if !window.is_zero() {
-            let deadline = tokio::time::Instant::now() + window;
-            while group.len() < MAX_GROUP {
+        if !window.is_zero() && group.len() < MAX_GROUP {
+            // Sleep through the window rather than wait on the queue, which would wake this
+            // task for every click; then take everything that came.
+            tokio::select! {
+                () = tokio::time::sleep(window) => {}
+                _ = shutdown.changed() => rx.close(),
+            }
+            while group.len() < MAX_GROUP && !rx.is_empty() {
                 let more = MAX_GROUP - group.len();
-                match tokio::time::timeout_at(deadline, rx.recv_many(&mut group, more)).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
+                rx.recv_many(&mut group, more).await;
             }
         }
         let (clicks, waiters): (Vec<Click>, Vec<_>) =
@@ -176,5 +186,20 @@ async fn write_groups<S: Store>(
             let _ = durable.send(());
         }
         dispatcher.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_text_is_bounded_at_a_character_boundary() {
+        assert_eq!(bounded_text(b"Mozilla/5.0"), "Mozilla/5.0");
+        let long = "\u{44f}".repeat(400); // 800 bytes of two-byte characters
+        let cut = bounded_text(long.as_bytes());
+        assert!(cut.len() <= MAX_HEADER_BYTES && cut.len() >= MAX_HEADER_BYTES - 1);
+        assert!(cut.chars().all(|c| c == '\u{44f}'));
+        assert_eq!(bounded_text(&[0x66, 0xff, 0x6f]), "f\u{fffd}o", "invalid UTF-8 is replaced, not refused");
     }
 }

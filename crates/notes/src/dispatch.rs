@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use shortlinks_core::codec::decode;
 use shortlinks_core::model::{Click, Note};
-use shortlinks_core::store::{RecordQueues, CLICK_QUEUE};
+use shortlinks_core::store::{RecordQueues, VisitClaim, CLICK_QUEUE};
 use shortlinks_core::{AccountId, Error, LinkCache, Store};
 use tokio::sync::{watch, Notify};
 
@@ -86,7 +86,7 @@ impl<S: Store> Dispatcher<S> {
             }
         }
         let window_ms = u64::try_from(self.dedup_window.as_millis()).unwrap_or(u64::MAX);
-        let mut notes = Vec::new();
+        let (mut candidates, mut claims) = (Vec::new(), Vec::new());
         for click in &clicks {
             // Classify first: most non-visits never need the link.
             if let Some(why) = classify(click) {
@@ -99,12 +99,14 @@ impl<S: Store> Dispatcher<S> {
             };
             let key = self.keys.visit_key(click);
             let note = self.keys.note_for(click, &key, &link);
-            if self.store.claim_visit(key, click.at, note.id, window_ms).await? {
-                notes.push(note);
-            } else {
-                self.stats.duplicate_visits.fetch_add(1, Relaxed);
-            }
+            claims.push(VisitClaim { key, at: click.at, note_id: note.id });
+            candidates.push(note);
         }
+        let claimed = self.store.claim_visits(claims, window_ms).await?;
+        let visits = candidates.len();
+        let notes: Vec<Note> =
+            candidates.into_iter().zip(claimed).filter_map(|(note, yes)| yes.then_some(note)).collect();
+        self.stats.duplicate_visits.fetch_add((visits - notes.len()) as u64, Relaxed);
         if !notes.is_empty() {
             self.store.append_notes(notes.clone()).await?;
             for route in &self.routes {

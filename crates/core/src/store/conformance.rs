@@ -4,7 +4,7 @@
 //! broken promise. It lives in the library, not under `tests/`, so that backends in other
 //! crates (Redis) are held to exactly the same contract.
 
-use super::{InsertOutcome, NotesQuery, RecordQueues, Store, CLICK_QUEUE};
+use super::{InsertOutcome, NotesQuery, RecordQueues, Store, VisitClaim, CLICK_QUEUE};
 use crate::code::{InstallationSecret, ShortCode};
 use crate::model::{
     AccountId, ApiToken, Click, ClickMethod, ContactScope, EntityRef, EntityType, EntryId, Link, Note, NoteBody,
@@ -204,17 +204,18 @@ async fn installation_secret<S: Store>(store: &S) {
 async fn visit_ledger<S: Store>(store: &S) {
     let (key, other_key) = ([1; 16], [2; 16]);
     let hour = 3_600_000;
-    assert!(store.claim_visit(key, Timestamp(1_000), 11, hour).await.expect("claim"), "a first visit is a note");
-    assert!(
-        !store.claim_visit(key, Timestamp(2_000), 12, hour).await.expect("claim"),
-        "a repeat within the window is not"
-    );
-    assert!(store.claim_visit(key, Timestamp(1_000), 11, hour).await.expect("claim"), "a redelivery of the note is");
-    assert!(store.claim_visit(other_key, Timestamp(2_000), 13, hour).await.expect("claim"), "keys are independent");
-    assert!(!store.claim_visit(key, Timestamp(1_000 + hour - 1), 14, hour).await.expect("claim"));
-    assert!(store.claim_visit(key, Timestamp(1_000 + hour), 15, hour).await.expect("claim"), "after the window");
-    assert!(
-        !store.claim_visit(key, Timestamp(1_000 + hour + 5), 16, hour).await.expect("claim"),
-        "the window restarts"
-    );
+    let claim = |key, at, note_id| VisitClaim { key, at: Timestamp(at), note_id };
+    let claims = vec![
+        claim(key, 1_000, 11),            // a first visit is a note
+        claim(key, 2_000, 12),            // a repeat within the window is not
+        claim(key, 1_000, 11),            // a redelivery of the note is
+        claim(other_key, 2_000, 13),      // keys are independent
+        claim(key, 1_000 + hour - 1, 14), // still within the window
+    ];
+    let got = store.claim_visits(claims, hour).await.expect("claim");
+    assert_eq!(got, vec![true, false, true, true, false]);
+    let later = vec![claim(key, 1_000 + hour, 15), claim(key, 1_000 + hour + 5, 16)];
+    let got = store.claim_visits(later, hour).await.expect("claim");
+    assert_eq!(got, vec![true, false], "after the window a new note, and the window restarts from it");
+    assert!(store.claim_visits(Vec::new(), hour).await.expect("claim").is_empty());
 }

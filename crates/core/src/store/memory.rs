@@ -7,10 +7,10 @@ use std::collections::HashMap;
 
 use super::{
     check_queue_name, keys, visit_claims, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Queues, Store,
-    TokenStore, VisitLedger,
+    TokenStore, VisitClaim, VisitLedger,
 };
 use crate::code::{InstallationSecret, ShortCode};
-use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, Timestamp, VisitMark};
+use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, VisitMark};
 use crate::Error;
 
 /// Everything in process memory; nothing survives the process. Cheap to clone: clones share data.
@@ -118,13 +118,18 @@ impl Queues for MemoryStore {
 }
 
 impl VisitLedger for MemoryStore {
-    async fn claim_visit(&self, key: [u8; 16], at: Timestamp, note_id: u64, window_ms: u64) -> Result<bool, Error> {
+    async fn claim_visits(&self, claims: Vec<VisitClaim>, window_ms: u64) -> Result<Vec<bool>, Error> {
         let mut rest = self.rest();
-        let claimed = visit_claims(rest.visits.get(&key).copied(), at, note_id, window_ms);
-        if claimed {
-            rest.visits.insert(key, VisitMark { at, note_id });
-        }
-        Ok(claimed)
+        Ok(claims
+            .into_iter()
+            .map(|c| {
+                let claimed = visit_claims(rest.visits.get(&c.key).copied(), c.at, c.note_id, window_ms);
+                if claimed {
+                    rest.visits.insert(c.key, VisitMark { at: c.at, note_id: c.note_id });
+                }
+                claimed
+            })
+            .collect())
     }
 }
 

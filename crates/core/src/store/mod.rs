@@ -150,25 +150,35 @@ pub trait TokenStore: Send + Sync + 'static {
     fn list_tokens(&self) -> impl Future<Output = Result<Vec<ApiToken>, Error>> + Send;
 }
 
+/// One visit that may become a note.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VisitClaim {
+    /// Names the link and the client.
+    pub key: [u8; 16],
+    /// When the visit happened.
+    pub at: crate::Timestamp,
+    /// The note it would become.
+    pub note_id: u64,
+}
+
 /// Remembers which visits became notes, so that repeats within a window do not.
 ///
 /// Kept in the store, not in a process, so it survives restarts and is shared by nodes.
 pub trait VisitLedger: Send + Sync + 'static {
-    /// Whether the visit (`key` names the link and the client) becomes note `note_id`.
+    /// For each visit in order, whether it becomes its note.
     ///
-    /// Yes if no visit of that key became a note within `window_ms` before `at`, and also
-    /// if the one that did is this very note (a redelivered click). On yes, the mark is
-    /// updated atomically. It is made durable by the next durable write (the note itself).
-    fn claim_visit(
+    /// Yes if no visit of that key became a note within `window_ms` before it, and also if
+    /// the one that did is this very note (a redelivered click). On yes, the mark is updated
+    /// atomically, and later claims in the batch see it. Marks are made durable by the next
+    /// durable write (the notes themselves).
+    fn claim_visits(
         &self,
-        key: [u8; 16],
-        at: crate::Timestamp,
-        note_id: u64,
+        claims: Vec<VisitClaim>,
         window_ms: u64,
-    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<bool>, Error>> + Send;
 }
 
-/// The decision [`VisitLedger::claim_visit`] makes, shared by every backend.
+/// The decision [`VisitLedger::claim_visits`] makes, shared by every backend.
 pub fn visit_claims(
     previous: Option<crate::model::VisitMark>,
     at: crate::Timestamp,

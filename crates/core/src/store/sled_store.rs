@@ -25,11 +25,11 @@ use sled::Transactional;
 
 use super::{
     check_queue_name, keys, visit_claims, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Queues, Store,
-    TokenStore, VisitLedger,
+    TokenStore, VisitClaim, VisitLedger,
 };
 use crate::code::{InstallationSecret, ShortCode};
 use crate::codec::{decode, encode};
-use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, Timestamp, VisitMark};
+use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, VisitMark};
 use crate::Error;
 
 const SECRET_KEY: &[u8] = b"installation_secret";
@@ -195,18 +195,25 @@ impl Queues for SledStore {
 }
 
 impl VisitLedger for SledStore {
-    async fn claim_visit(&self, key: [u8; 16], at: Timestamp, note_id: u64, window_ms: u64) -> Result<bool, Error> {
-        let proposed = encode(&VisitMark { at, note_id })?;
-        self.blocking(move |s| loop {
-            let current = s.visits.get(key)?;
-            let previous = current.as_deref().map(decode::<VisitMark>).transpose()?;
-            if !visit_claims(previous, at, note_id, window_ms) {
-                return Ok(false);
-            }
-            // Compare-and-swap, so that two dispatchers never both claim one window.
-            if s.visits.compare_and_swap(key, current, Some(proposed.as_slice()))?.is_ok() {
-                return Ok(true);
-            }
+    async fn claim_visits(&self, claims: Vec<VisitClaim>, window_ms: u64) -> Result<Vec<bool>, Error> {
+        self.blocking(move |s| {
+            claims
+                .into_iter()
+                .map(|c| {
+                    let proposed = encode(&VisitMark { at: c.at, note_id: c.note_id })?;
+                    loop {
+                        let current = s.visits.get(c.key)?;
+                        let previous = current.as_deref().map(decode::<VisitMark>).transpose()?;
+                        if !visit_claims(previous, c.at, c.note_id, window_ms) {
+                            return Ok(false);
+                        }
+                        // Compare-and-swap, so that two dispatchers never both claim one window.
+                        if s.visits.compare_and_swap(c.key, current, Some(proposed.as_slice()))?.is_ok() {
+                            return Ok(true);
+                        }
+                    }
+                })
+                .collect()
         })
         .await
     }
