@@ -21,7 +21,7 @@ const DERIVATION_CONTEXT: &[u8] = b"shortlinks/code/v1\0";
 /// A short code: 1 to [`ShortCode::MAX_LEN`] base62 characters, stored inline.
 ///
 /// It is `Copy` and never allocates, because the redirect hot path parses one per request.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ShortCode {
     len: u8,
     bytes: [u8; ShortCode::MAX_LEN],
@@ -67,6 +67,14 @@ impl ShortCode {
     /// Reads a code back from a storage key.
     pub fn from_key(key: &[u8]) -> Option<Self> {
         Self::from_base62(key)
+    }
+}
+
+/// Unused bytes are always zero, so hashing the used ones agrees with the derived equality;
+/// and the hot path hashes one code per request into the link cache.
+impl std::hash::Hash for ShortCode {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(self.as_bytes());
     }
 }
 

@@ -133,6 +133,9 @@ pub struct Click {
     pub prefetch: Option<String>,
     /// The client's address.
     pub client_ip: Option<IpAddr>,
+    /// Tells this click from any other, even one from the same client in the same
+    /// millisecond; kept with the click, so that a redelivered click is still the same one.
+    pub nonce: u64,
 }
 
 /// Where an entry sits in a durable queue. Ordered; opaque to callers beyond that.

@@ -53,8 +53,9 @@ fn click() -> impl Strategy<Value = Click> {
         proptest::option::of(".{0,40}"),
         proptest::option::of("prefetch|prerender"),
         proptest::option::of(any::<std::net::IpAddr>()),
+        any::<u64>(),
     )
-        .prop_map(|(code, at, head, user_agent, referer, prefetch, client_ip)| Click {
+        .prop_map(|(code, at, head, user_agent, referer, prefetch, client_ip, nonce)| Click {
             code,
             at: Timestamp(at),
             method: if head { ClickMethod::Head } else { ClickMethod::Get },
@@ -62,6 +63,7 @@ fn click() -> impl Strategy<Value = Click> {
             referer,
             prefetch,
             client_ip,
+            nonce,
         })
 }
 

@@ -71,7 +71,7 @@ fn bounded_text(bytes: &[u8]) -> String {
 }
 
 impl RawClick {
-    fn into_click(self) -> Click {
+    fn into_click(self, nonce: u64) -> Click {
         let text = |v: Option<HeaderValue>| v.map(|v| bounded_text(v.as_bytes()));
         Click {
             code: self.code,
@@ -81,6 +81,7 @@ impl RawClick {
             referer: text(self.referer),
             prefetch: self.prefetch.map(|p| bounded_text(p.as_bytes())),
             client_ip: self.client_ip,
+            nonce,
         }
     }
 }
@@ -147,6 +148,12 @@ async fn write_groups<S: Store>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut group: Vec<Pending> = Vec::with_capacity(MAX_GROUP);
+    // Nonces: a random start, then counting; unique across restarts and nodes in practice.
+    let mut next_nonce = {
+        let mut seed = [0u8; 8];
+        let _ = getrandom::getrandom(&mut seed);
+        u64::from_le_bytes(seed)
+    };
     loop {
         let received = tokio::select! {
             biased;
@@ -171,8 +178,13 @@ async fn write_groups<S: Store>(
                 rx.recv_many(&mut group, more).await;
             }
         }
-        let (clicks, waiters): (Vec<Click>, Vec<_>) =
-            group.drain(..).map(|p| (p.click.into_click(), p.durable)).unzip();
+        let (clicks, waiters): (Vec<Click>, Vec<_>) = group
+            .drain(..)
+            .map(|p| {
+                next_nonce = next_nonce.wrapping_add(1);
+                (p.click.into_click(next_nonce), p.durable)
+            })
+            .unzip();
         let mut backoff = Duration::from_millis(10);
         // The whole group is one outbox record: one write, not one per click.
         while let Err(e) = store.push_records(CLICK_QUEUE, &[&clicks]).await {

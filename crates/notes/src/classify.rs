@@ -3,6 +3,9 @@
 //! Everything that is not a visit still gets its redirect (previews must keep working);
 //! it is only counted, and writes no note.
 
+use std::sync::OnceLock;
+
+use aho_corasick::AhoCorasick;
 use shortlinks_core::model::{Click, ClickMethod};
 
 /// Why a click is not a visit.
@@ -169,9 +172,25 @@ pub fn classify(click: &Click) -> Option<NotVisit> {
     let Some(agent) = click.user_agent.as_deref().filter(|a| !a.trim().is_empty()) else {
         return Some(NotVisit::NoUserAgent);
     };
-    let agent = agent.to_ascii_lowercase();
-    let browser = agent.starts_with("mozilla/");
-    USER_AGENT_RULES.iter().find(|r| !(r.bare_only && browser) && agent.contains(r.contains)).map(|r| r.kind)
+    let browser = agent.get(..8).is_some_and(|start| start.eq_ignore_ascii_case("mozilla/"));
+    // One pass over the agent for the whole table; the first applicable rule wins.
+    matcher()
+        .find_overlapping_iter(agent)
+        .map(|m| m.pattern().as_usize())
+        .filter(|&rule| !(USER_AGENT_RULES[rule].bare_only && browser))
+        .min()
+        .map(|rule| USER_AGENT_RULES[rule].kind)
+}
+
+/// The table as one automaton, built once.
+fn matcher() -> &'static AhoCorasick {
+    static MATCHER: OnceLock<AhoCorasick> = OnceLock::new();
+    MATCHER.get_or_init(|| {
+        AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build(USER_AGENT_RULES.iter().map(|r| r.contains))
+            .unwrap_or_else(|e| unreachable!("the rule table is valid: {e}"))
+    })
 }
 
 /// Agents as each really sends them: the table's test corpus, shared with the server's
@@ -257,6 +276,17 @@ mod tests {
         }
         assert_eq!(classify(&Click { user_agent: None, ..browser.clone() }), Some(NotVisit::NoUserAgent));
         assert_eq!(classify(&Click { user_agent: Some("  ".into()), ..browser }), Some(NotVisit::NoUserAgent));
+    }
+
+    #[test]
+    fn the_first_applicable_rule_in_table_order_wins() {
+        // Matches "facebookexternalhit" (preview) and "+http" (crawler): the table says preview.
+        let agent = "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)";
+        assert_eq!(classify(&with_agent(agent)), Some(NotVisit::Preview));
+        assert_eq!(classify(&with_agent("CURL/8.0")), Some(NotVisit::Crawler), "case does not matter");
+        // A browser with "Viber" skips the bare-only Viber rule, but a later rule still applies.
+        let agent = "Mozilla/5.0 (X11) Viber/1.0 Googlebot/2.1";
+        assert_eq!(classify(&with_agent(agent)), Some(NotVisit::Crawler));
     }
 
     #[test]

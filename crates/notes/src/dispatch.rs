@@ -124,3 +124,57 @@ impl<S: Store> Dispatcher<S> {
         Ok(records.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use shortlinks_core::store::{conformance, LinkStore, NotesJournal, NotesQuery, Queues};
+    use shortlinks_core::{EntityType, MemoryStore};
+
+    use super::*;
+
+    fn dispatcher(store: MemoryStore) -> Dispatcher<MemoryStore> {
+        Dispatcher {
+            store,
+            links: LinkCache::new(100),
+            keys: NoteKeys::new([1; 32], [2; 32]),
+            routes: Vec::new(),
+            dedup_window: Duration::from_secs(3600),
+            stats: Arc::new(Stats::default()),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    #[tokio::test]
+    async fn two_clicks_in_one_millisecond_are_one_note_and_one_duplicate() {
+        let store = MemoryStore::new();
+        store.insert_links(vec![conformance::link("AAAAAAAAAAAA", 1, 9, "https://x.example/")]).await.unwrap();
+        let mut click = conformance::click("AAAAAAAAAAAA", 5_000);
+        click.user_agent = Some("Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0".into());
+        let twin = Click { nonce: click.nonce + 1, ..click.clone() };
+        store.push_records(CLICK_QUEUE, &[vec![click, twin]]).await.unwrap();
+
+        let dispatcher = dispatcher(store.clone());
+        assert_eq!(dispatcher.dispatch_batch().await.unwrap(), 1);
+        let query = NotesQuery {
+            account: AccountId(1),
+            entity_type: EntityType::Contacts,
+            entity_ids: None,
+            offset: 0,
+            limit: 10,
+        };
+        assert_eq!(store.list_notes(query).await.unwrap().len(), 1);
+        assert_eq!(dispatcher.stats.duplicate_visits.load(Relaxed), 1);
+        assert_eq!(dispatcher.stats.clicks_dispatched.load(Relaxed), 2);
+        assert_eq!(dispatcher.dispatch_batch().await.unwrap(), 0, "the outbox is empty");
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_outbox_record_is_set_aside_not_retried_forever() {
+        let store = MemoryStore::new();
+        store.push(CLICK_QUEUE, vec![b"garbage".to_vec()]).await.unwrap();
+        let dispatcher = dispatcher(store.clone());
+        dispatcher.dispatch_batch().await.unwrap();
+        assert!(store.peek(CLICK_QUEUE, None, 10).await.unwrap().is_empty());
+        assert_eq!(store.peek(DEAD_CLICKS, None, 10).await.unwrap().len(), 1);
+    }
+}

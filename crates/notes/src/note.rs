@@ -39,14 +39,25 @@ impl NoteKeys {
         key
     }
 
-    /// The note a visit becomes. Its id depends only on the click, so that a redelivered
-    /// click yields the same note; 53 bits, so that JavaScript clients read it exactly.
-    pub fn note_for(&self, click: &Click, visit_key: &[u8; 16], link: &Link) -> Note {
+    /// The id of the note a visit becomes. It depends only on the click (its client, time and
+    /// nonce), so that a redelivered click yields the same note and two clicks never do;
+    /// 53 bits, so that JavaScript reads it exactly.
+    pub fn note_id(&self, click: &Click, visit_key: &[u8; 16]) -> u64 {
         let mut hasher = blake3::Hasher::new_keyed(&self.note);
         hasher.update(visit_key);
         hasher.update(&click.at.0.to_be_bytes());
+        hasher.update(&click.nonce.to_be_bytes());
         let bytes: [u8; 8] = hasher.finalize().as_bytes()[..8].try_into().unwrap_or_default();
-        let id = (u64::from_be_bytes(bytes) & ((1 << 53) - 1)).max(1);
+        (u64::from_be_bytes(bytes) & ((1 << 53) - 1)).max(1)
+    }
+
+    /// The note a visit becomes.
+    pub fn note_for(&self, click: &Click, visit_key: &[u8; 16], link: &Link) -> Note {
+        Self::note(self.note_id(click, visit_key), click, link)
+    }
+
+    /// The note with this id for a visit: the ORIGINAL URL, the link's author and entity.
+    pub fn note(id: u64, click: &Click, link: &Link) -> Note {
         Note {
             id,
             account: link.account,
@@ -138,6 +149,8 @@ mod tests {
         assert_ne!(keys().visit_key(&other_ip), key);
         let later = Click { at: shortlinks_core::Timestamp(2000), ..click.clone() };
         assert_ne!(keys().note_for(&later, &key, &link).id, note.id);
+        let same_millisecond = Click { nonce: click.nonce + 1, ..click.clone() };
+        assert_ne!(keys().note_for(&same_millisecond, &key, &link).id, note.id, "another click, another note");
         assert_ne!(NoteKeys::new([9; 32], [2; 32]).visit_key(&click), key, "keyed");
     }
 

@@ -45,6 +45,7 @@ pub fn click(code: &str, at: u64) -> Click {
         referer: None,
         prefetch: None,
         client_ip: Some([127, 0, 0, 1].into()),
+        nonce: at,
     }
 }
 
