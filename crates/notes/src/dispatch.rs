@@ -11,7 +11,11 @@ use std::time::Duration;
 
 use shortlinks_core::codec::decode;
 use shortlinks_core::model::{Click, Note};
-use shortlinks_core::store::{RecordQueues, VisitClaim, CLICK_QUEUE};
+use std::collections::HashMap;
+
+use shortlinks_core::model::VisitMark;
+use shortlinks_core::store::{visit_claims, RecordQueues, VisitClaim, CLICK_QUEUE};
+use shortlinks_core::Timestamp;
 use shortlinks_core::{AccountId, Error, LinkCache, Store};
 use tokio::sync::{watch, Notify};
 
@@ -36,11 +40,44 @@ pub(crate) struct Route {
 pub(crate) struct Dispatcher<S> {
     pub(crate) store: S,
     pub(crate) links: LinkCache,
+    pub(crate) recent: RecentMarks,
     pub(crate) keys: NoteKeys,
     pub(crate) routes: Vec<Route>,
     pub(crate) dedup_window: Duration,
     pub(crate) stats: Arc<Stats>,
     pub(crate) wake: Arc<Notify>,
+}
+
+/// The visit marks this dispatcher set lately: a front for the store's ledger.
+///
+/// A mark only ever moves forward in time, so a remembered mark that makes a visit a
+/// duplicate is right whatever any other node did since; only visits that may be new go
+/// to the store, whose compare-and-swap decides. Bounded: past the limit, expired marks
+/// are dropped, and if that is not enough, all (which only costs store reads).
+#[derive(Default)]
+pub(crate) struct RecentMarks {
+    marks: std::sync::Mutex<HashMap<[u8; 16], VisitMark>>,
+}
+
+impl RecentMarks {
+    const LIMIT: usize = 1 << 20;
+
+    fn is_duplicate(&self, key: &[u8; 16], at: Timestamp, note_id: u64, window_ms: u64) -> bool {
+        let marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        marks.get(key).is_some_and(|mark| !visit_claims(Some(*mark), at, note_id, window_ms))
+    }
+
+    fn remember(&self, key: [u8; 16], mark: VisitMark, window_ms: u64) {
+        let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        if marks.len() >= Self::LIMIT {
+            let newest = marks.values().map(|m| m.at.0).max().unwrap_or(0);
+            marks.retain(|_, m| newest.saturating_sub(m.at.0) < window_ms);
+            if marks.len() >= Self::LIMIT {
+                marks.clear();
+            }
+        }
+        marks.insert(key, mark);
+    }
 }
 
 impl<S: Store> Dispatcher<S> {
@@ -98,14 +135,28 @@ impl<S: Store> Dispatcher<S> {
                 continue;
             };
             let key = self.keys.visit_key(click);
-            let note = self.keys.note_for(click, &key, &link);
-            claims.push(VisitClaim { key, at: click.at, note_id: note.id });
-            candidates.push(note);
+            let note_id = self.keys.note_id(click, &key);
+            if self.recent.is_duplicate(&key, click.at, note_id, window_ms) {
+                self.stats.duplicate_visits.fetch_add(1, Relaxed);
+                continue;
+            }
+            claims.push(VisitClaim { key, at: click.at, note_id });
+            candidates.push((note_id, click, link));
         }
-        let claimed = self.store.claim_visits(claims, window_ms).await?;
+        let claimed = self.store.claim_visits(claims.clone(), window_ms).await?;
+        for (claim, yes) in claims.iter().zip(&claimed) {
+            if *yes {
+                self.recent.remember(claim.key, VisitMark { at: claim.at, note_id: claim.note_id }, window_ms);
+            }
+        }
         let visits = candidates.len();
-        let notes: Vec<Note> =
-            candidates.into_iter().zip(claimed).filter_map(|(note, yes)| yes.then_some(note)).collect();
+        // Only visits that become notes pay for building one.
+        let notes: Vec<Note> = candidates
+            .into_iter()
+            .zip(claimed)
+            .filter(|(_, yes)| *yes)
+            .map(|((id, click, link), _)| NoteKeys::note(id, click, &link))
+            .collect();
         self.stats.duplicate_visits.fetch_add((visits - notes.len()) as u64, Relaxed);
         if !notes.is_empty() {
             self.store.append_notes(notes.clone()).await?;
@@ -136,6 +187,7 @@ mod tests {
         Dispatcher {
             store,
             links: LinkCache::new(100),
+            recent: RecentMarks::default(),
             keys: NoteKeys::new([1; 32], [2; 32]),
             routes: Vec::new(),
             dedup_window: Duration::from_secs(3600),
@@ -176,5 +228,22 @@ mod tests {
         dispatcher.dispatch_batch().await.unwrap();
         assert!(store.peek(CLICK_QUEUE, None, 10).await.unwrap().is_empty());
         assert_eq!(store.peek(DEAD_CLICKS, None, 10).await.unwrap().len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod recent_marks {
+    use super::*;
+
+    #[test]
+    fn only_a_remembered_mark_within_the_window_is_a_duplicate() {
+        let recent = RecentMarks::default();
+        let hour = 3_600_000;
+        assert!(!recent.is_duplicate(&[1; 16], Timestamp(10), 7, hour), "unknown: ask the store");
+        recent.remember([1; 16], VisitMark { at: Timestamp(10), note_id: 7 }, hour);
+        assert!(recent.is_duplicate(&[1; 16], Timestamp(20), 8, hour));
+        assert!(!recent.is_duplicate(&[1; 16], Timestamp(10), 7, hour), "a redelivery is not a duplicate");
+        assert!(!recent.is_duplicate(&[1; 16], Timestamp(10 + hour), 9, hour), "after the window: ask the store");
+        assert!(!recent.is_duplicate(&[2; 16], Timestamp(20), 8, hour));
     }
 }

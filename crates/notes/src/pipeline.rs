@@ -89,6 +89,7 @@ impl<S: Store + Clone> PipelineBuilder<S> {
         let dispatcher = Dispatcher {
             store: self.store,
             links: self.links,
+            recent: Default::default(),
             keys: self.keys,
             routes: self.routes,
             dedup_window: self.config.dedup_window,
