@@ -40,8 +40,10 @@ impl Default for Durability {
     }
 }
 
-/// A click as the hot path sees it: header values are kept as they are (cloning one is a
-/// reference-count increment), and turned into text off the hot path.
+/// A click as the hot path sees it. Header values are copied as bytes (a small allocation)
+/// rather than kept as `HeaderValue`s: those share the connection's read buffer, and holding
+/// one would make hyper allocate a new buffer for the next request. Text is made off the
+/// hot path.
 #[derive(Clone, Debug)]
 pub struct RawClick {
     /// The requested code.
@@ -50,10 +52,10 @@ pub struct RawClick {
     pub at: Timestamp,
     /// GET or HEAD.
     pub method: ClickMethod,
-    /// `User-Agent`.
-    pub user_agent: Option<HeaderValue>,
-    /// `Referer`.
-    pub referer: Option<HeaderValue>,
+    /// `User-Agent`, at most 512 bytes of it.
+    pub user_agent: Option<Box<[u8]>>,
+    /// `Referer`, at most 512 bytes of it.
+    pub referer: Option<Box<[u8]>>,
     /// Prefetch hints, if the request carried any (rare, so allocating for them is fine).
     pub prefetch: Option<String>,
     /// The client's address (from the trusted proxy header only when one is configured).
@@ -71,8 +73,13 @@ fn bounded_text(bytes: &[u8]) -> String {
 }
 
 impl RawClick {
+    /// Copies a header value for a click, cut to the length that is kept anyway.
+    pub fn header_bytes(value: Option<&HeaderValue>) -> Option<Box<[u8]>> {
+        value.map(|v| Box::from(&v.as_bytes()[..v.len().min(MAX_HEADER_BYTES)]))
+    }
+
     fn into_click(self, nonce: u64) -> Click {
-        let text = |v: Option<HeaderValue>| v.map(|v| bounded_text(v.as_bytes()));
+        let text = |v: Option<Box<[u8]>>| v.map(|v| bounded_text(&v));
         Click {
             code: self.code,
             at: self.at,

@@ -41,8 +41,8 @@ impl<S: Store> App<S> {
             code: link.code,
             at: Timestamp::now(),
             method: if request.method() == Method::HEAD { ClickMethod::Head } else { ClickMethod::Get },
-            user_agent: headers.get(USER_AGENT).cloned(),
-            referer: headers.get(REFERER).cloned(),
+            user_agent: RawClick::header_bytes(headers.get(USER_AGENT)),
+            referer: RawClick::header_bytes(headers.get(REFERER)),
             prefetch: prefetch_hints(headers),
             client_ip: self.client_ip(headers, peer),
         };
