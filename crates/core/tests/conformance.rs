@@ -31,7 +31,7 @@ async fn sled_data_survives_close_and_reopen() {
         store.insert_links(vec![link.clone()]).await.unwrap();
         let clicks = [conformance::click("AbCdEfGh1234", 10), conformance::click("AbCdEfGh1234", 11)];
         store.push_records(CLICK_QUEUE, &clicks).await.unwrap();
-        let first = store.peek(CLICK_QUEUE, None, 1).await.unwrap();
+        let first = store.lease(CLICK_QUEUE, 1).await.unwrap();
         store.remove(CLICK_QUEUE, vec![first[0].0]).await.unwrap();
         store.append_notes(vec![conformance::note(1, 5, 50, 10)]).await.unwrap();
         store.flush().await.unwrap();
@@ -39,7 +39,7 @@ async fn sled_data_survives_close_and_reopen() {
     let store = SledStore::open(dir.path()).unwrap();
     assert_eq!(store.get_link(&link.code).await.unwrap(), Some(link.clone()));
     assert_eq!(store.links_of(AccountId(5), EntityRef::contact(50)).await.unwrap(), vec![link]);
-    let clicks = store.peek_records::<Click>(CLICK_QUEUE, None, 10).await.unwrap();
+    let clicks = store.lease_records::<Click>(CLICK_QUEUE, 10).await.unwrap();
     assert_eq!(
         clicks.iter().map(|(_, c)| c.at.0).collect::<Vec<_>>(),
         vec![11],
@@ -51,7 +51,7 @@ async fn sled_data_survives_close_and_reopen() {
     assert!(store.list_tokens().await.unwrap().is_empty());
     // Ids keep growing across a reopen, so new clicks still sort after the old ones.
     store.push_records(CLICK_QUEUE, &[conformance::click("AbCdEfGh1234", 12)]).await.unwrap();
-    let ids: Vec<_> = store.peek(CLICK_QUEUE, None, 10).await.unwrap().into_iter().map(|(id, _)| id).collect();
+    let ids: Vec<_> = store.lease(CLICK_QUEUE, 10).await.unwrap().into_iter().map(|(id, _)| id).collect();
     assert!(ids[0] < ids[1]);
 }
 

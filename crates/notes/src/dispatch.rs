@@ -107,7 +107,7 @@ impl<S: Store> Dispatcher<S> {
 
     /// Handles a few groups of clicks; returns how many outbox records it took.
     pub(crate) async fn dispatch_batch(&self) -> Result<usize, Error> {
-        let records = self.store.peek(CLICK_QUEUE, None, GROUPS).await?;
+        let records = self.store.lease(CLICK_QUEUE, GROUPS).await?;
         if records.is_empty() {
             return Ok(0);
         }
@@ -226,8 +226,8 @@ mod tests {
         store.push(CLICK_QUEUE, vec![b"garbage".to_vec()]).await.unwrap();
         let dispatcher = dispatcher(store.clone());
         dispatcher.dispatch_batch().await.unwrap();
-        assert!(store.peek(CLICK_QUEUE, None, 10).await.unwrap().is_empty());
-        assert_eq!(store.peek(DEAD_CLICKS, None, 10).await.unwrap().len(), 1);
+        assert!(store.lease(CLICK_QUEUE, 10).await.unwrap().is_empty());
+        assert_eq!(store.lease(DEAD_CLICKS, 10).await.unwrap().len(), 1);
     }
 }
 

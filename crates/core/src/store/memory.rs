@@ -94,10 +94,10 @@ impl Queues for MemoryStore {
         Ok(())
     }
 
-    async fn peek(&self, queue: &str, after: Option<EntryId>, max: usize) -> Result<Vec<(EntryId, Vec<u8>)>, Error> {
+    async fn lease(&self, queue: &str, max: usize) -> Result<Vec<(EntryId, Vec<u8>)>, Error> {
         check_queue_name(queue)?;
         let rest = self.rest();
-        let start = (queue.to_owned(), after.map_or(EntryId(0), |EntryId(id)| EntryId(id.saturating_add(1))));
+        let start = (queue.to_owned(), EntryId(0));
         Ok(rest
             .queues
             .range(start..)

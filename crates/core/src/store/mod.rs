@@ -53,18 +53,21 @@ pub trait LinkStore: Send + Sync + 'static {
 /// Named, durable, ordered queues of encoded records: the click outbox, and one delivery
 /// queue per note sink, so that a slow sink only ever delays itself.
 ///
+/// Consumption is by lease, so that several nodes sharing one store can drain one queue
+/// without handling an entry twice, and a crashed node's entries are not stranded: a
+/// store handle is one consumer; what it leases stays its own until it removes it, or
+/// until it has been silent so long that another consumer takes the entry over. With a
+/// single consumer (every embedded store) a lease is simply the head of the queue.
+///
 /// Queue names are short ASCII (`[A-Za-z0-9_.:-]`, at most 64 bytes).
 pub trait Queues: Send + Sync + 'static {
     /// Appends records in order, durably before returning (one flush for the whole group).
     fn push(&self, queue: &str, records: Vec<Vec<u8>>) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// Up to `max` entries after `after` (from the start when `None`), in order.
-    fn peek(
-        &self,
-        queue: &str,
-        after: Option<EntryId>,
-        max: usize,
-    ) -> impl Future<Output = Result<Vec<(EntryId, Vec<u8>)>, Error>> + Send;
+    /// Up to `max` entries for this consumer, oldest first: those it leased before and has
+    /// not removed (so a failed batch comes back), then any abandoned by a consumer that
+    /// went silent, then new ones.
+    fn lease(&self, queue: &str, max: usize) -> impl Future<Output = Result<Vec<(EntryId, Vec<u8>)>, Error>> + Send;
 
     /// Removes handled entries. Unknown ids are ignored. Not necessarily flushed: a removal
     /// lost in a crash means the entry is handled again, never that it is lost.
@@ -85,15 +88,14 @@ pub trait RecordQueues: Queues {
         }
     }
 
-    /// Reads and decodes entries.
-    fn peek_records<T: DeserializeOwned + Send>(
+    /// Leases and decodes entries.
+    fn lease_records<T: DeserializeOwned + Send>(
         &self,
         queue: &str,
-        after: Option<EntryId>,
         max: usize,
     ) -> impl Future<Output = Result<Vec<(EntryId, T)>, Error>> + Send {
         async move {
-            let raw = self.peek(queue, after, max).await?;
+            let raw = self.lease(queue, max).await?;
             raw.into_iter().map(|(id, bytes)| Ok((id, decode(&bytes)?))).collect()
         }
     }

@@ -17,7 +17,6 @@
 //! Reads run inline: sled serves them from its page cache, and the hot path will put its own
 //! cache in front. Anything that writes or flushes (an fsync) runs on tokio's blocking pool.
 
-use std::ops::Bound;
 use std::path::Path;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -163,17 +162,10 @@ impl Queues for SledStore {
         .await
     }
 
-    async fn peek(&self, queue: &str, after: Option<EntryId>, max: usize) -> Result<Vec<(EntryId, Vec<u8>)>, Error> {
+    async fn lease(&self, queue: &str, max: usize) -> Result<Vec<(EntryId, Vec<u8>)>, Error> {
         let prefix = queue_prefix(queue)?;
-        let start = match after {
-            None => Bound::Included(prefix.clone()),
-            Some(EntryId(id)) => match u64::try_from(id) {
-                Ok(id) => Bound::Excluded(queue_key(&prefix, id)),
-                Err(_) => return Ok(Vec::new()),
-            },
-        };
         let mut out = Vec::new();
-        for entry in self.queues.range::<Vec<u8>, _>((start, Bound::Unbounded)).take(max) {
+        for entry in self.queues.range(prefix.clone()..).take(max) {
             let (key, value) = entry?;
             let Some(id) = key.strip_prefix(prefix.as_slice()) else { break };
             let id: [u8; 8] = id.try_into().map_err(|_| Error::Corrupt("bad queue key".into()))?;

@@ -94,7 +94,7 @@ pub(crate) async fn run_sink<S: Store, K: NoteSink>(
     let queue = queue_of(sink.name());
     let dead = format!("dead:{}", sink.name());
     while !*shutdown.borrow() {
-        let batch = match store.peek_records::<Note>(&queue, None, 64).await {
+        let batch = match store.lease_records::<Note>(&queue, 64).await {
             Ok(batch) => batch,
             Err(e) => {
                 tracing::error!(sink = sink.name(), error = %e, "cannot read the sink's queue");
