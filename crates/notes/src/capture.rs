@@ -2,6 +2,7 @@
 //! durable outbox in groups, one record and one flush per group (group commit).
 
 use std::net::IpAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,13 +95,22 @@ impl RawClick {
 }
 
 /// Why a click could not be recorded.
-#[derive(Debug, thiserror::Error)]
-#[error("the click pipeline has stopped")]
-pub struct PipelineStopped;
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotRecorded {
+    /// The pipeline has shut down.
+    #[error("the click pipeline has stopped")]
+    Stopped,
+    /// The outbox cannot be written (the store is unreachable), and the click could not be
+    /// held for later: in `sync` mode it would not be durable, in `group` mode the queue is
+    /// full. The redirect answers 503 rather than promise what it cannot keep.
+    #[error("the click outbox cannot be written right now")]
+    OutboxUnavailable,
+}
 
 struct Pending {
     click: RawClick,
-    durable: Option<oneshot::Sender<()>>,
+    /// Told whether the click's group was written.
+    durable: Option<oneshot::Sender<bool>>,
 }
 
 /// The redirect's handle on the pipeline. Cheap to clone.
@@ -109,19 +119,38 @@ pub struct ClickRecorder {
     tx: mpsc::Sender<Pending>,
     sync: bool,
     stats: Arc<Stats>,
+    /// Set while the writer's last append failed.
+    failing: Arc<AtomicBool>,
 }
 
 impl ClickRecorder {
     /// Hands a click over. Waits only if the queue is full (clicks are never dropped), or,
-    /// in [`Durability::Sync`], until the click is durable.
-    pub async fn record(&self, click: RawClick) -> Result<(), PipelineStopped> {
+    /// in [`Durability::Sync`], until the click is durable. While the outbox cannot be
+    /// written it does not wait on the store: see [`NotRecorded::OutboxUnavailable`].
+    pub async fn record(&self, click: RawClick) -> Result<(), NotRecorded> {
+        let failing = self.failing.load(Relaxed);
+        if failing && self.sync {
+            return Err(NotRecorded::OutboxUnavailable);
+        }
         self.stats.clicks_recorded.fetch_add(1, Relaxed);
         if !self.sync {
-            return self.tx.send(Pending { click, durable: None }).await.map_err(|_| PipelineStopped);
+            let pending = Pending { click, durable: None };
+            if failing {
+                // Hold it for the writer if there is room; never wait on a store that is away.
+                return self.tx.try_send(pending).map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => NotRecorded::OutboxUnavailable,
+                    mpsc::error::TrySendError::Closed(_) => NotRecorded::Stopped,
+                });
+            }
+            return self.tx.send(pending).await.map_err(|_| NotRecorded::Stopped);
         }
         let (durable, done) = oneshot::channel();
-        self.tx.send(Pending { click, durable: Some(durable) }).await.map_err(|_| PipelineStopped)?;
-        done.await.map_err(|_| PipelineStopped)
+        self.tx.send(Pending { click, durable: Some(durable) }).await.map_err(|_| NotRecorded::Stopped)?;
+        match done.await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(NotRecorded::OutboxUnavailable),
+            Err(_) => Err(NotRecorded::Stopped),
+        }
     }
 }
 
@@ -139,8 +168,10 @@ pub(crate) fn channel<S: Store + Clone>(
         Durability::Group { window } => window,
         Durability::Sync => Duration::ZERO,
     };
-    let recorder = ClickRecorder { tx, sync: durability == Durability::Sync, stats: stats.clone() };
-    let writer = tokio::spawn(write_groups(store, rx, window, stats, dispatcher, shutdown));
+    let failing = Arc::new(AtomicBool::new(false));
+    let recorder =
+        ClickRecorder { tx, sync: durability == Durability::Sync, stats: stats.clone(), failing: failing.clone() };
+    let writer = tokio::spawn(write_groups(store, rx, window, stats, failing, dispatcher, shutdown));
     (recorder, writer)
 }
 
@@ -151,6 +182,7 @@ async fn write_groups<S: Store>(
     mut rx: mpsc::Receiver<Pending>,
     window: Duration,
     stats: Arc<Stats>,
+    failing: Arc<AtomicBool>,
     dispatcher: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -185,7 +217,7 @@ async fn write_groups<S: Store>(
                 rx.recv_many(&mut group, more).await;
             }
         }
-        let (clicks, waiters): (Vec<Click>, Vec<_>) = group
+        let (clicks, mut waiters): (Vec<Click>, Vec<_>) = group
             .drain(..)
             .map(|p| {
                 next_nonce = next_nonce.wrapping_add(1);
@@ -195,14 +227,19 @@ async fn write_groups<S: Store>(
         let mut backoff = Duration::from_millis(10);
         // The whole group is one outbox record: one write, not one per click.
         while let Err(e) = store.push_records(CLICK_QUEUE, &[&clicks]).await {
-            // Keep the group: its clicks must not be lost. Redirects wait as the queue fills.
+            // Keep the group: its clicks must not be lost. But nobody waits on it any more.
             tracing::error!(error = %e, clicks = clicks.len(), "cannot append clicks to the outbox; retrying");
+            failing.store(true, Relaxed);
+            for durable in waiters.iter_mut().filter_map(Option::take) {
+                let _ = durable.send(false);
+            }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+        failing.store(false, Relaxed);
         stats.clicks_persisted.fetch_add(clicks.len() as u64, Relaxed);
         for durable in waiters.into_iter().flatten() {
-            let _ = durable.send(());
+            let _ = durable.send(true);
         }
         dispatcher.notify_one();
     }

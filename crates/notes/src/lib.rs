@@ -22,5 +22,5 @@ pub mod pipeline;
 pub mod sink;
 pub mod stats;
 
-pub use capture::{ClickRecorder, Durability, RawClick};
+pub use capture::{ClickRecorder, Durability, NotRecorded, RawClick};
 pub use pipeline::{Pipeline, PipelineBuilder, PipelineConfig};

@@ -9,7 +9,7 @@ use hyper::header::{HeaderMap, HeaderValue, CACHE_CONTROL, LOCATION, REFERER, US
 use hyper::{Method, Request, Response, StatusCode};
 use shortlinks_core::model::ClickMethod;
 use shortlinks_core::{Store, Timestamp};
-use shortlinks_notes::RawClick;
+use shortlinks_notes::{NotRecorded, RawClick};
 
 use crate::app::App;
 use crate::problem::{self, Body};
@@ -46,8 +46,12 @@ impl<S: Store> App<S> {
             prefetch: prefetch_hints(headers),
             client_ip: self.client_ip(headers, peer),
         };
-        if self.clicks.record(click).await.is_err() {
-            tracing::debug!("click after the pipeline stopped");
+        match self.clicks.record(click).await {
+            Ok(()) => {}
+            Err(NotRecorded::OutboxUnavailable) => {
+                return problem::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n");
+            }
+            Err(NotRecorded::Stopped) => tracing::debug!("click after the pipeline stopped"),
         }
         let mut response = Response::new(Full::new(Bytes::new()));
         *response.status_mut() = StatusCode::FOUND;
