@@ -1,0 +1,69 @@
+//! The key space. Every key starts with the installation's prefix; keys that one
+//! transaction writes together share a `{hash tag}`, so they live in one cluster slot.
+
+use shortlinks_core::model::EntityRef;
+use shortlinks_core::{AccountId, ShortCode};
+
+/// Builds keys under one prefix.
+#[derive(Clone, Debug)]
+pub(crate) struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub(crate) fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_owned() }
+    }
+
+    /// The installation secret.
+    pub(crate) fn secret(&self) -> String {
+        format!("{}:secret", self.prefix)
+    }
+
+    /// One link, by code: the hot path's single read.
+    pub(crate) fn link(&self, code: &ShortCode) -> String {
+        format!("{}:link:{}", self.prefix, code.as_str())
+    }
+
+    /// The codes of one entity's links, in a sorted set ordered by code.
+    pub(crate) fn links_of(&self, account: AccountId, entity: EntityRef) -> String {
+        format!("{}:links:{}:{}:{}", self.prefix, account.0, entity.kind.as_str(), entity.id)
+    }
+
+    /// One queue's stream.
+    pub(crate) fn queue(&self, name: &str) -> String {
+        format!("{}:queue:{name}", self.prefix)
+    }
+
+    /// One entity's notes: an ordered set of `(time, id)` keys and a hash of bodies, under
+    /// one hash tag.
+    pub(crate) fn notes(&self, account: AccountId, entity: EntityRef) -> (String, String) {
+        let tag = format!("{{{}:{}:{}}}", account.0, entity.kind.as_str(), entity.id);
+        (format!("{}:notes:{tag}:order", self.prefix), format!("{}:notes:{tag}:body", self.prefix))
+    }
+
+    /// The entities of one account and type that have notes.
+    pub(crate) fn noted(&self, account: AccountId, kind: shortlinks_core::EntityType) -> String {
+        format!("{}:noted:{}:{}", self.prefix, account.0, kind.as_str())
+    }
+
+    /// API tokens, one hash.
+    pub(crate) fn tokens(&self) -> String {
+        format!("{}:tokens", self.prefix)
+    }
+
+    /// The mark of one visit key.
+    pub(crate) fn visit(&self, key: &[u8; 16]) -> String {
+        use std::fmt::Write;
+        let mut out = format!("{}:visit:", self.prefix);
+        for b in key {
+            let _ = write!(out, "{b:02x}");
+        }
+        out
+    }
+}
+
+/// A sorted-set member whose byte order is numeric order (members all score 0).
+pub(crate) fn ordered_id(id: u64) -> String {
+    format!("{id:016x}")
+}

@@ -1,0 +1,130 @@
+//! The store handle: connecting, the installation secret, tokens.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManagerConfig;
+use redis::cluster::ClusterClient;
+use shortlinks_core::codec::{decode, encode};
+use shortlinks_core::model::ApiToken;
+use shortlinks_core::store::TokenStore;
+use shortlinks_core::{Error, InstallationSecret, Store};
+
+use crate::config::{RedisConfig, RedisTarget};
+use crate::connection::{store_error, Connection};
+use crate::keys::Keys;
+
+/// Storage on Redis or Redis Cluster. Cheap to clone; clones share one connection and are
+/// one consumer of the queues.
+#[derive(Clone)]
+pub struct RedisStore {
+    pub(crate) connection: Connection,
+    pub(crate) keys: Keys,
+    pub(crate) consumer: Arc<str>,
+    pub(crate) claim_after: Duration,
+    /// When this node last looked for abandoned entries, per queue key.
+    pub(crate) last_takeover: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Queue keys whose consumer group is known to exist.
+    pub(crate) groups: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+impl RedisStore {
+    /// Connects and checks that Redis answers. Later connection loss is not fatal: the
+    /// connection is re-established by itself, and calls fail with
+    /// [`Error::Unavailable`] meanwhile.
+    pub async fn open(config: RedisConfig) -> Result<Self, Error> {
+        let timeout = config.response_timeout;
+        let connection = match &config.target {
+            RedisTarget::Standalone(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(store_error)?;
+                let settings = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_secs(1));
+                Connection::Standalone(client.get_connection_manager_with_config(settings).await.map_err(store_error)?)
+            }
+            RedisTarget::Cluster(nodes) => {
+                let client = ClusterClient::builder(nodes.iter().map(String::as_str))
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(2)
+                    .build()
+                    .map_err(store_error)?;
+                Connection::Cluster(client.get_async_connection().await.map_err(store_error)?)
+            }
+        };
+        let consumer = match config.consumer {
+            Some(name) => name,
+            None => random_consumer_name()?,
+        };
+        let store = Self {
+            connection,
+            keys: Keys::new(&config.key_prefix),
+            consumer: consumer.into(),
+            claim_after: config.claim_after,
+            last_takeover: Arc::default(),
+            groups: Arc::default(),
+        };
+        let _: String = redis::cmd("PING").query_async(&mut store.connection()).await.map_err(store_error)?;
+        Ok(store)
+    }
+
+    /// This node's name in the queues' consumer group.
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
+    /// A handle on the shared connection, for one command or pipeline.
+    pub(crate) fn connection(&self) -> Connection {
+        self.connection.clone()
+    }
+
+    /// Runs a command, mapping the error.
+    pub(crate) async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Error> {
+        cmd.query_async(&mut self.connection()).await.map_err(store_error)
+    }
+}
+
+fn random_consumer_name() -> Result<String, Error> {
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
+    Ok(format!("node-{}-{:016x}", std::process::id(), u64::from_le_bytes(bytes)))
+}
+
+impl TokenStore for RedisStore {
+    async fn put_token(&self, token: ApiToken) -> Result<(), Error> {
+        let _: i64 = self.query(redis::cmd("HSET").arg(self.keys.tokens()).arg(&token.id).arg(encode(&token)?)).await?;
+        Ok(())
+    }
+
+    async fn get_token(&self, id: &str) -> Result<Option<ApiToken>, Error> {
+        let bytes: Option<Vec<u8>> = self.query(redis::cmd("HGET").arg(self.keys.tokens()).arg(id)).await?;
+        bytes.map(|b| decode(&b)).transpose()
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<ApiToken>, Error> {
+        let all: Vec<(String, Vec<u8>)> = self.query(redis::cmd("HGETALL").arg(self.keys.tokens())).await?;
+        let mut tokens = all.iter().map(|(_, bytes)| decode::<ApiToken>(bytes)).collect::<Result<Vec<_>, _>>()?;
+        tokens.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(tokens)
+    }
+}
+
+impl Store for RedisStore {
+    async fn installation_secret(&self, candidate: InstallationSecret) -> Result<InstallationSecret, Error> {
+        let key = self.keys.secret();
+        let _: Option<String> =
+            self.query(redis::cmd("SET").arg(&key).arg(candidate.to_bytes().as_slice()).arg("NX")).await?;
+        let stored: Vec<u8> = self.query(redis::cmd("GET").arg(&key)).await?;
+        let bytes: [u8; 32] =
+            stored.try_into().map_err(|_| Error::Corrupt(format!("{key} does not hold a 32-byte secret")))?;
+        Ok(InstallationSecret::from_bytes(bytes))
+    }
+
+    /// Redis persists on its own schedule (`appendfsync`); there is nothing to force here.
+    async fn flush(&self) -> Result<(), Error> {
+        Ok(())
+    }
+}

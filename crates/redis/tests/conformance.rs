@@ -1,0 +1,89 @@
+#![allow(clippy::unwrap_used)]
+//! The core storage contract, and what only a shared store must do, against real
+//! `redis-server` processes: one standalone, one 3-master cluster.
+
+use std::time::{Duration, Instant};
+
+use shortlinks_core::store::{conformance, LinkStore, Queues};
+use shortlinks_core::Error;
+use shortlinks_redis::testing::{RedisCluster, RedisServer};
+use shortlinks_redis::{RedisConfig, RedisStore};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_meets_the_contract() {
+    let server = RedisServer::standalone().unwrap();
+    conformance::run(&RedisStore::open(server.config("conf")).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_meets_the_contract_and_shares_queues() {
+    let cluster = RedisCluster::start(3).unwrap();
+    conformance::run(&RedisStore::open(cluster.config("conf")).await.unwrap()).await;
+    two_consumers_share_a_queue(cluster.config("shared")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_queues_are_shared_between_nodes() {
+    let server = RedisServer::standalone().unwrap();
+    two_consumers_share_a_queue(server.config("shared")).await;
+}
+
+/// Two nodes drain one queue without handing out an entry twice; a node that goes silent
+/// has its leased entries taken over by the other.
+async fn two_consumers_share_a_queue(config: RedisConfig) {
+    let config = RedisConfig { claim_after: Duration::from_millis(500), ..config };
+    let a = RedisStore::open(config.clone()).await.unwrap();
+    let b = RedisStore::open(config).await.unwrap();
+    assert_ne!(a.consumer(), b.consumer());
+    a.push("q", (0u8..6).map(|i| vec![i]).collect()).await.unwrap();
+
+    let leased_by_a = a.lease("q", 2).await.unwrap();
+    assert_eq!(records(&leased_by_a), vec![0, 1]);
+    assert_eq!(records(&a.lease("q", 2).await.unwrap()), vec![0, 1], "a's own lease comes back to a first");
+    let leased_by_b = b.lease("q", 3).await.unwrap();
+    assert_eq!(records(&leased_by_b), vec![2, 3, 4], "b never sees what a holds");
+    b.remove("q", leased_by_b.iter().map(|(id, _)| *id).collect()).await.unwrap();
+
+    // a goes silent holding 0 and 1; once they have been idle long enough, b takes them.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let taken = b.lease("q", 10).await.unwrap();
+    assert_eq!(records(&taken), vec![0, 1, 5], "abandoned entries first, then new ones");
+    b.remove("q", taken.iter().map(|(id, _)| *id).collect()).await.unwrap();
+    assert!(b.lease("q", 10).await.unwrap().is_empty());
+    assert!(a.lease("q", 10).await.unwrap().is_empty(), "a's entries are gone once b handled them");
+}
+
+fn records(entries: &[(shortlinks_core::model::EntryId, Vec<u8>)]) -> Vec<u8> {
+    entries.iter().map(|(_, r)| r[0]).collect()
+}
+
+/// Redis going away gives a clear "unavailable" error in bounded time, and the same
+/// store handle works again once Redis is back, with the data it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_is_survived_without_reopening() {
+    let mut server = RedisServer::standalone_with(&["--appendfsync", "always"]).unwrap();
+    let config = RedisConfig { response_timeout: Duration::from_millis(500), ..server.config("restart") };
+    let store = RedisStore::open(config).await.unwrap();
+    let link = conformance::link("RsTaRt123456", 1, 7, "https://restart.example/");
+    store.insert_links(vec![link.clone()]).await.unwrap();
+
+    server.kill();
+    let started = Instant::now();
+    let failed = store.get_link(&link.code).await;
+    assert!(matches!(failed, Err(Error::Unavailable(_))), "got {failed:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "the failure is not left hanging");
+
+    server.restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let found = loop {
+        match store.get_link(&link.code).await {
+            Ok(found) => break found,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("still reconnecting: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the store never came back: {e}"),
+        }
+    };
+    assert_eq!(found, Some(link), "the link survived the restart");
+}
