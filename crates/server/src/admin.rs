@@ -11,6 +11,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use shortlinks_core::{AccountId, ContactScope, ShortCode, SledStore, Store, Timestamp, UserId};
+use shortlinks_redis::RedisStore;
+
+use crate::config::StorageSettings;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -223,8 +226,17 @@ impl AdminSocket {
     }
 }
 
-/// Runs a command: through a running server's socket, or on the data directory directly.
-pub async fn command(data_dir: &Path, request: AdminRequest) -> Result<AdminReply, ServerError> {
+/// Runs a command: on Redis directly (any number of nodes share it), else through a
+/// running server's socket, or on the sled directory when no server runs.
+pub async fn command(
+    storage: &StorageSettings,
+    data_dir: &Path,
+    request: AdminRequest,
+) -> Result<AdminReply, ServerError> {
+    if let StorageSettings::Redis(config) = storage {
+        let store = RedisStore::open(config.clone()).await?;
+        return Ok(execute(&store, request).await);
+    }
     let path = socket_path(data_dir);
     if let Ok(stream) = UnixStream::connect(&path).await {
         return over_socket(stream, &request).await;

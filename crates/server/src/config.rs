@@ -12,6 +12,7 @@ use hyper::header::HeaderName;
 use serde::Deserialize;
 use shortlinks_core::{AccountId, CodeLength};
 use shortlinks_notes::Durability;
+use shortlinks_redis::{RedisConfig, RedisTarget};
 
 use crate::ServerError;
 
@@ -22,9 +23,24 @@ use crate::ServerError;
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsLayer {
-    /// Where the sled database lives.
+    /// `sled` (the default: embedded, in `data_dir`) or `redis` (shared by many nodes).
+    #[arg(long, env = "SHORTLINKS_STORAGE")]
+    pub storage: Option<String>,
+    /// Where the sled database (and the admin socket) lives.
     #[arg(long, env = "SHORTLINKS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// With `storage = "redis"`: one server, such as `redis://127.0.0.1:6379/0`.
+    #[arg(long, env = "SHORTLINKS_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// With `storage = "redis"`: some nodes of a Redis Cluster, comma-separated.
+    #[arg(long, env = "SHORTLINKS_REDIS_NODES", hide_env_values = true)]
+    pub redis_nodes: Option<String>,
+    /// The prefix of every Redis key (default `sl`).
+    #[arg(long, env = "SHORTLINKS_REDIS_KEY_PREFIX")]
+    pub redis_key_prefix: Option<String>,
+    /// A node silent this long loses its leased clicks and notes to another (default 30000).
+    #[arg(long, env = "SHORTLINKS_REDIS_CLAIM_AFTER_MS")]
+    pub redis_claim_after_ms: Option<u64>,
     /// The address to listen on, such as `127.0.0.1:8080`.
     #[arg(long, env = "SHORTLINKS_LISTEN")]
     pub listen: Option<String>,
@@ -111,7 +127,12 @@ impl SettingsLayer {
         layer_over!(
             self,
             lower,
+            storage,
             data_dir,
+            redis_url,
+            redis_nodes,
+            redis_key_prefix,
+            redis_claim_after_ms,
             listen,
             public_url,
             code_length,
@@ -139,6 +160,7 @@ impl SettingsLayer {
     /// Fills in defaults and checks every value.
     pub fn resolve(self) -> Result<Settings, ServerError> {
         let clicks = self.clicks()?;
+        let storage = self.storage()?;
         let listen = self.listen.as_deref().unwrap_or(Settings::DEFAULT_LISTEN);
         let listen: SocketAddr = listen
             .parse()
@@ -156,6 +178,7 @@ impl SettingsLayer {
         };
         let defaults = shortlinks_core::Config::new(".");
         Ok(Settings {
+            storage,
             cached_links: self.cached_links.unwrap_or(defaults.cached_links),
             sled_cache_bytes: self.sled_cache_mib.map_or(defaults.sled_cache_bytes, |mib| mib << 20),
             clicks,
@@ -182,6 +205,57 @@ impl SettingsLayer {
 }
 
 impl SettingsLayer {
+    fn storage(&self) -> Result<StorageSettings, ServerError> {
+        let redis_set = self.redis_url.is_some() || self.redis_nodes.is_some();
+        match self.storage.as_deref().unwrap_or("sled") {
+            "sled" if redis_set => {
+                Err(ServerError::Config("redis_url and redis_nodes need storage = \"redis\"".into()))
+            }
+            "sled" => Ok(StorageSettings::Sled),
+            "redis" => {
+                let target = match (&self.redis_url, &self.redis_nodes) {
+                    (Some(url), None) => RedisTarget::Standalone(redis_url(url)?),
+                    (None, Some(nodes)) => RedisTarget::Cluster(
+                        nodes
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|n| !n.is_empty())
+                            .map(redis_url)
+                            .collect::<Result<_, _>>()?,
+                    ),
+                    (Some(_), Some(_)) => {
+                        return Err(ServerError::Config("give redis_url or redis_nodes, not both".into()))
+                    }
+                    (None, None) => {
+                        return Err(ServerError::Config("storage = \"redis\" needs redis_url or redis_nodes".into()))
+                    }
+                };
+                if matches!(&target, RedisTarget::Cluster(nodes) if nodes.is_empty()) {
+                    return Err(ServerError::Config("redis_nodes lists no node".into()));
+                }
+                let mut config = RedisConfig::new(target);
+                if let Some(prefix) = &self.redis_key_prefix {
+                    let ok = !prefix.is_empty()
+                        && prefix.len() <= 64
+                        && prefix.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+                    if !ok {
+                        return Err(ServerError::Config(format!(
+                            "redis_key_prefix {prefix:?}: use 1-64 of A-Z a-z 0-9 _ - ."
+                        )));
+                    }
+                    config.key_prefix.clone_from(prefix);
+                }
+                match self.redis_claim_after_ms {
+                    Some(0) => return Err(ServerError::Config("redis_claim_after_ms must be positive".into())),
+                    Some(ms) => config.claim_after = Duration::from_millis(ms),
+                    None => {}
+                }
+                Ok(StorageSettings::Redis(config))
+            }
+            other => Err(ServerError::Config(format!("storage must be \"sled\" or \"redis\", got {other:?}"))),
+        }
+    }
+
     fn clicks(&self) -> Result<ClickSettings, ServerError> {
         let bad = |msg: String| Err(ServerError::Config(msg));
         let window = Duration::from_millis(self.commit_window_ms.unwrap_or(10));
@@ -238,6 +312,24 @@ impl SettingsLayer {
     }
 }
 
+fn redis_url(text: &str) -> Result<String, ServerError> {
+    let url = url::Url::parse(text).map_err(|e| ServerError::Config(format!("redis address {text:?}: {e}")))?;
+    if url.scheme() != "redis" || url.host_str().is_none() {
+        // rediss:// would need TLS, which this build leaves out.
+        return Err(ServerError::Config(format!("redis address {text:?} must be a redis:// URL with a host")));
+    }
+    Ok(text.to_owned())
+}
+
+/// Where the data lives.
+#[derive(Clone, Debug)]
+pub enum StorageSettings {
+    /// sled, in the data directory.
+    Sled,
+    /// Redis or Redis Cluster.
+    Redis(RedisConfig),
+}
+
 fn http_uri(text: &str, name: &str) -> Result<hyper::Uri, ServerError> {
     let url = url::Url::parse(text).map_err(|e| ServerError::Config(format!("{name} {text:?}: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
@@ -288,9 +380,11 @@ pub struct AmoCrmSettings {
 /// Complete, checked settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// Where the data lives.
+    pub storage: StorageSettings,
     /// How clicks become notes.
     pub clicks: ClickSettings,
-    /// Where the sled database lives.
+    /// Where the sled database and the admin socket live.
     pub data_dir: PathBuf,
     /// The address to listen on.
     pub listen: SocketAddr,

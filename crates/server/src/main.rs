@@ -72,12 +72,33 @@ struct StoreArgs {
     /// The data directory [default: ./data].
     #[arg(long, env = "SHORTLINKS_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// `sled` (default) or `redis`.
+    #[arg(long, env = "SHORTLINKS_STORAGE")]
+    storage: Option<String>,
+    /// With `--storage redis`: one server.
+    #[arg(long, env = "SHORTLINKS_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// With `--storage redis`: cluster nodes, comma-separated.
+    #[arg(long, env = "SHORTLINKS_REDIS_NODES", hide_env_values = true)]
+    redis_nodes: Option<String>,
+    /// The prefix of every Redis key (default `sl`).
+    #[arg(long, env = "SHORTLINKS_REDIS_KEY_PREFIX")]
+    redis_key_prefix: Option<String>,
 }
 
 impl StoreArgs {
-    fn data_dir(&self) -> anyhow::Result<PathBuf> {
-        let flags = SettingsLayer { data_dir: self.data_dir.clone(), ..Default::default() };
-        Ok(flags.over(file_layer(self.config.as_deref())?).resolve()?.data_dir)
+    /// Runs an admin command on the configured store.
+    async fn command(&self, request: AdminRequest) -> anyhow::Result<AdminReply> {
+        let flags = SettingsLayer {
+            data_dir: self.data_dir.clone(),
+            storage: self.storage.clone(),
+            redis_url: self.redis_url.clone(),
+            redis_nodes: self.redis_nodes.clone(),
+            redis_key_prefix: self.redis_key_prefix.clone(),
+            ..Default::default()
+        };
+        let settings = flags.over(file_layer(self.config.as_deref())?).resolve()?;
+        Ok(admin::command(&settings.storage, &settings.data_dir, request).await?)
     }
 }
 
@@ -110,21 +131,19 @@ async fn main() -> anyhow::Result<()> {
         None => serve(ServeArgs::from_env()).await,
         Some(Command::Serve(args)) => serve(*args).await,
         Some(Command::Token(command)) => token(command).await,
-        Some(Command::Resolve { code, store }) => {
-            match admin::command(&store.data_dir()?, AdminRequest::Resolve { code }).await? {
-                AdminReply::Link { link: Some(l) } => {
-                    println!("code:       {}", l.code);
-                    println!("target:     {}", l.target);
-                    println!("account:    {}", l.account);
-                    println!("entity:     {} {}", l.entity_type, l.entity_id);
-                    println!("created_at: {}", l.created_at);
-                    println!("created_by: {}", l.created_by);
-                    Ok(())
-                }
-                AdminReply::Link { link: None } => bail!("no such link"),
-                other => unexpected(other),
+        Some(Command::Resolve { code, store }) => match store.command(AdminRequest::Resolve { code }).await? {
+            AdminReply::Link { link: Some(l) } => {
+                println!("code:       {}", l.code);
+                println!("target:     {}", l.target);
+                println!("account:    {}", l.account);
+                println!("entity:     {} {}", l.entity_type, l.entity_id);
+                println!("created_at: {}", l.created_at);
+                println!("created_by: {}", l.created_by);
+                Ok(())
             }
-        }
+            AdminReply::Link { link: None } => bail!("no such link"),
+            other => unexpected(other),
+        },
     }
 }
 
@@ -179,7 +198,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
     match command {
         TokenCommand::Create { store, account, user, contacts } => {
             let scope = parse_scope(&contacts)?;
-            match admin::command(&store.data_dir()?, AdminRequest::TokenCreate { account, user, scope }).await? {
+            match store.command(AdminRequest::TokenCreate { account, user, scope }).await? {
                 AdminReply::Token { token } => {
                     println!("{token}");
                     Ok(())
@@ -187,7 +206,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
                 other => unexpected(other),
             }
         }
-        TokenCommand::List { store } => match admin::command(&store.data_dir()?, AdminRequest::TokenList).await? {
+        TokenCommand::List { store } => match store.command(AdminRequest::TokenList).await? {
             AdminReply::Tokens { tokens } => {
                 println!("{:<12} {:>10} {:>10} {:<10} {:>12}  contacts", "id", "account", "user", "status", "created");
                 for t in tokens {
@@ -201,15 +220,13 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
             }
             other => unexpected(other),
         },
-        TokenCommand::Revoke { id, store } => {
-            match admin::command(&store.data_dir()?, AdminRequest::TokenRevoke { id }).await? {
-                AdminReply::Revoked { id } => {
-                    println!("revoked {id}");
-                    Ok(())
-                }
-                other => unexpected(other),
+        TokenCommand::Revoke { id, store } => match store.command(AdminRequest::TokenRevoke { id }).await? {
+            AdminReply::Revoked { id } => {
+                println!("revoked {id}");
+                Ok(())
             }
-        }
+            other => unexpected(other),
+        },
     }
 }
 

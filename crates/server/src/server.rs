@@ -1,4 +1,4 @@
-//! Running the server: open the store, bind, serve connections, shut down gracefully.
+//! Running the server: open the store (sled or Redis), bind, serve connections, shut down gracefully.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,46 +12,81 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 
-use shortlinks_core::{AccountId, Config, ContactScope, Shortener, SledStore, Store, UserId};
+use shortlinks_core::{AccountId, Config, ContactScope, LinkCache, Shortener, SledStore, Store, UserId};
+use shortlinks_redis::RedisStore;
 use tokio::net::TcpListener;
 
 use shortlinks_notes::sink::{AmoCrmSink, HttpClient, RetryPolicy, WebhookSink};
 use shortlinks_notes::{Pipeline, PipelineBuilder, PipelineConfig};
 
 use crate::app::{App, ClickCapture};
-use crate::config::{ClickSettings, PublicUrl, Settings};
+use crate::config::{ClickSettings, PublicUrl, Settings, StorageSettings};
 use crate::{admin, auth, ServerError};
 
 /// A server that is bound and ready to run.
 pub struct Started {
-    app: Arc<App<SledStore>>,
-    pipeline: Pipeline,
-    listener: TcpListener,
-    admin: admin::AdminSocket,
+    backend: Backend,
     /// The bound address (useful with port 0).
     pub addr: SocketAddr,
     /// The first token, when this start created it: to be shown once.
     pub first_token: Option<String>,
 }
 
-/// Opens the data directory, makes the first token if there is none, and binds.
+/// The running parts on one storage engine; the rest of the server is the same on either.
+enum Backend {
+    Sled(Parts<SledStore>),
+    Redis(Parts<RedisStore>),
+}
+
+struct Parts<S: Store> {
+    app: Arc<App<S>>,
+    pipeline: Pipeline,
+    listener: TcpListener,
+    /// Only on sled: with Redis, the command line talks to Redis itself.
+    admin: Option<admin::AdminSocket>,
+}
+
+/// Opens the store, makes the first token if there is none, and binds.
 pub async fn start(settings: Settings) -> Result<Started, ServerError> {
-    let config = Config {
-        data_dir: settings.data_dir.clone(),
-        code_length: settings.code_length,
-        cached_links: settings.cached_links,
-        sled_cache_bytes: settings.sled_cache_bytes,
+    let (backend, addr, first_token) = match &settings.storage {
+        StorageSettings::Sled => {
+            let config = Config {
+                data_dir: settings.data_dir.clone(),
+                code_length: settings.code_length,
+                cached_links: settings.cached_links,
+                sled_cache_bytes: settings.sled_cache_bytes,
+            };
+            let engine = Shortener::open(config).await.map_err(|e| {
+                ServerError::Config(format!("cannot open the data directory {}: {e}", settings.data_dir.display()))
+            })?;
+            let admin = admin::AdminSocket::bind(&admin::socket_path(&settings.data_dir))?;
+            let (parts, addr, token) = assemble(engine, &settings, Some(admin)).await?;
+            (Backend::Sled(parts), addr, token)
+        }
+        StorageSettings::Redis(config) => {
+            let store = RedisStore::open(config.clone())
+                .await
+                .map_err(|e| ServerError::Config(format!("cannot reach Redis ({:?}): {e}", config.target)))?;
+            let cache = LinkCache::new(settings.cached_links);
+            let engine = Shortener::with_store(store, settings.code_length).await?.with_cache(cache);
+            let (parts, addr, token) = assemble(engine, &settings, None).await?;
+            (Backend::Redis(parts), addr, token)
+        }
     };
-    let engine = Shortener::open(config).await.map_err(|e| {
-        ServerError::Config(format!("cannot open the data directory {}: {e}", settings.data_dir.display()))
-    })?;
+    Ok(Started { backend, addr, first_token })
+}
+
+async fn assemble<S: Store + Clone>(
+    engine: Shortener<S>,
+    settings: &Settings,
+    admin: Option<admin::AdminSocket>,
+) -> Result<(Parts<S>, SocketAddr, Option<String>), ServerError> {
     let first_token = ensure_first_token(engine.store()).await?;
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|e| ServerError::io(format!("binding {}", settings.listen), e))?;
     let addr = listener.local_addr().map_err(|e| ServerError::io("reading the bound address", e))?;
     let public_url = settings.public_url.clone().unwrap_or_else(|| PublicUrl::from_bound(addr));
-    let admin = admin::AdminSocket::bind(&admin::socket_path(&settings.data_dir))?;
     let pipeline = start_pipeline(&engine, &settings.clicks)?;
     let capture = ClickCapture {
         recorder: pipeline.recorder().clone(),
@@ -59,7 +94,7 @@ pub async fn start(settings: Settings) -> Result<Started, ServerError> {
         client_ip_header: settings.clicks.client_ip_header.clone(),
     };
     let app = Arc::new(App::new(engine, public_url, settings.limits, capture));
-    Ok(Started { app, pipeline, listener, admin, addr, first_token })
+    Ok((Parts { app, pipeline, listener, admin }, addr, first_token))
 }
 
 /// The click pipeline with the configured sinks (the journal is always on).
@@ -95,21 +130,37 @@ async fn ensure_first_token<S: Store>(store: &S) -> Result<Option<String>, Serve
 impl Started {
     /// The base URL of issued links.
     pub fn public_url(&self) -> &PublicUrl {
-        self.app.public_url()
+        match &self.backend {
+            Backend::Sled(parts) => parts.app.public_url(),
+            Backend::Redis(parts) => parts.app.public_url(),
+        }
     }
 
     /// Serves until `shutdown` completes, then drains and flushes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let Started { app, pipeline, listener, admin, .. } = self;
-        let admin_path: PathBuf = admin.path().to_owned();
-        let admin_task = tokio::spawn(admin.serve(app.clone()));
+        match self.backend {
+            Backend::Sled(parts) => parts.run(shutdown).await,
+            Backend::Redis(parts) => parts.run(shutdown).await,
+        }
+    }
+}
+
+impl<S: Store> Parts<S> {
+    async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let Parts { app, pipeline, listener, admin } = self;
+        let admin = admin.map(|admin| {
+            let path: PathBuf = admin.path().to_owned();
+            (path, tokio::spawn(admin.serve(app.clone())))
+        });
         let result = serve(app.clone(), listener, shutdown).await;
         // No request is in flight any more: every click handed over is drained and flushed.
         pipeline.shutdown().await;
-        // Abort only asks; awaiting makes sure the task, and its hold on the store, is gone.
-        admin_task.abort();
-        let _ = admin_task.await;
-        let _ = std::fs::remove_file(&admin_path);
+        if let Some((path, task)) = admin {
+            // Abort only asks; awaiting makes sure the task, and its hold on the store, is gone.
+            task.abort();
+            let _ = task.await;
+            let _ = std::fs::remove_file(&path);
+        }
         result?;
         app.engine().store().flush().await?;
         Ok(())

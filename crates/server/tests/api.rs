@@ -10,7 +10,7 @@ use serde_json::json;
 use shortlinks_core::store::LinkStore;
 use shortlinks_core::{AccountId, ContactScope, EntityRef, SledStore};
 use shortlinks_server::admin::{self, AdminReply, AdminRequest};
-use shortlinks_server::config::SettingsLayer;
+use shortlinks_server::config::{SettingsLayer, StorageSettings};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_spec_example_request_and_response() {
@@ -169,7 +169,10 @@ async fn size_type_method_and_path_errors() {
 async fn links_are_made_only_for_contacts_in_the_tokens_scope() {
     let server = TestServer::start().await;
     let scoped = AdminRequest::TokenCreate { account: 1, user: 2, scope: ContactScope::only(vec![2, 4]) };
-    let AdminReply::Token { token } = admin::command(server.dir.path(), scoped).await.unwrap() else { panic!() };
+    let AdminReply::Token { token } = admin::command(&StorageSettings::Sled, server.dir.path(), scoped).await.unwrap()
+    else {
+        panic!()
+    };
     let body = json!((1..=4).map(|c| item("https://x.example/", c)).collect::<Vec<_>>()).to_string();
     let reply = server.post_links(&token, &body).await;
     assert_eq!(reply.status, 200);
@@ -194,7 +197,10 @@ async fn links_are_made_only_for_contacts_in_the_tokens_scope() {
 async fn accounts_are_isolated() {
     let server = TestServer::start().await;
     let other = AdminRequest::TokenCreate { account: 2, user: 1, scope: ContactScope::All };
-    let AdminReply::Token { token } = admin::command(server.dir.path(), other).await.unwrap() else { panic!() };
+    let AdminReply::Token { token } = admin::command(&StorageSettings::Sled, server.dir.path(), other).await.unwrap()
+    else {
+        panic!()
+    };
     let body = json!([item("https://x.example/", 7)]).to_string();
     let mine = server.post_links(&server.token, &body).await.json();
     let theirs = server.post_links(&token, &body).await.json();

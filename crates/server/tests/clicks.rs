@@ -15,7 +15,7 @@ use shortlinks_core::ContactScope;
 use shortlinks_notes::classify::samples::NOT_VISITS;
 use shortlinks_notes::sink::signature;
 use shortlinks_server::admin::{self, AdminReply, AdminRequest};
-use shortlinks_server::config::SettingsLayer;
+use shortlinks_server::config::{SettingsLayer, StorageSettings};
 
 /// Creates one link per (url, contact) and returns their codes.
 async fn links(server: &TestServer, items: &[(&str, u64)]) -> Vec<String> {
@@ -167,7 +167,9 @@ async fn notes_are_isolated_by_account_and_scoped_by_contact_rights() {
 
     async fn token(dir: &std::path::Path, account: u64, scope: ContactScope) -> String {
         let request = AdminRequest::TokenCreate { account, user: 9, scope };
-        let AdminReply::Token { token } = admin::command(dir, request).await.unwrap() else { panic!() };
+        let AdminReply::Token { token } = admin::command(&StorageSettings::Sled, dir, request).await.unwrap() else {
+            panic!()
+        };
         token
     }
     let other_account = token(server.dir.path(), 2, ContactScope::All).await;

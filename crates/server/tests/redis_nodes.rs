@@ -1,0 +1,174 @@
+//! Several `shortlinks` processes on one Redis: real processes, a real 3-master Redis
+//! Cluster and a real standalone `redis-server`, all on loopback.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{all_notes, click, code_of, item, try_send, Process, BROWSER};
+use hyper::Method;
+use serde_json::json;
+use shortlinks_redis::testing::{cli, RedisCluster, RedisServer};
+
+/// A node on Redis. `sync` durability, so that an acknowledged click is already in Redis.
+async fn node(dir: &Path, storage: (&str, &str), prefix: &str) -> Process {
+    let env = [
+        ("SHORTLINKS_STORAGE", "redis"),
+        storage,
+        ("SHORTLINKS_REDIS_KEY_PREFIX", prefix),
+        ("SHORTLINKS_REDIS_CLAIM_AFTER_MS", "1500"),
+        ("SHORTLINKS_DURABILITY", "sync"),
+        ("SHORTLINKS_CLIENT_IP_HEADER", "X-Forwarded-For"),
+    ];
+    Process::serve(dir, &[], &env).await
+}
+
+/// One browser click from a distinct address, so that no two are one visit.
+async fn visit(addr: SocketAddr, code: &str, n: u32) -> Option<u16> {
+    let ip = format!("10.{}.{}.{}", (n >> 16) & 255, (n >> 8) & 255, n & 255);
+    let headers = [("user-agent", BROWSER), ("x-forwarded-for", ip.as_str())];
+    try_send(addr, Method::GET, &format!("/{code}"), &headers, Vec::new()).await.map(|r| r.status.as_u16())
+}
+
+/// Notes of one contact, once their number has stopped changing (or reached `expected`).
+async fn settled_notes(addr: SocketAddr, token: &str, contact: u64, expected: usize) -> Vec<serde_json::Value> {
+    let path = format!("/api/v4/contacts/{contact}/notes?limit=250");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut notes, mut stable_since) = (Vec::new(), Instant::now());
+    loop {
+        let now = all_notes(addr, token, &path).await;
+        if now.len() != notes.len() {
+            stable_since = Instant::now();
+        }
+        notes = now;
+        if notes.len() >= expected && stable_since.elapsed() > Duration::from_millis(500)
+            || stable_since.elapsed() > Duration::from_secs(8)
+            || Instant::now() > deadline
+        {
+            return notes;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn assert_distinct(notes: &[serde_json::Value], url: &str) {
+    let ids: HashSet<u64> = notes.iter().map(|n| n["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids.len(), notes.len(), "no note is there twice");
+    assert!(notes.iter().all(|n| n["params"]["url"] == url), "every note names the original URL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_a_redis_cluster_and_lose_no_click_when_one_dies() {
+    let cluster = RedisCluster::start(3).unwrap();
+    let nodes = cluster.urls().join(",");
+    let storage = ("SHORTLINKS_REDIS_NODES", nodes.as_str());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node(dir_a.path(), storage, "multi").await;
+    let token = a.banner[1].trim().to_owned();
+    let b = node(dir_b.path(), storage, "multi").await;
+    assert!(b.banner.iter().all(|l| !l.contains(&token)), "b found a's token in Redis and made none");
+
+    // A link made on one node redirects on the other.
+    let (first, second) = ("https://original.example/first", "https://original.example/second");
+    let reply = a.post(&token, &json!([item(first, 1), item(second, 2)])).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let body = reply.json();
+    let codes: Vec<String> =
+        (0..2).map(|i| code_of(body["_embedded"]["short_links"][i]["url"].as_str().unwrap()).to_owned()).collect();
+    let on_b = click(b.addr, &codes[0], &[("user-agent", BROWSER)]).await;
+    assert_eq!((on_b.status.as_u16(), on_b.headers["location"].to_str().unwrap()), (302, first));
+
+    // Clicks on both nodes become notes exactly once, whichever node dispatches them.
+    for n in 1..=20 {
+        assert_eq!(visit(a.addr, &codes[1], n).await, Some(302));
+        assert_eq!(visit(b.addr, &codes[1], 1000 + n).await, Some(302));
+    }
+    let notes = settled_notes(b.addr, &token, 2, 40).await;
+    assert_eq!(notes.len(), 40, "40 visits, 40 notes");
+    assert_distinct(&notes, second);
+    assert_eq!(settled_notes(a.addr, &token, 1, 1).await.len(), 1, "the click on b of the first link");
+
+    // Kill a while it is taking clicks: what it acknowledged, b turns into notes.
+    let acked = Arc::new(Mutex::new(0usize));
+    let (log, addr, code) = (acked.clone(), a.addr, codes[0].clone());
+    let clicking = tokio::spawn(async move {
+        for n in 10_000.. {
+            match visit(addr, &code, n).await {
+                Some(302) => *log.lock().unwrap() += 1,
+                _ => break,
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    a.kill9().await;
+    clicking.await.unwrap();
+    let port = cluster.nodes()[0].port();
+    let pending = || {
+        let out = cli(port, &["-c", "XPENDING", "multi:queue:clicks", "shortlinks"]).unwrap();
+        out.lines().next().unwrap_or("0").trim().parse::<u64>().unwrap_or(0)
+    };
+    eprintln!("outbox entries leased by a when it died: {}", pending());
+    let acked = *acked.lock().unwrap();
+    assert!(acked > 20, "only {acked} clicks were acknowledged before the kill");
+    eprintln!("a acknowledged {acked} clicks before kill -9");
+    let notes = settled_notes(b.addr, &token, 1, acked + 1).await;
+    // One click may have been stored without its answer reaching the client.
+    assert!(
+        (acked + 1..=acked + 2).contains(&notes.len()),
+        "{acked} acknowledged clicks on a (+1 earlier on b), {} notes",
+        notes.len()
+    );
+    eprintln!("b wrote {} notes for the first link", notes.len());
+    assert_eq!(pending(), 0, "nothing is left leased to the dead node");
+    assert_distinct(&notes, first);
+    assert_eq!(b.terminate().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_answer_503_while_redis_is_down_and_recover_without_a_restart() {
+    let mut redis = RedisServer::standalone_with(&["--appendfsync", "always"]).unwrap();
+    let url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    let server = node(dir.path(), ("SHORTLINKS_REDIS_URL", url.as_str()), "outage").await;
+    let token = server.banner[1].trim().to_owned();
+    let reply = server.post(&token, &json!([item("https://original.example/kept", 1)])).await;
+    let code = code_of(reply.json()["_embedded"]["short_links"][0]["url"].as_str().unwrap()).to_owned();
+    // A code no link has: while Redis is away, the server cannot know that.
+    let unknown = "ZZZZZZZZZZZZ";
+    assert_eq!(click(server.addr, unknown, &[]).await.status, 404);
+    assert_eq!(click(server.addr, &code, &[("user-agent", BROWSER)]).await.status, 302, "now cached");
+
+    redis.kill();
+    let reply = click(server.addr, unknown, &[]).await;
+    assert_eq!(reply.status, 503, "not a 404 it cannot be sure of");
+    // The target is known, but in `sync` mode the click cannot be made durable: no promise.
+    let started = Instant::now();
+    let reply = click(server.addr, &code, &[("user-agent", BROWSER), ("x-forwarded-for", "10.9.9.9")]).await;
+    assert_eq!(reply.status, 503);
+    assert!(started.elapsed() < Duration::from_secs(10), "answered without waiting for Redis");
+    let reply = server.post(&token, &json!([item("https://original.example/new", 2)])).await;
+    assert!(reply.status.is_server_error() || reply.status == 401, "{}", reply.status);
+
+    redis.restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = click(server.addr, &code, &[("user-agent", BROWSER)]).await;
+        if reply.status == 302 {
+            assert_eq!(reply.headers["location"], "https://original.example/kept");
+            break;
+        }
+        assert_eq!(reply.status, 503);
+        assert!(Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(click(server.addr, unknown, &[]).await.status, 404, "back to knowing");
+    let reply = server.post(&token, &json!([item("https://original.example/new", 2)])).await;
+    assert_eq!(reply.status, 200, "writes work again");
+    assert_eq!(server.terminate().await, 0);
+}
