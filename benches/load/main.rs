@@ -1,11 +1,12 @@
-//! The load harness: shortlinks (sled, click pipeline on) side by side with the bare
-//! reference server, under wrk, on loopback only.
+//! The load harness: shortlinks (click pipeline on) side by side with the bare reference
+//! server, under wrk, on loopback only.
 //!
 //! Run it with `benches/load/run` (which builds both in release mode first). Options:
 //! `--links N` (1000000), `--rounds R` (5), `--seconds S` (10), `--connections 64,256`,
-//! `--sample N` (100000 distinct codes for wrk to pick from at random).
+//! `--sample N` (100000 distinct codes for wrk to pick from at random), `--storage
+//! sled,redis` (sled; redis starts its own `redis-server` on loopback).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use shortlinks_benches::{Rng, SEED};
+use shortlinks_redis::testing::{cli, RedisServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -27,10 +29,18 @@ struct Options {
     seconds: u64,
     connections: Vec<usize>,
     sample: usize,
+    storages: Vec<String>,
 }
 
 fn options() -> anyhow::Result<Options> {
-    let mut o = Options { links: 1_000_000, rounds: 5, seconds: 10, connections: vec![64, 256], sample: 100_000 };
+    let mut o = Options {
+        links: 1_000_000,
+        rounds: 5,
+        seconds: 10,
+        connections: vec![64, 256],
+        sample: 100_000,
+        storages: vec!["sled".into()],
+    };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().with_context(|| format!("{flag} needs a value"))?;
@@ -40,8 +50,12 @@ fn options() -> anyhow::Result<Options> {
             "--seconds" => o.seconds = value.parse()?,
             "--connections" => o.connections = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--sample" => o.sample = value.parse()?,
+            "--storage" => o.storages = value.split(',').map(str::to_owned).collect(),
             other => bail!("unknown option {other}"),
         }
+    }
+    if let Some(bad) = o.storages.iter().find(|s| !matches!(s.as_str(), "sled" | "redis")) {
+        bail!("--storage takes sled and/or redis, not {bad:?}");
     }
     Ok(o)
 }
@@ -51,6 +65,8 @@ struct Server {
     child: Child,
     addr: String,
     token: Option<String>,
+    /// Its codes, by link position, when they differ from the first server's.
+    codes: Option<Vec<String>>,
 }
 
 async fn spawn(mut command: Command) -> anyhow::Result<Server> {
@@ -66,7 +82,7 @@ async fn spawn(mut command: Command) -> anyhow::Result<Server> {
         if let Some(rest) = line.strip_prefix("listening on http://") {
             let addr = rest.split_whitespace().next().context("address")?.to_owned();
             tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            return Ok(Server { child, addr, token });
+            return Ok(Server { child, addr, token, codes: None });
         }
     }
 }
@@ -190,102 +206,172 @@ fn dir_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// One shortlinks server under test, on one storage engine.
+struct Contender {
+    name: String,
+    server: Server,
+    /// Keeps the `redis-server` of a Redis contender alive.
+    _redis: Option<RedisServer>,
+}
+
+/// Starts shortlinks on `storage`, preloads `n` links, and reports what they take.
+async fn shortlinks_on(
+    storage: &str,
+    release: &Path,
+    work: &Path,
+    n: usize,
+) -> anyhow::Result<(Contender, Vec<(String, String)>)> {
+    let data = work.join(format!("data-{storage}"));
+    let mut command = Command::new(release.join("shortlinks"));
+    command.args(["serve", "--listen", "127.0.0.1:0", "--public-url", "https://sho.rt", "--data-dir"]).arg(&data);
+    let redis = if storage == "redis" {
+        let redis = RedisServer::standalone().map_err(|e| anyhow::anyhow!("{e}"))?;
+        command.args(["--storage", "redis", "--redis-url", &redis.url()]);
+        Some(redis)
+    } else {
+        None
+    };
+    let server = spawn(command).await?;
+    let token = server.token.clone().context("no first token printed")?;
+    let links = preload(&server.addr, &token, n).await?;
+    match &redis {
+        Some(redis) => {
+            let info = cli(redis.port(), &["info", "memory"]).unwrap_or_default();
+            let used: f64 = info
+                .lines()
+                .find_map(|l| l.strip_prefix("used_memory:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0);
+            let keys = cli(redis.port(), &["dbsize"]).unwrap_or_default();
+            println!(
+                "redis memory per link: {:.0} bytes ({:.1} MiB in all, {} keys)",
+                used / n as f64,
+                used / 1048576.0,
+                keys.trim()
+            );
+        }
+        None => {
+            let disk = dir_bytes(&data);
+            println!(
+                "sled disk per link: {:.0} bytes ({:.1} MiB in all)",
+                disk as f64 / n as f64,
+                disk as f64 / 1048576.0
+            );
+        }
+    }
+    if let Some(id) = server.child.id() {
+        println!("shortlinks ({storage}) RSS after preload: {:.0} MiB", rss_mib(id).unwrap_or(0.0));
+    }
+    Ok((Contender { name: format!("shortlinks-{storage}"), server, _redis: redis }, links))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let o = options()?;
     let release = std::env::current_exe()?.parent().context("target dir")?.to_path_buf();
     let work = tempfile::tempdir()?;
-    let data: PathBuf = work.path().join("data");
+    println!("links: {}, rounds: {}, {} s each, storage: {}", o.links, o.rounds, o.seconds, o.storages.join(", "));
 
-    let mut shortlinks = Command::new(release.join("shortlinks"));
-    shortlinks.args(["serve", "--listen", "127.0.0.1:0", "--public-url", "https://sho.rt", "--data-dir"]).arg(&data);
-    let mut ours = spawn(shortlinks).await?;
-    let token = ours.token.clone().context("no first token printed")?;
-    let links = preload(&ours.addr, &token, o.links).await?;
-    let disk = dir_bytes(&data);
+    let mut contenders = Vec::new();
+    let mut links = Vec::new();
+    for storage in &o.storages {
+        let (contender, made) = shortlinks_on(storage, &release, work.path(), o.links).await?;
+        contenders.push(contender);
+        // Codes depend on each store's own secret: wrk uses the first server's.
+        if links.is_empty() {
+            links = made;
+        } else {
+            // Every contender must serve the same paths: map them by target.
+            let by_target: std::collections::HashMap<&str, &str> =
+                made.iter().map(|(c, t)| (t.as_str(), c.as_str())).collect();
+            let codes: Vec<String> = links.iter().map(|(_, t)| by_target[t.as_str()].to_owned()).collect();
+            contenders.last_mut().context("contender")?.server.codes = Some(codes);
+        }
+    }
 
     let links_file = work.path().join("links.txt");
     std::fs::write(&links_file, links.iter().map(|(c, t)| format!("{c} {t}\n")).collect::<String>())?;
     let mut reference = Command::new(release.join("reference-server"));
     reference.arg(&links_file);
-    let mut theirs = spawn(reference).await?;
+    contenders.push(Contender { name: "reference".into(), server: spawn(reference).await?, _redis: None });
 
-    // wrk picks among many existing codes at random: no single hot key.
+    // wrk picks among many existing codes at random: no single hot key. Same picks (by
+    // position) for every contender.
     let mut rng = Rng::new(SEED);
-    let sample: Vec<&str> = (0..o.sample.min(links.len())).map(|_| links[rng.below(links.len())].0.as_str()).collect();
-    let codes_file = work.path().join("codes.txt");
-    std::fs::write(&codes_file, sample.join("\n"))?;
-    let script = work.path().join("random.lua");
-    std::fs::write(
-        &script,
-        format!(
-            "local paths = {{}}\nfor line in io.lines(\"{}\") do paths[#paths + 1] = \"/\" .. line end\n\
-             local counter = 0\nfunction setup(thread) counter = counter + 1; thread:set(\"id\", counter) end\n\
-             function init(args) math.randomseed({SEED} + id) end\n\
-             function request() return wrk.format(\"GET\", paths[math.random(#paths)]) end\n",
-            codes_file.display()
-        ),
-    )?;
+    let picks: Vec<usize> = (0..o.sample.min(links.len())).map(|_| rng.below(links.len())).collect();
+    println!("wrk picks at random among {} codes", picks.len());
+    let mut scripts = Vec::new();
+    for (i, contender) in contenders.iter().enumerate() {
+        let codes: Vec<&str> = match &contender.server.codes {
+            Some(codes) => picks.iter().map(|&p| codes[p].as_str()).collect(),
+            None => picks.iter().map(|&p| links[p].0.as_str()).collect(),
+        };
+        let codes_file = work.path().join(format!("codes-{i}.txt"));
+        std::fs::write(&codes_file, codes.join("\n"))?;
+        let script = work.path().join(format!("random-{i}.lua"));
+        std::fs::write(
+            &script,
+            format!(
+                "local paths = {{}}\nfor line in io.lines(\"{}\") do paths[#paths + 1] = \"/\" .. line end\n\
+                 local counter = 0\nfunction setup(thread) counter = counter + 1; thread:set(\"id\", counter) end\n\
+                 function init(args) math.randomseed({SEED} + id) end\n\
+                 function request() return wrk.format(\"GET\", paths[math.random(#paths)]) end\n",
+                codes_file.display()
+            ),
+        )?;
+        scripts.push(script);
+    }
 
-    println!("links: {}, rounds: {}, {} s each, sample of {} codes", o.links, o.rounds, o.seconds, sample.len());
-    println!(
-        "disk per link on sled: {:.0} bytes ({:.1} MiB in all)",
-        disk as f64 / o.links as f64,
-        disk as f64 / 1048576.0
-    );
-    if let Some(id) = ours.child.id() {
-        println!("shortlinks RSS after preload: {:.0} MiB", rss_mib(id).unwrap_or(0.0));
+    // Warm every server up first (the reference is warm by construction; shortlinks fills its cache).
+    for (contender, script) in contenders.iter().zip(&scripts) {
+        wrk(&contender.server.addr, script, 64, o.seconds.min(5)).await?;
     }
-    // Warm both up first (the reference is warm by construction; shortlinks fills its cache).
-    for addr in [&ours.addr, &theirs.addr] {
-        wrk(addr, &script, 64, o.seconds.min(5)).await?;
-    }
+    let reference = contenders.len() - 1;
     for &connections in &o.connections {
-        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let mut all: Vec<Vec<Run>> = vec![Vec::new(); contenders.len()];
         for round in 0..o.rounds {
-            // Interleaved, alternating who goes first, so drift hits both alike.
-            let order: [(&str, bool); 2] = if round % 2 == 0 {
-                [("shortlinks", true), ("reference", false)]
-            } else {
-                [("reference", false), ("shortlinks", true)]
-            };
-            for (name, is_ours) in order {
-                let addr = if is_ours { &ours.addr } else { &theirs.addr };
-                let run = wrk(addr, &script, connections, o.seconds).await?;
+            // Interleaved, rotating who goes first, so drift hits all alike.
+            for k in 0..contenders.len() {
+                let i = (round + k) % contenders.len();
+                let run = wrk(&contenders[i].server.addr, &scripts[i], connections, o.seconds).await?;
                 eprintln!(
-                    "  c={connections} round {} {name:<10} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms",
+                    "  c={connections} round {} {:<17} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms",
                     round + 1,
+                    contenders[i].name,
                     run.rps,
                     run.p50_ms,
                     run.p99_ms
                 );
-                if is_ours {
-                    a.push(run)
-                } else {
-                    b.push(run)
-                }
+                all[i].push(run);
             }
         }
         let stats = |runs: &[Run], f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
         println!("\n{connections} connections (median [min, max] of {} runs):", o.rounds);
-        for (name, runs) in [("shortlinks", &a), ("reference", &b)] {
+        for (contender, runs) in contenders.iter().zip(&all) {
             let (rps, rps_min, rps_max) = stats(runs, |r| r.rps);
             let (p50, p50_min, p50_max) = stats(runs, |r| r.p50_ms);
             let (p99, p99_min, p99_max) = stats(runs, |r| r.p99_ms);
-            println!("  {name:<10} {rps:>9.0} req/s [{rps_min:.0}, {rps_max:.0}]  p50 {p50:.2} ms [{p50_min:.2}, {p50_max:.2}]  p99 {p99:.2} ms [{p99_min:.2}, {p99_max:.2}]");
+            println!(
+                "  {:<17} {rps:>9.0} req/s [{rps_min:.0}, {rps_max:.0}]  p50 {p50:.2} ms [{p50_min:.2}, {p50_max:.2}]  p99 {p99:.2} ms [{p99_min:.2}, {p99_max:.2}]",
+                contender.name
+            );
         }
-        let ratio_rps = stats(&a, |r| r.rps).0 / stats(&b, |r| r.rps).0;
-        let ratio_p99 = stats(&a, |r| r.p99_ms).0 / stats(&b, |r| r.p99_ms).0;
-        println!("  shortlinks / reference: throughput {ratio_rps:.2}x, p99 {ratio_p99:.2}x");
+        for (contender, runs) in contenders.iter().zip(&all).take(reference) {
+            let ratio_rps = stats(runs, |r| r.rps).0 / stats(&all[reference], |r| r.rps).0;
+            let ratio_p99 = stats(runs, |r| r.p99_ms).0 / stats(&all[reference], |r| r.p99_ms).0;
+            println!("  {} / reference: throughput {ratio_rps:.2}x, p99 {ratio_p99:.2}x", contender.name);
+        }
     }
-    if let Some(id) = ours.child.id() {
-        println!("\nshortlinks RSS after the runs: {:.0} MiB", rss_mib(id).unwrap_or(0.0));
+    for contender in contenders.iter_mut().take(reference) {
+        if let Some(id) = contender.server.child.id() {
+            println!("{} RSS after the runs: {:.0} MiB", contender.name, rss_mib(id).unwrap_or(0.0));
+        }
     }
-    for server in [&mut ours, &mut theirs] {
-        if let Some(id) = server.child.id() {
+    for contender in &mut contenders {
+        if let Some(id) = contender.server.child.id() {
             let _ = std::process::Command::new("kill").args(["-TERM", &id.to_string()]).status();
         }
-        let _ = tokio::time::timeout(Duration::from_secs(30), server.child.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(30), contender.server.child.wait()).await;
     }
     Ok(())
 }
