@@ -51,6 +51,13 @@ async fn two_consumers_share_a_queue(config: RedisConfig) {
     b.remove("q", taken.iter().map(|(id, _)| *id).collect()).await.unwrap();
     assert!(b.lease("q", 10).await.unwrap().is_empty());
     assert!(a.lease("q", 10).await.unwrap().is_empty(), "a's entries are gone once b handled them");
+
+    // A consumer's own long-idle entries are not handed to it twice in one lease (reading
+    // its own pending entries first resets their idle time, so XAUTOCLAIM skips them).
+    a.push("own", vec![vec![9]]).await.unwrap();
+    assert_eq!(records(&a.lease("own", 10).await.unwrap()), vec![9]);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(records(&a.lease("own", 10).await.unwrap()), vec![9]);
 }
 
 fn records(entries: &[(shortlinks_core::model::EntryId, Vec<u8>)]) -> Vec<u8> {
