@@ -11,6 +11,37 @@ pub enum RedisTarget {
     Cluster(Vec<String>),
 }
 
+/// Shows the addresses with any password masked, so that the target can be logged and put
+/// in error messages.
+impl std::fmt::Display for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls = match self {
+            RedisTarget::Standalone(url) => std::slice::from_ref(url),
+            RedisTarget::Cluster(urls) => urls.as_slice(),
+        };
+        for (i, url) in urls.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(&redacted(url))?;
+        }
+        Ok(())
+    }
+}
+
+/// `url` with its password replaced by `***`; text that is not a URL is not shown at all.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(not a URL)".into(),
+    }
+}
+
 /// How to reach Redis and share its queues with other nodes.
 #[derive(Clone, Debug)]
 pub struct RedisConfig {
@@ -39,5 +70,23 @@ impl RedisConfig {
             claim_after: Duration::from_secs(30),
             response_timeout: Duration::from_secs(2),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        let target = RedisTarget::Cluster(vec![
+            "redis://:s3cret@10.0.0.1:7000/".into(),
+            "redis://user:s3cret@10.0.0.2:7000/".into(),
+            "redis://10.0.0.3:7000/".into(),
+        ]);
+        let shown = target.to_string();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert_eq!(shown, "redis://:***@10.0.0.1:7000/,redis://user:***@10.0.0.2:7000/,redis://10.0.0.3:7000/");
+        assert_eq!(redacted("redis://:pw@[::1"), "(not a URL)");
     }
 }

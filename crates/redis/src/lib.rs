@@ -26,5 +26,5 @@ mod queues;
 mod store;
 pub mod testing;
 
-pub use config::{RedisConfig, RedisTarget};
+pub use config::{redacted, RedisConfig, RedisTarget};
 pub use store::RedisStore;

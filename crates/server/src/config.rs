@@ -313,10 +313,14 @@ impl SettingsLayer {
 }
 
 fn redis_url(text: &str) -> Result<String, ServerError> {
-    let url = url::Url::parse(text).map_err(|e| ServerError::Config(format!("redis address {text:?}: {e}")))?;
+    // Addresses may carry a password: errors show them masked, or not at all.
+    let url = url::Url::parse(text).map_err(|e| ServerError::Config(format!("a redis address is not a URL: {e}")))?;
     if url.scheme() != "redis" || url.host_str().is_none() {
         // rediss:// would need TLS, which this build leaves out.
-        return Err(ServerError::Config(format!("redis address {text:?} must be a redis:// URL with a host")));
+        return Err(ServerError::Config(format!(
+            "redis address {} must be a redis:// URL with a host",
+            shortlinks_redis::redacted(text)
+        )));
     }
     Ok(text.to_owned())
 }
@@ -481,6 +485,29 @@ mod tests {
         assert_eq!(s.code_length.get(), 10);
         assert_eq!(s.data_dir, PathBuf::from("/file"));
         assert_eq!(s.limits, Limits::DEFAULT);
+    }
+
+    #[test]
+    fn redis_storage_is_checked_and_passwords_stay_out_of_errors() {
+        let redis = |url: Option<&str>, nodes: Option<&str>| SettingsLayer {
+            storage: Some("redis".into()),
+            redis_url: url.map(Into::into),
+            redis_nodes: nodes.map(Into::into),
+            ..Default::default()
+        };
+        let ok = redis(None, Some("redis://:pw@10.0.0.1:7000, redis://10.0.0.2:7000")).resolve().unwrap();
+        let StorageSettings::Redis(config) = ok.storage else { panic!("redis expected") };
+        assert_eq!(config.target.to_string(), "redis://:***@10.0.0.1:7000,redis://10.0.0.2:7000");
+        for (layer, why) in [
+            (redis(None, None), "needs redis_url or redis_nodes"),
+            (redis(Some("redis://a:1"), Some("redis://b:1")), "not both"),
+            (redis(Some("http://:s3cret@a.example:1"), None), "redis:// URL"),
+            (SettingsLayer { redis_url: Some("redis://a:1".into()), ..Default::default() }, "need storage"),
+        ] {
+            let error = layer.resolve().unwrap_err().to_string();
+            assert!(error.contains(why), "{error}");
+            assert!(!error.contains("s3cret"), "{error}");
+        }
     }
 
     #[test]

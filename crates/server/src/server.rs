@@ -66,7 +66,7 @@ pub async fn start(settings: Settings) -> Result<Started, ServerError> {
         StorageSettings::Redis(config) => {
             let store = RedisStore::open(config.clone())
                 .await
-                .map_err(|e| ServerError::Config(format!("cannot reach Redis ({:?}): {e}", config.target)))?;
+                .map_err(|e| ServerError::Config(format!("cannot reach Redis ({}): {e}", config.target)))?;
             let cache = LinkCache::new(settings.cached_links);
             let engine = Shortener::with_store(store, settings.code_length).await?.with_cache(cache);
             let (parts, addr, token) = assemble(engine, &settings, None).await?;
