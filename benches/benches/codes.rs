@@ -4,6 +4,10 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use shortlinks_core::code::CodeDeriver;
 use shortlinks_core::{AccountId, CodeLength, EntityRef, InstallationSecret, ShortCode, TargetUrl};
 
+/// Measured with the allocator the `shortlinks` binary ships with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn derivation(c: &mut Criterion) {
     let deriver = CodeDeriver::new(InstallationSecret::from_bytes([7; 32]), CodeLength::default());
     let target =

@@ -10,6 +10,10 @@ use shortlinks_core::store::TokenStore;
 use shortlinks_core::{AccountId, Config, ContactScope, Shortener, UserId};
 use shortlinks_server::auth;
 
+/// Measured with the allocator the `shortlinks` binary ships with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn redirect(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
