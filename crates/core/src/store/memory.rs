@@ -22,7 +22,8 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct Links {
-    by_code: BTreeMap<ShortCode, Link>,
+    /// Hashed, not ordered: a lookup stays a probe or two at millions of links.
+    by_code: HashMap<ShortCode, Link>,
     by_entity: BTreeMap<Vec<u8>, ShortCode>,
 }
 
