@@ -80,7 +80,10 @@ impl RawClick {
     }
 
     fn into_click(self, nonce: u64) -> Click {
-        let text = |v: Option<Box<[u8]>>| v.map(|v| bounded_text(&v));
+        // Valid UTF-8 (nearly always) keeps its buffer; anything else is made valid.
+        let text = |v: Option<Box<[u8]>>| {
+            v.map(|v| String::from_utf8(v.into_vec()).unwrap_or_else(|e| bounded_text(e.as_bytes())))
+        };
         Click {
             code: self.code,
             at: self.at,

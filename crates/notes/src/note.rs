@@ -1,5 +1,7 @@
 //! Notes: stable ids, visit keys, and amoCRM's JSON shape.
 
+use std::io::Write as _;
+
 use serde::Serialize;
 use shortlinks_core::model::{Click, Link, Note, NoteBody};
 
@@ -29,7 +31,15 @@ impl NoteKeys {
         hasher.update(click.code.as_bytes());
         hasher.update(&[0]);
         match click.client_ip {
-            Some(ip) => hasher.update(ip.to_string().as_bytes()),
+            Some(ip) => {
+                // The address as text (as it always was, so stored marks stay valid), without
+                // allocating: the longest IPv6 text is 45 bytes.
+                let mut text = [0u8; 64];
+                let mut rest = &mut text[..];
+                let _ = write!(rest, "{ip}");
+                let len = 64 - rest.len();
+                hasher.update(&text[..len])
+            }
             None => hasher.update(b"-"),
         };
         hasher.update(&[0]);
@@ -152,6 +162,25 @@ mod tests {
         let same_millisecond = Click { nonce: click.nonce + 1, ..click.clone() };
         assert_ne!(keys().note_for(&same_millisecond, &key, &link).id, note.id, "another click, another note");
         assert_ne!(NoteKeys::new([9; 32], [2; 32]).visit_key(&click), key, "keyed");
+    }
+
+    /// Visit marks outlive releases: the key must stay the keyed hash of the address as
+    /// text, however that text is produced.
+    #[test]
+    fn the_visit_key_hashes_the_address_as_text() {
+        let longest_v6: std::net::IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".parse().unwrap();
+        for ip in [[203, 0, 113, 9].into(), longest_v6] {
+            let click = Click {
+                client_ip: Some(ip),
+                user_agent: Some("agent".into()),
+                ..conformance::click("AAAAAAAAAAAA", 1000)
+            };
+            let mut hasher = blake3::Hasher::new_keyed(&[1; 32]);
+            hasher.update(b"AAAAAAAAAAAA\0");
+            hasher.update(ip.to_string().as_bytes());
+            hasher.update(b"\0agent");
+            assert_eq!(keys().visit_key(&click)[..], hasher.finalize().as_bytes()[..16], "{ip}");
+        }
     }
 
     #[test]
