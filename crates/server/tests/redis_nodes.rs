@@ -180,3 +180,85 @@ async fn redirects_answer_503_while_redis_is_down_and_recover_without_a_restart(
     assert_eq!(reply.status, 200, "writes work again");
     assert_eq!(server.terminate().await, 0);
 }
+
+/// In `group` mode a redirect does not wait for its click to be stored. While Redis does
+/// not take writes (here: paused, so every write hangs until the client's timeout), clicks
+/// on a cached link are held in memory and answered while there is room, then refused with
+/// 503; no redirect waits for Redis, not even one that was waiting for room when the
+/// outbox failed. Once Redis takes writes again, every answered click becomes a note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_mode_holds_clicks_while_redis_hangs_and_refuses_when_full() {
+    const PAUSE: Duration = Duration::from_secs(15);
+    let redis = RedisServer::standalone_with(&["--appendfsync", "always"]).unwrap();
+    let url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("SHORTLINKS_STORAGE", "redis"),
+        ("SHORTLINKS_REDIS_URL", url.as_str()),
+        ("SHORTLINKS_REDIS_KEY_PREFIX", "held"),
+        ("SHORTLINKS_DURABILITY", "group"),
+        ("SHORTLINKS_CLIENT_IP_HEADER", "X-Forwarded-For"),
+    ];
+    let server = Process::serve(dir.path(), &[], &env).await;
+    let token = server.banner[1].trim().to_owned();
+    let reply = server.post(&token, &json!([item("https://original.example/held", 1)])).await;
+    let code = code_of(reply.json()["_embedded"]["short_links"][0]["url"].as_str().unwrap()).to_owned();
+    assert_eq!(visit(server.addr, &code, 0).await, Some(302), "cached, and one note");
+
+    let millis = PAUSE.as_millis().to_string();
+    cli(redis.port(), &["CLIENT", "PAUSE", millis.as_str(), "WRITE"]).unwrap();
+    let paused_at = Instant::now();
+    // 32 visitors at a time until the queue (8192 clicks, plus the group in hand) is full.
+    #[derive(Default)]
+    struct Tally {
+        next: u32,
+        answered: u32,
+        refused: u32,
+        slowest: Duration,
+    }
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let (code, tally) = (code.clone(), tally.clone());
+            tokio::spawn(async move {
+                loop {
+                    let n = {
+                        let mut tally = tally.lock().unwrap();
+                        tally.next += 1;
+                        if tally.refused > 0 || tally.next > 20_000 {
+                            return;
+                        }
+                        tally.next
+                    };
+                    let sent = Instant::now();
+                    let status = visit(server.addr, &code, n).await;
+                    let mut tally = tally.lock().unwrap();
+                    tally.slowest = tally.slowest.max(sent.elapsed());
+                    match status {
+                        Some(302) => tally.answered += 1,
+                        Some(503) => tally.refused += 1,
+                        other => panic!("visit {n}: {other:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let (answered, refused, slowest) = {
+        let tally = tally.lock().unwrap();
+        (tally.answered, tally.refused, tally.slowest)
+    };
+    assert!(paused_at.elapsed() < PAUSE, "the flood must end while Redis is still paused");
+    assert!(refused > 0, "a full queue refuses rather than grows or waits ({answered} answered)");
+    assert!(answered >= 8192, "held while there was room: {answered}");
+    assert!(slowest < Duration::from_secs(8), "a redirect waited for Redis: {slowest:?}");
+
+    tokio::time::sleep(PAUSE.saturating_sub(paused_at.elapsed())).await;
+    let expected = answered as usize + 1;
+    let notes = settled_notes(server.addr, &token, 1, expected).await;
+    assert_eq!(notes.len(), expected, "every answered click became a note");
+    assert_distinct(&notes, "https://original.example/held");
+    assert_eq!(server.terminate().await, 0);
+}
