@@ -11,6 +11,7 @@ use hyper::header::HeaderValue;
 use shortlinks_core::model::{Click, ClickMethod};
 use shortlinks_core::store::{RecordQueues, CLICK_QUEUE};
 use shortlinks_core::{ShortCode, Store, Timestamp};
+use tokio::sync::futures::Notified;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::stats::Stats;
@@ -124,6 +125,9 @@ pub struct ClickRecorder {
     stats: Arc<Stats>,
     /// Set while the writer's last append failed.
     failing: Arc<AtomicBool>,
+    /// Wakes redirects that were waiting for room in the queue when the outbox failed: the
+    /// room will not come until the store is back, and they must not wait that long.
+    failed: Arc<Notify>,
 }
 
 impl ClickRecorder {
@@ -131,6 +135,8 @@ impl ClickRecorder {
     /// in [`Durability::Sync`], until the click is durable. While the outbox cannot be
     /// written it does not wait on the store: see [`NotRecorded::OutboxUnavailable`].
     pub async fn record(&self, click: RawClick) -> Result<(), NotRecorded> {
+        // Made before reading the flag, so that a failure from now on wakes it.
+        let failed = self.failed.notified();
         let failing = self.failing.load(Relaxed);
         if failing && self.sync {
             return Err(NotRecorded::OutboxUnavailable);
@@ -145,14 +151,25 @@ impl ClickRecorder {
                     mpsc::error::TrySendError::Closed(_) => NotRecorded::Stopped,
                 });
             }
-            return self.tx.send(pending).await.map_err(|_| NotRecorded::Stopped);
+            return self.send(pending, failed).await;
         }
         let (durable, done) = oneshot::channel();
-        self.tx.send(Pending { click, durable: Some(durable) }).await.map_err(|_| NotRecorded::Stopped)?;
+        self.send(Pending { click, durable: Some(durable) }, failed).await?;
         match done.await {
             Ok(true) => Ok(()),
             Ok(false) => Err(NotRecorded::OutboxUnavailable),
             Err(_) => Err(NotRecorded::Stopped),
+        }
+    }
+}
+
+impl ClickRecorder {
+    /// Queues a click, waiting for room only until the outbox fails.
+    async fn send(&self, pending: Pending, failed: Notified<'_>) -> Result<(), NotRecorded> {
+        tokio::select! {
+            biased;
+            sent = self.tx.send(pending) => sent.map_err(|_| NotRecorded::Stopped),
+            () = failed => Err(NotRecorded::OutboxUnavailable),
         }
     }
 }
@@ -171,11 +188,22 @@ pub(crate) fn channel<S: Store + Clone>(
         Durability::Group { window } => window,
         Durability::Sync => Duration::ZERO,
     };
-    let failing = Arc::new(AtomicBool::new(false));
-    let recorder =
-        ClickRecorder { tx, sync: durability == Durability::Sync, stats: stats.clone(), failing: failing.clone() };
-    let writer = tokio::spawn(write_groups(store, rx, window, stats, failing, dispatcher, shutdown));
+    let outbox = Outbox { failing: Arc::new(AtomicBool::new(false)), failed: Arc::new(Notify::new()) };
+    let recorder = ClickRecorder {
+        tx,
+        sync: durability == Durability::Sync,
+        stats: stats.clone(),
+        failing: outbox.failing.clone(),
+        failed: outbox.failed.clone(),
+    };
+    let writer = tokio::spawn(write_groups(store, rx, window, stats, outbox, dispatcher, shutdown));
     (recorder, writer)
+}
+
+/// How the writer tells the redirects that the outbox cannot be written.
+struct Outbox {
+    failing: Arc<AtomicBool>,
+    failed: Arc<Notify>,
 }
 
 /// The writer: gather a group, append it with one flush, tell the waiters and the dispatcher.
@@ -185,7 +213,7 @@ async fn write_groups<S: Store>(
     mut rx: mpsc::Receiver<Pending>,
     window: Duration,
     stats: Arc<Stats>,
-    failing: Arc<AtomicBool>,
+    outbox: Outbox,
     dispatcher: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -232,14 +260,15 @@ async fn write_groups<S: Store>(
         while let Err(e) = store.push_records(CLICK_QUEUE, &[&clicks]).await {
             // Keep the group: its clicks must not be lost. But nobody waits on it any more.
             tracing::error!(error = %e, clicks = clicks.len(), "cannot append clicks to the outbox; retrying");
-            failing.store(true, Relaxed);
+            outbox.failing.store(true, Relaxed);
+            outbox.failed.notify_waiters();
             for durable in waiters.iter_mut().filter_map(Option::take) {
                 let _ = durable.send(false);
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
-        failing.store(false, Relaxed);
+        outbox.failing.store(false, Relaxed);
         stats.clicks_persisted.fetch_add(clicks.len() as u64, Relaxed);
         for durable in waiters.into_iter().flatten() {
             let _ = durable.send(true);
