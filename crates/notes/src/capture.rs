@@ -123,11 +123,17 @@ pub struct ClickRecorder {
     tx: mpsc::Sender<Pending>,
     sync: bool,
     stats: Arc<Stats>,
+    outbox: Arc<Outbox>,
+}
+
+/// How the writer tells the redirects that the outbox cannot be written.
+#[derive(Default)]
+struct Outbox {
     /// Set while the writer's last append failed.
-    failing: Arc<AtomicBool>,
+    failing: AtomicBool,
     /// Wakes redirects that were waiting for room in the queue when the outbox failed: the
     /// room will not come until the store is back, and they must not wait that long.
-    failed: Arc<Notify>,
+    failed: Notify,
 }
 
 impl ClickRecorder {
@@ -136,8 +142,8 @@ impl ClickRecorder {
     /// written it does not wait on the store: see [`NotRecorded::OutboxUnavailable`].
     pub async fn record(&self, click: RawClick) -> Result<(), NotRecorded> {
         // Made before reading the flag, so that a failure from now on wakes it.
-        let failed = self.failed.notified();
-        let failing = self.failing.load(Relaxed);
+        let failed = self.outbox.failed.notified();
+        let failing = self.outbox.failing.load(Relaxed);
         if failing && self.sync {
             return Err(NotRecorded::OutboxUnavailable);
         }
@@ -161,9 +167,7 @@ impl ClickRecorder {
             Err(_) => Err(NotRecorded::Stopped),
         }
     }
-}
 
-impl ClickRecorder {
     /// Queues a click, waiting for room only until the outbox fails.
     async fn send(&self, pending: Pending, failed: Notified<'_>) -> Result<(), NotRecorded> {
         tokio::select! {
@@ -188,22 +192,11 @@ pub(crate) fn channel<S: Store + Clone>(
         Durability::Group { window } => window,
         Durability::Sync => Duration::ZERO,
     };
-    let outbox = Outbox { failing: Arc::new(AtomicBool::new(false)), failed: Arc::new(Notify::new()) };
-    let recorder = ClickRecorder {
-        tx,
-        sync: durability == Durability::Sync,
-        stats: stats.clone(),
-        failing: outbox.failing.clone(),
-        failed: outbox.failed.clone(),
-    };
+    let outbox = Arc::new(Outbox::default());
+    let recorder =
+        ClickRecorder { tx, sync: durability == Durability::Sync, stats: stats.clone(), outbox: outbox.clone() };
     let writer = tokio::spawn(write_groups(store, rx, window, stats, outbox, dispatcher, shutdown));
     (recorder, writer)
-}
-
-/// How the writer tells the redirects that the outbox cannot be written.
-struct Outbox {
-    failing: Arc<AtomicBool>,
-    failed: Arc<Notify>,
 }
 
 /// The writer: gather a group, append it with one flush, tell the waiters and the dispatcher.
@@ -213,7 +206,7 @@ async fn write_groups<S: Store>(
     mut rx: mpsc::Receiver<Pending>,
     window: Duration,
     stats: Arc<Stats>,
-    outbox: Outbox,
+    outbox: Arc<Outbox>,
     dispatcher: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {

@@ -10,7 +10,8 @@ use shortlinks_server::config::SettingsLayer;
 use shortlinks_server::server;
 
 /// mimalloc rather than the system allocator: sled and the click pipeline allocate a lot,
-/// and glibc's malloc was a third of the time of a 250-link create (docs/performance.md).
+/// and glibc's malloc was a third of the time of sled's writes in a profile
+/// (docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

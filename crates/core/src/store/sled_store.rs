@@ -79,8 +79,8 @@ impl SledStore {
         Ok(())
     }
 
-    /// Inserts links without a transaction (sled's costs twice the work here) and without
-    /// a flush. Each link is an insert-if-absent, so a taken code is never overwritten; the
+    /// Inserts links without a transaction (sled's added about a third to the work) and
+    /// without a flush. Each link is an insert-if-absent, so a taken code is never overwritten; the
     /// index entries follow in one batch. A crash in between leaves a link without its
     /// index entry (never the reverse), and a retry heals it: an occupied code's entry is
     /// written again.
