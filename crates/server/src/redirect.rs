@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderMap, HeaderValue, CACHE_CONTROL, LOCATION, REFERER, USER_AGENT};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CACHE_CONTROL, LOCATION, REFERER, USER_AGENT};
 use hyper::{Method, Request, Response, StatusCode};
 use shortlinks_core::model::ClickMethod;
 use shortlinks_core::{Store, Timestamp};
@@ -17,8 +17,14 @@ use crate::problem::{self, Body};
 /// Every click must reach the server, so neither browsers nor proxies may keep the redirect.
 const NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
 
-/// Headers by which browsers mark speculative loads.
-const PREFETCH_HEADERS: [&str; 4] = ["sec-purpose", "purpose", "x-purpose", "x-moz"];
+/// Headers by which browsers mark speculative loads. Names, not strings: a lookup by
+/// string parses the name again on every request.
+const PREFETCH_HEADERS: [HeaderName; 4] = [
+    HeaderName::from_static("sec-purpose"),
+    HeaderName::from_static("purpose"),
+    HeaderName::from_static("x-purpose"),
+    HeaderName::from_static("x-moz"),
+];
 
 impl<S: Store> App<S> {
     /// 302 to the original URL, or the 404 page.
@@ -75,7 +81,7 @@ impl<S: Store> App<S> {
 /// `name: value` of every prefetch header present; `None` (no allocation) when there are none.
 fn prefetch_hints(headers: &HeaderMap) -> Option<String> {
     let mut hints: Option<String> = None;
-    for name in PREFETCH_HEADERS {
+    for name in &PREFETCH_HEADERS {
         if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
             let hints = hints.get_or_insert_with(String::new);
             if !hints.is_empty() {
