@@ -106,7 +106,8 @@ pub enum NotRecorded {
     Stopped,
     /// The outbox cannot be written (the store is unreachable), and the click could not be
     /// held for later: in `sync` mode it would not be durable, in `group` mode the queue is
-    /// full. The redirect answers 503 rather than promise what it cannot keep.
+    /// full (or was, when the append failed). The redirect answers 503 rather than promise
+    /// what it cannot keep.
     #[error("the click outbox cannot be written right now")]
     OutboxUnavailable,
 }
@@ -137,7 +138,8 @@ struct Outbox {
 }
 
 impl ClickRecorder {
-    /// Hands a click over. Waits only if the queue is full (clicks are never dropped), or,
+    /// Hands a click over. Waits only if the queue is full (an answered click is never
+    /// dropped), or,
     /// in [`Durability::Sync`], until the click is durable. While the outbox cannot be
     /// written it does not wait on the store: see [`NotRecorded::OutboxUnavailable`].
     pub async fn record(&self, click: RawClick) -> Result<(), NotRecorded> {
