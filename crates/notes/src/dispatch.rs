@@ -64,9 +64,23 @@ pub(crate) struct RecentMarks {
 impl RecentMarks {
     const LIMIT: usize = 1 << 20;
 
-    fn is_duplicate(&self, key: &[u8; 16], at: Timestamp, note_id: u64, window_ms: u64) -> bool {
-        let marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
-        marks.get(key).is_some_and(|mark| !visit_claims(Some(*mark), at, note_id, window_ms))
+    /// Whether a remembered mark makes this visit a repeat: the store's rule
+    /// ([`visit_claims`]), asking for the note id only when it can matter. A redelivered
+    /// click has its mark's very time, so a mark from another millisecond within the window
+    /// settles it (unless two visits' 53-bit note ids collide, where this calls the later
+    /// one a repeat and the store would not).
+    fn is_duplicate(&self, key: &[u8; 16], at: Timestamp, note_id: impl FnOnce() -> u64, window_ms: u64) -> bool {
+        let mark = {
+            let marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+            match marks.get(key) {
+                Some(mark) => *mark,
+                None => return false,
+            }
+        };
+        if mark.at != at {
+            return at.0 < mark.at.0.saturating_add(window_ms);
+        }
+        !visit_claims(Some(mark), at, note_id(), window_ms)
     }
 
     fn remember(&self, key: [u8; 16], mark: VisitMark, window_ms: u64) {
@@ -138,16 +152,18 @@ impl<S: Store> Dispatcher<S> {
                 self.stats.not_visit(why);
                 continue;
             }
+            // Then the repeats this dispatcher remembers: most of them, with neither the
+            // note id, the link nor the store.
+            let key = self.keys.visit_key(click);
+            if self.recent.is_duplicate(&key, click.at, || self.keys.note_id(click, &key), window_ms) {
+                self.stats.duplicate_visits.fetch_add(1, Relaxed);
+                continue;
+            }
             let Some(link) = self.links.get(&self.store, &click.code).await? else {
                 self.stats.unknown_links.fetch_add(1, Relaxed);
                 continue;
             };
-            let key = self.keys.visit_key(click);
             let note_id = self.keys.note_id(click, &key);
-            if self.recent.is_duplicate(&key, click.at, note_id, window_ms) {
-                self.stats.duplicate_visits.fetch_add(1, Relaxed);
-                continue;
-            }
             claims.push(VisitClaim { key, at: click.at, note_id });
             candidates.push((note_id, click, link));
         }
@@ -247,11 +263,21 @@ mod recent_marks {
     fn only_a_remembered_mark_within_the_window_is_a_duplicate() {
         let recent = RecentMarks::default();
         let hour = 3_600_000;
-        assert!(!recent.is_duplicate(&[1; 16], Timestamp(10), 7, hour), "unknown: ask the store");
+        let id = |n: u64| move || n;
+        assert!(!recent.is_duplicate(&[1; 16], Timestamp(10), id(7), hour), "unknown: ask the store");
         recent.remember([1; 16], VisitMark { at: Timestamp(10), note_id: 7 }, hour);
-        assert!(recent.is_duplicate(&[1; 16], Timestamp(20), 8, hour));
-        assert!(!recent.is_duplicate(&[1; 16], Timestamp(10), 7, hour), "a redelivery is not a duplicate");
-        assert!(!recent.is_duplicate(&[1; 16], Timestamp(10 + hour), 9, hour), "after the window: ask the store");
-        assert!(!recent.is_duplicate(&[2; 16], Timestamp(20), 8, hour));
+        assert!(recent.is_duplicate(&[1; 16], Timestamp(20), id(8), hour));
+        assert!(recent.is_duplicate(&[1; 16], Timestamp(5), id(8), hour), "earlier than the mark");
+        assert!(!recent.is_duplicate(&[1; 16], Timestamp(10), id(7), hour), "a redelivery is not a duplicate");
+        assert!(recent.is_duplicate(&[1; 16], Timestamp(10), id(8), hour), "same millisecond, another click");
+        assert!(!recent.is_duplicate(&[1; 16], Timestamp(10 + hour), id(9), hour), "after the window: ask the store");
+        assert!(!recent.is_duplicate(&[2; 16], Timestamp(20), id(8), hour));
+        let asked = std::cell::Cell::new(false);
+        let note_id = || {
+            asked.set(true);
+            8
+        };
+        assert!(recent.is_duplicate(&[1; 16], Timestamp(20), note_id, hour));
+        assert!(!asked.get(), "another millisecond needs no note id");
     }
 }
