@@ -143,24 +143,27 @@ impl ClickRecorder {
     /// in [`Durability::Sync`], until the click is durable. While the outbox cannot be
     /// written it does not wait on the store: see [`NotRecorded::OutboxUnavailable`].
     pub async fn record(&self, click: RawClick) -> Result<(), NotRecorded> {
-        // Made before reading the flag, so that a failure from now on wakes it.
-        let failed = self.outbox.failed.notified();
-        let failing = self.outbox.failing.load(Relaxed);
-        if failing && self.sync {
-            return Err(NotRecorded::OutboxUnavailable);
-        }
-        self.stats.clicks_recorded.fetch_add(1, Relaxed);
         if !self.sync {
-            let pending = Pending { click, durable: None };
-            if failing {
-                // Hold it for the writer if there is room; never wait on a store that is away.
-                return self.tx.try_send(pending).map_err(|e| match e {
-                    mpsc::error::TrySendError::Full(_) => NotRecorded::OutboxUnavailable,
-                    mpsc::error::TrySendError::Closed(_) => NotRecorded::Stopped,
-                });
+            self.stats.clicks_recorded.fetch_add(1, Relaxed);
+            // Room in the queue, nearly always: hand over without registering for anything.
+            // A failing outbox does not matter here: its clicks are held while there is room.
+            let pending = match self.tx.try_send(Pending { click, durable: None }) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(pending)) => pending,
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(NotRecorded::Stopped),
+            };
+            // Full: wait for room, but never on a store that is away.
+            let failed = self.outbox.failed.notified(); // before the flag: a failure from now on wakes it
+            if self.outbox.failing.load(Relaxed) {
+                return Err(NotRecorded::OutboxUnavailable);
             }
             return self.send(pending, failed).await;
         }
+        let failed = self.outbox.failed.notified();
+        if self.outbox.failing.load(Relaxed) {
+            return Err(NotRecorded::OutboxUnavailable);
+        }
+        self.stats.clicks_recorded.fetch_add(1, Relaxed);
         let (durable, done) = oneshot::channel();
         self.send(Pending { click, durable: Some(durable) }, failed).await?;
         match done.await {

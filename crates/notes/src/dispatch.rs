@@ -167,7 +167,11 @@ impl<S: Store> Dispatcher<S> {
             claims.push(VisitClaim { key, at: click.at, note_id });
             candidates.push((note_id, click, link));
         }
-        let claimed = self.store.claim_visits(claims.clone(), window_ms).await?;
+        // Nothing to claim is the usual case under a flood of repeats: no store round trip.
+        let claimed = match claims.is_empty() {
+            true => Vec::new(),
+            false => self.store.claim_visits(claims.clone(), window_ms).await?,
+        };
         for (claim, yes) in claims.iter().zip(&claimed) {
             if *yes {
                 self.recent.remember(claim.key, VisitMark { at: claim.at, note_id: claim.note_id }, window_ms);
