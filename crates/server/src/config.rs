@@ -53,7 +53,8 @@ pub struct SettingsLayer {
     /// The largest accepted request body.
     #[arg(long, env = "SHORTLINKS_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
-    /// How long a client may take to send its request headers.
+    /// How long a connection may go without starting a request (headers in), after it
+    /// opens and after each request starts; closed within half to all of it.
     #[arg(long, env = "SHORTLINKS_HEADER_READ_TIMEOUT_SECS")]
     pub header_read_timeout_secs: Option<u64>,
     /// How long a client may take to send a request body.
@@ -416,7 +417,7 @@ impl Settings {
 pub struct Limits {
     /// The largest accepted request body (413 above it).
     pub max_body_bytes: usize,
-    /// How long a client may take to send its request headers.
+    /// How long a connection may go without starting a request (see `idle`).
     pub header_read_timeout: Duration,
     /// How long a client may take to send a request body (408 after it).
     pub body_read_timeout: Duration,

@@ -16,6 +16,7 @@ mod app;
 pub mod auth;
 pub mod config;
 mod error;
+mod idle;
 pub mod notes_api;
 pub mod problem;
 pub mod redirect;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 
 use shortlinks_core::{AccountId, Config, ContactScope, LinkCache, Shortener, SledStore, Store, UserId};
@@ -21,7 +21,7 @@ use shortlinks_notes::{Pipeline, PipelineBuilder, PipelineConfig};
 
 use crate::app::{App, ClickCapture};
 use crate::config::{ClickSettings, PublicUrl, Settings, StorageSettings};
-use crate::{admin, auth, ServerError};
+use crate::{admin, auth, idle, ServerError};
 
 /// A server that is bound and ready to run.
 pub struct Started {
@@ -176,7 +176,9 @@ pub async fn serve<S: Store>(
 ) -> Result<(), ServerError> {
     let limits = app.limits;
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
+    // The slow-client limit is `idle::close_when_idle`'s, one timer per connection, not
+    // hyper's timer per request head: hyper gets no timer, so it arms none.
+    http.header_read_timeout(None).keep_alive(true);
     let graceful = GracefulShutdown::new();
     let mut backoff = Duration::from_millis(5);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -201,14 +203,26 @@ pub async fn serve<S: Store>(
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let peer = Some(peer.ip());
-        let service = service_fn(move |request| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(request, peer).await) }
+        let activity = Arc::new(idle::Activity::default());
+        let service = service_fn({
+            let activity = activity.clone();
+            move |request| {
+                let app = app.clone();
+                let in_flight = activity.begin();
+                async move {
+                    let response = app.handle(request, peer).await;
+                    drop(in_flight);
+                    Ok::<_, Infallible>(response)
+                }
+            }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let limit = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            match idle::close_when_idle(connection, &activity, limit).await {
+                Some(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+                Some(Ok(())) => {}
+                None => tracing::debug!("closed a connection that started no request in time"),
             }
         });
     }

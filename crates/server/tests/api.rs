@@ -258,3 +258,58 @@ async fn a_slow_client_cannot_hold_a_connection() {
     let closed = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
     assert!(closed.is_ok(), "the server must close a connection whose headers never finish");
 }
+
+/// Reads one response head (up to the blank line) off a raw connection.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "connection closed mid-response: {head:?}");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_that_starts_no_request_is_closed_and_busy_ones_are_not() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server =
+        TestServer::start_with(SettingsLayer { header_read_timeout_secs: Some(1), ..Default::default() }).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // Requests keep it open well past the limit, one every 0.3 s.
+    let opened = Instant::now();
+    let mut last_request = opened;
+    while opened.elapsed() < Duration::from_millis(2500) {
+        last_request = Instant::now();
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        assert!(read_head(&mut stream).await.starts_with("HTTP/1.1 200"));
+        let mut body = [0u8; 3];
+        stream.read_exact(&mut body).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Then silence: closed (the bound is loose for a loaded machine), never before half
+    // the limit after the last request started.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok() && rest.is_empty(), "an idle kept-alive connection must be closed");
+    let idle = last_request.elapsed();
+    assert!(idle >= Duration::from_millis(500), "closed before half the limit: {idle:?}");
+
+    // A request in flight is not cut, however long its body takes (the body limit is 30 s).
+    let items = serde_json::to_vec(&serde_json::json!([item("https://example.com/slow", 7)])).unwrap();
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /api/v4/short_links HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        server.token,
+        items.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for chunk in items.chunks(items.len().div_ceil(5)) {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        stream.write_all(chunk).await.unwrap();
+    }
+    assert!(read_head(&mut stream).await.starts_with("HTTP/1.1 200"), "a slow upload was cut");
+}
