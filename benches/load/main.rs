@@ -4,7 +4,9 @@
 //! Run it with `benches/load/run` (which builds both in release mode first). Options:
 //! `--links N` (1000000), `--rounds R` (5), `--seconds S` (10), `--connections 64,256`,
 //! `--sample N` (100000 distinct codes for wrk to pick from at random), `--storage
-//! sled,redis` (sled; redis starts its own `redis-server` on loopback).
+//! sled,redis` (sled; redis starts its own `redis-server` on loopback), `--baseline PATH`
+//! (another `shortlinks` binary, say a build of main, run on sled in the same rounds: a
+//! change is judged by its ratio to that, measured side by side).
 
 use std::path::Path;
 use std::process::Stdio;
@@ -30,6 +32,7 @@ struct Options {
     connections: Vec<usize>,
     sample: usize,
     storages: Vec<String>,
+    baseline: Option<std::path::PathBuf>,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -40,6 +43,7 @@ fn options() -> anyhow::Result<Options> {
         connections: vec![64, 256],
         sample: 100_000,
         storages: vec!["sled".into()],
+        baseline: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -51,8 +55,15 @@ fn options() -> anyhow::Result<Options> {
             "--connections" => o.connections = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--sample" => o.sample = value.parse()?,
             "--storage" => o.storages = value.split(',').map(str::to_owned).collect(),
+            "--baseline" => o.baseline = Some(value.into()),
             other => bail!("unknown option {other}"),
         }
+    }
+    if let Some(baseline) = o.baseline.as_ref().filter(|b| !b.is_file()) {
+        bail!(
+            "--baseline {} is not a file (build one with `cargo build --release` in another checkout)",
+            baseline.display()
+        );
     }
     if let Some(bad) = o.storages.iter().find(|s| !matches!(s.as_str(), "sled" | "redis")) {
         bail!("--storage takes sled and/or redis, not {bad:?}");
@@ -214,15 +225,17 @@ struct Contender {
     _redis: Option<RedisServer>,
 }
 
-/// Starts shortlinks on `storage`, preloads `n` links, and reports what they take.
+/// Starts the `shortlinks` binary `binary` on `storage`, preloads `n` links, and reports
+/// what they take.
 async fn shortlinks_on(
+    name: &str,
+    binary: &Path,
     storage: &str,
-    release: &Path,
     work: &Path,
     n: usize,
 ) -> anyhow::Result<(Contender, Vec<(String, String)>)> {
-    let data = work.join(format!("data-{storage}"));
-    let mut command = Command::new(release.join("shortlinks"));
+    let data = work.join(format!("data-{name}"));
+    let mut command = Command::new(binary);
     command.args(["serve", "--listen", "127.0.0.1:0", "--public-url", "https://sho.rt", "--data-dir"]).arg(&data);
     let redis = if storage == "redis" {
         let redis = RedisServer::standalone().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -260,9 +273,9 @@ async fn shortlinks_on(
         }
     }
     if let Some(id) = server.child.id() {
-        println!("shortlinks ({storage}) RSS after preload: {:.0} MiB", rss_mib(id).unwrap_or(0.0));
+        println!("{name} RSS after preload: {:.0} MiB", rss_mib(id).unwrap_or(0.0));
     }
-    Ok((Contender { name: format!("shortlinks-{storage}"), server, _redis: redis }, links))
+    Ok((Contender { name: name.to_owned(), server, _redis: redis }, links))
 }
 
 #[tokio::main]
@@ -271,11 +284,19 @@ async fn main() -> anyhow::Result<()> {
     let release = std::env::current_exe()?.parent().context("target dir")?.to_path_buf();
     let work = tempfile::tempdir()?;
     println!("links: {}, rounds: {}, {} s each, storage: {}", o.links, o.rounds, o.seconds, o.storages.join(", "));
+    if let Some(baseline) = &o.baseline {
+        println!("baseline: {}", baseline.display());
+    }
 
     let mut contenders = Vec::new();
     let mut links = Vec::new();
-    for storage in &o.storages {
-        let (contender, made) = shortlinks_on(storage, &release, work.path(), o.links).await?;
+    let mut runs: Vec<(String, std::path::PathBuf, &str)> =
+        o.storages.iter().map(|s| (format!("shortlinks-{s}"), release.join("shortlinks"), s.as_str())).collect();
+    if let Some(baseline) = &o.baseline {
+        runs.push(("baseline-sled".into(), baseline.clone(), "sled"));
+    }
+    for (name, binary, storage) in &runs {
+        let (contender, made) = shortlinks_on(name, binary, storage, work.path(), o.links).await?;
         contenders.push(contender);
         // Codes depend on each store's own secret: wrk uses the first server's.
         if links.is_empty() {
