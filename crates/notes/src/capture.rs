@@ -152,13 +152,24 @@ impl ClickRecorder {
                 Err(mpsc::error::TrySendError::Full(pending)) => pending,
                 Err(mpsc::error::TrySendError::Closed(_)) => return Err(NotRecorded::Stopped),
             };
-            // Full: wait for room, but never on a store that is away.
-            let failed = self.outbox.failed.notified(); // before the flag: a failure from now on wakes it
-            if self.outbox.failing.load(Relaxed) {
-                return Err(NotRecorded::OutboxUnavailable);
-            }
-            return self.send(pending, failed).await;
+            // The waiting paths are boxed: they are rare, and inline they would make every
+            // redirect's future (moved around by hyper) several times larger.
+            return Box::pin(self.wait_for_room(pending)).await;
         }
+        Box::pin(self.record_durably(click)).await
+    }
+
+    /// Group mode with the queue full: waits for room, but never on a store that is away.
+    async fn wait_for_room(&self, pending: Pending) -> Result<(), NotRecorded> {
+        let failed = self.outbox.failed.notified(); // before the flag: a failure from now on wakes it
+        if self.outbox.failing.load(Relaxed) {
+            return Err(NotRecorded::OutboxUnavailable);
+        }
+        self.send(pending, failed).await
+    }
+
+    /// Sync mode: queues the click and waits until its group is flushed.
+    async fn record_durably(&self, click: RawClick) -> Result<(), NotRecorded> {
         let failed = self.outbox.failed.notified();
         if self.outbox.failing.load(Relaxed) {
             return Err(NotRecorded::OutboxUnavailable);
