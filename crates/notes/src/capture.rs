@@ -139,9 +139,8 @@ struct Outbox {
 
 impl ClickRecorder {
     /// Hands a click over. Waits only if the queue is full (an answered click is never
-    /// dropped), or,
-    /// in [`Durability::Sync`], until the click is durable. While the outbox cannot be
-    /// written it does not wait on the store: see [`NotRecorded::OutboxUnavailable`].
+    /// dropped), or, in [`Durability::Sync`], until the click is durable. While the outbox
+    /// cannot be written it does not wait on the store: see [`NotRecorded::OutboxUnavailable`].
     pub async fn record(&self, click: RawClick) -> Result<(), NotRecorded> {
         if !self.sync {
             self.stats.clicks_recorded.fetch_add(1, Relaxed);

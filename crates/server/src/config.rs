@@ -54,7 +54,7 @@ pub struct SettingsLayer {
     #[arg(long, env = "SHORTLINKS_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
     /// How long a connection may go without starting a request (headers in), after it
-    /// opens and after each request starts; closed within half to all of it.
+    /// opens and after each response; closed within half to all of it.
     #[arg(long, env = "SHORTLINKS_HEADER_READ_TIMEOUT_SECS")]
     pub header_read_timeout_secs: Option<u64>,
     /// How long a client may take to send a request body.

@@ -3,18 +3,23 @@
 //!
 //! hyper's own header read timeout arms a timer when it starts reading each request head and
 //! drops it when the head is in: an allocation and a timer wheel insert and removal per
-//! request, about 3% of a redirect's CPU. This guard ticks once per half period per
+//! request, about 3% of a redirect's CPU. This guard ticks once per half limit per
 //! connection instead, and closes the connection when a whole tick passed with no request
-//! started and none in flight. A client therefore has between half the limit and the whole
-//! limit, after its last request started (and the whole limit after connecting), to start
-//! the next one; a request in flight (a slow upload) is never cut here: the body read
-//! timeout bounds it.
+//! started or finished and none in flight. A client therefore has between half the limit
+//! and the whole limit after its last request finished (and the whole limit after
+//! connecting) to send the next one's headers. A request in flight is never cut here, from its headers to the last byte
+//! of its response: a slow upload is bounded by the body read timeout, and a slow download
+//! keeps its request in flight until hyper has written or dropped the response body.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use hyper::body::{Body, Frame, SizeHint};
 
 /// What one connection's requests have done, counted by its service function.
 #[derive(Default)]
@@ -40,8 +45,38 @@ impl Drop for InFlight {
     }
 }
 
-/// Runs `connection` until it ends or goes a whole tick (`limit / 2`) without starting a
-/// request while none is in flight; then drops it, which closes the socket.
+/// A response body that keeps its request in flight until hyper is done with it.
+pub(crate) struct TrackedBody<B> {
+    body: B,
+    _in_flight: InFlight,
+}
+
+impl<B> TrackedBody<B> {
+    /// `body`, in flight until dropped.
+    pub(crate) fn new(body: B, in_flight: InFlight) -> Self {
+        Self { body, _in_flight: in_flight }
+    }
+}
+
+impl<B: Body + Unpin> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Runs `connection` until it goes a whole tick (`limit / 2`) with no request started or
+/// finished and none in flight, or ends; on the former it drops it, closing the socket.
 pub(crate) async fn close_when_idle<F: Future>(
     connection: F,
     activity: &Activity,
@@ -58,12 +93,48 @@ pub(crate) async fn close_when_idle<F: Future>(
             biased;
             output = &mut connection => return Some(output),
             _ = ticks.tick() => {
-                let started = activity.started.load(Relaxed);
-                if started == seen && activity.finished.load(Relaxed) == started {
+                let (started, finished) = (activity.started.load(Relaxed), activity.finished.load(Relaxed));
+                // A request that started or finished within the tick is activity too: a
+                // connection is never closed the moment a long response is done.
+                let progress = started.wrapping_add(finished);
+                if progress == seen && finished == started {
                     return None;
                 }
-                seen = started;
+                seen = progress;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_requests_is_closed_within_the_limit() {
+        let activity = Arc::new(Activity::default());
+        let started = tokio::time::Instant::now();
+        let never = std::future::pending::<()>();
+        assert!(close_when_idle(never, &activity, LIMIT).await.is_none());
+        assert_eq!(started.elapsed(), LIMIT, "connecting counts as activity: the whole limit");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_is_not_cut_until_its_response_body_is_dropped() {
+        let activity = Arc::new(Activity::default());
+        let in_flight = activity.begin();
+        // The handler is done at once; the response body takes three limits to go out.
+        let body = TrackedBody::new(http_body_util::Empty::<bytes::Bytes>::new(), in_flight);
+        let connection = async move {
+            tokio::time::sleep(LIMIT * 3).await;
+            drop(body);
+            std::future::pending::<()>().await
+        };
+        let started = tokio::time::Instant::now();
+        assert!(close_when_idle(connection, &activity, LIMIT).await.is_none());
+        let idle = started.elapsed() - LIMIT * 3;
+        assert!(idle >= LIMIT / 2 && idle <= LIMIT, "closed {idle:?} after the body went out");
     }
 }

@@ -211,8 +211,7 @@ pub async fn serve<S: Store>(
                 let in_flight = activity.begin();
                 async move {
                     let response = app.handle(request, peer).await;
-                    drop(in_flight);
-                    Ok::<_, Infallible>(response)
+                    Ok::<_, Infallible>(response.map(|body| idle::TrackedBody::new(body, in_flight)))
                 }
             }
         });
