@@ -1,15 +1,16 @@
 //! Closing connections that start no request: the slow-client limit, with one timer per
 //! connection.
 //!
-//! hyper's own header read timeout arms a timer when it starts reading each request head and
-//! drops it when the head is in: an allocation and a timer wheel insert and removal per
-//! request, about 3% of a redirect's CPU. This guard ticks once per half limit per
-//! connection instead, and closes the connection when a whole tick passed with no request
-//! started or finished and none in flight. A client therefore has between half the limit
-//! and the whole limit after its last request finished (and the whole limit after
-//! connecting) to send the next one's headers. A request in flight is never cut here, from its headers to the last byte
-//! of its response: a slow upload is bounded by the body read timeout, and a slow download
-//! keeps its request in flight until hyper has written or dropped the response body.
+//! hyper's own header read timeout arms a timer when it starts reading each request head
+//! and drops it when the head is in: an allocation and a timer wheel insert and removal per
+//! request, 2–3% of the server's samples under load. This guard ticks once per half limit
+//! per connection instead, and closes the connection when a whole tick passed with no
+//! request started or finished and none in flight. A client therefore has between half the
+//! limit and the whole limit after its last response (and the whole limit after
+//! connecting) to send the next request's headers. A request in flight is never cut here,
+//! from its headers to the last byte of its response: a slow upload is bounded by the body
+//! read timeout, and a slow download keeps its request in flight until hyper has written or
+//! dropped the response body.
 
 use std::future::Future;
 use std::pin::Pin;
