@@ -11,7 +11,6 @@ use hyper::header::HeaderValue;
 use shortlinks_core::model::{Click, ClickMethod};
 use shortlinks_core::store::{RecordQueues, CLICK_QUEUE};
 use shortlinks_core::{ShortCode, Store, Timestamp};
-use tokio::sync::futures::Notified;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::stats::Stats;
@@ -153,29 +152,19 @@ impl ClickRecorder {
             };
             // The waiting paths are boxed: they are rare, and inline they would make every
             // redirect's future (moved around by hyper) several times larger.
-            return Box::pin(self.wait_for_room(pending)).await;
+            return Box::pin(self.send(pending)).await;
         }
         Box::pin(self.record_durably(click)).await
     }
 
-    /// Group mode with the queue full: waits for room, but never on a store that is away.
-    async fn wait_for_room(&self, pending: Pending) -> Result<(), NotRecorded> {
-        let failed = self.outbox.failed.notified(); // before the flag: a failure from now on wakes it
-        if self.outbox.failing.load(Relaxed) {
-            return Err(NotRecorded::OutboxUnavailable);
-        }
-        self.send(pending, failed).await
-    }
-
     /// Sync mode: queues the click and waits until its group is flushed.
     async fn record_durably(&self, click: RawClick) -> Result<(), NotRecorded> {
-        let failed = self.outbox.failed.notified();
         if self.outbox.failing.load(Relaxed) {
             return Err(NotRecorded::OutboxUnavailable);
         }
         self.stats.clicks_recorded.fetch_add(1, Relaxed);
         let (durable, done) = oneshot::channel();
-        self.send(Pending { click, durable: Some(durable) }, failed).await?;
+        self.send(Pending { click, durable: Some(durable) }).await?;
         match done.await {
             Ok(true) => Ok(()),
             Ok(false) => Err(NotRecorded::OutboxUnavailable),
@@ -183,8 +172,12 @@ impl ClickRecorder {
         }
     }
 
-    /// Queues a click, waiting for room only until the outbox fails.
-    async fn send(&self, pending: Pending, failed: Notified<'_>) -> Result<(), NotRecorded> {
+    /// Queues a click, waiting for room only while the outbox can be written.
+    async fn send(&self, pending: Pending) -> Result<(), NotRecorded> {
+        let failed = self.outbox.failed.notified(); // before the flag: a failure from now on wakes it
+        if self.outbox.failing.load(Relaxed) {
+            return Err(NotRecorded::OutboxUnavailable);
+        }
         tokio::select! {
             biased;
             sent = self.tx.send(pending) => sent.map_err(|_| NotRecorded::Stopped),
