@@ -19,6 +19,7 @@ use crate::Error;
 pub mod conformance;
 pub(crate) mod keys;
 mod memory;
+mod queue_log;
 mod sled_store;
 
 pub use memory::MemoryStore;
@@ -105,7 +106,8 @@ impl<Q: Queues + ?Sized> RecordQueues for Q {}
 
 /// Checks a queue name; backends call this so that names cannot collide in their key spaces.
 pub fn check_queue_name(name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
+    // Not only dots: a backend may use the name as a file name.
+    let ok = !name.bytes().all(|b| b == b'.')
         && name.len() <= 64
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
     if ok {

@@ -6,13 +6,18 @@
 //! |-------------|---------------------------------------------------|--------------|
 //! | `links`     | code bytes                                        | `Link`       |
 //! | `by_entity` | account u64 ‖ type u8 ‖ entity u64 ‖ code bytes   | empty        |
-//! | `queues`    | queue name ‖ 0x00 ‖ sled-generated id u64 (monotonic) | a record |
+//! | `queue_heads` | queue name                                      | the head's position (16 bytes) |
 //! | `visits`    | 16-byte visit key (link, client)                  | `VisitMark`  |
 //! | `notes`     | account u64 ‖ type u8 ‖ entity u64 ‖ at u64 ‖ id u64 | `Note`    |
 //! | `tokens`    | token id                                          | `ApiToken`   |
 //! | default     | `installation_secret`                             | 32 raw bytes |
 //!
 //! Integers in keys are big-endian, so scans come out in numeric order.
+//!
+//! Queues are not in sled: each is a directory of append-only files under `queues/` (see
+//! [`QueueLog`] for why). sled keeps only each queue's head, without a flush of its own.
+//! Releases before the queue files kept queues in a `queues` tree; opening moves its entries
+//! over.
 //!
 //! Reads run inline: sled serves them from its page cache, and the hot path will put its own
 //! cache in front. Anything that writes or flushes (an fsync) runs on tokio's blocking pool.
@@ -21,10 +26,12 @@
 //! length nor empties the disk's write cache) followed by an `fdatasync` of sled's log file,
 //! which does both: without it, a flushed write could still be lost on power loss.
 
+use std::collections::HashMap;
 use std::fs::File;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
+use super::queue_log::{Position, QueueLog, MAX_PUSH, SEGMENT_BYTES};
 use super::{
     check_queue_name, keys, visit_claims, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Queues, Store,
     TokenStore, VisitClaim, VisitLedger,
@@ -44,12 +51,19 @@ pub struct SledStore {
     db: sled::Db,
     links: sled::Tree,
     by_entity: sled::Tree,
-    queues: sled::Tree,
+    queue_heads: sled::Tree,
+    queues: Arc<OpenQueues>,
     visits: sled::Tree,
     notes: sled::Tree,
     tokens: sled::Tree,
     /// sled's log file, opened again only to `fdatasync` it: see the module comment.
-    log: Arc<File>,
+    sled_log: Arc<File>,
+}
+
+/// The queues' files, each opened on first use.
+struct OpenQueues {
+    dir: PathBuf,
+    open: Mutex<HashMap<String, Arc<QueueLog>>>,
 }
 
 impl SledStore {
@@ -64,16 +78,62 @@ impl SledStore {
         // sled 0.34 keeps its whole log in `db`; the version is pinned, so is the name.
         let log = File::open(dir.join("db"))
             .map_err(|e| Error::Storage(format!("cannot open sled's log file for fsync: {e}").into()))?;
-        Ok(Self {
-            log: Arc::new(log),
+        let store = Self {
+            sled_log: Arc::new(log),
             links: db.open_tree("links")?,
             by_entity: db.open_tree("by_entity")?,
-            queues: db.open_tree("queues")?,
+            queue_heads: db.open_tree("queue_heads")?,
+            queues: Arc::new(OpenQueues { dir: dir.join("queues"), open: Mutex::default() }),
             visits: db.open_tree("visits")?,
             notes: db.open_tree("notes")?,
             tokens: db.open_tree("tokens")?,
             db,
-        })
+        };
+        store.move_legacy_queues()?;
+        Ok(store)
+    }
+
+    /// Moves entries from the `queues` tree of earlier releases into the queue files, in
+    /// order, then drops the tree. A crash in between means they are handled twice, which
+    /// the consumers absorb (at-least-once), never that they are lost.
+    fn move_legacy_queues(&self) -> Result<(), Error> {
+        if !self.db.tree_names().iter().any(|name| name.as_ref() == b"queues") {
+            return Ok(());
+        }
+        let legacy = self.db.open_tree("queues")?;
+        let mut batch: (Option<String>, Vec<Vec<u8>>, usize) = (None, Vec::new(), 0);
+        let push = |(queue, records, _): &mut (Option<String>, Vec<Vec<u8>>, usize)| match queue {
+            Some(queue) if !records.is_empty() => self.queue(queue)?.push(&std::mem::take(records)),
+            _ => Ok(()),
+        };
+        for entry in legacy.iter() {
+            let (key, record) = entry?;
+            let name = key.iter().position(|&b| b == 0).and_then(|end| std::str::from_utf8(&key[..end]).ok());
+            let Some(name) = name else { return Err(Error::Corrupt("bad legacy queue key".into())) };
+            // One push per queue and a few MiB: one fsync each, never one per entry.
+            if batch.0.as_deref() != Some(name) || batch.2 + record.len() + 8 > MAX_PUSH / 2 {
+                push(&mut batch)?;
+                batch = (Some(name.to_owned()), Vec::new(), 0);
+            }
+            batch.2 += record.len() + 8;
+            batch.1.push(record.to_vec());
+        }
+        push(&mut batch)?;
+        self.db.drop_tree("queues")?;
+        self.flush_now()
+    }
+
+    /// A queue's files, opened (or made) on first use, at the head kept in sled.
+    fn queue(&self, name: &str) -> Result<Arc<QueueLog>, Error> {
+        check_queue_name(name)?;
+        let mut open = self.queues.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(log) = open.get(name) {
+            return Ok(log.clone());
+        }
+        let head = self.queue_heads.get(name)?.and_then(|bytes| Position::from_bytes(&bytes));
+        let log = Arc::new(QueueLog::open(&self.queues.dir.join(name), head, SEGMENT_BYTES)?);
+        open.insert(name.to_owned(), log.clone());
+        Ok(log)
     }
 
     /// Runs blocking work on tokio's blocking pool.
@@ -88,7 +148,7 @@ impl SledStore {
 
     fn flush_now(&self) -> Result<(), Error> {
         self.db.flush()?;
-        self.log.sync_data().map_err(|e| Error::Storage(Box::new(e)))
+        self.sled_log.sync_data().map_err(|e| Error::Storage(Box::new(e)))
     }
 
     /// Inserts links without a transaction (sled's added about a third to the work) and
@@ -160,56 +220,27 @@ impl LinkStore for SledStore {
     }
 }
 
-/// `name ‖ 0x00`: the prefix of a queue's keys (names never contain 0x00).
-fn queue_prefix(queue: &str) -> Result<Vec<u8>, Error> {
-    check_queue_name(queue)?;
-    let mut prefix = Vec::with_capacity(queue.len() + 9);
-    prefix.extend_from_slice(queue.as_bytes());
-    prefix.push(0);
-    Ok(prefix)
-}
-
-fn queue_key(prefix: &[u8], id: u64) -> Vec<u8> {
-    let mut key = prefix.to_vec();
-    key.extend_from_slice(&id.to_be_bytes());
-    key
-}
-
 impl Queues for SledStore {
     async fn push(&self, queue: &str, records: Vec<Vec<u8>>) -> Result<(), Error> {
-        let prefix = queue_prefix(queue)?;
-        self.blocking(move |s| {
-            let mut batch = sled::Batch::default();
-            for record in records {
-                batch.insert(queue_key(&prefix, s.db.generate_id()?), record);
-            }
-            s.queues.apply_batch(batch)?;
-            s.flush_now()
-        })
-        .await
+        let queue = queue.to_owned();
+        self.blocking(move |s| s.queue(&queue)?.push(&records)).await
     }
 
     async fn lease(&self, queue: &str, max: usize) -> Result<Vec<(EntryId, Vec<u8>)>, Error> {
-        let prefix = queue_prefix(queue)?;
-        let mut out = Vec::new();
-        for entry in self.queues.range(prefix.clone()..).take(max) {
-            let (key, value) = entry?;
-            let Some(id) = key.strip_prefix(prefix.as_slice()) else { break };
-            let id: [u8; 8] = id.try_into().map_err(|_| Error::Corrupt("bad queue key".into()))?;
-            out.push((EntryId(u64::from_be_bytes(id).into()), value.to_vec()));
-        }
-        Ok(out)
+        let queue = queue.to_owned();
+        self.blocking(move |s| s.queue(&queue)?.lease(max)).await
     }
 
     async fn remove(&self, queue: &str, ids: Vec<EntryId>) -> Result<(), Error> {
-        let prefix = queue_prefix(queue)?;
-        let mut batch = sled::Batch::default();
-        for EntryId(id) in ids {
-            if let Ok(id) = u64::try_from(id) {
-                batch.remove(queue_key(&prefix, id));
+        let queue = queue.to_owned();
+        self.blocking(move |s| {
+            if let Some(head) = s.queue(&queue)?.remove(&ids)? {
+                // Not flushed: an old head after a crash only means entries handled again.
+                s.queue_heads.insert(queue.as_bytes(), &head.to_bytes()[..])?;
             }
-        }
-        self.blocking(move |s| Ok(s.queues.apply_batch(batch)?)).await
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -347,5 +378,52 @@ mod tests {
         assert_eq!(outcomes, vec![InsertOutcome::Occupied(first.clone())]);
         assert_eq!(store.links_of(AccountId(1), EntityRef::contact(10)).await.unwrap(), vec![first.clone()]);
         assert_eq!(store.get_link(&first.code).await.unwrap(), Some(first));
+    }
+
+    /// Queue records of any size stay out of sled: a page over 128 KiB would go to a blob
+    /// file that sled never syncs. Pushed, removed and kept across a reopen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queues_live_in_their_own_files_and_keep_their_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let big: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 300 << 10]).collect();
+        store.push("clicks", big.clone()).await.unwrap();
+        let leased = store.lease("clicks", 10).await.unwrap();
+        assert_eq!(leased.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(), big);
+        store.remove("clicks", vec![leased[0].0]).await.unwrap();
+        store.flush().await.unwrap();
+        drop(store);
+        assert_eq!(std::fs::read_dir(dir.path().join("blobs")).unwrap().count(), 0, "no sled blob files");
+
+        let store = SledStore::open(dir.path()).unwrap();
+        let left: Vec<Vec<u8>> = store.lease("clicks", 10).await.unwrap().into_iter().map(|(_, r)| r).collect();
+        assert_eq!(left, big[1..], "the removed head stays removed");
+        assert!(store.push("..", vec![b"x".to_vec()]).await.is_err(), "a name must not leave the queues directory");
+    }
+
+    /// Entries written by a release that kept queues in a sled tree are moved to the files
+    /// on open, in order, once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queues_of_earlier_releases_are_moved_over_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let legacy = db.open_tree("queues").unwrap();
+            for (queue, id, record) in [("clicks", 7u64, "c1"), ("clicks", 9, "c2"), ("sink:hook", 8, "n1")] {
+                let key = [queue.as_bytes(), &[0], &id.to_be_bytes()].concat();
+                legacy.insert(key, record.as_bytes()).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        for _ in 0..2 {
+            let store = SledStore::open(dir.path()).unwrap();
+            let records = |queue: &'static str| {
+                let store = store.clone();
+                async move { store.lease(queue, 10).await.unwrap().into_iter().map(|(_, r)| r).collect::<Vec<_>>() }
+            };
+            assert_eq!(records("clicks").await, [&b"c1"[..], b"c2"]);
+            assert_eq!(records("sink:hook").await, [&b"n1"[..]]);
+            assert!(!store.db.tree_names().iter().any(|n| n.as_ref() == b"queues"));
+        }
     }
 }
