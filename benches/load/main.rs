@@ -1,12 +1,8 @@
 //! The load harness: shortlinks (click pipeline on) side by side with the bare reference
 //! server, under wrk, on loopback only.
 //!
-//! Run it with `benches/load/run` (which builds both in release mode first). Options:
-//! `--links N` (1000000), `--rounds R` (5), `--seconds S` (10), `--connections 64,256`,
-//! `--sample N` (100000 distinct codes for wrk to pick from at random), `--storage
-//! sled,redis` (sled; redis starts its own `redis-server` on loopback), `--baseline PATH`
-//! (another `shortlinks` binary, say a build of main, run on sled in the same rounds: a
-//! change is judged by its ratio to that, measured side by side).
+//! Run it with `benches/load/run` (which builds both in release mode first); its options
+//! are in `USAGE` (`benches/load/run --help`).
 
 use std::path::Path;
 use std::process::Stdio;
@@ -24,6 +20,21 @@ use tokio::process::{Child, Command};
 
 /// A browser's agent: these requests are what people send, so they become visits and notes.
 const AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0";
+
+const USAGE: &str = "\
+usage: benches/load/run [OPTIONS]
+
+shortlinks (click pipeline on, group durability) side by side with a bare hyper server,
+under wrk on 127.0.0.1, rounds interleaved. Prints req/s and p50/p99 medians [min, max]
+and each server's ratio to the reference.
+
+  --links N            links preloaded into each server (1000000)
+  --rounds R           rounds per connection count (5)
+  --seconds S          seconds per run (10)
+  --connections LIST   wrk connection counts (64,256)
+  --sample N           distinct codes wrk picks from at random (100000)
+  --storage LIST       sled and/or redis (sled); redis starts its own redis-server
+  --baseline PATH      another shortlinks binary, run on sled in the same rounds";
 
 struct Options {
     links: usize,
@@ -47,16 +58,20 @@ fn options() -> anyhow::Result<Options> {
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+        if matches!(flag.as_str(), "--help" | "-h") {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let mut value = || args.next().with_context(|| format!("{flag} needs a value (see --help)"));
         match flag.as_str() {
-            "--links" => o.links = value.parse()?,
-            "--rounds" => o.rounds = value.parse()?,
-            "--seconds" => o.seconds = value.parse()?,
-            "--connections" => o.connections = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
-            "--sample" => o.sample = value.parse()?,
-            "--storage" => o.storages = value.split(',').map(str::to_owned).collect(),
-            "--baseline" => o.baseline = Some(value.into()),
-            other => bail!("unknown option {other}"),
+            "--links" => o.links = value()?.parse()?,
+            "--rounds" => o.rounds = value()?.parse()?,
+            "--seconds" => o.seconds = value()?.parse()?,
+            "--connections" => o.connections = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            "--sample" => o.sample = value()?.parse()?,
+            "--storage" => o.storages = value()?.split(',').map(str::to_owned).collect(),
+            "--baseline" => o.baseline = Some(value()?.into()),
+            other => bail!("unknown option {other} (see --help)"),
         }
     }
     if let Some(baseline) = o.baseline.as_ref().filter(|b| !b.is_file()) {
