@@ -247,15 +247,20 @@ impl QueueLog {
             frames.extend_from_slice(record);
         }
         let mut tail = lock(&self.tail);
-        let start_new = tail.len > 0 && tail.len + frames.len() as u64 > self.segment_bytes;
-        if start_new {
+        if tail.len > 0 && tail.len + frames.len() as u64 > self.segment_bytes {
+            // A failed push may have left bytes past the end: the segment ends where its
+            // last push did, since only the last one is checked on open.
+            tail.file.set_len(tail.len).and_then(|()| tail.file.sync_data()).map_err(io)?;
             let segment = tail.segment + 1;
             let file = Arc::new(open_segment(&self.dir, segment, true)?);
             *tail = Tail { segment, file, len: 0 };
         }
         // A failed write leaves the length where it was: the next push writes over it.
-        tail.file.write_all_at(&frames, tail.len).map_err(io)?;
-        tail.file.sync_data().map_err(io)?;
+        let written = tail.file.write_all_at(&frames, tail.len).and_then(|()| tail.file.sync_data());
+        if let Err(e) = written {
+            let _ = tail.file.set_len(tail.len); // best effort: open cuts a torn end anyway
+            return Err(io(e));
+        }
         if tail.len == 0 {
             // The segment's first data: make sure its name is on disk too.
             sync_dir(&self.dir)?;
@@ -269,10 +274,12 @@ impl QueueLog {
 
     /// Up to `max` entries from the head, oldest first, skipping removed ones.
     pub(crate) fn lease(&self, max: usize) -> Result<Vec<(EntryId, Vec<u8>)>, Error> {
-        let state = lock(&self.state);
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        let last = *state.segments.keys().next_back().expect("a queue has a segment");
         let mut out = Vec::new();
         let mut at = state.head;
-        for (&number, segment) in state.segments.range(state.head.segment..) {
+        for (&number, segment) in state.segments.range_mut(state.head.segment..) {
             if out.len() >= max {
                 break;
             }
@@ -289,7 +296,12 @@ impl QueueLog {
             }
             if at.offset < segment.len && out.len() < max {
                 // Written, synced and then unreadable: the disk lost acknowledged data.
-                return Err(Error::Corrupt(format!("queue {} is damaged at {at:?}", self.dir.display())));
+                tracing::error!(queue = %self.dir.display(), at = ?at, lost = segment.len - at.offset, "a queue segment is damaged");
+                if number == last {
+                    return Err(Error::Corrupt(format!("queue {} is damaged at {at:?}", self.dir.display())));
+                }
+                // An earlier segment: what follows the damage is lost, the queue goes on.
+                segment.len = at.offset;
             }
         }
         Ok(out)
@@ -493,5 +505,26 @@ mod tests {
         let state = lock(&log.state);
         assert!(state.removed.is_empty());
         assert_eq!(state.segments.len(), 1);
+    }
+
+    /// Damage in a segment other than the last (a disk fault) costs the rest of that
+    /// segment, not the queue: later segments are still delivered and the head moves on.
+    #[test]
+    fn damage_in_an_earlier_segment_skips_to_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = QueueLog::open(dir.path(), None, 64).unwrap();
+        log.push(&[vec![1; 10], vec![2; 10]]).unwrap();
+        log.push(&[vec![3; 30]]).unwrap(); // does not fit: a second segment
+        drop(log);
+        let first = OpenOptions::new().write(true).open(segment_path(dir.path(), 0)).unwrap();
+        first.write_all_at(b"X", HEADER + 10 + HEADER).unwrap(); // the second record's first byte
+
+        let log = QueueLog::open(dir.path(), None, 64).unwrap();
+        let leased = log.lease(10).unwrap();
+        assert_eq!(leased.iter().map(|(_, r)| r[0]).collect::<Vec<_>>(), [1, 3]);
+        let ids: Vec<EntryId> = leased.iter().map(|(id, _)| *id).collect();
+        assert!(log.remove(&ids).unwrap().is_some());
+        assert!(records(&log).is_empty());
+        assert_eq!(segment_files(dir.path()), 1);
     }
 }
