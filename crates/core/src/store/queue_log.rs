@@ -12,7 +12,7 @@
 //! and it tells where the next entry starts, so moving the head needs no read.
 //!
 //! Crash safety: a push returns once its frames are written and `fdatasync`ed (and the
-//! directory synced, when the push made a new segment). Opening reads the last segment
+//! directory synced, on a segment's first push). Opening reads the last segment
 //! through and cuts it at the first frame that is short or fails its checksum: only a push
 //! that never returned can be torn. The head is kept by the caller (the backend stores it
 //! without a flush): a head from before a crash only means entries are handled again.
@@ -180,9 +180,9 @@ impl QueueLog {
             let start = head.map_or(0, |h| h.segment);
             let file = Arc::new(open_segment(dir, start, true)?);
             file.sync_all().map_err(io)?;
-            sync_dir(dir)?;
-            if let Some(parent) = dir.parent() {
-                sync_dir(parent)?;
+            // The queue's directory, `queues/` and the data directory may all be new.
+            for directory in dir.ancestors().take(3) {
+                sync_dir(directory)?;
             }
             return Ok(Self::assemble(dir, segment_bytes, BTreeMap::from([(start, Segment { file, len: 0 })]), None));
         };

@@ -101,24 +101,24 @@ impl SledStore {
             return Ok(());
         }
         let legacy = self.db.open_tree("queues")?;
-        let mut batch: (Option<String>, Vec<Vec<u8>>, usize) = (None, Vec::new(), 0);
-        let push = |(queue, records, _): &mut (Option<String>, Vec<Vec<u8>>, usize)| match queue {
-            Some(queue) if !records.is_empty() => self.queue(queue)?.push(&std::mem::take(records)),
-            _ => Ok(()),
-        };
+        // Keys are `name ‖ 0x00 ‖ id`, so each queue's entries come together and in order.
+        // They go over a few MiB per push: one fsync each, not one per entry.
+        let mut pending: Option<(String, Vec<Vec<u8>>, usize)> = None;
         for entry in legacy.iter() {
             let (key, record) = entry?;
             let name = key.iter().position(|&b| b == 0).and_then(|end| std::str::from_utf8(&key[..end]).ok());
             let Some(name) = name else { return Err(Error::Corrupt("bad legacy queue key".into())) };
-            // One push per queue and a few MiB: one fsync each, never one per entry.
-            if batch.0.as_deref() != Some(name) || batch.2 + record.len() + 8 > MAX_PUSH / 2 {
-                push(&mut batch)?;
-                batch = (Some(name.to_owned()), Vec::new(), 0);
+            let done = pending.take_if(|(queue, _, bytes)| queue != name || *bytes + record.len() > MAX_PUSH / 2);
+            if let Some((queue, records, _)) = done {
+                self.queue(&queue)?.push(&records)?;
             }
-            batch.2 += record.len() + 8;
-            batch.1.push(record.to_vec());
+            let (_, records, bytes) = pending.get_or_insert_with(|| (name.to_owned(), Vec::new(), 0));
+            *bytes += record.len() + 8;
+            records.push(record.to_vec());
         }
-        push(&mut batch)?;
+        if let Some((queue, records, _)) = pending {
+            self.queue(&queue)?.push(&records)?;
+        }
         self.db.drop_tree("queues")?;
         self.flush_now()
     }
