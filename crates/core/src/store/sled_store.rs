@@ -30,6 +30,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::queue_log::{Position, QueueLog, MAX_PUSH, SEGMENT_BYTES};
 use super::{
@@ -66,6 +67,24 @@ struct OpenQueues {
     open: Mutex<HashMap<String, Arc<QueueLog>>>,
 }
 
+/// Opens sled, waiting a moment for its directory lock if this process just let go of it:
+/// sled's flusher thread releases the lock shortly after the last handle is dropped, so a
+/// reopen in the same process (an embedding host, a test) could otherwise fail. Another
+/// process holding the directory still fails, a second later.
+fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, Error> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match sled::Config::new().path(dir).cache_capacity(cache_bytes).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            opened => return Ok(opened?),
+        }
+    }
+}
+
 impl SledStore {
     /// Opens (or creates) the database in `dir`. sled locks the directory: one process at a time.
     pub fn open(dir: &Path) -> Result<Self, Error> {
@@ -74,7 +93,7 @@ impl SledStore {
 
     /// As [`SledStore::open`], with sled's page cache limited to `cache_bytes`.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, Error> {
-        let db = sled::Config::new().path(dir).cache_capacity(cache_bytes).open()?;
+        let db = open_sled(dir, cache_bytes)?;
         // sled 0.34 keeps its whole log in `db`; the version is pinned, so is the name.
         let log = File::open(dir.join("db"))
             .map_err(|e| Error::Storage(format!("cannot open sled's log file for fsync: {e}").into()))?;
