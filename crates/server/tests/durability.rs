@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{all_notes, code_of, item, try_send, Process, BROWSER};
+use common::{all_notes, code_of, item, try_metric, try_send, Process, BROWSER};
 use hyper::Method;
 use serde_json::json;
 
@@ -40,10 +40,7 @@ fn watch_persisted(addr: SocketAddr) -> (Arc<Mutex<Vec<u64>>>, tokio::task::Join
     let readings = Arc::new(Mutex::new(Vec::new()));
     let log = readings.clone();
     let task = tokio::spawn(async move {
-        const NAME: &str = "shortlinks_clicks_persisted_total ";
-        while let Some(reply) = try_send(addr, Method::GET, "/metrics", &[], Vec::new()).await {
-            let text = String::from_utf8(reply.body.to_vec()).unwrap();
-            let value = text.lines().find_map(|l| l.strip_prefix(NAME)).unwrap().trim().parse().unwrap();
+        while let Some(value) = try_metric(addr, "shortlinks_clicks_persisted_total").await {
             log.lock().unwrap().push(value);
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

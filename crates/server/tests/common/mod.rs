@@ -208,11 +208,17 @@ pub const BROWSER: &str =
 
 /// Reads one counter from `/metrics`.
 pub async fn metric(addr: SocketAddr, name: &str) -> u64 {
-    let body = send(addr, Method::GET, "/metrics", &[], Vec::new()).await.body;
+    try_metric(addr, name).await.expect("the server answers")
+}
+
+/// Reads one counter from `/metrics`, or `None` if the server is gone.
+pub async fn try_metric(addr: SocketAddr, name: &str) -> Option<u64> {
+    let body = try_send(addr, Method::GET, "/metrics", &[], Vec::new()).await?.body;
     let text = String::from_utf8(body.to_vec()).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
-        .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()));
+    Some(value.unwrap_or_else(|| panic!("no metric {name} in {text}")))
 }
 
 /// Waits until the dispatcher has finished with `n` clicks (the pipeline is asynchronous).
