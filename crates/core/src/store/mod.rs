@@ -60,7 +60,7 @@ pub trait LinkStore: Send + Sync + 'static {
 /// until it has been silent so long that another consumer takes the entry over. With a
 /// single consumer (every embedded store) a lease is simply the head of the queue.
 ///
-/// Queue names are short ASCII (`[A-Za-z0-9_.:-]`, at most 64 bytes).
+/// Queue names are short ASCII (`[A-Za-z0-9_.:-]`, at most 64 bytes, not only dots).
 pub trait Queues: Send + Sync + 'static {
     /// Appends records in order, durably before returning (one flush for the whole group).
     fn push(&self, queue: &str, records: Vec<Vec<u8>>) -> impl Future<Output = Result<(), Error>> + Send;
@@ -106,8 +106,9 @@ impl<Q: Queues + ?Sized> RecordQueues for Q {}
 
 /// Checks a queue name; backends call this so that names cannot collide in their key spaces.
 pub fn check_queue_name(name: &str) -> Result<(), Error> {
-    // Not only dots: a backend may use the name as a file name.
-    let ok = !name.bytes().all(|b| b == b'.')
+    // Not `.` or `..` either: a backend may use the name as a file name.
+    let ok = !name.is_empty()
+        && !name.bytes().all(|b| b == b'.')
         && name.len() <= 64
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
     if ok {
