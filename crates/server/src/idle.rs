@@ -1,9 +1,9 @@
 //! Closing connections that start no request: the slow-client limit, with one timer per
-//! connection.
+//! connection, kept in a watcher task of its own.
 //!
 //! hyper's own header read timeout arms a timer when it starts reading each request head
 //! and drops it when the head is in: an allocation and a timer wheel insert and removal per
-//! request, 2–3% of the server's samples under load. This guard ticks once per half limit
+//! request, 2–3% of the server's samples under load. The watcher ticks once per half limit
 //! per connection instead, and closes the connection when a whole tick passed with no
 //! request started or finished and none in flight. A client therefore has between half the
 //! limit and the whole limit after its last response (and the whole limit after
@@ -21,6 +21,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::{Body, Frame, SizeHint};
+use tokio::sync::oneshot;
+use tokio::task::{AbortHandle, JoinHandle};
 
 /// What one connection's requests have done, counted by its service function.
 #[derive(Default)]
@@ -76,30 +78,50 @@ impl<B: Body + Unpin> Body for TrackedBody<B> {
     }
 }
 
-/// Runs `connection` until it goes a whole tick (`limit / 2`) with no request started or
-/// finished and none in flight, or ends; on the former it drops it, closing the socket.
-pub(crate) async fn close_when_idle<F: Future>(
-    connection: F,
-    activity: &Activity,
+/// Spawns `connection` as a task, watched by a second task that aborts it (dropping it,
+/// which closes the socket) once a whole tick (`limit / 2`) passed with no request started
+/// or finished and none in flight. The watcher ends with the connection.
+///
+/// The timer lives in the watcher, not beside the connection: a timer polled with the
+/// connection would be polled again on every request, for nothing.
+pub(crate) fn spawn_with_idle_limit<F>(connection: F, activity: Arc<Activity>, limit: Duration) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (ended, ended_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ended = ended; // dropped with the connection, also when it is aborted
+        connection.await
+    });
+    tokio::spawn(abort_when_idle(activity, task.abort_handle(), limit, ended_rx));
+    task
+}
+
+async fn abort_when_idle(
+    activity: Arc<Activity>,
+    connection: AbortHandle,
     limit: Duration,
-) -> Option<F::Output> {
+    mut ended: oneshot::Receiver<()>,
+) {
     let period = (limit / 2).max(Duration::from_millis(1));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut connection = std::pin::pin!(connection);
     // Connecting counts as activity: the first request gets the whole limit.
     let mut seen = u64::MAX;
     loop {
         tokio::select! {
             biased;
-            output = &mut connection => return Some(output),
+            _ = &mut ended => return,
             _ = ticks.tick() => {
                 let (started, finished) = (activity.started.load(Relaxed), activity.finished.load(Relaxed));
                 // A request that started or finished within the tick is activity too: a
                 // connection is never closed the moment a long response is done.
                 let progress = started.wrapping_add(finished);
                 if progress == seen && finished == started {
-                    return None;
+                    tracing::debug!("closing a connection that started no request in time");
+                    connection.abort();
+                    return;
                 }
                 seen = progress;
             }
@@ -118,7 +140,8 @@ mod tests {
         let activity = Arc::new(Activity::default());
         let started = tokio::time::Instant::now();
         let never = std::future::pending::<()>();
-        assert!(close_when_idle(never, &activity, LIMIT).await.is_none());
+        let closed = spawn_with_idle_limit(never, activity, LIMIT).await.unwrap_err();
+        assert!(closed.is_cancelled());
         assert_eq!(started.elapsed(), LIMIT, "connecting counts as activity: the whole limit");
     }
 
@@ -134,8 +157,21 @@ mod tests {
             std::future::pending::<()>().await
         };
         let started = tokio::time::Instant::now();
-        assert!(close_when_idle(connection, &activity, LIMIT).await.is_none());
+        assert!(spawn_with_idle_limit(connection, activity, LIMIT).await.unwrap_err().is_cancelled());
         let idle = started.elapsed() - LIMIT * 3;
         assert!(idle >= LIMIT / 2 && idle <= LIMIT, "closed {idle:?} after the body went out");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_ends_takes_its_watcher_with_it() {
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let before = metrics.num_alive_tasks();
+        let activity = Arc::new(Activity::default());
+        let connection = tokio::time::sleep(LIMIT / 4);
+        spawn_with_idle_limit(connection, activity, LIMIT).await.unwrap();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(metrics.num_alive_tasks(), before, "the watcher outlived its connection");
     }
 }

@@ -15,6 +15,7 @@ pub mod admin;
 mod app;
 pub mod auth;
 pub mod config;
+mod drain;
 mod error;
 mod idle;
 pub mod notes_api;

@@ -10,7 +10,6 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 
 use shortlinks_core::{AccountId, Config, ContactScope, LinkCache, Shortener, SledStore, Store, UserId};
 use shortlinks_redis::RedisStore;
@@ -21,6 +20,7 @@ use shortlinks_notes::{Pipeline, PipelineBuilder, PipelineConfig};
 
 use crate::app::{App, ClickCapture};
 use crate::config::{ClickSettings, PublicUrl, Settings, StorageSettings};
+use crate::drain::Drain;
 use crate::{admin, auth, idle, ServerError};
 
 /// A server that is bound and ready to run.
@@ -179,7 +179,7 @@ pub async fn serve<S: Store>(
     // The slow-client limit is `idle::close_when_idle`'s, one timer per connection, not
     // hyper's timer per request head: hyper gets no timer, so it arms none.
     http.header_read_timeout(None).keep_alive(true);
-    let graceful = GracefulShutdown::new();
+    let drain = Arc::new(Drain::new());
     let mut backoff = Duration::from_millis(5);
     let mut shutdown = std::pin::pin!(shutdown);
 
@@ -215,20 +215,19 @@ pub async fn serve<S: Store>(
                 }
             }
         });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        let limit = limits.header_read_timeout;
-        tokio::spawn(async move {
-            match idle::close_when_idle(connection, &activity, limit).await {
-                Some(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
-                Some(Ok(())) => {}
-                None => tracing::debug!("closed a connection that started no request in time"),
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let drain = drain.clone();
+        let connection = async move {
+            if let Err(e) = drain.run(connection).await {
+                tracing::debug!(error = %e, "connection ended with an error");
             }
-        });
+        };
+        idle::spawn_with_idle_limit(connection, activity, limits.header_read_timeout);
     }
 
     drop(listener);
     tracing::info!("shutting down: draining in-flight requests");
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(limits.shutdown_grace, drain.close()).await.is_err() {
         tracing::warn!(grace = ?limits.shutdown_grace, "some connections were still open after the grace period");
     }
     Ok(())

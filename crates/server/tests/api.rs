@@ -313,3 +313,49 @@ async fn a_kept_alive_connection_that_starts_no_request_is_closed_and_busy_ones_
     }
     assert!(read_head(&mut stream).await.starts_with("HTTP/1.1 200"), "a slow upload was cut");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_connections_at_once_and_finishes_requests_in_flight() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Limits far above the test's own waits: closing must come from the shutdown itself.
+    let layer =
+        SettingsLayer { header_read_timeout_secs: Some(60), shutdown_grace_secs: Some(60), ..Default::default() };
+    let server = TestServer::start_with(layer).await;
+    let (addr, token) = (server.addr, server.token.clone());
+
+    // One kept-alive connection, idle after a request; one in the middle of an upload.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    assert!(read_head(&mut idle).await.starts_with("HTTP/1.1 200"));
+    let mut body = [0u8; 3];
+    idle.read_exact(&mut body).await.unwrap();
+    let items = serde_json::to_vec(&json!([item("https://example.com/in-flight", 8)])).unwrap();
+    let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/v4/short_links HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        items.len()
+    );
+    busy.write_all(head.as_bytes()).await.unwrap();
+    busy.write_all(&items[..10]).await.unwrap();
+
+    let stopping = Instant::now();
+    let stopped = tokio::spawn(server.stop());
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), idle.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok() && rest.is_empty(), "an idle connection must be closed when the server stops");
+
+    // The upload still finishes and is answered; then the server is done.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!stopped.is_finished(), "the server stopped with a request in flight");
+    busy.write_all(&items[10..]).await.unwrap();
+    let head = read_head(&mut busy).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "the request in flight was cut: {head}");
+    assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+    let dir = tokio::time::timeout(Duration::from_secs(30), stopped).await.expect("stopped").unwrap();
+    assert!(stopping.elapsed() < Duration::from_secs(60), "the shutdown waited out its grace period");
+    let store = SledStore::open(dir.path()).unwrap();
+    let links = store.links_of(AccountId(1), EntityRef::contact(8)).await.unwrap();
+    assert_eq!(links.len(), 1, "the link created during the shutdown is stored");
+}
