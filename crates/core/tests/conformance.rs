@@ -14,12 +14,31 @@ use shortlinks_core::{
 #[tokio::test]
 async fn memory_meets_the_contract() {
     conformance::run(&MemoryStore::new()).await;
+    conformance::forgets_visits_before(&MemoryStore::new()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sled_meets_the_contract() {
     let dir = tempfile::tempdir().unwrap();
     conformance::run(&SledStore::open(dir.path()).unwrap()).await;
+    let dir = tempfile::tempdir().unwrap();
+    conformance::forgets_visits_before(&SledStore::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_forgets_visits_for_good() {
+    use shortlinks_core::store::{VisitClaim, VisitLedger};
+    let dir = tempfile::tempdir().unwrap();
+    let claim = |key: u8, at: u64| VisitClaim { key: [key; 16], at: shortlinks_core::Timestamp(at), note_id: 7 };
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        store.claim_visits(vec![claim(1, 1_000), claim(2, 5_000)], 3_600_000).await.unwrap();
+        assert_eq!(store.forget_visits(shortlinks_core::Timestamp(2_000)).await.unwrap(), 1);
+        store.flush().await.unwrap();
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    let repeats = vec![VisitClaim { note_id: 8, ..claim(1, 6_000) }, VisitClaim { note_id: 8, ..claim(2, 6_000) }];
+    assert_eq!(store.claim_visits(repeats, 3_600_000).await.unwrap(), vec![true, false], "after a reopen");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

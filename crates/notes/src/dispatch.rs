@@ -5,6 +5,7 @@
 //! notes they make have the same ids, so the journal keeps one copy and sinks see the same
 //! idempotency key.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,11 @@ const YIELD_EVERY: usize = 64;
 const DEAD_CLICKS: &str = "dead:clicks";
 /// Even without a wake-up, look at the outbox this often (clicks written by another process).
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How often the visit ledger is swept of marks that can no longer matter.
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// Clicks reach the dispatcher a little out of time order (groups from two workers, a
+/// batch retried after an error): marks are kept this much past their window.
+const SWEEP_SLACK_MS: u64 = 60_000;
 
 /// Where a sink's notes go.
 pub(crate) struct Route {
@@ -48,6 +54,8 @@ pub(crate) struct Dispatcher<S> {
     pub(crate) dedup_window: Duration,
     pub(crate) stats: Arc<Stats>,
     pub(crate) wake: Arc<Notify>,
+    /// The latest click time dispatched: how far through the clicks the dispatcher is.
+    pub(crate) progress: AtomicU64,
 }
 
 /// The visit marks this dispatcher set lately: a front for the store's ledger.
@@ -96,10 +104,16 @@ impl RecentMarks {
     }
 }
 
-impl<S: Store> Dispatcher<S> {
+impl<S: Store + Clone> Dispatcher<S> {
     pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(50);
+        let mut last_sweep = tokio::time::Instant::now();
+        let mut sweeping: Option<tokio::task::JoinHandle<()>> = None;
         while !*shutdown.borrow() {
+            if last_sweep.elapsed() >= SWEEP_EVERY && sweeping.as_ref().is_none_or(|s| s.is_finished()) {
+                last_sweep = tokio::time::Instant::now();
+                sweeping = self.sweep_horizon(Timestamp::now()).map(|before| tokio::spawn(self.sweep(before)));
+            }
             match self.dispatch_batch().await {
                 Ok(0) => {
                     tokio::select! {
@@ -119,6 +133,32 @@ impl<S: Store> Dispatcher<S> {
                 }
             }
         }
+    }
+
+    /// Forgets the ledger's marks made before `before`, off the dispatcher's loop (on sled
+    /// it is a pass over the whole tree).
+    fn sweep(&self, before: Timestamp) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (store, stats) = (self.store.clone(), self.stats.clone());
+        async move {
+            match store.forget_visits(before).await {
+                Ok(n) => {
+                    stats.visit_marks_forgotten.fetch_add(n, Relaxed);
+                    tracing::debug!(forgotten = n, ?before, "swept the visit ledger");
+                }
+                Err(e) => tracing::warn!(error = %e, "sweeping the visit ledger failed; trying again later"),
+            }
+        }
+    }
+}
+
+impl<S: Store> Dispatcher<S> {
+    /// Marks made before this can no longer matter. It follows the dispatcher's progress,
+    /// not the clock: clicks replayed after an outage still need the marks of their own
+    /// hour. Capped at `now`, in case a click's time ran ahead of the clock.
+    fn sweep_horizon(&self, now: Timestamp) -> Option<Timestamp> {
+        let window_ms = u64::try_from(self.dedup_window.as_millis()).unwrap_or(u64::MAX);
+        let progress = self.progress.load(Relaxed).min(now.0);
+        progress.checked_sub(window_ms.saturating_add(SWEEP_SLACK_MS)).filter(|&t| t > 0).map(Timestamp)
     }
 
     /// Handles a few groups of clicks; returns how many outbox records it took.
@@ -199,6 +239,9 @@ impl<S: Store> Dispatcher<S> {
             self.stats.notes_written.fetch_add(notes.len() as u64, Relaxed);
         }
         self.store.remove(CLICK_QUEUE, records.iter().map(|(id, _)| *id).collect()).await?;
+        if let Some(latest) = clicks.iter().map(|c| c.at.0).max() {
+            self.progress.fetch_max(latest, Relaxed);
+        }
         self.stats.clicks_dispatched.fetch_add(clicks.len() as u64, Relaxed);
         Ok(records.len())
     }
@@ -221,6 +264,7 @@ mod tests {
             dedup_window: Duration::from_secs(3600),
             stats: Arc::new(Stats::default()),
             wake: Arc::new(Notify::new()),
+            progress: AtomicU64::new(0),
         }
     }
 
@@ -246,6 +290,63 @@ mod tests {
         assert_eq!(dispatcher.stats.duplicate_visits.load(Relaxed), 1);
         assert_eq!(dispatcher.stats.clicks_dispatched.load(Relaxed), 2);
         assert_eq!(dispatcher.dispatch_batch().await.unwrap(), 0, "the outbox is empty");
+    }
+
+    #[tokio::test]
+    async fn the_ledger_is_swept_behind_the_dispatchers_progress_not_the_clock() {
+        let store = MemoryStore::new();
+        store.insert_links(vec![conformance::link("AAAAAAAAAAAA", 1, 9, "https://x.example/")]).await.unwrap();
+        let visit = |at: u64, agent: &str| Click {
+            user_agent: Some(format!("Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 {agent}")),
+            ..conformance::click("AAAAAAAAAAAA", at)
+        };
+        let (hour, ten_hours) = (3_600_000, 36_000_000);
+        let first = dispatcher(store.clone());
+        assert_eq!(first.sweep_horizon(Timestamp::now()), None, "nothing dispatched yet");
+
+        // A backlog from long ago (10 h after the epoch): two visitors, two hours apart.
+        let clicks = vec![visit(ten_hours, "Firefox/125.0"), visit(ten_hours + 2 * hour, "Firefox/126.0")];
+        store.push_records(CLICK_QUEUE, &[clicks]).await.unwrap();
+        first.dispatch_batch().await.unwrap();
+        assert_eq!(first.stats.notes_written.load(Relaxed), 2);
+        // Behind the latest click by the window and the slack, however late the clock is.
+        let horizon = first.sweep_horizon(Timestamp::now()).unwrap();
+        assert_eq!(horizon, Timestamp(ten_hours + 2 * hour - hour - SWEEP_SLACK_MS));
+        assert_eq!(first.sweep_horizon(Timestamp(ten_hours)), Some(Timestamp(ten_hours - hour - SWEEP_SLACK_MS)));
+        first.sweep(horizon).await;
+        assert_eq!(first.stats.visit_marks_forgotten.load(Relaxed), 1, "only the first visitor's mark");
+
+        // In the store (a fresh dispatcher remembers nothing itself), the second visitor's
+        // repeat within its window is still a duplicate; the first's mark is gone.
+        let fresh = dispatcher(store.clone());
+        let repeats = vec![visit(ten_hours + 2 * hour + 5, "Firefox/126.0"), visit(ten_hours + 5, "Firefox/125.0")];
+        store.push_records(CLICK_QUEUE, &[repeats]).await.unwrap();
+        fresh.dispatch_batch().await.unwrap();
+        assert_eq!(fresh.stats.duplicate_visits.load(Relaxed), 1);
+        assert_eq!(fresh.stats.notes_written.load(Relaxed), 1, "the forgotten visitor's click is a note again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_running_dispatcher_sweeps_the_ledger_every_few_minutes() {
+        let store = MemoryStore::new();
+        store.insert_links(vec![conformance::link("AAAAAAAAAAAA", 1, 9, "https://x.example/")]).await.unwrap();
+        let visit = |at: u64, agent: &str| Click {
+            user_agent: Some(format!("Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 {agent}")),
+            ..conformance::click("AAAAAAAAAAAA", at)
+        };
+        let hours = |n: u64| n * 3_600_000;
+        store.push_records(CLICK_QUEUE, &[vec![visit(hours(10), "A/1"), visit(hours(12), "B/1")]]).await.unwrap();
+        let running = dispatcher(store);
+        let stats = running.stats.clone();
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(running.run(stopped));
+        tokio::time::sleep(SWEEP_EVERY - Duration::from_secs(1)).await;
+        assert_eq!(stats.notes_written.load(Relaxed), 2);
+        assert_eq!(stats.visit_marks_forgotten.load(Relaxed), 0, "not yet");
+        tokio::time::sleep(IDLE_POLL * 3).await;
+        assert_eq!(stats.visit_marks_forgotten.load(Relaxed), 1);
+        stop.send(true).unwrap();
+        task.await.unwrap();
     }
 
     #[tokio::test]

@@ -95,6 +95,7 @@ impl<S: Store + Clone> PipelineBuilder<S> {
             dedup_window: self.config.dedup_window,
             stats: self.stats.clone(),
             wake,
+            progress: Default::default(),
         };
         let mut tasks = self.tasks;
         tasks.push(tokio::spawn(dispatcher.run(self.shutdown.subscribe())));

@@ -21,6 +21,8 @@ pub struct Stats {
     pub notes_written: AtomicU64,
     /// Visits within the dedup window of an earlier one.
     pub duplicate_visits: AtomicU64,
+    /// Visit marks swept from the ledger once they could no longer matter.
+    pub visit_marks_forgotten: AtomicU64,
     not_visits: [AtomicU64; NotVisit::ALL.len()],
     sinks: Mutex<Vec<(&'static str, Arc<SinkStats>)>>,
 }
@@ -85,6 +87,11 @@ impl Stats {
             "shortlinks_visits_deduplicated_total",
             "Repeat visits within the window.",
             self.duplicate_visits.load(Relaxed),
+        );
+        counter(
+            "shortlinks_visit_marks_forgotten_total",
+            "Visit marks swept from the ledger after their window.",
+            self.visit_marks_forgotten.load(Relaxed),
         );
         let _ = writeln!(out, "# HELP shortlinks_not_visits_total Clicks that were not visits, by reason.");
         let _ = writeln!(out, "# TYPE shortlinks_not_visits_total counter");

@@ -6,7 +6,7 @@ use futures_util::future::try_join_all;
 use shortlinks_core::codec::{decode, encode};
 use shortlinks_core::model::{EntityRef, Note};
 use shortlinks_core::store::{NotesJournal, NotesQuery, VisitClaim, VisitLedger};
-use shortlinks_core::Error;
+use shortlinks_core::{Error, Timestamp};
 
 use crate::connection::store_error;
 use crate::keys::ordered_id;
@@ -165,5 +165,11 @@ impl VisitLedger for RedisStore {
             claimed[i] = yes;
         }
         Ok(claimed)
+    }
+
+    /// Nothing to do: each mark expires by its TTL (the window plus a minute), and finding
+    /// old ones would mean scanning every node's keys.
+    async fn forget_visits(&self, _before: Timestamp) -> Result<u64, Error> {
+        Ok(0)
     }
 }

@@ -217,4 +217,24 @@ async fn visit_ledger<S: Store>(store: &S) {
     let got = store.claim_visits(later, hour).await.expect("claim");
     assert_eq!(got, vec![true, false], "after the window a new note, and the window restarts from it");
     assert!(store.claim_visits(Vec::new(), hour).await.expect("claim").is_empty());
+
+    // Whatever a backend forgets, marks made at or after the time given stay: `key`'s mark
+    // is at 1_000 + hour.
+    store.forget_visits(Timestamp(1_000 + hour)).await.expect("forget");
+    let got = store.claim_visits(vec![claim(key, 1_000 + hour + 9, 17)], hour).await.expect("claim");
+    assert_eq!(got, vec![false], "a mark made at the sweep's time was forgotten");
+}
+
+/// For backends that sweep their ledger themselves (not [`run`]'s part: Redis marks expire
+/// by TTL instead): marks made before the time given are forgotten, the rest stay.
+pub async fn forgets_visits_before<S: Store>(store: &S) {
+    let hour = 3_600_000;
+    let claim = |key: u8, at: u64| VisitClaim { key: [key; 16], at: Timestamp(at), note_id: at + u64::from(key) };
+    let first = vec![claim(1, 1_000), claim(2, 2_000), claim(3, 3_000)];
+    assert_eq!(store.claim_visits(first, hour).await.expect("claim"), vec![true; 3]);
+    assert_eq!(store.forget_visits(Timestamp(2_001)).await.expect("forget"), 2);
+    assert_eq!(store.forget_visits(Timestamp(2_001)).await.expect("forget"), 0, "nothing left to forget");
+    // Forgotten marks no longer hold repeats back; the kept one does.
+    let repeats = vec![claim(1, 4_000), claim(2, 4_000), claim(3, 4_000)];
+    assert_eq!(store.claim_visits(repeats, hour).await.expect("claim"), vec![true, true, false]);
 }

@@ -10,7 +10,7 @@ use super::{
     TokenStore, VisitClaim, VisitLedger,
 };
 use crate::code::{InstallationSecret, ShortCode};
-use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, VisitMark};
+use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, Timestamp, VisitMark};
 use crate::Error;
 
 /// Everything in process memory; nothing survives the process. Cheap to clone: clones share data.
@@ -131,6 +131,13 @@ impl VisitLedger for MemoryStore {
                 claimed
             })
             .collect())
+    }
+
+    async fn forget_visits(&self, before: Timestamp) -> Result<u64, Error> {
+        let visits = &mut self.rest().visits;
+        let had = visits.len();
+        visits.retain(|_, mark| mark.at >= before);
+        Ok((had - visits.len()) as u64)
     }
 }
 

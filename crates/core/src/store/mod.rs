@@ -181,6 +181,13 @@ pub trait VisitLedger: Send + Sync + 'static {
         claims: Vec<VisitClaim>,
         window_ms: u64,
     ) -> impl Future<Output = Result<Vec<bool>, Error>> + Send;
+
+    /// Forgets marks of visits made before `before`; returns how many. A mark matters only
+    /// to visits within its window after it, so the dispatcher, once past that, sweeps it
+    /// away; otherwise the ledger would grow with every new visitor for ever. Marks made at
+    /// or after `before` are kept. Backends whose marks expire by themselves may forget
+    /// none here (Redis: a TTL on each mark).
+    fn forget_visits(&self, before: crate::Timestamp) -> impl Future<Output = Result<u64, Error>> + Send;
 }
 
 /// The decision [`VisitLedger::claim_visits`] makes, shared by every backend.

@@ -39,7 +39,7 @@ use super::{
 };
 use crate::code::{InstallationSecret, ShortCode};
 use crate::codec::{decode, encode};
-use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, VisitMark};
+use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, Timestamp, VisitMark};
 use crate::Error;
 
 const SECRET_KEY: &[u8] = b"installation_secret";
@@ -283,6 +283,26 @@ impl VisitLedger for SledStore {
                     }
                 })
                 .collect()
+        })
+        .await
+    }
+
+    async fn forget_visits(&self, before: Timestamp) -> Result<u64, Error> {
+        // One pass over the tree on a blocking thread: sweeps are minutes apart, and the
+        // tree holds about one window's visitors once they run.
+        self.blocking(move |s| {
+            let mut forgotten = 0;
+            for entry in s.visits.iter() {
+                let (key, bytes) = entry?;
+                if decode::<VisitMark>(&bytes)?.at >= before {
+                    continue;
+                }
+                // Only if unchanged: a claim made meanwhile stays.
+                if s.visits.compare_and_swap(&key, Some(&bytes), None as Option<&[u8]>)?.is_ok() {
+                    forgotten += 1;
+                }
+            }
+            Ok(forgotten)
         })
         .await
     }
