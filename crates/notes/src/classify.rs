@@ -3,7 +3,8 @@
 //! Everything that is not a visit still gets its redirect (previews must keep working);
 //! it is only counted, and writes no note.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 use aho_corasick::AhoCorasick;
 use shortlinks_core::model::{Click, ClickMethod};
@@ -160,6 +161,11 @@ const PREFETCH_WORDS: &[&str] = &["prefetch", "prerender", "preview"];
 
 /// `Some(reason)` if the click is not a visit by a person.
 pub fn classify(click: &Click) -> Option<NotVisit> {
+    classify_with(click, agent_rule)
+}
+
+/// [`classify`], with what the `User-Agent` says looked up by `agent_rule`.
+fn classify_with(click: &Click, agent_rule: impl FnOnce(&str) -> Option<NotVisit>) -> Option<NotVisit> {
     if click.method == ClickMethod::Head {
         return Some(NotVisit::Head);
     }
@@ -172,6 +178,11 @@ pub fn classify(click: &Click) -> Option<NotVisit> {
     let Some(agent) = click.user_agent.as_deref().filter(|a| !a.trim().is_empty()) else {
         return Some(NotVisit::NoUserAgent);
     };
+    agent_rule(agent)
+}
+
+/// What the `User-Agent` table says about an agent.
+fn agent_rule(agent: &str) -> Option<NotVisit> {
     let browser = agent.get(..8).is_some_and(|start| start.eq_ignore_ascii_case("mozilla/"));
     // One pass over the agent for the whole table; the first applicable rule wins.
     matcher()
@@ -180,6 +191,36 @@ pub fn classify(click: &Click) -> Option<NotVisit> {
         .filter(|&rule| !(USER_AGENT_RULES[rule].bare_only && browser))
         .min()
         .map(|rule| USER_AGENT_RULES[rule].kind)
+}
+
+/// [`classify`] for a stream of clicks: it remembers the verdicts on recent agents. People
+/// come with a few hundred distinct agents, sent over and over, and one pass of the table
+/// over an agent costs about 270 ns; a lookup here, a tenth of that.
+#[derive(Default)]
+pub struct Classifier {
+    verdicts: Mutex<HashMap<Box<str>, Option<NotVisit>, foldhash::fast::RandomState>>,
+}
+
+impl Classifier {
+    /// Agents remembered at most: ~2 MB at the 512 bytes an agent is cut to. Past it, all
+    /// are forgotten (a flood of made-up agents only costs table passes).
+    const LIMIT: usize = 4096;
+
+    /// The same answer as [`classify`].
+    pub fn classify(&self, click: &Click) -> Option<NotVisit> {
+        classify_with(click, |agent| {
+            let mut verdicts = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(verdict) = verdicts.get(agent) {
+                return *verdict;
+            }
+            let verdict = agent_rule(agent);
+            if verdicts.len() >= Self::LIMIT {
+                verdicts.clear();
+            }
+            verdicts.insert(agent.into(), verdict);
+            verdict
+        })
+    }
 }
 
 /// The table as one automaton, built once.
@@ -264,6 +305,28 @@ mod tests {
         for agent in BROWSERS {
             assert_eq!(classify(&with_agent(agent)), None, "{agent}");
         }
+    }
+
+    #[test]
+    fn the_classifier_answers_as_the_table_does_every_time() {
+        let classifier = Classifier::default();
+        let agents = NOT_VISITS.iter().map(|(agent, _)| *agent).chain(BROWSERS.iter().copied());
+        for agent in agents.clone().chain(agents) {
+            let browser = with_agent(agent);
+            assert_eq!(classifier.classify(&browser), classify(&browser), "{agent}");
+            // Only the agent is remembered: the method and the hints still count.
+            let head = Click { method: ClickMethod::Head, ..browser.clone() };
+            assert_eq!(classifier.classify(&head), Some(NotVisit::Head), "{agent}");
+            let prefetch = Click { prefetch: Some("prefetch".into()), ..browser };
+            assert_eq!(classifier.classify(&prefetch), Some(NotVisit::Prefetch), "{agent}");
+        }
+        // A flood of made-up agents is forgotten in bulk, and answers stay right.
+        for n in 0..Classifier::LIMIT + 10 {
+            let agent = format!("Mozilla/5.0 (X11) Firefox/{n}");
+            assert_eq!(classifier.classify(&with_agent(&agent)), None);
+        }
+        assert!(classifier.verdicts.lock().unwrap().len() <= Classifier::LIMIT);
+        assert_eq!(classifier.classify(&with_agent("curl/8.5.0")), Some(NotVisit::Crawler));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use shortlinks_core::Timestamp;
 use shortlinks_core::{AccountId, Error, LinkCache, Store};
 use tokio::sync::{watch, Notify};
 
-use crate::classify::classify;
+use crate::classify::Classifier;
 use crate::note::NoteKeys;
 use crate::stats::Stats;
 
@@ -48,6 +48,7 @@ pub(crate) struct Route {
 pub(crate) struct Dispatcher<S> {
     pub(crate) store: S,
     pub(crate) links: LinkCache,
+    pub(crate) classifier: Classifier,
     pub(crate) recent: RecentMarks,
     pub(crate) keys: NoteKeys,
     pub(crate) routes: Vec<Route>,
@@ -188,7 +189,7 @@ impl<S: Store> Dispatcher<S> {
                 tokio::task::yield_now().await;
             }
             // Classify first: most non-visits never need the link.
-            if let Some(why) = classify(click) {
+            if let Some(why) = self.classifier.classify(click) {
                 self.stats.not_visit(why);
                 continue;
             }
@@ -258,6 +259,7 @@ mod tests {
         Dispatcher {
             store,
             links: LinkCache::new(100),
+            classifier: Classifier::default(),
             recent: RecentMarks::default(),
             keys: NoteKeys::new([1; 32], [2; 32]),
             routes: Vec::new(),

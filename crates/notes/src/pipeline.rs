@@ -89,6 +89,7 @@ impl<S: Store + Clone> PipelineBuilder<S> {
         let dispatcher = Dispatcher {
             store: self.store,
             links: self.links,
+            classifier: Default::default(),
             recent: Default::default(),
             keys: self.keys,
             routes: self.routes,
