@@ -28,22 +28,37 @@ impl NoteKeys {
     /// Who clicked which link: a keyed hash of (code, client address, User-Agent). Keyed,
     /// so that the stored value reveals neither address nor agent.
     pub fn visit_key(&self, click: &Click) -> [u8; 16] {
-        let mut hasher = blake3::Hasher::new_keyed(&self.visit);
-        hasher.update(click.code.as_bytes());
-        hasher.update(&[0]);
-        match click.client_ip {
+        // The address as text (as it always was, so stored marks stay valid).
+        let mut text = [0u8; 64];
+        let address: &[u8] = match click.client_ip {
             Some(ip) => {
-                // The address as text (as it always was, so stored marks stay valid).
-                let mut text = [0u8; 64];
                 let len = address_text(ip, &mut text);
-                hasher.update(&text[..len])
+                &text[..len]
             }
-            None => hasher.update(b"-"),
+            None => b"-",
         };
-        hasher.update(&[0]);
-        hasher.update(click.user_agent.as_deref().unwrap_or("").as_bytes());
+        let agent = click.user_agent.as_deref().unwrap_or("").as_bytes();
+        let parts = [click.code.as_bytes(), &[0], address, &[0], agent];
+        // One call over one buffer when it fits (agents are cut to 512 bytes): blake3's
+        // one-shot hash skips the incremental hasher's setup, a sixth of the time.
+        let mut input = [0u8; 640];
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let hash = if len <= input.len() {
+            let mut at = 0;
+            for part in parts {
+                input[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
+            }
+            blake3::keyed_hash(&self.visit, &input[..len])
+        } else {
+            let mut hasher = blake3::Hasher::new_keyed(&self.visit);
+            for part in parts {
+                hasher.update(part);
+            }
+            hasher.finalize()
+        };
         let mut key = [0u8; 16];
-        key.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+        key.copy_from_slice(&hash.as_bytes()[..16]);
         key
     }
 
@@ -212,6 +227,16 @@ mod tests {
             hasher.update(ip.to_string().as_bytes());
             hasher.update(b"\0agent");
             assert_eq!(keys().visit_key(&click)[..], hasher.finalize().as_bytes()[..16], "{ip}");
+        }
+        // Agents of every length, also past the one-shot buffer, and no address at all.
+        for len in [0, 1, 500, 512, 600, 2000] {
+            let agent = "a".repeat(len);
+            let click =
+                Click { client_ip: None, user_agent: Some(agent.clone()), ..conformance::click("AAAAAAAAAAAA", 1) };
+            let mut hasher = blake3::Hasher::new_keyed(&[1; 32]);
+            hasher.update(b"AAAAAAAAAAAA\0-\0");
+            hasher.update(agent.as_bytes());
+            assert_eq!(keys().visit_key(&click)[..], hasher.finalize().as_bytes()[..16], "{len}");
         }
     }
 
