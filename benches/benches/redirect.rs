@@ -76,7 +76,7 @@ fn redirect(c: &mut Criterion) {
     runtime.block_on(async {
         let stats = pipeline.stats();
         for _ in 0..600 {
-            if stats.clicks_dispatched.load(Relaxed) >= stats.clicks_recorded.get() {
+            if stats.clicks_dispatched.load(Relaxed) >= stats.clicks_recorded.load(Relaxed) {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -4,19 +4,18 @@
 use std::net::IpAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::header::HeaderValue;
 use shortlinks_core::model::{Click, ClickMethod};
 use shortlinks_core::store::{RecordQueues, CLICK_QUEUE};
 use shortlinks_core::{ShortCode, Store, Timestamp};
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::stats::Stats;
-use crate::striped::{this_thread, Padded};
 
-/// The most clicks in one outbox record (a group commit may append several).
+/// The most clicks in one group commit.
 const MAX_GROUP: usize = 1024;
 /// Header values longer than this are cut: they are for classification, not archiving.
 const MAX_HEADER_BYTES: usize = 512;
@@ -118,89 +117,10 @@ struct Pending {
     durable: Option<oneshot::Sender<bool>>,
 }
 
-/// Where redirects leave clicks for the writer: one lane per thread, so that two cores
-/// handing clicks over never write the same cache line (see [`crate::striped`]). The
-/// writer empties them all once per commit window.
-struct Lanes {
-    lanes: Box<[Padded<Mutex<Lane>>]>,
-    /// Clicks one lane holds before a redirect tries the others, then waits.
-    per_lane: usize,
-    /// Wakes the writer when a lane gets its first click.
-    work: Notify,
-    /// Wakes redirects waiting for room, once the writer has emptied the lanes.
-    room: Notify,
-}
-
-#[derive(Default)]
-struct Lane {
-    pending: Vec<Pending>,
-    /// Set by the writer when it stops: nothing more is taken.
-    closed: bool,
-}
-
-enum Refused {
-    /// Boxed: the rare path pays for the allocation, not the result's size on every push.
-    Full(Box<Pending>),
-    Closed,
-}
-
-impl Lanes {
-    fn new(capacity: usize) -> Self {
-        let count = std::thread::available_parallelism().map_or(4, |n| n.get() * 4).clamp(4, 64);
-        let lanes = (0..count).map(|_| Padded(Mutex::new(Lane::default()))).collect();
-        Self { lanes, per_lane: capacity.max(1).div_ceil(count), work: Notify::new(), room: Notify::new() }
-    }
-
-    fn lock(&self, i: usize) -> MutexGuard<'_, Lane> {
-        self.lanes[i].0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Leaves a click in this thread's lane, or the next with room.
-    fn push(&self, pending: Pending) -> Result<(), Refused> {
-        let first = this_thread();
-        for i in (first..first + self.lanes.len()).map(|i| i % self.lanes.len()) {
-            let mut lane = self.lock(i);
-            if lane.closed {
-                return Err(Refused::Closed);
-            }
-            if lane.pending.len() < self.per_lane {
-                lane.pending.push(pending);
-                let was_empty = lane.pending.len() == 1;
-                drop(lane);
-                if was_empty {
-                    self.work.notify_one();
-                }
-                return Ok(());
-            }
-        }
-        Err(Refused::Full(Box::new(pending)))
-    }
-
-    fn is_empty(&self) -> bool {
-        (0..self.lanes.len()).all(|i| self.lock(i).pending.is_empty())
-    }
-
-    /// Takes every click waiting, and makes room for more.
-    fn drain(&self, into: &mut Vec<Pending>) {
-        for i in 0..self.lanes.len() {
-            into.append(&mut self.lock(i).pending);
-        }
-        self.room.notify_waiters();
-    }
-
-    /// Takes no more clicks; those already left stay to be drained.
-    fn close(&self) {
-        for i in 0..self.lanes.len() {
-            self.lock(i).closed = true;
-        }
-        self.room.notify_waiters();
-    }
-}
-
 /// The redirect's handle on the pipeline. Cheap to clone.
 #[derive(Clone)]
 pub struct ClickRecorder {
-    lanes: Arc<Lanes>,
+    tx: mpsc::Sender<Pending>,
     sync: bool,
     stats: Arc<Stats>,
     outbox: Arc<Outbox>,
@@ -222,15 +142,13 @@ impl ClickRecorder {
     /// cannot be written it does not wait on the store: see [`NotRecorded::OutboxUnavailable`].
     pub async fn record(&self, click: RawClick) -> Result<(), NotRecorded> {
         if !self.sync {
-            // Room in the lane, nearly always: hand over without registering for anything.
+            self.stats.clicks_recorded.fetch_add(1, Relaxed);
+            // Room in the queue, nearly always: hand over without registering for anything.
             // A failing outbox does not matter here: its clicks are held while there is room.
-            let pending = match self.lanes.push(Pending { click, durable: None }) {
-                Ok(()) => {
-                    self.stats.clicks_recorded.add(1);
-                    return Ok(());
-                }
-                Err(Refused::Full(pending)) => *pending,
-                Err(Refused::Closed) => return Err(NotRecorded::Stopped),
+            let pending = match self.tx.try_send(Pending { click, durable: None }) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(pending)) => pending,
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(NotRecorded::Stopped),
             };
             // The waiting paths are boxed: they are rare, and inline they would make every
             // redirect's future (moved around by hyper) several times larger.
@@ -244,6 +162,7 @@ impl ClickRecorder {
         if self.outbox.failing.load(Relaxed) {
             return Err(NotRecorded::OutboxUnavailable);
         }
+        self.stats.clicks_recorded.fetch_add(1, Relaxed);
         let (durable, done) = oneshot::channel();
         self.send(Pending { click, durable: Some(durable) }).await?;
         match done.await {
@@ -254,27 +173,15 @@ impl ClickRecorder {
     }
 
     /// Queues a click, waiting for room only while the outbox can be written.
-    async fn send(&self, mut pending: Pending) -> Result<(), NotRecorded> {
-        loop {
-            // Both before the checks: a failure or a drain from now on wakes this.
-            let failed = self.outbox.failed.notified();
-            let room = self.lanes.room.notified();
-            if self.outbox.failing.load(Relaxed) {
-                return Err(NotRecorded::OutboxUnavailable);
-            }
-            pending = match self.lanes.push(pending) {
-                Ok(()) => {
-                    self.stats.clicks_recorded.add(1);
-                    return Ok(());
-                }
-                Err(Refused::Full(pending)) => *pending,
-                Err(Refused::Closed) => return Err(NotRecorded::Stopped),
-            };
-            tokio::select! {
-                biased;
-                () = room => {}
-                () = failed => return Err(NotRecorded::OutboxUnavailable),
-            }
+    async fn send(&self, pending: Pending) -> Result<(), NotRecorded> {
+        let failed = self.outbox.failed.notified(); // before the flag: a failure from now on wakes it
+        if self.outbox.failing.load(Relaxed) {
+            return Err(NotRecorded::OutboxUnavailable);
+        }
+        tokio::select! {
+            biased;
+            sent = self.tx.send(pending) => sent.map_err(|_| NotRecorded::Stopped),
+            () = failed => Err(NotRecorded::OutboxUnavailable),
         }
     }
 }
@@ -288,35 +195,30 @@ pub(crate) fn channel<S: Store + Clone>(
     dispatcher: Arc<Notify>,
     shutdown: watch::Receiver<bool>,
 ) -> (ClickRecorder, tokio::task::JoinHandle<()>) {
-    let lanes = Arc::new(Lanes::new(capacity));
+    let (tx, rx) = mpsc::channel(capacity.max(1));
     let window = match durability {
         Durability::Group { window } => window,
         Durability::Sync => Duration::ZERO,
     };
     let outbox = Arc::new(Outbox::default());
-    let recorder = ClickRecorder {
-        lanes: lanes.clone(),
-        sync: durability == Durability::Sync,
-        stats: stats.clone(),
-        outbox: outbox.clone(),
-    };
-    let writer = tokio::spawn(write_groups(store, lanes, window, stats, outbox, dispatcher, shutdown));
+    let recorder =
+        ClickRecorder { tx, sync: durability == Durability::Sync, stats: stats.clone(), outbox: outbox.clone() };
+    let writer = tokio::spawn(write_groups(store, rx, window, stats, outbox, dispatcher, shutdown));
     (recorder, writer)
 }
 
 /// The writer: gather a group, append it with one flush, tell the waiters and the dispatcher.
-/// On shutdown it stops taking new clicks, drains the lanes, and flushes what it has.
+/// On shutdown it stops taking new clicks, drains the queue, and flushes what it has.
 async fn write_groups<S: Store>(
     store: S,
-    lanes: Arc<Lanes>,
+    mut rx: mpsc::Receiver<Pending>,
     window: Duration,
     stats: Arc<Stats>,
     outbox: Arc<Outbox>,
     dispatcher: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut group: Vec<Pending> = Vec::new();
-    let mut closed = false;
+    let mut group: Vec<Pending> = Vec::with_capacity(MAX_GROUP);
     // Nonces: a random start, then counting; unique across restarts and nodes in practice.
     let mut next_nonce = {
         let mut seed = [0u8; 8];
@@ -324,34 +226,28 @@ async fn write_groups<S: Store>(
         u64::from_le_bytes(seed)
     };
     loop {
-        // Wait for a first click. The lanes wake this once per window at most: a lane
-        // notifies only when it gets its first click.
-        while !closed && lanes.is_empty() {
-            tokio::select! {
-                biased;
-                _ = shutdown.changed() => {
-                    lanes.close();
-                    closed = true;
-                }
-                () = lanes.work.notified() => {}
+        let received = tokio::select! {
+            biased;
+            n = rx.recv_many(&mut group, MAX_GROUP) => n,
+            _ = shutdown.changed() => {
+                rx.close();
+                continue;
             }
+        };
+        if received == 0 {
+            break; // closed and drained
         }
-        if !closed && !window.is_zero() {
-            // Sleep through the window rather than wait on the lanes; then take everything.
+        if !window.is_zero() && group.len() < MAX_GROUP {
+            // Sleep through the window rather than wait on the queue, which would wake this
+            // task for every click; then take everything that came.
             tokio::select! {
                 () = tokio::time::sleep(window) => {}
-                _ = shutdown.changed() => {
-                    lanes.close();
-                    closed = true;
-                }
+                _ = shutdown.changed() => rx.close(),
             }
-        }
-        lanes.drain(&mut group);
-        if group.is_empty() {
-            if closed {
-                break; // closed and drained
+            while group.len() < MAX_GROUP && !rx.is_empty() {
+                let more = MAX_GROUP - group.len();
+                rx.recv_many(&mut group, more).await;
             }
-            continue;
         }
         let (clicks, mut waiters): (Vec<Click>, Vec<_>) = group
             .drain(..)
@@ -360,10 +256,9 @@ async fn write_groups<S: Store>(
                 (p.click.into_click(next_nonce), p.durable)
             })
             .unzip();
-        // One outbox record per MAX_GROUP clicks, all in one append: one flush.
-        let records: Vec<&[Click]> = clicks.chunks(MAX_GROUP).collect();
         let mut backoff = Duration::from_millis(10);
-        while let Err(e) = store.push_records(CLICK_QUEUE, &records).await {
+        // The whole group is one outbox record: one write, not one per click.
+        while let Err(e) = store.push_records(CLICK_QUEUE, &[&clicks]).await {
             // Keep the group: its clicks must not be lost. But nobody waits on it any more.
             tracing::error!(error = %e, clicks = clicks.len(), "cannot append clicks to the outbox; retrying");
             outbox.failing.store(true, Relaxed);
@@ -385,57 +280,7 @@ async fn write_groups<S: Store>(
 
 #[cfg(test)]
 mod tests {
-    use shortlinks_core::store::RecordQueues;
-    use shortlinks_core::MemoryStore;
-
     use super::*;
-
-    fn raw_click() -> RawClick {
-        RawClick {
-            code: ShortCode::parse("AAAAAAAAAAAA").unwrap(),
-            at: Timestamp(1),
-            method: ClickMethod::Get,
-            user_agent: Some(Box::from(&b"agent"[..])),
-            referer: None,
-            prefetch: None,
-            client_ip: None,
-        }
-    }
-
-    /// Many threads, a small queue (so redirects wait for room), then a stop: every click
-    /// handed over is in the outbox once, and later ones are refused.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn every_click_handed_over_reaches_the_outbox_once() {
-        let store = MemoryStore::new();
-        let stats = Arc::new(Stats::default());
-        let (stop, stopped) = watch::channel(false);
-        let window = Durability::Group { window: Duration::from_millis(1) };
-        let (recorder, writer) = channel(store.clone(), window, 64, stats.clone(), Arc::default(), stopped);
-        let tasks: Vec<_> = (0..8)
-            .map(|_| {
-                let recorder = recorder.clone();
-                tokio::spawn(async move {
-                    for _ in 0..500 {
-                        recorder.record(raw_click()).await.unwrap();
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap();
-        }
-        stop.send(true).unwrap();
-        writer.await.unwrap();
-        assert_eq!(recorder.record(raw_click()).await, Err(NotRecorded::Stopped));
-
-        let records = store.lease_records::<Vec<Click>>(CLICK_QUEUE, usize::MAX).await.unwrap();
-        let nonces: std::collections::HashSet<u64> =
-            records.iter().flat_map(|(_, group)| group.iter().map(|c| c.nonce)).collect();
-        assert_eq!(nonces.len(), 4000, "each click once");
-        assert!(records.iter().all(|(_, group)| group.len() <= MAX_GROUP));
-        assert_eq!(stats.clicks_recorded.get(), 4000, "the refused click is not counted");
-        assert_eq!(stats.clicks_persisted.load(Relaxed), 4000);
-    }
 
     #[test]
     fn header_text_is_bounded_at_a_character_boundary() {

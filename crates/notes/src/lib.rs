@@ -12,8 +12,7 @@
 //! - [`classify`]: the table of what is not a visit (HEAD, prefetch, previews, scanners, bots).
 //! - [`note`]: note ids, visit keys, amoCRM's JSON shape.
 //! - [`sink`]: the [`sink::NoteSink`] trait, the webhook and amoCRM sinks, retry with backoff.
-//! - [`pipeline`]: putting it together; [`stats`]: counters; [`striped`]: state every
-//!   redirect writes, kept apart per thread.
+//! - [`pipeline`]: putting it together; [`stats`]: counters.
 
 pub mod capture;
 pub mod classify;
@@ -22,7 +21,6 @@ pub mod note;
 pub mod pipeline;
 pub mod sink;
 pub mod stats;
-pub mod striped;
 
 pub use capture::{ClickRecorder, Durability, NotRecorded, RawClick};
 pub use pipeline::{Pipeline, PipelineBuilder, PipelineConfig};

@@ -5,14 +5,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use crate::classify::NotVisit;
-use crate::striped::StripedCounter;
 
 /// Pipeline counters, shared by its tasks; read by `/metrics`.
 #[derive(Default)]
 pub struct Stats {
-    /// Clicks redirects handed over, and the pipeline took (striped: every redirect adds
-    /// to it).
-    pub clicks_recorded: StripedCounter,
+    /// Clicks handed over by redirects.
+    pub clicks_recorded: AtomicU64,
     /// Clicks durably in the outbox.
     pub clicks_persisted: AtomicU64,
     /// Clicks the dispatcher has finished with.
@@ -64,7 +62,11 @@ impl Stats {
         let mut counter = |name: &str, help: &str, value: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
         };
-        counter("shortlinks_clicks_recorded_total", "Clicks handed over by redirects.", self.clicks_recorded.get());
+        counter(
+            "shortlinks_clicks_recorded_total",
+            "Clicks handed over by redirects.",
+            self.clicks_recorded.load(Relaxed),
+        );
         counter(
             "shortlinks_clicks_persisted_total",
             "Clicks durably in the outbox.",

@@ -24,61 +24,44 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 use tokio::task::{AbortHandle, JoinHandle};
 
-/// What one connection's requests have done, counted by its service function, and what
-/// they share (`T`).
-///
-/// Requests reach what they share through here: cloning this connection's own `Arc` per
-/// request touches a counter no other connection does, where cloning one `Arc` shared by
-/// all would bounce its cache line between the cores on every request.
-pub(crate) struct Activity<T> {
+/// What one connection's requests have done, counted by its service function.
+#[derive(Default)]
+pub(crate) struct Activity {
     started: AtomicU64,
     finished: AtomicU64,
-    shared: T,
 }
 
 /// Marks a request in flight until dropped (also when the request is cancelled).
-pub(crate) struct InFlight<T>(Arc<Activity<T>>);
+pub(crate) struct InFlight(Arc<Activity>);
 
-impl<T> Activity<T> {
-    /// A connection's activity, none yet.
-    pub(crate) fn new(shared: T) -> Self {
-        Self { started: AtomicU64::new(0), finished: AtomicU64::new(0), shared }
-    }
-
+impl Activity {
     /// Counts a request as started; it is in flight until the guard is dropped.
-    pub(crate) fn begin(self: &Arc<Self>) -> InFlight<T> {
+    pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
         self.started.fetch_add(1, Relaxed);
         InFlight(self.clone())
     }
 }
 
-impl<T> InFlight<T> {
-    /// What the connection's requests share.
-    pub(crate) fn shared(&self) -> &T {
-        &self.0.shared
-    }
-}
-
-impl<T> Drop for InFlight<T> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.finished.fetch_add(1, Relaxed);
     }
 }
 
 /// A response body that keeps its request in flight until hyper is done with it.
-pub(crate) struct TrackedBody<B, T> {
+pub(crate) struct TrackedBody<B> {
     body: B,
-    _in_flight: InFlight<T>,
+    _in_flight: InFlight,
 }
 
-impl<B, T> TrackedBody<B, T> {
+impl<B> TrackedBody<B> {
     /// `body`, in flight until dropped.
-    pub(crate) fn new(body: B, in_flight: InFlight<T>) -> Self {
+    pub(crate) fn new(body: B, in_flight: InFlight) -> Self {
         Self { body, _in_flight: in_flight }
     }
 }
 
-impl<B: Body + Unpin, T> Body for TrackedBody<B, T> {
+impl<B: Body + Unpin> Body for TrackedBody<B> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -101,15 +84,10 @@ impl<B: Body + Unpin, T> Body for TrackedBody<B, T> {
 ///
 /// The timer lives in the watcher, not beside the connection: a timer polled with the
 /// connection would be polled again on every request, for nothing.
-pub(crate) fn spawn_with_idle_limit<F, T>(
-    connection: F,
-    activity: Arc<Activity<T>>,
-    limit: Duration,
-) -> JoinHandle<F::Output>
+pub(crate) fn spawn_with_idle_limit<F>(connection: F, activity: Arc<Activity>, limit: Duration) -> JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
-    T: Send + Sync + 'static,
 {
     let (ended, ended_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -120,8 +98,8 @@ where
     task
 }
 
-async fn abort_when_idle<T>(
-    activity: Arc<Activity<T>>,
+async fn abort_when_idle(
+    activity: Arc<Activity>,
     connection: AbortHandle,
     limit: Duration,
     mut ended: oneshot::Receiver<()>,
@@ -159,7 +137,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_without_requests_is_closed_within_the_limit() {
-        let activity = Arc::new(Activity::new(()));
+        let activity = Arc::new(Activity::default());
         let started = tokio::time::Instant::now();
         let never = std::future::pending::<()>();
         let closed = spawn_with_idle_limit(never, activity, LIMIT).await.unwrap_err();
@@ -169,7 +147,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_in_flight_is_not_cut_until_its_response_body_is_dropped() {
-        let activity = Arc::new(Activity::new(()));
+        let activity = Arc::new(Activity::default());
         let in_flight = activity.begin();
         // The handler is done at once; the response body takes three limits to go out.
         let body = TrackedBody::new(http_body_util::Empty::<bytes::Bytes>::new(), in_flight);
@@ -188,7 +166,7 @@ mod tests {
     async fn a_connection_that_ends_takes_its_watcher_with_it() {
         let metrics = tokio::runtime::Handle::current().metrics();
         let before = metrics.num_alive_tasks();
-        let activity = Arc::new(Activity::new(()));
+        let activity = Arc::new(Activity::default());
         let connection = tokio::time::sleep(LIMIT / 4);
         spawn_with_idle_limit(connection, activity, LIMIT).await.unwrap();
         for _ in 0..10 {

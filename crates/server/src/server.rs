@@ -201,14 +201,16 @@ pub async fn serve<S: Store>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let app = app.clone();
         let peer = Some(peer.ip());
-        let activity = Arc::new(idle::Activity::new(app.clone()));
+        let activity = Arc::new(idle::Activity::default());
         let service = service_fn({
             let activity = activity.clone();
             move |request| {
+                let app = app.clone();
                 let in_flight = activity.begin();
                 async move {
-                    let response = in_flight.shared().handle(request, peer).await;
+                    let response = app.handle(request, peer).await;
                     Ok::<_, Infallible>(response.map(|body| idle::TrackedBody::new(body, in_flight)))
                 }
             }
