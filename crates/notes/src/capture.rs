@@ -142,11 +142,13 @@ impl ClickRecorder {
     /// cannot be written it does not wait on the store: see [`NotRecorded::OutboxUnavailable`].
     pub async fn record(&self, click: RawClick) -> Result<(), NotRecorded> {
         if !self.sync {
-            self.stats.clicks_recorded.fetch_add(1, Relaxed);
             // Room in the queue, nearly always: hand over without registering for anything.
             // A failing outbox does not matter here: its clicks are held while there is room.
             let pending = match self.tx.try_send(Pending { click, durable: None }) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.stats.clicks_recorded.fetch_add(1, Relaxed);
+                    return Ok(());
+                }
                 Err(mpsc::error::TrySendError::Full(pending)) => pending,
                 Err(mpsc::error::TrySendError::Closed(_)) => return Err(NotRecorded::Stopped),
             };
@@ -162,7 +164,6 @@ impl ClickRecorder {
         if self.outbox.failing.load(Relaxed) {
             return Err(NotRecorded::OutboxUnavailable);
         }
-        self.stats.clicks_recorded.fetch_add(1, Relaxed);
         let (durable, done) = oneshot::channel();
         self.send(Pending { click, durable: Some(durable) }).await?;
         match done.await {
@@ -172,7 +173,8 @@ impl ClickRecorder {
         }
     }
 
-    /// Queues a click, waiting for room only while the outbox can be written.
+    /// Queues a click, waiting for room only while the outbox can be written. Only a click
+    /// the queue took is counted as recorded.
     async fn send(&self, pending: Pending) -> Result<(), NotRecorded> {
         let failed = self.outbox.failed.notified(); // before the flag: a failure from now on wakes it
         if self.outbox.failing.load(Relaxed) {
@@ -180,9 +182,11 @@ impl ClickRecorder {
         }
         tokio::select! {
             biased;
-            sent = self.tx.send(pending) => sent.map_err(|_| NotRecorded::Stopped),
-            () = failed => Err(NotRecorded::OutboxUnavailable),
+            sent = self.tx.send(pending) => sent.map_err(|_| NotRecorded::Stopped)?,
+            () = failed => return Err(NotRecorded::OutboxUnavailable),
         }
+        self.stats.clicks_recorded.fetch_add(1, Relaxed);
+        Ok(())
     }
 }
 
@@ -280,7 +284,58 @@ async fn write_groups<S: Store>(
 
 #[cfg(test)]
 mod tests {
+    use shortlinks_core::store::RecordQueues;
+    use shortlinks_core::MemoryStore;
+
     use super::*;
+
+    fn raw_click() -> RawClick {
+        RawClick {
+            code: ShortCode::parse("AAAAAAAAAAAA").unwrap(),
+            at: Timestamp(1),
+            method: ClickMethod::Get,
+            user_agent: Some(Box::from(&b"agent"[..])),
+            referer: None,
+            prefetch: None,
+            client_ip: None,
+        }
+    }
+
+    /// Many tasks on several threads through a small queue (so redirects wait for room),
+    /// then a stop: every click handed over is in the outbox once, and one refused after
+    /// the stop is not counted as recorded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn every_click_handed_over_reaches_the_outbox_once() {
+        let store = MemoryStore::new();
+        let stats = Arc::new(Stats::default());
+        let (stop, stopped) = watch::channel(false);
+        let window = Durability::Group { window: Duration::from_millis(1) };
+        let (recorder, writer) = channel(store.clone(), window, 64, stats.clone(), Arc::default(), stopped);
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let recorder = recorder.clone();
+                tokio::spawn(async move {
+                    for _ in 0..500 {
+                        recorder.record(raw_click()).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        stop.send(true).unwrap();
+        writer.await.unwrap();
+        assert_eq!(recorder.record(raw_click()).await, Err(NotRecorded::Stopped));
+
+        let records = store.lease_records::<Vec<Click>>(CLICK_QUEUE, usize::MAX).await.unwrap();
+        let nonces: std::collections::HashSet<u64> =
+            records.iter().flat_map(|(_, group)| group.iter().map(|c| c.nonce)).collect();
+        assert_eq!(nonces.len(), 4000, "each click once");
+        assert!(records.iter().all(|(_, group)| group.len() <= MAX_GROUP));
+        assert_eq!(stats.clicks_recorded.load(Relaxed), 4000, "the refused click is not counted");
+        assert_eq!(stats.clicks_persisted.load(Relaxed), 4000);
+    }
 
     #[test]
     fn header_text_is_bounded_at_a_character_boundary() {
