@@ -25,8 +25,9 @@ const USAGE: &str = "\
 usage: benches/load/run [OPTIONS]
 
 shortlinks (click pipeline on, group durability) side by side with a bare hyper server,
-under wrk on 127.0.0.1, rounds interleaved. Prints req/s and p50/p99 medians [min, max]
-and each server's ratio to the reference.
+under wrk on 127.0.0.1, rounds interleaved. Prints req/s, p50/p99 and the server's CPU
+time per request (user and kernel, from /proc), as medians [min, max], and each server's
+ratio to the reference.
 
   --links N            links preloaded into each server (1000000)
   --rounds R           rounds per connection count (5)
@@ -167,6 +168,9 @@ struct Run {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// The server's CPU time (user and kernel, all its threads) per request answered: less
+    /// swayed than req/s by what else the shared machine runs.
+    cpu_us: f64,
 }
 
 /// wrk's latency figures come as `1.23ms`, `456.00us` or `1.02s`.
@@ -181,7 +185,34 @@ fn millis(text: &str) -> Option<f64> {
     })
 }
 
-async fn wrk(addr: &str, script: &Path, connections: usize, seconds: u64) -> anyhow::Result<Run> {
+/// What a process has spent of the CPU so far, in seconds (user and kernel, all threads).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces: utime and
+    // stime are the 14th and 15th fields of the line, the 12th and 13th after `)`.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let ticks: f64 = fields.next()?.parse::<f64>().ok()? + fields.next()?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks_per_second())
+}
+
+/// The unit of `/proc/PID/stat`'s times: `getconf CLK_TCK`, 100 on Linux unless told otherwise.
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// One wrk run against `server`, with the server's CPU time read around it.
+async fn wrk(server: &Server, script: &Path, connections: usize, seconds: u64) -> anyhow::Result<Run> {
+    let pid = server.child.id().context("the server has exited")?;
+    let cpu_before = cpu_seconds(pid).context("cannot read the server's CPU time")?;
+    let addr = &server.addr;
     let output = tokio::time::timeout(
         Duration::from_secs(seconds + 30),
         Command::new("wrk")
@@ -199,10 +230,16 @@ async fn wrk(addr: &str, script: &Path, connections: usize, seconds: u64) -> any
     let rps = field("Requests/sec:").context("no Requests/sec")?.parse()?;
     let p50 = field("50%").and_then(|v| millis(&v)).context("no p50")?;
     let p99 = field("99%").and_then(|v| millis(&v)).context("no p99")?;
+    let cpu = cpu_seconds(pid).context("cannot read the server's CPU time")? - cpu_before;
+    // `1234567 requests in 10.00s, 123.45MB read`
+    let requests: f64 = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in ").and_then(|(n, _)| n.parse().ok()))
+        .context("no request count")?;
     if text.contains("Non-2xx or 3xx responses") {
         bail!("errors in the run:\n{text}");
     }
-    Ok(Run { rps, p50_ms: p50, p99_ms: p99 })
+    Ok(Run { rps, p50_ms: p50, p99_ms: p99, cpu_us: cpu * 1e6 / requests.max(1.0) })
 }
 
 fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
@@ -360,7 +397,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Warm every server up first (the reference is warm by construction; shortlinks fills its cache).
     for (contender, script) in contenders.iter().zip(&scripts) {
-        wrk(&contender.server.addr, script, 64, o.seconds.min(5)).await?;
+        wrk(&contender.server, script, 64, o.seconds.min(5)).await?;
     }
     let reference = contenders.len() - 1;
     for &connections in &o.connections {
@@ -369,14 +406,15 @@ async fn main() -> anyhow::Result<()> {
             // Interleaved, rotating who goes first, so drift hits all alike.
             for k in 0..contenders.len() {
                 let i = (round + k) % contenders.len();
-                let run = wrk(&contenders[i].server.addr, &scripts[i], connections, o.seconds).await?;
+                let run = wrk(&contenders[i].server, &scripts[i], connections, o.seconds).await?;
                 eprintln!(
-                    "  c={connections} round {} {:<17} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms",
+                    "  c={connections} round {} {:<17} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms  cpu {:.1} us/req",
                     round + 1,
                     contenders[i].name,
                     run.rps,
                     run.p50_ms,
-                    run.p99_ms
+                    run.p99_ms,
+                    run.cpu_us
                 );
                 all[i].push(run);
             }
@@ -387,15 +425,20 @@ async fn main() -> anyhow::Result<()> {
             let (rps, rps_min, rps_max) = stats(runs, |r| r.rps);
             let (p50, p50_min, p50_max) = stats(runs, |r| r.p50_ms);
             let (p99, p99_min, p99_max) = stats(runs, |r| r.p99_ms);
+            let (cpu, cpu_min, cpu_max) = stats(runs, |r| r.cpu_us);
             println!(
-                "  {:<17} {rps:>9.0} req/s [{rps_min:.0}, {rps_max:.0}]  p50 {p50:.2} ms [{p50_min:.2}, {p50_max:.2}]  p99 {p99:.2} ms [{p99_min:.2}, {p99_max:.2}]",
+                "  {:<17} {rps:>9.0} req/s [{rps_min:.0}, {rps_max:.0}]  p50 {p50:.2} ms [{p50_min:.2}, {p50_max:.2}]  p99 {p99:.2} ms [{p99_min:.2}, {p99_max:.2}]  cpu {cpu:.1} us/req [{cpu_min:.1}, {cpu_max:.1}]",
                 contender.name
             );
         }
         for (contender, runs) in contenders.iter().zip(&all).take(reference) {
             let ratio_rps = stats(runs, |r| r.rps).0 / stats(&all[reference], |r| r.rps).0;
             let ratio_p99 = stats(runs, |r| r.p99_ms).0 / stats(&all[reference], |r| r.p99_ms).0;
-            println!("  {} / reference: throughput {ratio_rps:.2}x, p99 {ratio_p99:.2}x", contender.name);
+            let ratio_cpu = stats(runs, |r| r.cpu_us).0 / stats(&all[reference], |r| r.cpu_us).0;
+            println!(
+                "  {} / reference: throughput {ratio_rps:.2}x, p99 {ratio_p99:.2}x, cpu per request {ratio_cpu:.2}x",
+                contender.name
+            );
         }
     }
     for contender in contenders.iter_mut().take(reference) {
