@@ -173,6 +173,17 @@ impl<S: Store> Shortener<S> {
             None => Ok(None),
         }
     }
+
+    /// `f` of the link for a code taken from untrusted input, as [`Shortener::resolve`], but
+    /// a cached link is read where it lies: the redirect needs only its target, and taking
+    /// a shared reference to the link would write to memory the other cores read.
+    pub async fn resolve_with<R>(&self, code: &str, f: impl Fn(&Link) -> R) -> Result<Option<R>, Error> {
+        let Some(code) = ShortCode::parse(code) else { return Ok(None) };
+        if let Some(answer) = self.cache.with_cached(&code, &f) {
+            return Ok(Some(answer));
+        }
+        Ok(self.cache.get(&self.store, &code).await?.map(|link| f(&link)))
+    }
 }
 
 #[cfg(test)]

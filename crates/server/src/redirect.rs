@@ -29,22 +29,25 @@ const PREFETCH_HEADERS: [HeaderName; 4] = [
 impl<S: Store> App<S> {
     /// 302 to the original URL, or the 404 page.
     pub(crate) async fn redirect<B>(&self, code: &str, request: &Request<B>, peer: Option<IpAddr>) -> Response<Body> {
-        let link = match self.engine.resolve(code).await {
-            Ok(Some(link)) => link,
+        // Only the code and the target are needed: the link is read where the cache holds it.
+        let resolved =
+            self.engine.resolve_with(code, |link| (link.code, HeaderValue::from_str(link.target.as_str()))).await;
+        let (code, location) = match resolved {
+            Ok(Some((code, Ok(location)))) => (code, location),
+            Ok(Some((code, Err(_)))) => {
+                // Stored targets are printable ASCII by construction (and re-checked on decode).
+                tracing::error!(%code, "stored target is not a valid header value");
+                return problem::text(StatusCode::INTERNAL_SERVER_ERROR, "invalid stored link\n");
+            }
             Ok(None) => return problem::not_found_page(),
             Err(e) => {
                 tracing::error!(error = %e, "store read failed on redirect");
                 return problem::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n");
             }
         };
-        // Stored targets are printable ASCII by construction (and re-checked on decode).
-        let Ok(location) = HeaderValue::from_str(link.target.as_str()) else {
-            tracing::error!(code = %link.code, "stored target is not a valid header value");
-            return problem::text(StatusCode::INTERNAL_SERVER_ERROR, "invalid stored link\n");
-        };
         let headers = request.headers();
         let click = RawClick {
-            code: link.code,
+            code,
             at: Timestamp::now(),
             method: if request.method() == Method::HEAD { ClickMethod::Head } else { ClickMethod::Get },
             user_agent: RawClick::header_bytes(headers.get(USER_AGENT)),
