@@ -172,12 +172,16 @@ impl SledStore {
 
     /// Inserts links without a transaction (sled's added about a third to the work) and
     /// without a flush. Each link is an insert-if-absent, so a taken code is never overwritten; the
-    /// index entries follow in one batch. A crash in between leaves a link without its
-    /// index entry (never the reverse), and a retry heals it: an occupied code's entry is
-    /// written again.
+    /// index entries follow. A crash in between leaves a link without its index entry (never
+    /// the reverse), and a retry heals it: an occupied code's entry is written again.
+    ///
+    /// The entries are plain inserts, not a `Batch`: sled 0.34's first batch or transaction
+    /// in a process makes every later operation of every tree take a global lock (its
+    /// `concurrency_control`), batches exclusively, so the other half of a create waited
+    /// for this one's batch, and every redirect's store read paid for the lock.
     fn insert_unflushed(&self, links: &[Link]) -> Result<Vec<InsertOutcome>, Error> {
         let mut outcomes = Vec::with_capacity(links.len());
-        let mut index = sled::Batch::default();
+        let mut index = Vec::with_capacity(links.len());
         for link in links {
             let key = link.code.as_bytes();
             let outcome = match self.links.compare_and_swap(key, None as Option<&[u8]>, Some(encode(link)?))? {
@@ -191,10 +195,12 @@ impl SledStore {
                 InsertOutcome::Inserted => link,
                 InsertOutcome::Occupied(existing) => existing,
             };
-            index.insert(keys::link_index_key(owner.account, owner.entity, key), &[] as &[u8]);
+            index.push(keys::link_index_key(owner.account, owner.entity, key));
             outcomes.push(outcome);
         }
-        self.by_entity.apply_batch(index)?;
+        for entry in index {
+            self.by_entity.insert(entry, &[] as &[u8])?;
+        }
         Ok(outcomes)
     }
 }
