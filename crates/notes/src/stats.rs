@@ -9,7 +9,8 @@ use crate::classify::NotVisit;
 /// Pipeline counters, shared by its tasks; read by `/metrics`.
 #[derive(Default)]
 pub struct Stats {
-    /// Clicks handed over by redirects.
+    /// Clicks handed over by redirects: counted once the queue has taken them, so a click
+    /// refused (a stopped pipeline, a failed outbox) is not among them.
     pub clicks_recorded: AtomicU64,
     /// Clicks durably in the outbox.
     pub clicks_persisted: AtomicU64,
