@@ -60,9 +60,13 @@ impl LinkCache {
     /// The default size: a million links, about 250 MB when full.
     pub const DEFAULT_CAPACITY: usize = 1_000_000;
 
-    /// A cache of at most `capacity` links (rounded up to even).
+    /// The largest cache: its slots (16 bytes a link) are allocated up front, 800 MB here.
+    pub const MAX_CAPACITY: usize = 50_000_000;
+
+    /// A cache of at most `capacity` links (rounded up to even, and to at most
+    /// [`LinkCache::MAX_CAPACITY`]).
     pub fn new(capacity: usize) -> Self {
-        let sets = (0..capacity.max(2).div_ceil(2)).map(|_| Set::default()).collect();
+        let sets = (0..capacity.clamp(2, Self::MAX_CAPACITY).div_ceil(2)).map(|_| Set::default()).collect();
         Self { inner: Arc::new(Sets { sets, hasher: Default::default(), len: AtomicUsize::new(0) }) }
     }
 

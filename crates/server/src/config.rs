@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hyper::header::HeaderName;
 use serde::Deserialize;
-use shortlinks_core::{AccountId, CodeLength};
+use shortlinks_core::{AccountId, CodeLength, LinkCache};
 use shortlinks_notes::Durability;
 use shortlinks_redis::{RedisConfig, RedisTarget};
 
@@ -178,6 +178,12 @@ impl SettingsLayer {
             None => Ok(default),
         };
         let defaults = shortlinks_core::Config::new(".");
+        if self.cached_links.is_some_and(|n| n > LinkCache::MAX_CAPACITY) {
+            return Err(ServerError::Config(format!(
+                "cached_links must be at most {}: the cache's slots are allocated at start, 16 bytes a link",
+                LinkCache::MAX_CAPACITY
+            )));
+        }
         Ok(Settings {
             storage,
             cached_links: self.cached_links.unwrap_or(defaults.cached_links),
@@ -529,6 +535,7 @@ mod tests {
             SettingsLayer { public_url: Some("https://x.example/?a=b".into()), ..Default::default() },
             SettingsLayer { max_body_bytes: Some(0), ..Default::default() },
             SettingsLayer { shutdown_grace_secs: Some(0), ..Default::default() },
+            SettingsLayer { cached_links: Some(LinkCache::MAX_CAPACITY + 1), ..Default::default() },
         ];
         for layer in bad {
             assert!(layer.clone().resolve().is_err(), "{layer:?}");
