@@ -76,10 +76,7 @@ impl LinkCache {
         for slot in &self.inner.set_of(code).0 {
             let link = slot.link.load();
             if let Some(link) = link.as_deref().filter(|link| link.code == *code) {
-                // Written once; later hits only read it.
-                if !slot.used.load(Relaxed) {
-                    slot.used.store(true, Relaxed);
-                }
+                slot.mark_used();
                 return Some(f(link));
             }
         }
@@ -102,9 +99,7 @@ impl LinkCache {
         self.inner.set_of(code).0.iter().find_map(|slot| {
             let link = slot.link.load_full()?;
             (link.code == *code).then(|| {
-                if !slot.used.load(Relaxed) {
-                    slot.used.store(true, Relaxed);
-                }
+                slot.mark_used();
                 link
             })
         })
@@ -145,6 +140,15 @@ impl LinkCache {
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl Slot {
+    /// Written once; later hits only read the mark, so a hot link's line stays shared.
+    fn mark_used(&self) {
+        if !self.used.load(Relaxed) {
+            self.used.store(true, Relaxed);
+        }
     }
 }
 
