@@ -334,10 +334,14 @@ async fn shutdown_closes_idle_connections_at_once_and_finishes_requests_in_fligh
     let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "POST /api/v4/short_links HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+         Content-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
         items.len()
     );
     busy.write_all(head.as_bytes()).await.unwrap();
+    // The server says `100 Continue` once its handler reads the body: the request is in
+    // flight. Stopping before that would race the server's read of the head, and a head
+    // not yet read is, to the server, an idle connection.
+    assert!(read_head(&mut busy).await.starts_with("HTTP/1.1 100"), "the request has not started");
     busy.write_all(&items[..10]).await.unwrap();
 
     let stopping = Instant::now();
