@@ -73,14 +73,7 @@ impl LinkCache {
     /// `f` of the cached link with this code, read in place; `None` if it is not cached.
     /// The hot path: no lock, no allocation, no reference count taken.
     pub fn with_cached<R>(&self, code: &ShortCode, f: impl FnOnce(&Link) -> R) -> Option<R> {
-        for slot in &self.inner.set_of(code).0 {
-            let link = slot.link.load();
-            if let Some(link) = link.as_deref().filter(|link| link.code == *code) {
-                slot.mark_used();
-                return Some(f(link));
-            }
-        }
-        None
+        self.find(code, |link| f(link))
     }
 
     /// The link with this code: from the cache, or one store read on a miss.
@@ -96,13 +89,19 @@ impl LinkCache {
 
     /// The cached link with this code, shared.
     fn cached(&self, code: &ShortCode) -> Option<Arc<Link>> {
-        self.inner.set_of(code).0.iter().find_map(|slot| {
-            let link = slot.link.load_full()?;
-            (link.code == *code).then(|| {
+        self.find(code, Arc::clone)
+    }
+
+    /// `f` of the slot holding this code's link, which is marked as used.
+    fn find<R>(&self, code: &ShortCode, f: impl FnOnce(&Arc<Link>) -> R) -> Option<R> {
+        for slot in &self.inner.set_of(code).0 {
+            let link = slot.link.load();
+            if let Some(link) = link.as_ref().filter(|link| link.code == *code) {
                 slot.mark_used();
-                link
-            })
-        })
+                return Some(f(link));
+            }
+        }
+        None
     }
 
     /// Caches a link read from the store, evicting by second chance (module comment).
@@ -115,8 +114,8 @@ impl LinkCache {
             _ if !first.used.load(Relaxed) => first,
             _ if !second.used.load(Relaxed) => second,
             _ => {
-                // Both used: both lose their mark, and the older mark-free one would go
-                // next time; now one goes, picked by the link's own hash.
+                // Both used: both lose their mark (the survivor must be read again to keep
+                // its place), and one is replaced, chosen by a bit of the newcomer's hash.
                 first.used.store(false, Relaxed);
                 second.used.store(false, Relaxed);
                 if self.inner.hasher.hash_one(link.code) & 1 == 0 {
@@ -185,7 +184,7 @@ mod tests {
     }
 
     #[test]
-    fn a_set_is_one_cache_line_half() {
+    fn a_set_fits_in_half_a_cache_line() {
         assert_eq!(std::mem::size_of::<Set>(), 32);
         assert_eq!(std::mem::align_of::<Set>(), 32);
     }
