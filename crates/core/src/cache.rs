@@ -104,9 +104,11 @@ impl LinkCache {
         None
     }
 
-    /// Caches a link read from the store, evicting by second chance (module comment).
-    /// Two inserts racing into one set may both land; a lookup finds either copy.
-    pub fn insert(&self, link: Arc<Link>) {
+    /// Caches a link read from the store, evicting by second chance (module comment). A
+    /// new link comes in unmarked: an empty slot was never marked, and a victim either was
+    /// not or just lost its mark. Two inserts racing into one set may both land; a lookup
+    /// finds either copy.
+    fn insert(&self, link: Arc<Link>) {
         let [first, second] = &self.inner.set_of(&link.code).0;
         let victim = match (first.link.load().is_some(), second.link.load().is_some()) {
             (false, _) => first,
@@ -125,7 +127,6 @@ impl LinkCache {
                 }
             }
         };
-        victim.used.store(false, Relaxed);
         if victim.link.swap(Some(link)).is_none() {
             self.inner.len.fetch_add(1, Relaxed);
         }
