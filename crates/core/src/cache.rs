@@ -11,7 +11,9 @@
 //! cache line the other core also writes. Here a lookup hashes the code to a set of two
 //! slots that share one cache line, loads the slot (`arc-swap`: a thread-local note, no
 //! shared write) and reads the link where it lies ([`LinkCache::with_cached`]). A hit
-//! writes nothing once the link is marked as used.
+//! writes nothing once the link is marked as used. Each slot also holds 32 bits of its
+//! link's hash, so a lookup follows only the slot that can hold its code: with full sets,
+//! the other slot's link (a cache miss of its own) is never read.
 //!
 //! Eviction is a second chance per set: a new link takes an empty slot, else one not used
 //! since it came in, else the used marks of the set are cleared and one slot is taken. A
@@ -21,7 +23,7 @@
 //! the capacity nearly all do.
 
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -52,6 +54,9 @@ struct Set([Slot; 2]);
 #[derive(Default)]
 struct Slot {
     link: ArcSwapOption<Link>,
+    /// The low half of the link's hash. A hint, never trusted: a lookup compares codes,
+    /// so a tag that is stale for a moment (an insert in progress) costs at most a miss.
+    tag: AtomicU32,
     /// Read since it came in (or since its set last cleared the marks).
     used: AtomicBool,
 }
@@ -94,7 +99,8 @@ impl LinkCache {
 
     /// `f` of the slot holding this code's link, which is marked as used.
     fn find<R>(&self, code: &ShortCode, f: impl FnOnce(&Arc<Link>) -> R) -> Option<R> {
-        for slot in &self.inner.set_of(code).0 {
+        let (set, tag) = self.inner.locate(code);
+        for slot in set.0.iter().filter(|slot| slot.tag.load(Relaxed) == tag) {
             let link = slot.link.load();
             if let Some(link) = link.as_ref().filter(|link| link.code == *code) {
                 slot.mark_used();
@@ -109,7 +115,8 @@ impl LinkCache {
     /// not or just lost its mark. Two inserts racing into one set may both land; a lookup
     /// finds either copy.
     fn insert(&self, link: Arc<Link>) {
-        let [first, second] = &self.inner.set_of(&link.code).0;
+        let (set, tag) = self.inner.locate(&link.code);
+        let [first, second] = &set.0;
         let victim = match (first.link.load().is_some(), second.link.load().is_some()) {
             (false, _) => first,
             (true, false) => second,
@@ -120,13 +127,15 @@ impl LinkCache {
                 // its place), and one is replaced, chosen by a bit of the newcomer's hash.
                 first.used.store(false, Relaxed);
                 second.used.store(false, Relaxed);
-                if self.inner.hasher.hash_one(link.code) & 1 == 0 {
+                if tag & 1 == 0 {
                     first
                 } else {
                     second
                 }
             }
         };
+        // The tag first: a reader that sees it with the old link only compares codes.
+        victim.tag.store(tag, Relaxed);
         if victim.link.swap(Some(link)).is_none() {
             self.inner.len.fetch_add(1, Relaxed);
         }
@@ -153,11 +162,12 @@ impl Slot {
 }
 
 impl Sets {
-    fn set_of(&self, code: &ShortCode) -> &Set {
-        // Multiply-shift onto the set count: any count, no modulo.
+    /// The code's set and its tag, from one hash: the set from its high bits
+    /// (multiply-shift onto the set count: any count, no modulo), the tag from its low ones.
+    fn locate(&self, code: &ShortCode) -> (&Set, u32) {
         let hash = self.hasher.hash_one(code);
         let index = ((u128::from(hash) * self.sets.len() as u128) >> 64) as usize;
-        &self.sets[index]
+        (&self.sets[index], hash as u32)
     }
 }
 
