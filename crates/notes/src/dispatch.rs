@@ -12,16 +12,16 @@ use std::time::Duration;
 
 use shortlinks_core::codec::decode;
 use shortlinks_core::model::{Click, Note};
-use std::collections::HashMap;
 
 use shortlinks_core::model::VisitMark;
-use shortlinks_core::store::{visit_claims, RecordQueues, VisitClaim, CLICK_QUEUE};
+use shortlinks_core::store::{RecordQueues, VisitClaim, CLICK_QUEUE};
 use shortlinks_core::Timestamp;
 use shortlinks_core::{AccountId, Error, LinkCache, Store};
 use tokio::sync::{watch, Notify};
 
 use crate::classify::Classifier;
 use crate::note::NoteKeys;
+use crate::recent::RecentMarks;
 use crate::stats::Stats;
 
 /// Outbox records (each a group of clicks) handled per round.
@@ -57,52 +57,6 @@ pub(crate) struct Dispatcher<S> {
     pub(crate) wake: Arc<Notify>,
     /// The latest click time dispatched: how far through the clicks the dispatcher is.
     pub(crate) progress: AtomicU64,
-}
-
-/// The visit marks this dispatcher set lately: a front for the store's ledger.
-///
-/// A mark only ever moves forward in time, so a remembered mark that makes a visit a
-/// duplicate is right whatever any other node did since; only visits that may be new go
-/// to the store, whose compare-and-swap decides. Bounded: past the limit, expired marks
-/// are dropped, and if that is not enough, all (which only costs store reads).
-#[derive(Default)]
-pub(crate) struct RecentMarks {
-    marks: std::sync::Mutex<HashMap<[u8; 16], VisitMark>>,
-}
-
-impl RecentMarks {
-    const LIMIT: usize = 1 << 20;
-
-    /// Whether a remembered mark makes this visit a repeat: the store's rule
-    /// ([`visit_claims`]), asking for the note id only when it can matter. A redelivered
-    /// click has its mark's very time, so a mark from another millisecond within the window
-    /// settles it (unless two visits' 53-bit note ids collide, where this calls the later
-    /// one a repeat and the store would not).
-    fn is_duplicate(&self, key: &[u8; 16], at: Timestamp, note_id: impl FnOnce() -> u64, window_ms: u64) -> bool {
-        let mark = {
-            let marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
-            match marks.get(key) {
-                Some(mark) => *mark,
-                None => return false,
-            }
-        };
-        if mark.at != at {
-            return at.0 < mark.at.0.saturating_add(window_ms);
-        }
-        !visit_claims(Some(mark), at, note_id(), window_ms)
-    }
-
-    fn remember(&self, key: [u8; 16], mark: VisitMark, window_ms: u64) {
-        let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
-        if marks.len() >= Self::LIMIT {
-            let newest = marks.values().map(|m| m.at.0).max().unwrap_or(0);
-            marks.retain(|_, m| newest.saturating_sub(m.at.0) < window_ms);
-            if marks.len() >= Self::LIMIT {
-                marks.clear();
-            }
-        }
-        marks.insert(key, mark);
-    }
 }
 
 impl<S: Store + Clone> Dispatcher<S> {
@@ -359,32 +313,5 @@ mod tests {
         dispatcher.dispatch_batch().await.unwrap();
         assert!(store.lease(CLICK_QUEUE, 10).await.unwrap().is_empty());
         assert_eq!(store.lease(DEAD_CLICKS, 10).await.unwrap().len(), 1);
-    }
-}
-
-#[cfg(test)]
-mod recent_marks {
-    use super::*;
-
-    #[test]
-    fn only_a_remembered_mark_within_the_window_is_a_duplicate() {
-        let recent = RecentMarks::default();
-        let hour = 3_600_000;
-        let id = |n: u64| move || n;
-        assert!(!recent.is_duplicate(&[1; 16], Timestamp(10), id(7), hour), "unknown: ask the store");
-        recent.remember([1; 16], VisitMark { at: Timestamp(10), note_id: 7 }, hour);
-        assert!(recent.is_duplicate(&[1; 16], Timestamp(20), id(8), hour));
-        assert!(recent.is_duplicate(&[1; 16], Timestamp(5), id(8), hour), "earlier than the mark");
-        assert!(!recent.is_duplicate(&[1; 16], Timestamp(10), id(7), hour), "a redelivery is not a duplicate");
-        assert!(recent.is_duplicate(&[1; 16], Timestamp(10), id(8), hour), "same millisecond, another click");
-        assert!(!recent.is_duplicate(&[1; 16], Timestamp(10 + hour), id(9), hour), "after the window: ask the store");
-        assert!(!recent.is_duplicate(&[2; 16], Timestamp(20), id(8), hour));
-        let asked = std::cell::Cell::new(false);
-        let note_id = || {
-            asked.set(true);
-            8
-        };
-        assert!(recent.is_duplicate(&[1; 16], Timestamp(20), note_id, hour));
-        assert!(!asked.get(), "another millisecond needs no note id");
     }
 }

@@ -19,6 +19,7 @@ pub mod classify;
 mod dispatch;
 pub mod note;
 pub mod pipeline;
+mod recent;
 pub mod sink;
 pub mod stats;
 
