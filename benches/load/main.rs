@@ -25,9 +25,9 @@ const USAGE: &str = "\
 usage: benches/load/run [OPTIONS]
 
 shortlinks (click pipeline on, group durability) side by side with a bare hyper server,
-under wrk on 127.0.0.1, rounds interleaved. Prints req/s, p50/p99 and the server's CPU
-time per request (user and kernel, from /proc), as medians [min, max], and each server's
-ratio to the reference.
+under wrk on 127.0.0.1, rounds interleaved. Prints req/s, p50/p99, the server's CPU
+time per request (user and kernel, from /proc) and wrk's own (context for slow rounds),
+as medians [min, max], and each server's ratio to the reference.
 
   --links N            links preloaded into each server (1000000)
   --rounds R           rounds per connection count (5)
@@ -171,6 +171,10 @@ struct Run {
     /// The server's CPU time (user and kernel, all its threads) per request answered: less
     /// swayed than req/s by what else the shared machine runs.
     cpu_us: f64,
+    /// wrk's own CPU time per request: context for a slow round. It rises when the
+    /// shared machine runs slow, and also when responses come slower (fewer per wake-up),
+    /// so it hints at the cause without settling it.
+    wrk_cpu_us: f64,
 }
 
 /// wrk's latency figures come as `1.23ms`, `456.00us` or `1.02s`.
@@ -215,7 +219,9 @@ async fn wrk(server: &Server, script: &Path, connections: usize, seconds: u64) -
     let addr = &server.addr;
     let output = tokio::time::timeout(
         Duration::from_secs(seconds + 30),
-        Command::new("wrk")
+        // Under bash's `time`, which reports wrk's own CPU time on stderr.
+        Command::new("bash")
+            .args(["-c", "TIMEFORMAT='%3U %3S'; time wrk \"$@\"", "wrk"])
             .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "-H"])
             .arg(format!("User-Agent: {AGENT}"))
             .arg("-s")
@@ -239,7 +245,13 @@ async fn wrk(server: &Server, script: &Path, connections: usize, seconds: u64) -
     if text.contains("Non-2xx or 3xx responses") {
         bail!("errors in the run:\n{text}");
     }
-    Ok(Run { rps, p50_ms: p50, p99_ms: p99, cpu_us: cpu * 1e6 / requests.max(1.0) })
+    let wrk_cpu: f64 = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().map(str::parse::<f64>).sum::<Result<f64, _>>().ok())
+        .context("no CPU time from `time wrk`")?;
+    let per_request = |seconds: f64| seconds * 1e6 / requests.max(1.0);
+    Ok(Run { rps, p50_ms: p50, p99_ms: p99, cpu_us: per_request(cpu), wrk_cpu_us: per_request(wrk_cpu) })
 }
 
 fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
@@ -408,13 +420,14 @@ async fn main() -> anyhow::Result<()> {
                 let i = (round + k) % contenders.len();
                 let run = wrk(&contenders[i].server, &scripts[i], connections, o.seconds).await?;
                 eprintln!(
-                    "  c={connections} round {} {:<17} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms  cpu {:.1} us/req",
+                    "  c={connections} round {} {:<17} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms  cpu {:.1} us/req  wrk {:.2} us/req",
                     round + 1,
                     contenders[i].name,
                     run.rps,
                     run.p50_ms,
                     run.p99_ms,
-                    run.cpu_us
+                    run.cpu_us,
+                    run.wrk_cpu_us
                 );
                 all[i].push(run);
             }
@@ -426,8 +439,9 @@ async fn main() -> anyhow::Result<()> {
             let (p50, p50_min, p50_max) = stats(runs, |r| r.p50_ms);
             let (p99, p99_min, p99_max) = stats(runs, |r| r.p99_ms);
             let (cpu, cpu_min, cpu_max) = stats(runs, |r| r.cpu_us);
+            let (wrk, wrk_min, wrk_max) = stats(runs, |r| r.wrk_cpu_us);
             println!(
-                "  {:<17} {rps:>9.0} req/s [{rps_min:.0}, {rps_max:.0}]  p50 {p50:.2} ms [{p50_min:.2}, {p50_max:.2}]  p99 {p99:.2} ms [{p99_min:.2}, {p99_max:.2}]  cpu {cpu:.1} us/req [{cpu_min:.1}, {cpu_max:.1}]",
+                "  {:<17} {rps:>9.0} req/s [{rps_min:.0}, {rps_max:.0}]  p50 {p50:.2} ms [{p50_min:.2}, {p50_max:.2}]  p99 {p99:.2} ms [{p99_min:.2}, {p99_max:.2}]  cpu {cpu:.1} us/req [{cpu_min:.1}, {cpu_max:.1}]  wrk {wrk:.2} us/req [{wrk_min:.2}, {wrk_max:.2}]",
                 contender.name
             );
         }
