@@ -60,7 +60,7 @@ impl RecentMarks {
     pub(crate) fn remember(&self, key: [u8; 16], mark: VisitMark, window_ms: u64) {
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
         if table.len >= self.limit {
-            let newest = table.marks().map(|(_, m)| m.at.0).max().unwrap_or(0);
+            let newest = table.occupied().map(|slot| slot.mark.at.0).max().unwrap_or(0);
             table.retain(|m| newest.saturating_sub(m.at.0) < window_ms);
             if table.len >= self.limit {
                 *table = Table::default();
@@ -130,17 +130,17 @@ impl Table {
         u64::from_le_bytes(first) as usize
     }
 
-    fn marks(&self) -> impl Iterator<Item = (&[u8; 16], &VisitMark)> {
-        self.slots.iter().filter(|s| s.key != EMPTY).map(|s| (&s.key, &s.mark))
+    fn occupied(&self) -> impl Iterator<Item = Slot> + '_ {
+        self.slots.iter().copied().filter(|slot| slot.key != EMPTY)
     }
 
     fn retain(&mut self, keep: impl Fn(&VisitMark) -> bool) {
-        let kept: Vec<Slot> = self.marks().filter(|(_, m)| keep(m)).map(|(&key, &mark)| Slot { key, mark }).collect();
+        let kept = self.occupied().filter(|slot| keep(&slot.mark)).collect();
         self.rebuild(self.slots.len(), kept);
     }
 
     fn resize(&mut self, slots: usize) {
-        let all: Vec<Slot> = self.marks().map(|(&key, &mark)| Slot { key, mark }).collect();
+        let all = self.occupied().collect();
         self.rebuild(slots, all);
     }
 
