@@ -83,18 +83,25 @@ impl LinkCache {
 
     /// The link with this code: from the cache, or one store read on a miss.
     pub async fn get<S: LinkStore>(&self, store: &S, code: &ShortCode) -> Result<Option<Arc<Link>>, Error> {
-        if let Some(link) = self.cached(code) {
-            return Ok(Some(link));
+        self.get_with(store, code, Arc::clone).await
+    }
+
+    /// `f` of the link with this code: read in place from the cache, or after one store
+    /// read on a miss (the link is then cached). The cache is searched once either way.
+    pub async fn get_with<S: LinkStore, R>(
+        &self,
+        store: &S,
+        code: &ShortCode,
+        f: impl Fn(&Arc<Link>) -> R,
+    ) -> Result<Option<R>, Error> {
+        if let Some(answer) = self.find(code, &f) {
+            return Ok(Some(answer));
         }
         let Some(link) = store.get_link(code).await? else { return Ok(None) };
         let link = Arc::new(link);
-        self.insert(link.clone());
-        Ok(Some(link))
-    }
-
-    /// The cached link with this code, shared.
-    fn cached(&self, code: &ShortCode) -> Option<Arc<Link>> {
-        self.find(code, Arc::clone)
+        let answer = f(&link);
+        self.insert(link);
+        Ok(Some(answer))
     }
 
     /// `f` of the slot holding this code's link, which is marked as used.

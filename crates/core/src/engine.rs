@@ -179,10 +179,7 @@ impl<S: Store> Shortener<S> {
     /// a shared reference to the link would write to memory the other cores read.
     pub async fn resolve_with<R>(&self, code: &str, f: impl Fn(&Link) -> R) -> Result<Option<R>, Error> {
         let Some(code) = ShortCode::parse(code) else { return Ok(None) };
-        if let Some(answer) = self.cache.with_cached(&code, &f) {
-            return Ok(Some(answer));
-        }
-        Ok(self.cache.get(&self.store, &code).await?.map(|link| f(&link)))
+        self.cache.get_with(&self.store, &code, |link| f(link)).await
     }
 }
 
