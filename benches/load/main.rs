@@ -27,7 +27,9 @@ usage: benches/load/run [OPTIONS]
 shortlinks (click pipeline on, group durability) side by side with a bare hyper server,
 under wrk on 127.0.0.1, rounds interleaved. Prints req/s, p50/p99, the server's CPU
 time per request (user and kernel, from /proc) and wrk's own (context for slow rounds),
-as medians [min, max], and each server's ratio to the reference.
+as medians [min, max], and each server's ratio to the reference. After each run it waits
+until shortlinks has dispatched every click it recorded (the backlog printed is what was
+left when wrk stopped), and that time's CPU counts in the run.
 
   --links N            links preloaded into each server (1000000)
   --rounds R           rounds per connection count (5)
@@ -175,6 +177,47 @@ struct Run {
     /// shared machine runs slow, and also when responses come slower (fewer per wake-up),
     /// so it hints at the cause without settling it.
     wrk_cpu_us: f64,
+    /// Clicks shortlinks had recorded but not yet dispatched when wrk stopped (none for the
+    /// reference): shows whether the pipeline kept up or left work for after the run.
+    backlog: u64,
+}
+
+/// Recorded clicks the pipeline has not finished yet, from the server's `/metrics`; `None`
+/// for a server without them (the reference).
+async fn pipeline_backlog(addr: &str) -> anyhow::Result<Option<u64>> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let request = Request::get("/metrics").header("host", addr).body(Full::new(Bytes::new()))?;
+    let response = sender.send_request(request).await?;
+    if response.status() != 200 {
+        return Ok(None);
+    }
+    let body = response.into_body().collect().await?.to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    let counter = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok()).context(format!("no {name}"))
+    };
+    let recorded = counter("shortlinks_clicks_recorded_total ")?;
+    let dispatched = counter("shortlinks_clicks_dispatched_total ")?;
+    Ok(Some(recorded.saturating_sub(dispatched)))
+}
+
+/// Waits until the server's pipeline has dispatched every click it recorded (bounded), so
+/// that no run's clicks are handled, and paid for, in the next run. Returns the backlog it
+/// found first.
+async fn settle(addr: &str) -> anyhow::Result<u64> {
+    let first = pipeline_backlog(addr).await?.unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut backlog = first;
+    while backlog > 0 {
+        if Instant::now() > deadline {
+            bail!("the pipeline still had {backlog} clicks to dispatch after 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        backlog = pipeline_backlog(addr).await?.unwrap_or(0);
+    }
+    Ok(first)
 }
 
 /// wrk's latency figures come as `1.23ms`, `456.00us` or `1.02s`.
@@ -236,6 +279,9 @@ async fn wrk(server: &Server, script: &Path, connections: usize, seconds: u64) -
     let rps = field("Requests/sec:").context("no Requests/sec")?.parse()?;
     let p50 = field("50%").and_then(|v| millis(&v)).context("no p50")?;
     let p99 = field("99%").and_then(|v| millis(&v)).context("no p99")?;
+    // The CPU time counts until the pipeline has handled this run's clicks: work left for
+    // later is still this run's work.
+    let backlog = settle(addr).await?;
     let cpu = cpu_seconds(pid).context("cannot read the server's CPU time")? - cpu_before;
     // `1234567 requests in 10.00s, 123.45MB read`
     let requests: f64 = text
@@ -251,7 +297,7 @@ async fn wrk(server: &Server, script: &Path, connections: usize, seconds: u64) -
         .and_then(|l| l.split_whitespace().map(str::parse::<f64>).sum::<Result<f64, _>>().ok())
         .context("no CPU time from `time wrk`")?;
     let per_request = |seconds: f64| seconds * 1e6 / requests.max(1.0);
-    Ok(Run { rps, p50_ms: p50, p99_ms: p99, cpu_us: per_request(cpu), wrk_cpu_us: per_request(wrk_cpu) })
+    Ok(Run { rps, p50_ms: p50, p99_ms: p99, cpu_us: per_request(cpu), wrk_cpu_us: per_request(wrk_cpu), backlog })
 }
 
 fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
@@ -411,6 +457,7 @@ async fn main() -> anyhow::Result<()> {
     for (contender, script) in contenders.iter().zip(&scripts) {
         wrk(&contender.server, script, 64, o.seconds.min(5)).await?;
     }
+    // The warm-up's first visits become notes before any measured run (`wrk` settles).
     let reference = contenders.len() - 1;
     for &connections in &o.connections {
         let mut all: Vec<Vec<Run>> = vec![Vec::new(); contenders.len()];
@@ -420,14 +467,15 @@ async fn main() -> anyhow::Result<()> {
                 let i = (round + k) % contenders.len();
                 let run = wrk(&contenders[i].server, &scripts[i], connections, o.seconds).await?;
                 eprintln!(
-                    "  c={connections} round {} {:<17} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms  cpu {:.1} us/req  wrk {:.2} us/req",
+                    "  c={connections} round {} {:<17} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms  cpu {:.1} us/req  wrk {:.2} us/req  backlog {}",
                     round + 1,
                     contenders[i].name,
                     run.rps,
                     run.p50_ms,
                     run.p99_ms,
                     run.cpu_us,
-                    run.wrk_cpu_us
+                    run.wrk_cpu_us,
+                    run.backlog
                 );
                 all[i].push(run);
             }
