@@ -182,7 +182,7 @@ struct Run {
     backlog: u64,
 }
 
-/// Recorded clicks the pipeline has not finished yet, from the server's `/metrics`; `None`
+/// Recorded clicks the pipeline has not settled yet, from the server's `/metrics`; `None`
 /// for a server without them (the reference).
 async fn pipeline_backlog(addr: &str) -> anyhow::Result<Option<u64>> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
@@ -200,7 +200,9 @@ async fn pipeline_backlog(addr: &str) -> anyhow::Result<Option<u64>> {
     };
     let recorded = counter("shortlinks_clicks_recorded_total ")?;
     let dispatched = counter("shortlinks_clicks_dispatched_total ")?;
-    Ok(Some(recorded.saturating_sub(dispatched)))
+    // Settled by the writer's screen, never written (absent in builds before it).
+    let screened = counter("shortlinks_clicks_screened_total ").unwrap_or(0);
+    Ok(Some(recorded.saturating_sub(screened).saturating_sub(dispatched)))
 }
 
 /// Waits until the server's pipeline has dispatched every click it recorded (bounded), so

@@ -1,5 +1,6 @@
-//! Capture: the redirect hands a click over and moves on; a writer appends clicks to the
-//! durable outbox in groups, one record and one flush per group (group commit).
+//! Capture: the redirect hands a click over and moves on; a writer screens the clicks and
+//! appends those that may be first visits to the durable outbox in groups, one record and
+//! one flush per group (group commit).
 
 use std::net::IpAddr;
 use std::sync::atomic::AtomicBool;
@@ -13,10 +14,13 @@ use shortlinks_core::store::{RecordQueues, CLICK_QUEUE};
 use shortlinks_core::{ShortCode, Store, Timestamp};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
+use crate::screen::{Screen, Verdict};
 use crate::stats::Stats;
 
 /// The most clicks in one group commit.
 const MAX_GROUP: usize = 1024;
+/// Clicks screened between two yields to the redirects, as in the dispatcher.
+const YIELD_EVERY: usize = 64;
 /// Header values longer than this are cut: they are for classification, not archiving.
 const MAX_HEADER_BYTES: usize = 512;
 
@@ -195,6 +199,7 @@ pub(crate) fn channel<S: Store + Clone>(
     store: S,
     durability: Durability,
     capacity: usize,
+    screen: Arc<Screen>,
     stats: Arc<Stats>,
     dispatcher: Arc<Notify>,
     shutdown: watch::Receiver<bool>,
@@ -207,16 +212,19 @@ pub(crate) fn channel<S: Store + Clone>(
     let outbox = Arc::new(Outbox::default());
     let recorder =
         ClickRecorder { tx, sync: durability == Durability::Sync, stats: stats.clone(), outbox: outbox.clone() };
-    let writer = tokio::spawn(write_groups(store, rx, window, stats, outbox, dispatcher, shutdown));
+    let writer = tokio::spawn(write_groups(store, rx, window, screen, stats, outbox, dispatcher, shutdown));
     (recorder, writer)
 }
 
-/// The writer: gather a group, append it with one flush, tell the waiters and the dispatcher.
-/// On shutdown it stops taking new clicks, drains the queue, and flushes what it has.
+/// The writer: gather a group, screen it, append what may become notes with one flush, tell
+/// the waiters and the dispatcher. On shutdown it stops taking new clicks, drains the
+/// queue, and flushes what it has.
+#[allow(clippy::too_many_arguments)] // one call site, each argument a different part
 async fn write_groups<S: Store>(
     store: S,
     mut rx: mpsc::Receiver<Pending>,
     window: Duration,
+    screen: Arc<Screen>,
     stats: Arc<Stats>,
     outbox: Arc<Outbox>,
     dispatcher: Arc<Notify>,
@@ -253,13 +261,35 @@ async fn write_groups<S: Store>(
                 rx.recv_many(&mut group, more).await;
             }
         }
-        let (clicks, mut waiters): (Vec<Click>, Vec<_>) = group
-            .drain(..)
-            .map(|p| {
-                next_nonce = next_nonce.wrapping_add(1);
-                (p.click.into_click(next_nonce), p.durable)
-            })
-            .unzip();
+        let (mut clicks, mut waiters) = (Vec::with_capacity(group.len()), Vec::with_capacity(group.len()));
+        let mut screened = 0;
+        for (n, pending) in group.drain(..).enumerate() {
+            if n % YIELD_EVERY == YIELD_EVERY - 1 {
+                tokio::task::yield_now().await;
+            }
+            next_nonce = next_nonce.wrapping_add(1);
+            let click = pending.click.into_click(next_nonce);
+            waiters.push(pending.durable);
+            // Only a click that may be a first visit needs to be durable (see `screen`).
+            match screen.judge(&click) {
+                Verdict::NotVisit(why) => stats.not_visit(why),
+                Verdict::Repeat => {
+                    stats.duplicate_visits.fetch_add(1, Relaxed);
+                }
+                Verdict::MaybeNew(_) => {
+                    clicks.push(click);
+                    continue;
+                }
+            }
+            screened += 1;
+        }
+        stats.clicks_screened.fetch_add(screened, Relaxed);
+        if clicks.is_empty() {
+            for durable in waiters.into_iter().flatten() {
+                let _ = durable.send(true);
+            }
+            continue;
+        }
         let mut backoff = Duration::from_millis(10);
         // The whole group is one outbox record: one write, not one per click.
         while let Err(e) = store.push_records(CLICK_QUEUE, &[&clicks]).await {
@@ -284,17 +314,26 @@ async fn write_groups<S: Store>(
 
 #[cfg(test)]
 mod tests {
+    use shortlinks_core::model::VisitMark;
     use shortlinks_core::store::RecordQueues;
     use shortlinks_core::MemoryStore;
 
     use super::*;
+    use crate::classify::NotVisit;
+    use crate::note::NoteKeys;
+
+    const FIREFOX: &[u8] = b"Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0";
+
+    fn screen() -> Arc<Screen> {
+        Arc::new(Screen::new(NoteKeys::new([1; 32], [2; 32]), Duration::from_secs(3600)))
+    }
 
     fn raw_click() -> RawClick {
         RawClick {
             code: ShortCode::parse("AAAAAAAAAAAA").unwrap(),
             at: Timestamp(1),
             method: ClickMethod::Get,
-            user_agent: Some(Box::from(&b"agent"[..])),
+            user_agent: Some(Box::from(FIREFOX)),
             referer: None,
             prefetch: None,
             client_ip: None,
@@ -310,7 +349,7 @@ mod tests {
         let stats = Arc::new(Stats::default());
         let (stop, stopped) = watch::channel(false);
         let window = Durability::Group { window: Duration::from_millis(1) };
-        let (recorder, writer) = channel(store.clone(), window, 64, stats.clone(), Arc::default(), stopped);
+        let (recorder, writer) = channel(store.clone(), window, 64, screen(), stats.clone(), Arc::default(), stopped);
         let tasks: Vec<_> = (0..8)
             .map(|_| {
                 let recorder = recorder.clone();
@@ -335,6 +374,44 @@ mod tests {
         assert!(records.iter().all(|(_, group)| group.len() <= MAX_GROUP));
         assert_eq!(stats.clicks_recorded.load(Relaxed), 4000, "the refused click is not counted");
         assert_eq!(stats.clicks_persisted.load(Relaxed), 4000);
+    }
+
+    /// The writer's screen: a bot's click and a repeat of a visit the node remembers are
+    /// counted and settled without being written; a possible first visit is written.
+    #[tokio::test]
+    async fn only_clicks_that_may_become_notes_reach_the_outbox() {
+        let store = MemoryStore::new();
+        let stats = Arc::new(Stats::default());
+        let screen = screen();
+        let (stop, stopped) = watch::channel(false);
+        let window = Durability::Group { window: Duration::from_millis(1) };
+        let (recorder, writer) =
+            channel(store.clone(), window, 64, screen.clone(), stats.clone(), Arc::default(), stopped);
+
+        // A visit the dispatcher has claimed: its mark is remembered.
+        let seen = RawClick { at: Timestamp(5_000), ..raw_click() }.into_click(7);
+        let key = screen.keys.visit_key(&seen);
+        screen.recent.remember(key, VisitMark { at: seen.at, note_id: 9 }, screen.window_ms);
+
+        let repeat = RawClick { at: Timestamp(6_000), ..raw_click() };
+        let bot = RawClick { user_agent: Some(Box::from(&b"curl/8.5.0"[..])), ..raw_click() };
+        let other_code = ShortCode::parse("BBBBBBBBBBBB").unwrap();
+        let first = RawClick { code: other_code, at: Timestamp(6_000), ..raw_click() };
+        for click in [repeat, bot, first] {
+            recorder.record(click).await.unwrap();
+        }
+        stop.send(true).unwrap();
+        writer.await.unwrap();
+
+        let records = store.lease_records::<Vec<Click>>(CLICK_QUEUE, usize::MAX).await.unwrap();
+        let written: Vec<&Click> = records.iter().flat_map(|(_, group)| group).collect();
+        assert_eq!(written.len(), 1, "only the possible first visit: {written:?}");
+        assert_eq!(written[0].code, other_code);
+        assert_eq!(stats.clicks_recorded.load(Relaxed), 3);
+        assert_eq!(stats.clicks_screened.load(Relaxed), 2);
+        assert_eq!(stats.clicks_persisted.load(Relaxed), 1);
+        assert_eq!(stats.duplicate_visits.load(Relaxed), 1);
+        assert_eq!(stats.not_visits(NotVisit::Crawler), 1);
     }
 
     #[test]

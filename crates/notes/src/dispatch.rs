@@ -19,9 +19,8 @@ use shortlinks_core::Timestamp;
 use shortlinks_core::{AccountId, Error, LinkCache, Store};
 use tokio::sync::{watch, Notify};
 
-use crate::classify::Classifier;
 use crate::note::NoteKeys;
-use crate::recent::RecentMarks;
+use crate::screen::{Screen, Verdict};
 use crate::stats::Stats;
 
 /// Outbox records (each a group of clicks) handled per round.
@@ -48,11 +47,9 @@ pub(crate) struct Route {
 pub(crate) struct Dispatcher<S> {
     pub(crate) store: S,
     pub(crate) links: LinkCache,
-    pub(crate) classifier: Classifier,
-    pub(crate) recent: RecentMarks,
-    pub(crate) keys: NoteKeys,
+    /// Shared with the writer, which screens clicks before the outbox.
+    pub(crate) screen: Arc<Screen>,
     pub(crate) routes: Vec<Route>,
-    pub(crate) dedup_window: Duration,
     pub(crate) stats: Arc<Stats>,
     pub(crate) wake: Arc<Notify>,
     /// The latest click time dispatched: how far through the clicks the dispatcher is.
@@ -111,7 +108,7 @@ impl<S: Store> Dispatcher<S> {
     /// not the clock: clicks replayed after an outage still need the marks of their own
     /// hour. Capped at `now`, in case a click's time ran ahead of the clock.
     fn sweep_horizon(&self, now: Timestamp) -> Option<Timestamp> {
-        let window_ms = u64::try_from(self.dedup_window.as_millis()).unwrap_or(u64::MAX);
+        let window_ms = self.screen.window_ms;
         let progress = self.progress.load(Relaxed).min(now.0);
         progress.checked_sub(window_ms.saturating_add(SWEEP_SLACK_MS)).filter(|&t| t > 0).map(Timestamp)
     }
@@ -136,29 +133,29 @@ impl<S: Store> Dispatcher<S> {
                 }
             }
         }
-        let window_ms = u64::try_from(self.dedup_window.as_millis()).unwrap_or(u64::MAX);
+        let window_ms = self.screen.window_ms;
         let (mut candidates, mut claims) = (Vec::new(), Vec::new());
         for (n, click) in clicks.iter().enumerate() {
             if n % YIELD_EVERY == YIELD_EVERY - 1 {
                 tokio::task::yield_now().await;
             }
-            // Classify first: most non-visits never need the link.
-            if let Some(why) = self.classifier.classify(click) {
-                self.stats.not_visit(why);
-                continue;
-            }
-            // Then the repeats this dispatcher remembers: most of them, with neither the
-            // note id, the link nor the store.
-            let key = self.keys.visit_key(click);
-            if self.recent.is_duplicate(&key, click.at, || self.keys.note_id(click, &key), window_ms) {
-                self.stats.duplicate_visits.fetch_add(1, Relaxed);
-                continue;
-            }
+            // Non-visits and remembered repeats need neither the link nor the store.
+            let key = match self.screen.judge(click) {
+                Verdict::NotVisit(why) => {
+                    self.stats.not_visit(why);
+                    continue;
+                }
+                Verdict::Repeat => {
+                    self.stats.duplicate_visits.fetch_add(1, Relaxed);
+                    continue;
+                }
+                Verdict::MaybeNew(key) => key,
+            };
             let Some(link) = self.links.get(&self.store, &click.code).await? else {
                 self.stats.unknown_links.fetch_add(1, Relaxed);
                 continue;
             };
-            let note_id = self.keys.note_id(click, &key);
+            let note_id = self.screen.keys.note_id(click, &key);
             claims.push(VisitClaim { key, at: click.at, note_id });
             candidates.push((note_id, click, link));
         }
@@ -169,7 +166,7 @@ impl<S: Store> Dispatcher<S> {
         };
         for (claim, yes) in claims.iter().zip(&claimed) {
             if *yes {
-                self.recent.remember(claim.key, VisitMark { at: claim.at, note_id: claim.note_id }, window_ms);
+                self.screen.recent.remember(claim.key, VisitMark { at: claim.at, note_id: claim.note_id }, window_ms);
             }
         }
         let visits = candidates.len();
@@ -213,11 +210,8 @@ mod tests {
         Dispatcher {
             store,
             links: LinkCache::new(100),
-            classifier: Classifier::default(),
-            recent: RecentMarks::default(),
-            keys: NoteKeys::new([1; 32], [2; 32]),
+            screen: Arc::new(Screen::new(NoteKeys::new([1; 32], [2; 32]), Duration::from_secs(3600))),
             routes: Vec::new(),
-            dedup_window: Duration::from_secs(3600),
             stats: Arc::new(Stats::default()),
             wake: Arc::new(Notify::new()),
             progress: AtomicU64::new(0),

@@ -1,14 +1,16 @@
 //! shortlinks-notes: from a click to a note on the contact, durably and off the hot path.
 //!
 //! ```text
-//! redirect ──record──▶ bounded queue ──writer (group commit)──▶ outbox "clicks"
-//!                                                                 │
-//!              dispatcher: classify → dedupe → note ◀─────────────┘
+//! redirect ──record──▶ bounded queue ──writer (screen, group commit)──▶ outbox "clicks"
+//!                                                                          │
+//!              dispatcher: classify → dedupe → note ◀──────────────────────┘
 //!                 │ journal (the store's notes, served by the API)
 //!                 └▶ "sink:webhook", "sink:amocrm" queues ──▶ one worker each, retrying
 //! ```
 //!
 //! - [`capture`]: what the redirect hands over, and the group-commit writer.
+//! - `screen`: what memory alone settles (non-visits, remembered repeats), so that only
+//!   clicks that may become notes are written.
 //! - [`classify`]: the table of what is not a visit (HEAD, prefetch, previews, scanners, bots).
 //! - [`note`]: note ids, visit keys, amoCRM's JSON shape.
 //! - [`sink`]: the [`sink::NoteSink`] trait, the webhook and amoCRM sinks, retry with backoff.
@@ -20,6 +22,7 @@ mod dispatch;
 pub mod note;
 pub mod pipeline;
 mod recent;
+mod screen;
 pub mod sink;
 pub mod stats;
 

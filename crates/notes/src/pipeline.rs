@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use crate::capture::{self, ClickRecorder, Durability};
 use crate::dispatch::{Dispatcher, Route};
 use crate::note::NoteKeys;
+use crate::screen::Screen;
 use crate::sink::{queue_of, run_sink, NoteSink, RetryPolicy};
 use crate::stats::Stats;
 
@@ -78,10 +79,12 @@ impl<S: Store + Clone> PipelineBuilder<S> {
     /// Starts the writer and the dispatcher.
     pub fn start(self) -> Pipeline {
         let wake = Arc::new(Notify::new());
+        let screen = Arc::new(Screen::new(self.keys, self.config.dedup_window));
         let (recorder, writer) = capture::channel(
             self.store.clone(),
             self.config.durability,
             self.config.queue_capacity,
+            screen.clone(),
             self.stats.clone(),
             wake.clone(),
             self.shutdown.subscribe(),
@@ -89,11 +92,8 @@ impl<S: Store + Clone> PipelineBuilder<S> {
         let dispatcher = Dispatcher {
             store: self.store,
             links: self.links,
-            classifier: Default::default(),
-            recent: Default::default(),
-            keys: self.keys,
+            screen,
             routes: self.routes,
-            dedup_window: self.config.dedup_window,
             stats: self.stats.clone(),
             wake,
             progress: Default::default(),

@@ -1,4 +1,5 @@
-//! The visit marks a dispatcher set lately: a front for the store's visit ledger.
+//! The visit marks this node's dispatcher set lately: a front for the store's visit
+//! ledger, read by the writer's screen too.
 //!
 //! A mark only ever moves forward in time, so a remembered mark that makes a visit a
 //! duplicate is right whatever any other node did since; only visits that may be new go
@@ -17,7 +18,7 @@ use shortlinks_core::model::VisitMark;
 use shortlinks_core::store::visit_claims;
 use shortlinks_core::Timestamp;
 
-/// The marks, behind a lock that only the dispatcher takes.
+/// The marks, behind a lock that the writer and the dispatcher take, each briefly.
 pub(crate) struct RecentMarks {
     table: Mutex<Table>,
     limit: usize,

@@ -12,6 +12,9 @@ pub struct Stats {
     /// Clicks handed over by redirects: counted once the queue has taken them, so a click
     /// refused (a stopped pipeline, a failed outbox) is not among them.
     pub clicks_recorded: AtomicU64,
+    /// Clicks settled by the writer's screen, never written: not visits, or repeats of a
+    /// visit this node remembers (see `screen`).
+    pub clicks_screened: AtomicU64,
     /// Clicks durably in the outbox.
     pub clicks_persisted: AtomicU64,
     /// Clicks the dispatcher has finished with.
@@ -67,6 +70,11 @@ impl Stats {
             "shortlinks_clicks_recorded_total",
             "Clicks handed over by redirects.",
             self.clicks_recorded.load(Relaxed),
+        );
+        counter(
+            "shortlinks_clicks_screened_total",
+            "Clicks settled before the outbox: not visits, or remembered repeats.",
+            self.clicks_screened.load(Relaxed),
         );
         counter(
             "shortlinks_clicks_persisted_total",

@@ -111,6 +111,7 @@ async fn previews_scanners_bots_prefetches_and_head_make_no_note_but_still_redir
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum();
     assert_eq!(counted, made, "every non-visit is counted");
+    assert_eq!(metric(server.addr, "shortlinks_clicks_persisted_total").await, 0, "and none is written");
     assert!(text.contains("shortlinks_not_visits_total{reason=\"head\"} 1"), "{text}");
     assert!(text.contains("shortlinks_not_visits_total{reason=\"prefetch\"} 4"), "{text}");
 }
@@ -153,6 +154,24 @@ async fn repeat_visits_within_the_window_make_one_note() {
         "after the window: a second note"
     );
     assert_eq!(metric(server.addr, "shortlinks_visits_deduplicated_total").await, 1);
+}
+
+/// Once a visit is claimed, its repeats are settled by the writer's screen: counted, never
+/// written to the outbox nor read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_of_a_claimed_visit_is_never_written() {
+    let server = TestServer::start().await;
+    let code = links(&server, &[("https://original.example/", 5)]).await.remove(0);
+    click(server.addr, &code, &[("user-agent", BROWSER)]).await;
+    until_dispatched(server.addr, 1).await;
+    for _ in 0..3 {
+        click(server.addr, &code, &[("user-agent", BROWSER)]).await;
+    }
+    until_dispatched(server.addr, 4).await;
+    assert_eq!(metric(server.addr, "shortlinks_clicks_persisted_total").await, 1, "only the first visit");
+    assert_eq!(metric(server.addr, "shortlinks_clicks_screened_total").await, 3);
+    assert_eq!(metric(server.addr, "shortlinks_visits_deduplicated_total").await, 3);
+    assert_eq!(all_notes(server.addr, &server.token, "/api/v4/contacts/5/notes").await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

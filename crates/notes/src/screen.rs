@@ -1,0 +1,103 @@
+//! Screening: what memory alone can tell about a click, before the outbox or the store.
+//!
+//! Only a first visit can become a note, so only a click that may be one needs to be
+//! durable. The writer screens each group before appending it: a click that is not a
+//! visit (a HEAD, a prefetch, a preview bot, a mail scanner) or that repeats a visit this
+//! node has claimed within the window is counted and dropped, never written or read back.
+//! Those are the floods (scanners click every link of a mailing; bots and double clicks
+//! repeat), and they no longer touch the disk. The dispatcher screens again what it reads:
+//! clicks written before it learnt a mark, and clicks from other nodes or older versions.
+//!
+//! Screening early drops nothing the dispatcher would keep. Classification depends on the
+//! click alone. A remembered mark was claimed in the store before it was remembered, and
+//! marks only move forward in time, so a click that a mark makes a repeat now is a repeat
+//! for every later mark and for the store's ledger. If the node dies before the claiming
+//! click's note is written, that click is still in the outbox and is dispatched again;
+//! the repeat it covered would have made no note anyway.
+
+use shortlinks_core::model::Click;
+
+use crate::classify::{Classifier, NotVisit};
+use crate::note::NoteKeys;
+use crate::recent::RecentMarks;
+
+/// The screen the writer and the dispatcher share: one verdict cache and one set of marks.
+pub(crate) struct Screen {
+    pub(crate) classifier: Classifier,
+    pub(crate) recent: RecentMarks,
+    pub(crate) keys: NoteKeys,
+    /// The dedup window, in milliseconds.
+    pub(crate) window_ms: u64,
+}
+
+/// What screening found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Not a visit: never a note.
+    NotVisit(NotVisit),
+    /// A repeat of a visit this node claimed within the window: never a note.
+    Repeat,
+    /// Possibly a first visit, with its visit key: the store's ledger decides.
+    MaybeNew([u8; 16]),
+}
+
+impl Screen {
+    /// A screen with its own empty caches.
+    pub(crate) fn new(keys: NoteKeys, window: std::time::Duration) -> Self {
+        Self {
+            classifier: Classifier::default(),
+            recent: RecentMarks::default(),
+            keys,
+            window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Classifies first (most non-visits then cost no hash), then looks the visit up among
+    /// the remembered marks, computing the note id only when a mark has the click's very
+    /// millisecond.
+    pub(crate) fn judge(&self, click: &Click) -> Verdict {
+        if let Some(why) = self.classifier.classify(click) {
+            return Verdict::NotVisit(why);
+        }
+        let key = self.keys.visit_key(click);
+        if self.recent.is_duplicate(&key, click.at, || self.keys.note_id(click, &key), self.window_ms) {
+            return Verdict::Repeat;
+        }
+        Verdict::MaybeNew(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shortlinks_core::model::VisitMark;
+    use shortlinks_core::store::conformance;
+
+    use super::*;
+
+    const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+    const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0";
+
+    fn visit(at: u64) -> Click {
+        Click { user_agent: Some(FIREFOX.into()), ..conformance::click("AAAAAAAAAAAA", at) }
+    }
+
+    #[test]
+    fn a_bot_is_not_a_visit_a_remembered_visit_is_a_repeat_and_the_rest_may_be_new() {
+        let screen = Screen::new(NoteKeys::new([1; 32], [2; 32]), HOUR);
+        let bot = Click { user_agent: Some("curl/8.5.0".into()), ..visit(1_000) };
+        assert!(matches!(screen.judge(&bot), Verdict::NotVisit(_)));
+
+        let first = visit(1_000);
+        let Verdict::MaybeNew(key) = screen.judge(&first) else { panic!("a first visit") };
+        assert_eq!(key, screen.keys.visit_key(&first));
+        // Nothing is remembered until the dispatcher has claimed the visit.
+        assert_eq!(screen.judge(&visit(2_000)), Verdict::MaybeNew(key));
+
+        let note_id = screen.keys.note_id(&first, &key);
+        screen.recent.remember(key, VisitMark { at: first.at, note_id }, screen.window_ms);
+        assert_eq!(screen.judge(&visit(2_000)), Verdict::Repeat, "within the window");
+        assert_eq!(screen.judge(&visit(1_000 + 3_600_000)), Verdict::MaybeNew(key), "past the window");
+        // The claiming click itself, read again after a crash, is not its own repeat.
+        assert_eq!(screen.judge(&first), Verdict::MaybeNew(key));
+    }
+}
