@@ -14,7 +14,7 @@ use shortlinks_core::store::{RecordQueues, CLICK_QUEUE};
 use shortlinks_core::{ShortCode, Store, Timestamp};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
-use crate::screen::{Screen, Verdict};
+use crate::screen::Screen;
 use crate::stats::Stats;
 
 /// The most clicks in one group commit.
@@ -271,17 +271,10 @@ async fn write_groups<S: Store>(
             let click = pending.click.into_click(next_nonce);
             waiters.push(pending.durable);
             // Only a click that may be a first visit needs to be durable (see `screen`).
-            match screen.judge(&click) {
-                Verdict::NotVisit(why) => stats.not_visit(why),
-                Verdict::Repeat => {
-                    stats.duplicate_visits.fetch_add(1, Relaxed);
-                }
-                Verdict::MaybeNew(_) => {
-                    clicks.push(click);
-                    continue;
-                }
+            match screen.judge(&click).key_or_count(&stats) {
+                Some(_) => clicks.push(click),
+                None => screened += 1,
             }
-            screened += 1;
         }
         stats.clicks_screened.fetch_add(screened, Relaxed);
         if clicks.is_empty() {

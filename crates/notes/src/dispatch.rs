@@ -20,7 +20,7 @@ use shortlinks_core::{AccountId, Error, LinkCache, Store};
 use tokio::sync::{watch, Notify};
 
 use crate::note::NoteKeys;
-use crate::screen::{Screen, Verdict};
+use crate::screen::Screen;
 use crate::stats::Stats;
 
 /// Outbox records (each a group of clicks) handled per round.
@@ -140,17 +140,7 @@ impl<S: Store> Dispatcher<S> {
                 tokio::task::yield_now().await;
             }
             // Non-visits and remembered repeats need neither the link nor the store.
-            let key = match self.screen.judge(click) {
-                Verdict::NotVisit(why) => {
-                    self.stats.not_visit(why);
-                    continue;
-                }
-                Verdict::Repeat => {
-                    self.stats.duplicate_visits.fetch_add(1, Relaxed);
-                    continue;
-                }
-                Verdict::MaybeNew(key) => key,
-            };
+            let Some(key) = self.screen.judge(click).key_or_count(&self.stats) else { continue };
             let Some(link) = self.links.get(&self.store, &click.code).await? else {
                 self.stats.unknown_links.fetch_add(1, Relaxed);
                 continue;

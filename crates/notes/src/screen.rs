@@ -15,11 +15,14 @@
 //! click's note is written, that click is still in the outbox and is dispatched again;
 //! the repeat it covered would have made no note anyway.
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use shortlinks_core::model::Click;
 
 use crate::classify::{Classifier, NotVisit};
 use crate::note::NoteKeys;
 use crate::recent::RecentMarks;
+use crate::stats::Stats;
 
 /// The screen the writer and the dispatcher share: one verdict cache and one set of marks.
 pub(crate) struct Screen {
@@ -39,6 +42,21 @@ pub(crate) enum Verdict {
     Repeat,
     /// Possibly a first visit, with its visit key: the store's ledger decides.
     MaybeNew([u8; 16]),
+}
+
+impl Verdict {
+    /// The visit key of a possible first visit. A settled click gives `None` and is
+    /// counted: by its reason, or as a repeat.
+    pub(crate) fn key_or_count(self, stats: &Stats) -> Option<[u8; 16]> {
+        match self {
+            Verdict::NotVisit(why) => stats.not_visit(why),
+            Verdict::Repeat => {
+                stats.duplicate_visits.fetch_add(1, Relaxed);
+            }
+            Verdict::MaybeNew(key) => return Some(key),
+        }
+        None
+    }
 }
 
 impl Screen {
