@@ -28,8 +28,8 @@ shortlinks (click pipeline on, group durability) side by side with a bare hyper 
 under wrk on 127.0.0.1, rounds interleaved. Prints req/s, p50/p99, the server's CPU
 time per request (user and kernel, from /proc) and wrk's own (context for slow rounds),
 as medians [min, max], and each server's ratio to the reference. After each run it waits
-until shortlinks has dispatched every click it recorded (the backlog printed is what was
-left when wrk stopped), and that time's CPU counts in the run.
+until shortlinks has settled every click it recorded (screened out or dispatched; the
+backlog printed is what was left when wrk stopped), and that time's CPU counts in the run.
 
   --links N            links preloaded into each server (1000000)
   --rounds R           rounds per connection count (5)
@@ -177,7 +177,7 @@ struct Run {
     /// shared machine runs slow, and also when responses come slower (fewer per wake-up),
     /// so it hints at the cause without settling it.
     wrk_cpu_us: f64,
-    /// Clicks shortlinks had recorded but not yet dispatched when wrk stopped (none for the
+    /// Clicks shortlinks had recorded but not yet settled when wrk stopped (none for the
     /// reference): shows whether the pipeline kept up or left work for after the run.
     backlog: u64,
 }
@@ -205,7 +205,7 @@ async fn pipeline_backlog(addr: &str) -> anyhow::Result<Option<u64>> {
     Ok(Some(recorded.saturating_sub(screened).saturating_sub(dispatched)))
 }
 
-/// Waits until the server's pipeline has dispatched every click it recorded (bounded), so
+/// Waits until the server's pipeline has settled every click it recorded (bounded), so
 /// that no run's clicks are handled, and paid for, in the next run. Returns the backlog it
 /// found first.
 async fn settle(addr: &str) -> anyhow::Result<u64> {
@@ -214,7 +214,7 @@ async fn settle(addr: &str) -> anyhow::Result<u64> {
     let mut backlog = first;
     while backlog > 0 {
         if Instant::now() > deadline {
-            bail!("the pipeline still had {backlog} clicks to dispatch after 120 s");
+            bail!("the pipeline still had {backlog} clicks to settle after 120 s");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
         backlog = pipeline_backlog(addr).await?.unwrap_or(0);

@@ -8,7 +8,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::{all_notes, click, code_of, item, metric, send, until_dispatched, Answer, Receiver, TestServer, BROWSER};
+use common::{all_notes, click, code_of, item, metric, send, until_settled, Answer, Receiver, TestServer, BROWSER};
 use hyper::Method;
 use serde_json::json;
 use shortlinks_core::ContactScope;
@@ -36,7 +36,7 @@ async fn a_browser_click_makes_exactly_one_note_with_the_original_url() {
     let code = links(&server, &[("https://original.example/offer?id=7", 42)]).await.remove(0);
     let reply = click(server.addr, &code, &[("user-agent", BROWSER), ("referer", "https://mail.example/")]).await;
     assert_eq!(reply.status, 302);
-    until_dispatched(server.addr, 1).await;
+    until_settled(server.addr, 1).await;
 
     for path in [
         "/api/v4/contacts/42/notes",
@@ -100,7 +100,7 @@ async fn previews_scanners_bots_prefetches_and_head_make_no_note_but_still_redir
     assert_eq!(click(server.addr, &code, &[]).await.status, 302, "no User-Agent");
     made += 2;
 
-    until_dispatched(server.addr, made).await;
+    until_settled(server.addr, made).await;
     assert!(all_notes(server.addr, &server.token, "/api/v4/contacts/notes").await.is_empty(), "not one note");
     assert_eq!(metric(server.addr, "shortlinks_notes_written_total").await, 0);
     let text =
@@ -130,7 +130,7 @@ async fn repeat_visits_within_the_window_make_one_note() {
 
     click(server.addr, &code, &alice).await;
     click(server.addr, &code, &alice).await;
-    until_dispatched(server.addr, 2).await;
+    until_settled(server.addr, 2).await;
     assert_eq!(
         all_notes(server.addr, &server.token, "/api/v4/contacts/5/notes").await.len(),
         1,
@@ -138,7 +138,7 @@ async fn repeat_visits_within_the_window_make_one_note() {
     );
 
     click(server.addr, &code, &bob).await;
-    until_dispatched(server.addr, 3).await;
+    until_settled(server.addr, 3).await;
     assert_eq!(
         all_notes(server.addr, &server.token, "/api/v4/contacts/5/notes").await.len(),
         2,
@@ -147,7 +147,7 @@ async fn repeat_visits_within_the_window_make_one_note() {
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
     click(server.addr, &code, &alice).await;
-    until_dispatched(server.addr, 4).await;
+    until_settled(server.addr, 4).await;
     assert_eq!(
         all_notes(server.addr, &server.token, "/api/v4/contacts/5/notes").await.len(),
         3,
@@ -163,11 +163,11 @@ async fn a_repeat_of_a_claimed_visit_is_never_written() {
     let server = TestServer::start().await;
     let code = links(&server, &[("https://original.example/", 5)]).await.remove(0);
     click(server.addr, &code, &[("user-agent", BROWSER)]).await;
-    until_dispatched(server.addr, 1).await;
+    until_settled(server.addr, 1).await;
     for _ in 0..3 {
         click(server.addr, &code, &[("user-agent", BROWSER)]).await;
     }
-    until_dispatched(server.addr, 4).await;
+    until_settled(server.addr, 4).await;
     assert_eq!(metric(server.addr, "shortlinks_clicks_persisted_total").await, 1, "only the first visit");
     assert_eq!(metric(server.addr, "shortlinks_clicks_screened_total").await, 3);
     assert_eq!(metric(server.addr, "shortlinks_visits_deduplicated_total").await, 3);
@@ -181,7 +181,7 @@ async fn notes_are_isolated_by_account_and_scoped_by_contact_rights() {
     for code in &codes {
         click(server.addr, code, &[("user-agent", BROWSER)]).await;
     }
-    until_dispatched(server.addr, 2).await;
+    until_settled(server.addr, 2).await;
     assert_eq!(all_notes(server.addr, &server.token, "/api/v4/contacts/notes").await.len(), 2);
 
     async fn token(dir: &std::path::Path, account: u64, scope: ContactScope) -> String {
@@ -213,7 +213,7 @@ async fn paging_follows_next_links() {
         let ip = format!("192.0.2.{i}");
         click(server.addr, &code, &[("user-agent", BROWSER), ("x-forwarded-for", &ip)]).await;
     }
-    until_dispatched(server.addr, 7).await;
+    until_settled(server.addr, 7).await;
     let notes = all_notes(server.addr, &server.token, "/api/v4/contacts/notes?limit=3").await;
     assert_eq!(notes.len(), 7);
     assert_eq!(notes.iter().map(|n| n["id"].as_u64().unwrap()).collect::<HashSet<_>>().len(), 7);
@@ -245,7 +245,7 @@ async fn the_webhook_gets_every_note_through_failures_and_timeouts() {
         let ip = format!("192.0.2.{i}");
         assert_eq!(click(server.addr, code, &[("user-agent", BROWSER), ("x-forwarded-for", &ip)]).await.status, 302);
     }
-    until_dispatched(server.addr, 3).await;
+    until_settled(server.addr, 3).await;
     let journal = all_notes(server.addr, &server.token, "/api/v4/contacts/notes").await;
     let want: HashSet<u64> = journal.iter().map(|n| n["id"].as_u64().unwrap()).collect();
     assert_eq!(want.len(), 3);

@@ -223,7 +223,7 @@ pub async fn try_metric(addr: SocketAddr, name: &str) -> Option<u64> {
 
 /// Waits until the pipeline has settled `n` clicks (it is asynchronous): screened out by the
 /// writer (not visits, remembered repeats) or finished by the dispatcher.
-pub async fn until_dispatched(addr: SocketAddr, n: u64) {
+pub async fn until_settled(addr: SocketAddr, n: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let done = metric(addr, "shortlinks_clicks_screened_total").await
