@@ -407,6 +407,21 @@ mod tests {
         assert_eq!(stats.not_visits(NotVisit::Crawler), 1);
     }
 
+    /// In `sync` mode a redirect waits for its click's flush; a screened click has nothing
+    /// to flush, and its redirect is answered all the same.
+    #[tokio::test]
+    async fn in_sync_mode_a_screened_click_is_answered_without_a_write() {
+        let store = MemoryStore::new();
+        let stats = Arc::new(Stats::default());
+        let (_stop, stopped) = watch::channel(false);
+        let (recorder, _writer) =
+            channel(store.clone(), Durability::Sync, 64, screen(), stats.clone(), Arc::default(), stopped);
+        let bot = RawClick { user_agent: Some(Box::from(&b"curl/8.5.0"[..])), ..raw_click() };
+        assert_eq!(recorder.record(bot).await, Ok(()));
+        assert_eq!(stats.clicks_screened.load(Relaxed), 1);
+        assert!(store.lease_records::<Vec<Click>>(CLICK_QUEUE, 10).await.unwrap().is_empty(), "nothing written");
+    }
+
     #[test]
     fn header_text_is_bounded_at_a_character_boundary() {
         assert_eq!(bounded_text(b"Mozilla/5.0"), "Mozilla/5.0");
