@@ -21,6 +21,18 @@ use tokio::process::{Child, Command};
 /// A browser's agent: these requests are what people send, so they become visits and notes.
 const AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0";
 
+/// wrk's `request()` for `--visitors repeat`: a random code, the command line's headers.
+const REPEAT_REQUEST: &str = "function request() return wrk.format(\"GET\", paths[math.random(#paths)]) end\n";
+
+/// wrk's `request()` for `--visitors new`: a random code from an address no request had
+/// before (the run, the wrk thread and the request's number make an IPv6 address). A
+/// headers table replaces the command line's, so the agent is passed on here.
+const NEW_VISITOR_REQUEST: &str = "function request()\n\
+    n = n + 1\n\
+    local from = string.format(\"fd00:%x:%x::%x:%x\", run, id, math.floor(n / 65536), n % 65536)\n\
+    return wrk.format(\"GET\", paths[math.random(#paths)], {[\"User-Agent\"] = wrk.headers[\"User-Agent\"], [\"X-Forwarded-For\"] = from})\n\
+    end\n";
+
 const USAGE: &str = "\
 usage: benches/load/run [OPTIONS]
 
@@ -37,7 +49,11 @@ backlog printed is what was left when wrk stopped), and that time's CPU counts i
   --connections LIST   wrk connection counts (64,256)
   --sample N           distinct codes wrk picks from at random (100000)
   --storage LIST       sled and/or redis (sled); redis starts its own redis-server
-  --baseline PATH      another shortlinks binary, run on sled in the same rounds";
+  --baseline PATH      another shortlinks binary, run on sled in the same rounds
+  --visitors KIND      repeat (default): one agent from one address, so after the
+                       warm-up nearly every click repeats a visit; new: every request
+                       from an address of its own (X-Forwarded-For, trusted with
+                       --client-ip-header), so every click is a first visit and a note";
 
 struct Options {
     links: usize,
@@ -47,6 +63,8 @@ struct Options {
     sample: usize,
     storages: Vec<String>,
     baseline: Option<std::path::PathBuf>,
+    /// Every request a first visit (`--visitors new`) rather than mostly repeats.
+    new_visitors: bool,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -58,6 +76,7 @@ fn options() -> anyhow::Result<Options> {
         sample: 100_000,
         storages: vec!["sled".into()],
         baseline: None,
+        new_visitors: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -74,6 +93,13 @@ fn options() -> anyhow::Result<Options> {
             "--sample" => o.sample = value()?.parse()?,
             "--storage" => o.storages = value()?.split(',').map(str::to_owned).collect(),
             "--baseline" => o.baseline = Some(value()?.into()),
+            "--visitors" => {
+                o.new_visitors = match value()?.as_str() {
+                    "repeat" => false,
+                    "new" => true,
+                    other => bail!("--visitors takes repeat or new, not {other:?}"),
+                }
+            }
             other => bail!("unknown option {other} (see --help)"),
         }
     }
@@ -182,9 +208,9 @@ struct Run {
     backlog: u64,
 }
 
-/// Recorded clicks the pipeline has not settled yet, from the server's `/metrics`; `None`
-/// for a server without them (the reference).
-async fn pipeline_backlog(addr: &str) -> anyhow::Result<Option<u64>> {
+/// The server's pipeline counters (`/metrics`), by name; `None` for a server without them
+/// (the reference).
+async fn counters(addr: &str) -> anyhow::Result<Option<std::collections::HashMap<String, u64>>> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
@@ -195,13 +221,21 @@ async fn pipeline_backlog(addr: &str) -> anyhow::Result<Option<u64>> {
     }
     let body = response.into_body().collect().await?.to_bytes();
     let text = String::from_utf8_lossy(&body);
-    let counter = |name: &str| {
-        text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok()).context(format!("no {name}"))
-    };
-    let recorded = counter("shortlinks_clicks_recorded_total ")?;
-    let dispatched = counter("shortlinks_clicks_dispatched_total ")?;
+    let parsed = text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        Some((name.to_owned(), value.parse().ok()?))
+    });
+    Ok(Some(parsed.collect()))
+}
+
+/// Recorded clicks the pipeline has not settled yet; `None` for the reference.
+async fn pipeline_backlog(addr: &str) -> anyhow::Result<Option<u64>> {
+    let Some(counters) = counters(addr).await? else { return Ok(None) };
+    let counter = |name: &str| counters.get(name).copied().context(format!("no {name}"));
+    let recorded = counter("shortlinks_clicks_recorded_total")?;
+    let dispatched = counter("shortlinks_clicks_dispatched_total")?;
     // Settled by the writer's screen, never written (absent in builds before it).
-    let screened = counter("shortlinks_clicks_screened_total ").unwrap_or(0);
+    let screened = counter("shortlinks_clicks_screened_total").unwrap_or(0);
     Ok(Some(recorded.saturating_sub(screened).saturating_sub(dispatched)))
 }
 
@@ -257,6 +291,9 @@ fn clock_ticks_per_second() -> f64 {
     })
 }
 
+/// wrk runs started so far.
+static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// One wrk run against `server`, with the server's CPU time read around it.
 async fn wrk(server: &Server, script: &Path, connections: usize, seconds: u64) -> anyhow::Result<Run> {
     let pid = server.child.id().context("the server has exited")?;
@@ -272,6 +309,10 @@ async fn wrk(server: &Server, script: &Path, connections: usize, seconds: u64) -
             .arg("-s")
             .arg(script)
             .arg(format!("http://{addr}"))
+            // The script's argument: a number of its own for each run, so that `--visitors
+            // new` never sends an address twice.
+            .arg("--")
+            .arg(RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_string())
             .output(),
     )
     .await
@@ -345,10 +386,15 @@ async fn shortlinks_on(
     storage: &str,
     work: &Path,
     n: usize,
+    new_visitors: bool,
 ) -> anyhow::Result<(Contender, Vec<(String, String)>)> {
     let data = work.join(format!("data-{name}"));
     let mut command = Command::new(binary);
     command.args(["serve", "--listen", "127.0.0.1:0", "--public-url", "https://sho.rt", "--data-dir"]).arg(&data);
+    if new_visitors {
+        // As behind a proxy: each request's own address makes it a visitor of its own.
+        command.args(["--client-ip-header", "X-Forwarded-For"]);
+    }
     let redis = if storage == "redis" {
         let redis = RedisServer::standalone().map_err(|e| anyhow::anyhow!("{e}"))?;
         command.args(["--storage", "redis", "--redis-url", &redis.url()]);
@@ -408,7 +454,7 @@ async fn main() -> anyhow::Result<()> {
         runs.push(("baseline-sled".into(), baseline.clone(), "sled"));
     }
     for (name, binary, storage) in &runs {
-        let (contender, made) = shortlinks_on(name, binary, storage, work.path(), o.links).await?;
+        let (contender, made) = shortlinks_on(name, binary, storage, work.path(), o.links, o.new_visitors).await?;
         contenders.push(contender);
         // Codes depend on each store's own secret: wrk uses the first server's.
         if links.is_empty() {
@@ -447,9 +493,10 @@ async fn main() -> anyhow::Result<()> {
             format!(
                 "local paths = {{}}\nfor line in io.lines(\"{}\") do paths[#paths + 1] = \"/\" .. line end\n\
                  local counter = 0\nfunction setup(thread) counter = counter + 1; thread:set(\"id\", counter) end\n\
-                 function init(args) math.randomseed({SEED} + id) end\n\
-                 function request() return wrk.format(\"GET\", paths[math.random(#paths)]) end\n",
-                codes_file.display()
+                 function init(args) math.randomseed({SEED} + id); run = tonumber(args[1]) or 0; n = 0 end\n\
+                 {}",
+                codes_file.display(),
+                if o.new_visitors { NEW_VISITOR_REQUEST } else { REPEAT_REQUEST },
             ),
         )?;
         scripts.push(script);
@@ -508,6 +555,18 @@ async fn main() -> anyhow::Result<()> {
     for contender in contenders.iter_mut().take(reference) {
         if let Some(id) = contender.server.child.id() {
             println!("{} RSS after the runs: {:.0} MiB", contender.name, rss_mib(id).unwrap_or(0.0));
+        }
+        // What the clicks became, to show which path the runs took.
+        if let Some(c) = counters(&contender.server.addr).await? {
+            let get = |name: &str| c.get(name).copied().unwrap_or(0);
+            println!(
+                "{} clicks: {} recorded, {} notes written, {} repeats, {} screened before the outbox",
+                contender.name,
+                get("shortlinks_clicks_recorded_total"),
+                get("shortlinks_notes_written_total"),
+                get("shortlinks_visits_deduplicated_total"),
+                get("shortlinks_clicks_screened_total")
+            );
         }
     }
     for contender in &mut contenders {
