@@ -10,7 +10,7 @@
 //! reference count taken and dropped on the link, each turn a read into a write to a
 //! cache line the other core also writes. Here a lookup hashes the code to a set of two
 //! slots that share one cache line, loads the slot (`arc-swap`: a thread-local note, no
-//! shared write) and reads the link where it lies ([`LinkCache::with_cached`]). A hit
+//! shared write) and reads the link where it lies ([`LinkCache::get_with`]). A hit
 //! writes nothing once the link is marked as used. Each slot also holds 32 bits of its
 //! link's hash, so a lookup follows only the slot that can hold its code: with full sets,
 //! the other slot's link (a cache miss of its own) is never read.
@@ -75,12 +75,6 @@ impl LinkCache {
         Self { inner: Arc::new(Sets { sets, hasher: Default::default(), len: AtomicUsize::new(0) }) }
     }
 
-    /// `f` of the cached link with this code, read in place; `None` if it is not cached.
-    /// The hot path: no lock, no allocation, no reference count taken.
-    pub fn with_cached<R>(&self, code: &ShortCode, f: impl FnOnce(&Link) -> R) -> Option<R> {
-        self.find(code, |link| f(link))
-    }
-
     /// The link with this code: from the cache, or one store read on a miss.
     pub async fn get<S: LinkStore>(&self, store: &S, code: &ShortCode) -> Result<Option<Arc<Link>>, Error> {
         self.get_with(store, code, Arc::clone).await
@@ -88,6 +82,7 @@ impl LinkCache {
 
     /// `f` of the link with this code: read in place from the cache, or after one store
     /// read on a miss (the link is then cached). The cache is searched once either way.
+    /// The hot path: on a hit no lock, no allocation, no reference count taken.
     pub async fn get_with<S: LinkStore, R>(
         &self,
         store: &S,
@@ -198,7 +193,7 @@ mod tests {
     }
 
     fn target(cache: &LinkCache, link: &Link) -> Option<String> {
-        cache.with_cached(&link.code, |l| l.target.to_string())
+        cache.find(&link.code, |l| l.target.to_string())
     }
 
     #[test]
@@ -274,7 +269,7 @@ mod tests {
                         for (i, l) in links.iter().enumerate() {
                             if (i + t + round) % 3 == 0 {
                                 cache.insert(l.clone());
-                            } else if let Some(found) = cache.with_cached(&l.code, |found| found.entity) {
+                            } else if let Some(found) = cache.find(&l.code, |found| found.entity) {
                                 assert_eq!(found, l.entity);
                             }
                         }
