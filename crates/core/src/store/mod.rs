@@ -17,6 +17,7 @@ use crate::model::{AccountId, ApiToken, EntityRef, EntityType, EntryId, Link, No
 use crate::Error;
 
 pub mod conformance;
+mod frame;
 pub(crate) mod keys;
 mod memory;
 mod queue_log;

@@ -23,11 +23,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::frame::{self, io, sync_dir, HEADER};
 use crate::model::EntryId;
 use crate::Error;
 
-/// Frame header: length and checksum.
-const HEADER: u64 = 8;
 /// Segments start anew past this size (32 MiB): small enough to be deleted soon after
 /// they are drained, large enough that a new file is rare.
 pub(crate) const SEGMENT_BYTES: u64 = 32 << 20;
@@ -117,21 +116,12 @@ pub(crate) struct QueueLog {
     state: Mutex<State>,
 }
 
-fn io(e: std::io::Error) -> Error {
-    Error::Storage(Box::new(e))
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:016x}.log"))
-}
-
-/// Makes a directory entry durable: a new file is not on disk until its directory is.
-fn sync_dir(dir: &Path) -> Result<(), Error> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io)
 }
 
 fn open_segment(dir: &Path, segment: u64, create: bool) -> Result<File, Error> {
@@ -148,19 +138,7 @@ fn frame_len(file: &File, offset: u64) -> Result<u64, Error> {
 /// Reads the frame at `offset`, checking it; `None` if there is no whole, intact frame
 /// before `end`.
 fn read_frame(file: &File, offset: u64, end: u64) -> Result<Option<(u64, Vec<u8>)>, Error> {
-    if offset + HEADER > end {
-        return Ok(None);
-    }
-    let mut header = [0u8; HEADER as usize];
-    file.read_exact_at(&mut header, offset).map_err(io)?;
-    let len = u64::from(u32::from_le_bytes([header[0], header[1], header[2], header[3]]));
-    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    if offset + HEADER + len > end || len as usize > MAX_PUSH {
-        return Ok(None);
-    }
-    let mut record = vec![0; len as usize];
-    file.read_exact_at(&mut record, offset + HEADER).map_err(io)?;
-    Ok((crc32fast::hash(&record) == crc).then_some((len, record)))
+    frame::read_at(file, offset, end, MAX_PUSH)
 }
 
 impl QueueLog {
@@ -242,9 +220,7 @@ impl QueueLog {
         }
         let mut frames = Vec::with_capacity(total);
         for record in records {
-            frames.extend_from_slice(&(record.len() as u32).to_le_bytes());
-            frames.extend_from_slice(&crc32fast::hash(record).to_le_bytes());
-            frames.extend_from_slice(record);
+            frame::append(&mut frames, record);
         }
         let mut tail = lock(&self.tail);
         if tail.len > 0 && tail.len + frames.len() as u64 > self.segment_bytes {
