@@ -19,6 +19,7 @@ use crate::Error;
 pub mod conformance;
 mod frame;
 pub(crate) mod keys;
+mod link_log;
 mod memory;
 mod queue_log;
 mod sled_store;

@@ -4,7 +4,6 @@
 //!
 //! | tree        | key                                               | value        |
 //! |-------------|---------------------------------------------------|--------------|
-//! | `links`     | code bytes                                        | `Link`       |
 //! | `by_entity` | account u64 ‖ type u8 ‖ entity u64 ‖ code bytes   | empty        |
 //! | `queue_heads` | queue name                                      | the head's position (16 bytes) |
 //! | `visits`    | 16-byte visit key (link, client)                  | `VisitMark`  |
@@ -14,13 +13,14 @@
 //!
 //! Integers in keys are big-endian, so scans come out in numeric order.
 //!
-//! Queues are not in sled: each is a directory of append-only files under `queues/` (see
-//! [`QueueLog`] for why). sled keeps only each queue's head, without a flush of its own.
-//! Releases before the queue files kept queues in a `queues` tree; opening moves its entries
-//! over.
+//! Links are not in sled: they are one append-only file, `links.log`, indexed in memory
+//! (see [`LinkLog`] for why). Nor are queues: each is a directory of append-only files under
+//! `queues/` (see [`QueueLog`]); sled keeps only each queue's head, without a flush of its
+//! own. Opening a directory of an earlier release moves its `links` and `queues` trees over.
 //!
-//! Reads run inline: sled serves them from its page cache, and the hot path will put its own
-//! cache in front. Anything that writes or flushes (an fsync) runs on tokio's blocking pool.
+//! Reads run inline: sled serves them from its page cache, a link is one positional read,
+//! and the hot path puts its own cache in front. Anything that writes or flushes (an fsync)
+//! runs on tokio's blocking pool.
 //!
 //! A flush is sled's own (`sync_file_range` on Linux, which neither records the log's new
 //! length nor empties the disk's write cache) followed by an `fdatasync` of sled's log file,
@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::link_log::LinkLog;
 use super::queue_log::{Position, QueueLog, MAX_PUSH, SEGMENT_BYTES};
 use super::{
     check_queue_name, keys, visit_claims, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Queues, Store,
@@ -43,14 +44,14 @@ use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, Timestam
 use crate::Error;
 
 const SECRET_KEY: &[u8] = b"installation_secret";
-/// Batches at least this large are inserted in two halves, in parallel.
-const SPLIT_FROM: usize = 32;
+/// Links moved from an earlier release's `links` tree per append.
+const MOVE_BATCH: usize = 10_000;
 
 /// A sled database. Cheap to clone: clones share the open database.
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
-    links: sled::Tree,
+    links: Arc<LinkLog>,
     by_entity: sled::Tree,
     queue_heads: sled::Tree,
     queues: Arc<OpenQueues>,
@@ -99,7 +100,7 @@ impl SledStore {
             .map_err(|e| Error::Storage(format!("cannot open sled's log file for fsync: {e}").into()))?;
         let store = Self {
             sled_log: Arc::new(log),
-            links: db.open_tree("links")?,
+            links: Arc::new(LinkLog::open(dir)?),
             by_entity: db.open_tree("by_entity")?,
             queue_heads: db.open_tree("queue_heads")?,
             queues: Arc::new(OpenQueues { dir: dir.join("queues"), open: Mutex::default() }),
@@ -109,7 +110,38 @@ impl SledStore {
             db,
         };
         store.move_legacy_queues()?;
+        store.move_legacy_links()?;
         Ok(store)
+    }
+
+    /// Moves the links of an earlier release's `links` tree into the link log, then drops
+    /// the tree. Their index entries are in `by_entity` already. A crash in between moves
+    /// them again on the next open: the log keeps the first copy of a code.
+    fn move_legacy_links(&self) -> Result<(), Error> {
+        if !self.db.tree_names().iter().any(|name| name.as_ref() == b"links") {
+            return Ok(());
+        }
+        let legacy = self.db.open_tree("links")?;
+        let mut batch = Vec::with_capacity(MOVE_BATCH);
+        let mut moved = 0;
+        for entry in legacy.iter() {
+            let (key, bytes) = entry?;
+            let link: Link = decode(&bytes)?;
+            if link.code.as_bytes() != &key[..] {
+                return Err(Error::Corrupt("a legacy link is stored under another code".into()));
+            }
+            batch.push(link);
+            if batch.len() == MOVE_BATCH {
+                moved += batch.len();
+                self.links.insert(&std::mem::take(&mut batch))?;
+            }
+        }
+        moved += batch.len();
+        self.links.insert(&batch)?;
+        self.db.drop_tree("links")?;
+        self.flush_now()?;
+        tracing::info!(links = moved, "moved the links tree of an earlier release into links.log");
+        Ok(())
     }
 
     /// Moves entries from the `queues` tree of earlier releases into the queue files, in
@@ -170,64 +202,39 @@ impl SledStore {
         self.sled_log.sync_data().map_err(|e| Error::Storage(Box::new(e)))
     }
 
-    /// Inserts links without a transaction (sled's added about a third to the work) and
-    /// without a flush. Each link is an insert-if-absent, so a taken code is never overwritten; the
-    /// index entries follow. A crash in between leaves a link without its index entry (never
-    /// the reverse), and a retry heals it: an occupied code's entry is written again.
+    /// Appends the links to the log (durable when it returns), then writes the index
+    /// entries of their owners. A crash in between leaves a link without its index entry
+    /// (never the reverse), and a retry heals it: an occupied code's entry is written again.
     ///
     /// The entries are plain inserts, not a `Batch`: sled 0.34's first batch or transaction
     /// in a process makes every later operation of every tree take a global lock (its
-    /// `concurrency_control`), batches exclusively, so the other half of a create waited
-    /// for this one's batch, and every redirect's store read paid for the lock.
+    /// `concurrency_control`).
     fn insert_unflushed(&self, links: &[Link]) -> Result<Vec<InsertOutcome>, Error> {
-        let mut outcomes = Vec::with_capacity(links.len());
-        let mut index = Vec::with_capacity(links.len());
-        for link in links {
-            let key = link.code.as_bytes();
-            let outcome = match self.links.compare_and_swap(key, None as Option<&[u8]>, Some(encode(link)?))? {
-                Ok(()) => InsertOutcome::Inserted,
-                Err(taken) => {
-                    let bytes = taken.current.ok_or_else(|| Error::Corrupt("a taken code has no link".into()))?;
-                    InsertOutcome::Occupied(decode(&bytes)?)
-                }
-            };
-            let owner = match &outcome {
+        let outcomes = self.links.insert(links)?;
+        for (link, outcome) in links.iter().zip(&outcomes) {
+            let owner = match outcome {
                 InsertOutcome::Inserted => link,
                 InsertOutcome::Occupied(existing) => existing,
             };
-            index.push(keys::link_index_key(owner.account, owner.entity, key));
-            outcomes.push(outcome);
-        }
-        for entry in index {
-            self.by_entity.insert(entry, &[] as &[u8])?;
+            self.by_entity
+                .insert(keys::link_index_key(owner.account, owner.entity, owner.code.as_bytes()), &[] as &[u8])?;
         }
         Ok(outcomes)
     }
 }
 
 impl LinkStore for SledStore {
-    async fn insert_links(&self, mut links: Vec<Link>) -> Result<Vec<InsertOutcome>, Error> {
-        // Large batches in two halves on two blocking threads: the time is sled's per-insert
-        // work, and sled takes concurrent writers without locks. One flush after both.
-        let second = if links.len() >= SPLIT_FROM { links.split_off(links.len() / 2) } else { Vec::new() };
-        let second_half = async {
-            if second.is_empty() {
-                return Ok(Vec::new());
-            }
-            self.blocking(move |s| s.insert_unflushed(&second)).await
-        };
-        let (first, second) = tokio::join!(self.blocking(move |s| s.insert_unflushed(&links)), second_half);
-        let mut outcomes = first?;
-        outcomes.extend(second?);
-        self.flush().await?;
-        Ok(outcomes)
+    async fn insert_links(&self, links: Vec<Link>) -> Result<Vec<InsertOutcome>, Error> {
+        self.blocking(move |s| {
+            let outcomes = s.insert_unflushed(&links)?;
+            s.flush_now()?;
+            Ok(outcomes)
+        })
+        .await
     }
 
     async fn get_link(&self, code: &ShortCode) -> Result<Option<Link>, Error> {
-        match self.links.get(code.as_bytes())? {
-            Some(bytes) => decode(&bytes).map(Some),
-            None => Ok(None),
-        }
+        self.links.get(code)
     }
 
     async fn links_of(&self, account: AccountId, entity: EntityRef) -> Result<Vec<Link>, Error> {
@@ -415,7 +422,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         let first = conformance::link("AAAAAAAAAAAA", 1, 10, "https://x.example/a");
-        store.links.insert(first.code.as_bytes(), encode(&first).unwrap()).unwrap();
+        store.links.insert(std::slice::from_ref(&first)).unwrap();
         assert!(store.links_of(AccountId(1), EntityRef::contact(10)).await.unwrap().is_empty());
 
         let retry = Link { created_at: crate::Timestamp(1_800_000_000_000), ..first.clone() };
@@ -469,6 +476,35 @@ mod tests {
             assert_eq!(records("clicks").await, [&b"c1"[..], b"c2"]);
             assert_eq!(records("sink:hook").await, [&b"n1"[..]]);
             assert!(!store.db.tree_names().iter().any(|n| n.as_ref() == b"queues"));
+        }
+    }
+
+    /// Links written by a release that kept them in a sled tree are moved to the link log
+    /// on open, once, and stay listed by their entity.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn links_of_earlier_releases_are_moved_over_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let old: Vec<Link> = (0..3)
+            .map(|i| conformance::link(&format!("LEGACY{i:06}"), 1, 40 + i, &format!("https://x.example/{i}")))
+            .collect();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let (links, index) = (db.open_tree("links").unwrap(), db.open_tree("by_entity").unwrap());
+            for link in &old {
+                links.insert(link.code.as_bytes(), encode(link).unwrap()).unwrap();
+                index.insert(keys::link_index_key(link.account, link.entity, link.code.as_bytes()), &[]).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        for _ in 0..2 {
+            let store = SledStore::open(dir.path()).unwrap();
+            for link in &old {
+                assert_eq!(store.get_link(&link.code).await.unwrap().as_ref(), Some(link));
+                assert_eq!(store.links_of(AccountId(1), link.entity).await.unwrap(), vec![link.clone()]);
+            }
+            assert!(!store.db.tree_names().iter().any(|n| n.as_ref() == b"links"), "the tree is gone");
+            let again = store.insert_links(vec![old[0].clone()]).await.unwrap();
+            assert_eq!(again, vec![InsertOutcome::Occupied(old[0].clone())], "a moved code stays taken");
         }
     }
 }

@@ -1,0 +1,427 @@
+//! Links in one append-only file with an index in memory: how the sled backend keeps them.
+//!
+//! A link is never changed or deleted once written, and the redirect reads one by its code.
+//! In a sled 0.34 tree every insert copies a B-tree node (with a reference-count write per
+//! value in it), and a read at a million links walks four levels of pages, most of them
+//! cache misses. Here a batch of links is one write and one `fdatasync`, and a read is a
+//! hash probe and one positional read of the link's frame.
+//!
+//! `links.log` in the data directory is a run of [`frame`]s, each holding
+//! `code length u8 ‖ code ‖ link record` ([`crate::codec`]). The index, code → where its
+//! frame is, lives in memory (32 bytes a link) and is rebuilt on open by reading the file
+//! through, which takes the codes from the frames without decoding the records.
+//!
+//! Crash safety: an insert returns once its frames are written and `fdatasync`ed, and a
+//! link is indexed only after its frame is written. Opening stops at the first frame that
+//! is short or fails its checksum. That is normally an insert that never returned, torn
+//! by the crash; but its pages may reach the disk in any order, and damage to acknowledged
+//! links looks the same, so nothing is thrown away: the bytes from there on are copied to
+//! `links.log.cut-<offset>`, the file is cut, and every intact frame found in the cut
+//! bytes is appended again. Salvaging a torn insert's whole frames is harmless: those links
+//! were never reported, and a retry of that insert finds them.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, ErrorKind, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, RwLock};
+
+use foldhash::fast::FixedState;
+
+use super::frame::{self, io, sync_dir, HEADER};
+use super::InsertOutcome;
+use crate::code::ShortCode;
+use crate::codec::{decode, encode};
+use crate::model::Link;
+use crate::Error;
+
+/// The file's name in the data directory.
+pub(crate) const FILE_NAME: &str = "links.log";
+/// The longest frame record: a link's target is at most 2 KiB; anything far past that is
+/// not a frame this wrote.
+const MAX_RECORD: usize = 64 << 10;
+/// Index shards, so that inserts and reads on different codes do not meet on one lock.
+const SHARDS: usize = 16;
+
+/// Where a link's frame is: its offset (44 bits, 16 TiB) and record length (20 bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Slot(u64);
+
+impl Slot {
+    const LEN_BITS: u32 = 20;
+    const MAX_OFFSET: u64 = 1 << (64 - Self::LEN_BITS);
+
+    fn new(offset: u64, len: usize) -> Self {
+        debug_assert!(offset < Self::MAX_OFFSET && len < MAX_RECORD);
+        Self(offset << Self::LEN_BITS | len as u64)
+    }
+
+    fn offset(self) -> u64 {
+        self.0 >> Self::LEN_BITS
+    }
+
+    fn len(self) -> usize {
+        (self.0 & ((1 << Self::LEN_BITS) - 1)) as usize
+    }
+}
+
+type Shard = RwLock<HashMap<ShortCode, Slot, FixedState>>;
+
+/// The appender's state: the file's length, and whether a failed sync stopped appends.
+struct Tail {
+    len: u64,
+    /// After a failed `fdatasync` the kernel may have dropped the unwritten pages, so what
+    /// was appended is in doubt until the file is read again: appends stop until a restart.
+    failed: bool,
+}
+
+/// The links of one data directory. Methods block (file I/O): an insert belongs off the
+/// async runtime; a read is a positional read of one frame, like a sled read that misses
+/// sled's cache.
+pub(crate) struct LinkLog {
+    path: PathBuf,
+    file: File,
+    tail: Mutex<Tail>,
+    index: Box<[Shard]>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Codes are uniformly random characters: the last one spreads them well enough.
+fn shard_of(code: &ShortCode) -> usize {
+    usize::from(code.as_bytes().last().copied().unwrap_or(0)) % SHARDS
+}
+
+/// Indexes a frame found on open; the first frame of a code is its link (an insert never
+/// writes a second).
+fn index_found(index: &mut [Shard], code: ShortCode, slot: Slot) {
+    let shard = index[shard_of(&code)].get_mut().unwrap_or_else(|p| p.into_inner());
+    shard.entry(code).or_insert(slot);
+}
+
+/// A frame's record: the code, then the link record.
+fn record(link: &Link) -> Result<Vec<u8>, Error> {
+    let code = link.code.as_bytes();
+    let mut record = Vec::with_capacity(1 + code.len() + 96);
+    record.push(code.len() as u8);
+    record.extend_from_slice(code);
+    record.extend_from_slice(&encode(link)?);
+    Ok(record)
+}
+
+/// Splits a frame's record into its code and its link record.
+fn split(record: &[u8]) -> Option<(ShortCode, &[u8])> {
+    let (&len, rest) = record.split_first()?;
+    let code = ShortCode::from_key(rest.get(..usize::from(len))?)?;
+    Some((code, &rest[usize::from(len)..]))
+}
+
+/// The code and record of an intact frame at the start of `bytes` whose link decodes
+/// under that code: what recovery keeps of cut-off bytes.
+fn salvage(bytes: &[u8]) -> Option<(ShortCode, &[u8])> {
+    let (len, crc) = frame::header(bytes.get(..HEADER as usize)?.try_into().ok()?);
+    let record = bytes.get(HEADER as usize..)?.get(..usize::try_from(len).ok().filter(|&l| l < MAX_RECORD)?)?;
+    if !frame::intact(record, crc) {
+        return None;
+    }
+    let (code, link) = split(record)?;
+    decode::<Link>(link).ok().filter(|l| l.code == code)?;
+    Some((code, record))
+}
+
+/// Fills `buf` from `reader`; `false` if the input ends first.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> Result<bool, Error> {
+    match reader.read_exact(buf) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(io(e)),
+    }
+}
+
+impl LinkLog {
+    /// Opens (or creates) `links.log` in `dir` and indexes every intact frame.
+    pub(crate) fn open(dir: &Path) -> Result<Self, Error> {
+        let path = dir.join(FILE_NAME);
+        let existed = path.exists();
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+        if !existed {
+            file.sync_all().map_err(io)?;
+            sync_dir(dir)?;
+        }
+        let index: Box<[Shard]> = (0..SHARDS).map(|_| RwLock::default()).collect();
+        let len = file.metadata().map_err(io)?.len();
+        let mut log = Self { path, file, tail: Mutex::new(Tail { len, failed: false }), index };
+        let valid = log.load()?;
+        if valid < len {
+            log.recover(valid, len)?;
+        }
+        Ok(log)
+    }
+
+    /// Indexes the file's frames; returns where the intact ones end.
+    fn load(&mut self) -> Result<u64, Error> {
+        let mut reader = BufReader::with_capacity(1 << 20, &self.file);
+        let mut offset = 0;
+        let mut record = Vec::new();
+        loop {
+            let mut header = [0u8; HEADER as usize];
+            if !read_full(&mut reader, &mut header)? {
+                return Ok(offset);
+            }
+            let (len, crc) = frame::header(header);
+            if len as usize >= MAX_RECORD {
+                return Ok(offset);
+            }
+            record.resize(len as usize, 0);
+            if !read_full(&mut reader, &mut record)? || !frame::intact(&record, crc) {
+                return Ok(offset);
+            }
+            // Intact, so this wrote it: a record without a code is a bug, not a torn write.
+            let (code, _) = split(&record).ok_or_else(|| {
+                Error::Corrupt(format!("{} holds a frame without a code at {offset}", self.path.display()))
+            })?;
+            index_found(&mut self.index, code, Slot::new(offset, record.len()));
+            offset += HEADER + len;
+        }
+    }
+
+    /// Sets the bytes from `valid` to `len` aside in a file of their own, cuts them off,
+    /// and appends again every intact frame among them.
+    fn recover(&mut self, valid: u64, len: u64) -> Result<(), Error> {
+        let aside = self.path.with_file_name(format!("{FILE_NAME}.cut-{valid}"));
+        let mut cut = vec![0u8; (len - valid) as usize];
+        self.file.read_exact_at(&mut cut, valid).map_err(io)?;
+        std::fs::write(&aside, &cut).and_then(|()| File::open(&aside)?.sync_all()).map_err(io)?;
+        if let Some(dir) = self.path.parent() {
+            sync_dir(dir)?;
+        }
+        let mut frames = Vec::new();
+        let mut salvaged = Vec::new();
+        let mut at = 0;
+        while at + HEADER as usize <= cut.len() {
+            match salvage(&cut[at..]) {
+                Some((code, record)) => {
+                    salvaged.push((code, Slot::new(valid + frames.len() as u64, record.len())));
+                    frame::append(&mut frames, record);
+                    at += HEADER as usize + record.len();
+                }
+                None => at += 1,
+            }
+        }
+        self.file.set_len(valid).map_err(io)?;
+        self.file.write_all_at(&frames, valid).and_then(|()| self.file.sync_all()).map_err(io)?;
+        tracing::warn!(log = %self.path.display(), at = valid, bytes = len - valid, salvaged = salvaged.len(),
+            aside = %aside.display(), "the links log had a torn or damaged frame: the rest was set aside and its intact frames kept");
+        self.tail.get_mut().unwrap_or_else(|p| p.into_inner()).len = valid + frames.len() as u64;
+        for (code, slot) in salvaged {
+            index_found(&mut self.index, code, slot);
+        }
+        Ok(())
+    }
+
+    fn shard(&self, code: &ShortCode) -> &Shard {
+        &self.index[shard_of(code)]
+    }
+
+    fn slot(&self, code: &ShortCode) -> Option<Slot> {
+        self.shard(code).read().unwrap_or_else(|p| p.into_inner()).get(code).copied()
+    }
+
+    /// Reads and checks the frame at `slot`.
+    fn read(&self, code: &ShortCode, slot: Slot) -> Result<Link, Error> {
+        let damaged = || Error::Corrupt(format!("{} is damaged at {}", self.path.display(), slot.offset()));
+        let mut bytes = vec![0u8; HEADER as usize + slot.len()];
+        self.file.read_exact_at(&mut bytes, slot.offset()).map_err(io)?;
+        let (header, record) = bytes.split_at(HEADER as usize);
+        let (len, crc) = frame::header(header.try_into().map_err(|_| damaged())?);
+        if len as usize != record.len() || !frame::intact(record, crc) {
+            return Err(damaged());
+        }
+        match split(record) {
+            Some((found, link)) if found == *code => decode(link),
+            _ => Err(damaged()),
+        }
+    }
+
+    /// The link with this code.
+    pub(crate) fn get(&self, code: &ShortCode) -> Result<Option<Link>, Error> {
+        self.slot(code).map(|slot| self.read(code, slot)).transpose()
+    }
+
+    /// Appends each link whose code is free, in order; a taken code (here or earlier in
+    /// the batch) is left as it is and reported with its link. Durable when it returns,
+    /// and so is every link it reports as taken.
+    pub(crate) fn insert(&self, links: &[Link]) -> Result<Vec<InsertOutcome>, Error> {
+        let mut tail = lock(&self.tail);
+        if tail.failed {
+            return Err(Error::Storage(
+                format!("{} could not be synced; restart to read it again", self.path.display()).into(),
+            ));
+        }
+        let mut outcomes = Vec::with_capacity(links.len());
+        let mut frames = Vec::new();
+        let mut fresh: HashMap<ShortCode, (Slot, usize), FixedState> = HashMap::default();
+        for (i, link) in links.iter().enumerate() {
+            if let Some(&(_, first)) = fresh.get(&link.code) {
+                outcomes.push(InsertOutcome::Occupied(links[first].clone()));
+            } else if let Some(slot) = self.slot(&link.code) {
+                outcomes.push(InsertOutcome::Occupied(self.read(&link.code, slot)?));
+            } else {
+                let record = record(link)?;
+                let offset = tail.len + frames.len() as u64;
+                if offset + HEADER + record.len() as u64 >= Slot::MAX_OFFSET {
+                    return Err(Error::Storage(format!("{} is full", self.path.display()).into()));
+                }
+                fresh.insert(link.code, (Slot::new(offset, record.len()), i));
+                frame::append(&mut frames, &record);
+                outcomes.push(InsertOutcome::Inserted);
+            }
+        }
+        if !frames.is_empty() {
+            if let Err(e) = self.file.write_all_at(&frames, tail.len) {
+                let _ = self.file.set_len(tail.len); // best effort: open cuts a torn end anyway
+                return Err(io(e));
+            }
+            tail.len += frames.len() as u64;
+            // Written before indexed: a reader never finds a code whose frame is not there.
+            for (code, (slot, _)) in fresh {
+                self.shard(&code).write().unwrap_or_else(|p| p.into_inner()).insert(code, slot);
+            }
+        }
+        drop(tail);
+        // Outside the lock, so that concurrent inserts share syncs. It also covers a taken
+        // code found above whose own insert has not synced yet: its frame was written first.
+        if let Err(e) = self.file.sync_data() {
+            lock(&self.tail).failed = true;
+            return Err(io(e));
+        }
+        Ok(outcomes)
+    }
+
+    /// How many links there are.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.index.iter().map(|shard| shard.read().unwrap_or_else(|p| p.into_inner()).len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::store::conformance::link;
+
+    fn links(from: u64, n: u64) -> Vec<Link> {
+        (from..from + n).map(|i| link(&format!("CODE{i:08}"), 1, i, &format!("https://x.example/{i}"))).collect()
+    }
+
+    fn file_len(dir: &Path) -> u64 {
+        std::fs::metadata(dir.join(FILE_NAME)).unwrap().len()
+    }
+
+    fn found(log: &LinkLog, links: &[Link]) -> Vec<bool> {
+        links.iter().map(|l| log.get(&l.code).unwrap().as_ref() == Some(l)).collect()
+    }
+
+    #[test]
+    fn links_are_found_after_a_reopen_and_a_taken_code_keeps_its_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LinkLog::open(dir.path()).unwrap();
+        let [a, b] = [links(1, 1).remove(0), links(2, 1).remove(0)];
+        let rival = Link { target: crate::TargetUrl::parse("https://other.example/").unwrap(), ..a.clone() };
+        let outcomes = log.insert(&[a.clone(), b.clone(), rival.clone()]).unwrap();
+        assert_eq!(outcomes, [InsertOutcome::Inserted, InsertOutcome::Inserted, InsertOutcome::Occupied(a.clone())]);
+        assert_eq!(log.insert(&[rival]).unwrap(), [InsertOutcome::Occupied(a.clone())]);
+        drop(log);
+
+        let log = LinkLog::open(dir.path()).unwrap();
+        assert_eq!(found(&log, &[a.clone(), b]), [true, true]);
+        assert_eq!(log.len(), 2);
+        let unknown = ShortCode::from_key(b"NOSUCHCODE00").unwrap();
+        assert_eq!(log.get(&unknown).unwrap(), None);
+    }
+
+    #[test]
+    fn a_torn_insert_is_cut_off_and_set_aside_and_the_log_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LinkLog::open(dir.path()).unwrap();
+        let kept = links(1, 3);
+        log.insert(&kept).unwrap();
+        drop(log);
+        let end = file_len(dir.path());
+        let torn = [&200u32.to_le_bytes()[..], &[7; 4], b"only part of a frame"].concat();
+        OpenOptions::new().write(true).open(dir.path().join(FILE_NAME)).unwrap().write_all_at(&torn, end).unwrap();
+
+        let log = LinkLog::open(dir.path()).unwrap();
+        assert_eq!(found(&log, &kept), [true; 3]);
+        assert_eq!(file_len(dir.path()), end, "cut where the torn frame began");
+        assert_eq!(std::fs::read(dir.path().join(format!("{FILE_NAME}.cut-{end}"))).unwrap(), torn, "set aside");
+        let later = links(10, 2);
+        log.insert(&later).unwrap();
+        drop(log);
+        let log = LinkLog::open(dir.path()).unwrap();
+        assert_eq!(found(&log, &[kept, later].concat()), [true; 5], "the next insert went where the torn one was");
+    }
+
+    #[test]
+    fn damage_in_the_middle_keeps_every_intact_frame_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LinkLog::open(dir.path()).unwrap();
+        let (first, damaged, after) = (links(1, 2), links(3, 1), links(4, 3));
+        for batch in [&first, &damaged, &after] {
+            log.insert(batch).unwrap();
+        }
+        let at = log.slot(&damaged[0].code).unwrap().offset();
+        drop(log);
+        let path = dir.path().join(FILE_NAME);
+        let before = std::fs::read(&path).unwrap();
+        OpenOptions::new().write(true).open(&path).unwrap().write_all_at(b"#", at + HEADER + 3).unwrap();
+
+        for _ in 0..2 {
+            let log = LinkLog::open(dir.path()).unwrap();
+            assert_eq!(found(&log, &first), [true; 2]);
+            assert_eq!(log.get(&damaged[0].code).unwrap(), None, "the damaged link is gone from the log");
+            assert_eq!(found(&log, &after), [true; 3], "what followed the damage was salvaged");
+        }
+        let aside = std::fs::read(dir.path().join(format!("{FILE_NAME}.cut-{at}"))).unwrap();
+        assert_eq!(aside[..HEADER as usize + 3], before[at as usize..][..HEADER as usize + 3]);
+        assert_eq!(aside.len(), before.len() - at as usize, "every byte from the damage on was set aside");
+    }
+
+    #[test]
+    fn a_read_checks_its_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LinkLog::open(dir.path()).unwrap();
+        let link = links(1, 1);
+        log.insert(&link).unwrap();
+        let slot = log.slot(&link[0].code).unwrap();
+        log.file.write_all_at(b"#", slot.offset() + HEADER + 20).unwrap();
+        assert!(matches!(log.get(&link[0].code), Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn concurrent_inserts_of_the_same_codes_store_each_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LinkLog::open(dir.path()).unwrap();
+        let batch = links(1, 200);
+        let outcomes: Vec<Vec<InsertOutcome>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..4).map(|_| s.spawn(|| log.insert(&batch).unwrap())).collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        for (i, link) in batch.iter().enumerate() {
+            let inserted = outcomes.iter().filter(|o| o[i] == InsertOutcome::Inserted).count();
+            assert_eq!(inserted, 1, "{} inserted once", link.code);
+            assert!(outcomes
+                .iter()
+                .all(|o| o[i] == InsertOutcome::Inserted || o[i] == InsertOutcome::Occupied(link.clone())));
+        }
+        drop(log);
+        let log = LinkLog::open(dir.path()).unwrap();
+        assert_eq!(log.len(), 200);
+        assert_eq!(file_len(dir.path()), log.tail.lock().unwrap().len, "no frame written twice");
+    }
+}
