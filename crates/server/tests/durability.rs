@@ -144,3 +144,64 @@ async fn sigterm_in_group_mode_loses_nothing() {
     eprintln!("graceful: acknowledged {acked}, notes {notes}");
     assert!(notes >= acked && notes <= acked + 1, "graceful shutdown lost clicks: {acked} acknowledged, {notes} notes");
 }
+
+/// Each acknowledged batch of a create: its items, and the codes of its links.
+type Created = Vec<(serde_json::Value, Vec<String>)>;
+
+/// The codes of a create's answer, in order.
+fn codes(reply: &common::Reply) -> Vec<String> {
+    let links = reply.json()["_embedded"]["short_links"].as_array().unwrap().clone();
+    links.iter().map(|l| code_of(l["url"].as_str().unwrap()).to_owned()).collect()
+}
+
+/// Creates batches of 250 links, each for new contacts, until the server stops answering.
+fn start_creating(addr: SocketAddr, token: String) -> (Arc<Mutex<Created>>, tokio::task::JoinHandle<()>) {
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let log = acked.clone();
+    let task = tokio::spawn(async move {
+        let auth = format!("Bearer {token}");
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        for batch in 0u64.. {
+            let items: Vec<_> =
+                (0..250).map(|i| item(&format!("https://original.example/{batch}/{i}"), batch * 250 + i + 1)).collect();
+            let items = serde_json::Value::Array(items);
+            let body = items.to_string().into_bytes();
+            match try_send(addr, Method::POST, "/api/v4/short_links", &headers, body).await {
+                Some(reply) if reply.status == 200 => log.lock().unwrap().push((items, codes(&reply))),
+                _ => break,
+            }
+        }
+    });
+    (acked, task)
+}
+
+/// Every created link a `200` answered must redirect after kill -9 and a restart (the link
+/// log may end in a torn insert, which the restart cuts off), and creating it again must
+/// return the same link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_creating_links_loses_no_acknowledged_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Process::serve(dir.path(), &[], &[]).await;
+    let token = server.banner[1].trim().to_owned();
+    let (acked, creator) = start_creating(server.addr, token.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.lock().unwrap().len() < 8 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill9().await;
+    creator.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 8, "the test must create before the kill, got {} batches", acked.len());
+
+    let server = Process::serve(dir.path(), &[], &[]).await;
+    for (_, links) in &acked {
+        for code in links {
+            let reply = try_send(server.addr, Method::GET, &format!("/{code}"), &[], Vec::new()).await.unwrap();
+            assert_eq!(reply.status, 302, "an acknowledged link was lost: {code}");
+        }
+    }
+    let (items, links) = &acked[acked.len() - 1];
+    assert_eq!(&codes(&server.post(&token, items).await), links, "a retry returns the same links");
+    eprintln!("links: {} batches of 250 acknowledged before the kill, all found after it", acked.len());
+    assert_eq!(server.terminate().await, 0);
+}
