@@ -8,8 +8,9 @@
 //!
 //! `links.log` in the data directory is a run of [`frame`]s, each holding
 //! `code length u8 ‖ code ‖ link record` ([`crate::codec`]). The index, code → where its
-//! frame is, lives in memory (32 bytes a link) and is rebuilt on open by reading the file
-//! through, which takes the codes from the frames without decoding the records.
+//! frame is, lives in memory (a 33-byte slot per link in tables kept 44–87% full: 69 MB at
+//! a million links) and is rebuilt on open by reading the file through, which takes the
+//! codes from the frames without decoding the records.
 //!
 //! Crash safety: an insert returns once its frames are written and `fdatasync`ed, and a
 //! link is indexed only after its frame is written. Opening stops at the first frame that
