@@ -39,9 +39,12 @@ use crate::Error;
 
 /// The file's name in the data directory.
 pub(crate) const FILE_NAME: &str = "links.log";
-/// The longest frame record: a link's target is at most 2 KiB; anything far past that is
-/// not a frame this wrote.
+/// The longest frame record: anything longer is not a frame this wrote, and opening takes
+/// it for a torn one.
 const MAX_RECORD: usize = 64 << 10;
+// So no link's record comes near it: its target is bounded, and the code, the ids and the
+// time take under 100 bytes more.
+const _: () = assert!(1 + ShortCode::MAX_LEN + 1 + crate::target::MAX_TARGET_LEN + 100 < MAX_RECORD);
 /// Index shards, so that inserts and reads on different codes do not meet on one lock.
 const SHARDS: usize = 16;
 
