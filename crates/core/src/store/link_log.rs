@@ -323,6 +323,15 @@ mod tests {
         (from..from + n).map(|i| link(&format!("CODE{i:08}"), 1, i, &format!("https://x.example/{i}"))).collect()
     }
 
+    /// A new log in a temporary directory, holding links 1 to `n`.
+    fn filled(n: u64) -> (tempfile::TempDir, LinkLog, Vec<Link>) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LinkLog::open(dir.path()).unwrap();
+        let stored = links(1, n);
+        log.insert(&stored).unwrap();
+        (dir, log, stored)
+    }
+
     fn file_len(dir: &Path) -> u64 {
         std::fs::metadata(dir.join(FILE_NAME)).unwrap().len()
     }
@@ -351,10 +360,7 @@ mod tests {
 
     #[test]
     fn a_torn_insert_is_cut_off_and_set_aside_and_the_log_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = LinkLog::open(dir.path()).unwrap();
-        let kept = links(1, 3);
-        log.insert(&kept).unwrap();
+        let (dir, log, kept) = filled(3);
         drop(log);
         let end = file_len(dir.path());
         let torn = [&200u32.to_le_bytes()[..], &[7; 4], b"only part of a frame"].concat();
@@ -398,10 +404,7 @@ mod tests {
 
     #[test]
     fn a_read_checks_its_frame() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = LinkLog::open(dir.path()).unwrap();
-        let link = links(1, 1);
-        log.insert(&link).unwrap();
+        let (_dir, log, link) = filled(1);
         let slot = log.slot(&link[0].code).unwrap();
         log.file.write_all_at(b"#", slot.offset() + HEADER + 20).unwrap();
         assert!(matches!(log.get(&link[0].code), Err(Error::Corrupt(_))));
