@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, ErrorKind, Read};
+use std::io::{BufReader, ErrorKind, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, RwLock};
@@ -195,13 +195,9 @@ impl LinkLog {
     /// Sets the bytes from `valid` to `len` aside in a file of their own, cuts them off,
     /// and appends again every intact frame among them.
     fn recover(&mut self, valid: u64, len: u64) -> Result<(), Error> {
-        let aside = self.path.with_file_name(format!("{FILE_NAME}.cut-{valid}"));
         let mut cut = vec![0u8; (len - valid) as usize];
         self.file.read_exact_at(&mut cut, valid).map_err(io)?;
-        std::fs::write(&aside, &cut).and_then(|()| File::open(&aside)?.sync_all()).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            sync_dir(dir)?;
-        }
+        let aside = self.set_aside(valid, &cut)?;
         let mut frames = Vec::new();
         let mut salvaged = Vec::new();
         let mut at = 0;
@@ -224,6 +220,25 @@ impl LinkLog {
             index_found(&mut self.index, code, slot);
         }
         Ok(())
+    }
+
+    /// Writes `cut` to a new file `links.log.cut-<offset>` (`.1`, `.2`… if that exists, as
+    /// after a crash during an earlier recovery: an earlier copy is never overwritten).
+    fn set_aside(&self, offset: u64, cut: &[u8]) -> Result<PathBuf, Error> {
+        for n in 0u32.. {
+            let suffix = if n == 0 { String::new() } else { format!(".{n}") };
+            let aside = self.path.with_file_name(format!("{FILE_NAME}.cut-{offset}{suffix}"));
+            let mut file = match OpenOptions::new().write(true).create_new(true).open(&aside) {
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+                opened => opened.map_err(io)?,
+            };
+            file.write_all(cut).and_then(|()| file.sync_all()).map_err(io)?;
+            if let Some(dir) = self.path.parent() {
+                sync_dir(dir)?;
+            }
+            return Ok(aside);
+        }
+        Err(Error::Storage(format!("no free name to set {} aside", self.path.display()).into()))
     }
 
     fn shard(&self, code: &ShortCode) -> &Shard {
@@ -298,9 +313,16 @@ impl LinkLog {
         drop(tail);
         // Outside the lock, so that concurrent inserts share syncs. It also covers a taken
         // code found above whose own insert has not synced yet: its frame was written first.
-        if let Err(e) = self.file.sync_data() {
-            lock(&self.tail).failed = true;
+        let synced = self.file.sync_data();
+        let mut tail = lock(&self.tail);
+        if let Err(e) = synced {
+            tail.failed = true;
             return Err(io(e));
+        }
+        // The kernel reports a failed write-back to one sync only: if another insert's sync
+        // failed, what this one found or wrote may not be on disk either.
+        if tail.failed {
+            return Err(Error::Storage(format!("{} could not be synced", self.path.display()).into()));
         }
         Ok(outcomes)
     }
@@ -375,6 +397,23 @@ mod tests {
         drop(log);
         let log = LinkLog::open(dir.path()).unwrap();
         assert_eq!(found(&log, &[kept, later].concat()), [true; 5], "the next insert went where the torn one was");
+    }
+
+    #[test]
+    fn a_second_recovery_at_the_same_place_never_overwrites_what_the_first_set_aside() {
+        let (dir, log, kept) = filled(2);
+        drop(log);
+        let end = file_len(dir.path());
+        let path = dir.path().join(FILE_NAME);
+        let torn = |bytes: &[u8]| OpenOptions::new().write(true).open(&path).unwrap().write_all_at(bytes, end).unwrap();
+        torn(b"\xff\xff first torn tail");
+        drop(LinkLog::open(dir.path()).unwrap());
+        torn(b"\xff\xff second torn tail");
+        let log = LinkLog::open(dir.path()).unwrap();
+        assert_eq!(found(&log, &kept), [true; 2]);
+        let aside = |name: String| std::fs::read(dir.path().join(name)).unwrap();
+        assert_eq!(aside(format!("{FILE_NAME}.cut-{end}")), b"\xff\xff first torn tail");
+        assert_eq!(aside(format!("{FILE_NAME}.cut-{end}.1")), b"\xff\xff second torn tail");
     }
 
     #[test]
