@@ -7,10 +7,13 @@
 //! hash probe and one positional read of the link's frame.
 //!
 //! `links.log` in the data directory is a run of [`frame`]s, each holding
-//! `code length u8 ‖ code ‖ link record` ([`crate::codec`]). The index, code → where its
-//! frame is, lives in memory (a 33-byte slot per link in tables kept 44–87% full: 69 MB at
-//! a million links) and is rebuilt on open by reading the file through, which takes the
-//! codes from the frames without decoding the records.
+//! `code length u8 ‖ code ‖ link record` ([`crate::codec`]). The index lives in memory and
+//! is rebuilt on open by reading the file through, which takes the codes from the frames
+//! without decoding the records. It maps a 64-bit hash of each code to where its frame is:
+//! a 17-byte slot per link in tables kept 44–87% full, 36 MB at a million links (keyed by
+//! the code itself it was twice that). A read checks the code in the frame it finds, so
+//! codes whose hashes collide (about one pair in 10^12 at a million links) are told apart:
+//! the second of a pair is kept in a small map by its code.
 //!
 //! Crash safety: an insert returns once its frames are written and `fdatasync`ed, and a
 //! link is indexed only after its frame is written. Opening stops at the first frame that
@@ -21,6 +24,7 @@
 //! bytes is appended again. Salvaging a torn insert's whole frames is harmless: those links
 //! were never reported, and a retry of that insert finds them.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, ErrorKind, Read, Write};
@@ -70,7 +74,33 @@ impl Slot {
     }
 }
 
-type Shard = RwLock<HashMap<ShortCode, Slot, FixedState>>;
+/// The hash the index is keyed by.
+type CodeHash = fn(&ShortCode) -> u64;
+
+fn code_hash(code: &ShortCode) -> u64 {
+    use std::hash::BuildHasher;
+    FixedState::default().hash_one(code)
+}
+
+/// One shard of the index.
+#[derive(Default)]
+struct Index {
+    /// Frames by their code's hash: the first code with that hash.
+    by_hash: HashMap<u64, Slot, FixedState>,
+    /// Codes whose hash an earlier code has; empty in practice.
+    collided: HashMap<ShortCode, Slot, FixedState>,
+}
+
+impl Index {
+    /// The slot of `code` if it is a collided one, else the slot its hash leads to, which
+    /// holds `code` or another code with its hash: the caller reads the frame to tell.
+    fn lookup(&self, hash: u64, code: &ShortCode) -> Option<Slot> {
+        let collided = if self.collided.is_empty() { None } else { self.collided.get(code) };
+        collided.or_else(|| self.by_hash.get(&hash)).copied()
+    }
+}
+
+type Shard = RwLock<Index>;
 
 /// The appender's state: the file's length, and whether a failed sync stopped appends.
 struct Tail {
@@ -88,22 +118,29 @@ pub(crate) struct LinkLog {
     file: File,
     tail: Mutex<Tail>,
     index: Box<[Shard]>,
+    hash: CodeHash,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Codes are uniformly random characters: the last one spreads them well enough.
-fn shard_of(code: &ShortCode) -> usize {
-    usize::from(code.as_bytes().last().copied().unwrap_or(0)) % SHARDS
+fn shard_of(hash: u64) -> usize {
+    (hash >> 60) as usize % SHARDS
 }
 
-/// Indexes a frame found on open; the first frame of a code is its link (an insert never
-/// writes a second).
-fn index_found(index: &mut [Shard], code: ShortCode, slot: Slot) {
-    let shard = index[shard_of(&code)].get_mut().unwrap_or_else(|p| p.into_inner());
-    shard.entry(code).or_insert(slot);
+/// Reads the frame at `slot` and checks it: its code, and its link record.
+fn read_frame(file: &File, path: &Path, slot: Slot) -> Result<(ShortCode, Vec<u8>), Error> {
+    let damaged = || Error::Corrupt(format!("{} is damaged at {}", path.display(), slot.offset()));
+    let mut bytes = vec![0u8; HEADER as usize + slot.len()];
+    file.read_exact_at(&mut bytes, slot.offset()).map_err(io)?;
+    let (header, record) = bytes.split_at(HEADER as usize);
+    let (len, crc) = frame::header(header.try_into().map_err(|_| damaged())?);
+    if len as usize != record.len() || !frame::intact(record, crc) {
+        return Err(damaged());
+    }
+    let (code, link) = split(record).ok_or_else(damaged)?;
+    Ok((code, link.to_vec()))
 }
 
 /// A frame's record: the code, then the link record.
@@ -148,6 +185,11 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> Result<bool, Error> {
 impl LinkLog {
     /// Opens (or creates) `links.log` in `dir` and indexes every intact frame.
     pub(crate) fn open(dir: &Path) -> Result<Self, Error> {
+        Self::open_hashing(dir, code_hash)
+    }
+
+    /// As [`LinkLog::open`], with the index keyed by `hash`: tests make codes collide.
+    fn open_hashing(dir: &Path, hash: CodeHash) -> Result<Self, Error> {
         let path = dir.join(FILE_NAME);
         let existed = path.exists();
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
@@ -157,7 +199,7 @@ impl LinkLog {
         }
         let index: Box<[Shard]> = (0..SHARDS).map(|_| RwLock::default()).collect();
         let len = file.metadata().map_err(io)?.len();
-        let mut log = Self { path, file, tail: Mutex::new(Tail { len, failed: false }), index };
+        let mut log = Self { path, file, tail: Mutex::new(Tail { len, failed: false }), index, hash };
         let valid = log.load()?;
         if valid < len {
             log.recover(valid, len)?;
@@ -167,7 +209,7 @@ impl LinkLog {
 
     /// Indexes the file's frames; returns where the intact ones end.
     fn load(&mut self) -> Result<u64, Error> {
-        let mut reader = BufReader::with_capacity(1 << 20, &self.file);
+        let mut reader = BufReader::with_capacity(1 << 20, self.file.try_clone().map_err(io)?);
         let mut offset = 0;
         let mut record = Vec::new();
         loop {
@@ -187,7 +229,7 @@ impl LinkLog {
             let (code, _) = split(&record).ok_or_else(|| {
                 Error::Corrupt(format!("{} holds a frame without a code at {offset}", self.path.display()))
             })?;
-            index_found(&mut self.index, code, Slot::new(offset, record.len()));
+            self.index_found(code, Slot::new(offset, record.len()))?;
             offset += HEADER + len;
         }
     }
@@ -217,7 +259,7 @@ impl LinkLog {
             aside = %aside.display(), "the links log had a torn or damaged frame: the rest was set aside and its intact frames kept");
         self.tail.get_mut().unwrap_or_else(|p| p.into_inner()).len = valid + frames.len() as u64;
         for (code, slot) in salvaged {
-            index_found(&mut self.index, code, slot);
+            self.index_found(code, slot)?;
         }
         Ok(())
     }
@@ -241,33 +283,43 @@ impl LinkLog {
         Err(Error::Storage(format!("no free name to set {} aside", self.path.display()).into()))
     }
 
-    fn shard(&self, code: &ShortCode) -> &Shard {
-        &self.index[shard_of(code)]
+    /// Indexes a frame found on open. The first frame of a code is its link (an insert
+    /// never writes a second); a code whose hash an earlier one has goes to `collided`.
+    fn index_found(&mut self, code: ShortCode, slot: Slot) -> Result<(), Error> {
+        let hash = (self.hash)(&code);
+        let index = self.index[shard_of(hash)].get_mut().unwrap_or_else(|p| p.into_inner());
+        match index.by_hash.entry(hash) {
+            Entry::Vacant(first) => {
+                first.insert(slot);
+            }
+            Entry::Occupied(first) => {
+                if read_frame(&self.file, &self.path, *first.get())?.0 != code {
+                    index.collided.entry(code).or_insert(slot);
+                }
+            }
+        }
+        Ok(())
     }
 
-    fn slot(&self, code: &ShortCode) -> Option<Slot> {
-        self.shard(code).read().unwrap_or_else(|p| p.into_inner()).get(code).copied()
-    }
-
-    /// Reads and checks the frame at `slot`.
-    fn read(&self, code: &ShortCode, slot: Slot) -> Result<Link, Error> {
-        let damaged = || Error::Corrupt(format!("{} is damaged at {}", self.path.display(), slot.offset()));
-        let mut bytes = vec![0u8; HEADER as usize + slot.len()];
-        self.file.read_exact_at(&mut bytes, slot.offset()).map_err(io)?;
-        let (header, record) = bytes.split_at(HEADER as usize);
-        let (len, crc) = frame::header(header.try_into().map_err(|_| damaged())?);
-        if len as usize != record.len() || !frame::intact(record, crc) {
-            return Err(damaged());
+    /// The slot and link of `code`, if it is stored.
+    fn find(&self, code: &ShortCode) -> Result<Option<(Slot, Link)>, Error> {
+        let hash = (self.hash)(code);
+        let slot = self.index[shard_of(hash)].read().unwrap_or_else(|p| p.into_inner()).lookup(hash, code);
+        let Some(slot) = slot else { return Ok(None) };
+        let (found, link) = read_frame(&self.file, &self.path, slot)?;
+        if found != *code {
+            return Ok(None); // another code with the same hash
         }
-        match split(record) {
-            Some((found, link)) if found == *code => decode(link),
-            _ => Err(damaged()),
+        let link: Link = decode(&link)?;
+        if link.code != *code {
+            return Err(Error::Corrupt(format!("{} holds a link under another code", self.path.display())));
         }
+        Ok(Some((slot, link)))
     }
 
     /// The link with this code.
     pub(crate) fn get(&self, code: &ShortCode) -> Result<Option<Link>, Error> {
-        self.slot(code).map(|slot| self.read(code, slot)).transpose()
+        Ok(self.find(code)?.map(|(_, link)| link))
     }
 
     /// Appends each link whose code is free, in order; a taken code (here or earlier in
@@ -286,8 +338,8 @@ impl LinkLog {
         for (i, link) in links.iter().enumerate() {
             if let Some(&(_, first)) = fresh.get(&link.code) {
                 outcomes.push(InsertOutcome::Occupied(links[first].clone()));
-            } else if let Some(slot) = self.slot(&link.code) {
-                outcomes.push(InsertOutcome::Occupied(self.read(&link.code, slot)?));
+            } else if let Some((_, existing)) = self.find(&link.code)? {
+                outcomes.push(InsertOutcome::Occupied(existing));
             } else {
                 let record = record(link)?;
                 let offset = tail.len + frames.len() as u64;
@@ -307,7 +359,19 @@ impl LinkLog {
             tail.len += frames.len() as u64;
             // Written before indexed: a reader never finds a code whose frame is not there.
             for (code, (slot, _)) in fresh {
-                self.shard(&code).write().unwrap_or_else(|p| p.into_inner()).insert(code, slot);
+                let hash = (self.hash)(&code);
+                let mut index = self.index[shard_of(hash)].write().unwrap_or_else(|p| p.into_inner());
+                // Under the appender's lock: no other insert is indexing, so a taken hash is
+                // another code's.
+                let index = &mut *index;
+                match index.by_hash.entry(hash) {
+                    Entry::Vacant(first) => {
+                        first.insert(slot);
+                    }
+                    Entry::Occupied(_) => {
+                        index.collided.insert(code, slot);
+                    }
+                }
             }
         }
         drop(tail);
@@ -330,7 +394,11 @@ impl LinkLog {
     /// How many links there are.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.index.iter().map(|shard| shard.read().unwrap_or_else(|p| p.into_inner()).len()).sum()
+        let sizes = self.index.iter().map(|shard| {
+            let index = shard.read().unwrap_or_else(|p| p.into_inner());
+            index.by_hash.len() + index.collided.len()
+        });
+        sizes.sum()
     }
 }
 
@@ -424,7 +492,7 @@ mod tests {
         for batch in [&first, &damaged, &after] {
             log.insert(batch).unwrap();
         }
-        let at = log.slot(&damaged[0].code).unwrap().offset();
+        let at = log.find(&damaged[0].code).unwrap().unwrap().0.offset();
         drop(log);
         let path = dir.path().join(FILE_NAME);
         let before = std::fs::read(&path).unwrap();
@@ -444,9 +512,28 @@ mod tests {
     #[test]
     fn a_read_checks_its_frame() {
         let (_dir, log, link) = filled(1);
-        let slot = log.slot(&link[0].code).unwrap();
+        let slot = log.find(&link[0].code).unwrap().unwrap().0;
         log.file.write_all_at(b"#", slot.offset() + HEADER + 20).unwrap();
         assert!(matches!(log.get(&link[0].code), Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn codes_whose_hashes_collide_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let same_hash: CodeHash = |_| 7;
+        let log = LinkLog::open_hashing(dir.path(), same_hash).unwrap();
+        let stored = links(1, 5);
+        assert_eq!(log.insert(&stored[..3]).unwrap(), vec![InsertOutcome::Inserted; 3]);
+        let again = log.insert(&stored).unwrap();
+        let taken: Vec<_> = stored[..3].iter().map(|l| InsertOutcome::Occupied(l.clone())).collect();
+        assert_eq!(again, [taken, vec![InsertOutcome::Inserted; 2]].concat());
+        let absent = links(9, 1);
+        assert_eq!(found(&log, &[stored.clone(), absent.clone()].concat()), [true, true, true, true, true, false]);
+        drop(log);
+
+        let log = LinkLog::open_hashing(dir.path(), same_hash).unwrap();
+        assert_eq!(found(&log, &[stored, absent].concat()), [true, true, true, true, true, false]);
+        assert_eq!(log.len(), 5);
     }
 
     #[test]
