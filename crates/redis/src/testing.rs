@@ -5,7 +5,8 @@
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crate::{RedisConfig, RedisTarget};
@@ -60,8 +61,20 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| StartError(format!("cannot run redis-server (is it installed?): {e}")))?;
-        self.child = Some(child);
-        wait_for_ping(self.port)
+        let ours = format!("process_id:{}", child.id());
+        let child = self.child.insert(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(StartError(format!("redis-server on port {} exited at start: {status}", self.port)));
+            }
+            // Answered by this process, not by another one that holds the port.
+            if cli(self.port, &["info", "server"]).is_some_and(|info| info.lines().any(|l| l.trim() == ours)) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(StartError(format!("redis-server on port {} did not answer", self.port)))
     }
 
     /// The port it listens on.
@@ -124,14 +137,16 @@ impl RedisCluster {
             nodes.push(RedisServer::start(port, node_dir, false, extra.iter().map(|s| s.to_string()).collect())?);
         }
         let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-        let status = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status()
+            .spawn()
             .map_err(|e| StartError(format!("cannot run redis-cli: {e}")))?;
+        // It waits without end for a node that died to join.
+        let status = exit_within(&mut create, Duration::from_secs(60))?;
         if !status.success() {
             return Err(StartError(format!("redis-cli --cluster create failed: {status}")));
         }
@@ -177,9 +192,20 @@ pub fn cli(port: u16, args: &[&str]) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn wait_for_ping(port: u16) -> Result<(), StartError> {
-    wait_until(Duration::from_secs(10), || cli(port, &["ping"]).is_some_and(|s| s.trim() == "PONG"))
-        .map_err(|()| StartError(format!("redis-server on port {port} did not answer PING")))
+/// Waits for `child` to exit; kills it after `limit`.
+fn exit_within(child: &mut Child, limit: Duration) -> Result<ExitStatus, StartError> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| StartError(e.to_string()))? {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(StartError(format!("redis-cli did not finish within {limit:?}")));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> Result<(), ()> {
@@ -193,18 +219,26 @@ fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> Result<(), ()
     Err(())
 }
 
-/// A loopback port free now; for cluster nodes the bus port (port + 10000) must be too.
+/// Server ports are 12000–21999, cluster bus ports 10000 above: below the kernel's
+/// ephemeral ports (32768 and up by default), so a port a test frees and takes back, as a
+/// restart does, is never handed meanwhile to a socket bound to port 0 (a client's, or
+/// another test's).
+const FIRST_PORT: u32 = 12_000;
+const PORTS: u32 = 10_000;
+/// Ports taken so far in this process: each server gets a new one, so no two servers of
+/// one process ever share a port, even one freed by a restart.
+static PORTS_TAKEN: AtomicU32 = AtomicU32::new(0);
+
+/// A loopback port free now and never handed out before in this process; for cluster
+/// nodes the bus port (port + 10000) must be free too.
 fn free_port(with_bus: bool) -> Result<u16, StartError> {
-    for _ in 0..100 {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| StartError(e.to_string()))?;
-        let port = listener.local_addr().map_err(|e| StartError(e.to_string()))?.port();
-        if !with_bus {
-            return Ok(port);
-        }
-        if let Some(bus) = port.checked_add(10_000) {
-            if TcpListener::bind((Ipv4Addr::LOCALHOST, bus)).is_ok() {
-                return Ok(port);
-            }
+    // Processes start at different places, so that two test binaries rarely meet.
+    let start = std::process::id() % 500 * 20;
+    let free = |port: u32| u16::try_from(port).is_ok_and(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok());
+    for _ in 0..PORTS {
+        let port = FIRST_PORT + (start + PORTS_TAKEN.fetch_add(1, Relaxed)) % PORTS;
+        if free(port) && (!with_bus || free(port + 10_000)) {
+            return u16::try_from(port).map_err(|e| StartError(e.to_string()));
         }
     }
     Err(StartError("no free loopback port".into()))
@@ -215,4 +249,23 @@ fn scratch_dir(port: u16) -> Result<PathBuf, StartError> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| StartError(format!("{}: {e}", dir.display())))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A server whose port another one holds must fail to start, not go on talking to the
+    /// other one (as a restart did when its port had been handed out meanwhile).
+    #[test]
+    fn a_server_whose_port_is_taken_does_not_start() {
+        let holder = RedisServer::standalone().unwrap();
+        let dir = scratch_dir(holder.port() + 1).unwrap();
+        let started = RedisServer::start(holder.port(), dir.clone(), true, Vec::new());
+        assert!(started.is_err(), "a second server on port {} reported started", holder.port());
+        assert!(cli(holder.port(), &["ping"]).is_some_and(|p| p.trim() == "PONG"), "the holder is untouched");
+        assert_ne!(free_port(false).unwrap(), free_port(false).unwrap(), "a port is handed out once");
+    }
 }
