@@ -40,6 +40,15 @@ pub(crate) fn intact(record: &[u8], crc: u32) -> bool {
     crc32fast::hash(record) == crc
 }
 
+/// The record of the whole, intact frame of at most `max_len` bytes that `bytes` starts
+/// with, if there is one.
+pub(crate) fn parse(bytes: &[u8], max_len: usize) -> Option<&[u8]> {
+    let (len, crc) = header(bytes.get(..HEADER as usize)?.try_into().ok()?);
+    let len = usize::try_from(len).ok().filter(|&len| len <= max_len)?;
+    let record = bytes.get(HEADER as usize..)?.get(..len)?;
+    intact(record, crc).then_some(record)
+}
+
 /// Reads the frame at `offset`, checking it; `None` if there is no whole, intact frame
 /// of at most `max_len` bytes before `end`.
 pub(crate) fn read_at(file: &File, offset: u64, end: u64, max_len: usize) -> Result<Option<(u64, Vec<u8>)>, Error> {

@@ -30,11 +30,12 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, ErrorKind, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::{Mutex, RwLock};
 
 use foldhash::fast::FixedState;
 
 use super::frame::{self, io, sync_dir, HEADER};
+use super::lock;
 use super::InsertOutcome;
 use crate::code::ShortCode;
 use crate::codec::{decode, encode};
@@ -45,7 +46,7 @@ use crate::Error;
 pub(crate) const FILE_NAME: &str = "links.log";
 /// The longest frame record: anything longer is not a frame this wrote, and opening takes
 /// it for a torn one.
-const MAX_RECORD: usize = 64 << 10;
+const MAX_RECORD: usize = (64 << 10) - 1;
 // So no link's record comes near it: its target is bounded, and the code, the ids and the
 // time take under 100 bytes more.
 const _: () = assert!(1 + ShortCode::MAX_LEN + 1 + crate::target::MAX_TARGET_LEN + 100 < MAX_RECORD);
@@ -61,7 +62,7 @@ impl Slot {
     const MAX_OFFSET: u64 = 1 << (64 - Self::LEN_BITS);
 
     fn new(offset: u64, len: usize) -> Self {
-        debug_assert!(offset < Self::MAX_OFFSET && len < MAX_RECORD);
+        debug_assert!(offset < Self::MAX_OFFSET && len <= MAX_RECORD);
         Self(offset << Self::LEN_BITS | len as u64)
     }
 
@@ -121,26 +122,20 @@ pub(crate) struct LinkLog {
     hash: CodeHash,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn shard_of(hash: u64) -> usize {
     (hash >> 60) as usize % SHARDS
 }
 
-/// Reads the frame at `slot` and checks it: its code, and its link record.
-fn read_frame(file: &File, path: &Path, slot: Slot) -> Result<(ShortCode, Vec<u8>), Error> {
-    let damaged = || Error::Corrupt(format!("{} is damaged at {}", path.display(), slot.offset()));
+/// Reads the frame at `slot` (one `pread`), checks it, and hands its code and link record
+/// to `f`.
+fn with_frame<R>(file: &File, path: &Path, slot: Slot, f: impl FnOnce(ShortCode, &[u8]) -> R) -> Result<R, Error> {
     let mut bytes = vec![0u8; HEADER as usize + slot.len()];
     file.read_exact_at(&mut bytes, slot.offset()).map_err(io)?;
-    let (header, record) = bytes.split_at(HEADER as usize);
-    let (len, crc) = frame::header(header.try_into().map_err(|_| damaged())?);
-    if len as usize != record.len() || !frame::intact(record, crc) {
-        return Err(damaged());
-    }
-    let (code, link) = split(record).ok_or_else(damaged)?;
-    Ok((code, link.to_vec()))
+    let whole = frame::parse(&bytes, MAX_RECORD).filter(|record| record.len() == slot.len());
+    let (code, link) = whole
+        .and_then(split)
+        .ok_or_else(|| Error::Corrupt(format!("{} is damaged at {}", path.display(), slot.offset())))?;
+    Ok(f(code, link))
 }
 
 /// A frame's record: the code, then the link record.
@@ -163,11 +158,7 @@ fn split(record: &[u8]) -> Option<(ShortCode, &[u8])> {
 /// The code and record of an intact frame at the start of `bytes` whose link decodes
 /// under that code: what recovery keeps of cut-off bytes.
 fn salvage(bytes: &[u8]) -> Option<(ShortCode, &[u8])> {
-    let (len, crc) = frame::header(bytes.get(..HEADER as usize)?.try_into().ok()?);
-    let record = bytes.get(HEADER as usize..)?.get(..usize::try_from(len).ok().filter(|&l| l < MAX_RECORD)?)?;
-    if !frame::intact(record, crc) {
-        return None;
-    }
+    let record = frame::parse(bytes, MAX_RECORD)?;
     let (code, link) = split(record)?;
     decode::<Link>(link).ok().filter(|l| l.code == code)?;
     Some((code, record))
@@ -218,7 +209,7 @@ impl LinkLog {
                 return Ok(offset);
             }
             let (len, crc) = frame::header(header);
-            if len as usize >= MAX_RECORD {
+            if len as usize > MAX_RECORD {
                 return Ok(offset);
             }
             record.resize(len as usize, 0);
@@ -293,7 +284,7 @@ impl LinkLog {
                 first.insert(slot);
             }
             Entry::Occupied(first) => {
-                if read_frame(&self.file, &self.path, *first.get())?.0 != code {
+                if with_frame(&self.file, &self.path, *first.get(), |found, _| found)? != code {
                     index.collided.entry(code).or_insert(slot);
                 }
             }
@@ -306,11 +297,10 @@ impl LinkLog {
         let hash = (self.hash)(code);
         let slot = self.index[shard_of(hash)].read().unwrap_or_else(|p| p.into_inner()).lookup(hash, code);
         let Some(slot) = slot else { return Ok(None) };
-        let (found, link) = read_frame(&self.file, &self.path, slot)?;
-        if found != *code {
-            return Ok(None); // another code with the same hash
-        }
-        let link: Link = decode(&link)?;
+        // `None` for another code with the same hash.
+        let link =
+            with_frame(&self.file, &self.path, slot, |found, link| (found == *code).then(|| decode::<Link>(link)));
+        let Some(link) = link?.transpose()? else { return Ok(None) };
         if link.code != *code {
             return Err(Error::Corrupt(format!("{} holds a link under another code", self.path.display())));
         }

@@ -21,9 +21,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use super::frame::{self, io, sync_dir, HEADER};
+use super::lock;
 use crate::model::EntryId;
 use crate::Error;
 
@@ -114,10 +115,6 @@ pub(crate) struct QueueLog {
     segment_bytes: u64,
     tail: Mutex<Tail>,
     state: Mutex<State>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn segment_path(dir: &Path, segment: u64) -> PathBuf {
