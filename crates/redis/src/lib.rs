@@ -15,7 +15,8 @@
 //! - visit marks are keys with a time to live, checked and set by one script.
 //!
 //! Durability is Redis's own: see `docs/scaling.md` for what `appendfsync` and replicas
-//! promise. [`testing`] starts throwaway `redis-server` processes for tests and benches.
+//! promise. With the `testing` feature, `testing` starts throwaway `redis-server` processes for
+//! tests and benches.
 
 mod config;
 mod connection;
@@ -24,6 +25,7 @@ mod links;
 mod notes;
 mod queues;
 mod store;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use config::{redacted, RedisConfig, RedisTarget};

@@ -13,9 +13,9 @@ use crate::store::RedisStore;
 impl RedisStore {
     /// Stores one link unless its code is taken, then indexes it.
     ///
-    /// The index is written after the link (they may live on different nodes), and also
-    /// when the code already holds this very link: a retry thus heals an insert that was
-    /// cut off between the two writes.
+    /// The index is written after the link (they may live on different nodes), and again
+    /// when the code is taken: a retry thus heals an insert that was cut off between the
+    /// two writes.
     async fn insert_link(&self, link: Link) -> Result<InsertOutcome, Error> {
         let key = self.keys.link(&link.code);
         let encoded = encode(&link)?;
@@ -29,14 +29,14 @@ impl RedisStore {
                 break InsertOutcome::Occupied(existing);
             }
         };
-        let ours = match &outcome {
-            InsertOutcome::Inserted => true,
-            InsertOutcome::Occupied(existing) => *existing == link,
+        // The owner's entry, whoever asked: a retry carries a new `created_at`, so only the
+        // stored link says whose index the code belongs in.
+        let owner = match &outcome {
+            InsertOutcome::Inserted => &link,
+            InsertOutcome::Occupied(existing) => existing,
         };
-        if ours {
-            let index = self.keys.links_of(link.account, link.entity);
-            let _: i64 = self.query(redis::cmd("ZADD").arg(index).arg(0).arg(link.code.as_str())).await?;
-        }
+        let index = self.keys.links_of(owner.account, owner.entity);
+        let _: i64 = self.query(redis::cmd("ZADD").arg(index).arg(0).arg(owner.code.as_str())).await?;
         Ok(outcome)
     }
 }
@@ -71,5 +71,13 @@ impl LinkStore for RedisStore {
             .collect::<Result<Vec<_>, _>>()?;
         let found = try_join_all(codes.iter().map(|code| self.get_link(code))).await?;
         Ok(found.into_iter().flatten().collect())
+    }
+}
+
+#[cfg(feature = "testing")]
+impl shortlinks_core::store::conformance::CrashFaults for RedisStore {
+    async fn lose_index_entry(&self, link: &Link) {
+        let index = self.keys.links_of(link.account, link.entity);
+        let _: i64 = self.query(redis::cmd("ZREM").arg(index).arg(link.code.as_str())).await.expect("ZREM");
     }
 }

@@ -11,6 +11,35 @@ use std::time::{Duration, Instant};
 
 use crate::{RedisConfig, RedisTarget};
 
+/// Set to `1` where tests must not skip for want of Redis (CI, after installing it).
+pub const REQUIRE_ENV: &str = "SHORTLINKS_REQUIRE_REDIS";
+
+/// Whether `redis-server` and `redis-cli` are on `PATH`, for a test that needs them.
+///
+/// A test calls this first and returns on `false`. The notice names the test (the harness
+/// names its thread after it) and goes straight to stderr, past the harness's capture, so
+/// a skip is never silent. With [`REQUIRE_ENV`] set to `1` a missing Redis panics instead.
+pub fn available() -> bool {
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    let found = ["redis-server", "redis-cli"].iter().all(|program| on_path(program));
+    if found {
+        return true;
+    }
+    if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
+        panic!("{test}: redis-server and redis-cli must be on PATH ({REQUIRE_ENV}=1)");
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: redis-server or redis-cli is not on PATH (install redis-server; {REQUIRE_ENV}=1 makes this a failure)"
+    );
+    false
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
 /// A failure to start Redis, with what was tried.
 #[derive(Debug)]
 pub struct StartError(pub String);
@@ -261,6 +290,9 @@ mod tests {
     /// other one (as a restart did when its port had been handed out meanwhile).
     #[test]
     fn a_server_whose_port_is_taken_does_not_start() {
+        if !available() {
+            return;
+        }
         let holder = RedisServer::standalone().unwrap();
         let dir = scratch_dir(holder.port() + 1).unwrap();
         let started = RedisServer::start(holder.port(), dir.clone(), true, Vec::new());

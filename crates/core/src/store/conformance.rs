@@ -4,6 +4,8 @@
 //! broken promise. It lives in the library, not under `tests/`, so that backends in other
 //! crates (Redis) are held to exactly the same contract.
 
+use std::future::Future;
+
 use super::{InsertOutcome, NotesQuery, RecordQueues, Store, VisitClaim, CLICK_QUEUE};
 use crate::code::{InstallationSecret, ShortCode};
 use crate::model::{
@@ -12,9 +14,18 @@ use crate::model::{
 };
 use crate::target::TargetUrl;
 
+/// What a crash can leave behind, made on purpose: the suite checks that the store heals it.
+/// Each backend implements it in its tests, reaching into its own representation.
+pub trait CrashFaults: Store {
+    /// Removes a stored link's entry from its entity's index and leaves the link: what a
+    /// crash between a backend's two writes of an insert leaves.
+    fn lose_index_entry(&self, link: &Link) -> impl Future<Output = ()> + Send;
+}
+
 /// Runs every check against a fresh, empty store.
-pub async fn run<S: Store>(store: &S) {
+pub async fn run<S: CrashFaults>(store: &S) {
     links(store).await;
+    a_retry_restores_a_lost_index_entry(store).await;
     queues(store).await;
     notes_journal(store).await;
     visit_ledger(store).await;
@@ -103,6 +114,23 @@ async fn links<S: Store>(store: &S) {
     store.insert_links(vec![high.clone()]).await.expect("insert");
     assert_eq!(store.links_of(AccountId(1), EntityRef::contact(10)).await.expect("list").len(), 2);
     assert_eq!(store.links_of(AccountId(1), high.entity).await.expect("list"), vec![high]);
+}
+
+/// A retry is a new request: its link carries a new `created_at`. It must still find the
+/// stored link its own, list it again, and leave it untouched.
+async fn a_retry_restores_a_lost_index_entry<S: CrashFaults>(store: &S) {
+    let first = link("RRRRRRRRRRRR", 4, 40, "https://retry.example/");
+    store.insert_links(vec![first.clone()]).await.expect("insert");
+    store.lose_index_entry(&first).await;
+    let listed = store.links_of(AccountId(4), EntityRef::contact(40)).await.expect("list");
+    assert!(listed.is_empty(), "the fault must remove the index entry");
+
+    let retry = Link { created_at: Timestamp(first.created_at.0 + 60_000), ..first.clone() };
+    let outcomes = store.insert_links(vec![retry]).await.expect("insert");
+    assert_eq!(outcomes, vec![InsertOutcome::Occupied(first.clone())], "the stored link is kept");
+    let listed = store.links_of(AccountId(4), EntityRef::contact(40)).await.expect("list");
+    assert_eq!(listed, vec![first.clone()], "a retry lists the link again");
+    assert_eq!(store.get_link(&first.code).await.expect("get"), Some(first));
 }
 
 async fn queues<S: Store>(store: &S) {

@@ -54,8 +54,12 @@ impl LinkStore for MemoryStore {
         let mut guard = self.links.write().unwrap_or_else(|p| p.into_inner());
         let mut outcomes = Vec::with_capacity(links.len());
         for link in links {
-            if let Some(existing) = guard.by_code.get(&link.code) {
-                outcomes.push(InsertOutcome::Occupied(existing.clone()));
+            if let Some(existing) = guard.by_code.get(&link.code).cloned() {
+                // As every backend: the owner's index entry is written again, so a retry
+                // heals whatever lost it.
+                let index = keys::link_index_key(existing.account, existing.entity, existing.code.as_bytes());
+                guard.by_entity.insert(index, existing.code);
+                outcomes.push(InsertOutcome::Occupied(existing));
                 continue;
             }
             let index = keys::link_index_key(link.account, link.entity, link.code.as_bytes());
@@ -199,5 +203,13 @@ impl Store for MemoryStore {
 
     async fn flush(&self) -> Result<(), Error> {
         Ok(())
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl super::conformance::CrashFaults for MemoryStore {
+    async fn lose_index_entry(&self, link: &Link) {
+        let index = keys::link_index_key(link.account, link.entity, link.code.as_bytes());
+        self.links.write().unwrap_or_else(|p| p.into_inner()).by_entity.remove(&index);
     }
 }

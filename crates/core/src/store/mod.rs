@@ -16,6 +16,7 @@ use crate::codec::{decode, encode};
 use crate::model::{AccountId, ApiToken, EntityRef, EntityType, EntryId, Link, Note};
 use crate::Error;
 
+#[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 mod frame;
 pub(crate) mod keys;
