@@ -1,7 +1,7 @@
 //! Code derivation: keyed blake3 over the identity, then base62.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use shortlinks_core::code::CodeDeriver;
+use shortlinks_core::CodeDeriver;
 use shortlinks_core::{AccountId, CodeLength, EntityRef, InstallationSecret, ShortCode, TargetUrl};
 
 /// Measured with the allocator the `shortlinks` binary ships with.

@@ -9,7 +9,7 @@ use http_body_util::{Empty, Full};
 use hyper::{Method, Request};
 use shortlinks_benches::{app, fill, links, smoke_test, Rng, SEED};
 use shortlinks_core::store::TokenStore;
-use shortlinks_core::{AccountId, Config, ContactScope, Shortener, UserId};
+use shortlinks_core::{AccountId, ContactScope, SledStore, UserId};
 use shortlinks_server::auth;
 
 /// A browser's agent: every click is a visit, as in production.
@@ -25,9 +25,9 @@ fn redirect(c: &mut Criterion) {
     let n = if smoke_test() { 1_000 } else { 100_000 };
     let all = links(n, SEED);
     let (app, pipeline) = runtime.block_on(async {
-        let engine = Shortener::open(Config::new(dir.path())).await.expect("open");
-        fill(engine.store(), &all).await;
-        app(engine)
+        let store = SledStore::open(dir.path()).expect("open");
+        fill(&store, &all).await;
+        app(store).await
     });
     let paths: Vec<String> = all.iter().map(|l| format!("/{}", l.code)).collect();
     let peer = Some([127, 0, 0, 1].into());
@@ -84,7 +84,7 @@ fn redirect(c: &mut Criterion) {
     });
     let token = runtime.block_on(async {
         let issued = auth::issue(AccountId(1), UserId(1), ContactScope::All).expect("token");
-        app.engine().store().put_token(issued.record).await.expect("put");
+        app.store().put_token(issued.record).await.expect("put");
         format!("Bearer {}", issued.text)
     });
     let mut batch = 0u64;

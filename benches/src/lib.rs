@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use shortlinks_core::store::LinkStore;
-use shortlinks_core::{AccountId, EntityRef, Link, ShortCode, Shortener, Store, TargetUrl, Timestamp, UserId};
-use shortlinks_notes::{Pipeline, PipelineBuilder, PipelineConfig};
-use shortlinks_server::config::{Limits, PublicUrl};
-use shortlinks_server::{App, ClickCapture};
+use shortlinks_core::{AccountId, EntityRef, Link, ShortCode, Store, TargetUrl, Timestamp, UserId};
+use shortlinks_notes::Pipeline;
+use shortlinks_server::config::PublicUrl;
+use shortlinks_server::{App, AppSettings};
 
 /// A fixed seed: every run measures the same codes.
 pub const SEED: u64 = 0x5eed_2026_1124;
@@ -62,12 +62,10 @@ pub async fn fill<S: LinkStore>(store: &S, links: &[Link]) {
 }
 
 /// The real application, in process, with the click pipeline on (group commit, journal).
-pub fn app<S: Store + Clone>(engine: Shortener<S>) -> (Arc<App<S>>, Pipeline) {
-    let pipeline = PipelineBuilder::new(&engine, PipelineConfig::default()).start();
-    let capture =
-        ClickCapture { recorder: pipeline.recorder().clone(), stats: pipeline.stats().clone(), client_ip_header: None };
-    let public_url = PublicUrl::parse("https://sho.rt").expect("valid");
-    (Arc::new(App::new(engine, public_url, Limits::DEFAULT, capture)), pipeline)
+pub async fn app<S: Store + Clone>(store: S) -> (Arc<App<S>>, Pipeline) {
+    let settings = AppSettings::new(PublicUrl::parse("https://sho.rt").expect("valid"));
+    let (app, pipeline) = App::start(store, settings, |sinks| sinks).await.expect("start");
+    (Arc::new(app), pipeline)
 }
 
 /// Whether criterion runs as a smoke test (`cargo bench -- --test`, `cargo test --benches`):

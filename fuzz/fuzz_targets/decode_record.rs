@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shortlinks_core::codec::{decode, encode};
+use shortlinks_core::store::{decode, encode};
 use shortlinks_core::model::{ApiToken, Click, Link, Note};
 
 fn round_trip<T>(bytes: &[u8])

@@ -9,7 +9,9 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::error::InvalidCodeLength;
 use crate::model::{AccountId, EntityRef};
+use crate::store::SecretStore;
 use crate::target::TargetUrl;
 use crate::Error;
 
@@ -116,11 +118,11 @@ impl CodeLength {
     pub const DEFAULT: CodeLength = CodeLength(12);
 
     /// Checks that `len` is within 8..=22.
-    pub fn new(len: usize) -> Result<Self, Error> {
+    pub fn new(len: usize) -> Result<Self, InvalidCodeLength> {
         if (Self::MIN as usize..=ShortCode::MAX_LEN).contains(&len) {
             Ok(Self(len as u8))
         } else {
-            Err(Error::InvalidCodeLength(len))
+            Err(InvalidCodeLength(len))
         }
     }
 
@@ -155,6 +157,11 @@ impl InstallationSecret {
         Ok(Self(key))
     }
 
+    /// The secret `store` keeps, or a new one stored there on first use.
+    pub async fn load_or_create(store: &impl SecretStore) -> Result<Self, Error> {
+        store.installation_secret(Self::generate()?).await
+    }
+
     /// Wraps stored key bytes.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
@@ -179,20 +186,17 @@ impl fmt::Debug for InstallationSecret {
 
 /// Derives codes from link identities with one installation's secret.
 #[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub struct CodeDeriver {
     secret: InstallationSecret,
     len: CodeLength,
 }
 
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 impl CodeDeriver {
     /// A deriver issuing codes of `len` characters.
     pub fn new(secret: InstallationSecret, len: CodeLength) -> Self {
         Self { secret, len }
-    }
-
-    /// A key for another purpose (click deduplication, note ids), derived from the secret.
-    pub fn derive_key(&self, context: &str) -> [u8; 32] {
-        self.secret.derive_key(context)
     }
 
     /// The code for a link identity; `attempt` picks the next candidate after a collision.
@@ -211,21 +215,39 @@ impl CodeDeriver {
         let mut stream = hasher.finalize_xof();
 
         let mut bytes = [0u8; ShortCode::MAX_LEN];
-        let mut filled = 0;
-        let mut block = [0u8; 32];
-        while filled < self.len.get() {
-            stream.fill(&mut block);
-            // Rejection sampling keeps every character uniform: 248 = 4 * 62.
-            for &b in block.iter().filter(|&&b| b < 248) {
-                if filled == self.len.get() {
-                    break;
-                }
-                bytes[filled] = ALPHABET[(b % 62) as usize];
-                filled += 1;
-            }
-        }
+        fill_base62(&mut bytes[..self.len.get()], |block| {
+            stream.fill(block);
+            Ok(())
+        })
+        .expect("an XOF never fails");
         ShortCode { len: self.len.0, bytes }
     }
+}
+
+/// `len` random base62 characters from the operating system's random source: for secrets
+/// that travel as text, such as API tokens.
+pub fn random_base62(len: usize) -> Result<String, Error> {
+    let mut text = vec![0u8; len];
+    fill_base62(&mut text, |block| getrandom::getrandom(block).map_err(|e| Error::Random(e.to_string())))?;
+    Ok(text.into_iter().map(char::from).collect())
+}
+
+/// Fills `out` with base62 characters drawn from random blocks. Rejection sampling keeps
+/// every character uniform: bytes from 248 = 4 * 62 up are dropped.
+fn fill_base62(out: &mut [u8], mut next_block: impl FnMut(&mut [u8]) -> Result<(), Error>) -> Result<(), Error> {
+    let mut block = [0u8; 32];
+    let mut filled = 0;
+    while filled < out.len() {
+        next_block(&mut block)?;
+        for &b in block.iter().filter(|&&b| b < 248) {
+            if filled == out.len() {
+                break;
+            }
+            out[filled] = ALPHABET[(b % 62) as usize];
+            filled += 1;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

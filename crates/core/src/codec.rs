@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::Error;
 
 /// The current record format.
-pub const FORMAT_V1: u8 = 1;
+pub(crate) const FORMAT_V1: u8 = 1;
 
 /// Encodes a record in the current format.
 pub fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, Error> {

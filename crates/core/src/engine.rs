@@ -1,12 +1,12 @@
 //! The embeddable engine: create links and resolve codes, without HTTP.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::cache::LinkCache;
 use crate::code::{CodeDeriver, CodeLength, InstallationSecret};
+use crate::error::CreateError;
 use crate::model::{EntityRef, Link, Principal, Timestamp};
-use crate::store::{InsertOutcome, SledStore, Store};
+use crate::store::{InsertOutcome, LinkStore, SecretStore};
 use crate::target::TargetUrl;
 use crate::{Error, ShortCode};
 
@@ -16,34 +16,6 @@ const MAX_ATTEMPTS: u32 = 64;
 
 /// The most items one `create` call takes, as in the amoCRM API.
 pub const MAX_BATCH: usize = 250;
-
-/// Settings of an engine on the embedded sled default.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// The directory holding the sled database (and with it the installation secret).
-    pub data_dir: PathBuf,
-    /// The length of newly issued codes.
-    pub code_length: CodeLength,
-    /// How many links the read cache holds.
-    pub cached_links: usize,
-    /// sled's own page cache, in bytes. Small by default: the link cache serves reads.
-    pub sled_cache_bytes: u64,
-}
-
-impl Config {
-    /// sled's page cache by default: 64 MiB (sled's own default is 1 GiB).
-    pub const DEFAULT_SLED_CACHE_BYTES: u64 = 64 << 20;
-
-    /// Defaults for a data directory: 12-character codes, a million cached links.
-    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            data_dir: data_dir.into(),
-            code_length: CodeLength::default(),
-            cached_links: LinkCache::DEFAULT_CAPACITY,
-            sled_cache_bytes: Self::DEFAULT_SLED_CACHE_BYTES,
-        }
-    }
-}
 
 /// One link to create. The target is already validated: callers report bad URLs in
 /// their own terms (the HTTP API per item, with every other problem of that item).
@@ -64,68 +36,64 @@ pub enum Outcome {
     NoRights,
 }
 
-/// Creates and resolves short links on a [`Store`].
-pub struct Shortener<S = SledStore> {
+/// Creates and resolves short links on any store of links that keeps the installation
+/// secret: that is all it needs, so an embedder's own database implements two traits.
+pub struct Shortener<S> {
     store: S,
     codes: CodeDeriver,
     cache: LinkCache,
 }
 
-impl Shortener<SledStore> {
-    /// Opens the engine on a sled directory, creating it and its installation secret on first use.
-    pub async fn open(config: Config) -> Result<Self, Error> {
-        let dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || SledStore::open_with_cache(&dir, config.sled_cache_bytes))
-            .await
-            .map_err(|e| Error::Storage(Box::new(e)))??;
-        Ok(Self::with_store(store, config.code_length).await?.with_cache(LinkCache::new(config.cached_links)))
-    }
+/// Settings of a [`Shortener`] before it starts; from [`Shortener::builder`].
+#[must_use = "a builder does nothing until `build`"]
+pub struct ShortenerBuilder<S> {
+    store: S,
+    code_length: CodeLength,
+    cache: Option<LinkCache>,
 }
 
-impl<S: Store> Shortener<S> {
-    /// Runs the engine on any store. The store keeps the installation secret, so engines on
-    /// one store issue the same codes.
-    pub async fn with_store(store: S, code_length: CodeLength) -> Result<Self, Error> {
-        let secret = store.installation_secret(InstallationSecret::generate()?).await?;
-        Ok(Self {
-            store,
-            codes: CodeDeriver::new(secret, code_length),
-            cache: LinkCache::new(LinkCache::DEFAULT_CAPACITY),
-        })
-    }
-
-    /// Uses this read cache (its size, or one shared with other parts).
-    pub fn with_cache(mut self, cache: LinkCache) -> Self {
-        self.cache = cache;
+impl<S: LinkStore + SecretStore> ShortenerBuilder<S> {
+    /// The length of newly issued codes (12 by default).
+    pub fn code_length(mut self, length: CodeLength) -> Self {
+        self.code_length = length;
         self
     }
 
-    /// The read cache, for other readers of links (the click dispatcher).
-    pub fn cache(&self) -> &LinkCache {
-        &self.cache
+    /// The read cache: sized by the host, or shared with other readers of the same links
+    /// (its clones share entries). A cache of [`LinkCache::DEFAULT_CAPACITY`] otherwise.
+    pub fn cache(mut self, cache: LinkCache) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
-    /// A key for another purpose, derived from the installation secret: every node on one
-    /// store derives the same key, and no key reveals the secret.
-    pub fn derive_key(&self, context: &str) -> [u8; 32] {
-        self.codes.derive_key(context)
+    /// Reads the installation secret from the store (storing a new one on first use), so
+    /// engines on one store issue the same codes.
+    pub async fn build(self) -> Result<Shortener<S>, Error> {
+        let secret = InstallationSecret::load_or_create(&self.store).await?;
+        Ok(Shortener {
+            codes: CodeDeriver::new(secret, self.code_length),
+            cache: self.cache.unwrap_or_else(|| LinkCache::new(LinkCache::DEFAULT_CAPACITY)),
+            store: self.store,
+        })
     }
+}
 
-    /// The store, for what the engine does not wrap (the click outbox, notes, tokens).
-    pub fn store(&self) -> &S {
-        &self.store
+impl<S: LinkStore + SecretStore> Shortener<S> {
+    /// An engine on `store`, once [`ShortenerBuilder::build`] has read its secret.
+    pub fn builder(store: S) -> ShortenerBuilder<S> {
+        ShortenerBuilder { store, code_length: CodeLength::default(), cache: None }
     }
 
     /// Creates one link per item, in order, for the entities the principal has rights to.
     ///
     /// Retrying the same items returns the same links; an item repeated within the batch
     /// gets the same link each time.
-    pub async fn create(&self, who: &Principal, items: &[NewLink]) -> Result<Vec<Outcome>, Error> {
+    pub async fn create(&self, who: &Principal, items: &[NewLink]) -> Result<Vec<Outcome>, CreateError> {
         if items.is_empty() {
-            return Err(Error::EmptyBatch);
+            return Err(CreateError::EmptyBatch);
         }
         if items.len() > MAX_BATCH {
-            return Err(Error::BatchTooLarge { max: MAX_BATCH, got: items.len() });
+            return Err(CreateError::BatchTooLarge { max: MAX_BATCH, got: items.len() });
         }
         let now = Timestamp::now();
         let mut outcomes: Vec<Outcome> = vec![Outcome::NoRights; items.len()];
@@ -155,7 +123,7 @@ impl<S: Store> Shortener<S> {
                         outcomes[index] = Outcome::Linked(existing)
                     }
                     InsertOutcome::Occupied(_) if attempt + 1 >= MAX_ATTEMPTS => {
-                        return Err(Error::CodeSpaceExhausted(MAX_ATTEMPTS))
+                        return Err(CreateError::CodeSpaceExhausted(MAX_ATTEMPTS))
                     }
                     InsertOutcome::Occupied(_) => collided.push((index, attempt + 1)),
                 }
@@ -189,7 +157,7 @@ mod tests {
 
     use super::*;
     use crate::model::{AccountId, UserId};
-    use crate::store::MemoryStore;
+    use crate::store::{MemoryStore, SledStore};
 
     fn principal() -> Principal {
         Principal::all_contacts(AccountId(7), UserId(1))
@@ -197,8 +165,8 @@ mod tests {
 
     /// With two-character codes (3844 of them) 1500 links collide constantly; every link must
     /// still get its own code and resolve to its own target, and a retry must find them all.
-    async fn forced_collisions<S: Store>(store: S) {
-        let engine = Shortener::with_store(store, CodeLength::tiny_for_tests(2)).await.unwrap();
+    async fn forced_collisions<S: LinkStore + SecretStore>(store: S) {
+        let engine = Shortener::builder(store).code_length(CodeLength::tiny_for_tests(2)).build().await.unwrap();
         let items: Vec<NewLink> = (1..=1500u64)
             .map(|id| NewLink {
                 target: TargetUrl::parse(&format!("https://example.com/p/{}", id % 3)).unwrap(),
@@ -215,7 +183,7 @@ mod tests {
             let Outcome::Linked(link) = outcome else { panic!("{outcome:?}") };
             assert_eq!(link.entity, item.entity);
             assert!(seen.insert(link.code, item.entity).is_none(), "code {} issued twice", link.code);
-            let stored = engine.store().get_link(&link.code).await.unwrap().unwrap();
+            let stored = engine.store.get_link(&link.code).await.unwrap().unwrap();
             assert_eq!(stored.target, item.target);
             assert_eq!(stored.entity, item.entity, "a link was overwritten");
             let attempt0 = engine.codes.derive(AccountId(7), item.entity, &stored.target, 0);

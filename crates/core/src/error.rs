@@ -1,8 +1,38 @@
-//! The one error type at this crate's boundary.
+//! This crate's errors, one type per concern: what a store reports, and what a batch
+//! creation can refuse on top of it.
 
-/// What can go wrong in shortlinks-core.
+/// A store's failure, or a caller's mistake in what it asked a store for.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
+    /// The store failed.
+    #[error("storage failed: {0}")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store cannot be reached right now (a network backend); retrying may succeed.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record or key could not be read back.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// The caller asked for something no store can do, such as a malformed queue name.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The operating system's random source failed.
+    #[error("random source failed: {0}")]
+    Random(String),
+}
+
+impl Error {
+    /// A backend's own error, kept as the source.
+    pub fn storage(cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Storage(Box::new(cause))
+    }
+}
+
+/// Why [`crate::Shortener::create`] made no links at all.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CreateError {
     /// A batch with no items.
     #[error("Request data can not be empty")]
     EmptyBatch,
@@ -14,28 +44,15 @@ pub enum Error {
         /// The size sent.
         got: usize,
     },
-    /// A code length outside 8..=22.
-    #[error("code length must be between 8 and 22 characters, got {0}")]
-    InvalidCodeLength(usize),
     /// Every candidate code for an item was taken; only plausible with tiny code lengths.
     #[error("no free short code after {0} attempts")]
     CodeSpaceExhausted(u32),
-    /// The operating system's random source failed.
-    #[error("random source failed: {0}")]
-    Random(String),
-    /// A stored record or key could not be read back.
-    #[error("corrupt data: {0}")]
-    Corrupt(String),
-    /// The store failed.
-    #[error("storage failed: {0}")]
-    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// The store cannot be reached right now (a network backend); retrying may succeed.
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
+    /// The store failed; nothing is known to be created, and a retry is safe.
+    #[error(transparent)]
+    Store(#[from] Error),
 }
 
-impl From<sled::Error> for Error {
-    fn from(e: sled::Error) -> Self {
-        Error::Storage(Box::new(e))
-    }
-}
+/// A code length outside what [`crate::CodeLength`] allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("code length must be between 8 and 22 characters, got {0}")]
+pub struct InvalidCodeLength(pub usize);

@@ -6,27 +6,26 @@
 //! enumerate codes. A code taken by another link is never overwritten; the next candidate
 //! is derived instead.
 //!
-//! The pieces, one module each:
-//! - [`code`]: [`ShortCode`], its derivation and parsing;
-//! - [`target`]: which target URLs are allowed;
-//! - [`model`]: links, clicks, notes, tokens;
-//! - [`store`]: the storage traits, with in-memory and sled backends;
-//! - [`codec`]: how records are encoded;
-//! - [`cache`]: the read cache in front of the store, for the redirect's hot path;
-//! - [`engine`]: [`Shortener`], the facade a host service embeds.
+//! An embedder needs the root of this crate: [`Shortener`] and its builder, the link
+//! model, [`TargetUrl`] validation, and a store. Two modules serve the other crates of the
+//! project and anyone writing a backend:
+//! - [`store`]: the storage traits, with in-memory and sled backends, and how records are
+//!   encoded;
+//! - [`model`]: every stored record (links, clicks, notes, tokens).
+//!
+//! An embedder's own database implements [`LinkStore`] and [`SecretStore`], nothing more.
 //!
 //! # Example
 //! ```
-//! use shortlinks_core::{AccountId, Config, EntityRef, NewLink, Outcome, Principal, Shortener, TargetUrl, UserId};
+//! use shortlinks_core::{AccountId, EntityRef, MemoryStore, NewLink, Outcome, Principal, Shortener, TargetUrl, UserId};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), shortlinks_core::Error> {
-//! # let dir = tempfile::tempdir().unwrap();
-//! let engine = Shortener::open(Config::new(dir.path())).await?;
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let engine = Shortener::builder(MemoryStore::new()).build().await?;
 //! let caller = Principal::all_contacts(AccountId(123), UserId(1));
 //! // Validation comes first, and says why a URL is refused.
 //! assert!(TargetUrl::parse("javascript:alert(1)").is_err());
-//! let target = TargetUrl::parse("https://www.yandex.ru").expect("valid");
+//! let target = TargetUrl::parse("https://www.yandex.ru")?;
 //! let items = [NewLink { target, entity: EntityRef::contact(321) }];
 //!
 //! let outcomes = engine.create(&caller, &items).await?;
@@ -40,20 +39,25 @@
 //! assert_eq!(engine.create(&caller, &items).await?, outcomes);
 //! # Ok(()) }
 //! ```
+//!
+//! On disk, the store is `SledStore::open(dir)?` instead; `SledStore` is a clone away
+//! from serving the click pipeline and tokens too.
 
-pub mod cache;
-pub mod code;
-pub mod codec;
-pub mod engine;
+mod cache;
+mod code;
+mod codec;
+mod engine;
 mod error;
 pub mod model;
 pub mod store;
-pub mod target;
+mod target;
 
 pub use cache::LinkCache;
-pub use code::{CodeLength, InstallationSecret, ShortCode};
-pub use engine::{Config, NewLink, Outcome, Shortener, MAX_BATCH};
-pub use error::Error;
+#[cfg(feature = "testing")]
+pub use code::CodeDeriver;
+pub use code::{random_base62, CodeLength, InstallationSecret, ShortCode};
+pub use engine::{NewLink, Outcome, Shortener, ShortenerBuilder, MAX_BATCH};
+pub use error::{CreateError, Error, InvalidCodeLength};
 pub use model::{AccountId, ContactScope, EntityRef, EntityType, Link, Principal, Timestamp, UserId};
-pub use store::{MemoryStore, SledStore, Store};
-pub use target::{TargetUrl, UrlProblem};
+pub use store::{LinkStore, MemoryStore, SecretStore, SledStore, Store};
+pub use target::{TargetUrl, UrlProblem, MAX_TARGET_LEN};

@@ -185,24 +185,48 @@ pub enum NoteBody {
 pub enum ContactScope {
     /// Every contact of the account.
     All,
-    /// Only these contacts (sorted, no duplicates).
-    Only(Vec<u64>),
+    /// Only these contacts.
+    Only(ContactIds),
 }
 
 impl ContactScope {
-    /// A scope of exactly these contacts.
-    pub fn only(mut ids: Vec<u64>) -> Self {
-        ids.sort_unstable();
-        ids.dedup();
-        Self::Only(ids)
+    /// A scope of exactly these contacts, in any order.
+    pub fn only(ids: Vec<u64>) -> Self {
+        Self::Only(ContactIds::from(ids))
     }
 
     /// Whether the entity is inside the scope.
     pub fn allows(&self, entity: EntityRef) -> bool {
         match self {
             Self::All => true,
-            Self::Only(ids) => entity.kind == EntityType::Contacts && ids.binary_search(&entity.id).is_ok(),
+            Self::Only(ids) => entity.kind == EntityType::Contacts && ids.contains(entity.id),
         }
+    }
+}
+
+/// Contact ids, sorted and without duplicates however they were given (a stored scope
+/// too is sorted as it is read), so a lookup can search them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Vec<u64>")]
+pub struct ContactIds(Vec<u64>);
+
+impl ContactIds {
+    /// Whether `id` is one of them.
+    pub fn contains(&self, id: u64) -> bool {
+        self.0.binary_search(&id).is_ok()
+    }
+
+    /// The ids, ascending.
+    pub fn as_slice(&self) -> &[u64] {
+        &self.0
+    }
+}
+
+impl From<Vec<u64>> for ContactIds {
+    fn from(mut ids: Vec<u64>) -> Self {
+        ids.sort_unstable();
+        ids.dedup();
+        Self(ids)
     }
 }
 

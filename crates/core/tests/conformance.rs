@@ -7,8 +7,8 @@ use shortlinks_core::store::{
     conformance, LinkStore, NotesJournal, NotesQuery, Queues, RecordQueues, TokenStore, CLICK_QUEUE,
 };
 use shortlinks_core::{
-    AccountId, Config, EntityRef, EntityType, MemoryStore, NewLink, Outcome, Principal, Shortener, SledStore, Store,
-    TargetUrl, UserId,
+    AccountId, EntityRef, EntityType, MemoryStore, NewLink, Outcome, Principal, Shortener, SledStore, Store, TargetUrl,
+    UserId,
 };
 
 #[tokio::test]
@@ -82,17 +82,18 @@ async fn the_engine_keeps_its_secret_and_links_across_reopen() {
         target: TargetUrl::parse("https://example.com/offer").unwrap(),
         entity: EntityRef::contact(42),
     }];
+    let open = |dir: &std::path::Path| Shortener::builder(SledStore::open(dir).unwrap()).build();
     let first = {
-        let engine = Shortener::open(Config::new(dir.path())).await.unwrap();
+        let engine = open(dir.path()).await.unwrap();
         engine.create(&who, &items).await.unwrap()
     };
-    let engine = Shortener::open(Config::new(dir.path())).await.unwrap();
+    let engine = open(dir.path()).await.unwrap();
     assert_eq!(engine.create(&who, &items).await.unwrap(), first, "same secret, same code");
     let Outcome::Linked(link) = &first[0] else { panic!("{first:?}") };
     assert_eq!(engine.resolve(link.code.as_str()).await.unwrap().as_deref(), Some(link));
 
     // A different installation derives different codes for the same input.
     let other_dir = tempfile::tempdir().unwrap();
-    let other = Shortener::open(Config::new(other_dir.path())).await.unwrap();
+    let other = open(other_dir.path()).await.unwrap();
     assert_ne!(other.create(&who, &items).await.unwrap(), first);
 }

@@ -3,12 +3,12 @@
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use shortlinks_core::{
-    AccountId, CodeLength, ContactScope, EntityRef, Error, MemoryStore, NewLink, Outcome, Principal, Shortener,
+    AccountId, CodeLength, ContactScope, CreateError, EntityRef, MemoryStore, NewLink, Outcome, Principal, Shortener,
     TargetUrl, UserId, MAX_BATCH,
 };
 
 async fn engine() -> Shortener<MemoryStore> {
-    Shortener::with_store(MemoryStore::new(), CodeLength::default()).await.unwrap()
+    Shortener::builder(MemoryStore::new()).build().await.unwrap()
 }
 
 fn item(url: &str, contact: u64) -> NewLink {
@@ -57,9 +57,9 @@ async fn rights_are_enforced_per_item_in_order() {
 async fn batch_bounds() {
     let engine = engine().await;
     let who = Principal::all_contacts(AccountId(1), UserId(1));
-    assert!(matches!(engine.create(&who, &[]).await, Err(Error::EmptyBatch)));
+    assert!(matches!(engine.create(&who, &[]).await, Err(CreateError::EmptyBatch)));
     let too_many: Vec<_> = (0..=MAX_BATCH as u64).map(|c| item("https://x.example/", c + 1)).collect();
-    assert!(matches!(engine.create(&who, &too_many).await, Err(Error::BatchTooLarge { max: 250, got: 251 })));
+    assert!(matches!(engine.create(&who, &too_many).await, Err(CreateError::BatchTooLarge { max: 250, got: 251 })));
     let full = engine.create(&who, &too_many[..MAX_BATCH]).await.unwrap();
     assert_eq!(full.len(), MAX_BATCH);
     for (i, o) in full.iter().enumerate() {
@@ -87,7 +87,8 @@ async fn resolve_rejects_malformed_codes() {
 
 #[tokio::test]
 async fn code_length_is_configurable() {
-    let engine = Shortener::with_store(MemoryStore::new(), CodeLength::new(22).unwrap()).await.unwrap();
+    let engine =
+        Shortener::builder(MemoryStore::new()).code_length(CodeLength::new(22).unwrap()).build().await.unwrap();
     let who = Principal::all_contacts(AccountId(1), UserId(1));
     let out = engine.create(&who, &[item("https://x.example/", 1)]).await.unwrap();
     assert_eq!(linked(&out[0]).code.as_str().len(), 22);

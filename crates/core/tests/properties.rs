@@ -3,9 +3,9 @@
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use proptest::prelude::*;
-use shortlinks_core::code::CodeDeriver;
-use shortlinks_core::codec::{decode, encode};
 use shortlinks_core::model::{ApiToken, Click, ClickMethod, Note, NoteBody};
+use shortlinks_core::store::{decode, encode};
+use shortlinks_core::CodeDeriver;
 use shortlinks_core::{
     AccountId, CodeLength, ContactScope, EntityRef, InstallationSecret, Link, ShortCode, TargetUrl, Timestamp, UserId,
 };

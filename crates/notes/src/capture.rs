@@ -39,9 +39,16 @@ pub enum Durability {
     Sync,
 }
 
+impl Durability {
+    /// The default commit window of [`Durability::Group`].
+    pub const DEFAULT_WINDOW: Duration = Duration::from_millis(10);
+    /// The longest commit window: a click waits at most this long for its flush.
+    pub const MAX_WINDOW: Duration = Duration::from_secs(1);
+}
+
 impl Default for Durability {
     fn default() -> Self {
-        Self::Group { window: Duration::from_millis(10) }
+        Self::Group { window: Self::DEFAULT_WINDOW }
     }
 }
 

@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shortlinks_core::codec::decode;
 use shortlinks_core::model::{Click, Note};
+use shortlinks_core::store::decode;
 
 use shortlinks_core::model::VisitMark;
 use shortlinks_core::store::{RecordQueues, VisitClaim, CLICK_QUEUE};

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 use shortlinks_core::model::{Click, Link, Note, NoteBody};
+use shortlinks_core::InstallationSecret;
 
 /// Keys derived from the installation secret, one per purpose, so that neither can stand
 /// in for the other (nor for the code key).
@@ -15,12 +16,15 @@ pub struct NoteKeys {
 }
 
 impl NoteKeys {
-    /// The derivation contexts; passed to `Shortener::derive_key`.
-    pub const VISIT_CONTEXT: &'static str = "shortlinks 2026 visit key";
-    /// See [`NoteKeys::VISIT_CONTEXT`].
-    pub const NOTE_CONTEXT: &'static str = "shortlinks 2026 note id";
+    const VISIT_CONTEXT: &'static str = "shortlinks 2026 visit key";
+    const NOTE_CONTEXT: &'static str = "shortlinks 2026 note id";
 
-    /// Keys from their derived bytes.
+    /// The keys of one installation: every node sharing its store derives the same ones.
+    pub fn derive(secret: &InstallationSecret) -> Self {
+        Self::new(secret.derive_key(Self::VISIT_CONTEXT), secret.derive_key(Self::NOTE_CONTEXT))
+    }
+
+    /// Keys from their bytes.
     pub fn new(visit: [u8; 32], note: [u8; 32]) -> Self {
         Self { visit, note }
     }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shortlinks_core::{AccountId, LinkCache, Shortener, Store};
+use shortlinks_core::{AccountId, InstallationSecret, LinkCache, Store};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
@@ -51,13 +51,13 @@ pub struct PipelineBuilder<S> {
 }
 
 impl<S: Store + Clone> PipelineBuilder<S> {
-    /// A pipeline over the engine's store, with keys derived from its installation secret.
-    pub fn new(engine: &Shortener<S>, config: PipelineConfig) -> Self {
-        let keys = NoteKeys::new(engine.derive_key(NoteKeys::VISIT_CONTEXT), engine.derive_key(NoteKeys::NOTE_CONTEXT));
+    /// A pipeline over `store`, reading links through `links` (the cache the redirect
+    /// fills, so a clicked link is rarely read twice), with keys derived from `secret`.
+    pub fn new(store: S, links: LinkCache, secret: &InstallationSecret, config: PipelineConfig) -> Self {
         Self {
-            store: engine.store().clone(),
-            links: engine.cache().clone(),
-            keys,
+            store,
+            links,
+            keys: NoteKeys::derive(secret),
             config,
             stats: Arc::new(Stats::default()),
             shutdown: watch::channel(false).0,

@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 
 use futures_util::future::try_join_all;
-use shortlinks_core::codec::{decode, encode};
 use shortlinks_core::model::EntityRef;
+use shortlinks_core::store::{decode, encode};
 use shortlinks_core::store::{InsertOutcome, LinkStore};
 use shortlinks_core::{AccountId, Error, Link, ShortCode};
 

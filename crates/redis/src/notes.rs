@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use futures_util::future::try_join_all;
-use shortlinks_core::codec::{decode, encode};
 use shortlinks_core::model::{EntityRef, Note};
+use shortlinks_core::store::{decode, encode};
 use shortlinks_core::store::{NotesJournal, NotesQuery, VisitClaim, VisitLedger};
 use shortlinks_core::{Error, Timestamp};
 

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManagerConfig;
 use redis::cluster::ClusterClient;
-use shortlinks_core::codec::{decode, encode};
 use shortlinks_core::model::ApiToken;
 use shortlinks_core::store::TokenStore;
-use shortlinks_core::{Error, InstallationSecret, Store};
+use shortlinks_core::store::{decode, encode};
+use shortlinks_core::{Error, InstallationSecret, SecretStore, Store};
 
 use crate::config::{RedisConfig, RedisTarget};
 use crate::connection::{store_error, Connection};
@@ -112,7 +112,7 @@ impl TokenStore for RedisStore {
     }
 }
 
-impl Store for RedisStore {
+impl SecretStore for RedisStore {
     async fn installation_secret(&self, candidate: InstallationSecret) -> Result<InstallationSecret, Error> {
         let key = self.keys.secret();
         let _: Option<String> =
@@ -122,7 +122,9 @@ impl Store for RedisStore {
             stored.try_into().map_err(|_| Error::Corrupt(format!("{key} does not hold a 32-byte secret")))?;
         Ok(InstallationSecret::from_bytes(bytes))
     }
+}
 
+impl Store for RedisStore {
     /// Redis persists on its own schedule (`appendfsync`); there is nothing to force here.
     async fn flush(&self) -> Result<(), Error> {
         Ok(())

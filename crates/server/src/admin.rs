@@ -147,7 +147,7 @@ async fn run<S: Store>(store: &S, request: AdminRequest) -> Result<AdminReply, S
                 user: t.user.0,
                 contacts: match t.scope {
                     ContactScope::All => "all".into(),
-                    ContactScope::Only(ids) => ids.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
+                    ContactScope::Only(ids) => ids.as_slice().iter().map(u64::to_string).collect::<Vec<_>>().join(","),
                 },
                 created_at: t.created_at.as_secs(),
                 revoked_at: t.revoked_at.map(Timestamp::as_secs),
@@ -215,7 +215,7 @@ impl AdminSocket {
                     return;
                 }
                 let reply = match serde_json::from_str(&line) {
-                    Ok(request) => execute(app.engine().store(), request).await,
+                    Ok(request) => execute(app.store(), request).await,
                     Err(e) => AdminReply::Failed { message: format!("bad admin request: {e}") },
                 };
                 let mut out = serde_json::to_vec(&reply).unwrap_or_default();

@@ -4,18 +4,21 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use hyper::body::Body as HttpBody;
-use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use shortlinks_core::{Shortener, Store};
+use shortlinks_core::{CodeLength, InstallationSecret, LinkCache, Shortener, Store};
 use shortlinks_notes::stats::Stats;
-use shortlinks_notes::ClickRecorder;
+use shortlinks_notes::{ClickRecorder, Pipeline, PipelineBuilder, PipelineConfig};
 
+use crate::auth::authenticate;
 use crate::config::{Limits, PublicUrl};
 use crate::problem::{self, method_not_allowed, Body};
 
 /// What every request handler shares.
 pub struct App<S: Store> {
     pub(crate) engine: Shortener<S>,
+    /// The engine's store, for what the engine does not do: tokens, notes, flushing.
+    pub(crate) store: S,
     pub(crate) public_url: PublicUrl,
     pub(crate) limits: Limits,
     pub(crate) clicks: ClickRecorder,
@@ -23,32 +26,73 @@ pub struct App<S: Store> {
     pub(crate) client_ip_header: Option<HeaderName>,
 }
 
-/// How the front end hands clicks over, and where it reads the client's address.
-pub struct ClickCapture {
-    /// The pipeline's recorder.
-    pub recorder: ClickRecorder,
-    /// The pipeline's counters, served on `/metrics`.
-    pub stats: Arc<Stats>,
+/// What an [`App`] is built with, beyond its store.
+#[derive(Clone, Debug)]
+pub struct AppSettings {
+    /// The base of issued links.
+    pub public_url: PublicUrl,
+    /// Request size and time limits.
+    pub limits: Limits,
+    /// Characters in new codes.
+    pub code_length: CodeLength,
+    /// How many links the read cache holds.
+    pub cached_links: usize,
+    /// How clicks become notes.
+    pub pipeline: PipelineConfig,
     /// A trusted proxy's client-address header; `None` trusts no header.
     pub client_ip_header: Option<HeaderName>,
 }
 
-impl<S: Store> App<S> {
-    /// An application over an engine, issuing links under `public_url`.
-    pub fn new(engine: Shortener<S>, public_url: PublicUrl, limits: Limits, capture: ClickCapture) -> Self {
+impl AppSettings {
+    /// The defaults, issuing links under `public_url`.
+    pub fn new(public_url: PublicUrl) -> Self {
         Self {
-            engine,
             public_url,
-            limits,
-            clicks: capture.recorder,
-            stats: capture.stats,
-            client_ip_header: capture.client_ip_header,
+            limits: Limits::DEFAULT,
+            code_length: CodeLength::DEFAULT,
+            cached_links: LinkCache::DEFAULT_CAPACITY,
+            pipeline: PipelineConfig::default(),
+            client_ip_header: None,
         }
     }
+}
 
-    /// The engine, for the binary's shutdown (flush) and for embedding.
+impl<S: Store + Clone> App<S> {
+    /// The engine and the click pipeline on one store, sharing one link cache (what the
+    /// redirect reads, the dispatcher finds) and the store's installation secret.
+    /// `sinks` adds the note sinks to the pipeline before it starts.
+    pub async fn start(
+        store: S,
+        settings: AppSettings,
+        sinks: impl FnOnce(PipelineBuilder<S>) -> PipelineBuilder<S>,
+    ) -> Result<(Self, Pipeline), shortlinks_core::Error> {
+        let secret = InstallationSecret::load_or_create(&store).await?;
+        let cache = LinkCache::new(settings.cached_links);
+        let engine =
+            Shortener::builder(store.clone()).code_length(settings.code_length).cache(cache.clone()).build().await?;
+        let pipeline = sinks(PipelineBuilder::new(store.clone(), cache, &secret, settings.pipeline)).start();
+        let app = Self {
+            engine,
+            store,
+            public_url: settings.public_url,
+            limits: settings.limits,
+            clicks: pipeline.recorder().clone(),
+            stats: pipeline.stats().clone(),
+            client_ip_header: settings.client_ip_header,
+        };
+        Ok((app, pipeline))
+    }
+}
+
+impl<S: Store> App<S> {
+    /// The engine, for embedding.
     pub fn engine(&self) -> &Shortener<S> {
         &self.engine
+    }
+
+    /// The store: tokens, notes, and the flush at shutdown.
+    pub fn store(&self) -> &S {
+        &self.store
     }
 
     /// The base URL of issued links.
@@ -73,26 +117,46 @@ impl<S: Store> App<S> {
         }
         // Everything else is boxed, so that the redirect's future stays small: hyper moves
         // it for every request, and inline these would make it several times larger.
+        if path == "/api" || path.starts_with("/api/") {
+            return Box::pin(self.api(request)).await;
+        }
         match path {
-            "/api/v4/short_links" => match *request.method() {
-                Method::POST => Box::pin(self.create_links(request)).await,
-                _ => method_not_allowed("POST"),
-            },
             "/healthz" | "/readyz" | "/metrics" if !matches!(*request.method(), Method::GET | Method::HEAD) => {
                 method_not_allowed("GET, HEAD")
             }
             "/healthz" => problem::text(StatusCode::OK, "ok\n"),
             "/readyz" => Box::pin(self.readiness()).await,
             "/metrics" => self.metrics(),
-            p if p.starts_with("/api/v4/contacts/") => match *request.method() {
-                Method::GET => Box::pin(self.list_notes(&request)).await,
-                _ => method_not_allowed("GET"),
-            },
-            p if p == "/api" || p.starts_with("/api/") => {
-                problem::problem(StatusCode::NOT_FOUND, "There is no such API endpoint")
-            }
             _ => problem::not_found_page(),
         }
+    }
+
+    /// Every API route: the caller is authenticated before anything else is answered, so
+    /// that nothing (not even which paths exist) is told to a caller without a token.
+    async fn api<B>(&self, request: Request<B>) -> Response<Body>
+    where
+        B: HttpBody,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let who = match authenticate(&self.store, request.headers().get(AUTHORIZATION)).await {
+            Ok(Ok(who)) => who,
+            Ok(Err(failure)) => return problem::problem(StatusCode::UNAUTHORIZED, failure.detail()),
+            Err(e) => return problem::store_failure(&e, "reading the token"),
+        };
+        let path = request.uri().path();
+        if path == "/api/v4/short_links" {
+            return match *request.method() {
+                Method::POST => self.create_links(request, who).await,
+                _ => method_not_allowed("POST"),
+            };
+        }
+        if path.starts_with("/api/v4/contacts/") {
+            return match *request.method() {
+                Method::GET => self.list_notes(&request, &who).await,
+                _ => method_not_allowed("GET"),
+            };
+        }
+        problem::problem(StatusCode::NOT_FOUND, "There is no such API endpoint")
     }
 
     /// Ready when the store answers a read.
@@ -123,29 +187,22 @@ fn is_reserved(segment: &str) -> bool {
 mod tests {
     use bytes::Bytes;
     use http_body_util::Empty;
-    use shortlinks_core::{Config, Shortener};
-    use shortlinks_notes::PipelineBuilder;
+    use shortlinks_core::SledStore;
 
     use super::*;
-    use crate::config::Limits;
 
     fn size_of<F>(_: &F) -> usize {
         std::mem::size_of::<F>()
     }
 
     /// hyper moves each request's future into place: the redirect's must stay small, so the
-    /// other routes and the pipeline's waiting paths are boxed. (It was 1464 bytes before.)
+    /// other routes and the pipeline's waiting paths are boxed.
     #[tokio::test]
     async fn the_request_future_stays_small() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Shortener::open(Config::new(dir.path())).await.unwrap();
-        let pipeline = PipelineBuilder::new(&engine, Default::default()).start();
-        let capture = ClickCapture {
-            recorder: pipeline.recorder().clone(),
-            stats: pipeline.stats().clone(),
-            client_ip_header: None,
-        };
-        let app = App::new(engine, PublicUrl::from_bound(([127, 0, 0, 1], 80).into()), Limits::DEFAULT, capture);
+        let store = SledStore::open(dir.path()).unwrap();
+        let settings = AppSettings::new(PublicUrl::from_bound(([127, 0, 0, 1], 80).into()));
+        let (app, _pipeline) = App::start(store, settings, |sinks| sinks).await.unwrap();
         let handle = app.handle(Request::new(Empty::<Bytes>::new()), None);
         assert!(size_of(&handle) <= 1024, "App::handle's future grew to {} bytes", size_of(&handle));
         let request = Request::new(Empty::<Bytes>::new());

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use hyper::header::HeaderName;
 use serde::Deserialize;
-use shortlinks_core::{AccountId, CodeLength, LinkCache};
-use shortlinks_notes::Durability;
+use shortlinks_core::{AccountId, CodeLength, LinkCache, SledStore};
+use shortlinks_notes::sink::HttpClient;
+use shortlinks_notes::{Durability, PipelineConfig};
 use shortlinks_redis::{RedisConfig, RedisTarget};
 
 use crate::ServerError;
@@ -24,8 +25,8 @@ use crate::ServerError;
 #[serde(deny_unknown_fields)]
 pub struct SettingsLayer {
     /// `sled` (the default: embedded, in `data_dir`) or `redis` (shared by many nodes).
-    #[arg(long, env = "SHORTLINKS_STORAGE")]
-    pub storage: Option<String>,
+    #[arg(long, env = "SHORTLINKS_STORAGE", value_enum)]
+    pub storage: Option<StorageKind>,
     /// Where the sled database (and the admin socket) lives.
     #[arg(long, env = "SHORTLINKS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -70,8 +71,8 @@ pub struct SettingsLayer {
     #[arg(long, env = "SHORTLINKS_SLED_CACHE_MIB")]
     pub sled_cache_mib: Option<u64>,
     /// `group` (default) or `sync`: see [`shortlinks_notes::Durability`].
-    #[arg(long, env = "SHORTLINKS_DURABILITY")]
-    pub durability: Option<String>,
+    #[arg(long, env = "SHORTLINKS_DURABILITY", value_enum)]
+    pub durability: Option<DurabilityKind>,
     /// The group-commit window in milliseconds (default 10).
     #[arg(long, env = "SHORTLINKS_COMMIT_WINDOW_MS")]
     pub commit_window_ms: Option<u64>,
@@ -106,6 +107,28 @@ pub struct SettingsLayer {
     /// Whose notes go to amoCRM: this shortlinks account id (default 1).
     #[arg(long, env = "SHORTLINKS_AMOCRM_ACCOUNT_ID")]
     pub amocrm_account_id: Option<u64>,
+}
+
+/// Which storage engine holds the data.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// Embedded, in `data_dir`.
+    #[default]
+    Sled,
+    /// Redis or Redis Cluster, shared by many nodes.
+    Redis,
+}
+
+/// When a redirect may answer relative to its click's flush: [`Durability`]'s modes.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityKind {
+    /// Clicks are flushed together within a commit window; the redirect does not wait.
+    #[default]
+    Group,
+    /// The redirect answers once its click is flushed.
+    Sync,
 }
 
 /// Field by field: `a.or(b)` for every field.
@@ -166,7 +189,10 @@ impl SettingsLayer {
         let listen: SocketAddr = listen
             .parse()
             .map_err(|_| ServerError::Config(format!("listen {listen:?} is not an address like 127.0.0.1:8080")))?;
-        let code_length = CodeLength::new(self.code_length.unwrap_or(CodeLength::DEFAULT.get()))?;
+        let code_length = self
+            .code_length
+            .map_or(Ok(CodeLength::DEFAULT), CodeLength::new)
+            .map_err(|e| ServerError::Config(e.to_string()))?;
         let public_url = self.public_url.map(|u| PublicUrl::parse(&u)).transpose()?;
         let max_body_bytes = self.max_body_bytes.unwrap_or(Limits::DEFAULT.max_body_bytes);
         if max_body_bytes == 0 {
@@ -177,7 +203,6 @@ impl SettingsLayer {
             Some(s) => Ok(Duration::from_secs(s)),
             None => Ok(default),
         };
-        let defaults = shortlinks_core::Config::new(".");
         if self.cached_links.is_some_and(|n| n > LinkCache::MAX_CAPACITY) {
             return Err(ServerError::Config(format!(
                 "cached_links must be at most {}: the cache's slots are allocated at start, 16 bytes a link",
@@ -186,8 +211,8 @@ impl SettingsLayer {
         }
         Ok(Settings {
             storage,
-            cached_links: self.cached_links.unwrap_or(defaults.cached_links),
-            sled_cache_bytes: self.sled_cache_mib.map_or(defaults.sled_cache_bytes, |mib| mib << 20),
+            cached_links: self.cached_links.unwrap_or(LinkCache::DEFAULT_CAPACITY),
+            sled_cache_bytes: self.sled_cache_mib.map_or(SledStore::DEFAULT_CACHE_BYTES, |mib| mib << 20),
             clicks,
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from(Settings::DEFAULT_DATA_DIR)),
             listen,
@@ -214,12 +239,12 @@ impl SettingsLayer {
 impl SettingsLayer {
     fn storage(&self) -> Result<StorageSettings, ServerError> {
         let redis_set = self.redis_url.is_some() || self.redis_nodes.is_some();
-        match self.storage.as_deref().unwrap_or("sled") {
-            "sled" if redis_set => {
+        match self.storage.unwrap_or_default() {
+            StorageKind::Sled if redis_set => {
                 Err(ServerError::Config("redis_url and redis_nodes need storage = \"redis\"".into()))
             }
-            "sled" => Ok(StorageSettings::Sled),
-            "redis" => {
+            StorageKind::Sled => Ok(StorageSettings::Sled),
+            StorageKind::Redis => {
                 let target = match (&self.redis_url, &self.redis_nodes) {
                     (Some(url), None) => RedisTarget::Standalone(redis_url(url)?),
                     (None, Some(nodes)) => RedisTarget::Cluster(
@@ -259,18 +284,18 @@ impl SettingsLayer {
                 }
                 Ok(StorageSettings::Redis(config))
             }
-            other => Err(ServerError::Config(format!("storage must be \"sled\" or \"redis\", got {other:?}"))),
         }
     }
 
     fn clicks(&self) -> Result<ClickSettings, ServerError> {
         let bad = |msg: String| Err(ServerError::Config(msg));
-        let window = Duration::from_millis(self.commit_window_ms.unwrap_or(10));
-        let durability = match self.durability.as_deref().unwrap_or("group") {
-            "group" if window > Duration::from_secs(1) => return bad("commit_window_ms must be at most 1000".into()),
-            "group" => Durability::Group { window },
-            "sync" => Durability::Sync,
-            other => return bad(format!("durability must be \"group\" or \"sync\", got {other:?}")),
+        let window = self.commit_window_ms.map_or(Durability::DEFAULT_WINDOW, Duration::from_millis);
+        let durability = match self.durability.unwrap_or_default() {
+            DurabilityKind::Group if window > Durability::MAX_WINDOW => {
+                return bad(format!("commit_window_ms must be at most {}", Durability::MAX_WINDOW.as_millis()))
+            }
+            DurabilityKind::Group => Durability::Group { window },
+            DurabilityKind::Sync => Durability::Sync,
         };
         let client_ip_header = match &self.client_ip_header {
             None => None,
@@ -303,18 +328,34 @@ impl SettingsLayer {
                 account: AccountId(self.amocrm_account_id.unwrap_or(1)),
             }),
         };
-        let positive = |v: Option<u64>, default: u64, name: &str| match v {
+        let positive = |v: Option<u64>, unit: fn(u64) -> Duration, default: Duration, name: &str| match v {
             Some(0) => Err(ServerError::Config(format!("{name} must be positive"))),
-            v => Ok(v.unwrap_or(default)),
+            v => Ok(v.map_or(default, unit)),
         };
+        let pipeline = PipelineConfig::default();
         Ok(ClickSettings {
             durability,
-            dedup_window: Duration::from_secs(positive(self.dedup_window_secs, 3600, "dedup_window_secs")?),
+            dedup_window: positive(
+                self.dedup_window_secs,
+                Duration::from_secs,
+                pipeline.dedup_window,
+                "dedup_window_secs",
+            )?,
             client_ip_header,
             webhook,
             amocrm,
-            sink_timeout: Duration::from_secs(positive(self.sink_timeout_secs, 10, "sink_timeout_secs")?),
-            sink_retry_max: Duration::from_millis(positive(self.sink_retry_max_ms, 60_000, "sink_retry_max_ms")?),
+            sink_timeout: positive(
+                self.sink_timeout_secs,
+                Duration::from_secs,
+                HttpClient::DEFAULT_TIMEOUT,
+                "sink_timeout_secs",
+            )?,
+            sink_retry_max: positive(
+                self.sink_retry_max_ms,
+                Duration::from_millis,
+                pipeline.retry.max,
+                "sink_retry_max_ms",
+            )?,
         })
     }
 }
@@ -497,7 +538,7 @@ mod tests {
     #[test]
     fn redis_storage_is_checked_and_passwords_stay_out_of_errors() {
         let redis = |url: Option<&str>, nodes: Option<&str>| SettingsLayer {
-            storage: Some("redis".into()),
+            storage: Some(StorageKind::Redis),
             redis_url: url.map(Into::into),
             redis_nodes: nodes.map(Into::into),
             ..Default::default()
@@ -540,8 +581,11 @@ mod tests {
         for layer in bad {
             assert!(layer.clone().resolve().is_err(), "{layer:?}");
         }
+        for text in ["durability = \"eventually\"", "storage = \"postgres\""] {
+            let parsed = toml::from_str::<SettingsLayer>(text);
+            assert!(parsed.as_ref().is_err_and(|e| e.to_string().contains("unknown variant")), "{text}: {parsed:?}");
+        }
         for layer in [
-            SettingsLayer { durability: Some("eventually".into()), ..Default::default() },
             SettingsLayer { webhook_url: Some("http://x.example/hook".into()), ..Default::default() },
             SettingsLayer {
                 webhook_url: Some("ftp://x".into()),
@@ -570,7 +614,7 @@ mod tests {
         assert_eq!(s.dedup_window, Duration::from_secs(3600));
         assert!(s.client_ip_header.is_none() && s.webhook.is_none() && s.amocrm.is_none());
         let s = SettingsLayer {
-            durability: Some("sync".into()),
+            durability: Some(DurabilityKind::Sync),
             amocrm_subdomain: Some("acme".into()),
             amocrm_token: Some("t".into()),
             client_ip_header: Some("X-Forwarded-For".into()),

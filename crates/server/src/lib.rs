@@ -25,5 +25,5 @@ pub mod request;
 pub mod server;
 pub mod short_links;
 
-pub use app::{App, ClickCapture};
+pub use app::{App, AppSettings};
 pub use error::ServerError;

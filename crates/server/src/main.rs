@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use shortlinks_core::ContactScope;
 use shortlinks_server::admin::{self, AdminReply, AdminRequest};
-use shortlinks_server::config::SettingsLayer;
+use shortlinks_server::config::{SettingsLayer, StorageKind};
 use shortlinks_server::server;
 
 /// mimalloc rather than the system allocator: sled and the click pipeline allocate a lot,
@@ -79,8 +79,8 @@ struct StoreArgs {
     #[arg(long, env = "SHORTLINKS_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// `sled` (default) or `redis`.
-    #[arg(long, env = "SHORTLINKS_STORAGE")]
-    storage: Option<String>,
+    #[arg(long, env = "SHORTLINKS_STORAGE", value_enum)]
+    storage: Option<StorageKind>,
     /// With `--storage redis`: one server.
     #[arg(long, env = "SHORTLINKS_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
@@ -97,7 +97,7 @@ impl StoreArgs {
     async fn command(&self, request: AdminRequest) -> anyhow::Result<AdminReply> {
         let flags = SettingsLayer {
             data_dir: self.data_dir.clone(),
-            storage: self.storage.clone(),
+            storage: self.storage,
             redis_url: self.redis_url.clone(),
             redis_nodes: self.redis_nodes.clone(),
             redis_key_prefix: self.redis_key_prefix.clone(),

@@ -1,15 +1,13 @@
 //! `GET /api/v4/contacts/notes` and `GET /api/v4/contacts/{id}/notes`: the notes journal,
 //! in amoCRM's HAL shape, scoped to the token's account and contacts.
 
-use hyper::header::AUTHORIZATION;
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 use shortlinks_core::store::NotesQuery;
-use shortlinks_core::{ContactScope, EntityType, Store};
+use shortlinks_core::{ContactScope, EntityType, Principal, Store};
 use shortlinks_notes::note::AmoNote;
 
 use crate::app::App;
-use crate::auth::authenticate;
 use crate::problem::{self, json_response, Body};
 
 const DEFAULT_LIMIT: usize = 50;
@@ -80,7 +78,7 @@ struct Embedded<'a> {
 }
 
 impl<S: Store> App<S> {
-    pub(crate) async fn list_notes<B>(&self, request: &Request<B>) -> Response<Body> {
+    pub(crate) async fn list_notes<B>(&self, request: &Request<B>, who: &Principal) -> Response<Body> {
         let path = request.uri().path();
         let rest = path.strip_prefix("/api/v4/contacts/").unwrap_or_default();
         let contact = match (rest, rest.strip_suffix("/notes")) {
@@ -90,11 +88,6 @@ impl<S: Store> App<S> {
                 Ok(id) if id > 0 => Some(id),
                 _ => return problem::problem(StatusCode::NOT_FOUND, "There is no such contact"),
             },
-        };
-        let who = match authenticate(self.engine.store(), request.headers().get(AUTHORIZATION)).await {
-            Ok(Ok(who)) => who,
-            Ok(Err(failure)) => return problem::problem(StatusCode::UNAUTHORIZED, failure.detail()),
-            Err(e) => return problem::problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         };
         let params = match parse_params(request.uri().query().unwrap_or("")) {
             Ok(params) => params,
@@ -125,9 +118,9 @@ impl<S: Store> App<S> {
             offset: (params.page - 1).saturating_mul(params.limit),
             limit: params.limit + 1, // one more, to know whether there is a next page
         };
-        let mut notes = match self.engine.store().list_notes(query).await {
+        let mut notes = match self.store.list_notes(query).await {
             Ok(notes) => notes,
-            Err(e) => return problem::problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+            Err(e) => return problem::store_failure(&e, "listing notes"),
         };
         if notes.is_empty() {
             return no_content();
@@ -158,7 +151,7 @@ impl<S: Store> App<S> {
 fn scope_ids(scope: &ContactScope) -> Option<Vec<u64>> {
     match scope {
         ContactScope::All => None,
-        ContactScope::Only(ids) => Some(ids.clone()),
+        ContactScope::Only(ids) => Some(ids.as_slice().to_vec()),
     }
 }
 

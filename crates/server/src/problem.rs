@@ -23,6 +23,17 @@ pub fn validation_failed(detail: &str, items: &[ItemErrors]) -> Response<Body> {
     problem_with(StatusCode::BAD_REQUEST, json!({ "validation-errors": items }), detail)
 }
 
+/// A store's failure, told to the client without its internals (they go to the log):
+/// 503 when the store is out of reach for now, else 500. Either way a retry is safe.
+pub fn store_failure(e: &shortlinks_core::Error, doing: &str) -> Response<Body> {
+    tracing::error!(error = %e, "store failure while {doing}");
+    let status = match e {
+        shortlinks_core::Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    problem(status, "The store failed; retry the same request")
+}
+
 /// A 405 with the methods that are allowed.
 pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut response = problem(StatusCode::METHOD_NOT_ALLOWED, &format!("Allowed methods: {allow}"));

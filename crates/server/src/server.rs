@@ -11,15 +11,15 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
-use shortlinks_core::{AccountId, Config, ContactScope, LinkCache, Shortener, SledStore, Store, UserId};
+use shortlinks_core::{AccountId, ContactScope, SledStore, Store, UserId};
 use shortlinks_redis::RedisStore;
 use tokio::net::TcpListener;
 
 use shortlinks_notes::sink::{AmoCrmSink, HttpClient, RetryPolicy, WebhookSink};
-use shortlinks_notes::{Pipeline, PipelineBuilder, PipelineConfig};
+use shortlinks_notes::{Pipeline, PipelineConfig};
 
-use crate::app::{App, ClickCapture};
-use crate::config::{ClickSettings, PublicUrl, Settings, StorageSettings};
+use crate::app::{App, AppSettings};
+use crate::config::{PublicUrl, Settings, StorageSettings};
 use crate::drain::Drain;
 use crate::{admin, auth, idle, ServerError};
 
@@ -50,71 +50,72 @@ struct Parts<S: Store> {
 pub async fn start(settings: Settings) -> Result<Started, ServerError> {
     let (backend, addr, first_token) = match &settings.storage {
         StorageSettings::Sled => {
-            let config = Config {
-                data_dir: settings.data_dir.clone(),
-                code_length: settings.code_length,
-                cached_links: settings.cached_links,
-                sled_cache_bytes: settings.sled_cache_bytes,
-            };
-            let engine = Shortener::open(config).await.map_err(|e| {
-                ServerError::Config(format!("cannot open the data directory {}: {e}", settings.data_dir.display()))
-            })?;
+            let dir = settings.data_dir.clone();
+            let cache_bytes = settings.sled_cache_bytes;
+            let store = tokio::task::spawn_blocking(move || SledStore::open_with_cache(&dir, cache_bytes))
+                .await
+                .map_err(|e| ServerError::Config(format!("opening the data directory: {e}")))?
+                .map_err(|e| {
+                    ServerError::Config(format!("cannot open the data directory {}: {e}", settings.data_dir.display()))
+                })?;
             let admin = admin::AdminSocket::bind(&admin::socket_path(&settings.data_dir))?;
-            let (parts, addr, token) = assemble(engine, &settings, Some(admin)).await?;
+            let (parts, addr, token) = assemble(store, &settings, Some(admin)).await?;
             (Backend::Sled(parts), addr, token)
         }
         StorageSettings::Redis(config) => {
             let store = RedisStore::open(config.clone())
                 .await
                 .map_err(|e| ServerError::Config(format!("cannot reach Redis ({}): {e}", config.target)))?;
-            let cache = LinkCache::new(settings.cached_links);
-            let engine = Shortener::with_store(store, settings.code_length).await?.with_cache(cache);
-            let (parts, addr, token) = assemble(engine, &settings, None).await?;
+            let (parts, addr, token) = assemble(store, &settings, None).await?;
             (Backend::Redis(parts), addr, token)
         }
     };
     Ok(Started { backend, addr, first_token })
 }
 
+/// The application on `store`, with the configured sinks, bound to its address.
 async fn assemble<S: Store + Clone>(
-    engine: Shortener<S>,
+    store: S,
     settings: &Settings,
     admin: Option<admin::AdminSocket>,
 ) -> Result<(Parts<S>, SocketAddr, Option<String>), ServerError> {
-    let first_token = ensure_first_token(engine.store()).await?;
+    let first_token = ensure_first_token(&store).await?;
+    let clicks = &settings.clicks;
+    let http = HttpClient::new(clicks.sink_timeout);
+    let webhook = clicks.webhook.as_ref().map(|w| WebhookSink::new(http.clone(), w.url.clone(), w.secret.as_bytes()));
+    let amocrm = match &clicks.amocrm {
+        Some(amo) => Some((AmoCrmSink::new(http, &amo.base, &amo.token).map_err(ServerError::Config)?, amo.account)),
+        None => None,
+    };
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|e| ServerError::io(format!("binding {}", settings.listen), e))?;
     let addr = listener.local_addr().map_err(|e| ServerError::io("reading the bound address", e))?;
-    let public_url = settings.public_url.clone().unwrap_or_else(|| PublicUrl::from_bound(addr));
-    let pipeline = start_pipeline(&engine, &settings.clicks)?;
-    let capture = ClickCapture {
-        recorder: pipeline.recorder().clone(),
-        stats: pipeline.stats().clone(),
-        client_ip_header: settings.clicks.client_ip_header.clone(),
+    let app_settings = AppSettings {
+        public_url: settings.public_url.clone().unwrap_or_else(|| PublicUrl::from_bound(addr)),
+        limits: settings.limits,
+        code_length: settings.code_length,
+        cached_links: settings.cached_links,
+        pipeline: PipelineConfig {
+            durability: clicks.durability,
+            dedup_window: clicks.dedup_window,
+            retry: RetryPolicy { max: clicks.sink_retry_max, ..RetryPolicy::default() },
+            ..PipelineConfig::default()
+        },
+        client_ip_header: clicks.client_ip_header.clone(),
     };
-    let app = Arc::new(App::new(engine, public_url, settings.limits, capture));
-    Ok((Parts { app, pipeline, listener, admin }, addr, first_token))
-}
-
-/// The click pipeline with the configured sinks (the journal is always on).
-fn start_pipeline<S: Store + Clone>(engine: &Shortener<S>, clicks: &ClickSettings) -> Result<Pipeline, ServerError> {
-    let config = PipelineConfig {
-        durability: clicks.durability,
-        dedup_window: clicks.dedup_window,
-        retry: RetryPolicy { max: clicks.sink_retry_max, ..RetryPolicy::default() },
-        ..PipelineConfig::default()
-    };
-    let mut builder = PipelineBuilder::new(engine, config);
-    let http = HttpClient::new(clicks.sink_timeout);
-    if let Some(webhook) = &clicks.webhook {
-        builder = builder.sink(WebhookSink::new(http.clone(), webhook.url.clone(), webhook.secret.as_bytes()), None);
-    }
-    if let Some(amo) = &clicks.amocrm {
-        let sink = AmoCrmSink::new(http, &amo.base, &amo.token).map_err(ServerError::Config)?;
-        builder = builder.sink(sink, Some(amo.account));
-    }
-    Ok(builder.start())
+    // The journal is always on; the sinks are what was configured.
+    let (app, pipeline) = App::start(store, app_settings, |mut pipeline| {
+        if let Some(sink) = webhook {
+            pipeline = pipeline.sink(sink, None);
+        }
+        if let Some((sink, account)) = amocrm {
+            pipeline = pipeline.sink(sink, Some(account));
+        }
+        pipeline
+    })
+    .await?;
+    Ok((Parts { app: Arc::new(app), pipeline, listener, admin }, addr, first_token))
 }
 
 /// On a store with no tokens at all, issues one for account 1, user 1, all contacts.
@@ -162,7 +163,7 @@ impl<S: Store> Parts<S> {
             let _ = std::fs::remove_file(&path);
         }
         result?;
-        app.engine().store().flush().await?;
+        app.store().flush().await?;
         Ok(())
     }
 }

@@ -2,13 +2,12 @@
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body as HttpBody;
-use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
-use shortlinks_core::{Error as CoreError, Link, Outcome, Store};
+use shortlinks_core::{CreateError, Link, Outcome, Principal, Store};
 
 use crate::app::App;
-use crate::auth::authenticate;
 use crate::problem::{self, json_response, validation_failed, Body};
 use crate::request::{parse_links, BodyProblem};
 
@@ -60,16 +59,11 @@ struct Skipped {
 }
 
 impl<S: Store> App<S> {
-    pub(crate) async fn create_links<B>(&self, request: Request<B>) -> Response<Body>
+    pub(crate) async fn create_links<B>(&self, request: Request<B>, who: Principal) -> Response<Body>
     where
         B: HttpBody,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let who = match authenticate(self.engine.store(), request.headers().get(AUTHORIZATION)).await {
-            Ok(Ok(who)) => who,
-            Ok(Err(failure)) => return problem::problem(StatusCode::UNAUTHORIZED, failure.detail()),
-            Err(e) => return store_failure(&e),
-        };
         if !is_json(request.headers().get(CONTENT_TYPE)) {
             return problem::problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json");
         }
@@ -96,7 +90,11 @@ impl<S: Store> App<S> {
         };
         let outcomes = match self.engine.create(&who, &items).await {
             Ok(outcomes) => outcomes,
-            Err(e) => return store_failure(&e),
+            Err(CreateError::Store(e)) => return problem::store_failure(&e, "creating links"),
+            Err(e) => {
+                tracing::error!(error = %e, "creating links failed");
+                return problem::problem(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
+            }
         };
         self.created(&outcomes, &items)
     }
@@ -144,13 +142,4 @@ fn is_json(content_type: Option<&hyper::header::HeaderValue>) -> bool {
 
 fn too_large(max: usize) -> Response<Body> {
     problem::problem(StatusCode::PAYLOAD_TOO_LARGE, &format!("The request body is larger than {max} bytes"))
-}
-
-fn store_failure(e: &CoreError) -> Response<Body> {
-    tracing::error!(error = %e, "store failure while creating links");
-    let status = match e {
-        CoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    problem::problem(status, "The links could not be stored; retry the same request")
 }

@@ -160,8 +160,10 @@ async fn size_type_method_and_path_errors() {
     assert_eq!(reply.status, 405);
     assert_eq!(reply.headers["allow"], "GET, HEAD");
 
-    for unknown in ["/api/v4/leads", "/api/v4/short_links/x", "/api", "/api/"] {
-        server.get(unknown).await.problem(404);
+    // Every API path answers a caller without a token alike: which paths exist is not told.
+    for unknown in ["/api/v4/leads", "/api/v4/short_links/x", "/api", "/api/", "/api/v4/contacts/0/notes"] {
+        server.get(unknown).await.problem(401);
+        send(server.addr, Method::GET, unknown, &headers[..1], Vec::new()).await.problem(404);
     }
 }
 

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::collections::HashMap;
 
 use super::{
-    check_queue_name, keys, visit_claims, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Queues, Store,
-    TokenStore, VisitClaim, VisitLedger,
+    check_queue_name, keys, visit_claims, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Queues, SecretStore,
+    Store, TokenStore, VisitClaim, VisitLedger,
 };
 use crate::code::{InstallationSecret, ShortCode};
 use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, Timestamp, VisitMark};
@@ -196,11 +196,13 @@ impl TokenStore for MemoryStore {
     }
 }
 
-impl Store for MemoryStore {
+impl SecretStore for MemoryStore {
     async fn installation_secret(&self, candidate: InstallationSecret) -> Result<InstallationSecret, Error> {
         Ok(self.rest().secret.get_or_insert(candidate).clone())
     }
+}
 
+impl Store for MemoryStore {
     async fn flush(&self) -> Result<(), Error> {
         Ok(())
     }

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::code::{InstallationSecret, ShortCode};
-use crate::codec::{decode, encode};
+pub use crate::codec::{decode, encode};
 use crate::model::{AccountId, ApiToken, EntityRef, EntityType, EntryId, Link, Note};
 use crate::Error;
 
@@ -123,7 +123,7 @@ pub fn check_queue_name(name: &str) -> Result<(), Error> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Corrupt(format!("invalid queue name {name:?}")))
+        Err(Error::InvalidInput(format!("invalid queue name {name:?}")))
     }
 }
 
@@ -213,15 +213,18 @@ pub fn visit_claims(
     }
 }
 
-/// A complete backend.
-pub trait Store: LinkStore + Queues + NotesJournal + TokenStore + VisitLedger {
+/// Keeps the installation secret, which keys every code: the engine needs it beside links.
+pub trait SecretStore: Send + Sync + 'static {
     /// The installation secret: the stored one, or `candidate` stored if there is none yet.
     /// Nodes sharing one store thus share one secret.
     fn installation_secret(
         &self,
         candidate: InstallationSecret,
     ) -> impl Future<Output = Result<InstallationSecret, Error>> + Send;
+}
 
+/// A complete backend: what the engine needs, and the click pipeline, notes and tokens.
+pub trait Store: LinkStore + SecretStore + Queues + NotesJournal + TokenStore + VisitLedger {
     /// Makes every write so far durable; called on shutdown.
     fn flush(&self) -> impl Future<Output = Result<(), Error>> + Send;
 }

@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 use super::link_log::LinkLog;
 use super::queue_log::{Position, QueueLog, MAX_PUSH, SEGMENT_BYTES};
 use super::{
-    check_queue_name, keys, visit_claims, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Queues, Store,
-    TokenStore, VisitClaim, VisitLedger,
+    check_queue_name, keys, visit_claims, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Queues, SecretStore,
+    Store, TokenStore, VisitClaim, VisitLedger,
 };
 use crate::code::{InstallationSecret, ShortCode};
 use crate::codec::{decode, encode};
@@ -81,15 +81,19 @@ fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, Error> {
             {
                 std::thread::sleep(Duration::from_millis(10));
             }
-            opened => return Ok(opened?),
+            opened => return opened.map_err(Error::storage),
         }
     }
 }
 
 impl SledStore {
+    /// sled's page cache by default: 64 MiB (sled's own default is 1 GiB). Small, because
+    /// links are not in sled and the link cache serves the redirect.
+    pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
     /// Opens (or creates) the database in `dir`. sled locks the directory: one process at a time.
     pub fn open(dir: &Path) -> Result<Self, Error> {
-        Self::open_with_cache(dir, crate::Config::DEFAULT_SLED_CACHE_BYTES)
+        Self::open_with_cache(dir, Self::DEFAULT_CACHE_BYTES)
     }
 
     /// As [`SledStore::open`], with sled's page cache limited to `cache_bytes`.
@@ -101,12 +105,12 @@ impl SledStore {
         let store = Self {
             sled_log: Arc::new(log),
             links: Arc::new(LinkLog::open(dir)?),
-            by_entity: db.open_tree("by_entity")?,
-            queue_heads: db.open_tree("queue_heads")?,
+            by_entity: db.open_tree("by_entity").map_err(Error::storage)?,
+            queue_heads: db.open_tree("queue_heads").map_err(Error::storage)?,
             queues: Arc::new(OpenQueues { dir: dir.join("queues"), open: Mutex::default() }),
-            visits: db.open_tree("visits")?,
-            notes: db.open_tree("notes")?,
-            tokens: db.open_tree("tokens")?,
+            visits: db.open_tree("visits").map_err(Error::storage)?,
+            notes: db.open_tree("notes").map_err(Error::storage)?,
+            tokens: db.open_tree("tokens").map_err(Error::storage)?,
             db,
         };
         store.move_legacy_queues()?;
@@ -121,11 +125,11 @@ impl SledStore {
         if !self.db.tree_names().iter().any(|name| name.as_ref() == b"links") {
             return Ok(());
         }
-        let legacy = self.db.open_tree("links")?;
+        let legacy = self.db.open_tree("links").map_err(Error::storage)?;
         let mut batch = Vec::with_capacity(MOVE_BATCH);
         let mut moved = 0;
         for entry in legacy.iter() {
-            let (key, bytes) = entry?;
+            let (key, bytes) = entry.map_err(Error::storage)?;
             let link: Link = decode(&bytes)?;
             if link.code.as_bytes() != &key[..] {
                 return Err(Error::Corrupt("a legacy link is stored under another code".into()));
@@ -138,7 +142,7 @@ impl SledStore {
         }
         moved += batch.len();
         self.links.insert(&batch)?;
-        self.db.drop_tree("links")?;
+        self.db.drop_tree("links").map_err(Error::storage)?;
         self.flush_now()?;
         tracing::info!(links = moved, "moved the links tree of an earlier release into links.log");
         Ok(())
@@ -151,12 +155,12 @@ impl SledStore {
         if !self.db.tree_names().iter().any(|name| name.as_ref() == b"queues") {
             return Ok(());
         }
-        let legacy = self.db.open_tree("queues")?;
+        let legacy = self.db.open_tree("queues").map_err(Error::storage)?;
         // Keys are `name ‖ 0x00 ‖ id`, so each queue's entries come together and in order.
         // They go over a few MiB per push: one fsync each, not one per entry.
         let mut pending: Option<(String, Vec<Vec<u8>>, usize)> = None;
         for entry in legacy.iter() {
-            let (key, record) = entry?;
+            let (key, record) = entry.map_err(Error::storage)?;
             let name = key.iter().position(|&b| b == 0).and_then(|end| std::str::from_utf8(&key[..end]).ok());
             let Some(name) = name else { return Err(Error::Corrupt("bad legacy queue key".into())) };
             let done = pending.take_if(|(queue, _, bytes)| queue != name || *bytes + record.len() > MAX_PUSH / 2);
@@ -170,7 +174,7 @@ impl SledStore {
         if let Some((queue, records, _)) = pending {
             self.queue(&queue)?.push(&records)?;
         }
-        self.db.drop_tree("queues")?;
+        self.db.drop_tree("queues").map_err(Error::storage)?;
         self.flush_now()
     }
 
@@ -181,7 +185,7 @@ impl SledStore {
         if let Some(log) = open.get(name) {
             return Ok(log.clone());
         }
-        let head = self.queue_heads.get(name)?.and_then(|bytes| Position::from_bytes(&bytes));
+        let head = self.queue_heads.get(name).map_err(Error::storage)?.and_then(|bytes| Position::from_bytes(&bytes));
         let log = Arc::new(QueueLog::open(&self.queues.dir.join(name), head, SEGMENT_BYTES)?);
         open.insert(name.to_owned(), log.clone());
         Ok(log)
@@ -194,12 +198,12 @@ impl SledStore {
         F: FnOnce(&SledStore) -> Result<T, Error> + Send + 'static,
     {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || work(&store)).await.map_err(|e| Error::Storage(Box::new(e)))?
+        tokio::task::spawn_blocking(move || work(&store)).await.map_err(Error::storage)?
     }
 
     fn flush_now(&self) -> Result<(), Error> {
-        self.db.flush()?;
-        self.sled_log.sync_data().map_err(|e| Error::Storage(Box::new(e)))
+        self.db.flush().map_err(Error::storage)?;
+        self.sled_log.sync_data().map_err(Error::storage)
     }
 
     /// Appends the links to the log (durable when it returns), then writes the index
@@ -217,7 +221,8 @@ impl SledStore {
                 InsertOutcome::Occupied(existing) => existing,
             };
             self.by_entity
-                .insert(keys::link_index_key(owner.account, owner.entity, owner.code.as_bytes()), &[] as &[u8])?;
+                .insert(keys::link_index_key(owner.account, owner.entity, owner.code.as_bytes()), &[] as &[u8])
+                .map_err(Error::storage)?;
         }
         Ok(outcomes)
     }
@@ -241,7 +246,7 @@ impl LinkStore for SledStore {
         let prefix = keys::entity_prefix(account, entity);
         let mut links = Vec::new();
         for entry in self.by_entity.scan_prefix(prefix) {
-            let (key, _) = entry?;
+            let (key, _) = entry.map_err(Error::storage)?;
             let code = ShortCode::from_key(&key[prefix.len()..])
                 .ok_or_else(|| Error::Corrupt("bad code in the entity index".into()))?;
             if let Some(link) = self.get_link(&code).await? {
@@ -268,7 +273,7 @@ impl Queues for SledStore {
         self.blocking(move |s| {
             if let Some(head) = s.queue(&queue)?.remove(&ids)? {
                 // Not flushed: an old head after a crash only means entries handled again.
-                s.queue_heads.insert(queue.as_bytes(), &head.to_bytes()[..])?;
+                s.queue_heads.insert(queue.as_bytes(), &head.to_bytes()[..]).map_err(Error::storage)?;
             }
             Ok(())
         })
@@ -284,13 +289,17 @@ impl VisitLedger for SledStore {
                 .map(|c| {
                     let proposed = encode(&VisitMark { at: c.at, note_id: c.note_id })?;
                     loop {
-                        let current = s.visits.get(c.key)?;
+                        let current = s.visits.get(c.key).map_err(Error::storage)?;
                         let previous = current.as_deref().map(decode::<VisitMark>).transpose()?;
                         if !visit_claims(previous, c.at, c.note_id, window_ms) {
                             return Ok(false);
                         }
                         // Compare-and-swap, so that two dispatchers never both claim one window.
-                        if s.visits.compare_and_swap(c.key, current, Some(proposed.as_slice()))?.is_ok() {
+                        if s.visits
+                            .compare_and_swap(c.key, current, Some(proposed.as_slice()))
+                            .map_err(Error::storage)?
+                            .is_ok()
+                        {
                             return Ok(true);
                         }
                     }
@@ -306,12 +315,13 @@ impl VisitLedger for SledStore {
         self.blocking(move |s| {
             let mut forgotten = 0;
             for entry in s.visits.iter() {
-                let (key, bytes) = entry?;
+                let (key, bytes) = entry.map_err(Error::storage)?;
                 if decode::<VisitMark>(&bytes)?.at >= before {
                     continue;
                 }
                 // Only if unchanged: a claim made meanwhile stays.
-                if s.visits.compare_and_swap(&key, Some(&bytes), None as Option<&[u8]>)?.is_ok() {
+                if s.visits.compare_and_swap(&key, Some(&bytes), None as Option<&[u8]>).map_err(Error::storage)?.is_ok()
+                {
                     forgotten += 1;
                 }
             }
@@ -327,7 +337,10 @@ impl NotesJournal for SledStore {
             for note in &notes {
                 let key = keys::note_key(note.account, note.entity, note.created_at, note.id);
                 // Insert-if-absent: a redelivered note leaves the first copy as it is.
-                let _ = s.notes.compare_and_swap(key, None as Option<&[u8]>, Some(encode(note)?))?;
+                let _ = s
+                    .notes
+                    .compare_and_swap(key, None as Option<&[u8]>, Some(encode(note)?))
+                    .map_err(Error::storage)?;
             }
             s.flush_now()
         })
@@ -350,7 +363,7 @@ impl NotesJournal for SledStore {
                 if out.len() == query.limit {
                     return Ok(out);
                 }
-                let (_, value) = entry?;
+                let (_, value) = entry.map_err(Error::storage)?;
                 if skip > 0 {
                     skip -= 1;
                     continue;
@@ -365,29 +378,33 @@ impl NotesJournal for SledStore {
 impl TokenStore for SledStore {
     async fn put_token(&self, token: ApiToken) -> Result<(), Error> {
         self.blocking(move |s| {
-            s.tokens.insert(token.id.as_bytes(), encode(&token)?)?;
+            s.tokens.insert(token.id.as_bytes(), encode(&token)?).map_err(Error::storage)?;
             s.flush_now()
         })
         .await
     }
 
     async fn get_token(&self, id: &str) -> Result<Option<ApiToken>, Error> {
-        match self.tokens.get(id.as_bytes())? {
+        match self.tokens.get(id.as_bytes()).map_err(Error::storage)? {
             Some(bytes) => decode(&bytes).map(Some),
             None => Ok(None),
         }
     }
 
     async fn list_tokens(&self) -> Result<Vec<ApiToken>, Error> {
-        self.tokens.iter().map(|entry| decode(&entry?.1)).collect()
+        self.tokens.iter().map(|entry| decode(&entry.map_err(Error::storage)?.1)).collect()
     }
 }
 
-impl Store for SledStore {
+impl SecretStore for SledStore {
     async fn installation_secret(&self, candidate: InstallationSecret) -> Result<InstallationSecret, Error> {
         self.blocking(move |s| {
             let bytes = candidate.to_bytes();
-            let stored = match s.db.compare_and_swap(SECRET_KEY, None as Option<&[u8]>, Some(&bytes[..]))? {
+            let stored = match s
+                .db
+                .compare_and_swap(SECRET_KEY, None as Option<&[u8]>, Some(&bytes[..]))
+                .map_err(Error::storage)?
+            {
                 Ok(()) => {
                     s.flush_now()?;
                     return Ok(candidate);
@@ -402,7 +419,9 @@ impl Store for SledStore {
         })
         .await
     }
+}
 
+impl Store for SledStore {
     async fn flush(&self) -> Result<(), Error> {
         self.blocking(SledStore::flush_now).await
     }

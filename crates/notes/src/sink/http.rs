@@ -35,6 +35,9 @@ pub struct HttpAnswer {
 }
 
 impl HttpClient {
+    /// The default time a sink request may take, answer included.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
     /// A client whose every request, answer included, must finish within `timeout`.
     pub fn new(timeout: Duration) -> Self {
         let https =
