@@ -4,7 +4,9 @@
 //! it is only counted, and writes no note.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
 
 use aho_corasick::AhoCorasick;
 use shortlinks_core::model::{Click, ClickMethod};
@@ -209,7 +211,7 @@ impl Classifier {
     /// The same answer as [`classify`].
     pub fn classify(&self, click: &Click) -> Option<NotVisit> {
         classify_with(click, |agent| {
-            let mut verdicts = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+            let mut verdicts = self.verdicts.lock();
             if let Some(verdict) = verdicts.get(agent) {
                 return *verdict;
             }
@@ -236,6 +238,7 @@ fn matcher() -> &'static AhoCorasick {
 
 /// Agents as each really sends them: the table's test corpus, shared with the server's
 /// end-to-end tests.
+#[cfg(any(test, feature = "testing"))]
 pub mod samples {
     use super::NotVisit::{self, Crawler, Preview, Scanner};
 
@@ -325,7 +328,7 @@ mod tests {
             let agent = format!("Mozilla/5.0 (X11) Firefox/{n}");
             assert_eq!(classifier.classify(&with_agent(&agent)), None);
         }
-        assert!(classifier.verdicts.lock().unwrap().len() <= Classifier::LIMIT);
+        assert!(classifier.verdicts.lock().len() <= Classifier::LIMIT);
         assert_eq!(classifier.classify(&with_agent("curl/8.5.0")), Some(NotVisit::Crawler));
     }
 

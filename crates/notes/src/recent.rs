@@ -12,7 +12,7 @@
 //! keys are keyed blake3 output, already uniform, so their first bytes are the index, and
 //! a slot holds the key and the mark together (32 bytes, two to a cache line): one miss.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use shortlinks_core::model::VisitMark;
 use shortlinks_core::store::visit_claims;
@@ -50,7 +50,7 @@ impl RecentMarks {
         note_id: impl FnOnce() -> u64,
         window_ms: u64,
     ) -> bool {
-        let Some(mark) = self.table.lock().unwrap_or_else(|p| p.into_inner()).get(key) else { return false };
+        let Some(mark) = self.table.lock().get(key) else { return false };
         if mark.at != at {
             return at.0 < mark.at.0.saturating_add(window_ms);
         }
@@ -59,7 +59,7 @@ impl RecentMarks {
 
     /// Remembers the mark a visit set.
     pub(crate) fn remember(&self, key: [u8; 16], mark: VisitMark, window_ms: u64) {
-        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let mut table = self.table.lock();
         if table.len >= self.limit {
             let newest = table.occupied().map(|slot| slot.mark.at.0).max().unwrap_or(0);
             table.retain(|m| newest.saturating_sub(m.at.0) < window_ms);
@@ -229,7 +229,7 @@ mod tests {
             recent.remember(key(n), mark(at), HOUR);
         }
         recent.remember(key(1000), mark(10 * HOUR + 1000), HOUR);
-        let table = recent.table.lock().unwrap();
+        let table = recent.table.lock();
         assert_eq!(table.len, 401);
         assert_eq!(table.get(&key(0)), None, "expired");
         assert_eq!(table.get(&key(999)), Some(mark(10 * HOUR + 999)), "kept");
@@ -241,7 +241,7 @@ mod tests {
             recent.remember(key(n), mark(5 * HOUR + n), HOUR);
         }
         recent.remember(key(1000), mark(5 * HOUR + 1000), HOUR);
-        let table = recent.table.lock().unwrap();
+        let table = recent.table.lock();
         assert_eq!(table.len, 1);
         assert_eq!(table.get(&key(1000)), Some(mark(5 * HOUR + 1000)));
     }

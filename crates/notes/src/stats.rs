@@ -2,7 +2,9 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::classify::NotVisit;
 
@@ -56,7 +58,7 @@ impl Stats {
     /// Registers a sink's counters.
     pub fn sink(&self, name: &'static str) -> Arc<SinkStats> {
         let counters = Arc::new(SinkStats::default());
-        self.sinks.lock().unwrap_or_else(|p| p.into_inner()).push((name, counters.clone()));
+        self.sinks.lock().push((name, counters.clone()));
         counters
     }
 
@@ -107,7 +109,7 @@ impl Stats {
         for why in NotVisit::ALL {
             let _ = writeln!(out, "shortlinks_not_visits_total{{reason=\"{}\"}} {}", why.name(), self.not_visits(why));
         }
-        let sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        let sinks = self.sinks.lock();
         for (metric, help) in [
             ("shortlinks_sink_delivered_total", "Notes a sink took."),
             ("shortlinks_sink_failed_attempts_total", "Failed delivery attempts, each retried."),

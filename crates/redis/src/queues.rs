@@ -24,7 +24,7 @@ impl RedisStore {
     /// Creates the queue's group (and stream) once per process; a group created by another
     /// node is fine.
     async fn ensure_group(&self, key: &str) -> Result<(), Error> {
-        if self.groups.lock().unwrap_or_else(|p| p.into_inner()).contains(key) {
+        if self.groups.lock().contains(key) {
             return Ok(());
         }
         let created: Result<String, _> = redis::cmd("XGROUP")
@@ -40,14 +40,14 @@ impl RedisStore {
             Err(e) if e.code() == Some("BUSYGROUP") => {}
             Err(e) => return Err(store_error(e)),
         }
-        self.groups.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_owned());
+        self.groups.lock().insert(key.to_owned());
         Ok(())
     }
 
     /// A group that vanished (Redis restarted without persistence) is made again next time.
     fn forget_group_on(&self, key: &str, e: redis::RedisError) -> Error {
         if e.code() == Some("NOGROUP") {
-            self.groups.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+            self.groups.lock().remove(key);
         }
         store_error(e)
     }
@@ -74,7 +74,7 @@ impl RedisStore {
     /// `claim_after` per queue.
     async fn take_over(&self, key: &str, count: usize) -> Result<Vec<(EntryId, Vec<u8>)>, Error> {
         {
-            let mut last = self.last_takeover.lock().unwrap_or_else(|p| p.into_inner());
+            let mut last = self.last_takeover.lock();
             let now = Instant::now();
             if last.get(key).is_some_and(|t| now.duration_since(*t) < self.claim_after / 2) {
                 return Ok(Vec::new());

@@ -1,7 +1,9 @@
 //! The store handle: connecting, the installation secret, tokens.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManagerConfig;

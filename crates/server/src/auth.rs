@@ -7,14 +7,13 @@
 use hyper::header::HeaderValue;
 use shortlinks_core::model::ApiToken;
 use shortlinks_core::store::TokenStore;
-use shortlinks_core::{AccountId, ContactScope, Principal, Timestamp, UserId};
+use shortlinks_core::{random_base62, AccountId, ContactScope, Principal, Timestamp, UserId};
 
 use crate::ServerError;
 
 const PREFIX: &str = "sl_";
 const ID_LEN: usize = 10;
 const SECRET_LEN: usize = 40;
-const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// A newly issued token: the text, shown once, and the record to store.
 #[derive(Debug)]
@@ -72,7 +71,7 @@ pub async fn authenticate<S: TokenStore>(
     header: Option<&HeaderValue>,
 ) -> Result<Result<Principal, AuthFailure>, shortlinks_core::Error> {
     let Some(header) = header else { return Ok(Err(AuthFailure::Missing)) };
-    let Some(text) = header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")).map(str::trim) else {
+    let Some(text) = header.to_str().ok().and_then(bearer_token) else {
         return Ok(Err(AuthFailure::Malformed));
     };
     let Some(id) = token_id(text) else { return Ok(Err(AuthFailure::Malformed)) };
@@ -87,6 +86,12 @@ pub async fn authenticate<S: TokenStore>(
     Ok(Ok(Principal { account: record.account, user: record.user, scope: record.scope }))
 }
 
+/// The credentials of a `Bearer` header; the scheme name is case-insensitive (RFC 9110, 11.1).
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// The id inside a well-formed token.
 fn token_id(text: &str) -> Option<&str> {
     let rest = text.strip_prefix(PREFIX)?;
@@ -95,17 +100,6 @@ fn token_id(text: &str) -> Option<&str> {
         && secret.len() == SECRET_LEN
         && id.bytes().chain(secret.bytes()).all(|b| b.is_ascii_alphanumeric());
     well_formed.then_some(id)
-}
-
-fn random_base62(len: usize) -> Result<String, ServerError> {
-    let mut out = String::with_capacity(len);
-    let mut buf = [0u8; 64];
-    while out.len() < len {
-        getrandom::getrandom(&mut buf).map_err(|e| ServerError::Core(shortlinks_core::Error::Random(e.to_string())))?;
-        // Rejection sampling keeps characters uniform: 248 = 4 * 62.
-        out.extend(buf.iter().filter(|&&b| b < 248).map(|&b| BASE62[(b % 62) as usize] as char).take(len - out.len()));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -128,6 +122,12 @@ mod tests {
 
         let who = authenticate(&store, Some(&bearer(&issued.text))).await.unwrap().unwrap();
         assert_eq!((who.account, who.user, who.scope), (AccountId(4), UserId(5), ContactScope::only(vec![9])));
+        for scheme in ["bearer", "BEARER", "bEaReR"] {
+            let header = HeaderValue::from_str(&format!("{scheme} {}", issued.text)).unwrap();
+            assert!(authenticate(&store, Some(&header)).await.unwrap().is_ok(), "the scheme {scheme} is refused");
+        }
+        let basic = HeaderValue::from_str(&format!("Basic {}", issued.text)).unwrap();
+        assert_eq!(authenticate(&store, Some(&basic)).await.unwrap(), Err(AuthFailure::Malformed));
 
         let mut revoked = issued.record.clone();
         revoked.revoked_at = Some(Timestamp::now());

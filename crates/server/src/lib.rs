@@ -3,9 +3,9 @@
 //! A plain hyper 1.x server: [`server::serve`] is an accept loop with `service_fn`, and
 //! [`App::handle`] is a small hand-written router. No framework.
 //!
-//! - `GET|HEAD /{code}`: the hot path, a 302 to the original URL ([`redirect`]).
-//! - `POST /api/v4/short_links`: batch creation, amoCRM's shape ([`short_links`], [`request`]).
-//! - `GET /api/v4/contacts/notes`, `GET /api/v4/contacts/{id}/notes`: the notes journal ([`notes_api`]).
+//! - `GET|HEAD /{code}`: the hot path, a 302 to the original URL.
+//! - `POST /api/v4/short_links`: batch creation, amoCRM's shape ([`request`]).
+//! - `GET /api/v4/contacts/notes`, `GET /api/v4/contacts/{id}/notes`: the notes journal.
 //! - `GET /healthz`, `GET /readyz`, `GET /metrics`: liveness, readiness, counters.
 //!
 //! Tokens ([`auth`]) are stored hashed; operator commands go through [`admin`], which
@@ -18,12 +18,13 @@ pub mod config;
 mod drain;
 mod error;
 mod idle;
-pub mod notes_api;
-pub mod problem;
-pub mod redirect;
+mod notes_api;
+mod problem;
+mod redirect;
 pub mod request;
 pub mod server;
-pub mod short_links;
+mod short_links;
 
 pub use app::{App, AppSettings};
 pub use error::ServerError;
+pub use problem::Body;

@@ -14,18 +14,18 @@ pub type Body = Full<Bytes>;
 const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
 
 /// A problem response: `{title, type, status, detail}`.
-pub fn problem(status: StatusCode, detail: &str) -> Response<Body> {
+pub(crate) fn problem(status: StatusCode, detail: &str) -> Response<Body> {
     problem_with(status, json!({}), detail)
 }
 
 /// A 400 listing the problems of each item, as amoCRM does.
-pub fn validation_failed(detail: &str, items: &[ItemErrors]) -> Response<Body> {
+pub(crate) fn validation_failed(detail: &str, items: &[ItemErrors]) -> Response<Body> {
     problem_with(StatusCode::BAD_REQUEST, json!({ "validation-errors": items }), detail)
 }
 
 /// A store's failure, told to the client without its internals (they go to the log):
 /// 503 when the store is out of reach for now, else 500. Either way a retry is safe.
-pub fn store_failure(e: &shortlinks_core::Error, doing: &str) -> Response<Body> {
+pub(crate) fn store_failure(e: &shortlinks_core::Error, doing: &str) -> Response<Body> {
     tracing::error!(error = %e, "store failure while {doing}");
     let status = match e {
         shortlinks_core::Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -35,7 +35,7 @@ pub fn store_failure(e: &shortlinks_core::Error, doing: &str) -> Response<Body> 
 }
 
 /// A 405 with the methods that are allowed.
-pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
+pub(crate) fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut response = problem(StatusCode::METHOD_NOT_ALLOWED, &format!("Allowed methods: {allow}"));
     response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
     response
@@ -53,14 +53,14 @@ fn problem_with(status: StatusCode, mut body: serde_json::Value, detail: &str) -
 }
 
 /// A JSON body with a content type (`application/hal+json` for API results).
-pub fn json_response(content_type: &'static str, body: Vec<u8>) -> Response<Body> {
+pub(crate) fn json_response(content_type: &'static str, body: Vec<u8>) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
 /// The 404 page for unknown short links: tiny, and never cached.
-pub fn not_found_page() -> Response<Body> {
+pub(crate) fn not_found_page() -> Response<Body> {
     const PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>Link not found</title></head>\
 <body><h1>Link not found</h1><p>This short link does not exist.</p></body></html>\n";
     let mut response = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
@@ -71,7 +71,7 @@ pub fn not_found_page() -> Response<Body> {
 }
 
 /// A plain-text status answer (health checks).
-pub fn text(status: StatusCode, text: &'static str) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, text: &'static str) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));

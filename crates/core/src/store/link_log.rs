@@ -24,18 +24,17 @@
 //! bytes is appended again. Salvaging a torn insert's whole frames is harmless: those links
 //! were never reported, and a retry of that insert finds them.
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, ErrorKind, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
 
 use foldhash::fast::FixedState;
 
 use super::frame::{self, io, sync_dir, HEADER};
-use super::lock;
 use super::InsertOutcome;
 use crate::code::ShortCode;
 use crate::codec::{decode, encode};
@@ -248,7 +247,7 @@ impl LinkLog {
         self.file.write_all_at(&frames, valid).and_then(|()| self.file.sync_all()).map_err(io)?;
         tracing::warn!(log = %self.path.display(), at = valid, bytes = len - valid, salvaged = salvaged.len(),
             aside = %aside.display(), "the links log had a torn or damaged frame: the rest was set aside and its intact frames kept");
-        self.tail.get_mut().unwrap_or_else(|p| p.into_inner()).len = valid + frames.len() as u64;
+        self.tail.get_mut().len = valid + frames.len() as u64;
         for (code, slot) in salvaged {
             self.index_found(code, slot)?;
         }
@@ -278,7 +277,7 @@ impl LinkLog {
     /// never writes a second); a code whose hash an earlier one has goes to `collided`.
     fn index_found(&mut self, code: ShortCode, slot: Slot) -> Result<(), Error> {
         let hash = (self.hash)(&code);
-        let index = self.index[shard_of(hash)].get_mut().unwrap_or_else(|p| p.into_inner());
+        let index = self.index[shard_of(hash)].get_mut();
         match index.by_hash.entry(hash) {
             Entry::Vacant(first) => {
                 first.insert(slot);
@@ -295,7 +294,7 @@ impl LinkLog {
     /// The slot and link of `code`, if it is stored.
     fn find(&self, code: &ShortCode) -> Result<Option<(Slot, Link)>, Error> {
         let hash = (self.hash)(code);
-        let slot = self.index[shard_of(hash)].read().unwrap_or_else(|p| p.into_inner()).lookup(hash, code);
+        let slot = self.index[shard_of(hash)].read().lookup(hash, code);
         let Some(slot) = slot else { return Ok(None) };
         // `None` for another code with the same hash.
         let link =
@@ -316,7 +315,7 @@ impl LinkLog {
     /// the batch) is left as it is and reported with its link. Durable when it returns,
     /// and so is every link it reports as taken.
     pub(crate) fn insert(&self, links: &[Link]) -> Result<Vec<InsertOutcome>, Error> {
-        let mut tail = lock(&self.tail);
+        let mut tail = self.tail.lock();
         if tail.failed {
             return Err(Error::Storage(
                 format!("{} could not be synced; restart to read it again", self.path.display()).into(),
@@ -350,7 +349,7 @@ impl LinkLog {
             // Written before indexed: a reader never finds a code whose frame is not there.
             for (code, (slot, _)) in fresh {
                 let hash = (self.hash)(&code);
-                let mut index = self.index[shard_of(hash)].write().unwrap_or_else(|p| p.into_inner());
+                let mut index = self.index[shard_of(hash)].write();
                 // Under the appender's lock: no other insert is indexing, so a taken hash is
                 // another code's.
                 let index = &mut *index;
@@ -368,7 +367,7 @@ impl LinkLog {
         // Outside the lock, so that concurrent inserts share syncs. It also covers a taken
         // code found above whose own insert has not synced yet: its frame was written first.
         let synced = self.file.sync_data();
-        let mut tail = lock(&self.tail);
+        let mut tail = self.tail.lock();
         if let Err(e) = synced {
             tail.failed = true;
             return Err(io(e));
@@ -385,7 +384,7 @@ impl LinkLog {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         let sizes = self.index.iter().map(|shard| {
-            let index = shard.read().unwrap_or_else(|p| p.into_inner());
+            let index = shard.read();
             index.by_hash.len() + index.collided.len()
         });
         sizes.sum()
@@ -545,6 +544,6 @@ mod tests {
         drop(log);
         let log = LinkLog::open(dir.path()).unwrap();
         assert_eq!(log.len(), 200);
-        assert_eq!(file_len(dir.path()), log.tail.lock().unwrap().len, "no frame written twice");
+        assert_eq!(file_len(dir.path()), log.tail.lock().len, "no frame written twice");
     }
 }

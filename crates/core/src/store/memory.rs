@@ -1,7 +1,9 @@
 //! An in-memory backend: for tests, and for hosts that keep links elsewhere.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 
 use std::collections::HashMap;
 
@@ -42,16 +44,11 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
     }
-
-    fn rest(&self) -> MutexGuard<'_, Rest> {
-        // A panic while holding the lock cannot leave these maps half-updated.
-        self.rest.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
 impl LinkStore for MemoryStore {
     async fn insert_links(&self, links: Vec<Link>) -> Result<Vec<InsertOutcome>, Error> {
-        let mut guard = self.links.write().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.links.write();
         let mut outcomes = Vec::with_capacity(links.len());
         for link in links {
             if let Some(existing) = guard.by_code.get(&link.code).cloned() {
@@ -71,12 +68,12 @@ impl LinkStore for MemoryStore {
     }
 
     async fn get_link(&self, code: &ShortCode) -> Result<Option<Link>, Error> {
-        Ok(self.links.read().unwrap_or_else(|p| p.into_inner()).by_code.get(code).cloned())
+        Ok(self.links.read().by_code.get(code).cloned())
     }
 
     async fn links_of(&self, account: AccountId, entity: EntityRef) -> Result<Vec<Link>, Error> {
         let prefix = keys::entity_prefix(account, entity);
-        let guard = self.links.read().unwrap_or_else(|p| p.into_inner());
+        let guard = self.links.read();
         let found = guard
             .by_entity
             .range(prefix.to_vec()..)
@@ -90,7 +87,7 @@ impl LinkStore for MemoryStore {
 impl Queues for MemoryStore {
     async fn push(&self, queue: &str, records: Vec<Vec<u8>>) -> Result<(), Error> {
         check_queue_name(queue)?;
-        let mut rest = self.rest();
+        let mut rest = self.rest.lock();
         for record in records {
             rest.next_entry += 1;
             let id = EntryId(rest.next_entry);
@@ -101,7 +98,7 @@ impl Queues for MemoryStore {
 
     async fn lease(&self, queue: &str, max: usize) -> Result<Vec<(EntryId, Vec<u8>)>, Error> {
         check_queue_name(queue)?;
-        let rest = self.rest();
+        let rest = self.rest.lock();
         let start = (queue.to_owned(), EntryId(0));
         Ok(rest
             .queues
@@ -114,7 +111,7 @@ impl Queues for MemoryStore {
 
     async fn remove(&self, queue: &str, ids: Vec<EntryId>) -> Result<(), Error> {
         check_queue_name(queue)?;
-        let mut rest = self.rest();
+        let mut rest = self.rest.lock();
         for id in ids {
             rest.queues.remove(&(queue.to_owned(), id));
         }
@@ -124,7 +121,7 @@ impl Queues for MemoryStore {
 
 impl VisitLedger for MemoryStore {
     async fn claim_visits(&self, claims: Vec<VisitClaim>, window_ms: u64) -> Result<Vec<bool>, Error> {
-        let mut rest = self.rest();
+        let mut rest = self.rest.lock();
         Ok(claims
             .into_iter()
             .map(|c| {
@@ -138,7 +135,7 @@ impl VisitLedger for MemoryStore {
     }
 
     async fn forget_visits(&self, before: Timestamp) -> Result<u64, Error> {
-        let visits = &mut self.rest().visits;
+        let visits = &mut self.rest.lock().visits;
         let had = visits.len();
         visits.retain(|_, mark| mark.at >= before);
         Ok((had - visits.len()) as u64)
@@ -147,7 +144,7 @@ impl VisitLedger for MemoryStore {
 
 impl NotesJournal for MemoryStore {
     async fn append_notes(&self, notes: Vec<Note>) -> Result<(), Error> {
-        let mut rest = self.rest();
+        let mut rest = self.rest.lock();
         for note in notes {
             let key = keys::note_key(note.account, note.entity, note.created_at, note.id);
             rest.notes.entry(key).or_insert(note);
@@ -157,7 +154,7 @@ impl NotesJournal for MemoryStore {
 
     async fn list_notes(&self, query: NotesQuery) -> Result<Vec<Note>, Error> {
         let prefix = keys::account_type_prefix(query.account, query.entity_type);
-        let rest = self.rest();
+        let rest = self.rest.lock();
         let mut start = [0u8; 33];
         start[..9].copy_from_slice(&prefix);
         Ok(rest
@@ -183,22 +180,22 @@ fn wanted(query: &NotesQuery, key: &[u8]) -> bool {
 
 impl TokenStore for MemoryStore {
     async fn put_token(&self, token: ApiToken) -> Result<(), Error> {
-        self.rest().tokens.insert(token.id.clone(), token);
+        self.rest.lock().tokens.insert(token.id.clone(), token);
         Ok(())
     }
 
     async fn get_token(&self, id: &str) -> Result<Option<ApiToken>, Error> {
-        Ok(self.rest().tokens.get(id).cloned())
+        Ok(self.rest.lock().tokens.get(id).cloned())
     }
 
     async fn list_tokens(&self) -> Result<Vec<ApiToken>, Error> {
-        Ok(self.rest().tokens.values().cloned().collect())
+        Ok(self.rest.lock().tokens.values().cloned().collect())
     }
 }
 
 impl SecretStore for MemoryStore {
     async fn installation_secret(&self, candidate: InstallationSecret) -> Result<InstallationSecret, Error> {
-        Ok(self.rest().secret.get_or_insert(candidate).clone())
+        Ok(self.rest.lock().secret.get_or_insert(candidate).clone())
     }
 }
 
@@ -212,6 +209,6 @@ impl Store for MemoryStore {
 impl super::conformance::CrashFaults for MemoryStore {
     async fn lose_index_entry(&self, link: &Link) {
         let index = keys::link_index_key(link.account, link.entity, link.code.as_bytes());
-        self.links.write().unwrap_or_else(|p| p.into_inner()).by_entity.remove(&index);
+        self.links.write().by_entity.remove(&index);
     }
 }

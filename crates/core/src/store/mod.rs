@@ -28,12 +28,6 @@ mod sled_store;
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
 
-/// A mutex's guard, also after a panic elsewhere: what the backends guard is consistent
-/// between any two statements.
-pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// The queue the redirect appends clicks to and the dispatcher drains.
 pub const CLICK_QUEUE: &str = "clicks";
 

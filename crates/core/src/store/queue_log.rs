@@ -21,10 +21,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use super::frame::{self, io, sync_dir, HEADER};
-use super::lock;
 use crate::model::EntryId;
 use crate::Error;
 
@@ -199,7 +200,7 @@ impl QueueLog {
             tail: Mutex::new(tail),
             state: Mutex::new(State { segments, head, removed: BTreeSet::new() }),
         };
-        let mut state = lock(&log.state);
+        let mut state = log.state.lock();
         log.drop_drained(&mut state);
         drop(state);
         log
@@ -219,7 +220,7 @@ impl QueueLog {
         for record in records {
             frame::append(&mut frames, record);
         }
-        let mut tail = lock(&self.tail);
+        let mut tail = self.tail.lock();
         if tail.len > 0 && tail.len + frames.len() as u64 > self.segment_bytes {
             // A failed push may have left bytes past the end: the segment ends where its
             // last push did, since only the last one is checked on open.
@@ -239,7 +240,7 @@ impl QueueLog {
             sync_dir(&self.dir)?;
         }
         tail.len += frames.len() as u64;
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let segment = state.segments.entry(tail.segment).or_insert_with(|| Segment { file: tail.file.clone(), len: 0 });
         segment.len = tail.len;
         Ok(())
@@ -247,7 +248,7 @@ impl QueueLog {
 
     /// Up to `max` entries from the head, oldest first, skipping removed ones.
     pub(crate) fn lease(&self, max: usize) -> Result<Vec<(EntryId, Vec<u8>)>, Error> {
-        let mut guard = lock(&self.state);
+        let mut guard = self.state.lock();
         let state = &mut *guard;
         let last = *state.segments.keys().next_back().expect("a queue has a segment");
         let mut out = Vec::new();
@@ -283,7 +284,7 @@ impl QueueLog {
     /// Removes entries; unknown ids are ignored. Returns the new head if it moved, for the
     /// backend to keep.
     pub(crate) fn remove(&self, ids: &[EntryId]) -> Result<Option<Position>, Error> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let before = state.head;
         for &id in ids {
             let frame = Frame::from_id(id);
@@ -475,7 +476,7 @@ mod tests {
             log.remove(&[leased[0].0]).unwrap().unwrap();
             assert!(segment_files(dir.path()) <= 2, "round {round}: drained segments are deleted");
         }
-        let state = lock(&log.state);
+        let state = log.state.lock();
         assert!(state.removed.is_empty());
         assert_eq!(state.segments.len(), 1);
     }

@@ -29,7 +29,9 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use super::link_log::LinkLog;
@@ -181,7 +183,7 @@ impl SledStore {
     /// A queue's files, opened (or made) on first use, at the head kept in sled.
     fn queue(&self, name: &str) -> Result<Arc<QueueLog>, Error> {
         check_queue_name(name)?;
-        let mut open = self.queues.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.queues.open.lock();
         if let Some(log) = open.get(name) {
             return Ok(log.clone());
         }
