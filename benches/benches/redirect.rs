@@ -14,6 +14,8 @@ use shortlinks_server::auth;
 
 /// A browser's agent: every click is a visit, as in production.
 const AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0";
+/// Every HTTP/1.1 request carries one; a request without it is refused.
+const HOST: &str = "sho.rt";
 
 /// Measured with the allocator the `shortlinks` binary ships with.
 #[global_allocator]
@@ -36,7 +38,11 @@ fn redirect(c: &mut Criterion) {
     // Warm: every link read once, as a long-running server would have.
     runtime.block_on(async {
         for path in &paths {
-            let request = Request::builder().uri(path.as_str()).body(Empty::<Bytes>::new()).expect("request");
+            let request = Request::builder()
+                .uri(path.as_str())
+                .header("host", HOST)
+                .body(Empty::<Bytes>::new())
+                .expect("request");
             assert_eq!(app.handle(request, peer).await.status(), 302);
         }
     });
@@ -44,6 +50,7 @@ fn redirect(c: &mut Criterion) {
         b.to_async(&runtime).iter(|| {
             let request = Request::builder()
                 .uri(paths[rng.below(paths.len())].as_str())
+                .header("host", HOST)
                 .header("user-agent", AGENT)
                 .body(Empty::<Bytes>::new())
                 .expect("request");
@@ -55,12 +62,14 @@ fn redirect(c: &mut Criterion) {
     // The same, with the request built beforehand (untimed): what `App::handle` itself
     // costs, as when hyper hands it a parsed request.
     let agent = hyper::header::HeaderValue::from_static(AGENT);
+    let host = hyper::header::HeaderValue::from_static(HOST);
     c.bench_function("redirect/in_process_sled_handle_only", |b| {
         b.to_async(&runtime).iter_batched(
             || {
                 let mut request = Request::new(Empty::<Bytes>::new());
                 *request.uri_mut() = paths[rng.below(paths.len())].parse().expect("uri");
                 request.headers_mut().insert(hyper::header::USER_AGENT, agent.clone());
+                request.headers_mut().insert(hyper::header::HOST, host.clone());
                 request
             },
             |request| {
@@ -104,6 +113,7 @@ fn redirect(c: &mut Criterion) {
                 Request::builder()
                     .method(Method::POST)
                     .uri("/api/v4/short_links")
+                    .header("host", HOST)
                     .header("authorization", token.as_str())
                     .header("content-type", "application/json")
                     .body(Full::new(Bytes::from(serde_json::to_vec(&items).expect("json"))))

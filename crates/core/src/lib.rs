@@ -60,4 +60,4 @@ pub use engine::{NewLink, Outcome, Shortener, ShortenerBuilder, MAX_BATCH};
 pub use error::{CreateError, Error, InvalidCodeLength};
 pub use model::{AccountId, ContactScope, EntityRef, EntityType, Link, Principal, Timestamp, UserId};
 pub use store::{LinkStore, MemoryStore, SecretStore, SledStore, Store};
-pub use target::{TargetUrl, UrlProblem, MAX_TARGET_LEN};
+pub use target::{TargetUrl, UrlProblem, MAX_NORMALIZED_BYTES, MAX_TARGET_CHARS};

@@ -7,8 +7,14 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// The longest accepted target, before and after normalization.
-pub const MAX_TARGET_LEN: usize = 2048;
+/// The longest accepted target, in characters (Unicode scalar values) as given: the unit
+/// a person and a JSON Schema's `maxLength` count in.
+pub const MAX_TARGET_CHARS: usize = 2048;
+
+/// The longest stored (normalized) target, in bytes. Normalization percent-encodes or
+/// punycodes what is not ASCII, up to 12 bytes for one character, so no accepted input
+/// reaches this; it bounds what a record holds and what a stored record may claim.
+pub const MAX_NORMALIZED_BYTES: usize = 12 * MAX_TARGET_CHARS;
 
 /// A validated, normalized absolute `http` or `https` URL.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -17,11 +23,14 @@ pub struct TargetUrl(String);
 
 /// Why a target URL was refused; its `Display` is meant for a 400 response.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum UrlProblem {
     /// The string is empty.
     Empty,
-    /// The URL is longer than [`MAX_TARGET_LEN`] bytes.
+    /// The URL is longer than [`MAX_TARGET_CHARS`] characters.
     TooLong,
+    /// The normalized URL is longer than [`MAX_NORMALIZED_BYTES`] bytes.
+    TooLongNormalized,
     /// A control or whitespace character, which could split headers or hide the real target.
     ControlOrWhitespace,
     /// Not a parseable absolute URL.
@@ -38,7 +47,10 @@ impl fmt::Display for UrlProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Empty => f.write_str("url is empty"),
-            Self::TooLong => write!(f, "url is longer than {MAX_TARGET_LEN} bytes"),
+            Self::TooLong => write!(f, "url is longer than {MAX_TARGET_CHARS} characters"),
+            Self::TooLongNormalized => {
+                write!(f, "url is longer than {MAX_NORMALIZED_BYTES} bytes once normalized (percent-encoded)")
+            }
             Self::ControlOrWhitespace => f.write_str("url contains whitespace or control characters"),
             Self::Malformed(e) => write!(f, "url is not a valid absolute URL: {e}"),
             Self::UnsupportedScheme(s) => write!(f, "url scheme {s:?} is not allowed; use http or https"),
@@ -56,9 +68,14 @@ impl TargetUrl {
         if input.is_empty() {
             return Err(UrlProblem::Empty);
         }
-        if input.len() > MAX_TARGET_LEN {
+        // Bytes bound characters from above: only a long input needs counting.
+        if input.len() > MAX_TARGET_CHARS && input.chars().count() > MAX_TARGET_CHARS {
             return Err(UrlProblem::TooLong);
         }
+        Self::normalize(input)
+    }
+
+    fn normalize(input: &str) -> Result<Self, UrlProblem> {
         // The URL parser would silently strip these; we refuse them instead.
         if input.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(UrlProblem::ControlOrWhitespace);
@@ -74,8 +91,8 @@ impl TargetUrl {
             return Err(UrlProblem::Credentials);
         }
         let normalized = String::from(url);
-        if normalized.len() > MAX_TARGET_LEN {
-            return Err(UrlProblem::TooLong);
+        if normalized.len() > MAX_NORMALIZED_BYTES {
+            return Err(UrlProblem::TooLongNormalized);
         }
         Self::from_normalized(normalized)
     }
@@ -112,10 +129,10 @@ impl TryFrom<String> for TargetUrl {
 
     /// Used when decoding stored records: a stored target is re-checked, never trusted.
     fn try_from(s: String) -> Result<Self, UrlProblem> {
-        if s.len() > MAX_TARGET_LEN {
-            return Err(UrlProblem::TooLong);
+        if s.len() > MAX_NORMALIZED_BYTES {
+            return Err(UrlProblem::TooLongNormalized);
         }
-        let reparsed = Self::parse(&s)?;
+        let reparsed = Self::normalize(&s)?;
         if reparsed.0 == s {
             Ok(reparsed)
         } else {
@@ -167,14 +184,24 @@ mod tests {
     }
 
     #[test]
-    fn length_limit_applies_to_the_stored_form() {
-        let at_limit = format!("https://example.com/{}", "a".repeat(MAX_TARGET_LEN - 20));
-        assert_eq!(at_limit.len(), MAX_TARGET_LEN);
-        assert!(TargetUrl::parse(&at_limit).is_ok());
-        assert_eq!(TargetUrl::parse(&format!("{at_limit}a")).unwrap_err(), UrlProblem::TooLong);
-        // Short input whose percent-encoding grows past the limit.
-        let grows = format!("https://example.com/{}", "ä".repeat(700));
-        assert!(grows.len() <= MAX_TARGET_LEN);
-        assert_eq!(TargetUrl::parse(&grows).unwrap_err(), UrlProblem::TooLong);
+    fn the_length_limit_counts_characters_as_given() {
+        let at_limit = |tail: &str| {
+            let head = "https://example.com/";
+            format!("{head}{}", tail.repeat(MAX_TARGET_CHARS - head.len()))
+        };
+        for tail in ["a", "é", "<", "😀"] {
+            let url = at_limit(tail);
+            assert_eq!(url.chars().count(), MAX_TARGET_CHARS);
+            let stored = TargetUrl::parse(&url).unwrap_or_else(|e| panic!("{tail}: {e}"));
+            assert!(stored.as_str().len() <= MAX_NORMALIZED_BYTES);
+            assert_eq!(TargetUrl::try_from(stored.as_str().to_owned()), Ok(stored), "a stored target reads back");
+            assert_eq!(TargetUrl::parse(&format!("{url}{tail}")).unwrap_err(), UrlProblem::TooLong, "{tail}");
+        }
+        // A host-only URL gains a `/` in normalization: still within the limit.
+        let host_only = format!("https://{}.example", "a".repeat(MAX_TARGET_CHARS - 16));
+        assert_eq!(host_only.chars().count(), MAX_TARGET_CHARS);
+        assert!(TargetUrl::parse(&host_only).is_ok());
+        assert!(UrlProblem::TooLong.to_string().contains("2048 characters"));
+        assert!(TargetUrl::try_from("x".repeat(MAX_NORMALIZED_BYTES + 1)).is_err());
     }
 }

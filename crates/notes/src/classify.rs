@@ -6,9 +6,8 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use parking_lot::Mutex;
-
 use aho_corasick::AhoCorasick;
+use parking_lot::Mutex;
 use shortlinks_core::model::{Click, ClickMethod};
 
 /// Why a click is not a visit.

@@ -32,7 +32,7 @@ impl NoteKeys {
     /// Who clicked which link: a keyed hash of (code, client address, User-Agent). Keyed,
     /// so that the stored value reveals neither address nor agent.
     pub fn visit_key(&self, click: &Click) -> [u8; 16] {
-        // The address as text (as it always was, so stored marks stay valid).
+        // The address as text: stored marks are keyed by it.
         let mut text = [0u8; 64];
         let address: &[u8] = match click.client_ip {
             Some(ip) => {

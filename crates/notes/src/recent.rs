@@ -13,7 +13,6 @@
 //! a slot holds the key and the mark together (32 bytes, two to a cache line): one miss.
 
 use parking_lot::Mutex;
-
 use shortlinks_core::model::VisitMark;
 use shortlinks_core::store::visit_claims;
 use shortlinks_core::Timestamp;

@@ -5,8 +5,8 @@
 //! visit (a HEAD, a prefetch, a preview bot, a mail scanner) or that repeats a visit this
 //! node has claimed within the window is counted and dropped, never written or read back.
 //! Those are the floods (scanners click every link of a mailing; bots and double clicks
-//! repeat), and they no longer touch the disk. The dispatcher screens again what it reads:
-//! clicks written before it learnt a mark, and clicks from other nodes or older versions.
+//! repeat), and they never touch the disk. The dispatcher screens again what it reads:
+//! clicks written before it learnt a mark, and clicks from other nodes.
 //!
 //! Screening early drops nothing the dispatcher would keep. Classification depends on the
 //! click alone. A remembered mark was claimed in the store before it was remembered, and

@@ -47,6 +47,11 @@ impl Keys {
         format!("{}:noted:{}:{}", self.prefix, account.0, kind.as_str())
     }
 
+    /// One rate-limited caller's spent allowance (see `rates`).
+    pub(crate) fn rate(&self, key: &str) -> String {
+        format!("{}:rate:{key}", self.prefix)
+    }
+
     /// API tokens, one hash.
     pub(crate) fn tokens(&self) -> String {
         format!("{}:tokens", self.prefix)

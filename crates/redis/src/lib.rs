@@ -12,7 +12,9 @@
 //!   group, so any node can dispatch and a crashed node's entries are claimed by another;
 //! - notes live per (account, contact) under one hash tag, so appending one is a single
 //!   atomic transaction even on a cluster;
-//! - visit marks are keys with a time to live, checked and set by one script.
+//! - visit marks are keys with a time to live, checked and set by one script;
+//! - rate limits are one key per caller, decided by a script on Redis's clock, so every
+//!   node draws on one allowance.
 //!
 //! Durability is Redis's own: see `docs/scaling.md` for what `appendfsync` and replicas
 //! promise. With the `testing` feature, `testing` starts throwaway `redis-server` processes for
@@ -24,6 +26,7 @@ mod keys;
 mod links;
 mod notes;
 mod queues;
+mod rates;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

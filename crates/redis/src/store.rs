@@ -2,10 +2,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-
-use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use redis::aio::ConnectionManagerConfig;
 use redis::cluster::ClusterClient;
 use shortlinks_core::model::ApiToken;

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -187,14 +188,12 @@ pub struct AdminSocket {
 
 impl AdminSocket {
     /// Binds the socket, replacing a stale one: we hold the data directory's lock, so no
-    /// other server can be using it.
+    /// other server can be using it. It is created private (the process umask, see
+    /// [`crate::data_dir`]), never opened up and closed after.
     pub fn bind(path: &Path) -> Result<Self, ServerError> {
         let _ = std::fs::remove_file(path);
         let listener =
             UnixListener::bind(path).map_err(|e| ServerError::io(format!("binding {}", path.display()), e))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| ServerError::io(format!("restricting {}", path.display()), e))?;
         Ok(Self { listener, path: path.to_owned() })
     }
 
@@ -205,8 +204,21 @@ impl AdminSocket {
 
     /// Answers commands, one JSON line in and one out per connection, until aborted.
     pub async fn serve<S: Store>(self, app: Arc<App<S>>) {
+        let mut backoff = Duration::from_millis(5);
         loop {
-            let Ok((stream, _)) = self.listener.accept().await else { continue };
+            let stream = match self.listener.accept().await {
+                Ok((stream, _)) => {
+                    backoff = Duration::from_millis(5);
+                    stream
+                }
+                Err(e) => {
+                    // Such as EMFILE: the error persists until something closes, so wait.
+                    tracing::warn!(error = %e, ?backoff, "admin socket accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
             let app = app.clone();
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();

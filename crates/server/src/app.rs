@@ -4,8 +4,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use hyper::body::Body as HttpBody;
-use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use shortlinks_core::{CodeLength, InstallationSecret, LinkCache, Shortener, Store};
 use shortlinks_notes::stats::Stats;
 use shortlinks_notes::{ClickRecorder, Pipeline, PipelineBuilder, PipelineConfig};
@@ -107,6 +107,10 @@ impl<S: Store> App<S> {
         B: HttpBody,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // RFC 9112, 3.2: a server must answer 400 to an HTTP/1.1 request without Host.
+        if request.version() == Version::HTTP_11 && !request.headers().contains_key(HOST) {
+            return problem::problem(StatusCode::BAD_REQUEST, "An HTTP/1.1 request must carry a Host header");
+        }
         let path = request.uri().path();
         // The hot path first: a single segment that is not an API path.
         if let Some(code) = path.strip_prefix('/').filter(|rest| !rest.contains('/') && !is_reserved(rest)) {
@@ -132,17 +136,24 @@ impl<S: Store> App<S> {
     }
 
     /// Every API route: the caller is authenticated before anything else is answered, so
-    /// that nothing (not even which paths exist) is told to a caller without a token.
+    /// that nothing (not even which paths exist) is told to a caller without a token; then
+    /// its token's rate limit is taken, as amoCRM limits an integration.
     async fn api<B>(&self, request: Request<B>) -> Response<Body>
     where
         B: HttpBody,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let who = match authenticate(&self.store, request.headers().get(AUTHORIZATION)).await {
-            Ok(Ok(who)) => who,
+        let caller = match authenticate(&self.store, request.headers().get(AUTHORIZATION)).await {
+            Ok(Ok(caller)) => caller,
             Ok(Err(failure)) => return problem::problem(StatusCode::UNAUTHORIZED, failure.detail()),
             Err(e) => return problem::store_failure(&e, "reading the token"),
         };
+        match self.store.take(&format!("api:{}", caller.token_id), self.limits.api_rate).await {
+            Ok(None) => {}
+            Ok(Some(wait)) => return problem::too_many_requests(wait),
+            Err(e) => return problem::store_failure(&e, "checking the rate limit"),
+        }
+        let who = caller.principal;
         let path = request.uri().path();
         if path == "/api/v4/short_links" {
             return match *request.method() {

@@ -65,11 +65,20 @@ pub fn issue(account: AccountId, user: UserId, scope: ContactScope) -> Result<Is
     Ok(IssuedToken { text, record })
 }
 
-/// The principal a request acts as, from its `Authorization` header.
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// Who it acts as.
+    pub principal: Principal,
+    /// The public id of its token: rate limits are per token.
+    pub token_id: String,
+}
+
+/// The caller a request comes from, by its `Authorization` header.
 pub async fn authenticate<S: TokenStore>(
     store: &S,
     header: Option<&HeaderValue>,
-) -> Result<Result<Principal, AuthFailure>, shortlinks_core::Error> {
+) -> Result<Result<Caller, AuthFailure>, shortlinks_core::Error> {
     let Some(header) = header else { return Ok(Err(AuthFailure::Missing)) };
     let Some(text) = header.to_str().ok().and_then(bearer_token) else {
         return Ok(Err(AuthFailure::Malformed));
@@ -83,7 +92,8 @@ pub async fn authenticate<S: TokenStore>(
     if record.revoked_at.is_some() {
         return Ok(Err(AuthFailure::Revoked));
     }
-    Ok(Ok(Principal { account: record.account, user: record.user, scope: record.scope }))
+    let principal = Principal { account: record.account, user: record.user, scope: record.scope };
+    Ok(Ok(Caller { principal, token_id: record.id }))
 }
 
 /// The credentials of a `Bearer` header; the scheme name is case-insensitive (RFC 9110, 11.1).
@@ -120,7 +130,7 @@ mod tests {
         assert!(!format!("{:?}", issued.record).contains(&issued.text[14..]), "the secret is not stored");
         store.put_token(issued.record.clone()).await.unwrap();
 
-        let who = authenticate(&store, Some(&bearer(&issued.text))).await.unwrap().unwrap();
+        let who = authenticate(&store, Some(&bearer(&issued.text))).await.unwrap().unwrap().principal;
         assert_eq!((who.account, who.user, who.scope), (AccountId(4), UserId(5), ContactScope::only(vec![9])));
         for scheme in ["bearer", "BEARER", "bEaReR"] {
             let header = HeaderValue::from_str(&format!("{scheme} {}", issued.text)).unwrap();

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use hyper::header::HeaderName;
 use serde::Deserialize;
+use shortlinks_core::store::Rate;
 use shortlinks_core::{AccountId, CodeLength, LinkCache, SledStore};
 use shortlinks_notes::sink::HttpClient;
 use shortlinks_notes::{Durability, PipelineConfig};
@@ -30,6 +31,9 @@ pub struct SettingsLayer {
     /// Where the sled database (and the admin socket) lives.
     #[arg(long, env = "SHORTLINKS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Start even if the data directory is open to group or others (it is refused otherwise).
+    #[arg(long, env = "SHORTLINKS_ALLOW_OPEN_PERMISSIONS", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_open_permissions: Option<bool>,
     /// With `storage = "redis"`: one server, such as `redis://127.0.0.1:6379/0`.
     #[arg(long, env = "SHORTLINKS_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
@@ -61,6 +65,21 @@ pub struct SettingsLayer {
     /// How long a client may take to send a request body.
     #[arg(long, env = "SHORTLINKS_BODY_READ_TIMEOUT_SECS")]
     pub body_read_timeout_secs: Option<u64>,
+    /// The most a request's line and headers may take, in bytes (default 16384, at least 8192).
+    #[arg(long, env = "SHORTLINKS_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Open connections in all (default: the descriptor limit less 128).
+    #[arg(long, env = "SHORTLINKS_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Open connections from one client address (default: a quarter of `max_connections`).
+    #[arg(long, env = "SHORTLINKS_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub max_connections_per_address: Option<usize>,
+    /// API requests a second per token (default 7, amoCRM's limit).
+    #[arg(long, env = "SHORTLINKS_API_RATE_PER_SEC")]
+    pub api_rate_per_sec: Option<u32>,
+    /// API requests a token may make at once after a quiet spell (default 7).
+    #[arg(long, env = "SHORTLINKS_API_RATE_BURST")]
+    pub api_rate_burst: Option<u32>,
     /// How long shutdown waits for in-flight requests.
     #[arg(long, env = "SHORTLINKS_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
@@ -86,9 +105,12 @@ pub struct SettingsLayer {
     /// Where the webhook sink posts notes; unset, there is no webhook sink.
     #[arg(long, env = "SHORTLINKS_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
-    /// The webhook's HMAC-SHA256 key.
+    /// The webhook's HMAC-SHA256 key. Prefer `webhook_secret_file`: flags show in `ps`.
     #[arg(long, env = "SHORTLINKS_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+    /// A file holding the webhook's key (trailing newlines are ignored).
+    #[arg(long, env = "SHORTLINKS_WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
     /// The timeout of each request to a sink, in seconds (default 10).
     #[arg(long, env = "SHORTLINKS_SINK_TIMEOUT_SECS")]
     pub sink_timeout_secs: Option<u64>,
@@ -101,9 +123,12 @@ pub struct SettingsLayer {
     /// Instead of the subdomain: the amoCRM API base URL (for testing or proxies).
     #[arg(long, env = "SHORTLINKS_AMOCRM_BASE_URL")]
     pub amocrm_base_url: Option<String>,
-    /// The amoCRM API token.
+    /// The amoCRM API token. Prefer `amocrm_token_file`: flags show in `ps`.
     #[arg(long, env = "SHORTLINKS_AMOCRM_TOKEN", hide_env_values = true)]
     pub amocrm_token: Option<String>,
+    /// A file holding the amoCRM API token (trailing newlines are ignored).
+    #[arg(long, env = "SHORTLINKS_AMOCRM_TOKEN_FILE")]
+    pub amocrm_token_file: Option<PathBuf>,
     /// Whose notes go to amoCRM: this shortlinks account id (default 1).
     #[arg(long, env = "SHORTLINKS_AMOCRM_ACCOUNT_ID")]
     pub amocrm_account_id: Option<u64>,
@@ -153,6 +178,7 @@ impl SettingsLayer {
             lower,
             storage,
             data_dir,
+            allow_open_permissions,
             redis_url,
             redis_nodes,
             redis_key_prefix,
@@ -163,6 +189,11 @@ impl SettingsLayer {
             max_body_bytes,
             header_read_timeout_secs,
             body_read_timeout_secs,
+            max_header_bytes,
+            max_connections,
+            max_connections_per_address,
+            api_rate_per_sec,
+            api_rate_burst,
             shutdown_grace_secs,
             cached_links,
             sled_cache_mib,
@@ -172,11 +203,13 @@ impl SettingsLayer {
             client_ip_header,
             webhook_url,
             webhook_secret,
+            webhook_secret_file,
             sink_timeout_secs,
             sink_retry_max_ms,
             amocrm_subdomain,
             amocrm_base_url,
             amocrm_token,
+            amocrm_token_file,
             amocrm_account_id,
         )
     }
@@ -198,6 +231,21 @@ impl SettingsLayer {
         if max_body_bytes == 0 {
             return Err(ServerError::Config("max_body_bytes must be positive".into()));
         }
+        let max_header_bytes = self.max_header_bytes.unwrap_or(Limits::DEFAULT.max_header_bytes);
+        if !(Limits::MIN_HEADER_BYTES..=1 << 20).contains(&max_header_bytes) {
+            return Err(ServerError::Config(format!(
+                "max_header_bytes must be from {} to 1048576",
+                Limits::MIN_HEADER_BYTES
+            )));
+        }
+        let positive_size = |v: Option<usize>, name: &str| match v {
+            Some(0) => Err(ServerError::Config(format!("{name} must be positive"))),
+            v => Ok(v),
+        };
+        let positive_count = |v: Option<u32>, default: u32, name: &str| match v {
+            Some(0) => Err(ServerError::Config(format!("{name} must be positive"))),
+            v => Ok(v.unwrap_or(default)),
+        };
         let secs = |v: Option<u64>, default: Duration, name: &str| match v {
             Some(0) => Err(ServerError::Config(format!("{name} must be positive"))),
             Some(s) => Ok(Duration::from_secs(s)),
@@ -215,6 +263,7 @@ impl SettingsLayer {
             sled_cache_bytes: self.sled_cache_mib.map_or(SledStore::DEFAULT_CACHE_BYTES, |mib| mib << 20),
             clicks,
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from(Settings::DEFAULT_DATA_DIR)),
+            allow_open_permissions: self.allow_open_permissions.unwrap_or(false),
             listen,
             public_url,
             code_length,
@@ -231,6 +280,20 @@ impl SettingsLayer {
                     "body_read_timeout_secs",
                 )?,
                 shutdown_grace: secs(self.shutdown_grace_secs, Limits::DEFAULT.shutdown_grace, "shutdown_grace_secs")?,
+                max_header_bytes,
+                max_connections: positive_size(self.max_connections, "max_connections")?,
+                max_connections_per_address: positive_size(
+                    self.max_connections_per_address,
+                    "max_connections_per_address",
+                )?,
+                api_rate: Rate {
+                    per_second: positive_count(
+                        self.api_rate_per_sec,
+                        Limits::DEFAULT.api_rate.per_second,
+                        "api_rate_per_sec",
+                    )?,
+                    burst: positive_count(self.api_rate_burst, Limits::DEFAULT.api_rate.burst, "api_rate_burst")?,
+                },
             },
         })
     }
@@ -304,7 +367,9 @@ impl SettingsLayer {
                     .map_err(|_| ServerError::Config(format!("client_ip_header {name:?} is not a header name")))?,
             ),
         };
-        let webhook = match (&self.webhook_url, &self.webhook_secret) {
+        let webhook_secret = secret(&self.webhook_secret, &self.webhook_secret_file, "webhook_secret")?;
+        let amocrm_token = secret(&self.amocrm_token, &self.amocrm_token_file, "amocrm_token")?;
+        let webhook = match (&self.webhook_url, &webhook_secret) {
             (None, _) => None,
             (Some(_), None) => return bad("webhook_url needs webhook_secret, to sign what it sends".into()),
             (Some(url), Some(secret)) => {
@@ -319,7 +384,7 @@ impl SettingsLayer {
             (None, Some(sub)) => return bad(format!("amocrm_subdomain {sub:?} is not a subdomain")),
             (None, None) => None,
         };
-        let amocrm = match (amocrm_base, &self.amocrm_token) {
+        let amocrm = match (amocrm_base, &amocrm_token) {
             (None, _) => None,
             (Some(_), None) => return bad("the amoCRM sink needs amocrm_token".into()),
             (Some(base), Some(token)) => Some(AmoCrmSettings {
@@ -357,6 +422,25 @@ impl SettingsLayer {
                 "sink_retry_max_ms",
             )?,
         })
+    }
+}
+
+/// A secret given as a value or in a file (`name_file`), not both. A file keeps it out of
+/// `ps` and out of the environment, which children inherit.
+fn secret(value: &Option<String>, file: &Option<PathBuf>, name: &str) -> Result<Option<String>, ServerError> {
+    match (value, file) {
+        (Some(_), Some(_)) => Err(ServerError::Config(format!("give {name} or {name}_file, not both"))),
+        (Some(value), None) => Ok(Some(value.clone())),
+        (None, None) => Ok(None),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ServerError::io(format!("reading {name}_file {}", path.display()), e))?;
+            let text = text.trim_end_matches(['\n', '\r']);
+            if text.is_empty() {
+                return Err(ServerError::Config(format!("{name}_file {} is empty", path.display())));
+            }
+            Ok(Some(text.to_owned()))
+        }
     }
 }
 
@@ -438,6 +522,8 @@ pub struct Settings {
     pub clicks: ClickSettings,
     /// Where the sled database and the admin socket live.
     pub data_dir: PathBuf,
+    /// Whether a data directory open to others is accepted.
+    pub allow_open_permissions: bool,
     /// The address to listen on.
     pub listen: SocketAddr,
     /// The base of issued links; derived from the bound address when unset.
@@ -470,15 +556,32 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// The most a request's line and headers may take (431 above it): what a connection
+    /// may make the server hold for it while it sends them.
+    pub max_header_bytes: usize,
+    /// Each API token's rate (429 above it); redirects are never limited per request.
+    pub api_rate: Rate,
+    /// Open connections in all; `None`: derived from the descriptor limit at start.
+    pub max_connections: Option<usize>,
+    /// Open connections per client address; `None`: derived likewise.
+    pub max_connections_per_address: Option<usize>,
 }
 
 impl Limits {
-    /// 1 MiB bodies, 10 s for headers, 30 s for a body, 10 s to drain.
+    /// The smallest header limit: hyper's own floor for its read buffer.
+    pub const MIN_HEADER_BYTES: usize = 8 << 10;
+
+    /// 1 MiB bodies, 16 KiB of headers, 10 s for headers, 30 s for a body, 10 s to drain,
+    /// 7 API requests a second per token (amoCRM's own limit) with bursts of 7.
     pub const DEFAULT: Limits = Limits {
         max_body_bytes: 1 << 20,
         header_read_timeout: Duration::from_secs(10),
         body_read_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(10),
+        max_header_bytes: 16 << 10,
+        api_rate: Rate { per_second: 7, burst: 7 },
+        max_connections: None,
+        max_connections_per_address: None,
     };
 }
 
@@ -626,6 +729,33 @@ mod tests {
         assert_eq!(s.durability, Durability::Sync);
         assert_eq!(s.amocrm.unwrap().base, "https://acme.amocrm.ru");
         assert_eq!(s.client_ip_header.unwrap().as_str(), "x-forwarded-for");
+    }
+
+    #[test]
+    fn secrets_come_from_files_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (token, key, empty) = (dir.path().join("token"), dir.path().join("key"), dir.path().join("empty"));
+        std::fs::write(&token, "amo-token\n").unwrap();
+        std::fs::write(&key, "hook-key\r\n").unwrap();
+        std::fs::write(&empty, "\n").unwrap();
+        let layer = SettingsLayer {
+            amocrm_subdomain: Some("acme".into()),
+            amocrm_token_file: Some(token.clone()),
+            webhook_url: Some("https://hook.example/notes".into()),
+            webhook_secret_file: Some(key),
+            ..Default::default()
+        };
+        let clicks = layer.clone().resolve().unwrap().clicks;
+        assert_eq!(clicks.amocrm.unwrap().token, "amo-token");
+        assert_eq!(clicks.webhook.unwrap().secret, "hook-key");
+        for bad in [
+            SettingsLayer { amocrm_token: Some("t".into()), ..layer.clone() },
+            SettingsLayer { amocrm_token_file: Some(empty), ..layer.clone() },
+            SettingsLayer { amocrm_token_file: Some(dir.path().join("missing")), ..layer },
+        ] {
+            let err = bad.resolve().unwrap_err().to_string();
+            assert!(err.contains("amocrm_token"), "{err}");
+        }
     }
 
     #[test]

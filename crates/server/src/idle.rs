@@ -35,6 +35,13 @@ pub(crate) struct Activity {
 pub(crate) struct InFlight(Arc<Activity>);
 
 impl Activity {
+    /// No request in flight: the connection is kept alive, or never sent one. `finished`
+    /// is read first, so a request that starts meanwhile reads as busy, never as idle.
+    pub(crate) fn is_idle(&self) -> bool {
+        let finished = self.finished.load(Relaxed);
+        self.started.load(Relaxed) == finished
+    }
+
     /// Counts a request as started; it is in flight until the guard is dropped.
     pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
         self.started.fetch_add(1, Relaxed);

@@ -12,9 +12,11 @@
 //! works whether or not a server holds the data directory.
 
 pub mod admin;
+pub mod admission;
 mod app;
 pub mod auth;
 pub mod config;
+pub mod data_dir;
 mod drain;
 mod error;
 mod idle;

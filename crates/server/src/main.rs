@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use shortlinks_core::ContactScope;
 use shortlinks_server::admin::{self, AdminReply, AdminRequest};
@@ -132,6 +132,8 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Before any file is made: the data directory's files are private from birth.
+    shortlinks_server::data_dir::restrict_umask();
     let cli = Cli::parse();
     match cli.command {
         None => serve(ServeArgs::from_env()).await,
@@ -167,24 +169,34 @@ impl ServeArgs {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = args.settings.over(file_layer(args.config.as_deref())?).resolve()?;
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
     let data_dir = settings.data_dir.clone();
     let started = server::start(settings).await?;
     let base = started.public_url().as_str().to_owned();
     if let Some(token) = &started.first_token {
-        println!("Created the first API token (account 1, user 1, all contacts). It is shown only this once:");
-        println!("  {token}");
-        println!(
-            "Use it as: curl -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \
-             -d '[{{\"url\":\"https://example.com\",\"metadata\":{{\"entity_type\":\"contacts\",\"entity_id\":1}}}}]' \
-             http://{}/api/v4/short_links",
-            started.addr
-        );
+        show_first_token(token, started.addr, &data_dir)?;
     }
     println!("listening on http://{} (links: {base}/..., data: {})", started.addr, data_dir.display());
     started.run(shutdown_signal()).await?;
     tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// On a terminal, the first token is shown once. Elsewhere stdout is a service manager's
+/// log, which keeps it for anyone who reads logs: it goes to a private file instead.
+fn show_first_token(token: &str, addr: std::net::SocketAddr, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        let path = shortlinks_server::data_dir::write_first_token(data_dir, token)?;
+        println!("Created the first API token (account 1, user 1, all contacts) in {} (mode 0600): read it, then delete the file.", path.display());
+        tracing::warn!(path = %path.display(), "the first API token is in this file; read it, then delete it");
+        return Ok(());
+    }
+    println!("Created the first API token (account 1, user 1, all contacts). It is shown only this once:");
+    println!("  {token}");
+    println!(
+        "Use it as: curl -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \
+         -d '[{{\"url\":\"https://example.com\",\"metadata\":{{\"entity_type\":\"contacts\",\"entity_id\":1}}}}]' \
+         http://{addr}/api/v4/short_links"
+    );
     Ok(())
 }
 

@@ -9,10 +9,20 @@ use shortlinks_notes::note::AmoNote;
 
 use crate::app::App;
 use crate::problem::{self, json_response, Body};
+use crate::request::MAX_ENTITY_ID;
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 250;
 const LINK_FOLLOWED: &str = "link_followed";
+/// The deepest page: each is read through from the start of the scope's notes.
+const MAX_PAGE: u64 = 10_000;
+
+/// A positive integer written plainly: digits only, no sign, no leading zero, at most 19
+/// digits (so it always fits a `u64`).
+fn positive_id(text: &str) -> Option<u64> {
+    let plain = (1..=19).contains(&text.len()) && !text.starts_with('0') && text.bytes().all(|b| b.is_ascii_digit());
+    plain.then(|| text.parse().ok()).flatten()
+}
 
 /// What the query string asks for.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -29,16 +39,20 @@ fn parse_params(query: &str) -> Result<NotesParams, String> {
     let mut params = NotesParams { page: 1, limit: DEFAULT_LIMIT, ..Default::default() };
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         if key.starts_with("filter[entity_id]") {
-            for id in value.split(',').filter(|v| !v.is_empty()) {
-                let id = id.trim().parse::<u64>().ok().filter(|&id| id > 0);
-                let id = id.ok_or_else(|| format!("filter[entity_id] must be positive integers, got {value:?}"))?;
+            for id in value.split(',') {
+                let id = positive_id(id).ok_or_else(|| {
+                    format!("filter[entity_id] must be contact ids (1 to 19 digits, no leading 0), comma-separated; got {value:?}")
+                })?;
                 params.entity_ids.get_or_insert_with(Vec::new).push(id);
             }
         } else if key.starts_with("filter[note_type]") {
             let types = params.note_types.get_or_insert_with(Vec::new);
             types.extend(value.split(',').map(|t| t.trim().to_owned()));
         } else if key == "page" {
-            params.page = value.parse().ok().filter(|&p| p >= 1).ok_or("page must be a positive integer")?;
+            params.page = positive_id(&value)
+                .filter(|&page| page <= MAX_PAGE)
+                .ok_or_else(|| format!("page must be an integer from 1 to {MAX_PAGE}"))?
+                as usize;
             continue;
         } else if key == "limit" {
             params.limit = value
@@ -84,9 +98,9 @@ impl<S: Store> App<S> {
         let contact = match (rest, rest.strip_suffix("/notes")) {
             ("notes", _) => None,
             (_, None) => return problem::problem(StatusCode::NOT_FOUND, "There is no such API endpoint"),
-            (_, Some(id)) => match id.parse::<u64>() {
-                Ok(id) if id > 0 => Some(id),
-                _ => return problem::problem(StatusCode::NOT_FOUND, "There is no such contact"),
+            (_, Some(id)) => match positive_id(id).filter(|&id| id <= MAX_ENTITY_ID) {
+                Some(id) => Some(id),
+                None => return problem::problem(StatusCode::NOT_FOUND, "There is no such contact"),
             },
         };
         let params = match parse_params(request.uri().query().unwrap_or("")) {
@@ -176,7 +190,22 @@ mod tests {
         assert_eq!((p.page, p.limit), (2, 10));
         assert!(!p.kept.iter().any(|(k, _)| k == "page"));
         assert_eq!(parse_params("").unwrap().limit, 50);
-        for bad in ["limit=251", "limit=0", "page=0", "page=x", "filter[entity_id]=-1", "filter[entity_id]=a"] {
+        assert_eq!(parse_params("page=10000&filter[entity_id]=9999999999999999999").unwrap().page, 10_000);
+        let bad = [
+            "limit=251",
+            "limit=0",
+            "page=0",
+            "page=x",
+            "page=10001",
+            "page=99999999999999999999",
+            "filter[entity_id]=-1",
+            "filter[entity_id]=a",
+            "filter[entity_id]=1,,2",
+            "filter[entity_id]=%201",
+            "filter[entity_id]=01",
+            "filter[entity_id]=",
+        ];
+        for bad in bad {
             assert!(parse_params(bad).is_err(), "{bad}");
         }
     }

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
@@ -32,6 +32,16 @@ pub(crate) fn store_failure(e: &shortlinks_core::Error, doing: &str) -> Response
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     problem(status, "The store failed; retry the same request")
+}
+
+/// A 429 for a caller over its rate, with when to come back: `Retry-After` in whole
+/// seconds, and `retry_after` in the body as amoCRM sends it.
+pub(crate) fn too_many_requests(wait: std::time::Duration) -> Response<Body> {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let detail = format!("Too many requests for this token; retry after {seconds} s");
+    let mut response = problem_with(StatusCode::TOO_MANY_REQUESTS, json!({ "retry_after": seconds }), &detail);
+    response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+    response
 }
 
 /// A 405 with the methods that are allowed.

@@ -5,7 +5,11 @@
 
 use serde::Serialize;
 use serde_json::Value;
-use shortlinks_core::{EntityRef, EntityType, NewLink, TargetUrl, MAX_BATCH};
+use shortlinks_core::{EntityRef, EntityType, NewLink, Principal, TargetUrl, MAX_BATCH};
+
+/// The largest `entity_id`: amoCRM's ids, and every integer a JSON client (JavaScript's
+/// numbers) holds exactly, are within 2^53 − 1.
+pub const MAX_ENTITY_ID: u64 = (1 << 53) - 1;
 
 /// Why a request body was refused (always a 400).
 #[derive(Debug, PartialEq, Eq)]
@@ -47,7 +51,8 @@ pub struct ItemErrors {
 /// One problem with one field.
 #[derive(Debug, PartialEq, Eq, Serialize)]
 pub struct FieldError {
-    /// A machine-readable code: `FieldMissing`, `InvalidType`, `InvalidUrl`, `NotSupportedChoice`, `InvalidValue`.
+    /// A machine-readable code: `FieldMissing`, `InvalidType`, `InvalidUrl`, `NotSupportedChoice`,
+    /// `InvalidValue`, or `AccessDenied` (no rights to the entity).
     pub code: &'static str,
     /// The field, such as `metadata.entity_id`.
     pub path: &'static str,
@@ -78,6 +83,38 @@ pub fn parse_links(body: &[u8]) -> Result<Vec<NewLink>, BodyProblem> {
     } else {
         Err(BodyProblem::Items(problems))
     }
+}
+
+/// The items `who` has no rights to, as validation errors: by default a batch with any of
+/// them is refused whole, so that an answer always holds one link per item, in order.
+pub fn without_rights(items: &[NewLink], who: &Principal) -> Vec<ItemErrors> {
+    let refused = items.iter().enumerate().filter(|(_, item)| !who.scope.allows(item.entity));
+    refused
+        .map(|(index, item)| ItemErrors {
+            request_id: index.to_string(),
+            errors: vec![error(
+                "AccessDenied",
+                "metadata.entity_id",
+                &format!("the token has no rights to contact {}", item.entity.id),
+            )],
+        })
+        .collect()
+}
+
+/// Whether the caller asked for a partial result (`?partial=true`): links for the items it
+/// has rights to, and the rest listed under `skipped`, instead of a refusal.
+pub fn wants_partial(query: Option<&str>) -> Result<bool, String> {
+    let mut partial = false;
+    for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if key == "partial" {
+            partial = match value.as_ref() {
+                "true" => true,
+                "false" => false,
+                other => return Err(format!("partial must be true or false, got {other:?}")),
+            };
+        }
+    }
+    Ok(partial)
 }
 
 fn parse_item(item: &Value) -> Result<NewLink, Vec<FieldError>> {
@@ -114,10 +151,13 @@ fn parse_metadata(meta: &serde_json::Map<String, Value>) -> Result<EntityRef, Ve
     };
     let id = match meta.get("entity_id") {
         None | Some(Value::Null) => Err(error("FieldMissing", ID, "entity_id is required")),
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(id) if id > 0 => Ok(id),
-            _ => Err(error("InvalidValue", ID, "entity_id must be a positive integer")),
-        },
+        // JSON has one number type: 7.0 is the integer 7 (as JSON Schema says), 7.5 is not.
+        Some(Value::Number(n)) => {
+            match n.as_u64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as u64)) {
+                Some(id) if (1..=MAX_ENTITY_ID).contains(&id) => Ok(id),
+                _ => Err(error("InvalidValue", ID, &format!("entity_id must be an integer from 1 to {MAX_ENTITY_ID}"))),
+            }
+        }
         Some(_) => Err(error("InvalidType", ID, "entity_id must be an integer")),
     };
     match (kind, id) {
@@ -148,6 +188,30 @@ mod tests {
     }
 
     #[test]
+    fn rights_are_checked_item_by_item() {
+        use shortlinks_core::{AccountId, ContactScope, UserId};
+        let who = Principal { account: AccountId(1), user: UserId(1), scope: ContactScope::only(vec![2, 4]) };
+        let items: Vec<NewLink> = [2, 3, 4, 5]
+            .into_iter()
+            .map(|id| NewLink {
+                target: TargetUrl::parse("https://x.example").unwrap(),
+                entity: EntityRef::contact(id),
+            })
+            .collect();
+        let refused = without_rights(&items, &who);
+        let summary: Vec<(&str, &str, &str)> =
+            refused.iter().map(|i| (i.request_id.as_str(), i.errors[0].code, i.errors[0].path)).collect();
+        assert_eq!(summary, [("1", "AccessDenied", "metadata.entity_id"), ("3", "AccessDenied", "metadata.entity_id")]);
+        assert!(refused[0].errors[0].detail.contains("contact 3"));
+        assert!(without_rights(&items, &Principal::all_contacts(AccountId(1), UserId(1))).is_empty());
+
+        assert_eq!(wants_partial(None), Ok(false));
+        assert_eq!(wants_partial(Some("partial=true")), Ok(true));
+        assert_eq!(wants_partial(Some("x=1&partial=false")), Ok(false));
+        assert!(wants_partial(Some("partial=yes")).is_err());
+    }
+
+    #[test]
     fn whole_body_problems() {
         assert!(matches!(parse_links(b"[{"), Err(BodyProblem::InvalidJson(_))));
         assert!(matches!(parse_links(b""), Err(BodyProblem::InvalidJson(_))));
@@ -170,7 +234,12 @@ mod tests {
             {"url":"https://ok.example","metadata":{"entity_type":"contacts","entity_id":0}},
             {"url":"https://ok.example","metadata":{"entity_type":"contacts","entity_id":1.5}},
             "string",
-            {"url":42,"metadata":[]}
+            {"url":42,"metadata":[]},
+            {"url":"https://ok.example","metadata":{"entity_type":"contacts","entity_id":9007199254740991}},
+            {"url":"https://ok.example","metadata":{"entity_type":"contacts","entity_id":9007199254740992}},
+            {"url":"https://ok.example","metadata":{"entity_type":"contacts","entity_id":18446744073709551615}},
+            {"url":"https://ok.example","metadata":{"entity_type":"contacts","entity_id":7.0}},
+            {"url":"https://ok.example","metadata":{"entity_type":"contacts","entity_id":1e300}}
         ]"#;
         let Err(BodyProblem::Items(items)) = parse_links(body) else { panic!() };
         let summary: Vec<(String, Vec<(&str, &str)>)> =
@@ -192,6 +261,9 @@ mod tests {
                 ("5".into(), vec![("InvalidValue", "metadata.entity_id")]),
                 ("6".into(), vec![("InvalidType", "")]),
                 ("7".into(), vec![("InvalidType", "url"), ("InvalidType", "metadata")]),
+                ("9".into(), vec![("InvalidValue", "metadata.entity_id")]),
+                ("10".into(), vec![("InvalidValue", "metadata.entity_id")]),
+                ("12".into(), vec![("InvalidValue", "metadata.entity_id")]),
             ]
         );
         assert!(items[0].errors[0].detail.contains("javascript"), "{:?}", items[0].errors[0]);

@@ -18,10 +18,11 @@ use tokio::net::TcpListener;
 use shortlinks_notes::sink::{AmoCrmSink, HttpClient, RetryPolicy, WebhookSink};
 use shortlinks_notes::{Pipeline, PipelineConfig};
 
+use crate::admission::{self, Admission, ConnectionLimits};
 use crate::app::{App, AppSettings};
 use crate::config::{PublicUrl, Settings, StorageSettings};
 use crate::drain::Drain;
-use crate::{admin, auth, idle, ServerError};
+use crate::{admin, auth, data_dir, idle, ServerError};
 
 /// A server that is bound and ready to run.
 pub struct Started {
@@ -46,9 +47,17 @@ struct Parts<S: Store> {
     admin: Option<admin::AdminSocket>,
 }
 
-/// Opens the store, makes the first token if there is none, and binds.
+/// Binds, opens the store, and makes the first token if there is none: in that order, so
+/// that a start that fails (a port taken, a store out of reach) leaves no token nobody saw
+/// and no admin socket behind.
 pub async fn start(settings: Settings) -> Result<Started, ServerError> {
-    let (backend, addr, first_token) = match &settings.storage {
+    data_dir::restrict_umask();
+    data_dir::prepare(&settings.data_dir, settings.allow_open_permissions)?;
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| ServerError::io(format!("binding {}", settings.listen), e))?;
+    let addr = listener.local_addr().map_err(|e| ServerError::io("reading the bound address", e))?;
+    let (backend, first_token) = match &settings.storage {
         StorageSettings::Sled => {
             let dir = settings.data_dir.clone();
             let cache_bytes = settings.sled_cache_bytes;
@@ -59,27 +68,28 @@ pub async fn start(settings: Settings) -> Result<Started, ServerError> {
                     ServerError::Config(format!("cannot open the data directory {}: {e}", settings.data_dir.display()))
                 })?;
             let admin = admin::AdminSocket::bind(&admin::socket_path(&settings.data_dir))?;
-            let (parts, addr, token) = assemble(store, &settings, Some(admin)).await?;
-            (Backend::Sled(parts), addr, token)
+            let (parts, token) = assemble(store, listener, &settings, Some(admin)).await?;
+            (Backend::Sled(parts), token)
         }
         StorageSettings::Redis(config) => {
             let store = RedisStore::open(config.clone())
                 .await
                 .map_err(|e| ServerError::Config(format!("cannot reach Redis ({}): {e}", config.target)))?;
-            let (parts, addr, token) = assemble(store, &settings, None).await?;
-            (Backend::Redis(parts), addr, token)
+            let (parts, token) = assemble(store, listener, &settings, None).await?;
+            (Backend::Redis(parts), token)
         }
     };
     Ok(Started { backend, addr, first_token })
 }
 
-/// The application on `store`, with the configured sinks, bound to its address.
+/// The application on `store`, with the configured sinks, serving `listener`.
 async fn assemble<S: Store + Clone>(
     store: S,
+    listener: TcpListener,
     settings: &Settings,
     admin: Option<admin::AdminSocket>,
-) -> Result<(Parts<S>, SocketAddr, Option<String>), ServerError> {
-    let first_token = ensure_first_token(&store).await?;
+) -> Result<(Parts<S>, Option<String>), ServerError> {
+    let addr = listener.local_addr().map_err(|e| ServerError::io("reading the bound address", e))?;
     let clicks = &settings.clicks;
     let http = HttpClient::new(clicks.sink_timeout);
     let webhook = clicks.webhook.as_ref().map(|w| WebhookSink::new(http.clone(), w.url.clone(), w.secret.as_bytes()));
@@ -87,10 +97,6 @@ async fn assemble<S: Store + Clone>(
         Some(amo) => Some((AmoCrmSink::new(http, &amo.base, &amo.token).map_err(ServerError::Config)?, amo.account)),
         None => None,
     };
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .map_err(|e| ServerError::io(format!("binding {}", settings.listen), e))?;
-    let addr = listener.local_addr().map_err(|e| ServerError::io("reading the bound address", e))?;
     let app_settings = AppSettings {
         public_url: settings.public_url.clone().unwrap_or_else(|| PublicUrl::from_bound(addr)),
         limits: settings.limits,
@@ -115,7 +121,9 @@ async fn assemble<S: Store + Clone>(
         pipeline
     })
     .await?;
-    Ok((Parts { app: Arc::new(app), pipeline, listener, admin }, addr, first_token))
+    // Last: nothing after it can fail, so a token is only made for a server that runs.
+    let first_token = ensure_first_token(app.store()).await?;
+    Ok((Parts { app: Arc::new(app), pipeline, listener, admin }, first_token))
 }
 
 /// On a store with no tokens at all, issues one for account 1, user 1, all contacts.
@@ -180,7 +188,17 @@ pub async fn serve<S: Store>(
     // The slow-client limit is `idle::close_when_idle`'s, one timer per connection, not
     // hyper's timer per request head: hyper gets no timer, so it arms none.
     http.header_read_timeout(None).keep_alive(true);
+    // A head over the limit is answered 431 and the connection closed.
+    http.max_buf_size(limits.max_header_bytes);
     let drain = Arc::new(Drain::new());
+    let descriptors = admission::raise_descriptor_limit();
+    let derived = ConnectionLimits::from_descriptors(descriptors);
+    let caps = ConnectionLimits {
+        total: limits.max_connections.unwrap_or(derived.total),
+        per_address: limits.max_connections_per_address.unwrap_or(derived.per_address),
+    };
+    tracing::info!(descriptors, connections = caps.total, per_address = caps.per_address, "connection limits");
+    let admission = Admission::new(caps);
     let mut backoff = Duration::from_millis(5);
     let mut shutdown = std::pin::pin!(shutdown);
 
@@ -201,10 +219,14 @@ pub async fn serve<S: Store>(
             },
             () = &mut shutdown => break,
         };
+        let activity = Arc::new(idle::Activity::default());
+        let Some(place) = admission.admit(peer.ip(), activity.clone()) else {
+            tracing::debug!(%peer, "every connection busy at the cap: turned away");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let peer = Some(peer.ip());
-        let activity = Arc::new(idle::Activity::default());
         let service = service_fn({
             let activity = activity.clone();
             move |request| {
@@ -218,12 +240,15 @@ pub async fn serve<S: Store>(
         });
         let connection = http.serve_connection(TokioIo::new(stream), service);
         let drain = drain.clone();
+        let id = place.id();
         let connection = async move {
+            let _place = place; // the connection's place is freed when it ends
             if let Err(e) = drain.run(connection).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         };
-        idle::spawn_with_idle_limit(connection, activity, limits.header_read_timeout);
+        let task = idle::spawn_with_idle_limit(connection, activity, limits.header_read_timeout);
+        admission.closes_with(id, task.abort_handle());
     }
 
     drop(listener);

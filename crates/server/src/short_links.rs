@@ -9,7 +9,7 @@ use shortlinks_core::{CreateError, Link, Outcome, Principal, Store};
 
 use crate::app::App;
 use crate::problem::{self, json_response, validation_failed, Body};
-use crate::request::{parse_links, BodyProblem};
+use crate::request::{parse_links, wants_partial, without_rights, BodyProblem};
 
 const SELF_HREF: &str = "/api/v4/short_links";
 
@@ -72,6 +72,7 @@ impl<S: Store> App<S> {
         if declared.is_some_and(|len| len > max as u64) {
             return too_large(max);
         }
+        let query = request.uri().query().map(str::to_owned);
         let read = Limited::new(request.into_body(), max).collect();
         let body = match tokio::time::timeout(self.limits.body_read_timeout, read).await {
             Err(_) => return problem::problem(StatusCode::REQUEST_TIMEOUT, "The request body took too long to arrive"),
@@ -88,6 +89,14 @@ impl<S: Store> App<S> {
             }
             Err(other) => return problem::problem(StatusCode::BAD_REQUEST, &other.detail()),
         };
+        let partial = match wants_partial(query.as_deref()) {
+            Ok(partial) => partial,
+            Err(why) => return problem::problem(StatusCode::BAD_REQUEST, &why),
+        };
+        let refused = without_rights(&items, &who);
+        if !refused.is_empty() && !partial {
+            return validation_failed("The token has no rights to some of the contacts; nothing was created", &refused);
+        }
         let outcomes = match self.engine.create(&who, &items).await {
             Ok(outcomes) => outcomes,
             Err(CreateError::Store(e)) => return problem::store_failure(&e, "creating links"),

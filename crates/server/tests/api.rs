@@ -167,6 +167,9 @@ async fn size_type_method_and_path_errors() {
     }
 }
 
+/// A batch with any contact the token may not use is refused whole, in the shape the
+/// official client turns into `AmoCRMApiErrorResponseException::getValidationErrors()`;
+/// a caller that opts in with `?partial=true` gets the rest, and the refused in `skipped`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_are_made_only_for_contacts_in_the_tokens_scope() {
     let server = TestServer::start().await;
@@ -175,8 +178,24 @@ async fn links_are_made_only_for_contacts_in_the_tokens_scope() {
     else {
         panic!()
     };
+    let links_log = server.dir.path().join("links.log");
+    let stored = || std::fs::metadata(&links_log).map_or(0, |m| m.len());
     let body = json!((1..=4).map(|c| item("https://x.example/", c)).collect::<Vec<_>>()).to_string();
-    let reply = server.post_links(&token, &body).await;
+
+    let refused = server.post_links(&token, &body).await.problem(400);
+    assert_eq!(
+        refused["validation-errors"],
+        json!([
+            {"request_id": "0", "errors": [{"code": "AccessDenied", "path": "metadata.entity_id", "detail": "the token has no rights to contact 1"}]},
+            {"request_id": "2", "errors": [{"code": "AccessDenied", "path": "metadata.entity_id", "detail": "the token has no rights to contact 3"}]},
+        ])
+    );
+    assert_eq!(stored(), 0, "a refused batch creates nothing, not even its allowed items");
+
+    let allowed = json!([item("https://x.example/", 4), item("https://x.example/", 2)]).to_string();
+    assert_eq!(server.post_links(&token, &allowed).await.status, 200, "every contact allowed: 200");
+
+    let reply = server.post_links_to("/api/v4/short_links?partial=true", &token, &body).await;
     assert_eq!(reply.status, 200);
     let body = reply.json();
     let ids: Vec<u64> = body["_embedded"]["short_links"]
@@ -193,6 +212,7 @@ async fn links_are_made_only_for_contacts_in_the_tokens_scope() {
             {"request_id": "2", "metadata": {"entity_type": "contacts", "entity_id": 3}, "reason": "no rights to this entity"},
         ])
     );
+    server.post_links_to("/api/v4/short_links?partial=maybe", &token, &allowed).await.problem(400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,4 +384,97 @@ async fn shutdown_closes_idle_connections_at_once_and_finishes_requests_in_fligh
     let store = SledStore::open(dir.path()).unwrap();
     let links = store.links_of(AccountId(1), EntityRef::contact(8)).await.unwrap();
     assert_eq!(links.len(), 1, "the link created during the shutdown is stored");
+}
+
+/// Where the OpenAPI document and the server once disagreed, each settled one way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contract_at_its_edges() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start().await;
+    let auth = format!("Bearer {}", server.token);
+
+    // The URL limit is 2048 characters as given, whatever normalization makes of them.
+    let head = "https://example.com/";
+    for tail in ["é", "<"] {
+        let url = format!("{head}{}", tail.repeat(2048 - head.len()));
+        let reply = server.post_links(&server.token, &json!([item(&url, 1)]).to_string()).await;
+        assert_eq!(reply.status, 200, "{tail}: {:?}", reply.body);
+        let over = json!([item(&format!("{url}{tail}"), 1)]).to_string();
+        let refused = server.post_links(&server.token, &over).await.problem(400);
+        assert_eq!(refused["validation-errors"][0]["errors"][0]["detail"], "url is longer than 2048 characters");
+    }
+    let host_only = format!("https://{}.example", "a".repeat(2048 - 16));
+    assert_eq!(server.post_links(&server.token, &json!([item(&host_only, 1)]).to_string()).await.status, 200);
+
+    // Contact ids are what amoCRM and JSON clients can hold: 1 to 2^53 - 1.
+    let max = (1u64 << 53) - 1;
+    assert_eq!(server.post_links(&server.token, &json!([item(head, max)]).to_string()).await.status, 200);
+    let refused = server.post_links(&server.token, &json!([item(head, max + 1)]).to_string()).await.problem(400);
+    assert_eq!(refused["validation-errors"][0]["errors"][0]["path"], "metadata.entity_id");
+
+    // Notes: parameters bounded and typed as documented; a malformed contact in the path is a 404.
+    let get = |path: String| {
+        let auth = auth.clone();
+        async move { send(server.addr, Method::GET, &path, &[("authorization", auth.as_str())], Vec::new()).await }
+    };
+    for path in ["/api/v4/contacts/0/notes", "/api/v4/contacts/-1/notes", "/api/v4/contacts/abc/notes"] {
+        get(path.to_owned()).await.problem(404);
+    }
+    get(format!("/api/v4/contacts/{}/notes", max + 1)).await.problem(404);
+    assert_eq!(get(format!("/api/v4/contacts/{max}/notes")).await.status, 204);
+    let too_deep = get("/api/v4/contacts/notes?page=10001".to_owned()).await.problem(400);
+    assert_eq!(too_deep["detail"], "page must be an integer from 1 to 10000");
+    get("/api/v4/contacts/notes?filter[entity_id]=abc".to_owned()).await.problem(400);
+
+    // HTTP/1.1 requires Host (RFC 9112, 3.2); HTTP/1.0 does not.
+    for (request, status) in [
+        (&b"GET /AAAAAAAAAAAA HTTP/1.1\r\n\r\n"[..], "400"),
+        (b"GET /AAAAAAAAAAAA HTTP/1.1\r\nHost: x\r\n\r\n", "404"),
+        (b"GET /AAAAAAAAAAAA HTTP/1.0\r\n\r\n", "404"),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let head = read_head(&mut stream).await;
+        assert!(head.split(' ').nth(1) == Some(status), "{request:?} -> {head}");
+    }
+}
+
+/// Each API token has its own allowance; over it, a 429 says when to come back, in the
+/// header and in amoCRM's body field. Redirects are never limited per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_requests_are_rate_limited_per_token() {
+    let layer = SettingsLayer { api_rate_per_sec: Some(1), api_rate_burst: Some(3), ..Default::default() };
+    let server = TestServer::start_with(layer).await;
+    let body = json!([item("https://x.example/", 1)]).to_string();
+    for _ in 0..3 {
+        assert_eq!(server.post_links(&server.token, &body).await.status, 200, "within the burst");
+    }
+    let refused = server.post_links(&server.token, &body).await;
+    let problem = refused.problem(429);
+    assert_eq!(problem["retry_after"], 1);
+    assert_eq!(refused.headers["retry-after"], "1");
+
+    let other = AdminRequest::TokenCreate { account: 1, user: 2, scope: ContactScope::All };
+    let AdminReply::Token { token } = admin::command(&StorageSettings::Sled, server.dir.path(), other).await.unwrap()
+    else {
+        panic!()
+    };
+    let reply = server.post_links(&token, &body).await;
+    assert_eq!(reply.status, 200, "another token has its own allowance");
+    let code = code_of(reply.json()["_embedded"]["short_links"][0]["url"].as_str().unwrap()).to_owned();
+    for _ in 0..50 {
+        assert_eq!(server.get(&format!("/{code}")).await.status, 302, "redirects are not limited");
+    }
+}
+
+/// Request heads are bounded (16 KiB by default): beyond it a 431, and the connection is
+/// not held open with the headers in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_heads_get_431() {
+    let server = TestServer::start().await;
+    let fits = "a".repeat(12 << 10);
+    assert_eq!(send(server.addr, Method::GET, "/AAAAAAAAAAAA", &[("x-pad", &fits)], Vec::new()).await.status, 404);
+    let over = "a".repeat(20 << 10);
+    let reply = send(server.addr, Method::GET, "/AAAAAAAAAAAA", &[("x-pad", &over)], Vec::new()).await;
+    assert_eq!(reply.status, 431);
 }

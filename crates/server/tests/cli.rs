@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{code_of, item, shortlinks_binary, try_send, Process};
+use common::{code_of, item, send, shortlinks_binary, try_send, Process};
 use hyper::Method;
 use serde_json::json;
 use shortlinks_core::store::LinkStore;
@@ -25,7 +25,7 @@ fn dir_arg(dir: &tempfile::TempDir) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_commands_work_with_and_without_a_running_server() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::private_tempdir();
     let d = dir_arg(&dir);
 
     // No server: the command opens the data directory itself.
@@ -38,12 +38,14 @@ async fn token_commands_work_with_and_without_a_running_server() {
 
     let server = Process::serve(dir.path(), &[], &[]).await;
     assert!(server.banner.is_empty(), "a token exists, so none is made on start: {:?}", server.banner);
-    let reply =
+    let outside =
         server.post(&offline_token, &json!([item("https://a.example/", 10), item("https://a.example/", 12)])).await;
+    let refused = outside.problem(400);
+    assert_eq!(refused["validation-errors"][0]["request_id"], "1", "contact 12 is outside the token's scope");
+    let reply = server.post(&offline_token, &json!([item("https://a.example/", 10)])).await;
     assert_eq!(reply.status, 200);
     let body = reply.json();
     assert_eq!(body["_embedded"]["short_links"][0]["account_id"], 3);
-    assert_eq!(body["skipped"][0]["request_id"], "1", "contact 12 is outside the token's scope");
     let code = code_of(body["_embedded"]["short_links"][0]["url"].as_str().unwrap()).to_owned();
 
     // A server holds the sled lock: commands go through its admin socket.
@@ -78,37 +80,85 @@ async fn token_commands_work_with_and_without_a_running_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_first_start_prints_a_working_token_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Process::serve(dir.path(), &[], &[]).await;
-    assert!(server.banner[0].contains("first API token"), "{:?}", server.banner);
-    let token = server.banner[1].trim().to_owned();
-    assert!(server.banner[2].contains("curl") && server.banner[2].contains(&token));
+async fn the_first_start_writes_a_working_token_once_to_a_private_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::private_tempdir();
+    let data = dir.path().join("data");
+    // stdout is a pipe here, as under a service manager: the token must not go there.
+    let server = Process::serve(&data, &[], &[]).await;
+    let token = common::first_token(&data);
+    assert!(
+        server.banner[0].contains("first API token") && server.banner[0].contains("first-token"),
+        "{:?}",
+        server.banner
+    );
+    assert!(server.banner.iter().all(|line| !line.contains(&token)), "the token was printed: {:?}", server.banner);
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data.join("first-token")), 0o600);
     let reply = server.post(&token, &json!([item("https://example.com/", 1)])).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json()["_embedded"]["short_links"][0]["account_id"], 1);
+
+    // Every file the server made is private, and so is the directory.
+    assert_eq!(mode(&data), 0o700);
+    let mut pending = vec![data.clone()];
+    while let Some(path) = pending.pop() {
+        for entry in std::fs::read_dir(&path).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                assert_eq!(mode(&path), 0o700, "{}", path.display());
+                pending.push(path);
+            } else {
+                assert_eq!(mode(&path) & 0o077, 0, "{} is open to others", path.display());
+            }
+        }
+    }
     assert_eq!(server.terminate().await, 0);
 
-    let again = Process::serve(dir.path(), &[], &[]).await;
-    assert!(again.banner.is_empty(), "shown only once: {:?}", again.banner);
+    std::fs::remove_file(data.join("first-token")).unwrap();
+    let again = Process::serve(&data, &[], &[]).await;
+    assert!(again.banner.is_empty(), "made only once: {:?}", again.banner);
+    assert!(!data.join("first-token").exists());
     assert_eq!(again.post(&token, &json!([item("https://example.com/", 1)])).await.status, 200);
     assert_eq!(again.terminate().await, 0);
 }
 
+/// A data directory others can read is refused with a reason, unless allowed; a start that
+/// fails for its port leaves no token and no admin socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_data_directory_and_a_taken_port_are_refused_cleanly() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::private_tempdir();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (ok, _, err) = cli(&["serve", "--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0"]).await;
+    assert!(!ok && err.contains("mode 755") && err.contains("chmod 700"), "{err}");
+
+    let server = Process::serve(&data, &["--allow-open-permissions"], &[]).await;
+    assert_eq!(server.terminate().await, 0);
+
+    let fresh = dir.path().join("fresh");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let (ok, _, err) = cli(&["serve", "--data-dir", fresh.to_str().unwrap(), "--listen", &port]).await;
+    assert!(!ok && err.contains("binding"), "{err}");
+    assert!(!fresh.join("admin.sock").exists(), "a stale admin socket was left");
+    let (ok, out, err) = cli(&["token", "list", "--data-dir", fresh.to_str().unwrap()]).await;
+    assert!(ok, "{err}");
+    assert!(!out.contains("active"), "a failed start made a token nobody saw: {out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_beat_env_and_env_beats_the_file() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::private_tempdir();
     let config = dir.path().join("shortlinks.toml");
     std::fs::write(&config, "public_url = \"https://file.example\"\ncode_length = 9\n").unwrap();
     let config = config.to_str().unwrap();
     let data = dir.path().join("data");
 
-    let link_url = |server: Process| async move {
-        let token = server.banner.get(1).map(|t| t.trim().to_owned());
-        (server, token)
-    };
-    let (server, token) = link_url(Process::serve(&data, &["--config", config], &[]).await).await;
-    let token = token.unwrap();
+    let server = Process::serve(&data, &["--config", config], &[]).await;
+    let token = common::first_token(&data);
     let url_of = |reply: common::Reply| reply.json()["_embedded"]["short_links"][0]["url"].as_str().unwrap().to_owned();
     let url = url_of(server.post(&token, &json!([item("https://x.example/", 1)])).await);
     assert!(url.starts_with("https://file.example/") && code_of(&url).len() == 9, "{url}");
@@ -138,9 +188,9 @@ async fn flags_beat_env_and_env_beats_the_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_loses_no_created_link() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::private_tempdir();
     let server = Process::serve(dir.path(), &[], &[]).await;
-    let token = server.banner[1].trim().to_owned();
+    let token = common::first_token(dir.path());
     let addr = server.addr;
 
     // Four clients create links as fast as they can while the server is told to stop.
@@ -182,4 +232,45 @@ async fn graceful_shutdown_loses_no_created_link() {
         }
     }
     assert_eq!(checked, answered.len() * 20);
+}
+
+/// With the server at 256 descriptors and one client holding every connection it can, a
+/// new client's redirect is still answered at once: idle connections make room. (Without
+/// the caps, accept fails with EMFILE and the newcomer waits for an idle timeout, ~12 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_greedy_client_cannot_lock_others_out() {
+    use std::time::Instant;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = common::private_tempdir();
+    let server = Process::serve_with_descriptors(dir.path(), &[], &[], Some(256)).await;
+    let token = common::first_token(dir.path());
+    let reply = server.post(&token, &json!([item("https://original.example/", 1)])).await;
+    let code = code_of(reply.json()["_embedded"]["short_links"][0]["url"].as_str().unwrap()).to_owned();
+    let request = format!("GET /{code} HTTP/1.1\r\nHost: x\r\n\r\n");
+
+    // The greedy client opens connections until one is not served at once (up to 400),
+    // each served once and then kept alive, idle.
+    let mut held = Vec::new();
+    for _ in 0..400 {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(server.addr).await else { break };
+        let mut head = [0u8; 12];
+        let served = async {
+            stream.write_all(request.as_bytes()).await?;
+            stream.read_exact(&mut head).await
+        };
+        match tokio::time::timeout(Duration::from_millis(500), served).await {
+            Ok(Ok(_)) if &head[9..12] == b"302" => held.push(stream),
+            _ => break,
+        }
+    }
+    assert_eq!(held.len(), 400, "the greedy client was served {} times: idle connections make room", held.len());
+
+    let started = Instant::now();
+    let reply = send(server.addr, Method::GET, &format!("/{code}"), &[], Vec::new()).await;
+    let waited = started.elapsed();
+    assert_eq!(reply.status, 302);
+    eprintln!("a new client's redirect with 400 greedy connections open: {waited:?}");
+    assert!(waited < Duration::from_secs(2), "the newcomer waited {waited:?}");
+    drop(held);
+    assert_eq!(server.terminate().await, 0);
 }

@@ -51,7 +51,7 @@ fn watch_persisted(addr: SocketAddr) -> (Arc<Mutex<Vec<u64>>>, tokio::task::Join
 /// Starts a server, makes a link, and returns (server, token, code).
 async fn server_with_link(dir: &Path, extra: &[&str]) -> (Process, String, String) {
     let server = Process::serve(dir, extra, &[]).await;
-    let token = server.banner[1].trim().to_owned();
+    let token = common::first_token(dir);
     let reply = server.post(&token, &json!([item("https://original.example/", 1)])).await;
     let code = code_of(reply.json()["_embedded"]["short_links"][0]["url"].as_str().unwrap()).to_owned();
     (server, token, code)
@@ -79,7 +79,7 @@ async fn notes_after_restart(dir: &Path, token: &str, at_least: usize) -> usize 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_in_sync_mode_loses_no_acknowledged_click() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::private_tempdir();
     let (server, token, code) =
         server_with_link(dir.path(), &["--durability", "sync", IP_HEADER[0], IP_HEADER[1]]).await;
     let (acked, clicker) = start_clicking(server.addr, code);
@@ -97,7 +97,7 @@ async fn kill_9_in_sync_mode_loses_no_acknowledged_click() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_in_group_mode_loses_only_clicks_not_yet_flushed() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::private_tempdir();
     let (server, token, code) = server_with_link(dir.path(), &IP_HEADER).await;
     let (readings, watcher) = watch_persisted(server.addr);
     let (acked, clicker) = start_clicking(server.addr, code);
@@ -131,7 +131,7 @@ async fn kill_9_in_group_mode_loses_only_clicks_not_yet_flushed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_in_group_mode_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::private_tempdir();
     let (server, token, code) = server_with_link(dir.path(), &IP_HEADER).await;
     let (acked, clicker) = start_clicking(server.addr, code);
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -180,9 +180,9 @@ fn start_creating(addr: SocketAddr, token: String) -> (Arc<Mutex<Created>>, toki
 /// return the same link.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_creating_links_loses_no_acknowledged_link() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::private_tempdir();
     let server = Process::serve(dir.path(), &[], &[]).await;
-    let token = server.banner[1].trim().to_owned();
+    let token = common::first_token(dir.path());
     let (acked, creator) = start_creating(server.addr, token.clone());
     let deadline = Instant::now() + Duration::from_secs(30);
     while acked.lock().unwrap().len() < 8 && Instant::now() < deadline {

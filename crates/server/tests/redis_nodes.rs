@@ -71,11 +71,12 @@ async fn two_nodes_share_a_redis_cluster_and_lose_no_click_when_one_dies() {
     let cluster = RedisCluster::start(3).unwrap();
     let nodes = cluster.urls().join(",");
     let storage = ("SHORTLINKS_REDIS_NODES", nodes.as_str());
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (dir_a, dir_b) = (common::private_tempdir(), common::private_tempdir());
     let a = node(dir_a.path(), storage, "multi").await;
-    let token = a.banner[1].trim().to_owned();
+    let token = common::first_token(dir_a.path());
     let b = node(dir_b.path(), storage, "multi").await;
-    assert!(b.banner.iter().all(|l| !l.contains(&token)), "b found a's token in Redis and made none");
+    assert!(b.banner.is_empty(), "b found a's token in Redis and made none: {:?}", b.banner);
+    assert!(!dir_b.path().join(shortlinks_server::data_dir::FIRST_TOKEN_FILE).exists());
 
     // A link made on one node redirects on the other.
     let (first, second) = ("https://original.example/first", "https://original.example/second");
@@ -148,9 +149,9 @@ async fn redirects_answer_503_while_redis_is_down_and_recover_without_a_restart(
     }
     let mut redis = RedisServer::standalone_with(&["--appendfsync", "always"]).unwrap();
     let url = redis.url();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::private_tempdir();
     let server = node(dir.path(), ("SHORTLINKS_REDIS_URL", url.as_str()), "outage").await;
-    let token = server.banner[1].trim().to_owned();
+    let token = common::first_token(dir.path());
     let reply = server.post(&token, &json!([item("https://original.example/kept", 1)])).await;
     let code = code_of(reply.json()["_embedded"]["short_links"][0]["url"].as_str().unwrap()).to_owned();
     // A code no link has: while Redis is away, the server cannot know that.
@@ -200,7 +201,7 @@ async fn group_mode_holds_clicks_while_redis_hangs_and_refuses_when_full() {
     const PAUSE: Duration = Duration::from_secs(15);
     let redis = RedisServer::standalone_with(&["--appendfsync", "always"]).unwrap();
     let url = redis.url();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::private_tempdir();
     let env = [
         ("SHORTLINKS_STORAGE", "redis"),
         ("SHORTLINKS_REDIS_URL", url.as_str()),
@@ -209,7 +210,7 @@ async fn group_mode_holds_clicks_while_redis_hangs_and_refuses_when_full() {
         ("SHORTLINKS_CLIENT_IP_HEADER", "X-Forwarded-For"),
     ];
     let server = Process::serve(dir.path(), &[], &env).await;
-    let token = server.banner[1].trim().to_owned();
+    let token = common::first_token(dir.path());
     let reply = server.post(&token, &json!([item("https://original.example/held", 1)])).await;
     let code = code_of(reply.json()["_embedded"]["short_links"][0]["url"].as_str().unwrap()).to_owned();
     assert_eq!(visit(server.addr, &code, 0).await, Some(302), "cached, and one note");

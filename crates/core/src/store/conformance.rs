@@ -5,8 +5,9 @@
 //! crates (Redis) are held to exactly the same contract.
 
 use std::future::Future;
+use std::time::Duration;
 
-use super::{InsertOutcome, NotesQuery, RecordQueues, Store, VisitClaim, CLICK_QUEUE};
+use super::{InsertOutcome, NotesQuery, Rate, RecordQueues, Store, VisitClaim, CLICK_QUEUE};
 use crate::code::{InstallationSecret, ShortCode};
 use crate::model::{
     AccountId, ApiToken, Click, ClickMethod, ContactScope, EntityRef, EntityType, EntryId, Link, Note, NoteBody,
@@ -31,6 +32,7 @@ pub async fn run<S: CrashFaults>(store: &S) {
     visit_ledger(store).await;
     tokens(store).await;
     installation_secret(store).await;
+    rate_limits(store).await;
     store.flush().await.expect("flush");
 }
 
@@ -226,6 +228,21 @@ async fn installation_secret<S: Store>(store: &S) {
     let second = InstallationSecret::from_bytes([2; 32]);
     assert_eq!(store.installation_secret(first.clone()).await.expect("secret"), first);
     assert_eq!(store.installation_secret(second).await.expect("secret"), first, "the first secret stays");
+}
+
+async fn rate_limits<S: Store>(store: &S) {
+    // One a minute, three at once: the burst goes through, the fourth waits most of a minute.
+    let rate = Rate { per_second: 1, burst: 3 };
+    let slow = Rate { per_second: 1, burst: 1 };
+    for _ in 0..3 {
+        assert_eq!(store.take("api:a", rate).await.expect("take"), None, "within the burst");
+    }
+    let wait = store.take("api:a", rate).await.expect("take").expect("over the burst, a request waits");
+    assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+    let again = store.take("api:a", rate).await.expect("take").expect("a refused request took nothing");
+    assert!(again <= wait, "waiting only shortens: {again:?} after {wait:?}");
+    assert_eq!(store.take("api:b", slow).await.expect("take"), None, "keys are independent");
+    assert!(store.take("api:b", slow).await.expect("take").is_some());
 }
 
 async fn visit_ledger<S: Store>(store: &S) {

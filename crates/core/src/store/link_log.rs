@@ -10,8 +10,7 @@
 //! `code length u8 ‖ code ‖ link record` ([`crate::codec`]). The index lives in memory and
 //! is rebuilt on open by reading the file through, which takes the codes from the frames
 //! without decoding the records. It maps a 64-bit hash of each code to where its frame is:
-//! a 17-byte slot per link in tables kept 44–87% full, 36 MB at a million links (keyed by
-//! the code itself it was twice that). A read checks the code in the frame it finds, so
+//! a 17-byte slot per link in tables kept 44–87% full, 36 MB at a million links. A read checks the code in the frame it finds, so
 //! codes whose hashes collide are told apart (that any two of a million codes share a hash
 //! has a chance of about 3 in 10^8): the second of a pair is kept in a small map by its code.
 //!
@@ -24,7 +23,6 @@
 //! bytes is appended again. Salvaging a torn insert's whole frames is harmless: those links
 //! were never reported, and a retry of that insert finds them.
 
-use parking_lot::{Mutex, RwLock};
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -33,6 +31,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use foldhash::fast::FixedState;
+use parking_lot::{Mutex, RwLock};
 
 use super::frame::{self, io, sync_dir, HEADER};
 use super::InsertOutcome;
@@ -48,7 +47,7 @@ pub(crate) const FILE_NAME: &str = "links.log";
 const MAX_RECORD: usize = (64 << 10) - 1;
 // So no link's record comes near it: its target is bounded, and the code, the ids and the
 // time take under 100 bytes more.
-const _: () = assert!(1 + ShortCode::MAX_LEN + 1 + crate::target::MAX_TARGET_LEN + 100 < MAX_RECORD);
+const _: () = assert!(1 + ShortCode::MAX_LEN + 1 + crate::target::MAX_NORMALIZED_BYTES + 100 < MAX_RECORD);
 /// Index shards, so that inserts and reads on different codes do not meet on one lock.
 const SHARDS: usize = 16;
 

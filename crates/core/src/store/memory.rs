@@ -1,15 +1,14 @@
 //! An in-memory backend: for tests, and for hosts that keep links elsewhere.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use std::collections::HashMap;
-
+use super::rate::LocalRates;
 use super::{
-    check_queue_name, keys, visit_claims, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Queues, SecretStore,
-    Store, TokenStore, VisitClaim, VisitLedger,
+    check_queue_name, keys, visit_claims, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Queues, Rate,
+    RateLimiter, SecretStore, Store, TokenStore, VisitClaim, VisitLedger,
 };
 use crate::code::{InstallationSecret, ShortCode};
 use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, Timestamp, VisitMark};
@@ -20,6 +19,7 @@ use crate::Error;
 pub struct MemoryStore {
     links: Arc<RwLock<Links>>,
     rest: Arc<Mutex<Rest>>,
+    rates: Arc<Mutex<LocalRates>>,
 }
 
 #[derive(Default)]
@@ -190,6 +190,13 @@ impl TokenStore for MemoryStore {
 
     async fn list_tokens(&self) -> Result<Vec<ApiToken>, Error> {
         Ok(self.rest.lock().tokens.values().cloned().collect())
+    }
+}
+
+impl RateLimiter for MemoryStore {
+    /// In this process: one process owns the store.
+    async fn take(&self, key: &str, rate: Rate) -> Result<Option<std::time::Duration>, Error> {
+        Ok(LocalRates::take(&self.rates, key, rate))
     }
 }
 

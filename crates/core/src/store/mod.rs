@@ -23,9 +23,11 @@ pub(crate) mod keys;
 mod link_log;
 mod memory;
 mod queue_log;
+mod rate;
 mod sled_store;
 
 pub use memory::MemoryStore;
+pub use rate::{gcra, Rate};
 pub use sled_store::SledStore;
 
 /// The queue the redirect appends clicks to and the dispatcher drains.
@@ -217,8 +219,17 @@ pub trait SecretStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<InstallationSecret, Error>> + Send;
 }
 
-/// A complete backend: what the engine needs, and the click pipeline, notes and tokens.
-pub trait Store: LinkStore + SecretStore + Queues + NotesJournal + TokenStore + VisitLedger {
+/// Rate limits per key (an API token, say), decided by [`gcra`]. Kept in the store so that
+/// on a shared store every node draws on one allowance.
+pub trait RateLimiter: Send + Sync + 'static {
+    /// Takes one request from `key`'s allowance: `None` if it may go ahead, else how long it
+    /// must wait. A refused request takes nothing.
+    fn take(&self, key: &str, rate: Rate) -> impl Future<Output = Result<Option<std::time::Duration>, Error>> + Send;
+}
+
+/// A complete backend: what the engine needs, and the click pipeline, notes, tokens and
+/// rate limits.
+pub trait Store: LinkStore + SecretStore + Queues + NotesJournal + TokenStore + VisitLedger + RateLimiter {
     /// Makes every write so far durable; called on shutdown.
     fn flush(&self) -> impl Future<Output = Result<(), Error>> + Send;
 }

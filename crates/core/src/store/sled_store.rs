@@ -16,7 +16,7 @@
 //! Links are not in sled: they are one append-only file, `links.log`, indexed in memory
 //! (see [`LinkLog`] for why). Nor are queues: each is a directory of append-only files under
 //! `queues/` (see [`QueueLog`]); sled keeps only each queue's head, without a flush of its
-//! own. Opening a directory of an earlier release moves its `links` and `queues` trees over.
+//! own.
 //!
 //! Reads run inline: sled serves them from its page cache, a link is one positional read,
 //! and the hot path puts its own cache in front. Anything that writes or flushes (an fsync)
@@ -30,15 +30,16 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
+
 use super::link_log::LinkLog;
-use super::queue_log::{Position, QueueLog, MAX_PUSH, SEGMENT_BYTES};
+use super::queue_log::{Position, QueueLog, SEGMENT_BYTES};
+use super::rate::LocalRates;
 use super::{
-    check_queue_name, keys, visit_claims, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Queues, SecretStore,
-    Store, TokenStore, VisitClaim, VisitLedger,
+    check_queue_name, keys, visit_claims, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Queues, Rate,
+    RateLimiter, SecretStore, Store, TokenStore, VisitClaim, VisitLedger,
 };
 use crate::code::{InstallationSecret, ShortCode};
 use crate::codec::{decode, encode};
@@ -46,8 +47,6 @@ use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, Timestam
 use crate::Error;
 
 const SECRET_KEY: &[u8] = b"installation_secret";
-/// Links moved from an earlier release's `links` tree per append.
-const MOVE_BATCH: usize = 10_000;
 
 /// A sled database. Cheap to clone: clones share the open database.
 #[derive(Clone)]
@@ -62,6 +61,7 @@ pub struct SledStore {
     tokens: sled::Tree,
     /// sled's log file, opened again only to `fdatasync` it: see the module comment.
     sled_log: Arc<File>,
+    rates: Arc<Mutex<LocalRates>>,
 }
 
 /// The queues' files, each opened on first use.
@@ -113,71 +113,10 @@ impl SledStore {
             visits: db.open_tree("visits").map_err(Error::storage)?,
             notes: db.open_tree("notes").map_err(Error::storage)?,
             tokens: db.open_tree("tokens").map_err(Error::storage)?,
+            rates: Arc::default(),
             db,
         };
-        store.move_legacy_queues()?;
-        store.move_legacy_links()?;
         Ok(store)
-    }
-
-    /// Moves the links of an earlier release's `links` tree into the link log, then drops
-    /// the tree. Their index entries are in `by_entity` already. A crash in between moves
-    /// them again on the next open: the log keeps the first copy of a code.
-    fn move_legacy_links(&self) -> Result<(), Error> {
-        if !self.db.tree_names().iter().any(|name| name.as_ref() == b"links") {
-            return Ok(());
-        }
-        let legacy = self.db.open_tree("links").map_err(Error::storage)?;
-        let mut batch = Vec::with_capacity(MOVE_BATCH);
-        let mut moved = 0;
-        for entry in legacy.iter() {
-            let (key, bytes) = entry.map_err(Error::storage)?;
-            let link: Link = decode(&bytes)?;
-            if link.code.as_bytes() != &key[..] {
-                return Err(Error::Corrupt("a legacy link is stored under another code".into()));
-            }
-            batch.push(link);
-            if batch.len() == MOVE_BATCH {
-                moved += batch.len();
-                self.links.insert(&std::mem::take(&mut batch))?;
-            }
-        }
-        moved += batch.len();
-        self.links.insert(&batch)?;
-        self.db.drop_tree("links").map_err(Error::storage)?;
-        self.flush_now()?;
-        tracing::info!(links = moved, "moved the links tree of an earlier release into links.log");
-        Ok(())
-    }
-
-    /// Moves entries from the `queues` tree of earlier releases into the queue files, in
-    /// order, then drops the tree. A crash in between means they are handled twice, which
-    /// the consumers absorb (at-least-once), never that they are lost.
-    fn move_legacy_queues(&self) -> Result<(), Error> {
-        if !self.db.tree_names().iter().any(|name| name.as_ref() == b"queues") {
-            return Ok(());
-        }
-        let legacy = self.db.open_tree("queues").map_err(Error::storage)?;
-        // Keys are `name ‖ 0x00 ‖ id`, so each queue's entries come together and in order.
-        // They go over a few MiB per push: one fsync each, not one per entry.
-        let mut pending: Option<(String, Vec<Vec<u8>>, usize)> = None;
-        for entry in legacy.iter() {
-            let (key, record) = entry.map_err(Error::storage)?;
-            let name = key.iter().position(|&b| b == 0).and_then(|end| std::str::from_utf8(&key[..end]).ok());
-            let Some(name) = name else { return Err(Error::Corrupt("bad legacy queue key".into())) };
-            let done = pending.take_if(|(queue, _, bytes)| queue != name || *bytes + record.len() > MAX_PUSH / 2);
-            if let Some((queue, records, _)) = done {
-                self.queue(&queue)?.push(&records)?;
-            }
-            let (_, records, bytes) = pending.get_or_insert_with(|| (name.to_owned(), Vec::new(), 0));
-            *bytes += record.len() + 8;
-            records.push(record.to_vec());
-        }
-        if let Some((queue, records, _)) = pending {
-            self.queue(&queue)?.push(&records)?;
-        }
-        self.db.drop_tree("queues").map_err(Error::storage)?;
-        self.flush_now()
     }
 
     /// A queue's files, opened (or made) on first use, at the head kept in sled.
@@ -398,6 +337,13 @@ impl TokenStore for SledStore {
     }
 }
 
+impl RateLimiter for SledStore {
+    /// In this process: one process owns the store.
+    async fn take(&self, key: &str, rate: Rate) -> Result<Option<std::time::Duration>, Error> {
+        Ok(LocalRates::take(&self.rates, key, rate))
+    }
+}
+
 impl SecretStore for SledStore {
     async fn installation_secret(&self, candidate: InstallationSecret) -> Result<InstallationSecret, Error> {
         self.blocking(move |s| {
@@ -442,7 +388,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::store::conformance;
 
     /// Queue records of any size stay out of sled: a page over 128 KiB would go to a blob
     /// file that sled never syncs. Pushed, removed and kept across a reopen.
@@ -463,60 +408,5 @@ mod tests {
         let left: Vec<Vec<u8>> = store.lease("clicks", 10).await.unwrap().into_iter().map(|(_, r)| r).collect();
         assert_eq!(left, big[1..], "the removed head stays removed");
         assert!(store.push("..", vec![b"x".to_vec()]).await.is_err(), "a name must not leave the queues directory");
-    }
-
-    /// Entries written by a release that kept queues in a sled tree are moved to the files
-    /// on open, in order, once.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn queues_of_earlier_releases_are_moved_over_on_open() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let db = sled::open(dir.path()).unwrap();
-            let legacy = db.open_tree("queues").unwrap();
-            for (queue, id, record) in [("clicks", 7u64, "c1"), ("clicks", 9, "c2"), ("sink:hook", 8, "n1")] {
-                let key = [queue.as_bytes(), &[0], &id.to_be_bytes()].concat();
-                legacy.insert(key, record.as_bytes()).unwrap();
-            }
-            db.flush().unwrap();
-        }
-        for _ in 0..2 {
-            let store = SledStore::open(dir.path()).unwrap();
-            let records = |queue: &'static str| {
-                let store = store.clone();
-                async move { store.lease(queue, 10).await.unwrap().into_iter().map(|(_, r)| r).collect::<Vec<_>>() }
-            };
-            assert_eq!(records("clicks").await, [&b"c1"[..], b"c2"]);
-            assert_eq!(records("sink:hook").await, [&b"n1"[..]]);
-            assert!(!store.db.tree_names().iter().any(|n| n.as_ref() == b"queues"));
-        }
-    }
-
-    /// Links written by a release that kept them in a sled tree are moved to the link log
-    /// on open, once, and stay listed by their entity.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn links_of_earlier_releases_are_moved_over_on_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let old: Vec<Link> = (0..3)
-            .map(|i| conformance::link(&format!("LEGACY{i:06}"), 1, 40 + i, &format!("https://x.example/{i}")))
-            .collect();
-        {
-            let db = sled::open(dir.path()).unwrap();
-            let (links, index) = (db.open_tree("links").unwrap(), db.open_tree("by_entity").unwrap());
-            for link in &old {
-                links.insert(link.code.as_bytes(), encode(link).unwrap()).unwrap();
-                index.insert(keys::link_index_key(link.account, link.entity, link.code.as_bytes()), &[]).unwrap();
-            }
-            db.flush().unwrap();
-        }
-        for _ in 0..2 {
-            let store = SledStore::open(dir.path()).unwrap();
-            for link in &old {
-                assert_eq!(store.get_link(&link.code).await.unwrap().as_ref(), Some(link));
-                assert_eq!(store.links_of(AccountId(1), link.entity).await.unwrap(), vec![link.clone()]);
-            }
-            assert!(!store.db.tree_names().iter().any(|n| n.as_ref() == b"links"), "the tree is gone");
-            let again = store.insert_links(vec![old[0].clone()]).await.unwrap();
-            assert_eq!(again, vec![InsertOutcome::Occupied(old[0].clone())], "a moved code stays taken");
-        }
     }
 }

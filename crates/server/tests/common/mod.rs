@@ -35,10 +35,13 @@ impl TestServer {
     }
 
     pub async fn start_with(layer: SettingsLayer) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = private_tempdir();
         let base = SettingsLayer {
             data_dir: Some(dir.path().into()),
             listen: Some("127.0.0.1:0".into()),
+            // Tests post back to back: only the rate limit's own test keeps a real limit.
+            api_rate_per_sec: Some(UNLIMITED),
+            api_rate_burst: Some(UNLIMITED),
             ..Default::default()
         };
         let started = server::start(layer.over(base).resolve().unwrap()).await.unwrap();
@@ -63,11 +66,22 @@ impl TestServer {
         self.dir
     }
 
+    /// Posts a batch. Every 200 is held to the official amoCRM PHP client's rule, so no
+    /// test can pass with an answer that client would throw on.
     pub async fn post_links(&self, token: &str, body: &str) -> Reply {
+        let reply = self.post_links_to("/api/v4/short_links", token, body).await;
+        if reply.status == StatusCode::OK {
+            assert_official_client_accepts(body, &reply.json());
+        }
+        reply
+    }
+
+    /// Posts a batch to `path` (such as with a query), with no check of the answer.
+    pub async fn post_links_to(&self, path: &str, token: &str, body: &str) -> Reply {
         send(
             self.addr,
             Method::POST,
-            "/api/v4/short_links",
+            path,
             &[("authorization", &format!("Bearer {token}")), ("content-type", "application/json")],
             body.as_bytes().to_vec(),
         )
@@ -132,6 +146,20 @@ pub async fn try_send(
     Some(Reply { status: parts.status, headers: parts.headers, body: body.collect().await.ok()?.to_bytes() })
 }
 
+/// What `amocrm/amocrm-api-php` (`ShortLinks::add`, then `processAction`) requires of a 200:
+/// the keys of `_embedded.short_links` are exactly the request's keys (for a JSON array,
+/// one item per request item), and it copies `url` into its models by position, so each
+/// position must be that request item's link.
+pub fn assert_official_client_accepts(request: &str, response: &serde_json::Value) {
+    let request: serde_json::Value = serde_json::from_str(request).unwrap();
+    let (sent, got) = (request.as_array().unwrap(), response["_embedded"]["short_links"].as_array().unwrap());
+    assert_eq!(got.len(), sent.len(), "the client throws CollectionAndResponseKeysNotIndenticalException");
+    for (index, (sent, got)) in sent.iter().zip(got).enumerate() {
+        assert_eq!(got["metadata"], sent["metadata"], "position {index} holds another item's link");
+        assert!(got["url"].as_str().is_some_and(|u| u.starts_with("http")), "position {index}: {got}");
+    }
+}
+
 pub fn item(url: &str, contact: u64) -> serde_json::Value {
     serde_json::json!({"url": url, "metadata": {"entity_type": "contacts", "entity_id": contact}})
 }
@@ -142,6 +170,24 @@ pub fn code_of(url: &str) -> &str {
 
 pub fn shortlinks_binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_shortlinks"))
+}
+
+/// A temporary directory as the server wants its data directory: private (0700), whatever
+/// the process's umask was when it was made.
+pub fn private_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
+/// An API rate high enough that no test meets it by accident.
+pub const UNLIMITED: u32 = 1_000_000;
+
+/// The first token of a server started without a terminal: in the data directory.
+pub fn first_token(dir: &Path) -> String {
+    let path = dir.join(shortlinks_server::data_dir::FIRST_TOKEN_FILE);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_owned()
 }
 
 /// A `shortlinks serve` process.
@@ -155,12 +201,32 @@ pub struct Process {
 
 impl Process {
     pub async fn serve(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(shortlinks_binary());
+        Self::serve_with_descriptors(dir, extra, env, None).await
+    }
+
+    /// As `serve`, with the soft and hard descriptor limits set to `descriptors` (by a
+    /// shell's `ulimit`, so that the server itself raises nothing above it).
+    pub async fn serve_with_descriptors(
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        descriptors: Option<u32>,
+    ) -> Self {
+        let mut command = match descriptors {
+            None => Command::new(shortlinks_binary()),
+            Some(n) => {
+                let mut shell = Command::new("sh");
+                shell.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\" \"$@\"")).arg(shortlinks_binary());
+                shell
+            }
+        };
         command.arg("serve").arg("--data-dir").arg(dir).args(extra).stdout(Stdio::piped()).stderr(Stdio::null());
         command.env_remove("SHORTLINKS_LISTEN").env_remove("SHORTLINKS_PUBLIC_URL").env_remove("SHORTLINKS_CONFIG");
         if !extra.contains(&"--listen") {
             command.env("SHORTLINKS_LISTEN", "127.0.0.1:0");
         }
+        command.env("SHORTLINKS_API_RATE_PER_SEC", UNLIMITED.to_string());
+        command.env("SHORTLINKS_API_RATE_BURST", UNLIMITED.to_string());
         command.envs(env.iter().copied()).kill_on_drop(true);
         let mut child = command.spawn().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
