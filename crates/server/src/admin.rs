@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +17,7 @@ use crate::config::StorageSettings;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::accept_backoff::AcceptBackoff;
 use crate::app::App;
 use crate::{auth, ServerError};
 
@@ -204,18 +204,15 @@ impl AdminSocket {
 
     /// Answers commands, one JSON line in and one out per connection, until aborted.
     pub async fn serve<S: Store>(self, app: Arc<App<S>>) {
-        let mut backoff = Duration::from_millis(5);
+        let mut backoff = AcceptBackoff::new();
         loop {
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => {
-                    backoff = Duration::from_millis(5);
+                    backoff.accepted();
                     stream
                 }
                 Err(e) => {
-                    // Such as EMFILE: the error persists until something closes, so wait.
-                    tracing::warn!(error = %e, ?backoff, "admin socket accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    backoff.failed(&e, "admin socket").await;
                     continue;
                 }
             };

@@ -11,6 +11,7 @@
 //! Tokens ([`auth`]) are stored hashed; operator commands go through [`admin`], which
 //! works whether or not a server holds the data directory.
 
+mod accept_backoff;
 pub mod admin;
 pub mod admission;
 mod app;

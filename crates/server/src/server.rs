@@ -5,7 +5,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -18,6 +17,7 @@ use tokio::net::TcpListener;
 use shortlinks_notes::sink::{AmoCrmSink, HttpClient, RetryPolicy, WebhookSink};
 use shortlinks_notes::{Pipeline, PipelineConfig};
 
+use crate::accept_backoff::AcceptBackoff;
 use crate::admission::{self, Admission, ConnectionLimits};
 use crate::app::{App, AppSettings};
 use crate::config::{PublicUrl, Settings, StorageSettings};
@@ -199,21 +199,18 @@ pub async fn serve<S: Store>(
     };
     tracing::info!(descriptors, connections = caps.total, per_address = caps.per_address, "connection limits");
     let admission = Admission::new(caps);
-    let mut backoff = Duration::from_millis(5);
+    let mut backoff = AcceptBackoff::new();
     let mut shutdown = std::pin::pin!(shutdown);
 
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => {
-                    backoff = Duration::from_millis(5);
+                    backoff.accepted();
                     conn
                 }
                 Err(e) => {
-                    // Such as EMFILE: keep serving the connections we have, and retry later.
-                    tracing::warn!(error = %e, ?backoff, "accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    backoff.failed(&e, "HTTP").await;
                     continue;
                 }
             },
