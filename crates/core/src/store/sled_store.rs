@@ -288,7 +288,14 @@ impl NotesJournal for SledStore {
         .await
     }
 
+    /// On the blocking pool: a deep page is read through from the start of its notes.
     async fn list_notes(&self, query: NotesQuery) -> Result<Vec<Note>, Error> {
+        self.blocking(move |s| s.list_notes_now(&query)).await
+    }
+}
+
+impl SledStore {
+    fn list_notes_now(&self, query: &NotesQuery) -> Result<Vec<Note>, Error> {
         let mut prefixes: Vec<Vec<u8>> = match &query.entity_ids {
             None => vec![keys::account_type_prefix(query.account, query.entity_type).to_vec()],
             Some(ids) => ids
@@ -388,6 +395,34 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::store::conformance;
+
+    /// Listing notes scans them from the start of the scope: it runs off the runtime's
+    /// threads, so other tasks go on meanwhile (here, on a one-thread runtime, they could
+    /// not run at all until an inline scan returned).
+    #[test]
+    fn notes_are_listed_off_the_runtime_threads() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SledStore::open(dir.path()).unwrap();
+            // Enough notes that the scan to the last page takes milliseconds.
+            let notes: Vec<Note> = (0..50_000).map(|i| conformance::note(i + 1, 1, 10, i)).collect();
+            store.append_notes(notes).await.unwrap();
+            let other_ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = other_ran.clone();
+            tokio::spawn(async move { flag.store(true, std::sync::atomic::Ordering::SeqCst) });
+            let query = NotesQuery {
+                account: AccountId(1),
+                entity_type: crate::EntityType::Contacts,
+                entity_ids: None,
+                offset: 49_999,
+                limit: 10,
+            };
+            assert_eq!(store.list_notes(query).await.unwrap().len(), 1);
+            assert!(other_ran.load(std::sync::atomic::Ordering::SeqCst), "the listing held the runtime's thread");
+        });
+    }
 
     /// Queue records of any size stay out of sled: a page over 128 KiB would go to a blob
     /// file that sled never syncs. Pushed, removed and kept across a reopen.
