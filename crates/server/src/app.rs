@@ -1,8 +1,11 @@
 //! The application: shared state and the router. One `handle` per request, no framework.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
+use futures_util::FutureExt;
 use hyper::body::Body as HttpBody;
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Response, StatusCode, Version};
@@ -10,9 +13,10 @@ use shortlinks_core::{CodeLength, InstallationSecret, LinkCache, Shortener, Stor
 use shortlinks_notes::stats::Stats;
 use shortlinks_notes::{ClickRecorder, Pipeline, PipelineBuilder, PipelineConfig};
 
-use crate::auth::authenticate;
+use crate::auth::{authenticate, Caller};
 use crate::config::{Limits, PublicUrl};
 use crate::problem::{self, method_not_allowed, Body};
+use crate::request_id;
 
 /// What every request handler shares.
 pub struct App<S: Store> {
@@ -24,6 +28,8 @@ pub struct App<S: Store> {
     pub(crate) clicks: ClickRecorder,
     pub(crate) stats: Arc<Stats>,
     pub(crate) client_ip_header: Option<HeaderName>,
+    /// Whether redirects are logged too (`access_log = "all"`), not only API requests.
+    pub(crate) log_redirects: bool,
 }
 
 /// What an [`App`] is built with, beyond its store.
@@ -39,8 +45,11 @@ pub struct AppSettings {
     pub cached_links: usize,
     /// How clicks become notes.
     pub pipeline: PipelineConfig,
-    /// A trusted proxy's client-address header; `None` trusts no header.
+    /// A trusted proxy's client-address header; `None` trusts no header. With one, the
+    /// proxy's `X-Request-Id` is trusted too.
     pub client_ip_header: Option<HeaderName>,
+    /// Whether redirects are logged too, one line each; API requests always are.
+    pub log_redirects: bool,
 }
 
 impl AppSettings {
@@ -53,6 +62,7 @@ impl AppSettings {
             cached_links: LinkCache::DEFAULT_CAPACITY,
             pipeline: PipelineConfig::default(),
             client_ip_header: None,
+            log_redirects: false,
         }
     }
 }
@@ -79,6 +89,7 @@ impl<S: Store + Clone> App<S> {
             clicks: pipeline.recorder().clone(),
             stats: pipeline.stats().clone(),
             client_ip_header: settings.client_ip_header,
+            log_redirects: settings.log_redirects,
         };
         Ok((app, pipeline))
     }
@@ -101,8 +112,27 @@ impl<S: Store> App<S> {
     }
 
     /// Answers one request from `peer`. Generic over the body, so benches and tests can call
-    /// it without a socket.
-    pub async fn handle<B>(&self, request: Request<B>, peer: Option<IpAddr>) -> Response<Body>
+    /// it without a socket. Every answer carries the request's id (see [`request_id`]).
+    ///
+    /// Not an `async fn` (nor an `async` block awaiting the answer), which would hold the
+    /// request twice in its state: hyper moves this future for every request.
+    pub fn handle<'a, B>(
+        &'a self,
+        request: Request<B>,
+        peer: Option<IpAddr>,
+    ) -> impl Future<Output = Response<Body>> + 'a
+    where
+        B: HttpBody + 'a,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let id = request_id::assign(request.headers(), self.client_ip_header.is_some());
+        request_id::scope(id.clone(), self.route(request, peer)).map(move |mut response| {
+            response.headers_mut().insert(request_id::X_REQUEST_ID, id);
+            response
+        })
+    }
+
+    async fn route<B>(&self, request: Request<B>, peer: Option<IpAddr>) -> Response<Body>
     where
         B: HttpBody,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -115,6 +145,9 @@ impl<S: Store> App<S> {
         // The hot path first: a single segment that is not an API path.
         if let Some(code) = path.strip_prefix('/').filter(|rest| !rest.contains('/') && !is_reserved(rest)) {
             return match *request.method() {
+                Method::GET | Method::HEAD if self.log_redirects => {
+                    Box::pin(self.logged_redirect(code, &request, peer)).await
+                }
                 Method::GET | Method::HEAD => self.redirect(code, &request, peer).await,
                 _ => method_not_allowed("GET, HEAD"),
             };
@@ -143,11 +176,42 @@ impl<S: Store> App<S> {
         B: HttpBody,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let started = Instant::now();
+        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+        let (response, token) = self.authenticated_api(request).await;
+        // One line per API request; the path without its query, which may carry ids.
+        tracing::info!(
+            request_id = request_id::current().as_deref().unwrap_or("-"),
+            %method,
+            path,
+            status = response.status().as_u16(),
+            token = token.as_deref().unwrap_or("-"),
+            micros = started.elapsed().as_micros() as u64,
+            "api"
+        );
+        response
+    }
+
+    /// [`App::api`] less its log line; also says which token the caller used, if any.
+    async fn authenticated_api<B>(&self, request: Request<B>) -> (Response<Body>, Option<String>)
+    where
+        B: HttpBody,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let caller = match authenticate(&self.store, request.headers().get(AUTHORIZATION)).await {
             Ok(Ok(caller)) => caller,
-            Ok(Err(failure)) => return problem::problem(StatusCode::UNAUTHORIZED, failure.detail()),
-            Err(e) => return problem::store_failure(&e, "reading the token"),
+            Ok(Err(failure)) => return (problem::problem(StatusCode::UNAUTHORIZED, failure.detail()), None),
+            Err(e) => return (problem::store_failure(&e, "reading the token"), None),
         };
+        let token = Some(caller.token_id.clone());
+        (self.api_as(request, caller).await, token)
+    }
+
+    async fn api_as<B>(&self, request: Request<B>, caller: Caller) -> Response<Body>
+    where
+        B: HttpBody,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         match self.store.take(&format!("api:{}", caller.token_id), self.limits.api_rate).await {
             Ok(None) => {}
             Ok(Some(wait)) => return problem::too_many_requests(wait),
@@ -168,6 +232,21 @@ impl<S: Store> App<S> {
             };
         }
         problem::problem(StatusCode::NOT_FOUND, "There is no such API endpoint")
+    }
+
+    /// The redirect with its log line (`access_log = "all"`).
+    async fn logged_redirect<B>(&self, code: &str, request: &Request<B>, peer: Option<IpAddr>) -> Response<Body> {
+        let started = Instant::now();
+        let response = self.redirect(code, request, peer).await;
+        tracing::info!(
+            request_id = request_id::current().as_deref().unwrap_or("-"),
+            method = %request.method(),
+            path = request.uri().path(),
+            status = response.status().as_u16(),
+            micros = started.elapsed().as_micros() as u64,
+            "redirect"
+        );
+        response
     }
 
     /// Ready when the store answers a read.

@@ -98,6 +98,9 @@ pub struct SettingsLayer {
     /// Repeat visits by one client within this many seconds make one note (default 3600).
     #[arg(long, env = "SHORTLINKS_DEDUP_WINDOW_SECS")]
     pub dedup_window_secs: Option<u64>,
+    /// `api` (default: one line per API request) or `all` (redirects too).
+    #[arg(long, env = "SHORTLINKS_ACCESS_LOG", value_enum)]
+    pub access_log: Option<AccessLog>,
     /// A header set by a trusted proxy with the client's address, such as `X-Forwarded-For`.
     /// Unset (the default), the peer address is used and no header is trusted.
     #[arg(long, env = "SHORTLINKS_CLIENT_IP_HEADER")]
@@ -156,6 +159,17 @@ pub enum DurabilityKind {
     Sync,
 }
 
+/// What is logged, one line per request.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLog {
+    /// API requests only.
+    #[default]
+    Api,
+    /// API requests and redirects.
+    All,
+}
+
 /// Field by field: `a.or(b)` for every field.
 macro_rules! layer_over {
     ($high:expr, $low:expr, $($field:ident),* $(,)?) => {
@@ -200,6 +214,7 @@ impl SettingsLayer {
             durability,
             commit_window_ms,
             dedup_window_secs,
+            access_log,
             client_ip_header,
             webhook_url,
             webhook_secret,
@@ -267,6 +282,7 @@ impl SettingsLayer {
             listen,
             public_url,
             code_length,
+            access_log: self.access_log.unwrap_or_default(),
             limits: Limits {
                 max_body_bytes,
                 header_read_timeout: secs(
@@ -536,6 +552,8 @@ pub struct Settings {
     pub sled_cache_bytes: u64,
     /// Request size and time limits.
     pub limits: Limits,
+    /// What is logged per request.
+    pub access_log: AccessLog,
 }
 
 impl Settings {

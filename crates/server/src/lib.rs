@@ -25,6 +25,7 @@ mod notes_api;
 mod problem;
 mod redirect;
 pub mod request;
+mod request_id;
 pub mod server;
 mod short_links;
 

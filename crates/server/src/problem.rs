@@ -13,7 +13,7 @@ pub type Body = Full<Bytes>;
 
 const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
 
-/// A problem response: `{title, type, status, detail}`.
+/// A problem response: `{title, type, status, detail, request_id}`.
 pub(crate) fn problem(status: StatusCode, detail: &str) -> Response<Body> {
     problem_with(status, json!({}), detail)
 }
@@ -26,7 +26,8 @@ pub(crate) fn validation_failed(detail: &str, items: &[ItemErrors]) -> Response<
 /// A store's failure, told to the client without its internals (they go to the log):
 /// 503 when the store is out of reach for now, else 500. Either way a retry is safe.
 pub(crate) fn store_failure(e: &shortlinks_core::Error, doing: &str) -> Response<Body> {
-    tracing::error!(error = %e, "store failure while {doing}");
+    let request_id = crate::request_id::current();
+    tracing::error!(error = %e, request_id = request_id.as_deref().unwrap_or("-"), "store failure while {doing}");
     let status = match e {
         shortlinks_core::Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -56,6 +57,9 @@ fn problem_with(status: StatusCode, mut body: serde_json::Value, detail: &str) -
     body["type"] = json!(format!("https://httpstatus.es/{}", status.as_u16()));
     body["status"] = json!(status.as_u16());
     body["detail"] = json!(detail);
+    if let Some(id) = crate::request_id::current() {
+        body["request_id"] = json!(id);
+    }
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, PROBLEM_JSON);

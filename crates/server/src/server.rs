@@ -20,7 +20,7 @@ use shortlinks_notes::{Pipeline, PipelineConfig};
 use crate::accept_backoff::AcceptBackoff;
 use crate::admission::{self, Admission, ConnectionLimits};
 use crate::app::{App, AppSettings};
-use crate::config::{PublicUrl, Settings, StorageSettings};
+use crate::config::{AccessLog, PublicUrl, Settings, StorageSettings};
 use crate::drain::Drain;
 use crate::{admin, auth, data_dir, idle, ServerError};
 
@@ -109,6 +109,7 @@ async fn assemble<S: Store + Clone>(
             ..PipelineConfig::default()
         },
         client_ip_header: clicks.client_ip_header.clone(),
+        log_redirects: settings.access_log == AccessLog::All,
     };
     // The journal is always on; the sinks are what was configured.
     let (app, pipeline) = App::start(store, app_settings, |mut pipeline| {

@@ -478,3 +478,28 @@ async fn oversized_request_heads_get_431() {
     let reply = send(server.addr, Method::GET, "/AAAAAAAAAAAA", &[("x-pad", &over)], Vec::new()).await;
     assert_eq!(reply.status, 431);
 }
+
+/// Every answer carries a request id, in `X-Request-Id` and in problem bodies; a trusted
+/// proxy's own id is kept, an untrusted client's is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_a_request_id() {
+    let server = TestServer::start().await;
+    let redirect = server.get("/AAAAAAAAAAAA").await;
+    let problem = server.get("/api/v4/leads").await;
+    let (a, b) = (&redirect.headers["x-request-id"], &problem.headers["x-request-id"]);
+    assert_ne!(a, b, "ids are unique");
+    assert_eq!(problem.problem(401)["request_id"], b.to_str().unwrap(), "the body names the same id");
+    let ok = server.post_links(&server.token, &json!([item("https://x.example/", 1)]).to_string()).await;
+    assert!(ok.headers.contains_key("x-request-id"));
+    let sent = [("x-request-id", "from-the-client")];
+    let reply = send(server.addr, Method::GET, "/AAAAAAAAAAAA", &sent, Vec::new()).await;
+    assert_ne!(reply.headers["x-request-id"], "from-the-client", "no proxy is trusted by default");
+
+    let behind_proxy = TestServer::start_with(SettingsLayer {
+        client_ip_header: Some("X-Forwarded-For".into()),
+        ..Default::default()
+    })
+    .await;
+    let reply = send(behind_proxy.addr, Method::GET, "/AAAAAAAAAAAA", &sent, Vec::new()).await;
+    assert_eq!(reply.headers["x-request-id"], "from-the-client", "a trusted proxy's id is kept");
+}

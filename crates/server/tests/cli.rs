@@ -274,3 +274,67 @@ async fn one_greedy_client_cannot_lock_others_out() {
     drop(held);
     assert_eq!(server.terminate().await, 0);
 }
+
+/// One log line per API request (method, path without its query, status, token id,
+/// duration, request id); redirects are not logged unless `access_log = "all"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_requests_are_logged_one_line_each() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    for access_log in ["api", "all"] {
+        let dir = common::private_tempdir();
+        let token = {
+            let (ok, out, err) =
+                cli(&["token", "create", "--data-dir", dir.path().to_str().unwrap(), "--account", "1", "--user", "1"])
+                    .await;
+            assert!(ok, "{err}");
+            out.trim().to_owned()
+        };
+        let mut child = Command::new(shortlinks_binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--access-log", access_log, "--data-dir"])
+            .arg(dir.path())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr: std::net::SocketAddr = loop {
+            let line = stdout.next_line().await.unwrap().expect("the server exited");
+            if let Some(rest) = line.strip_prefix("listening on http://") {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        let auth = format!("Bearer {token}");
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        let body = json!([item("https://x.example/", 1)]).to_string().into_bytes();
+        let reply = send(addr, Method::POST, "/api/v4/short_links?partial=false", &headers, body).await;
+        let id = reply.headers["x-request-id"].to_str().unwrap().to_owned();
+        let code = code_of(reply.json()["_embedded"]["short_links"][0]["url"].as_str().unwrap()).to_owned();
+        assert_eq!(send(addr, Method::GET, &format!("/{code}"), &[], Vec::new()).await.status, 302);
+        let pid = child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut log = Vec::new();
+        while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(10), stderr.next_line()).await.unwrap() {
+            log.push(line);
+        }
+        let api: Vec<&String> = log.iter().filter(|l| l.contains(" api ")).collect();
+        assert_eq!(api.len(), 1, "{log:#?}");
+        let token_id = token.split('_').nth(1).unwrap();
+        for field in [
+            &format!("request_id=\"{id}\"")[..],
+            "method=POST",
+            "path=\"/api/v4/short_links\"",
+            "status=200",
+            &format!("token=\"{token_id}\""),
+        ] {
+            assert!(api[0].contains(field), "{field} missing: {}", api[0]);
+        }
+        assert!(!api[0].contains("partial"), "the query was logged: {}", api[0]);
+        assert!(!log.iter().any(|l| l.contains(&token[14..])), "a token's secret reached the log");
+        let redirects = log.iter().filter(|l| l.contains(" redirect ")).count();
+        assert_eq!(redirects, usize::from(access_log == "all"), "{access_log}: {log:#?}");
+    }
+}
