@@ -127,7 +127,7 @@ impl<S: Store> App<S> {
     {
         let id = request_id::assign(request.headers(), self.client_ip_header.is_some());
         request_id::scope(id.clone(), self.route(request, peer)).map(move |mut response| {
-            response.headers_mut().insert(request_id::X_REQUEST_ID, id);
+            response.headers_mut().insert(request_id::X_REQUEST_ID, id.header_value());
             response
         })
     }

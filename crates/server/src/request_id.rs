@@ -12,9 +12,41 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 /// The header that carries the id, both ways.
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// A request's id. One the server made is held inline, so that handing it around (to the
+/// task-local, to the response) copies bytes and allocates nothing, except the response
+/// header itself.
+#[derive(Clone)]
+pub(crate) enum RequestId {
+    /// Made here: `prefix-count` in hex.
+    Made { text: [u8; 25], len: u8 },
+    /// A trusted proxy's, copied out of the request (holding the request's own value
+    /// would keep hyper's read buffer alive).
+    Given(HeaderValue),
+}
+
+impl RequestId {
+    /// The id as text.
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Self::Made { text, len } => std::str::from_utf8(&text[..usize::from(*len)]).unwrap_or("-"),
+            Self::Given(value) => value.to_str().unwrap_or("-"),
+        }
+    }
+
+    /// The response header's value.
+    pub(crate) fn header_value(&self) -> HeaderValue {
+        match self {
+            Self::Made { text, len } => {
+                HeaderValue::from_bytes(&text[..usize::from(*len)]).unwrap_or_else(|_| HeaderValue::from_static("-"))
+            }
+            Self::Given(value) => value.clone(),
+        }
+    }
+}
+
 tokio::task_local! {
     /// The id of the request being answered, for problem bodies and log lines.
-    static CURRENT: HeaderValue;
+    static CURRENT: RequestId;
 }
 
 thread_local! {
@@ -23,10 +55,11 @@ thread_local! {
 }
 
 /// The request's id: the trusted proxy's, if it sent a well-formed one, else a new one.
-pub(crate) fn assign(headers: &HeaderMap, trust_incoming: bool) -> HeaderValue {
+pub(crate) fn assign(headers: &HeaderMap, trust_incoming: bool) -> RequestId {
     if trust_incoming {
-        if let Some(id) = headers.get(X_REQUEST_ID).filter(|id| well_formed(id.as_bytes())) {
-            return id.clone();
+        let given = headers.get(X_REQUEST_ID).filter(|id| well_formed(id.as_bytes()));
+        if let Some(id) = given.and_then(|id| HeaderValue::from_bytes(id.as_bytes()).ok()) {
+            return RequestId::Given(id);
         }
     }
     let (prefix, count) = NEXT.with(|next| {
@@ -41,25 +74,22 @@ pub(crate) fn assign(headers: &HeaderMap, trust_incoming: bool) -> HeaderValue {
         (prefix, count)
     });
     let mut text = [0u8; 25];
-    let len = hex(u64::from(prefix), 8, &mut text[..8]) + 1;
+    hex(u64::from(prefix), 8, &mut text[..8]);
     text[8] = b'-';
     let digits = 16 - (count.leading_zeros() as usize / 4).min(15);
-    let len = len + hex(count, digits, &mut text[9..9 + digits]);
-    HeaderValue::from_bytes(&text[..len]).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    hex(count, digits, &mut text[9..9 + digits]);
+    RequestId::Made { text, len: (9 + digits) as u8 }
 }
 
 /// `answer`, run with `id` as the current request's. Not an `async fn`: that would hold
 /// `answer` twice in its state, and hyper moves this future for every request.
-pub(crate) fn scope<F: std::future::Future>(
-    id: HeaderValue,
-    answer: F,
-) -> impl std::future::Future<Output = F::Output> {
+pub(crate) fn scope<F: std::future::Future>(id: RequestId, answer: F) -> impl std::future::Future<Output = F::Output> {
     CURRENT.scope(id, answer)
 }
 
 /// The current request's id, if there is one.
 pub(crate) fn current() -> Option<String> {
-    CURRENT.try_with(|id| id.to_str().unwrap_or("-").to_owned()).ok()
+    CURRENT.try_with(|id| id.as_str().to_owned()).ok()
 }
 
 /// 1 to 128 of `A-Z a-z 0-9 - _ . :`: an id that is safe in logs and headers.
@@ -68,13 +98,12 @@ fn well_formed(id: &[u8]) -> bool {
         && id.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// Writes `value`'s low `digits` hex digits into `out`; returns `digits`.
-fn hex(value: u64, digits: usize, out: &mut [u8]) -> usize {
+/// Writes `value`'s low `digits` hex digits into `out`.
+fn hex(value: u64, digits: usize, out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for (i, byte) in out[..digits].iter_mut().enumerate() {
         *byte = DIGITS[((value >> (4 * (digits - 1 - i))) & 0xf) as usize];
     }
-    digits
 }
 
 #[cfg(test)]
@@ -85,13 +114,14 @@ mod tests {
     fn ids_are_made_unique_or_taken_from_a_trusted_proxy() {
         let empty = HeaderMap::new();
         let (a, b) = (assign(&empty, false), assign(&empty, false));
-        assert_ne!(a, b);
-        assert!(well_formed(a.as_bytes()) && a.len() >= 10, "{a:?}");
+        assert_ne!(a.as_str(), b.as_str());
+        assert!(well_formed(a.as_str().as_bytes()) && a.as_str().len() >= 10, "{}", a.as_str());
+        assert_eq!(a.header_value(), a.as_str());
         let mut sent = HeaderMap::new();
         sent.insert(X_REQUEST_ID, HeaderValue::from_static("proxy-42"));
-        assert_eq!(assign(&sent, true), "proxy-42");
-        assert_ne!(assign(&sent, false), "proxy-42", "an untrusted client's id is not taken");
+        assert_eq!(assign(&sent, true).as_str(), "proxy-42");
+        assert_ne!(assign(&sent, false).as_str(), "proxy-42", "an untrusted client's id is not taken");
         sent.insert(X_REQUEST_ID, HeaderValue::from_static("bad id\\"));
-        assert_ne!(assign(&sent, true), "bad id\\", "a malformed id is replaced");
+        assert_ne!(assign(&sent, true).as_str(), "bad id\\", "a malformed id is replaced");
     }
 }
