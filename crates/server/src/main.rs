@@ -170,13 +170,14 @@ impl ServeArgs {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = args.settings.over(file_layer(args.config.as_deref())?).resolve()?;
     let data_dir = settings.data_dir.clone();
+    let shutdown = shutdown_signal();
     let started = server::start(settings).await?;
     let base = started.public_url().as_str().to_owned();
     if let Some(token) = &started.first_token {
         show_first_token(token, started.addr, &data_dir)?;
     }
     println!("listening on http://{} (links: {base}/..., data: {})", started.addr, data_dir.display());
-    started.run(shutdown_signal()).await?;
+    started.run(shutdown).await?;
     tracing::info!("stopped cleanly");
     Ok(())
 }
@@ -200,15 +201,20 @@ fn show_first_token(token: &str, addr: std::net::SocketAddr, data_dir: &std::pat
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Installs the handlers now, so that a SIGTERM sent the moment the server says it listens
+/// already stops it gracefully; the future completes on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }
 
