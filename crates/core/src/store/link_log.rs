@@ -10,9 +10,10 @@
 //! `code length u8 ‖ code ‖ link record` ([`crate::codec`]). The index lives in memory and
 //! is rebuilt on open by reading the file through, which takes the codes from the frames
 //! without decoding the records. It maps a 64-bit hash of each code to where its frame is:
-//! a 17-byte slot per link in tables kept 44–87% full, 36 MB at a million links. A read checks the code in the frame it finds, so
-//! codes whose hashes collide are told apart (that any two of a million codes share a hash
-//! has a chance of about 3 in 10^8): the second of a pair is kept in a small map by its code.
+//! a 17-byte slot per link in tables kept 44–87% full, 36 MB at a million links. A read
+//! checks the code in the frame it finds, so codes whose hashes collide are told apart
+//! (that any two of a million codes share a hash has a chance of about 3 in 10^8): the
+//! second of a pair is kept in a small map by its code.
 //!
 //! Crash safety: an insert returns once its frames are written and `fdatasync`ed, and a
 //! link is indexed only after its frame is written. Opening stops at the first frame that
