@@ -395,8 +395,9 @@ async fn shortlinks_on(
     // this measures. (An environment variable: a baseline build without it ignores it.)
     command.env("SHORTLINKS_API_RATE_PER_SEC", "1000000").env("SHORTLINKS_API_RATE_BURST", "1000000");
     if new_visitors {
-        // As behind a proxy: each request's own address makes it a visitor of its own.
-        command.args(["--client-ip-header", "X-Forwarded-For"]);
+        // As behind a proxy: each request's own address makes it a visitor of its own. Every
+        // such visit is to make a note, however often wrk draws one link: no cap per link.
+        command.args(["--client-ip-header", "X-Forwarded-For"]).env("SHORTLINKS_NOTES_PER_LINK", "0");
     }
     let redis = if storage == "redis" {
         let redis = RedisServer::standalone().map_err(|e| anyhow::anyhow!("{e}"))?;

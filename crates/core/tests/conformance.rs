@@ -26,19 +26,29 @@ async fn sled_meets_the_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sled_forgets_visits_for_good() {
-    use shortlinks_core::store::{VisitClaim, VisitLedger};
+async fn sled_forgets_visits_for_good_and_keeps_the_rest() {
+    use shortlinks_core::store::{Claimed, VisitClaim, VisitLedger, VisitRules};
     let dir = tempfile::tempdir().unwrap();
-    let claim = |key: u8, at: u64| VisitClaim { key: [key; 16], at: shortlinks_core::Timestamp(at), note_id: 7 };
+    let rules = VisitRules { window_ms: 3_600_000, notes_per_link: 1 };
+    let claim = |link: u8, client: u8, at: u64, note_id: u64| VisitClaim {
+        link: [link; 16],
+        key: [link, client, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        at: shortlinks_core::Timestamp(at),
+        note_id,
+    };
     {
         let store = SledStore::open(dir.path()).unwrap();
-        store.claim_visits(vec![claim(1, 1_000), claim(2, 5_000)], 3_600_000).await.unwrap();
+        store.claim_visits(vec![claim(1, 1, 1_000, 7), claim(2, 1, 5_000, 7)], rules).await.unwrap();
         assert_eq!(store.forget_visits(shortlinks_core::Timestamp(2_000)).await.unwrap(), 1);
         store.flush().await.unwrap();
     }
     let store = SledStore::open(dir.path()).unwrap();
-    let repeats = vec![VisitClaim { note_id: 8, ..claim(1, 6_000) }, VisitClaim { note_id: 8, ..claim(2, 6_000) }];
-    assert_eq!(store.claim_visits(repeats, 3_600_000).await.unwrap(), vec![true, false], "after a reopen");
+    let after = vec![claim(1, 1, 6_000, 8), claim(2, 1, 6_000, 8), claim(2, 2, 6_000, 9)];
+    assert_eq!(
+        store.claim_visits(after, rules).await.unwrap(),
+        vec![Claimed::Note, Claimed::Repeat, Claimed::OverLinkCap],
+        "after a reopen, link 1 is forgotten; link 2's mark and count are kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

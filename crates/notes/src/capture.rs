@@ -325,7 +325,7 @@ mod tests {
     const FIREFOX: &[u8] = b"Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0";
 
     fn screen() -> Arc<Screen> {
-        Arc::new(Screen::new(NoteKeys::new([1; 32], [2; 32]), Duration::from_secs(3600)))
+        Arc::new(Screen::new(NoteKeys::new([1; 32], [2; 32]), Duration::from_secs(3600), 5))
     }
 
     fn raw_click() -> RawClick {

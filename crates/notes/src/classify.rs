@@ -25,12 +25,15 @@ pub enum NotVisit {
     Scanner,
     /// A search engine, crawler or HTTP library.
     Crawler,
+    /// A visit beyond its link's cap of notes within the window: a link is one contact's,
+    /// so this is a flood (one address posing as many clients) or a mail forwarded widely.
+    OverLinkCap,
 }
 
 impl NotVisit {
     /// Every kind, for counters.
-    pub const ALL: [NotVisit; 6] =
-        [Self::Head, Self::Prefetch, Self::NoUserAgent, Self::Preview, Self::Scanner, Self::Crawler];
+    pub const ALL: [NotVisit; 7] =
+        [Self::Head, Self::Prefetch, Self::NoUserAgent, Self::Preview, Self::Scanner, Self::Crawler, Self::OverLinkCap];
 
     /// A stable lowercase name, for metrics and logs.
     pub fn name(self) -> &'static str {
@@ -41,6 +44,7 @@ impl NotVisit {
             Self::Preview => "preview",
             Self::Scanner => "scanner",
             Self::Crawler => "crawler",
+            Self::OverLinkCap => "link_cap",
         }
     }
 }

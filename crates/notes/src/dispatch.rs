@@ -14,11 +14,12 @@ use shortlinks_core::model::{Click, Note};
 use shortlinks_core::store::decode;
 
 use shortlinks_core::model::VisitMark;
-use shortlinks_core::store::{RecordQueues, VisitClaim, CLICK_QUEUE};
+use shortlinks_core::store::{Claimed, RecordQueues, VisitClaim, CLICK_QUEUE};
 use shortlinks_core::Timestamp;
 use shortlinks_core::{AccountId, Error, LinkCache, Store};
 use tokio::sync::{watch, Notify};
 
+use crate::classify::NotVisit;
 use crate::note::NoteKeys;
 use crate::screen::Screen;
 use crate::stats::Stats;
@@ -146,28 +147,34 @@ impl<S: Store> Dispatcher<S> {
                 continue;
             };
             let note_id = self.screen.keys.note_id(click, &key);
-            claims.push(VisitClaim { key, at: click.at, note_id });
+            claims.push(VisitClaim { link: self.screen.keys.link_key(click), key, at: click.at, note_id });
             candidates.push((note_id, click, link));
         }
         // Nothing to claim is the usual case under a flood of repeats: no store round trip.
         let claimed = match claims.is_empty() {
             true => Vec::new(),
-            false => self.store.claim_visits(claims.clone(), window_ms).await?,
+            false => self.store.claim_visits(claims.clone(), self.screen.rules).await?,
         };
-        for (claim, yes) in claims.iter().zip(&claimed) {
-            if *yes {
-                self.screen.recent.remember(claim.key, VisitMark { at: claim.at, note_id: claim.note_id }, window_ms);
+        for (claim, answer) in claims.iter().zip(&claimed) {
+            match answer {
+                Claimed::Note => self.screen.recent.remember(
+                    claim.key,
+                    VisitMark { at: claim.at, note_id: claim.note_id },
+                    window_ms,
+                ),
+                Claimed::Repeat => {
+                    self.stats.duplicate_visits.fetch_add(1, Relaxed);
+                }
+                Claimed::OverLinkCap => self.stats.not_visit(NotVisit::OverLinkCap),
             }
         }
-        let visits = candidates.len();
         // Only visits that become notes pay for building one.
         let notes: Vec<Note> = candidates
             .into_iter()
             .zip(claimed)
-            .filter(|(_, yes)| *yes)
+            .filter(|(_, answer)| *answer == Claimed::Note)
             .map(|((id, click, link), _)| NoteKeys::note(id, click, &link))
             .collect();
-        self.stats.duplicate_visits.fetch_add((visits - notes.len()) as u64, Relaxed);
         if !notes.is_empty() {
             self.store.append_notes(notes.clone()).await?;
             for route in &self.routes {
@@ -200,7 +207,7 @@ mod tests {
         Dispatcher {
             store,
             links: LinkCache::new(100),
-            screen: Arc::new(Screen::new(NoteKeys::new([1; 32], [2; 32]), Duration::from_secs(3600))),
+            screen: Arc::new(Screen::new(NoteKeys::new([1; 32], [2; 32]), Duration::from_secs(3600), 5)),
             routes: Vec::new(),
             stats: Arc::new(Stats::default()),
             wake: Arc::new(Notify::new()),

@@ -66,6 +66,14 @@ impl NoteKeys {
         key
     }
 
+    /// Which link a click is on, for the ledger's count of notes per link. Keyed like the
+    /// visit key; its input, the code alone, never equals a visit key's, which holds two NULs.
+    pub fn link_key(&self, click: &Click) -> [u8; 16] {
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&blake3::keyed_hash(&self.visit, click.code.as_bytes()).as_bytes()[..16]);
+        key
+    }
+
     /// The id of the note a visit becomes. It depends only on the click (its client, time and
     /// nonce), so that a redelivered click yields the same note and two clicks never do;
     /// 53 bits, so that JavaScript reads it exactly.

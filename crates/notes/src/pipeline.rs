@@ -23,6 +23,9 @@ pub struct PipelineConfig {
     pub queue_capacity: usize,
     /// Repeat visits by one client to one link within this window make one note.
     pub dedup_window: Duration,
+    /// At most this many notes per link within the dedup window (0: no cap). A link is
+    /// one contact's: a forwarded mail may add a few visitors, a flood never fifty.
+    pub notes_per_link: u32,
     /// Backoff between a sink's attempts.
     pub retry: RetryPolicy,
 }
@@ -33,6 +36,7 @@ impl Default for PipelineConfig {
             durability: Durability::default(),
             queue_capacity: 8192,
             dedup_window: Duration::from_secs(3600),
+            notes_per_link: 5,
             retry: RetryPolicy::default(),
         }
     }
@@ -79,7 +83,7 @@ impl<S: Store + Clone> PipelineBuilder<S> {
     /// Starts the writer and the dispatcher.
     pub fn start(self) -> Pipeline {
         let wake = Arc::new(Notify::new());
-        let screen = Arc::new(Screen::new(self.keys, self.config.dedup_window));
+        let screen = Arc::new(Screen::new(self.keys, self.config.dedup_window, self.config.notes_per_link));
         let (recorder, writer) = capture::channel(
             self.store.clone(),
             self.config.durability,

@@ -14,7 +14,6 @@
 
 use parking_lot::Mutex;
 use shortlinks_core::model::VisitMark;
-use shortlinks_core::store::visit_claims;
 use shortlinks_core::Timestamp;
 
 /// The marks, behind a lock that the writer and the dispatcher take, each briefly.
@@ -38,7 +37,7 @@ impl RecentMarks {
     }
 
     /// Whether a remembered mark makes this visit a repeat: the store's rule
-    /// ([`visit_claims`]), asking for the note id only when it can matter. A redelivered
+    /// ([`decide_visit`](shortlinks_core::store::decide_visit)), asking for the note id only when it can matter. A redelivered
     /// click has its mark's very time, so a mark from another millisecond within the window
     /// settles it (unless two visits' 53-bit note ids collide, where this calls the later
     /// one a repeat and the store would not).
@@ -50,10 +49,7 @@ impl RecentMarks {
         window_ms: u64,
     ) -> bool {
         let Some(mark) = self.table.lock().get(key) else { return false };
-        if mark.at != at {
-            return at.0 < mark.at.0.saturating_add(window_ms);
-        }
-        !visit_claims(Some(mark), at, note_id(), window_ms)
+        at.0 < mark.at.0.saturating_add(window_ms) && (mark.at != at || mark.note_id != note_id())
     }
 
     /// Remembers the mark a visit set.

@@ -18,6 +18,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use shortlinks_core::model::Click;
+use shortlinks_core::store::VisitRules;
 
 use crate::classify::{Classifier, NotVisit};
 use crate::note::NoteKeys;
@@ -31,6 +32,8 @@ pub(crate) struct Screen {
     pub(crate) keys: NoteKeys,
     /// The dedup window, in milliseconds.
     pub(crate) window_ms: u64,
+    /// What the store's ledger is asked to apply: the window and the cap per link.
+    pub(crate) rules: VisitRules,
 }
 
 /// What screening found.
@@ -61,12 +64,14 @@ impl Verdict {
 
 impl Screen {
     /// A screen with its own empty caches.
-    pub(crate) fn new(keys: NoteKeys, window: std::time::Duration) -> Self {
+    pub(crate) fn new(keys: NoteKeys, window: std::time::Duration, notes_per_link: u32) -> Self {
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
         Self {
             classifier: Classifier::default(),
             recent: RecentMarks::default(),
             keys,
-            window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+            window_ms,
+            rules: VisitRules { window_ms, notes_per_link },
         }
     }
 
@@ -101,7 +106,7 @@ mod tests {
 
     #[test]
     fn a_bot_is_not_a_visit_a_remembered_visit_is_a_repeat_and_the_rest_may_be_new() {
-        let screen = Screen::new(NoteKeys::new([1; 32], [2; 32]), HOUR);
+        let screen = Screen::new(NoteKeys::new([1; 32], [2; 32]), HOUR, 5);
         let bot = Click { user_agent: Some("curl/8.5.0".into()), ..visit(1_000) };
         assert!(matches!(screen.judge(&bot), Verdict::NotVisit(_)));
 

@@ -57,15 +57,21 @@ impl Keys {
         format!("{}:tokens", self.prefix)
     }
 
-    /// The mark of one visit key.
-    pub(crate) fn visit(&self, key: &[u8; 16]) -> String {
-        use std::fmt::Write;
-        let mut out = format!("{}:visit:", self.prefix);
-        for b in key {
-            let _ = write!(out, "{b:02x}");
-        }
-        out
+    /// The mark of one visit key and the recent notes of its link, under the link's hash
+    /// tag: one claim updates both.
+    pub(crate) fn visit(&self, link: &[u8; 16], key: &[u8; 16]) -> (String, String) {
+        let tag = hex(link);
+        (format!("{}:visit:{{{tag}}}:{}", self.prefix, hex(key)), format!("{}:link-notes:{{{tag}}}", self.prefix))
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 /// A sorted-set member whose byte order is numeric order (members all score 0).

@@ -5,27 +5,43 @@ use std::collections::HashMap;
 use futures_util::future::try_join_all;
 use shortlinks_core::model::{EntityRef, Note};
 use shortlinks_core::store::{decode, encode};
-use shortlinks_core::store::{NotesJournal, NotesQuery, VisitClaim, VisitLedger};
+use shortlinks_core::store::{Claimed, NotesJournal, NotesQuery, VisitClaim, VisitLedger, VisitRules};
 use shortlinks_core::{Error, Timestamp};
 
 use crate::connection::store_error;
 use crate::keys::ordered_id;
 use crate::store::RedisStore;
 
-/// Claims one visit: the same decision as `shortlinks_core::store::visit_claims`, made
-/// atomically next to the mark. The mark expires once it can no longer matter.
+/// Claims one visit: the same decision as `shortlinks_core::store::decide_visit`, made
+/// atomically next to the mark and the link's count (one hash tag, so one slot). Both
+/// expire once they can no longer matter. Answers 1 for a note, 0 for a repeat, 2 for a
+/// link over its cap.
 ///
-/// KEYS[1] the mark; ARGV: at (ms), note id, window (ms), time to live (ms).
+/// KEYS[1] the mark, KEYS[2] the link's notes (a sorted set of note ids by time);
+/// ARGV: at (ms), note id, window (ms), time to live (ms), notes per link (0: no cap), and
+/// at minus window (from Rust: Lua would print a large number in exponent form).
 /// Note ids are compared as strings: Lua numbers would round them.
 const CLAIM_VISIT: &str = r"
+local at, window = tonumber(ARGV[1]), tonumber(ARGV[3])
 local mark = redis.call('GET', KEYS[1])
 if mark then
   local sep = string.find(mark, ':', 1, true)
-  local at = tonumber(string.sub(mark, 1, sep - 1))
-  local id = string.sub(mark, sep + 1)
-  if id ~= ARGV[2] and tonumber(ARGV[1]) < at + tonumber(ARGV[3]) then
+  local marked = tonumber(string.sub(mark, 1, sep - 1))
+  if string.sub(mark, sep + 1) == ARGV[2] then
+    return 1
+  end
+  if at < marked + window then
     return 0
   end
+end
+local cap = tonumber(ARGV[5])
+if cap > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[6])
+  if redis.call('ZCARD', KEYS[2]) >= cap then
+    return 2
+  end
+  redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
 end
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'PX', ARGV[4])
 return 1
@@ -131,14 +147,14 @@ impl NotesJournal for RedisStore {
 }
 
 impl VisitLedger for RedisStore {
-    async fn claim_visits(&self, claims: Vec<VisitClaim>, window_ms: u64) -> Result<Vec<bool>, Error> {
+    async fn claim_visits(&self, claims: Vec<VisitClaim>, rules: VisitRules) -> Result<Vec<Claimed>, Error> {
         let script = redis::Script::new(CLAIM_VISIT);
         // A mark outlives its window by a minute: clicks reach the dispatcher a little late.
-        let ttl_ms = window_ms.saturating_add(60_000).min(i64::MAX as u64);
-        // Claims of one key run in batch order, one after another; different keys at once.
+        let ttl_ms = rules.window_ms.saturating_add(60_000).min(i64::MAX as u64);
+        // Claims of one link run in batch order, one after another; different links at once.
         let mut chains: HashMap<[u8; 16], Vec<usize>> = HashMap::new();
         for (i, claim) in claims.iter().enumerate() {
-            chains.entry(claim.key).or_default().push(i);
+            chains.entry(claim.link).or_default().push(i);
         }
         let calls = chains.into_values().map(|chain| {
             let (script, claims) = (&script, &claims);
@@ -146,23 +162,32 @@ impl VisitLedger for RedisStore {
                 let mut answers = Vec::with_capacity(chain.len());
                 for i in chain {
                     let claim = &claims[i];
-                    let yes: i64 = script
-                        .key(self.keys.visit(&claim.key))
+                    let (mark, link_notes) = self.keys.visit(&claim.link, &claim.key);
+                    let answer: i64 = script
+                        .key(mark)
+                        .key(link_notes)
                         .arg(claim.at.0)
                         .arg(claim.note_id.to_string())
-                        .arg(window_ms)
+                        .arg(rules.window_ms)
                         .arg(ttl_ms)
+                        .arg(rules.notes_per_link)
+                        .arg(i128::from(claim.at.0) - i128::from(rules.window_ms))
                         .invoke_async(&mut self.connection())
                         .await
                         .map_err(store_error)?;
-                    answers.push((i, yes == 1));
+                    let claimed = match answer {
+                        1 => Claimed::Note,
+                        0 => Claimed::Repeat,
+                        _ => Claimed::OverLinkCap,
+                    };
+                    answers.push((i, claimed));
                 }
                 Ok::<_, Error>(answers)
             }
         });
-        let mut claimed = vec![false; claims.len()];
-        for (i, yes) in try_join_all(calls).await?.into_iter().flatten() {
-            claimed[i] = yes;
+        let mut claimed = vec![Claimed::Repeat; claims.len()];
+        for (i, answer) in try_join_all(calls).await?.into_iter().flatten() {
+            claimed[i] = answer;
         }
         Ok(claimed)
     }

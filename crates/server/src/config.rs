@@ -98,6 +98,10 @@ pub struct SettingsLayer {
     /// Repeat visits by one client within this many seconds make one note (default 3600).
     #[arg(long, env = "SHORTLINKS_DEDUP_WINDOW_SECS")]
     pub dedup_window_secs: Option<u64>,
+    /// At most this many notes per link within the dedup window (default 5; 0: no cap).
+    /// Visits beyond it are counted on `/metrics` (reason `link_cap`) and make no note.
+    #[arg(long, env = "SHORTLINKS_NOTES_PER_LINK")]
+    pub notes_per_link: Option<u32>,
     /// `api` (default: one line per API request) or `all` (redirects too).
     #[arg(long, env = "SHORTLINKS_ACCESS_LOG", value_enum)]
     pub access_log: Option<AccessLog>,
@@ -214,6 +218,7 @@ impl SettingsLayer {
             durability,
             commit_window_ms,
             dedup_window_secs,
+            notes_per_link,
             access_log,
             client_ip_header,
             webhook_url,
@@ -422,6 +427,7 @@ impl SettingsLayer {
                 pipeline.dedup_window,
                 "dedup_window_secs",
             )?,
+            notes_per_link: self.notes_per_link.unwrap_or(pipeline.notes_per_link),
             client_ip_header,
             webhook,
             amocrm,
@@ -497,6 +503,8 @@ pub struct ClickSettings {
     pub durability: Durability,
     /// The deduplication window.
     pub dedup_window: Duration,
+    /// The cap on notes per link within the window (0: none).
+    pub notes_per_link: u32,
     /// The trusted proxy's client-address header, if any.
     pub client_ip_header: Option<HeaderName>,
     /// The webhook sink, if configured.
@@ -733,6 +741,7 @@ mod tests {
         let s = SettingsLayer::default().resolve().unwrap().clicks;
         assert_eq!(s.durability, Durability::Group { window: Duration::from_millis(10) });
         assert_eq!(s.dedup_window, Duration::from_secs(3600));
+        assert_eq!(s.notes_per_link, 5);
         assert!(s.client_ip_header.is_none() && s.webhook.is_none() && s.amocrm.is_none());
         let s = SettingsLayer {
             durability: Some(DurabilityKind::Sync),

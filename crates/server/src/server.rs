@@ -105,6 +105,7 @@ async fn assemble<S: Store + Clone>(
         pipeline: PipelineConfig {
             durability: clicks.durability,
             dedup_window: clicks.dedup_window,
+            notes_per_link: clicks.notes_per_link,
             retry: RetryPolicy { max: clicks.sink_retry_max, ..RetryPolicy::default() },
             ..PipelineConfig::default()
         },

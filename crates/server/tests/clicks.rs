@@ -156,6 +156,26 @@ async fn repeat_visits_within_the_window_make_one_note() {
     assert_eq!(metric(server.addr, "shortlinks_visits_deduplicated_total").await, 1);
 }
 
+/// One address posing as fifty clients (fifty User-Agents) on one link: the default cap
+/// of five notes per link per window holds, the rest are counted under their own reason,
+/// and the contact's other link is not held back by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_clients_on_one_link_makes_at_most_five_notes() {
+    let server = TestServer::start().await;
+    let codes = links(&server, &[("https://flooded.example/", 8), ("https://other.example/", 8)]).await;
+    for n in 0..50 {
+        let agent = format!("{BROWSER} Flood/{n}");
+        assert_eq!(click(server.addr, &codes[0], &[("user-agent", &agent)]).await.status, 302);
+    }
+    click(server.addr, &codes[1], &[("user-agent", BROWSER)]).await;
+    until_settled(server.addr, 51).await;
+    let notes = all_notes(server.addr, &server.token, "/api/v4/contacts/8/notes").await;
+    let on = |url: &str| notes.iter().filter(|n| n["params"]["url"].as_str().is_some_and(|u| u.contains(url))).count();
+    assert_eq!((on("flooded.example"), on("other.example")), (5, 1), "{notes:?}");
+    assert_eq!(metric(server.addr, "shortlinks_not_visits_total{reason=\"link_cap\"}").await, 45);
+    assert_eq!(metric(server.addr, "shortlinks_notes_written_total").await, 6);
+}
+
 /// Once a visit is claimed, its repeats are settled by the writer's screen: counted, never
 /// written to the outbox nor read back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,7 +226,12 @@ async fn notes_are_isolated_by_account_and_scoped_by_contact_rights() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paging_follows_next_links() {
-    let layer = SettingsLayer { client_ip_header: Some("X-Forwarded-For".into()), ..Default::default() };
+    // Seven visitors on one link: with no cap per link (0), each makes its note.
+    let layer = SettingsLayer {
+        client_ip_header: Some("X-Forwarded-For".into()),
+        notes_per_link: Some(0),
+        ..Default::default()
+    };
     let server = TestServer::start_with(layer).await;
     let code = links(&server, &[("https://a.example/", 1)]).await.remove(0);
     for i in 0..7 {

@@ -14,7 +14,9 @@ use common::{all_notes, code_of, item, try_metric, try_send, Process, BROWSER};
 use hyper::Method;
 use serde_json::json;
 
-const IP_HEADER: [&str; 2] = ["--client-ip-header", "X-Forwarded-For"];
+/// Each click from an address of its own is a visitor of its own, and each makes its note:
+/// these tests count notes against clicks on one link, so the cap per link is off.
+const VISITORS: [&str; 4] = ["--client-ip-header", "X-Forwarded-For", "--notes-per-link", "0"];
 
 /// Clicks one after another, each from a new address (so none is deduplicated), until the
 /// server stops answering. Returns when each acknowledged click (a 302) was answered.
@@ -59,7 +61,7 @@ async fn server_with_link(dir: &Path, extra: &[&str]) -> (Process, String, Strin
 
 /// Restarts on the same directory and counts notes once the dispatcher has caught up.
 async fn notes_after_restart(dir: &Path, token: &str, at_least: usize) -> usize {
-    let server = Process::serve(dir, &IP_HEADER, &[]).await;
+    let server = Process::serve(dir, &VISITORS, &[]).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mut count, mut stable_since) = (usize::MAX, Instant::now());
     loop {
@@ -81,7 +83,7 @@ async fn notes_after_restart(dir: &Path, token: &str, at_least: usize) -> usize 
 async fn kill_9_in_sync_mode_loses_no_acknowledged_click() {
     let dir = common::private_tempdir();
     let (server, token, code) =
-        server_with_link(dir.path(), &["--durability", "sync", IP_HEADER[0], IP_HEADER[1]]).await;
+        server_with_link(dir.path(), &[&["--durability", "sync"][..], &VISITORS].concat()).await;
     let (acked, clicker) = start_clicking(server.addr, code);
     tokio::time::sleep(Duration::from_millis(600)).await;
     server.kill9().await;
@@ -98,7 +100,7 @@ async fn kill_9_in_sync_mode_loses_no_acknowledged_click() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_in_group_mode_loses_only_clicks_not_yet_flushed() {
     let dir = common::private_tempdir();
-    let (server, token, code) = server_with_link(dir.path(), &IP_HEADER).await;
+    let (server, token, code) = server_with_link(dir.path(), &VISITORS).await;
     let (readings, watcher) = watch_persisted(server.addr);
     let (acked, clicker) = start_clicking(server.addr, code);
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -132,7 +134,7 @@ async fn kill_9_in_group_mode_loses_only_clicks_not_yet_flushed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_in_group_mode_loses_nothing() {
     let dir = common::private_tempdir();
-    let (server, token, code) = server_with_link(dir.path(), &IP_HEADER).await;
+    let (server, token, code) = server_with_link(dir.path(), &VISITORS).await;
     let (acked, clicker) = start_clicking(server.addr, code);
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(server.terminate().await, 0);

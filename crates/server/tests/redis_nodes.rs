@@ -25,6 +25,8 @@ async fn node(dir: &Path, storage: (&str, &str), prefix: &str) -> Process {
         ("SHORTLINKS_REDIS_CLAIM_AFTER_MS", "1500"),
         ("SHORTLINKS_DURABILITY", "sync"),
         ("SHORTLINKS_CLIENT_IP_HEADER", "X-Forwarded-For"),
+        // Many visitors of one link, each to make its note.
+        ("SHORTLINKS_NOTES_PER_LINK", "0"),
     ];
     Process::serve(dir, &[], &env).await
 }
@@ -208,6 +210,8 @@ async fn group_mode_holds_clicks_while_redis_hangs_and_refuses_when_full() {
         ("SHORTLINKS_REDIS_KEY_PREFIX", "held"),
         ("SHORTLINKS_DURABILITY", "group"),
         ("SHORTLINKS_CLIENT_IP_HEADER", "X-Forwarded-For"),
+        // Many visitors of one link, each to make its note.
+        ("SHORTLINKS_NOTES_PER_LINK", "0"),
     ];
     let server = Process::serve(dir.path(), &[], &env).await;
     let token = common::first_token(dir.path());

@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::{InsertOutcome, NotesQuery, Rate, RecordQueues, Store, VisitClaim, CLICK_QUEUE};
+use super::{Claimed, InsertOutcome, NotesQuery, Rate, RecordQueues, Store, VisitClaim, VisitRules, CLICK_QUEUE};
 use crate::code::{InstallationSecret, ShortCode};
 use crate::model::{
     AccountId, ApiToken, Click, ClickMethod, ContactScope, EntityRef, EntityType, EntryId, Link, Note, NoteBody,
@@ -30,6 +30,7 @@ pub async fn run<S: CrashFaults>(store: &S) {
     queues(store).await;
     notes_journal(store).await;
     visit_ledger(store).await;
+    link_cap(store).await;
     tokens(store).await;
     installation_secret(store).await;
     rate_limits(store).await;
@@ -245,41 +246,81 @@ async fn rate_limits<S: Store>(store: &S) {
     assert!(store.take("api:b", slow).await.expect("take").is_some());
 }
 
-async fn visit_ledger<S: Store>(store: &S) {
-    let (key, other_key) = ([1; 16], [2; 16]);
-    let hour = 3_600_000;
-    let claim = |key, at, note_id| VisitClaim { key, at: Timestamp(at), note_id };
-    let claims = vec![
-        claim(key, 1_000, 11),            // a first visit is a note
-        claim(key, 2_000, 12),            // a repeat within the window is not
-        claim(key, 1_000, 11),            // a redelivery of the note is
-        claim(other_key, 2_000, 13),      // keys are independent
-        claim(key, 1_000 + hour - 1, 14), // still within the window
-    ];
-    let got = store.claim_visits(claims, hour).await.expect("claim");
-    assert_eq!(got, vec![true, false, true, true, false]);
-    let later = vec![claim(key, 1_000 + hour, 15), claim(key, 1_000 + hour + 5, 16)];
-    let got = store.claim_visits(later, hour).await.expect("claim");
-    assert_eq!(got, vec![true, false], "after the window a new note, and the window restarts from it");
-    assert!(store.claim_visits(Vec::new(), hour).await.expect("claim").is_empty());
+const HOUR: u64 = 3_600_000;
+/// The dedup window alone, no cap.
+const UNCAPPED: VisitRules = VisitRules { window_ms: HOUR, notes_per_link: 0 };
 
-    // Whatever a backend forgets, marks made at or after the time given stay: `key`'s mark
-    // is at 1_000 + hour.
-    store.forget_visits(Timestamp(1_000 + hour)).await.expect("forget");
-    let got = store.claim_visits(vec![claim(key, 1_000 + hour + 9, 17)], hour).await.expect("claim");
-    assert_eq!(got, vec![false], "a mark made at the sweep's time was forgotten");
+/// A claim on link `link` by client `client`.
+fn claim(link: u8, client: u8, at: u64, note_id: u64) -> VisitClaim {
+    let mut key = [client; 16];
+    key[0] = link;
+    VisitClaim { link: [link; 16], key, at: Timestamp(at), note_id }
+}
+
+async fn visit_ledger<S: Store>(store: &S) {
+    use Claimed::{Note, Repeat};
+    let claims = vec![
+        claim(1, 1, 1_000, 11),            // a first visit is a note
+        claim(1, 1, 2_000, 12),            // a repeat within the window is not
+        claim(1, 1, 1_000, 11),            // a redelivery of the note is
+        claim(1, 2, 2_000, 13),            // keys are independent
+        claim(1, 1, 1_000 + HOUR - 1, 14), // still within the window
+    ];
+    let got = store.claim_visits(claims, UNCAPPED).await.expect("claim");
+    assert_eq!(got, vec![Note, Repeat, Note, Note, Repeat]);
+    let later = vec![claim(1, 1, 1_000 + HOUR, 15), claim(1, 1, 1_000 + HOUR + 5, 16)];
+    let got = store.claim_visits(later, UNCAPPED).await.expect("claim");
+    assert_eq!(got, vec![Note, Repeat], "after the window a new note, and the window restarts from it");
+    assert!(store.claim_visits(Vec::new(), UNCAPPED).await.expect("claim").is_empty());
+
+    // Whatever a backend forgets, marks made at or after the time given stay: the mark of
+    // link 1's client 1 is at 1_000 + HOUR.
+    store.forget_visits(Timestamp(1_000 + HOUR)).await.expect("forget");
+    let got = store.claim_visits(vec![claim(1, 1, 1_000 + HOUR + 9, 17)], UNCAPPED).await.expect("claim");
+    assert_eq!(got, vec![Repeat], "a mark made at the sweep's time was forgotten");
+}
+
+async fn link_cap<S: Store>(store: &S) {
+    use Claimed::{Note, OverLinkCap, Repeat};
+    let rules = VisitRules { window_ms: HOUR, notes_per_link: 3 };
+    // Link 7: five clients within the window; the cap of three holds, and a refused
+    // visit sets no mark and takes no place.
+    let claims: Vec<_> =
+        (1..=5).map(|client| claim(7, client, 1_000 * u64::from(client), 70 + u64::from(client))).collect();
+    let got = store.claim_visits(claims, rules).await.expect("claim");
+    assert_eq!(got, vec![Note, Note, Note, OverLinkCap, OverLinkCap]);
+    let again = vec![
+        claim(7, 1, 6_000, 81), // a repeat stays a repeat, the cap aside
+        claim(7, 2, 2_000, 72), // a redelivered note stays a note, and is not counted twice
+        claim(8, 1, 6_000, 82), // links are independent
+        claim(7, 6, 7_000, 83),
+    ];
+    assert_eq!(store.claim_visits(again, rules).await.expect("claim"), vec![Repeat, Note, Note, OverLinkCap]);
+    // Once the first note's window has passed, one place is free again; and with no cap,
+    // the link takes every new client.
+    let after = vec![claim(7, 4, 1_000 + HOUR, 91), claim(7, 5, 1_000 + HOUR, 92)];
+    assert_eq!(store.claim_visits(after, rules).await.expect("claim"), vec![Note, OverLinkCap]);
+    assert_eq!(store.claim_visits(vec![claim(7, 5, 1_000 + HOUR, 92)], UNCAPPED).await.expect("claim"), vec![Note]);
 }
 
 /// For backends that sweep their ledger themselves (not [`run`]'s part: Redis marks expire
-/// by TTL instead): marks made before the time given are forgotten, the rest stay.
+/// by TTL instead): marks made before the time given are forgotten, the rest stay; so do
+/// link counts.
 pub async fn forgets_visits_before<S: Store>(store: &S) {
-    let hour = 3_600_000;
-    let claim = |key: u8, at: u64| VisitClaim { key: [key; 16], at: Timestamp(at), note_id: at + u64::from(key) };
-    let first = vec![claim(1, 1_000), claim(2, 2_000), claim(3, 3_000)];
-    assert_eq!(store.claim_visits(first, hour).await.expect("claim"), vec![true; 3]);
+    use Claimed::{Note, OverLinkCap, Repeat};
+    let first = vec![claim(1, 1, 1_000, 11), claim(2, 2, 2_000, 22), claim(3, 3, 3_000, 33)];
+    assert_eq!(store.claim_visits(first, UNCAPPED).await.expect("claim"), vec![Note; 3]);
     assert_eq!(store.forget_visits(Timestamp(2_001)).await.expect("forget"), 2);
     assert_eq!(store.forget_visits(Timestamp(2_001)).await.expect("forget"), 0, "nothing left to forget");
     // Forgotten marks no longer hold repeats back; the kept one does.
-    let repeats = vec![claim(1, 4_000), claim(2, 4_000), claim(3, 4_000)];
-    assert_eq!(store.claim_visits(repeats, hour).await.expect("claim"), vec![true, true, false]);
+    let repeats = vec![claim(1, 1, 4_000, 14), claim(2, 2, 4_000, 24), claim(3, 3, 4_000, 34)];
+    assert_eq!(store.claim_visits(repeats, UNCAPPED).await.expect("claim"), vec![Note, Note, Repeat]);
+
+    // A link's count is swept with its notes' times, and only then.
+    let one = VisitRules { window_ms: HOUR, notes_per_link: 1 };
+    assert_eq!(store.claim_visits(vec![claim(5, 1, 10_000, 51)], one).await.expect("claim"), vec![Note]);
+    store.forget_visits(Timestamp(10_000)).await.expect("forget");
+    assert_eq!(store.claim_visits(vec![claim(5, 2, 11_000, 52)], one).await.expect("claim"), vec![OverLinkCap]);
+    store.forget_visits(Timestamp(10_001)).await.expect("forget");
+    assert_eq!(store.claim_visits(vec![claim(5, 3, 12_000, 53)], one).await.expect("claim"), vec![Note]);
 }

@@ -7,8 +7,8 @@ use parking_lot::{Mutex, RwLock};
 
 use super::rate::LocalRates;
 use super::{
-    check_queue_name, keys, visit_claims, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Queues, Rate,
-    RateLimiter, SecretStore, Store, TokenStore, VisitClaim, VisitLedger,
+    check_queue_name, decide_visit, keys, Claimed, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Queues, Rate,
+    RateLimiter, SecretStore, Store, TokenStore, VisitClaim, VisitLedger, VisitRules,
 };
 use crate::code::{InstallationSecret, ShortCode};
 use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, Timestamp, VisitMark};
@@ -34,6 +34,8 @@ struct Rest {
     next_entry: u128,
     queues: BTreeMap<(String, EntryId), Vec<u8>>,
     visits: HashMap<[u8; 16], VisitMark>,
+    /// Times of each link's recent notes.
+    link_notes: HashMap<[u8; 16], Vec<u64>>,
     notes: BTreeMap<[u8; 33], Note>,
     tokens: BTreeMap<String, ApiToken>,
     secret: Option<InstallationSecret>,
@@ -120,13 +122,19 @@ impl Queues for MemoryStore {
 }
 
 impl VisitLedger for MemoryStore {
-    async fn claim_visits(&self, claims: Vec<VisitClaim>, window_ms: u64) -> Result<Vec<bool>, Error> {
-        let mut rest = self.rest.lock();
+    async fn claim_visits(&self, claims: Vec<VisitClaim>, rules: VisitRules) -> Result<Vec<Claimed>, Error> {
+        let mut guard = self.rest.lock();
+        let rest = &mut *guard;
         Ok(claims
             .into_iter()
             .map(|c| {
-                let claimed = visit_claims(rest.visits.get(&c.key).copied(), c.at, c.note_id, window_ms);
-                if claimed {
+                let mut uncounted = Vec::new();
+                let link_notes = match rules.notes_per_link {
+                    0 => &mut uncounted,
+                    _ => rest.link_notes.entry(c.link).or_default(),
+                };
+                let claimed = decide_visit(rest.visits.get(&c.key).copied(), link_notes, &c, rules);
+                if claimed == Claimed::Note {
                     rest.visits.insert(c.key, VisitMark { at: c.at, note_id: c.note_id });
                 }
                 claimed
@@ -135,10 +143,11 @@ impl VisitLedger for MemoryStore {
     }
 
     async fn forget_visits(&self, before: Timestamp) -> Result<u64, Error> {
-        let visits = &mut self.rest.lock().visits;
-        let had = visits.len();
-        visits.retain(|_, mark| mark.at >= before);
-        Ok((had - visits.len()) as u64)
+        let rest = &mut *self.rest.lock();
+        let had = rest.visits.len();
+        rest.visits.retain(|_, mark| mark.at >= before);
+        rest.link_notes.retain(|_, times| times.iter().any(|&t| t >= before.0));
+        Ok((had - rest.visits.len()) as u64)
     }
 }
 

@@ -163,6 +163,8 @@ pub trait TokenStore: Send + Sync + 'static {
 /// One visit that may become a note.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VisitClaim {
+    /// Names the link alone: notes are capped per link.
+    pub link: [u8; 16],
     /// Names the link and the client.
     pub key: [u8; 16],
     /// When the visit happened.
@@ -171,42 +173,81 @@ pub struct VisitClaim {
     pub note_id: u64,
 }
 
-/// Remembers which visits became notes, so that repeats within a window do not.
+/// How the ledger decides whether a visit becomes a note.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VisitRules {
+    /// Repeats of one visit key within this many milliseconds make no note.
+    pub window_ms: u64,
+    /// At most this many notes per link within the window (0: no cap). A link is made for
+    /// one contact: a forwarded mail may add a few visitors, a flood must not add fifty
+    /// notes.
+    pub notes_per_link: u32,
+}
+
+/// What the ledger made of a claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claimed {
+    /// The visit becomes its note (or already did: a redelivered click).
+    Note,
+    /// The same client visited within the window: no note.
+    Repeat,
+    /// The link already has its cap of notes within the window: no note.
+    OverLinkCap,
+}
+
+/// Remembers which visits became notes, so that repeats within a window do not, and how many
+/// notes each link made, so that a flood of "different" visitors does not either.
 ///
 /// Kept in the store, not in a process, so it survives restarts and is shared by nodes.
 pub trait VisitLedger: Send + Sync + 'static {
-    /// For each visit in order, whether it becomes its note.
+    /// For each visit in order, what it becomes, as [`decide_visit`] rules.
     ///
-    /// Yes if no visit of that key became a note within `window_ms` before it, and also if
-    /// the one that did is this very note (a redelivered click). On yes, the mark is updated
-    /// atomically, and later claims in the batch see it. Marks are made durable by the next
-    /// durable write (the notes themselves).
+    /// On [`Claimed::Note`] the visit key's mark and the link's count are updated
+    /// atomically, and later claims in the batch see them. Marks are made durable by the
+    /// next durable write (the notes themselves).
     fn claim_visits(
         &self,
         claims: Vec<VisitClaim>,
-        window_ms: u64,
-    ) -> impl Future<Output = Result<Vec<bool>, Error>> + Send;
+        rules: VisitRules,
+    ) -> impl Future<Output = Result<Vec<Claimed>, Error>> + Send;
 
-    /// Forgets marks of visits made before `before`; returns how many. A mark matters only
-    /// to visits within its window after it, so the dispatcher, once past that, sweeps it
-    /// away; otherwise the ledger would grow with every new visitor for ever. Marks made at
-    /// or after `before` are kept. Backends whose marks expire by themselves may forget
-    /// none here (Redis: a TTL on each mark).
+    /// Forgets marks and link counts of visits made before `before`; returns how many marks.
+    /// A mark matters only to visits within its window after it, so the dispatcher, once
+    /// past that, sweeps it away; otherwise the ledger would grow with every new visitor for
+    /// ever. Marks made at or after `before` are kept. Backends whose marks expire by
+    /// themselves may forget none here (Redis: a TTL on each key).
     fn forget_visits(&self, before: crate::Timestamp) -> impl Future<Output = Result<u64, Error>> + Send;
 }
 
-/// The decision [`VisitLedger::claim_visits`] makes, shared by every backend.
-pub fn visit_claims(
+/// The decision [`VisitLedger::claim_visits`] makes, shared by every backend: `previous` is
+/// the visit key's mark, `link_notes` the times of the link's notes (updated on a note).
+///
+/// A redelivered note stays a note; a repeat within the window of the key's mark is not;
+/// otherwise it is a note unless the link made `notes_per_link` notes within the window
+/// before it.
+pub fn decide_visit(
     previous: Option<crate::model::VisitMark>,
-    at: crate::Timestamp,
-    note_id: u64,
-    window_ms: u64,
-) -> bool {
-    match previous {
-        None => true,
-        Some(mark) if mark.note_id == note_id => true,
-        Some(mark) => at.0 >= mark.at.0.saturating_add(window_ms),
+    link_notes: &mut Vec<u64>,
+    claim: &VisitClaim,
+    rules: VisitRules,
+) -> Claimed {
+    let at = claim.at.0;
+    if let Some(mark) = previous {
+        if mark.note_id == claim.note_id {
+            return Claimed::Note;
+        }
+        if at < mark.at.0.saturating_add(rules.window_ms) {
+            return Claimed::Repeat;
+        }
     }
+    if rules.notes_per_link > 0 {
+        link_notes.retain(|&t| t.saturating_add(rules.window_ms) > at);
+        if link_notes.len() >= rules.notes_per_link as usize {
+            return Claimed::OverLinkCap;
+        }
+        link_notes.push(at);
+    }
+    Claimed::Note
 }
 
 /// Keeps the installation secret, which keys every code: the engine needs it beside links.

@@ -7,6 +7,7 @@
 //! | `by_entity` | account u64 ‖ type u8 ‖ entity u64 ‖ code bytes   | empty        |
 //! | `queue_heads` | queue name                                      | the head's position (16 bytes) |
 //! | `visits`    | 16-byte visit key (link, client)                  | `VisitMark`  |
+//! | `link_notes` | 16-byte link key                                 | times of the link's recent notes (`Vec<u64>`) |
 //! | `notes`     | account u64 ‖ type u8 ‖ entity u64 ‖ at u64 ‖ id u64 | `Note`    |
 //! | `tokens`    | token id                                          | `ApiToken`   |
 //! | default     | `installation_secret`                             | 32 raw bytes |
@@ -38,8 +39,8 @@ use super::link_log::LinkLog;
 use super::queue_log::{Position, QueueLog, SEGMENT_BYTES};
 use super::rate::LocalRates;
 use super::{
-    check_queue_name, keys, visit_claims, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Queues, Rate,
-    RateLimiter, SecretStore, Store, TokenStore, VisitClaim, VisitLedger,
+    check_queue_name, decide_visit, keys, Claimed, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Queues, Rate,
+    RateLimiter, SecretStore, Store, TokenStore, VisitClaim, VisitLedger, VisitRules,
 };
 use crate::code::{InstallationSecret, ShortCode};
 use crate::codec::{decode, encode};
@@ -57,6 +58,10 @@ pub struct SledStore {
     queue_heads: sled::Tree,
     queues: Arc<OpenQueues>,
     visits: sled::Tree,
+    link_notes: sled::Tree,
+    /// Claims move a visit's mark and its link's count together: one claim at a time
+    /// (one process owns a sled directory, so a process lock is enough).
+    claiming: Arc<Mutex<()>>,
     notes: sled::Tree,
     tokens: sled::Tree,
     /// sled's log file, opened again only to `fdatasync` it: see the module comment.
@@ -111,6 +116,8 @@ impl SledStore {
             queue_heads: db.open_tree("queue_heads").map_err(Error::storage)?,
             queues: Arc::new(OpenQueues { dir: dir.join("queues"), open: Mutex::default() }),
             visits: db.open_tree("visits").map_err(Error::storage)?,
+            link_notes: db.open_tree("link_notes").map_err(Error::storage)?,
+            claiming: Arc::default(),
             notes: db.open_tree("notes").map_err(Error::storage)?,
             tokens: db.open_tree("tokens").map_err(Error::storage)?,
             rates: Arc::default(),
@@ -223,27 +230,32 @@ impl Queues for SledStore {
 }
 
 impl VisitLedger for SledStore {
-    async fn claim_visits(&self, claims: Vec<VisitClaim>, window_ms: u64) -> Result<Vec<bool>, Error> {
+    async fn claim_visits(&self, claims: Vec<VisitClaim>, rules: VisitRules) -> Result<Vec<Claimed>, Error> {
         self.blocking(move |s| {
+            let _one_claim_at_a_time = s.claiming.lock();
+            let capped = rules.notes_per_link > 0;
             claims
                 .into_iter()
                 .map(|c| {
-                    let proposed = encode(&VisitMark { at: c.at, note_id: c.note_id })?;
-                    loop {
-                        let current = s.visits.get(c.key).map_err(Error::storage)?;
-                        let previous = current.as_deref().map(decode::<VisitMark>).transpose()?;
-                        if !visit_claims(previous, c.at, c.note_id, window_ms) {
-                            return Ok(false);
-                        }
-                        // Compare-and-swap, so that two dispatchers never both claim one window.
-                        if s.visits
-                            .compare_and_swap(c.key, current, Some(proposed.as_slice()))
-                            .map_err(Error::storage)?
-                            .is_ok()
-                        {
-                            return Ok(true);
+                    let previous = s.visits.get(c.key).map_err(Error::storage)?;
+                    let previous = previous.as_deref().map(decode::<VisitMark>).transpose()?;
+                    let mut link_notes = match capped {
+                        true => s.link_notes.get(c.link).map_err(Error::storage)?,
+                        false => None,
+                    }
+                    .as_deref()
+                    .map(decode::<Vec<u64>>)
+                    .transpose()?
+                    .unwrap_or_default();
+                    let claimed = decide_visit(previous, &mut link_notes, &c, rules);
+                    if claimed == Claimed::Note {
+                        let mark = encode(&VisitMark { at: c.at, note_id: c.note_id })?;
+                        s.visits.insert(c.key, mark).map_err(Error::storage)?;
+                        if capped {
+                            s.link_notes.insert(c.link, encode(&link_notes)?).map_err(Error::storage)?;
                         }
                     }
+                    Ok(claimed)
                 })
                 .collect()
         })
@@ -251,25 +263,30 @@ impl VisitLedger for SledStore {
     }
 
     async fn forget_visits(&self, before: Timestamp) -> Result<u64, Error> {
-        // One pass over the tree on a blocking thread: sweeps are minutes apart, and the
-        // tree holds about one window's visitors once they run.
+        // One pass over each tree on a blocking thread: sweeps are minutes apart, and the
+        // trees hold about one window's visitors and links once they run.
         self.blocking(move |s| {
-            let mut forgotten = 0;
-            for entry in s.visits.iter() {
-                let (key, bytes) = entry.map_err(Error::storage)?;
-                if decode::<VisitMark>(&bytes)?.at >= before {
-                    continue;
-                }
-                // Only if unchanged: a claim made meanwhile stays.
-                if s.visits.compare_and_swap(&key, Some(&bytes), None as Option<&[u8]>).map_err(Error::storage)?.is_ok()
-                {
-                    forgotten += 1;
-                }
-            }
+            let forgotten = forget_where(&s.visits, |bytes| Ok(decode::<VisitMark>(bytes)?.at < before))?;
+            forget_where(&s.link_notes, |bytes| Ok(decode::<Vec<u64>>(bytes)?.iter().all(|&t| t < before.0)))?;
             Ok(forgotten)
         })
         .await
     }
+}
+
+/// Removes the entries of `tree` that `stale` picks; returns how many. Only an unchanged
+/// entry goes: a claim made meanwhile stays.
+fn forget_where(tree: &sled::Tree, stale: impl Fn(&[u8]) -> Result<bool, Error>) -> Result<u64, Error> {
+    let mut forgotten = 0;
+    for entry in tree.iter() {
+        let (key, bytes) = entry.map_err(Error::storage)?;
+        if stale(&bytes)?
+            && tree.compare_and_swap(&key, Some(&bytes), None as Option<&[u8]>).map_err(Error::storage)?.is_ok()
+        {
+            forgotten += 1;
+        }
+    }
+    Ok(forgotten)
 }
 
 impl NotesJournal for SledStore {
