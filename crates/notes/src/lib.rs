@@ -24,6 +24,8 @@ pub mod pipeline;
 mod recent;
 mod screen;
 pub mod sink;
+#[cfg(any(test, feature = "testing"))]
+pub mod stand_in;
 pub mod stats;
 
 pub use capture::{ClickRecorder, Durability, NotRecorded, RawClick};

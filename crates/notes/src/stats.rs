@@ -42,6 +42,8 @@ pub struct SinkStats {
     pub failed_attempts: AtomicU64,
     /// Notes refused for good, moved to the sink's dead-letter queue.
     pub dead_lettered: AtomicU64,
+    /// Answers saying the receiver restricted our access (each a long pause).
+    pub restricted: AtomicU64,
 }
 
 impl Stats {
@@ -114,13 +116,18 @@ impl Stats {
             ("shortlinks_sink_delivered_total", "Notes a sink took."),
             ("shortlinks_sink_failed_attempts_total", "Failed delivery attempts, each retried."),
             ("shortlinks_sink_dead_lettered_total", "Notes a sink refused for good."),
+            (
+                "shortlinks_sink_restricted_total",
+                "Answers restricting the integration's access (each pauses the sink).",
+            ),
         ] {
             let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
             for (name, s) in sinks.iter() {
                 let value = match metric {
                     "shortlinks_sink_delivered_total" => s.delivered.load(Relaxed),
                     "shortlinks_sink_failed_attempts_total" => s.failed_attempts.load(Relaxed),
-                    _ => s.dead_lettered.load(Relaxed),
+                    "shortlinks_sink_dead_lettered_total" => s.dead_lettered.load(Relaxed),
+                    _ => s.restricted.load(Relaxed),
                 };
                 let _ = writeln!(out, "{metric}{{sink=\"{name}\"}} {value}");
             }

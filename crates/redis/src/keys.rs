@@ -52,6 +52,11 @@ impl Keys {
         format!("{}:rate:{key}", self.prefix)
     }
 
+    /// One credential (see `CredentialStore`).
+    pub(crate) fn credential(&self, name: &str) -> String {
+        format!("{}:credential:{name}", self.prefix)
+    }
+
     /// API tokens, one hash.
     pub(crate) fn tokens(&self) -> String {
         format!("{}:tokens", self.prefix)

@@ -8,8 +8,8 @@ use parking_lot::Mutex;
 use redis::aio::ConnectionManagerConfig;
 use redis::cluster::ClusterClient;
 use shortlinks_core::model::ApiToken;
-use shortlinks_core::store::TokenStore;
 use shortlinks_core::store::{decode, encode};
+use shortlinks_core::store::{CredentialStore, TokenStore};
 use shortlinks_core::{Error, InstallationSecret, SecretStore, Store};
 
 use crate::config::{RedisConfig, RedisTarget};
@@ -122,6 +122,37 @@ impl SecretStore for RedisStore {
         let bytes: [u8; 32] =
             stored.try_into().map_err(|_| Error::Corrupt(format!("{key} does not hold a 32-byte secret")))?;
         Ok(InstallationSecret::from_bytes(bytes))
+    }
+}
+
+/// Sets KEYS[1] to ARGV[2] if it holds ARGV[1] (ARGV[3] = "1"), or nothing (ARGV[3] = "0").
+const SWAP_CREDENTIAL: &str = r"
+local current = redis.call('GET', KEYS[1])
+if ARGV[3] == '1' then
+  if current ~= ARGV[1] then return 0 end
+elseif current then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+";
+
+impl CredentialStore for RedisStore {
+    async fn credential(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
+        self.query(redis::cmd("GET").arg(self.keys.credential(name))).await
+    }
+
+    /// As durable as Redis' own persistence makes any write (`appendfsync`).
+    async fn swap_credential(&self, name: &str, expected: Option<Vec<u8>>, new: Vec<u8>) -> Result<bool, Error> {
+        let swapped: i64 = redis::Script::new(SWAP_CREDENTIAL)
+            .key(self.keys.credential(name))
+            .arg(expected.as_deref().unwrap_or_default())
+            .arg(new)
+            .arg(if expected.is_some() { "1" } else { "0" })
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(store_error)?;
+        Ok(swapped == 1)
     }
 }
 

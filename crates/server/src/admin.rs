@@ -11,6 +11,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use shortlinks_core::{AccountId, ContactScope, ShortCode, SledStore, Store, Timestamp, UserId};
+use shortlinks_notes::sink::{store_pair, OAuthPair};
 use shortlinks_redis::RedisStore;
 
 use crate::config::StorageSettings;
@@ -54,6 +55,11 @@ pub enum AdminRequest {
         /// The code.
         code: String,
     },
+    /// Store amoCRM's OAuth token pair (from `amocrm connect`), replacing any.
+    AmoCrmTokens {
+        /// The pair.
+        pair: OAuthPair,
+    },
 }
 
 /// The answer to a command.
@@ -80,6 +86,8 @@ pub enum AdminReply {
         /// The link, as an operator sees it.
         link: Option<LinkInfo>,
     },
+    /// Done; nothing to show.
+    Done,
     /// The command failed.
     Failed {
         /// Why.
@@ -176,6 +184,10 @@ async fn run<S: Store>(store: &S, request: AdminRequest) -> Result<AdminReply, S
                 created_by: l.created_by.0,
             });
             AdminReply::Link { link }
+        }
+        AdminRequest::AmoCrmTokens { pair } => {
+            store_pair(store, &pair).await?;
+            AdminReply::Done
         }
     })
 }

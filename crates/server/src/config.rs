@@ -12,7 +12,7 @@ use hyper::header::HeaderName;
 use serde::Deserialize;
 use shortlinks_core::store::Rate;
 use shortlinks_core::{AccountId, CodeLength, LinkCache, SledStore};
-use shortlinks_notes::sink::HttpClient;
+use shortlinks_notes::sink::{AmoCrmAuth, AmoCrmConfig, AmoNoteType, HttpClient, OAuthApp};
 use shortlinks_notes::{Durability, PipelineConfig};
 use shortlinks_redis::{RedisConfig, RedisTarget};
 
@@ -139,6 +139,49 @@ pub struct SettingsLayer {
     /// Whose notes go to amoCRM: this shortlinks account id (default 1).
     #[arg(long, env = "SHORTLINKS_AMOCRM_ACCOUNT_ID")]
     pub amocrm_account_id: Option<u64>,
+    /// OAuth 2.0 instead of a token: the integration's id (with its secret and redirect URI;
+    /// `shortlinks amocrm connect` stores the first token pair).
+    #[arg(long, env = "SHORTLINKS_AMOCRM_CLIENT_ID")]
+    pub amocrm_client_id: Option<String>,
+    /// The integration's secret key. Prefer `amocrm_client_secret_file`.
+    #[arg(long, env = "SHORTLINKS_AMOCRM_CLIENT_SECRET", hide_env_values = true)]
+    pub amocrm_client_secret: Option<String>,
+    /// A file holding the integration's secret key.
+    #[arg(long, env = "SHORTLINKS_AMOCRM_CLIENT_SECRET_FILE")]
+    pub amocrm_client_secret_file: Option<PathBuf>,
+    /// The redirect URI registered with the integration.
+    #[arg(long, env = "SHORTLINKS_AMOCRM_REDIRECT_URI")]
+    pub amocrm_redirect_uri: Option<String>,
+    /// `service_message` (default) or `common`.
+    #[arg(long, env = "SHORTLINKS_AMOCRM_NOTE_TYPE", value_enum)]
+    pub amocrm_note_type: Option<AmoNoteKind>,
+    /// Notes per amoCRM request, 1 to 250 (default 50).
+    #[arg(long, env = "SHORTLINKS_AMOCRM_BATCH")]
+    pub amocrm_batch: Option<usize>,
+    /// How long a short batch waits for more notes, in milliseconds (default 200).
+    #[arg(long, env = "SHORTLINKS_AMOCRM_LINGER_MS")]
+    pub amocrm_linger_ms: Option<u64>,
+    /// amoCRM requests a second, shared by every node of one store (default 5; above 7,
+    /// amoCRM's limit, only with `amocrm_exceed_limit`).
+    #[arg(long, env = "SHORTLINKS_AMOCRM_REQUESTS_PER_SEC")]
+    pub amocrm_requests_per_sec: Option<u32>,
+    /// Allow `amocrm_requests_per_sec` above amoCRM's 7 (a stand-in, or a limit amoCRM raised).
+    #[arg(long, env = "SHORTLINKS_AMOCRM_EXCEED_LIMIT", num_args = 0..=1, default_missing_value = "true")]
+    pub amocrm_exceed_limit: Option<bool>,
+    /// The pause after amoCRM restricts the integration's access (403), in seconds (default 900).
+    #[arg(long, env = "SHORTLINKS_AMOCRM_RESTRICTED_PAUSE_SECS")]
+    pub amocrm_restricted_pause_secs: Option<u64>,
+}
+
+/// The kind of note amoCRM shows.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum AmoNoteKind {
+    /// A service message from "shortlinks".
+    #[default]
+    ServiceMessage,
+    /// An ordinary text note.
+    Common,
 }
 
 /// Which storage engine holds the data.
@@ -231,6 +274,16 @@ impl SettingsLayer {
             amocrm_token,
             amocrm_token_file,
             amocrm_account_id,
+            amocrm_client_id,
+            amocrm_client_secret,
+            amocrm_client_secret_file,
+            amocrm_redirect_uri,
+            amocrm_note_type,
+            amocrm_batch,
+            amocrm_linger_ms,
+            amocrm_requests_per_sec,
+            amocrm_exceed_limit,
+            amocrm_restricted_pause_secs,
         )
     }
 
@@ -405,12 +458,10 @@ impl SettingsLayer {
             (None, Some(sub)) => return bad(format!("amocrm_subdomain {sub:?} is not a subdomain")),
             (None, None) => None,
         };
-        let amocrm = match (amocrm_base, &amocrm_token) {
-            (None, _) => None,
-            (Some(_), None) => return bad("the amoCRM sink needs amocrm_token".into()),
-            (Some(base), Some(token)) => Some(AmoCrmSettings {
-                base,
-                token: token.clone(),
+        let amocrm = match amocrm_base {
+            None => None,
+            Some(base) => Some(AmoCrmSettings {
+                config: self.amocrm_config(base, amocrm_token)?,
                 account: AccountId(self.amocrm_account_id.unwrap_or(1)),
             }),
         };
@@ -449,6 +500,62 @@ impl SettingsLayer {
 
 /// A secret given as a value or in a file (`name_file`), not both. A file keeps it out of
 /// `ps` and out of the environment, which children inherit.
+impl SettingsLayer {
+    /// The amoCRM sink's configuration, for the account at `base`.
+    fn amocrm_config(&self, base: String, token: Option<String>) -> Result<AmoCrmConfig, ServerError> {
+        let bad = |msg: String| Err(ServerError::Config(msg));
+        let client_secret =
+            secret(&self.amocrm_client_secret, &self.amocrm_client_secret_file, "amocrm_client_secret")?;
+        let auth = match (token, &self.amocrm_client_id, client_secret, &self.amocrm_redirect_uri) {
+            (Some(token), None, None, None) => AmoCrmAuth::Token(token),
+            (None, Some(client_id), Some(client_secret), Some(redirect_uri)) => AmoCrmAuth::OAuth(OAuthApp {
+                client_id: client_id.clone(),
+                client_secret,
+                redirect_uri: http_uri(redirect_uri, "amocrm_redirect_uri")?.to_string(),
+            }),
+            (Some(_), ..) => {
+                return bad("give amocrm_token or the OAuth settings (amocrm_client_id …), not both".into())
+            }
+            _ => {
+                return bad("the amoCRM sink needs amocrm_token, or amocrm_client_id, amocrm_client_secret and \
+                     amocrm_redirect_uri"
+                    .into())
+            }
+        };
+        let mut config = AmoCrmConfig::new(base, auth);
+        config.note_type = match self.amocrm_note_type.unwrap_or_default() {
+            AmoNoteKind::ServiceMessage => AmoNoteType::ServiceMessage,
+            AmoNoteKind::Common => AmoNoteType::Common,
+        };
+        if let Some(batch) = self.amocrm_batch {
+            if !(1..=AmoCrmConfig::MAX_BATCH).contains(&batch) {
+                return bad(format!("amocrm_batch must be 1 to {}", AmoCrmConfig::MAX_BATCH));
+            }
+            config.batching.max = batch;
+        }
+        if let Some(ms) = self.amocrm_linger_ms {
+            config.batching.linger = Duration::from_millis(ms);
+        }
+        if let Some(per_second) = self.amocrm_requests_per_sec {
+            if per_second == 0 {
+                return bad("amocrm_requests_per_sec must be positive".into());
+            }
+            if per_second > AmoCrmConfig::AMOCRM_LIMIT_PER_SEC && self.amocrm_exceed_limit != Some(true) {
+                return bad(format!(
+                    "amocrm_requests_per_sec {per_second} is above amoCRM's limit of {} (amoCRM restricts \
+                     integrations that keep exceeding it); set amocrm_exceed_limit to insist",
+                    AmoCrmConfig::AMOCRM_LIMIT_PER_SEC
+                ));
+            }
+            config.rate.per_second = per_second;
+        }
+        if let Some(secs) = self.amocrm_restricted_pause_secs {
+            config.restricted_pause = Duration::from_secs(secs.max(1));
+        }
+        Ok(config)
+    }
+}
+
 fn secret(value: &Option<String>, file: &Option<PathBuf>, name: &str) -> Result<Option<String>, ServerError> {
     match (value, file) {
         (Some(_), Some(_)) => Err(ServerError::Config(format!("give {name} or {name}_file, not both"))),
@@ -529,10 +636,8 @@ pub struct WebhookSettings {
 /// The amoCRM sink's settings.
 #[derive(Clone, Debug)]
 pub struct AmoCrmSettings {
-    /// The API base URL.
-    pub base: String,
-    /// The token.
-    pub token: String,
+    /// Where, how and how fast.
+    pub config: AmoCrmConfig,
     /// Which shortlinks account's notes go there.
     pub account: AccountId,
 }
@@ -754,8 +859,48 @@ mod tests {
         .unwrap()
         .clicks;
         assert_eq!(s.durability, Durability::Sync);
-        assert_eq!(s.amocrm.unwrap().base, "https://acme.amocrm.ru");
+        assert_eq!(s.amocrm.unwrap().config.base, "https://acme.amocrm.ru");
         assert_eq!(s.client_ip_header.unwrap().as_str(), "x-forwarded-for");
+    }
+
+    #[test]
+    fn amocrm_settings_stay_inside_amocrm_limits() {
+        let token = SettingsLayer {
+            amocrm_subdomain: Some("acme".into()),
+            amocrm_token: Some("t".into()),
+            ..Default::default()
+        };
+        let config = token.clone().resolve().unwrap().clicks.amocrm.unwrap().config;
+        assert_eq!((config.batching.max, config.batching.linger), (50, Duration::from_millis(200)));
+        assert_eq!((config.rate.per_second, config.rate.burst), (5, 1));
+        assert_eq!(config.note_type, AmoNoteType::ServiceMessage);
+        let err = |layer: SettingsLayer| layer.resolve().unwrap_err().to_string();
+        assert!(
+            err(SettingsLayer { amocrm_requests_per_sec: Some(8), ..token.clone() }).contains("amocrm_exceed_limit")
+        );
+        let over = SettingsLayer { amocrm_requests_per_sec: Some(8), amocrm_exceed_limit: Some(true), ..token.clone() };
+        assert_eq!(over.resolve().unwrap().clicks.amocrm.unwrap().config.rate.per_second, 8);
+        for batch in [0, 251] {
+            assert!(err(SettingsLayer { amocrm_batch: Some(batch), ..token.clone() }).contains("amocrm_batch"));
+        }
+        assert!(err(SettingsLayer { amocrm_requests_per_sec: Some(0), ..token.clone() }).contains("positive"));
+        let oauth = SettingsLayer {
+            amocrm_subdomain: Some("acme".into()),
+            amocrm_client_id: Some("id".into()),
+            amocrm_client_secret: Some("secret".into()),
+            amocrm_redirect_uri: Some("https://x.example/cb".into()),
+            ..Default::default()
+        };
+        let config = oauth.clone().resolve().unwrap().clicks.amocrm.unwrap().config;
+        assert!(
+            matches!(config.auth, AmoCrmAuth::OAuth(ref app) if app.client_id == "id" && app.client_secret == "secret")
+        );
+        let printed = format!("{config:?} {:?}", token.clone().resolve().unwrap().clicks.amocrm);
+        assert!(!printed.contains("\"secret\"") && !printed.contains("\"t\""), "secrets never printed: {printed}");
+        assert!(err(SettingsLayer { amocrm_token: Some("t".into()), ..oauth.clone() }).contains("not both"));
+        assert!(err(SettingsLayer { amocrm_client_secret: None, ..oauth.clone() }).contains("amocrm_client_secret"));
+        assert!(err(SettingsLayer { amocrm_redirect_uri: Some("not a url".into()), ..oauth })
+            .contains("amocrm_redirect_uri"));
     }
 
     #[test]
@@ -773,7 +918,7 @@ mod tests {
             ..Default::default()
         };
         let clicks = layer.clone().resolve().unwrap().clicks;
-        assert_eq!(clicks.amocrm.unwrap().token, "amo-token");
+        assert_eq!(clicks.amocrm.unwrap().config.auth, AmoCrmAuth::Token("amo-token".into()));
         assert_eq!(clicks.webhook.unwrap().secret, "hook-key");
         for bad in [
             SettingsLayer { amocrm_token: Some("t".into()), ..layer.clone() },

@@ -1,10 +1,12 @@
-//! The `shortlinks` binary: `serve` (the default), `token create|list|revoke`, `resolve`.
+//! The `shortlinks` binary: `serve` (the default), `token create|list|revoke`, `resolve`,
+//! `amocrm connect`.
 
 use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use shortlinks_core::ContactScope;
+use shortlinks_notes::sink::{AmoCrmAuth, HttpClient};
 use shortlinks_server::admin::{self, AdminReply, AdminRequest};
 use shortlinks_server::config::{SettingsLayer, StorageKind};
 use shortlinks_server::server;
@@ -36,6 +38,23 @@ enum Command {
         code: String,
         #[command(flatten)]
         store: StoreArgs,
+    },
+    /// The amoCRM integration.
+    #[command(subcommand)]
+    Amocrm(AmoCrmCommand),
+}
+
+#[derive(Subcommand)]
+enum AmoCrmCommand {
+    /// Exchange an authorization code for the first OAuth token pair and store it (with
+    /// the same settings as `serve`: amocrm_client_id, amocrm_client_secret, …). Works
+    /// whether or not a server is running.
+    Connect {
+        /// The authorization code amoCRM gave the redirect URI.
+        #[arg(long)]
+        code: String,
+        #[command(flatten)]
+        args: Box<ServeArgs>,
     },
 }
 
@@ -139,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
         None => serve(ServeArgs::from_env()).await,
         Some(Command::Serve(args)) => serve(*args).await,
         Some(Command::Token(command)) => token(command).await,
+        Some(Command::Amocrm(AmoCrmCommand::Connect { code, args })) => amocrm_connect(&code, *args).await,
         Some(Command::Resolve { code, store }) => match store.command(AdminRequest::Resolve { code }).await? {
             AdminReply::Link { link: Some(l) } => {
                 println!("code:       {}", l.code);
@@ -251,6 +271,26 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
             }
             other => unexpected(other),
         },
+    }
+}
+
+async fn amocrm_connect(code: &str, args: ServeArgs) -> anyhow::Result<()> {
+    let settings = args.settings.over(file_layer(args.config.as_deref())?).resolve()?;
+    let Some(amo) = &settings.clicks.amocrm else {
+        bail!("no amoCRM sink is configured (amocrm_subdomain or amocrm_base_url)")
+    };
+    let AmoCrmAuth::OAuth(app) = &amo.config.auth else {
+        bail!("the amoCRM sink uses a long-lived token; connecting needs amocrm_client_id, amocrm_client_secret and amocrm_redirect_uri")
+    };
+    let client = HttpClient::new(settings.clicks.sink_timeout);
+    let pair = shortlinks_notes::sink::connect(&client, &amo.config.base, app, code).await?;
+    let expires_at = pair.expires_at;
+    match admin::command(&settings.storage, &settings.data_dir, AdminRequest::AmoCrmTokens { pair }).await? {
+        AdminReply::Done => {
+            println!("connected to {}: the token pair is stored (the access token expires at {expires_at}, Unix time, and is refreshed before)", amo.config.base);
+            Ok(())
+        }
+        other => unexpected(other),
     }
 }
 

@@ -94,7 +94,9 @@ async fn assemble<S: Store + Clone>(
     let http = HttpClient::new(clicks.sink_timeout);
     let webhook = clicks.webhook.as_ref().map(|w| WebhookSink::new(http.clone(), w.url.clone(), w.secret.as_bytes()));
     let amocrm = match &clicks.amocrm {
-        Some(amo) => Some((AmoCrmSink::new(http, &amo.base, &amo.token).map_err(ServerError::Config)?, amo.account)),
+        Some(amo) => {
+            Some((AmoCrmSink::new(http, amo.config.clone(), store.clone()).map_err(ServerError::Config)?, amo.account))
+        }
         None => None,
     };
     let app_settings = AppSettings {

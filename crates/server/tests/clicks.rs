@@ -1,5 +1,6 @@
-//! From a click to a note: classification, deduplication, the notes API, and the webhook and
-//! amoCRM sinks against a real local receiver. Real sockets, a real sled directory.
+//! From a click to a note: classification, deduplication, the notes API, and the webhook
+//! sink against a real local receiver (amoCRM has tests of its own: `amocrm.rs`). Real
+//! sockets, a real sled directory.
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
@@ -299,36 +300,4 @@ async fn the_webhook_gets_every_note_through_failures_and_timeouts() {
     }
     assert!(keys.values().all(|k| k.len() == 1), "retries of one note carry one key");
     assert!(log.len() > 3, "retries were made");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_amocrm_sink_creates_common_notes_and_honours_429() {
-    let receiver = Receiver::start(|n| match n {
-        0 => Answer::Status(429, r#"{"title":"Too Many Requests","retry_after":1}"#),
-        _ => Answer::Status(200, r#"{"_embedded":{"notes":[{"id":1}]}}"#),
-    })
-    .await;
-    let layer = SettingsLayer {
-        amocrm_base_url: Some(receiver.url.clone()),
-        amocrm_token: Some("amo-token".into()),
-        sink_retry_max_ms: Some(100),
-        ..Default::default()
-    };
-    let server = TestServer::start_with(layer).await;
-    let code = links(&server, &[("https://original.example/pricing", 77)]).await.remove(0);
-    click(server.addr, &code, &[("user-agent", BROWSER)]).await;
-    receiver.until("a note accepted", |log| log.iter().any(|r| r.answered == 200)).await;
-
-    let log = receiver.received();
-    assert_eq!(log[0].answered, 429);
-    for request in &log {
-        assert_eq!(request.path, "/api/v4/contacts/notes");
-        assert_eq!(request.headers["authorization"], "Bearer amo-token");
-        let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
-        assert_eq!(body[0]["entity_id"], 77);
-        assert_eq!(body[0]["note_type"], "common");
-        assert_eq!(body[0]["params"]["text"], "visited https://original.example/pricing");
-        assert!(!request.body.windows(code.len()).any(|w| w == code.as_bytes()), "no code in the note");
-    }
-    assert_eq!(log.len(), 2, "one retry after the 429, no more");
 }

@@ -30,6 +30,7 @@ pub async fn run<S: CrashFaults>(store: &S) {
     queues(store).await;
     notes_journal(store).await;
     visit_ledger(store).await;
+    credentials(store).await;
     link_cap(store).await;
     tokens(store).await;
     installation_secret(store).await;
@@ -323,4 +324,17 @@ pub async fn forgets_visits_before<S: Store>(store: &S) {
     assert_eq!(store.claim_visits(vec![claim(5, 2, 11_000, 52)], one).await.expect("claim"), vec![OverLinkCap]);
     store.forget_visits(Timestamp(10_001)).await.expect("forget");
     assert_eq!(store.claim_visits(vec![claim(5, 3, 12_000, 53)], one).await.expect("claim"), vec![Note]);
+}
+
+async fn credentials<S: Store>(store: &S) {
+    let name = "test.oauth";
+    assert_eq!(store.credential(name).await.expect("read"), None);
+    assert!(!store.swap_credential(name, Some(b"x".to_vec()), b"a".to_vec()).await.expect("swap"), "nothing was there");
+    assert!(store.swap_credential(name, None, b"a".to_vec()).await.expect("swap"), "first value");
+    assert!(!store.swap_credential(name, None, b"b".to_vec()).await.expect("swap"), "something is there now");
+    assert!(!store.swap_credential(name, Some(b"stale".to_vec()), b"b".to_vec()).await.expect("swap"));
+    assert_eq!(store.credential(name).await.expect("read"), Some(b"a".to_vec()), "a lost swap stores nothing");
+    assert!(store.swap_credential(name, Some(b"a".to_vec()), vec![0, 255, 1]).await.expect("swap"));
+    assert_eq!(store.credential(name).await.expect("read"), Some(vec![0, 255, 1]), "any bytes");
+    assert_eq!(store.credential("test.other").await.expect("read"), None, "names are independent");
 }

@@ -7,8 +7,8 @@ use parking_lot::{Mutex, RwLock};
 
 use super::rate::LocalRates;
 use super::{
-    check_queue_name, decide_visit, keys, Claimed, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Queues, Rate,
-    RateLimiter, SecretStore, Store, TokenStore, VisitClaim, VisitLedger, VisitRules,
+    check_queue_name, decide_visit, keys, Claimed, CredentialStore, InsertOutcome, LinkStore, NotesJournal, NotesQuery,
+    Queues, Rate, RateLimiter, SecretStore, Store, TokenStore, VisitClaim, VisitLedger, VisitRules,
 };
 use crate::code::{InstallationSecret, ShortCode};
 use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, Timestamp, VisitMark};
@@ -39,6 +39,7 @@ struct Rest {
     notes: BTreeMap<[u8; 33], Note>,
     tokens: BTreeMap<String, ApiToken>,
     secret: Option<InstallationSecret>,
+    credentials: HashMap<String, Vec<u8>>,
 }
 
 impl MemoryStore {
@@ -212,6 +213,21 @@ impl RateLimiter for MemoryStore {
 impl SecretStore for MemoryStore {
     async fn installation_secret(&self, candidate: InstallationSecret) -> Result<InstallationSecret, Error> {
         Ok(self.rest.lock().secret.get_or_insert(candidate).clone())
+    }
+}
+
+impl CredentialStore for MemoryStore {
+    async fn credential(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.rest.lock().credentials.get(name).cloned())
+    }
+
+    async fn swap_credential(&self, name: &str, expected: Option<Vec<u8>>, new: Vec<u8>) -> Result<bool, Error> {
+        let credentials = &mut self.rest.lock().credentials;
+        if credentials.get(name) != expected.as_ref() {
+            return Ok(false);
+        }
+        credentials.insert(name.to_owned(), new);
+        Ok(true)
     }
 }
 

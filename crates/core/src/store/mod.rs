@@ -268,9 +268,28 @@ pub trait RateLimiter: Send + Sync + 'static {
     fn take(&self, key: &str, rate: Rate) -> impl Future<Output = Result<Option<std::time::Duration>, Error>> + Send;
 }
 
-/// A complete backend: what the engine needs, and the click pipeline, notes, tokens and
-/// rate limits.
-pub trait Store: LinkStore + SecretStore + Queues + NotesJournal + TokenStore + VisitLedger + RateLimiter {
+/// Small secrets that change, such as an OAuth token pair that its issuer rotates: kept in
+/// the store so that every node shares them and a restart finds the latest.
+pub trait CredentialStore: Send + Sync + 'static {
+    /// The value stored under `name`.
+    fn credential(&self, name: &str) -> impl Future<Output = Result<Option<Vec<u8>>, Error>> + Send;
+
+    /// Stores `new` under `name` if the value there is still `expected` (`None`: nothing),
+    /// durably before returning; false, storing nothing, if it is not. Compare-and-swap, so
+    /// that of several nodes acting on one value only one wins.
+    fn swap_credential(
+        &self,
+        name: &str,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+}
+
+/// A complete backend: what the engine needs, and the click pipeline, notes, tokens,
+/// rate limits and credentials.
+pub trait Store:
+    LinkStore + SecretStore + Queues + NotesJournal + TokenStore + VisitLedger + RateLimiter + CredentialStore
+{
     /// Makes every write so far durable; called on shutdown.
     fn flush(&self) -> impl Future<Output = Result<(), Error>> + Send;
 }

@@ -11,6 +11,7 @@
 //! | `notes`     | account u64 ‖ type u8 ‖ entity u64 ‖ at u64 ‖ id u64 | `Note`    |
 //! | `tokens`    | token id                                          | `ApiToken`   |
 //! | default     | `installation_secret`                             | 32 raw bytes |
+//! | default     | `credential:<name>`                               | a credential's bytes (see `CredentialStore`) |
 //!
 //! Integers in keys are big-endian, so scans come out in numeric order.
 //!
@@ -39,8 +40,8 @@ use super::link_log::LinkLog;
 use super::queue_log::{Position, QueueLog, SEGMENT_BYTES};
 use super::rate::LocalRates;
 use super::{
-    check_queue_name, decide_visit, keys, Claimed, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Queues, Rate,
-    RateLimiter, SecretStore, Store, TokenStore, VisitClaim, VisitLedger, VisitRules,
+    check_queue_name, decide_visit, keys, Claimed, CredentialStore, InsertOutcome, LinkStore, NotesJournal, NotesQuery,
+    Queues, Rate, RateLimiter, SecretStore, Store, TokenStore, VisitClaim, VisitLedger, VisitRules,
 };
 use crate::code::{InstallationSecret, ShortCode};
 use crate::codec::{decode, encode};
@@ -388,6 +389,28 @@ impl SecretStore for SledStore {
                 .and_then(|b| b.try_into().ok())
                 .ok_or_else(|| Error::Corrupt("installation secret is not 32 bytes".into()))?;
             Ok(InstallationSecret::from_bytes(stored))
+        })
+        .await
+    }
+}
+
+/// Credentials live in the default tree beside the installation secret, under this prefix.
+const CREDENTIAL_PREFIX: &str = "credential:";
+
+impl CredentialStore for SledStore {
+    async fn credential(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
+        let key = format!("{CREDENTIAL_PREFIX}{name}");
+        Ok(self.db.get(key).map_err(Error::storage)?.map(|v| v.to_vec()))
+    }
+
+    async fn swap_credential(&self, name: &str, expected: Option<Vec<u8>>, new: Vec<u8>) -> Result<bool, Error> {
+        let key = format!("{CREDENTIAL_PREFIX}{name}");
+        self.blocking(move |s| {
+            let swapped = s.db.compare_and_swap(key, expected, Some(new)).map_err(Error::storage)?.is_ok();
+            if swapped {
+                s.flush_now()?;
+            }
+            Ok(swapped)
         })
         .await
     }

@@ -1,13 +1,14 @@
 //! Note sinks. The journal is written by the dispatcher itself; every other sink has its own
 //! durable queue and its own worker, so a slow or failing sink delays only itself.
 
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shortlinks_core::model::Note;
-use shortlinks_core::store::RecordQueues;
+use shortlinks_core::model::{EntryId, Note};
+use shortlinks_core::store::{Rate, RecordQueues};
 use shortlinks_core::Store;
 use tokio::sync::{watch, Notify};
 
@@ -15,10 +16,12 @@ use crate::stats::SinkStats;
 
 mod amocrm;
 mod http;
+mod oauth;
 mod webhook;
 
-pub use amocrm::AmoCrmSink;
-pub use http::HttpClient;
+pub use amocrm::{AmoCrmAuth, AmoCrmConfig, AmoCrmSink, AmoNoteType};
+pub use http::{HttpAnswer, HttpClient};
+pub use oauth::{connect, store_pair, OAuthApp, OAuthPair, OAUTH_CREDENTIAL};
 pub use webhook::{signature, WebhookSink};
 
 /// Why a delivery failed.
@@ -32,9 +35,38 @@ pub enum SinkError {
         /// How long the receiver asked us to wait, if it did.
         after: Option<Duration>,
     },
-    /// Never going to work as it is (a 400 for this note): set aside, not retried.
+    /// Never going to work as it is (a 400 naming no note): set aside, not retried. A batch
+    /// refused so is tried again one note at a time, to find the note at fault.
     #[error("{0}")]
     Permanent(String),
+    /// The receiver named these notes (by their place in the batch) as refused for good and
+    /// took none of the batch: those are set aside, the others sent again.
+    #[error("{} notes refused", .0.len())]
+    Refused(Vec<(usize, String)>),
+    /// The receiver restricted our access (amoCRM's answer to an integration that kept
+    /// exceeding its limits): the sink pauses this long, loudly, and drops nothing.
+    #[error("{reason}")]
+    Restricted {
+        /// What happened.
+        reason: String,
+        /// How long to pause.
+        pause: Duration,
+    },
+}
+
+/// How a sink wants its notes gathered for one delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batching {
+    /// The most notes in one delivery.
+    pub max: usize,
+    /// How long a short batch waits for more notes, so that a trickle still goes out
+    /// promptly and a burst goes out in full batches.
+    pub linger: Duration,
+}
+
+impl Batching {
+    /// One note per delivery, sent at once.
+    pub const ONE: Batching = Batching { max: 1, linger: Duration::ZERO };
 }
 
 /// Somewhere notes go.
@@ -42,8 +74,21 @@ pub trait NoteSink: Send + Sync + 'static {
     /// A short stable name: its queue is `sink:<name>`, its dead letters `dead:<name>`.
     fn name(&self) -> &'static str;
 
-    /// Delivers one note. Must be idempotent by note id: a note may come again after a crash.
-    fn deliver(&self, note: &Note) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// How many notes one delivery takes, and how long a short batch waits.
+    fn batching(&self) -> Batching {
+        Batching::ONE
+    }
+
+    /// The most deliveries a second, drawn from the store's rate limiter so that every node
+    /// sharing the store shares one allowance; `None`: as fast as the receiver answers.
+    fn pace(&self) -> Option<Rate> {
+        None
+    }
+
+    /// Delivers notes (at most [`NoteSink::batching`]'s `max`, distinct ids), all or none.
+    /// Must be idempotent by note id where the receiver allows: a note may come again
+    /// after a crash.
+    fn deliver(&self, notes: &[Note]) -> impl Future<Output = Result<(), SinkError>> + Send;
 }
 
 /// Exponential backoff with jitter between attempts.
@@ -82,7 +127,8 @@ pub(crate) fn queue_of(name: &str) -> String {
     format!("sink:{name}")
 }
 
-/// The worker of one sink: deliver its queue in order, retrying each note until it is taken.
+/// The worker of one sink: gathers batches from its queue in order and delivers each until
+/// it is taken, refused for good (dead-lettered, counted) or the worker stops.
 pub(crate) async fn run_sink<S: Store, K: NoteSink>(
     store: S,
     sink: K,
@@ -91,55 +137,166 @@ pub(crate) async fn run_sink<S: Store, K: NoteSink>(
     stats: Arc<SinkStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let queue = queue_of(sink.name());
-    let dead = format!("dead:{}", sink.name());
+    let worker = Worker {
+        queue: queue_of(sink.name()),
+        dead: format!("dead:{}", sink.name()),
+        pace_key: format!("sink:{}", sink.name()),
+        store,
+        sink,
+        retry,
+        stats,
+    };
     while !*shutdown.borrow() {
-        let batch = match store.lease_records::<Note>(&queue, 64).await {
-            Ok(batch) => batch,
-            Err(e) => {
-                tracing::error!(sink = sink.name(), error = %e, "cannot read the sink's queue");
-                Vec::new()
-            }
-        };
+        let batch = worker.gather(&wake, &mut shutdown).await;
+        if batch.is_empty() {
+            continue;
+        }
+        let mut seen = HashSet::new();
+        let notes: Vec<Note> = batch.iter().filter(|(_, n)| seen.insert(n.id)).map(|(_, n)| n.clone()).collect();
+        if !worker.deliver(notes, &mut shutdown).await {
+            return; // stopping: the batch stays queued
+        }
+        if let Err(e) = worker.store.remove(&worker.queue, batch.iter().map(|(id, _)| *id).collect()).await {
+            tracing::error!(sink = worker.sink.name(), error = %e, "cannot remove delivered notes; they will be sent again");
+        }
+    }
+}
+
+struct Worker<S, K> {
+    store: S,
+    sink: K,
+    retry: RetryPolicy,
+    stats: Arc<SinkStats>,
+    queue: String,
+    dead: String,
+    pace_key: String,
+}
+
+impl<S: Store, K: NoteSink> Worker<S, K> {
+    /// The next batch: what is queued, and if that is short of a full batch, what else
+    /// comes within the linger. Empty after waiting for a wake-up when nothing is queued.
+    async fn gather(&self, wake: &Notify, shutdown: &mut watch::Receiver<bool>) -> Vec<(EntryId, Note)> {
+        let Batching { max, linger } = self.sink.batching();
+        let max = max.max(1);
+        let batch = self.lease(max).await;
         if batch.is_empty() {
             tokio::select! {
                 () = wake.notified() => {}
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.changed() => {}
             }
-            continue;
+            return batch;
         }
-        for (id, note) in batch {
+        if batch.len() < max && !linger.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(linger) => {}
+                _ = shutdown.changed() => return batch,
+            }
+            // A lease returns this consumer's unremoved entries first, then new ones.
+            return self.lease(max).await;
+        }
+        batch
+    }
+
+    async fn lease(&self, max: usize) -> Vec<(EntryId, Note)> {
+        self.store.lease_records::<Note>(&self.queue, max).await.unwrap_or_else(|e| {
+            tracing::error!(sink = self.sink.name(), error = %e, "cannot read the sink's queue");
+            Vec::new()
+        })
+    }
+
+    /// Waits for the sink's allowance, if it has a pace; false if stopping meanwhile.
+    async fn paced(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let Some(rate) = self.sink.pace() else { return true };
+        loop {
+            let wait = match self.store.take(&self.pace_key, rate).await {
+                Ok(None) => return true,
+                Ok(Some(wait)) => wait,
+                Err(e) => {
+                    // Never unpaced: a receiver's limit outlasts a store hiccup.
+                    tracing::error!(sink = self.sink.name(), error = %e, "cannot read the sink's allowance; waiting");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return false,
+            }
+        }
+    }
+
+    /// Delivers `notes` until each is taken or set aside; false if stopping first.
+    async fn deliver(&self, notes: Vec<Note>, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let name = self.sink.name();
+        let mut groups = VecDeque::from([notes]);
+        while let Some(mut group) = groups.pop_front() {
             let mut attempt = 0;
             loop {
-                match sink.deliver(&note).await {
+                if !self.paced(shutdown).await {
+                    return false;
+                }
+                let delay = match self.sink.deliver(&group).await {
                     Ok(()) => {
-                        stats.delivered.fetch_add(1, Relaxed);
+                        self.stats.delivered.fetch_add(group.len() as u64, Relaxed);
+                        break;
+                    }
+                    Err(SinkError::Permanent(reason)) if group.len() > 1 => {
+                        tracing::warn!(sink = name, notes = group.len(), %reason, "a batch was refused whole; sending its notes one by one");
+                        groups.extend(group.into_iter().map(|note| vec![note]));
                         break;
                     }
                     Err(SinkError::Permanent(reason)) => {
-                        tracing::warn!(sink = sink.name(), note = note.id, %reason, "note refused for good; kept in {dead}");
-                        stats.dead_lettered.fetch_add(1, Relaxed);
-                        if let Err(e) = store.push_records(&dead, &[&note]).await {
-                            tracing::error!(error = %e, "cannot keep a refused note");
-                        }
+                        self.set_aside(&group, &reason).await;
                         break;
                     }
-                    Err(SinkError::Retry { reason, after }) => {
-                        stats.failed_attempts.fetch_add(1, Relaxed);
-                        let delay = after.map_or_else(|| retry.delay(attempt), |a| a.min(MAX_RETRY_AFTER));
-                        tracing::warn!(sink = sink.name(), note = note.id, %reason, ?delay, "delivery failed; will retry");
-                        attempt += 1;
-                        tokio::select! {
-                            () = tokio::time::sleep(delay) => {}
-                            _ = shutdown.changed() => return, // the note stays queued
+                    Err(SinkError::Refused(refused)) => {
+                        let mut refused_at: Vec<usize> =
+                            refused.iter().map(|(i, _)| *i).filter(|&i| i < group.len()).collect();
+                        refused_at.sort_unstable();
+                        refused_at.dedup();
+                        for (i, reason) in &refused {
+                            if let Some(note) = group.get(*i) {
+                                self.set_aside(std::slice::from_ref(note), reason).await;
+                            }
                         }
+                        for i in refused_at.into_iter().rev() {
+                            group.remove(i);
+                        }
+                        if group.is_empty() {
+                            break;
+                        }
+                        continue; // the rest, again, in its own paced request
                     }
+                    Err(SinkError::Retry { reason, after }) => {
+                        self.stats.failed_attempts.fetch_add(1, Relaxed);
+                        let delay = after.map_or_else(|| self.retry.delay(attempt), |a| a.min(MAX_RETRY_AFTER));
+                        tracing::warn!(sink = name, notes = group.len(), %reason, ?delay, "delivery failed; will retry");
+                        delay
+                    }
+                    Err(SinkError::Restricted { reason, pause }) => {
+                        self.stats.restricted.fetch_add(1, Relaxed);
+                        tracing::error!(sink = name, %reason, ?pause, "the receiver RESTRICTED this integration's access; pausing the sink, nothing is dropped");
+                        pause
+                    }
+                };
+                attempt += 1;
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return false,
                 }
             }
-            if let Err(e) = store.remove(&queue, vec![id]).await {
-                tracing::error!(sink = sink.name(), error = %e, "cannot remove a delivered note; it will be sent again");
-            }
+        }
+        true
+    }
+
+    /// Keeps notes refused for good in the sink's dead-letter queue, with the count.
+    async fn set_aside(&self, notes: &[Note], reason: &str) {
+        for note in notes {
+            tracing::warn!(sink = self.sink.name(), note = note.id, %reason, "note refused for good; kept in {}", self.dead);
+        }
+        self.stats.dead_lettered.fetch_add(notes.len() as u64, Relaxed);
+        if let Err(e) = self.store.push_records(&self.dead, notes).await {
+            tracing::error!(error = %e, "cannot keep a refused note");
         }
     }
 }

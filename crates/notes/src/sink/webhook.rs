@@ -47,7 +47,8 @@ impl NoteSink for WebhookSink {
         "webhook"
     }
 
-    async fn deliver(&self, note: &Note) -> Result<(), SinkError> {
+    async fn deliver(&self, notes: &[Note]) -> Result<(), SinkError> {
+        let [note] = notes else { return Err(SinkError::Permanent("the webhook takes one note at a time".into())) };
         let body = serde_json::to_vec(&AmoNote::of(note)).map_err(|e| SinkError::Permanent(e.to_string()))?;
         let signature =
             HeaderValue::from_str(&signature(&self.secret, &body)).map_err(|e| SinkError::Permanent(e.to_string()))?;

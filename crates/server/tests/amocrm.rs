@@ -1,0 +1,335 @@
+//! The amoCRM sink against the amoCRM stand-in (`shortlinks_notes::stand_in`): batches,
+//! pacing, partial refusals, restriction, OAuth with rotating refresh tokens, and the
+//! shared allowance of nodes on one Redis. Real sockets, real sled directories, real
+//! `shortlinks` processes where a kill or a second node is needed.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{code_of, item, metric, send, try_metric, Process, TestServer, BROWSER};
+use hyper::Method;
+use serde_json::json;
+use shortlinks_notes::stand_in::{AmoCrmStandIn, Fault, StandInOptions, TakenNote};
+use shortlinks_server::config::SettingsLayer;
+
+/// Creates one link per contact in `contacts` (batches of 250) through `post`; the codes.
+async fn links_for(addr: SocketAddr, token: &str, contacts: &[u64]) -> Vec<String> {
+    let mut codes = Vec::new();
+    for chunk in contacts.chunks(250) {
+        let body =
+            json!(chunk.iter().map(|c| item(&format!("https://original.example/offer/{c}"), *c)).collect::<Vec<_>>());
+        let auth = format!("Bearer {token}");
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        let reply = send(addr, Method::POST, "/api/v4/short_links", &headers, body.to_string().into_bytes()).await;
+        assert_eq!(reply.status, 200);
+        codes.extend(
+            reply.json()["_embedded"]["short_links"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| code_of(l["url"].as_str().unwrap()).to_owned()),
+        );
+    }
+    codes
+}
+
+/// One browser visit per code, each from an address of its own.
+async fn visit_all(addr: SocketAddr, codes: &[String]) {
+    for (i, code) in codes.iter().enumerate() {
+        let ip = format!("10.1.{}.{}", i / 250, i % 250);
+        let reply = send(
+            addr,
+            Method::GET,
+            &format!("/{code}"),
+            &[("user-agent", BROWSER), ("x-forwarded-for", &ip)],
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(reply.status, 302);
+    }
+}
+
+fn amocrm_layer(stand_in: &AmoCrmStandIn) -> SettingsLayer {
+    SettingsLayer {
+        amocrm_base_url: Some(stand_in.url.clone()),
+        amocrm_token: Some("amo-token".into()),
+        client_ip_header: Some("X-Forwarded-For".into()),
+        sink_retry_max_ms: Some(200),
+        ..Default::default()
+    }
+}
+
+async fn stand_in_with_token() -> AmoCrmStandIn {
+    AmoCrmStandIn::start(StandInOptions { token: Some("amo-token".into()), ..Default::default() }).await.unwrap()
+}
+
+fn by_request_id(notes: &[TakenNote]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for note in notes {
+        *counts.entry(note.request_id.clone().unwrap()).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_visits_becomes_exactly_that_many_notes_in_paced_batches() {
+    let stand_in = stand_in_with_token().await;
+    let server = TestServer::start_with(amocrm_layer(&stand_in)).await;
+    let contacts: Vec<u64> = (1..=400).collect();
+    let codes = links_for(server.addr, &server.token, &contacts).await;
+    visit_all(server.addr, &codes).await;
+    assert!(stand_in.until(Duration::from_secs(60), |n| n.len() >= 400).await, "only {} notes", stand_in.notes().len());
+    tokio::time::sleep(Duration::from_millis(500)).await; // nothing more comes
+
+    let notes = stand_in.notes();
+    assert_eq!(notes.len(), 400, "no note lost, none twice");
+    assert_eq!(notes.iter().map(|n| n.entity_id).collect::<HashSet<_>>(), contacts.iter().copied().collect());
+    assert!(by_request_id(&notes).values().all(|&n| n == 1), "one request_id per note");
+    for note in &notes {
+        assert_eq!(note.note_type, "service_message");
+        assert_eq!(note.params["service"], "shortlinks");
+        assert_eq!(note.params["text"], format!("visited https://original.example/offer/{}", note.entity_id));
+        assert!(!note.params.to_string().contains(&server.base), "no short URL reaches the manager");
+    }
+    let arrivals = stand_in.arrivals();
+    assert!(arrivals.len() <= 20, "batched: {} requests for 400 notes", arrivals.len());
+    assert!(arrivals.iter().all(|a| a.notes <= 50), "at most amocrm_batch (50) a request");
+    assert_eq!(stand_in.too_many(), 0, "paced before amoCRM's limit, never by its 429");
+    let most = stand_in.most_in_one_second();
+    assert!(most <= 5, "at most the configured 5 requests in any second, saw {most}");
+    assert_eq!(metric(server.addr, "shortlinks_sink_delivered_total{sink=\"amocrm\"}").await, 400);
+    eprintln!("400 notes in {} requests, at most {most} in one second", arrivals.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_retried_and_only_a_lost_answer_duplicates() {
+    let stand_in = stand_in_with_token().await;
+    // A 500, a 429 from amoCRM's side, then a request taken but answered after the
+    // client's 1 s timeout: its notes are sent again, the rest exactly once.
+    stand_in.inject(&[Fault::Status(500), Fault::LateAnswer(Duration::from_secs(2))]);
+    let layer = SettingsLayer { sink_timeout_secs: Some(1), amocrm_batch: Some(10), ..amocrm_layer(&stand_in) };
+    let server = TestServer::start_with(layer).await;
+    let contacts: Vec<u64> = (100..130).collect();
+    let codes = links_for(server.addr, &server.token, &contacts).await;
+    visit_all(server.addr, &codes).await;
+    assert!(stand_in.until(Duration::from_secs(60), |n| by_request_id(n).len() >= 30).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let notes = stand_in.notes();
+    let counts = by_request_id(&notes);
+    assert_eq!(counts.len(), 30, "every note arrived");
+    let arrivals = stand_in.arrivals();
+    assert_eq!(arrivals[0].status, 500);
+    let late_batch = arrivals[1].notes;
+    let twice = counts.values().filter(|&&n| n == 2).count();
+    assert_eq!(twice, late_batch, "exactly the notes of the request whose answer was lost came twice");
+    assert!(counts.values().all(|&n| n <= 2));
+    assert!(metric(server.addr, "shortlinks_sink_failed_attempts_total{sink=\"amocrm\"}").await >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_contact_dead_letters_only_its_own_note() {
+    let stand_in = AmoCrmStandIn::start(StandInOptions {
+        token: Some("amo-token".into()),
+        unknown_contacts: HashSet::from([13]),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let server = TestServer::start_with(SettingsLayer { amocrm_linger_ms: Some(500), ..amocrm_layer(&stand_in) }).await;
+    let contacts = [11, 12, 13, 14, 15];
+    let codes = links_for(server.addr, &server.token, &contacts).await;
+    visit_all(server.addr, &codes).await;
+    assert!(stand_in.until(Duration::from_secs(30), |n| n.len() >= 4).await);
+    let dead = loop {
+        let dead = metric(server.addr, "shortlinks_sink_dead_lettered_total{sink=\"amocrm\"}").await;
+        if dead > 0 || stand_in.arrivals().len() > 5 {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let taken: Vec<u64> = stand_in.notes().iter().map(|n| n.entity_id).collect();
+    assert_eq!(taken.iter().copied().collect::<HashSet<_>>(), HashSet::from([11, 12, 14, 15]));
+    assert_eq!(taken.len(), 4, "the others once each");
+    assert_eq!(dead, 1, "only the unknown contact's note is set aside");
+    let arrivals = stand_in.arrivals();
+    assert_eq!(arrivals[0].status, 400, "{arrivals:?}");
+    assert_eq!(arrivals[0].notes, 5, "one batch, refused for one note");
+    assert_eq!(metric(server.addr, "shortlinks_sink_delivered_total{sink=\"amocrm\"}").await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restricted_integration_pauses_and_drops_nothing() {
+    let stand_in = stand_in_with_token().await;
+    stand_in.inject(&[Fault::Status(403)]);
+    let layer = SettingsLayer {
+        amocrm_restricted_pause_secs: Some(2),
+        amocrm_note_type: Some(shortlinks_server::config::AmoNoteKind::Common),
+        ..amocrm_layer(&stand_in)
+    };
+    let server = TestServer::start_with(layer).await;
+    let codes = links_for(server.addr, &server.token, &[21, 22]).await;
+    visit_all(server.addr, &codes).await;
+    assert!(stand_in.until(Duration::from_secs(30), |n| n.len() >= 2).await);
+    let arrivals = stand_in.arrivals();
+    assert_eq!(arrivals[0].status, 403);
+    let paused = arrivals[1].at.duration_since(arrivals[0].at);
+    assert!(
+        paused >= Duration::from_secs(2),
+        "the sink paused for the configured time, not a retry's backoff: {paused:?}"
+    );
+    assert_eq!(metric(server.addr, "shortlinks_sink_restricted_total{sink=\"amocrm\"}").await, 1);
+    assert_eq!(metric(server.addr, "shortlinks_sink_dead_lettered_total{sink=\"amocrm\"}").await, 0);
+    for note in stand_in.notes() {
+        assert_eq!(note.note_type, "common", "the configured note type");
+        assert_eq!(note.params, json!({"text": format!("visited https://original.example/offer/{}", note.entity_id)}));
+    }
+}
+
+const OAUTH: [(&str, &str); 3] = [
+    ("SHORTLINKS_AMOCRM_CLIENT_ID", "integration-1"),
+    ("SHORTLINKS_AMOCRM_CLIENT_SECRET", "integration-secret"),
+    ("SHORTLINKS_AMOCRM_REDIRECT_URI", "https://shortlinks.example/amocrm"),
+];
+
+fn oauth_stand_in_options() -> StandInOptions {
+    StandInOptions {
+        oauth: Some(("integration-1".into(), "integration-secret".into(), "the-code".into())),
+        ..Default::default()
+    }
+}
+
+/// `shortlinks amocrm connect --code …` with the OAuth settings in its environment.
+async fn connect(dir: &Path, stand_in: &AmoCrmStandIn, code: &str) -> std::process::Output {
+    tokio::process::Command::new(common::shortlinks_binary())
+        .args(["amocrm", "connect", "--code", code, "--data-dir"])
+        .arg(dir)
+        .env("SHORTLINKS_AMOCRM_BASE_URL", &stand_in.url)
+        .envs(OAUTH)
+        .output()
+        .await
+        .unwrap()
+}
+
+/// Waits until the server at `addr` counts `n` notes delivered to amoCRM.
+async fn until_delivered(addr: SocketAddr, n: u64) {
+    for _ in 0..1500 {
+        if try_metric(addr, "shortlinks_sink_delivered_total{sink=\"amocrm\"}").await.unwrap_or(0) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{n} notes were not delivered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_connects_refreshes_and_a_rotation_survives_kill_9_between_refresh_and_use() {
+    let stand_in = AmoCrmStandIn::start(oauth_stand_in_options()).await.unwrap();
+    let dir = common::private_tempdir();
+    let env: Vec<(&str, &str)> = OAUTH
+        .iter()
+        .copied()
+        .chain([
+            ("SHORTLINKS_AMOCRM_BASE_URL", stand_in.url.as_str()),
+            ("SHORTLINKS_CLIENT_IP_HEADER", "X-Forwarded-For"),
+        ])
+        .collect();
+
+    // Connected with the code while no server runs (the store opened directly); a wrong
+    // code is refused with a message, and without printing any token.
+    let wrong = connect(dir.path(), &stand_in, "not-the-code").await;
+    assert!(!wrong.status.success());
+    let connected = connect(dir.path(), &stand_in, "the-code").await;
+    assert!(connected.status.success(), "{}", String::from_utf8_lossy(&connected.stderr));
+    let said = String::from_utf8_lossy(&connected.stdout).to_string() + &String::from_utf8_lossy(&connected.stderr);
+    assert!(said.contains("connected") && !said.contains("access-1") && !said.contains("refresh-1"), "{said}");
+
+    let server = Process::serve(dir.path(), &[], &env).await;
+    let token = common::first_token(dir.path());
+    let codes = links_for(server.addr, &token, &[31, 32, 33]).await;
+    visit_all(server.addr, &codes[..1]).await;
+    until_delivered(server.addr, 1).await;
+    assert_eq!(stand_in.refreshes(), 0, "the first access token was still good");
+
+    // amoCRM expires the access token: the next delivery is refused 401, the server
+    // refreshes (amoCRM rotates the refresh token), stores the new pair, then uses it.
+    // The stand-in holds that use unanswered, and the server is killed right there.
+    stand_in.expire_access_tokens();
+    stand_in.hold_after_refresh();
+    visit_all(server.addr, &codes[1..2]).await;
+    for _ in 0..1500 {
+        if stand_in.refreshes() == 1 && stand_in.waiting() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(stand_in.refreshes(), 1);
+    server.kill9().await;
+    stand_in.hold(false);
+
+    // On restart the old refresh token is worthless (amoCRM retired it). Expiring the
+    // access tokens again forces a second refresh, which only the stored new refresh
+    // token can make.
+    stand_in.expire_access_tokens();
+    let server = Process::serve(dir.path(), &[], &env).await;
+    visit_all(server.addr, &codes[2..3]).await;
+    assert!(
+        stand_in
+            .until(Duration::from_secs(30), |n| n.iter().map(|n| n.entity_id).collect::<HashSet<_>>().len() == 3)
+            .await,
+        "every contact's note arrived after the restart: {:?}",
+        stand_in.notes()
+    );
+    assert_eq!(stand_in.refreshes(), 2, "refreshed once more, with the rotated token from the store");
+    assert_eq!(server.terminate().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_one_redis_share_one_allowance() {
+    if !shortlinks_redis::testing::available() {
+        return;
+    }
+    let redis = shortlinks_redis::testing::RedisServer::standalone().unwrap();
+    let stand_in = stand_in_with_token().await;
+    let url = redis.url();
+    let env = [
+        ("SHORTLINKS_STORAGE", "redis"),
+        ("SHORTLINKS_REDIS_URL", url.as_str()),
+        ("SHORTLINKS_REDIS_KEY_PREFIX", "paced"),
+        ("SHORTLINKS_CLIENT_IP_HEADER", "X-Forwarded-For"),
+        ("SHORTLINKS_AMOCRM_BASE_URL", stand_in.url.as_str()),
+        ("SHORTLINKS_AMOCRM_TOKEN", "amo-token"),
+        // Small batches and no linger: many requests, so both nodes send at once.
+        ("SHORTLINKS_AMOCRM_BATCH", "4"),
+        ("SHORTLINKS_AMOCRM_LINGER_MS", "0"),
+    ];
+    let (dir_a, dir_b) = (common::private_tempdir(), common::private_tempdir());
+    let a = Process::serve(dir_a.path(), &[], &env).await;
+    let token = common::first_token(dir_a.path());
+    let b = Process::serve(dir_b.path(), &[], &env).await;
+    let contacts: Vec<u64> = (1..=160).collect();
+    let codes = links_for(a.addr, &token, &contacts).await;
+    // Half the visits through each node: both dispatchers feed the one sink queue, and
+    // both sink workers lease from it.
+    let (left, right) = codes.split_at(80);
+    tokio::join!(visit_all(a.addr, left), visit_all(b.addr, right));
+    assert!(stand_in.until(Duration::from_secs(60), |n| n.len() >= 160).await, "only {}", stand_in.notes().len());
+
+    let delivered_a = metric(a.addr, "shortlinks_sink_delivered_total{sink=\"amocrm\"}").await;
+    let delivered_b = metric(b.addr, "shortlinks_sink_delivered_total{sink=\"amocrm\"}").await;
+    assert_eq!(delivered_a + delivered_b, 160);
+    assert!(delivered_a > 0 && delivered_b > 0, "both nodes delivered: {delivered_a} and {delivered_b}");
+    assert_eq!(stand_in.too_many(), 0);
+    let most = stand_in.most_in_one_second();
+    assert!(most <= 5, "the two nodes together stayed within the shared 5 a second: {most}");
+    eprintln!("two nodes: {delivered_a} + {delivered_b} notes, at most {most} requests in one second");
+    a.terminate().await;
+    b.terminate().await;
+}
