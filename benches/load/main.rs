@@ -18,6 +18,8 @@ use shortlinks_redis::testing::{cli, RedisServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+mod amocrm_drain;
+
 /// A browser's agent: these requests are what people send, so they become visits and notes.
 const AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0";
 
@@ -53,7 +55,10 @@ backlog printed is what was left when wrk stopped), and that time's CPU counts i
   --visitors KIND      repeat (default): one agent from one address, so after the
                        warm-up nearly every click repeats a visit; new: every request
                        from an address of its own (X-Forwarded-For, trusted with
-                       --client-ip-header), so every click is a first visit and a note";
+                       --client-ip-header), so every click is a first visit and a note
+  --amocrm-drain       instead: 10000 visits on 10000 contacts drained into an amoCRM
+                       stand-in at the default pacing, with redirects measured during
+                       the drain against a server without the sink (see amocrm_drain.rs)";
 
 struct Options {
     links: usize,
@@ -65,6 +70,8 @@ struct Options {
     baseline: Option<std::path::PathBuf>,
     /// Every request a first visit (`--visitors new`) rather than mostly repeats.
     new_visitors: bool,
+    /// The amoCRM drain scenario instead of the side-by-side runs.
+    amocrm_drain: bool,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -77,6 +84,7 @@ fn options() -> anyhow::Result<Options> {
         storages: vec!["sled".into()],
         baseline: None,
         new_visitors: false,
+        amocrm_drain: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -93,6 +101,7 @@ fn options() -> anyhow::Result<Options> {
             "--sample" => o.sample = value()?.parse()?,
             "--storage" => o.storages = value()?.split(',').map(str::to_owned).collect(),
             "--baseline" => o.baseline = Some(value()?.into()),
+            "--amocrm-drain" => o.amocrm_drain = true,
             "--visitors" => {
                 o.new_visitors = match value()?.as_str() {
                     "repeat" => false,
@@ -295,7 +304,7 @@ fn clock_ticks_per_second() -> f64 {
 static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// One wrk run against `server`, with the server's CPU time read around it.
-async fn wrk(server: &Server, script: &Path, connections: usize, seconds: u64) -> anyhow::Result<Run> {
+async fn wrk(server: &Server, script: &Path, connections: usize, seconds: u64, agent: &str) -> anyhow::Result<Run> {
     let pid = server.child.id().context("the server has exited")?;
     let cpu_before = cpu_seconds(pid).context("cannot read the server's CPU time")?;
     let addr = &server.addr;
@@ -305,7 +314,7 @@ async fn wrk(server: &Server, script: &Path, connections: usize, seconds: u64) -
         Command::new("bash")
             .args(["-c", "TIMEFORMAT='%3U %3S'; time wrk \"$@\"", "wrk"])
             .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "-H"])
-            .arg(format!("User-Agent: {AGENT}"))
+            .arg(format!("User-Agent: {agent}"))
             .arg("-s")
             .arg(script)
             .arg(format!("http://{addr}"))
@@ -387,6 +396,7 @@ async fn shortlinks_on(
     work: &Path,
     n: usize,
     new_visitors: bool,
+    env: &[(&str, &str)],
 ) -> anyhow::Result<(Contender, Vec<(String, String)>)> {
     let data = work.join(format!("data-{name}"));
     let mut command = Command::new(binary);
@@ -394,6 +404,7 @@ async fn shortlinks_on(
     // The preload makes thousands of API requests at once; an API rate limit is not what
     // this measures. (An environment variable: a baseline build without it ignores it.)
     command.env("SHORTLINKS_API_RATE_PER_SEC", "1000000").env("SHORTLINKS_API_RATE_BURST", "1000000");
+    command.envs(env.iter().copied());
     if new_visitors {
         // As behind a proxy: each request's own address makes it a visitor of its own. Every
         // such visit is to make a note, however often wrk draws one link: no cap per link.
@@ -451,6 +462,9 @@ async fn main() -> anyhow::Result<()> {
     let o = options()?;
     let release = std::env::current_exe()?.parent().context("target dir")?.to_path_buf();
     let work = tempfile::tempdir()?;
+    if o.amocrm_drain {
+        return amocrm_drain::run(&release, work.path(), o.rounds).await;
+    }
     println!("links: {}, rounds: {}, {} s each, storage: {}", o.links, o.rounds, o.seconds, o.storages.join(", "));
     if let Some(baseline) = &o.baseline {
         println!("baseline: {}", baseline.display());
@@ -464,7 +478,7 @@ async fn main() -> anyhow::Result<()> {
         runs.push(("baseline-sled".into(), baseline.clone(), "sled"));
     }
     for (name, binary, storage) in &runs {
-        let (contender, made) = shortlinks_on(name, binary, storage, work.path(), o.links, o.new_visitors).await?;
+        let (contender, made) = shortlinks_on(name, binary, storage, work.path(), o.links, o.new_visitors, &[]).await?;
         contenders.push(contender);
         // Codes depend on each store's own secret: wrk uses the first server's.
         if links.is_empty() {
@@ -514,7 +528,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Warm every server up first (the reference is warm by construction; shortlinks fills its cache).
     for (contender, script) in contenders.iter().zip(&scripts) {
-        wrk(&contender.server, script, 64, o.seconds.min(5)).await?;
+        wrk(&contender.server, script, 64, o.seconds.min(5), AGENT).await?;
     }
     // The warm-up's first visits become notes before any measured run (`wrk` settles).
     let reference = contenders.len() - 1;
@@ -524,7 +538,7 @@ async fn main() -> anyhow::Result<()> {
             // Interleaved, rotating who goes first, so drift hits all alike.
             for k in 0..contenders.len() {
                 let i = (round + k) % contenders.len();
-                let run = wrk(&contenders[i].server, &scripts[i], connections, o.seconds).await?;
+                let run = wrk(&contenders[i].server, &scripts[i], connections, o.seconds, AGENT).await?;
                 eprintln!(
                     "  c={connections} round {} {:<17} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms  cpu {:.1} us/req  wrk {:.2} us/req  backlog {}",
                     round + 1,

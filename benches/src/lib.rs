@@ -65,7 +65,7 @@ pub async fn fill<S: LinkStore>(store: &S, links: &[Link]) {
 pub async fn app<S: Store + Clone>(store: S) -> (Arc<App<S>>, Pipeline) {
     let mut settings = AppSettings::new(PublicUrl::parse("https://sho.rt").expect("valid"));
     // The benches post batches back to back; the API rate limit is not what they measure.
-    settings.limits.api_rate = Rate { per_second: 1_000_000, burst: 1_000_000 };
+    settings.limits.api_rate = Rate::new(1_000_000, 1_000_000);
     let (app, pipeline) = App::start(store, settings, |sinks| sinks).await.expect("start");
     (Arc::new(app), pipeline)
 }

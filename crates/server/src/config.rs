@@ -360,14 +360,10 @@ impl SettingsLayer {
                     self.max_connections_per_address,
                     "max_connections_per_address",
                 )?,
-                api_rate: Rate {
-                    per_second: positive_count(
-                        self.api_rate_per_sec,
-                        Limits::DEFAULT.api_rate.per_second,
-                        "api_rate_per_sec",
-                    )?,
-                    burst: positive_count(self.api_rate_burst, Limits::DEFAULT.api_rate.burst, "api_rate_burst")?,
-                },
+                api_rate: Rate::new(
+                    positive_count(self.api_rate_per_sec, Limits::DEFAULT.api_rate.per_second, "api_rate_per_sec")?,
+                    positive_count(self.api_rate_burst, Limits::DEFAULT.api_rate.burst, "api_rate_burst")?,
+                ),
             },
         })
     }
@@ -710,7 +706,7 @@ impl Limits {
         body_read_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(10),
         max_header_bytes: 16 << 10,
-        api_rate: Rate { per_second: 7, burst: 7 },
+        api_rate: Rate::new(7, 7),
         max_connections: None,
         max_connections_per_address: None,
     };

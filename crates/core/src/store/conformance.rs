@@ -234,8 +234,8 @@ async fn installation_secret<S: Store>(store: &S) {
 
 async fn rate_limits<S: Store>(store: &S) {
     // One a minute, three at once: the burst goes through, the fourth waits most of a minute.
-    let rate = Rate { per_second: 1, burst: 3 };
-    let slow = Rate { per_second: 1, burst: 1 };
+    let rate = Rate::new(1, 3);
+    let slow = Rate::new(1, 1);
     for _ in 0..3 {
         assert_eq!(store.take("api:a", rate).await.expect("take"), None, "within the burst");
     }

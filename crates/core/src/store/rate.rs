@@ -14,12 +14,21 @@ pub struct Rate {
     pub per_second: u32,
     /// How many may come at once after a quiet spell (at least 1).
     pub burst: u32,
+    /// Added to every interval: room for requests reaching a receiver unevenly (network
+    /// jitter) when the receiver is the one counting per second. Zero for limits counted
+    /// where they are taken.
+    pub headroom: Duration,
 }
 
 impl Rate {
+    /// `per_second` with a burst, counted where it is taken.
+    pub const fn new(per_second: u32, burst: u32) -> Self {
+        Self { per_second, burst, headroom: Duration::ZERO }
+    }
+
     /// Microseconds between two requests at the sustained rate.
     pub fn interval_us(self) -> u64 {
-        1_000_000 / u64::from(self.per_second.max(1))
+        1_000_000 / u64::from(self.per_second.max(1)) + self.headroom.as_micros() as u64
     }
 
     /// How far ahead of now the allowance may be spent before a request must wait.

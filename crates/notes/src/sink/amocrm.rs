@@ -26,6 +26,9 @@ use super::http::{HttpAnswer, HttpClient};
 use super::oauth::{OAuthApp, OAuthTokens};
 use super::{Batching, NoteSink, SinkError};
 
+/// How unevenly requests may reach amoCRM, within a second, and still count as paced.
+pub const TRANSIT_JITTER: Duration = Duration::from_millis(30);
+
 /// How the sink proves who it is.
 #[derive(Clone, PartialEq, Eq)]
 pub enum AmoCrmAuth {
@@ -85,7 +88,7 @@ impl AmoCrmConfig {
             auth,
             note_type: AmoNoteType::default(),
             batching: Batching { max: 50, linger: Duration::from_millis(200) },
-            rate: Rate { per_second: 5, burst: 1 },
+            rate: Rate::new(5, 1),
             restricted_pause: Duration::from_secs(900),
         }
     }
@@ -169,8 +172,12 @@ impl<S: CredentialStore> NoteSink for AmoCrmSink<S> {
         self.config.batching
     }
 
+    /// amoCRM counts requests as they reach it, after a trip across the internet: the
+    /// intervals leave room for [`TRANSIT_JITTER`] per second, so that amoCRM still sees
+    /// at most `rate` in any second.
     fn pace(&self) -> Option<Rate> {
-        Some(self.config.rate)
+        let rate = self.config.rate;
+        Some(Rate { headroom: TRANSIT_JITTER / rate.per_second.max(1), ..rate })
     }
 
     async fn deliver(&self, notes: &[Note]) -> Result<(), SinkError> {

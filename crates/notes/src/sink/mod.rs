@@ -19,7 +19,7 @@ mod http;
 mod oauth;
 mod webhook;
 
-pub use amocrm::{AmoCrmAuth, AmoCrmConfig, AmoCrmSink, AmoNoteType};
+pub use amocrm::{AmoCrmAuth, AmoCrmConfig, AmoCrmSink, AmoNoteType, TRANSIT_JITTER};
 pub use http::{HttpAnswer, HttpClient};
 pub use oauth::{connect, store_pair, OAuthApp, OAuthPair, OAUTH_CREDENTIAL};
 pub use webhook::{signature, WebhookSink};
