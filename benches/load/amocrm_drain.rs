@@ -48,6 +48,8 @@ async fn visit_each(addr: &str, codes: &[String]) -> anyhow::Result<()> {
                 let request = Request::get(format!("/{code}"))
                     .header("host", &addr)
                     .header("user-agent", AGENT)
+                    .header("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")
+                    .header("accept-language", "en-US,en;q=0.5")
                     .header("x-forwarded-for", format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255))
                     .body(Full::new(Bytes::new()))?;
                 let response = sender.send_request(request).await?;

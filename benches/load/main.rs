@@ -23,6 +23,10 @@ mod amocrm_drain;
 /// A browser's agent: these requests are what people send, so they become visits and notes.
 const AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0";
 
+/// What a browser sends with a navigation, beside its agent.
+const ACCEPT: &str = "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+const ACCEPT_LANGUAGE: &str = "Accept-Language: en-US,en;q=0.5";
+
 /// wrk's `request()` for `--visitors repeat`: a random code, the command line's headers.
 const REPEAT_REQUEST: &str = "function request() return wrk.format(\"GET\", paths[math.random(#paths)]) end\n";
 
@@ -32,7 +36,7 @@ const REPEAT_REQUEST: &str = "function request() return wrk.format(\"GET\", path
 const NEW_VISITOR_REQUEST: &str = "function request()\n\
     n = n + 1\n\
     local from = string.format(\"fd00:%x:%x::%x:%x\", run, id, math.floor(n / 65536), n % 65536)\n\
-    return wrk.format(\"GET\", paths[math.random(#paths)], {[\"User-Agent\"] = wrk.headers[\"User-Agent\"], [\"X-Forwarded-For\"] = from})\n\
+    return wrk.format(\"GET\", paths[math.random(#paths)], {[\"User-Agent\"] = wrk.headers[\"User-Agent\"], [\"Accept\"] = wrk.headers[\"Accept\"], [\"Accept-Language\"] = wrk.headers[\"Accept-Language\"], [\"X-Forwarded-For\"] = from})\n\
     end\n";
 
 const USAGE: &str = "\
@@ -315,6 +319,8 @@ async fn wrk(server: &Server, script: &Path, connections: usize, seconds: u64, a
             .args(["-c", "TIMEFORMAT='%3U %3S'; time wrk \"$@\"", "wrk"])
             .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "-H"])
             .arg(format!("User-Agent: {agent}"))
+            // A browser's navigation headers, so that its clicks are visits.
+            .args(["-H", ACCEPT, "-H", ACCEPT_LANGUAGE])
             .arg("-s")
             .arg(script)
             .arg(format!("http://{addr}"))
@@ -404,6 +410,10 @@ async fn shortlinks_on(
     // The preload makes thousands of API requests at once; an API rate limit is not what
     // this measures. (An environment variable: a baseline build without it ignores it.)
     command.env("SHORTLINKS_API_RATE_PER_SEC", "1000000").env("SHORTLINKS_API_RATE_BURST", "1000000");
+    // No hold before notes and no address rule: the runs measure how fast clicks become
+    // notes, and wrk's repeat visitor is one address on every contact's link. (Builds
+    // before these settings ignore the variables.)
+    command.env("SHORTLINKS_NOTE_HOLD_SECS", "0").env("SHORTLINKS_ADDRESS_RULE_CONTACTS", "0");
     command.envs(env.iter().copied());
     if new_visitors {
         // As behind a proxy: each request's own address makes it a visitor of its own. Every

@@ -136,6 +136,65 @@ pub struct Click {
     /// Tells this click from any other, even one from the same client in the same
     /// millisecond; kept with the click, so that a redelivered click is still the same one.
     pub nonce: u64,
+    /// The navigation headers a browser sends; `None` for a click captured by a release
+    /// that did not look (the outbox may still hold some after an upgrade).
+    pub evidence: Option<BrowserEvidence>,
+}
+
+/// Which of a browser's navigation headers a request carried, one bit each.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrowserEvidence(pub u8);
+
+impl BrowserEvidence {
+    /// `Accept` naming `text/html`.
+    pub const ACCEPTS_HTML: u8 = 1;
+    /// `Accept-Language`, not empty.
+    pub const ACCEPT_LANGUAGE: u8 = 2;
+    /// `Sec-Fetch-Mode: navigate`.
+    pub const NAVIGATE: u8 = 4;
+
+    /// Whether the request carried none of the three.
+    pub fn is_none(self) -> bool {
+        self.0 & (Self::ACCEPTS_HTML | Self::ACCEPT_LANGUAGE | Self::NAVIGATE) == 0
+    }
+}
+
+/// A click as releases before [`Click::evidence`] wrote it: read, never written.
+#[derive(Deserialize)]
+struct ClickV1 {
+    code: ShortCode,
+    at: Timestamp,
+    method: ClickMethod,
+    user_agent: Option<String>,
+    referer: Option<String>,
+    prefetch: Option<String>,
+    client_ip: Option<IpAddr>,
+    nonce: u64,
+}
+
+impl Click {
+    /// Reads one outbox record (a group of clicks), in the current shape or the one before.
+    pub fn decode_group(bytes: &[u8]) -> Result<Vec<Click>, crate::Error> {
+        let current = match crate::codec::decode::<Vec<Click>>(bytes) {
+            Ok(clicks) => return Ok(clicks),
+            Err(e) => e,
+        };
+        let old = crate::codec::decode::<Vec<ClickV1>>(bytes).map_err(|_| current)?;
+        Ok(old
+            .into_iter()
+            .map(|c| Click {
+                code: c.code,
+                at: c.at,
+                method: c.method,
+                user_agent: c.user_agent,
+                referer: c.referer,
+                prefetch: c.prefetch,
+                client_ip: c.client_ip,
+                nonce: c.nonce,
+                evidence: None,
+            })
+            .collect())
+    }
 }
 
 /// Where an entry sits in a durable queue. Ordered; opaque to callers beyond that.

@@ -15,6 +15,7 @@ use shortlinks_core::{
 async fn memory_meets_the_contract() {
     conformance::run(&MemoryStore::new()).await;
     conformance::forgets_visits_before(&MemoryStore::new()).await;
+    conformance::forgets_sightings_before(&MemoryStore::new()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,6 +24,8 @@ async fn sled_meets_the_contract() {
     conformance::run(&SledStore::open(dir.path()).unwrap()).await;
     let dir = tempfile::tempdir().unwrap();
     conformance::forgets_visits_before(&SledStore::open(dir.path()).unwrap()).await;
+    let dir = tempfile::tempdir().unwrap();
+    conformance::forgets_sightings_before(&SledStore::open(dir.path()).unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,8 +54,9 @@ fn click() -> impl Strategy<Value = Click> {
         proptest::option::of("prefetch|prerender"),
         proptest::option::of(any::<std::net::IpAddr>()),
         any::<u64>(),
+        proptest::option::of(any::<u8>()),
     )
-        .prop_map(|(code, at, head, user_agent, referer, prefetch, client_ip, nonce)| Click {
+        .prop_map(|(code, at, head, user_agent, referer, prefetch, client_ip, nonce, evidence)| Click {
             code,
             at: Timestamp(at),
             method: if head { ClickMethod::Head } else { ClickMethod::Get },
@@ -64,6 +65,7 @@ fn click() -> impl Strategy<Value = Click> {
             prefetch,
             client_ip,
             nonce,
+            evidence: evidence.map(shortlinks_core::model::BrowserEvidence),
         })
 }
 

@@ -8,12 +8,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::header::HeaderValue;
-use shortlinks_core::model::{Click, ClickMethod};
-use shortlinks_core::store::{RecordQueues, CLICK_QUEUE};
-use shortlinks_core::{ShortCode, Store, Timestamp};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, ACCEPT_LANGUAGE};
+use shortlinks_core::model::{BrowserEvidence, Click, ClickMethod, EntityRef};
+use shortlinks_core::store::{RecordQueues, Sighting, CLICK_QUEUE};
+use shortlinks_core::{AccountId, ShortCode, Store, Timestamp};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
+use crate::gateway::contact_key;
 use crate::screen::Screen;
 use crate::stats::Stats;
 
@@ -72,6 +73,10 @@ pub struct RawClick {
     pub prefetch: Option<String>,
     /// The client's address (from the trusted proxy header only when one is configured).
     pub client_ip: Option<IpAddr>,
+    /// The browser's navigation headers it carried.
+    pub evidence: BrowserEvidence,
+    /// The link's account and contact, for the address ledger.
+    pub contact: Option<(AccountId, EntityRef)>,
 }
 
 /// A header value as text: lossy UTF-8, cut at a character boundary.
@@ -84,7 +89,27 @@ fn bounded_text(bytes: &[u8]) -> String {
     text[..end].to_owned()
 }
 
+/// Sent by current Chromium, Firefox and Safari with every request.
+const SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
+
 impl RawClick {
+    /// Which of a browser's navigation headers a request carried: three header lookups
+    /// and two short scans, no allocation (it runs on the redirect).
+    pub fn browser_evidence(headers: &HeaderMap) -> BrowserEvidence {
+        let mut bits = 0;
+        let html = |v: &HeaderValue| v.as_bytes().windows(9).any(|w| w.eq_ignore_ascii_case(b"text/html"));
+        if headers.get(ACCEPT).is_some_and(html) {
+            bits |= BrowserEvidence::ACCEPTS_HTML;
+        }
+        if headers.get(ACCEPT_LANGUAGE).is_some_and(|v| !v.as_bytes().trim_ascii().is_empty()) {
+            bits |= BrowserEvidence::ACCEPT_LANGUAGE;
+        }
+        if headers.get(SEC_FETCH_MODE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"navigate")) {
+            bits |= BrowserEvidence::NAVIGATE;
+        }
+        BrowserEvidence(bits)
+    }
+
     /// Copies a header value for a click, cut to the length that is kept anyway.
     pub fn header_bytes(value: Option<&HeaderValue>) -> Option<Box<[u8]>> {
         value.map(|v| Box::from(&v.as_bytes()[..v.len().min(MAX_HEADER_BYTES)]))
@@ -104,6 +129,7 @@ impl RawClick {
             prefetch: self.prefetch.map(|p| bounded_text(p.as_bytes())),
             client_ip: self.client_ip,
             nonce,
+            evidence: Some(self.evidence),
         }
     }
 }
@@ -269,18 +295,40 @@ async fn write_groups<S: Store>(
             }
         }
         let (mut clicks, mut waiters) = (Vec::with_capacity(group.len()), Vec::with_capacity(group.len()));
+        let mut sightings = Vec::new();
         let mut screened = 0;
         for (n, pending) in group.drain(..).enumerate() {
             if n % YIELD_EVERY == YIELD_EVERY - 1 {
                 tokio::task::yield_now().await;
             }
             next_nonce = next_nonce.wrapping_add(1);
+            let contact = pending.click.contact;
             let click = pending.click.into_click(next_nonce);
             waiters.push(pending.durable);
             // Only a click that may be a first visit needs to be durable (see `screen`).
             match screen.judge(&click).key_or_count(&stats) {
-                Some(_) => clicks.push(click),
+                Some(_) => {
+                    if let (Some(ip), Some((account, entity)), true) =
+                        (click.client_ip, contact, screen.address_rule.contacts > 0)
+                    {
+                        sightings.push(Sighting {
+                            address: screen.keys.address_key(ip),
+                            contact: contact_key(account, entity),
+                            at: click.at,
+                        });
+                    }
+                    clicks.push(click)
+                }
                 None => screened += 1,
+            }
+        }
+        if !sightings.is_empty() {
+            // Before the clicks can be dispatched: the rule must see each click's neighbours.
+            // Best effort: a lost sighting weakens the rule for a moment, never loses a click.
+            let rule = &screen.address_rule;
+            let keep_ms = rule.window_ms().saturating_mul(2).saturating_add(screen.hold_ms).saturating_add(300_000);
+            if let Err(e) = store.sight(sightings, keep_ms).await {
+                tracing::warn!(error = %e, "cannot record the clicks' addresses; the address rule misses them");
             }
         }
         stats.clicks_screened.fetch_add(screened, Relaxed);
@@ -337,6 +385,8 @@ mod tests {
             referer: None,
             prefetch: None,
             client_ip: None,
+            evidence: BrowserEvidence(BrowserEvidence::ACCEPTS_HTML | BrowserEvidence::ACCEPT_LANGUAGE),
+            contact: None,
         }
     }
 

@@ -10,6 +10,8 @@ use aho_corasick::AhoCorasick;
 use parking_lot::Mutex;
 use shortlinks_core::model::{Click, ClickMethod};
 
+use crate::networks::ScannerNetworks;
+
 /// Why a click is not a visit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum NotVisit {
@@ -28,12 +30,30 @@ pub enum NotVisit {
     /// A visit beyond its link's cap of notes within the window: a link is one contact's,
     /// so this is a flood (one address posing as many clients) or a mail forwarded widely.
     OverLinkCap,
+    /// From a network that a mail-security gateway or mail provider publishes for its
+    /// systems (`networks`).
+    ScannerNetwork,
+    /// A browser's `User-Agent` without any of a browser's navigation headers.
+    NoBrowserEvidence,
+    /// From an address that followed links of several contacts within a short time: a
+    /// gateway or scanner, not a person (decided at dispatch, with the store).
+    ManyContacts,
 }
 
 impl NotVisit {
     /// Every kind, for counters.
-    pub const ALL: [NotVisit; 7] =
-        [Self::Head, Self::Prefetch, Self::NoUserAgent, Self::Preview, Self::Scanner, Self::Crawler, Self::OverLinkCap];
+    pub const ALL: [NotVisit; 10] = [
+        Self::Head,
+        Self::Prefetch,
+        Self::NoUserAgent,
+        Self::Preview,
+        Self::Scanner,
+        Self::Crawler,
+        Self::OverLinkCap,
+        Self::ScannerNetwork,
+        Self::NoBrowserEvidence,
+        Self::ManyContacts,
+    ];
 
     /// A stable lowercase name, for metrics and logs.
     pub fn name(self) -> &'static str {
@@ -45,6 +65,9 @@ impl NotVisit {
             Self::Scanner => "scanner",
             Self::Crawler => "crawler",
             Self::OverLinkCap => "link_cap",
+            Self::ScannerNetwork => "scanner_network",
+            Self::NoBrowserEvidence => "no_browser_evidence",
+            Self::ManyContacts => "many_contacts",
         }
     }
 }
@@ -186,9 +209,14 @@ fn classify_with(click: &Click, agent_rule: impl FnOnce(&str) -> Option<NotVisit
     agent_rule(agent)
 }
 
+/// Whether an agent claims to be a browser: every browser's starts with `Mozilla/`.
+fn claims_browser(agent: &str) -> bool {
+    agent.get(..8).is_some_and(|start| start.eq_ignore_ascii_case("mozilla/"))
+}
+
 /// What the `User-Agent` table says about an agent.
 fn agent_rule(agent: &str) -> Option<NotVisit> {
-    let browser = agent.get(..8).is_some_and(|start| start.eq_ignore_ascii_case("mozilla/"));
+    let browser = claims_browser(agent);
     // One pass over the agent for the whole table; the first applicable rule wins.
     matcher()
         .find_overlapping_iter(agent)
@@ -198,12 +226,35 @@ fn agent_rule(agent: &str) -> Option<NotVisit> {
         .map(|rule| USER_AGENT_RULES[rule].kind)
 }
 
-/// [`classify`] for a stream of clicks: it remembers the verdicts on recent agents. People
-/// come with a few hundred distinct agents, sent over and over, and one pass of the table
-/// over an agent costs about 270 ns; a lookup here, a tenth of that.
-#[derive(Default)]
+/// [`classify`] for a stream of clicks, and the rules that look past the `User-Agent`:
+/// known scanner networks and a browser's navigation headers. It remembers the verdicts
+/// on recent agents: people come with a few hundred distinct agents, sent over and over,
+/// and one pass of the table over an agent costs about 270 ns; a lookup here, a tenth.
 pub struct Classifier {
     verdicts: Mutex<HashMap<Box<str>, Option<NotVisit>, foldhash::fast::RandomState>>,
+    networks: ScannerNetworks,
+}
+
+impl Default for Classifier {
+    /// With the shipped scanner networks only.
+    fn default() -> Self {
+        Self::new(ScannerNetworks::published_and(&[]))
+    }
+}
+
+/// The rules past the `User-Agent` table, for a click the table calls a visit.
+fn beyond_agent(click: &Click, networks: &ScannerNetworks) -> Option<NotVisit> {
+    if click.client_ip.is_some_and(|ip| networks.owner(ip).is_some()) {
+        return Some(NotVisit::ScannerNetwork);
+    }
+    // A browser navigating to a link always sends some of these; a script that only
+    // borrowed a browser's agent usually none. Clicks captured before the headers were
+    // looked at (`None`) are given the benefit of the doubt.
+    let browser = click.user_agent.as_deref().is_some_and(claims_browser);
+    if browser && click.evidence.is_some_and(|e| e.is_none()) {
+        return Some(NotVisit::NoBrowserEvidence);
+    }
+    None
 }
 
 impl Classifier {
@@ -211,8 +262,17 @@ impl Classifier {
     /// are forgotten (a flood of made-up agents only costs table passes).
     const LIMIT: usize = 4096;
 
-    /// The same answer as [`classify`].
+    /// A classifier that also knows these scanner networks.
+    pub fn new(networks: ScannerNetworks) -> Self {
+        Self { verdicts: Mutex::default(), networks }
+    }
+
+    /// [`classify`]'s answer, then the scanner networks and the browser evidence.
     pub fn classify(&self, click: &Click) -> Option<NotVisit> {
+        self.agent_verdict(click).or_else(|| beyond_agent(click, &self.networks))
+    }
+
+    fn agent_verdict(&self, click: &Click) -> Option<NotVisit> {
         classify_with(click, |agent| {
             let mut verdicts = self.verdicts.lock();
             if let Some(verdict) = verdicts.get(agent) {
@@ -272,6 +332,70 @@ pub mod samples {
     ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0.0.0 Safari/537.36", Crawler),
 ];
 
+    /// The headers real browsers send when a person follows a link (the request line and
+    /// cookies aside), as captured from each: every set must stay a visit.
+    pub const BROWSER_HEADERS: &[(&str, &[(&str, &str)])] = &[
+        ("Chrome 124, Windows", &[
+            ("user-agent", "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"),
+            ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7"),
+            ("accept-language", "ru-RU,ru;q=0.9,en-US;q=0.8,en;q=0.7"),
+            ("sec-fetch-dest", "document"), ("sec-fetch-mode", "navigate"), ("sec-fetch-site", "cross-site"), ("sec-fetch-user", "?1"),
+            ("upgrade-insecure-requests", "1"),
+        ]),
+        ("Firefox 125, Linux", &[
+            ("user-agent", "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"),
+            ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"),
+            ("accept-language", "en-US,en;q=0.5"),
+            ("sec-fetch-dest", "document"), ("sec-fetch-mode", "navigate"), ("sec-fetch-site", "cross-site"),
+        ]),
+        ("Safari 17, iOS", &[
+            ("user-agent", "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1"),
+            ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+            ("accept-language", "ru"),
+            ("sec-fetch-dest", "document"), ("sec-fetch-mode", "navigate"), ("sec-fetch-site", "none"),
+        ]),
+        ("Safari 15, macOS (before Sec-Fetch)", &[
+            ("user-agent", "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/15.6 Safari/605.1.15"),
+            ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+            ("accept-language", "en-GB,en;q=0.9"),
+        ]),
+        ("Chrome 124, Android", &[
+            ("user-agent", "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36"),
+            ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7"),
+            ("accept-language", "ru-RU,ru;q=0.9"),
+            ("sec-fetch-dest", "document"), ("sec-fetch-mode", "navigate"), ("sec-fetch-site", "none"), ("sec-fetch-user", "?1"),
+        ]),
+        ("Headless Chromium with a normal User-Agent", &[
+            ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36"),
+            ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7"),
+            ("accept-language", "en-US,en;q=0.9"),
+            ("sec-fetch-dest", "document"), ("sec-fetch-mode", "navigate"), ("sec-fetch-site", "none"), ("sec-fetch-user", "?1"),
+        ]),
+        ("Outlook for Android in-app browser", &[
+            ("user-agent", "Mozilla/5.0 (Linux; Android 13; SM-S918B Build/TP1A.220624.014; wv) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/124.0.6367.82 Mobile Safari/537.36"),
+            ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8"),
+            ("accept-language", "de-DE,de;q=0.9,en-US;q=0.8,en;q=0.7"),
+            ("x-requested-with", "com.microsoft.office.outlook"),
+        ]),
+    ];
+
+    /// Scripts and scanners that borrow a browser's `User-Agent` but none of its headers:
+    /// every set must not be a visit.
+    pub const BORROWED_AGENTS: &[(&str, &[(&str, &str)])] = &[
+        ("python-requests with Chrome's agent", &[
+            ("user-agent", "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"),
+            ("accept", "*/*"), ("accept-encoding", "gzip, deflate"), ("connection", "keep-alive"),
+        ]),
+        ("curl with Firefox's agent", &[
+            ("user-agent", "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"),
+            ("accept", "*/*"),
+        ]),
+        ("Go net/http with Safari's agent", &[
+            ("user-agent", "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15"),
+            ("accept-encoding", "gzip"),
+        ]),
+    ];
+
     /// Real browsers, which must stay visits.
     pub const BROWSERS: &[&str] = &[
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
@@ -304,6 +428,73 @@ mod tests {
         for (agent, kind) in NOT_VISITS {
             assert_eq!(classify(&with_agent(agent)), Some(*kind), "{agent}");
         }
+    }
+
+    /// A click as the redirect would capture it from these headers.
+    fn captured(headers: &[(&str, &str)], ip: &str) -> Click {
+        let mut map = hyper::HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(
+                hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                hyper::header::HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let agent = map.get("user-agent").map(|v| v.to_str().unwrap().to_owned());
+        Click {
+            user_agent: agent,
+            client_ip: Some(ip.parse().unwrap()),
+            evidence: Some(crate::RawClick::browser_evidence(&map)),
+            ..conformance::click("AAAAAAAAAAAA", 1)
+        }
+    }
+
+    #[test]
+    fn browsers_navigation_headers_are_evidence_and_borrowed_agents_lack_it() {
+        let classifier = Classifier::default();
+        for (who, headers) in samples::BROWSER_HEADERS {
+            assert_eq!(classifier.classify(&captured(headers, "198.51.100.7")), None, "{who}");
+        }
+        for (who, headers) in samples::BORROWED_AGENTS {
+            assert_eq!(
+                classifier.classify(&captured(headers, "198.51.100.7")),
+                Some(NotVisit::NoBrowserEvidence),
+                "{who}"
+            );
+        }
+        // Any one of the three headers is evidence; a click from before they were
+        // captured is given the benefit of the doubt.
+        let agent = ("user-agent", BROWSERS[0]);
+        for one in [("accept", "text/html"), ("accept-language", "en"), ("sec-fetch-mode", "navigate")] {
+            assert_eq!(classifier.classify(&captured(&[agent, one], "198.51.100.7")), None, "{one:?}");
+        }
+        assert_eq!(
+            classifier.classify(&captured(&[agent, ("sec-fetch-mode", "cors")], "198.51.100.7")),
+            Some(NotVisit::NoBrowserEvidence)
+        );
+        let old = Click { evidence: None, ..captured(&[agent], "198.51.100.7") };
+        assert_eq!(classifier.classify(&old), None);
+        // A non-browser agent is judged by the table, not by headers.
+        assert_eq!(
+            classifier.classify(&captured(&[("user-agent", "curl/8.5.0")], "198.51.100.7")),
+            Some(NotVisit::Crawler)
+        );
+    }
+
+    #[test]
+    fn a_click_from_a_scanner_network_is_not_a_visit_whatever_it_sends() {
+        let classifier = Classifier::default();
+        let (_, chrome) = samples::BROWSER_HEADERS[0];
+        for ip in ["40.92.4.20", "40.107.22.1", "205.139.110.30", "2a01:111:f403:c00::5", "67.231.149.10"] {
+            assert_eq!(classifier.classify(&captured(chrome, ip)), Some(NotVisit::ScannerNetwork), "{ip}");
+        }
+        assert_eq!(classifier.classify(&captured(chrome, "95.108.213.1")), None, "a person's address");
+        let operator =
+            Classifier::new(crate::networks::ScannerNetworks::published_and(&["192.0.2.0/24".parse().unwrap()]));
+        assert_eq!(
+            operator.classify(&captured(chrome, "192.0.2.44")),
+            Some(NotVisit::ScannerNetwork),
+            "an operator's own range"
+        );
     }
 
     #[test]

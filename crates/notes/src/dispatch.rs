@@ -10,8 +10,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shortlinks_core::model::{Click, Note};
-use shortlinks_core::store::decode;
+use std::collections::HashMap;
+
+use shortlinks_core::model::{Click, Link, Note};
 
 use shortlinks_core::model::VisitMark;
 use shortlinks_core::store::{Claimed, RecordQueues, VisitClaim, CLICK_QUEUE};
@@ -20,6 +21,7 @@ use shortlinks_core::{AccountId, Error, LinkCache, Store};
 use tokio::sync::{watch, Notify};
 
 use crate::classify::NotVisit;
+use crate::gateway::contact_key;
 use crate::note::NoteKeys;
 use crate::screen::Screen;
 use crate::stats::Stats;
@@ -34,6 +36,8 @@ const DEAD_CLICKS: &str = "dead:clicks";
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// How often the visit ledger is swept of marks that can no longer matter.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// How often sightings are swept: they matter for a minute or two, and a campaign makes many.
+const SIGHTINGS_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Clicks reach the dispatcher a little out of time order (groups from two workers, a
 /// batch retried after an error): marks are kept this much past their window.
 const SWEEP_SLACK_MS: u64 = 60_000;
@@ -62,20 +66,32 @@ impl<S: Store + Clone> Dispatcher<S> {
         let mut backoff = Duration::from_millis(50);
         let mut last_sweep = tokio::time::Instant::now();
         let mut sweeping: Option<tokio::task::JoinHandle<()>> = None;
+        let mut last_sightings_sweep = tokio::time::Instant::now();
         while !*shutdown.borrow() {
             if last_sweep.elapsed() >= SWEEP_EVERY && sweeping.as_ref().is_none_or(|s| s.is_finished()) {
                 last_sweep = tokio::time::Instant::now();
                 sweeping = self.sweep_horizon(Timestamp::now()).map(|before| tokio::spawn(self.sweep(before)));
             }
+            if last_sightings_sweep.elapsed() >= SIGHTINGS_SWEEP_EVERY {
+                last_sightings_sweep = tokio::time::Instant::now();
+                self.sweep_sightings().await;
+            }
             match self.dispatch_batch().await {
-                Ok(0) => {
+                Ok(Dispatched::Nothing) => {
                     tokio::select! {
                         () = self.wake.notified() => {}
                         () = tokio::time::sleep(IDLE_POLL) => {}
                         _ = shutdown.changed() => {}
                     }
                 }
-                Ok(_) => backoff = Duration::from_millis(50),
+                Ok(Dispatched::HeldFor(wait)) => {
+                    // The head of the outbox is on hold; later clicks are held longer.
+                    tokio::select! {
+                        () = tokio::time::sleep(wait.min(IDLE_POLL)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+                Ok(Dispatched::Records(_)) => backoff = Duration::from_millis(50),
                 Err(e) => {
                     tracing::error!(error = %e, "dispatching clicks failed; retrying");
                     tokio::select! {
@@ -104,7 +120,35 @@ impl<S: Store + Clone> Dispatcher<S> {
     }
 }
 
+/// What one round of dispatching did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Dispatched {
+    /// The outbox is empty.
+    Nothing,
+    /// The oldest clicks are on hold this much longer.
+    HeldFor(Duration),
+    /// This many outbox records were handled.
+    Records(usize),
+}
+
 impl<S: Store> Dispatcher<S> {
+    /// Forgets sightings that no click still held or to come can look at.
+    async fn sweep_sightings(&self) {
+        let rule = &self.screen.address_rule;
+        if rule.contacts == 0 {
+            return;
+        }
+        let progress = self.progress.load(Relaxed).min(Timestamp::now().0);
+        let keep =
+            rule.window_ms().saturating_mul(2).saturating_add(self.screen.hold_ms).saturating_add(SWEEP_SLACK_MS);
+        if let Some(before) = progress.checked_sub(keep).filter(|&t| t > 0) {
+            match self.store.forget_sightings(Timestamp(before)).await {
+                Ok(n) => tracing::debug!(forgotten = n, "swept the address ledger"),
+                Err(e) => tracing::warn!(error = %e, "sweeping the address ledger failed; trying again later"),
+            }
+        }
+    }
+
     /// Marks made before this can no longer matter. It follows the dispatcher's progress,
     /// not the clock: clicks replayed after an outage still need the marks of their own
     /// hour. Capped at `now`, in case a click's time ran ahead of the clock.
@@ -114,26 +158,41 @@ impl<S: Store> Dispatcher<S> {
         progress.checked_sub(window_ms.saturating_add(SWEEP_SLACK_MS)).filter(|&t| t > 0).map(Timestamp)
     }
 
-    /// Handles a few groups of clicks; returns how many outbox records it took.
-    pub(crate) async fn dispatch_batch(&self) -> Result<usize, Error> {
-        let records = self.store.lease(CLICK_QUEUE, GROUPS).await?;
+    /// Handles the groups of clicks at the head of the outbox whose hold is over.
+    pub(crate) async fn dispatch_batch(&self) -> Result<Dispatched, Error> {
+        let mut records = self.store.lease(CLICK_QUEUE, GROUPS).await?;
         if records.is_empty() {
-            return Ok(0);
+            return Ok(Dispatched::Nothing);
         }
+        let now = Timestamp::now().0;
         let mut clicks = Vec::new();
-        for (id, bytes) in &records {
+        let mut due = 0;
+        for (_, bytes) in &records {
             // The dispatcher shares the runtime's workers with the redirects: it gives the
             // worker back between pieces of work, so no redirect waits behind a whole batch.
             tokio::task::yield_now().await;
-            match decode::<Vec<Click>>(bytes) {
-                Ok(group) => clicks.extend(group),
+            match Click::decode_group(bytes) {
+                Ok(group) => {
+                    // A group is held until its latest click's hold is over; the ones
+                    // behind it are later still.
+                    let latest = group.iter().map(|c| c.at.0).max().unwrap_or(0);
+                    let ready_at = latest.saturating_add(self.screen.hold_ms);
+                    if ready_at > now {
+                        if due == 0 {
+                            return Ok(Dispatched::HeldFor(Duration::from_millis(ready_at - now)));
+                        }
+                        break;
+                    }
+                    clicks.extend(group);
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "an outbox record cannot be read; setting it aside in {DEAD_CLICKS}");
                     self.store.push(DEAD_CLICKS, vec![bytes.clone()]).await?;
-                    self.store.remove(CLICK_QUEUE, vec![*id]).await?;
                 }
             }
+            due += 1;
         }
+        records.truncate(due);
         let window_ms = self.screen.window_ms;
         let (mut candidates, mut claims) = (Vec::new(), Vec::new());
         for (n, click) in clicks.iter().enumerate() {
@@ -146,10 +205,17 @@ impl<S: Store> Dispatcher<S> {
                 self.stats.unknown_links.fetch_add(1, Relaxed);
                 continue;
             };
-            let note_id = self.screen.keys.note_id(click, &key);
-            claims.push(VisitClaim { link: self.screen.keys.link_key(click), key, at: click.at, note_id });
-            candidates.push((note_id, click, link));
+            candidates.push((key, click, link));
         }
+        let candidates = self.without_gateways(candidates).await?;
+        let candidates: Vec<_> = candidates
+            .into_iter()
+            .map(|(key, click, link)| {
+                let note_id = self.screen.keys.note_id(click, &key);
+                claims.push(VisitClaim { link: self.screen.keys.link_key(click), key, at: click.at, note_id });
+                (note_id, click, link)
+            })
+            .collect();
         // Nothing to claim is the usual case under a flood of repeats: no store round trip.
         let claimed = match claims.is_empty() {
             true => Vec::new(),
@@ -192,7 +258,45 @@ impl<S: Store> Dispatcher<S> {
             self.progress.fetch_max(latest, Relaxed);
         }
         self.stats.clicks_dispatched.fetch_add(clicks.len() as u64, Relaxed);
-        Ok(records.len())
+        Ok(Dispatched::Records(records.len()))
+    }
+
+    /// Drops the candidates whose address followed links of too many contacts around
+    /// their time (counted as `many_contacts`): one ledger read per address.
+    async fn without_gateways<'c>(
+        &self,
+        candidates: Vec<([u8; 16], &'c Click, Arc<Link>)>,
+    ) -> Result<Vec<([u8; 16], &'c Click, Arc<Link>)>, Error> {
+        let rule = self.screen.address_rule;
+        if rule.contacts == 0 || candidates.is_empty() {
+            return Ok(candidates);
+        }
+        let window = rule.window_ms();
+        let mut around: HashMap<[u8; 16], (u64, u64)> = HashMap::new();
+        for (_, click, _) in &candidates {
+            if let Some(ip) = click.client_ip {
+                let span = around.entry(self.screen.keys.address_key(ip)).or_insert((u64::MAX, 0));
+                *span = (span.0.min(click.at.0), span.1.max(click.at.0));
+            }
+        }
+        let mut seen = HashMap::with_capacity(around.len());
+        for (address, (first, last)) in around {
+            let from = Timestamp(first.saturating_sub(window));
+            let sightings = self.store.sightings(address, from, Timestamp(last.saturating_add(window))).await?;
+            seen.insert(address, sightings);
+        }
+        Ok(candidates
+            .into_iter()
+            .filter(|(_, click, link)| {
+                let Some(ip) = click.client_ip else { return true };
+                let sightings = seen.get(&self.screen.keys.address_key(ip)).map_or(&[][..], Vec::as_slice);
+                let vetoed = rule.vetoes(click.at, contact_key(link.account, link.entity), sightings);
+                if vetoed {
+                    self.stats.not_visit(NotVisit::ManyContacts);
+                }
+                !vetoed
+            })
+            .collect())
     }
 }
 
@@ -225,7 +329,7 @@ mod tests {
         store.push_records(CLICK_QUEUE, &[vec![click, twin]]).await.unwrap();
 
         let dispatcher = dispatcher(store.clone());
-        assert_eq!(dispatcher.dispatch_batch().await.unwrap(), 1);
+        assert_eq!(dispatcher.dispatch_batch().await.unwrap(), Dispatched::Records(1));
         let query = NotesQuery {
             account: AccountId(1),
             entity_type: EntityType::Contacts,
@@ -236,7 +340,7 @@ mod tests {
         assert_eq!(store.list_notes(query).await.unwrap().len(), 1);
         assert_eq!(dispatcher.stats.duplicate_visits.load(Relaxed), 1);
         assert_eq!(dispatcher.stats.clicks_dispatched.load(Relaxed), 2);
-        assert_eq!(dispatcher.dispatch_batch().await.unwrap(), 0, "the outbox is empty");
+        assert_eq!(dispatcher.dispatch_batch().await.unwrap(), Dispatched::Nothing, "the outbox is empty");
     }
 
     #[tokio::test]

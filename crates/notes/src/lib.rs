@@ -19,6 +19,8 @@
 pub mod capture;
 pub mod classify;
 mod dispatch;
+pub mod gateway;
+pub mod networks;
 pub mod note;
 pub mod pipeline;
 mod recent;

@@ -74,6 +74,17 @@ impl NoteKeys {
         key
     }
 
+    /// A client address as the address ledger keeps it: keyed, so that the store reveals
+    /// no address. Its input, the address text alone, never equals a visit key's (two
+    /// NULs) or a link key's (a code has neither `.` nor `:`).
+    pub fn address_key(&self, ip: IpAddr) -> [u8; 16] {
+        let mut text = [0u8; 64];
+        let len = address_text(ip, &mut text);
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&blake3::keyed_hash(&self.visit, &text[..len]).as_bytes()[..16]);
+        key
+    }
+
     /// The id of the note a visit becomes. It depends only on the click (its client, time and
     /// nonce), so that a redelivered click yields the same note and two clicks never do;
     /// 53 bits, so that JavaScript reads it exactly.

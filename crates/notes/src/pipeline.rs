@@ -8,7 +8,10 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::capture::{self, ClickRecorder, Durability};
+use crate::classify::Classifier;
 use crate::dispatch::{Dispatcher, Route};
+use crate::gateway::AddressRule;
+use crate::networks::ScannerNetworks;
 use crate::note::NoteKeys;
 use crate::screen::Screen;
 use crate::sink::{queue_of, run_sink, NoteSink, RetryPolicy};
@@ -28,6 +31,13 @@ pub struct PipelineConfig {
     pub notes_per_link: u32,
     /// Backoff between a sink's attempts.
     pub retry: RetryPolicy,
+    /// A visit becomes a note only this long after its click (zero: at once), so that the
+    /// address rule can still veto it.
+    pub note_hold: Duration,
+    /// One address, many contacts (`contacts: 0` turns it off).
+    pub address_rule: AddressRule,
+    /// Scanner networks of the operator's own, beside the shipped ones.
+    pub scanner_networks: Vec<ipnet::IpNet>,
 }
 
 impl Default for PipelineConfig {
@@ -37,6 +47,9 @@ impl Default for PipelineConfig {
             queue_capacity: 8192,
             dedup_window: Duration::from_secs(3600),
             notes_per_link: 5,
+            note_hold: Duration::from_secs(60),
+            address_rule: AddressRule::default(),
+            scanner_networks: Vec::new(),
             retry: RetryPolicy::default(),
         }
     }
@@ -83,7 +96,11 @@ impl<S: Store + Clone> PipelineBuilder<S> {
     /// Starts the writer and the dispatcher.
     pub fn start(self) -> Pipeline {
         let wake = Arc::new(Notify::new());
-        let screen = Arc::new(Screen::new(self.keys, self.config.dedup_window, self.config.notes_per_link));
+        let mut screen = Screen::new(self.keys, self.config.dedup_window, self.config.notes_per_link);
+        screen.classifier = Classifier::new(ScannerNetworks::published_and(&self.config.scanner_networks));
+        screen.address_rule = self.config.address_rule;
+        screen.hold_ms = u64::try_from(self.config.note_hold.as_millis()).unwrap_or(u64::MAX);
+        let screen = Arc::new(screen);
         let (recorder, writer) = capture::channel(
             self.store.clone(),
             self.config.durability,

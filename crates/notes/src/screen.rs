@@ -21,6 +21,7 @@ use shortlinks_core::model::Click;
 use shortlinks_core::store::VisitRules;
 
 use crate::classify::{Classifier, NotVisit};
+use crate::gateway::AddressRule;
 use crate::note::NoteKeys;
 use crate::recent::RecentMarks;
 use crate::stats::Stats;
@@ -34,6 +35,10 @@ pub(crate) struct Screen {
     pub(crate) window_ms: u64,
     /// What the store's ledger is asked to apply: the window and the cap per link.
     pub(crate) rules: VisitRules,
+    /// One address, many contacts.
+    pub(crate) address_rule: AddressRule,
+    /// How long a click waits before it may become a note, in milliseconds.
+    pub(crate) hold_ms: u64,
 }
 
 /// What screening found.
@@ -72,6 +77,8 @@ impl Screen {
             keys,
             window_ms,
             rules: VisitRules { window_ms, notes_per_link },
+            address_rule: AddressRule::default(),
+            hold_ms: 0,
         }
     }
 

@@ -52,6 +52,11 @@ impl Keys {
         format!("{}:rate:{key}", self.prefix)
     }
 
+    /// One address's recent sightings (see `AddressLedger`).
+    pub(crate) fn sightings(&self, address: &[u8; 16]) -> String {
+        format!("{}:seen:{}", self.prefix, hex(address))
+    }
+
     /// One credential (see `CredentialStore`).
     pub(crate) fn credential(&self, name: &str) -> String {
         format!("{}:credential:{name}", self.prefix)

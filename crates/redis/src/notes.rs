@@ -1,11 +1,13 @@
-//! The notes journal and the visit ledger.
+//! The notes journal, the visit ledger and the address ledger.
 
 use std::collections::HashMap;
 
 use futures_util::future::try_join_all;
 use shortlinks_core::model::{EntityRef, Note};
 use shortlinks_core::store::{decode, encode};
-use shortlinks_core::store::{Claimed, NotesJournal, NotesQuery, VisitClaim, VisitLedger, VisitRules};
+use shortlinks_core::store::{
+    AddressLedger, Claimed, NotesJournal, NotesQuery, Sighting, VisitClaim, VisitLedger, VisitRules,
+};
 use shortlinks_core::{Error, Timestamp};
 
 use crate::connection::store_error;
@@ -197,4 +199,62 @@ impl VisitLedger for RedisStore {
     async fn forget_visits(&self, _before: Timestamp) -> Result<u64, Error> {
         Ok(0)
     }
+}
+
+impl AddressLedger for RedisStore {
+    /// One sorted set per address (member: time and contact, score: time), its TTL pushed
+    /// on by every sighting; addresses at once.
+    async fn sight(&self, sightings: Vec<Sighting>, keep_ms: u64) -> Result<(), Error> {
+        let mut by_address: HashMap<[u8; 16], Vec<Sighting>> = HashMap::new();
+        for sighting in sightings {
+            by_address.entry(sighting.address).or_default().push(sighting);
+        }
+        let ttl_ms = keep_ms.min(i64::MAX as u64).max(1);
+        let calls = by_address.into_iter().map(|(address, sightings)| async move {
+            let key = self.keys.sightings(&address);
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(&key);
+            for s in &sightings {
+                zadd.arg(s.at.0).arg(sighting_member(s.at.0, s.contact).as_slice());
+            }
+            let _: i64 = self.query(&zadd).await?;
+            let _: i64 = self.query(redis::cmd("PEXPIRE").arg(&key).arg(ttl_ms)).await?;
+            Ok::<_, Error>(())
+        });
+        try_join_all(calls).await?;
+        Ok(())
+    }
+
+    async fn sightings(
+        &self,
+        address: [u8; 16],
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<(u64, Timestamp)>, Error> {
+        let members: Vec<Vec<u8>> =
+            self.query(redis::cmd("ZRANGEBYSCORE").arg(self.keys.sightings(&address)).arg(from.0).arg(to.0)).await?;
+        members
+            .iter()
+            .map(|m| {
+                let bytes: [u8; 16] =
+                    m.as_slice().try_into().map_err(|_| Error::Corrupt("a sighting is not 16 bytes".into()))?;
+                let at = u64::from_be_bytes(bytes[..8].try_into().unwrap_or_default());
+                let contact = u64::from_be_bytes(bytes[8..].try_into().unwrap_or_default());
+                Ok((contact, Timestamp(at)))
+            })
+            .collect()
+    }
+
+    /// Nothing to do: each address's key expires by its TTL.
+    async fn forget_sightings(&self, _before: Timestamp) -> Result<u64, Error> {
+        Ok(0)
+    }
+}
+
+/// `at ‖ contact`, big-endian.
+fn sighting_member(at: u64, contact: u64) -> [u8; 16] {
+    let mut member = [0u8; 16];
+    member[..8].copy_from_slice(&at.to_be_bytes());
+    member[8..].copy_from_slice(&contact.to_be_bytes());
+    member
 }

@@ -12,6 +12,7 @@ use hyper::header::HeaderName;
 use serde::Deserialize;
 use shortlinks_core::store::Rate;
 use shortlinks_core::{AccountId, CodeLength, LinkCache, SledStore};
+use shortlinks_notes::gateway::AddressRule;
 use shortlinks_notes::sink::{AmoCrmAuth, AmoCrmConfig, AmoNoteType, HttpClient, OAuthApp};
 use shortlinks_notes::{Durability, PipelineConfig};
 use shortlinks_redis::{RedisConfig, RedisTarget};
@@ -102,6 +103,21 @@ pub struct SettingsLayer {
     /// Visits beyond it are counted on `/metrics` (reason `link_cap`) and make no note.
     #[arg(long, env = "SHORTLINKS_NOTES_PER_LINK")]
     pub notes_per_link: Option<u32>,
+    /// A visit becomes a note only this many seconds after the click (default 60; 0: at
+    /// once), so that the address rule can still veto it.
+    #[arg(long, env = "SHORTLINKS_NOTE_HOLD_SECS")]
+    pub note_hold_secs: Option<u64>,
+    /// An address that follows links of this many different contacts within
+    /// `address_rule_window_secs` is a gateway, not a person (default 3; 0: no such rule).
+    #[arg(long, env = "SHORTLINKS_ADDRESS_RULE_CONTACTS")]
+    pub address_rule_contacts: Option<u32>,
+    /// The window of the address rule in seconds (default 60).
+    #[arg(long, env = "SHORTLINKS_ADDRESS_RULE_WINDOW_SECS")]
+    pub address_rule_window_secs: Option<u64>,
+    /// More scanner networks beside the shipped table: prefixes, comma-separated
+    /// (`192.0.2.0/24,2001:db8::/32`).
+    #[arg(long, env = "SHORTLINKS_SCANNER_NETWORKS")]
+    pub scanner_networks: Option<String>,
     /// `api` (default: one line per API request) or `all` (redirects too).
     #[arg(long, env = "SHORTLINKS_ACCESS_LOG", value_enum)]
     pub access_log: Option<AccessLog>,
@@ -262,6 +278,10 @@ impl SettingsLayer {
             commit_window_ms,
             dedup_window_secs,
             notes_per_link,
+            note_hold_secs,
+            address_rule_contacts,
+            address_rule_window_secs,
+            scanner_networks,
             access_log,
             client_ip_header,
             webhook_url,
@@ -475,6 +495,32 @@ impl SettingsLayer {
                 "dedup_window_secs",
             )?,
             notes_per_link: self.notes_per_link.unwrap_or(pipeline.notes_per_link),
+            note_hold: self.note_hold_secs.map_or(pipeline.note_hold, Duration::from_secs),
+            address_rule: AddressRule {
+                contacts: self.address_rule_contacts.unwrap_or(pipeline.address_rule.contacts),
+                window: positive(
+                    self.address_rule_window_secs,
+                    Duration::from_secs,
+                    pipeline.address_rule.window,
+                    "address_rule_window_secs",
+                )?,
+            },
+            scanner_networks: match &self.scanner_networks {
+                None => Vec::new(),
+                Some(list) => list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| match s.parse::<ipnet::IpNet>() {
+                        Ok(net) if net.trunc() == net => Ok(net),
+                        Ok(net) => Err(ServerError::Config(format!(
+                            "scanner_networks: {s} has host bits set (is it {}?)",
+                            net.trunc()
+                        ))),
+                        Err(e) => Err(ServerError::Config(format!("scanner_networks: {s:?}: {e}"))),
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
             client_ip_header,
             webhook,
             amocrm,
@@ -608,6 +654,12 @@ pub struct ClickSettings {
     pub dedup_window: Duration,
     /// The cap on notes per link within the window (0: none).
     pub notes_per_link: u32,
+    /// How long a visit waits before it becomes a note.
+    pub note_hold: Duration,
+    /// One address, many contacts.
+    pub address_rule: AddressRule,
+    /// The operator's scanner networks.
+    pub scanner_networks: Vec<ipnet::IpNet>,
     /// The trusted proxy's client-address header, if any.
     pub client_ip_header: Option<HeaderName>,
     /// The webhook sink, if configured.

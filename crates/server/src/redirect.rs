@@ -30,11 +30,15 @@ impl<S: Store> App<S> {
     /// 302 to the original URL, or the 404 page.
     pub(crate) async fn redirect<B>(&self, code: &str, request: &Request<B>, peer: Option<IpAddr>) -> Response<Body> {
         // Only the code and the target are needed: the link is read where the cache holds it.
-        let resolved =
-            self.engine.resolve_with(code, |link| (link.code, HeaderValue::from_str(link.target.as_str()))).await;
-        let (code, location) = match resolved {
+        let resolved = self
+            .engine
+            .resolve_with(code, |link| {
+                ((link.code, (link.account, link.entity)), HeaderValue::from_str(link.target.as_str()))
+            })
+            .await;
+        let ((code, contact), location) = match resolved {
             Ok(Some((code, Ok(location)))) => (code, location),
-            Ok(Some((code, Err(_)))) => {
+            Ok(Some(((code, _), Err(_)))) => {
                 // Stored targets are printable ASCII by construction (and re-checked on decode).
                 tracing::error!(%code, "stored target is not a valid header value");
                 return problem::text(StatusCode::INTERNAL_SERVER_ERROR, "invalid stored link\n");
@@ -54,6 +58,8 @@ impl<S: Store> App<S> {
             referer: RawClick::header_bytes(headers.get(REFERER)),
             prefetch: prefetch_hints(headers),
             client_ip: self.client_ip(headers, peer),
+            evidence: RawClick::browser_evidence(headers),
+            contact: Some(contact),
         };
         match self.clicks.record(click).await {
             Ok(()) => {}

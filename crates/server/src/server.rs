@@ -108,6 +108,9 @@ async fn assemble<S: Store + Clone>(
             durability: clicks.durability,
             dedup_window: clicks.dedup_window,
             notes_per_link: clicks.notes_per_link,
+            note_hold: clicks.note_hold,
+            address_rule: clicks.address_rule,
+            scanner_networks: clicks.scanner_networks.clone(),
             retry: RetryPolicy { max: clicks.sink_retry_max, ..RetryPolicy::default() },
             ..PipelineConfig::default()
         },

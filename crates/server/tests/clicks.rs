@@ -166,7 +166,8 @@ async fn a_flood_of_clients_on_one_link_makes_at_most_five_notes() {
     let codes = links(&server, &[("https://flooded.example/", 8), ("https://other.example/", 8)]).await;
     for n in 0..50 {
         let agent = format!("{BROWSER} Flood/{n}");
-        assert_eq!(click(server.addr, &codes[0], &[("user-agent", &agent)]).await.status, 302);
+        let headers = [[("user-agent", agent.as_str())].as_slice(), &common::NAVIGATION].concat();
+        assert_eq!(click(server.addr, &codes[0], &headers).await.status, 302);
     }
     click(server.addr, &codes[1], &[("user-agent", BROWSER)]).await;
     until_settled(server.addr, 51).await;

@@ -7,11 +7,13 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::{Claimed, InsertOutcome, NotesQuery, Rate, RecordQueues, Store, VisitClaim, VisitRules, CLICK_QUEUE};
+use super::{
+    Claimed, InsertOutcome, NotesQuery, Rate, RecordQueues, Sighting, Store, VisitClaim, VisitRules, CLICK_QUEUE,
+};
 use crate::code::{InstallationSecret, ShortCode};
 use crate::model::{
-    AccountId, ApiToken, Click, ClickMethod, ContactScope, EntityRef, EntityType, EntryId, Link, Note, NoteBody,
-    Timestamp, UserId,
+    AccountId, ApiToken, BrowserEvidence, Click, ClickMethod, ContactScope, EntityRef, EntityType, EntryId, Link, Note,
+    NoteBody, Timestamp, UserId,
 };
 use crate::target::TargetUrl;
 
@@ -31,6 +33,7 @@ pub async fn run<S: CrashFaults>(store: &S) {
     notes_journal(store).await;
     visit_ledger(store).await;
     credentials(store).await;
+    address_ledger(store).await;
     link_cap(store).await;
     tokens(store).await;
     installation_secret(store).await;
@@ -60,6 +63,9 @@ pub fn click(code: &str, at: u64) -> Click {
         referer: None,
         prefetch: None,
         client_ip: Some([127, 0, 0, 1].into()),
+        evidence: Some(BrowserEvidence(
+            BrowserEvidence::ACCEPTS_HTML | BrowserEvidence::ACCEPT_LANGUAGE | BrowserEvidence::NAVIGATE,
+        )),
         nonce: at,
     }
 }
@@ -337,4 +343,37 @@ async fn credentials<S: Store>(store: &S) {
     assert!(store.swap_credential(name, Some(b"a".to_vec()), vec![0, 255, 1]).await.expect("swap"));
     assert_eq!(store.credential(name).await.expect("read"), Some(vec![0, 255, 1]), "any bytes");
     assert_eq!(store.credential("test.other").await.expect("read"), None, "names are independent");
+}
+
+async fn address_ledger<S: Store>(store: &S) {
+    let (a, b) = ([7; 16], [8; 16]);
+    let seen = |address, contact, at| Sighting { address, contact, at: Timestamp(at) };
+    assert!(store.sightings(a, Timestamp(0), Timestamp(u64::MAX)).await.expect("read").is_empty());
+    let sightings = vec![seen(a, 1, 1_000), seen(a, 2, 3_000), seen(b, 9, 2_000), seen(a, 1, 5_000), seen(a, 3, 2_000)];
+    store.sight(sightings.clone(), 60_000).await.expect("sight");
+    store.sight(sightings, 60_000).await.expect("sighting again changes nothing");
+    let got = store.sightings(a, Timestamp(1_000), Timestamp(4_000)).await.expect("read");
+    assert_eq!(
+        got,
+        vec![(1, Timestamp(1_000)), (3, Timestamp(2_000)), (2, Timestamp(3_000))],
+        "both ends included, in time order"
+    );
+    assert_eq!(store.sightings(b, Timestamp(0), Timestamp(10_000)).await.expect("read"), vec![(9, Timestamp(2_000))]);
+    assert!(store.sightings(a, Timestamp(5_001), Timestamp(9_000)).await.expect("read").is_empty());
+    // Whatever a backend forgets, sightings at or after the time given stay.
+    store.forget_sightings(Timestamp(3_000)).await.expect("forget");
+    let kept = store.sightings(a, Timestamp(3_000), Timestamp(10_000)).await.expect("read");
+    assert_eq!(kept, vec![(2, Timestamp(3_000)), (1, Timestamp(5_000))]);
+}
+
+/// For backends that sweep sightings themselves (not Redis: a TTL): those before the time
+/// given are gone.
+pub async fn forgets_sightings_before<S: Store>(store: &S) {
+    let seen = |contact, at| Sighting { address: [1; 16], contact, at: Timestamp(at) };
+    store.sight(vec![seen(1, 1_000), seen(2, 2_000), seen(3, 3_000)], 60_000).await.expect("sight");
+    assert_eq!(store.forget_sightings(Timestamp(2_001)).await.expect("forget"), 2);
+    assert_eq!(
+        store.sightings([1; 16], Timestamp(0), Timestamp(9_000)).await.expect("read"),
+        vec![(3, Timestamp(3_000))]
+    );
 }

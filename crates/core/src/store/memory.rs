@@ -7,8 +7,9 @@ use parking_lot::{Mutex, RwLock};
 
 use super::rate::LocalRates;
 use super::{
-    check_queue_name, decide_visit, keys, Claimed, CredentialStore, InsertOutcome, LinkStore, NotesJournal, NotesQuery,
-    Queues, Rate, RateLimiter, SecretStore, Store, TokenStore, VisitClaim, VisitLedger, VisitRules,
+    check_queue_name, decide_visit, keys, AddressLedger, Claimed, CredentialStore, InsertOutcome, LinkStore,
+    NotesJournal, NotesQuery, Queues, Rate, RateLimiter, SecretStore, Sighting, Store, TokenStore, VisitClaim,
+    VisitLedger, VisitRules,
 };
 use crate::code::{InstallationSecret, ShortCode};
 use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, Timestamp, VisitMark};
@@ -40,6 +41,8 @@ struct Rest {
     tokens: BTreeMap<String, ApiToken>,
     secret: Option<InstallationSecret>,
     credentials: HashMap<String, Vec<u8>>,
+    /// (address, time, contact).
+    sightings: std::collections::BTreeSet<([u8; 16], u64, u64)>,
 }
 
 impl MemoryStore {
@@ -213,6 +216,34 @@ impl RateLimiter for MemoryStore {
 impl SecretStore for MemoryStore {
     async fn installation_secret(&self, candidate: InstallationSecret) -> Result<InstallationSecret, Error> {
         Ok(self.rest.lock().secret.get_or_insert(candidate).clone())
+    }
+}
+
+impl AddressLedger for MemoryStore {
+    async fn sight(&self, sightings: Vec<Sighting>, _keep_ms: u64) -> Result<(), Error> {
+        let set = &mut self.rest.lock().sightings;
+        set.extend(sightings.into_iter().map(|s| (s.address, s.at.0, s.contact)));
+        Ok(())
+    }
+
+    async fn sightings(
+        &self,
+        address: [u8; 16],
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<(u64, Timestamp)>, Error> {
+        let set = &self.rest.lock().sightings;
+        Ok(set
+            .range((address, from.0, 0)..=(address, to.0, u64::MAX))
+            .map(|&(_, at, contact)| (contact, Timestamp(at)))
+            .collect())
+    }
+
+    async fn forget_sightings(&self, before: Timestamp) -> Result<u64, Error> {
+        let set = &mut self.rest.lock().sightings;
+        let had = set.len();
+        set.retain(|&(_, at, _)| at >= before.0);
+        Ok((had - set.len()) as u64)
     }
 }
 

@@ -268,6 +268,39 @@ pub trait RateLimiter: Send + Sync + 'static {
     fn take(&self, key: &str, rate: Rate) -> impl Future<Output = Result<Option<std::time::Duration>, Error>> + Send;
 }
 
+/// A click that may be a visit, as the rule "one address, many contacts" sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sighting {
+    /// A keyed hash of the client's address.
+    pub address: [u8; 16],
+    /// Which contact's link it followed.
+    pub contact: u64,
+    /// When.
+    pub at: crate::Timestamp,
+}
+
+/// Which contacts each client address followed links of, recently: a person follows their
+/// own links, a gateway or scanner everyone's. Kept in the store so that every node sees
+/// the clicks of all.
+pub trait AddressLedger: Send + Sync + 'static {
+    /// Records sightings, each kept at least `keep_ms` past its time. Not flushed on its
+    /// own: a crash may lose the last moments of sightings (never a click).
+    fn sight(&self, sightings: Vec<Sighting>, keep_ms: u64) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// The sightings of `address` made from `from` to `to`, both included: (contact, time),
+    /// in time order.
+    fn sightings(
+        &self,
+        address: [u8; 16],
+        from: crate::Timestamp,
+        to: crate::Timestamp,
+    ) -> impl Future<Output = Result<Vec<(u64, crate::Timestamp)>, Error>> + Send;
+
+    /// Forgets sightings made before `before`; returns how many. Backends whose sightings
+    /// expire by themselves may forget none here (Redis: a TTL on each address's key).
+    fn forget_sightings(&self, before: crate::Timestamp) -> impl Future<Output = Result<u64, Error>> + Send;
+}
+
 /// Small secrets that change, such as an OAuth token pair that its issuer rotates: kept in
 /// the store so that every node shares them and a restart finds the latest.
 pub trait CredentialStore: Send + Sync + 'static {
@@ -288,7 +321,15 @@ pub trait CredentialStore: Send + Sync + 'static {
 /// A complete backend: what the engine needs, and the click pipeline, notes, tokens,
 /// rate limits and credentials.
 pub trait Store:
-    LinkStore + SecretStore + Queues + NotesJournal + TokenStore + VisitLedger + RateLimiter + CredentialStore
+    LinkStore
+    + SecretStore
+    + Queues
+    + NotesJournal
+    + TokenStore
+    + VisitLedger
+    + AddressLedger
+    + RateLimiter
+    + CredentialStore
 {
     /// Makes every write so far durable; called on shutdown.
     fn flush(&self) -> impl Future<Output = Result<(), Error>> + Send;

@@ -8,6 +8,7 @@
 //! | `queue_heads` | queue name                                      | the head's position (16 bytes) |
 //! | `visits`    | 16-byte visit key (link, client)                  | `VisitMark`  |
 //! | `link_notes` | 16-byte link key                                 | times of the link's recent notes (`Vec<u64>`) |
+//! | `sightings` | 16-byte address key ‖ at u64 ‖ contact u64         | empty        |
 //! | `notes`     | account u64 ‖ type u8 ‖ entity u64 ‖ at u64 ‖ id u64 | `Note`    |
 //! | `tokens`    | token id                                          | `ApiToken`   |
 //! | default     | `installation_secret`                             | 32 raw bytes |
@@ -40,8 +41,9 @@ use super::link_log::LinkLog;
 use super::queue_log::{Position, QueueLog, SEGMENT_BYTES};
 use super::rate::LocalRates;
 use super::{
-    check_queue_name, decide_visit, keys, Claimed, CredentialStore, InsertOutcome, LinkStore, NotesJournal, NotesQuery,
-    Queues, Rate, RateLimiter, SecretStore, Store, TokenStore, VisitClaim, VisitLedger, VisitRules,
+    check_queue_name, decide_visit, keys, AddressLedger, Claimed, CredentialStore, InsertOutcome, LinkStore,
+    NotesJournal, NotesQuery, Queues, Rate, RateLimiter, SecretStore, Sighting, Store, TokenStore, VisitClaim,
+    VisitLedger, VisitRules,
 };
 use crate::code::{InstallationSecret, ShortCode};
 use crate::codec::{decode, encode};
@@ -60,6 +62,7 @@ pub struct SledStore {
     queues: Arc<OpenQueues>,
     visits: sled::Tree,
     link_notes: sled::Tree,
+    sightings: sled::Tree,
     /// Claims move a visit's mark and its link's count together: one claim at a time
     /// (one process owns a sled directory, so a process lock is enough).
     claiming: Arc<Mutex<()>>,
@@ -118,6 +121,7 @@ impl SledStore {
             queues: Arc::new(OpenQueues { dir: dir.join("queues"), open: Mutex::default() }),
             visits: db.open_tree("visits").map_err(Error::storage)?,
             link_notes: db.open_tree("link_notes").map_err(Error::storage)?,
+            sightings: db.open_tree("sightings").map_err(Error::storage)?,
             claiming: Arc::default(),
             notes: db.open_tree("notes").map_err(Error::storage)?,
             tokens: db.open_tree("tokens").map_err(Error::storage)?,
@@ -392,6 +396,72 @@ impl SecretStore for SledStore {
         })
         .await
     }
+}
+
+impl AddressLedger for SledStore {
+    async fn sight(&self, sightings: Vec<Sighting>, _keep_ms: u64) -> Result<(), Error> {
+        // One batch, no flush: sled writes it out within its flush interval.
+        self.blocking(move |s| {
+            let mut batch = sled::Batch::default();
+            for sighting in sightings {
+                batch.insert(&sighting_key(sighting.address, sighting.at.0, sighting.contact)[..], &[][..]);
+            }
+            s.sightings.apply_batch(batch).map_err(Error::storage)
+        })
+        .await
+    }
+
+    async fn sightings(
+        &self,
+        address: [u8; 16],
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<(u64, Timestamp)>, Error> {
+        let range = sighting_key(address, from.0, 0)..=sighting_key(address, to.0, u64::MAX);
+        self.sightings
+            .range(range)
+            .map(|entry| {
+                let (key, _) = entry.map_err(Error::storage)?;
+                let (at, contact) = sighting_parts(&key)?;
+                Ok((contact, Timestamp(at)))
+            })
+            .collect()
+    }
+
+    async fn forget_sightings(&self, before: Timestamp) -> Result<u64, Error> {
+        self.blocking(move |s| {
+            let mut forgotten = 0;
+            for entry in s.sightings.iter() {
+                let (key, _) = entry.map_err(Error::storage)?;
+                if sighting_parts(&key)?.0 < before.0 {
+                    s.sightings.remove(&key).map_err(Error::storage)?;
+                    forgotten += 1;
+                }
+            }
+            Ok(forgotten)
+        })
+        .await
+    }
+}
+
+/// address ‖ at ‖ contact, big-endian: one address's sightings are one range, in time order.
+fn sighting_key(address: [u8; 16], at: u64, contact: u64) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key[..16].copy_from_slice(&address);
+    key[16..24].copy_from_slice(&at.to_be_bytes());
+    key[24..].copy_from_slice(&contact.to_be_bytes());
+    key
+}
+
+/// (at, contact) of a sighting's key.
+fn sighting_parts(key: &[u8]) -> Result<(u64, u64), Error> {
+    let part = |range: std::ops::Range<usize>| {
+        key.get(range)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| Error::Corrupt("a sighting's key is not 32 bytes".into()))
+    };
+    Ok((part(16..24)?, part(24..32)?))
 }
 
 /// Credentials live in the default tree beside the installation secret, under this prefix.

@@ -42,6 +42,10 @@ impl TestServer {
             // Tests post back to back: only the rate limit's own test keeps a real limit.
             api_rate_per_sec: Some(UNLIMITED),
             api_rate_burst: Some(UNLIMITED),
+            // Notes at once, and many contacts from one test address: the hold and the
+            // address rule have tests of their own, which turn them on.
+            note_hold_secs: Some(0),
+            address_rule_contacts: Some(0),
             ..Default::default()
         };
         let started = server::start(layer.over(base).resolve().unwrap()).await.unwrap();
@@ -141,6 +145,14 @@ pub async fn try_send(
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
+    // `BROWSER` is a browser: it navigates with a browser's headers, unless the test says
+    // otherwise (an `accept` of its own).
+    let browser = headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("user-agent") && *v == BROWSER);
+    if browser && !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("accept")) {
+        for (name, value) in NAVIGATION {
+            request = request.header(name, value);
+        }
+    }
     let response = sender.send_request(request.body(Full::new(Bytes::from(body))).unwrap()).await.ok()?;
     let (parts, body) = response.into_parts();
     Some(Reply { status: parts.status, headers: parts.headers, body: body.collect().await.ok()?.to_bytes() })
@@ -227,6 +239,7 @@ impl Process {
         }
         command.env("SHORTLINKS_API_RATE_PER_SEC", UNLIMITED.to_string());
         command.env("SHORTLINKS_API_RATE_BURST", UNLIMITED.to_string());
+        command.env("SHORTLINKS_NOTE_HOLD_SECS", "0").env("SHORTLINKS_ADDRESS_RULE_CONTACTS", "0");
         command.envs(env.iter().copied()).kill_on_drop(true);
         let mut child = command.spawn().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -268,6 +281,14 @@ impl Process {
 pub async fn click(addr: SocketAddr, code: &str, headers: &[(&str, &str)]) -> Reply {
     send(addr, Method::GET, &format!("/{code}"), headers, Vec::new()).await
 }
+
+/// What a browser adds to `BROWSER` when a person follows a link (Chrome's values).
+pub const NAVIGATION: [(&str, &str); 4] = [
+    ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"),
+    ("accept-language", "en-US,en;q=0.9"),
+    ("sec-fetch-mode", "navigate"),
+    ("sec-fetch-dest", "document"),
+];
 
 pub const BROWSER: &str =
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
