@@ -325,3 +325,43 @@ pub struct ApiToken {
     /// When it was revoked, if it was.
     pub revoked_at: Option<Timestamp>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How releases before `evidence` wrote a click: the same fields, in order, without it.
+    #[derive(Serialize)]
+    struct WrittenByAnEarlierRelease {
+        code: ShortCode,
+        at: Timestamp,
+        method: ClickMethod,
+        user_agent: Option<String>,
+        referer: Option<String>,
+        prefetch: Option<String>,
+        client_ip: Option<IpAddr>,
+        nonce: u64,
+    }
+
+    #[test]
+    fn an_outbox_record_of_the_earlier_shape_is_still_read() {
+        let code = ShortCode::from_key(b"AbCdEfGh1234").unwrap();
+        let old = vec![WrittenByAnEarlierRelease {
+            code,
+            at: Timestamp(5),
+            method: ClickMethod::Get,
+            user_agent: Some("Mozilla/5.0".into()),
+            referer: None,
+            prefetch: None,
+            client_ip: Some([192, 0, 2, 1].into()),
+            nonce: 9,
+        }];
+        let clicks = Click::decode_group(&crate::codec::encode(&old).unwrap()).unwrap();
+        assert_eq!(clicks.len(), 1);
+        assert_eq!((clicks[0].nonce, clicks[0].evidence), (9, None), "evidence unknown, not absent");
+
+        let current = vec![Click { evidence: Some(BrowserEvidence(BrowserEvidence::NAVIGATE)), ..clicks[0].clone() }];
+        assert_eq!(Click::decode_group(&crate::codec::encode(&current).unwrap()).unwrap(), current);
+        assert!(Click::decode_group(&[1, 2, 3]).is_err(), "garbage is still an error");
+    }
+}

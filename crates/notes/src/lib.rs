@@ -24,6 +24,7 @@ pub mod networks;
 pub mod note;
 pub mod pipeline;
 mod recent;
+pub mod replay;
 mod screen;
 pub mod sink;
 #[cfg(any(test, feature = "testing"))]

@@ -106,6 +106,12 @@ impl Stats {
             "Visit marks swept from the ledger after their window.",
             self.visit_marks_forgotten.load(Relaxed),
         );
+        // Written and not yet dispatched: the hold before a note, and any backlog.
+        let waiting = self.clicks_persisted.load(Relaxed).saturating_sub(self.clicks_dispatched.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP shortlinks_clicks_waiting Clicks in the outbox, not yet dispatched: held until their note_hold is over, or queued.\n# TYPE shortlinks_clicks_waiting gauge\nshortlinks_clicks_waiting {waiting}"
+        );
         let _ = writeln!(out, "# HELP shortlinks_not_visits_total Clicks that were not visits, by reason.");
         let _ = writeln!(out, "# TYPE shortlinks_not_visits_total counter");
         for why in NotVisit::ALL {

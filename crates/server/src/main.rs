@@ -1,5 +1,5 @@
 //! The `shortlinks` binary: `serve` (the default), `token create|list|revoke`, `resolve`,
-//! `amocrm connect`.
+//! `amocrm connect`, `clicks replay`.
 
 use std::path::PathBuf;
 
@@ -42,6 +42,22 @@ enum Command {
     /// The amoCRM integration.
     #[command(subcommand)]
     Amocrm(AmoCrmCommand),
+    /// Clicks.
+    #[command(subcommand)]
+    Clicks(ClicksCommand),
+}
+
+#[derive(Subcommand)]
+enum ClicksCommand {
+    /// Replay a file of clicks (JSON lines: time, address, code, headers) through the rules
+    /// that decide what is a visit, and print each verdict with its reason. Uses the same
+    /// settings as `serve` (the address rule, scanner networks, the store to look codes up).
+    Replay {
+        /// The JSON-lines file (`-` for standard input).
+        file: PathBuf,
+        #[command(flatten)]
+        args: Box<ServeArgs>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -159,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Serve(args)) => serve(*args).await,
         Some(Command::Token(command)) => token(command).await,
         Some(Command::Amocrm(AmoCrmCommand::Connect { code, args })) => amocrm_connect(&code, *args).await,
+        Some(Command::Clicks(ClicksCommand::Replay { file, args })) => replay(&file, *args).await,
         Some(Command::Resolve { code, store }) => match store.command(AdminRequest::Resolve { code }).await? {
             AdminReply::Link { link: Some(l) } => {
                 println!("code:       {}", l.code);
@@ -292,6 +309,42 @@ async fn amocrm_connect(code: &str, args: ServeArgs) -> anyhow::Result<()> {
         }
         other => unexpected(other),
     }
+}
+
+async fn replay(file: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> {
+    use shortlinks_core::model::EntityRef;
+    use shortlinks_core::AccountId;
+    use shortlinks_notes::classify::Classifier;
+    use shortlinks_notes::gateway::contact_key;
+    use shortlinks_notes::networks::ScannerNetworks;
+
+    let settings = args.settings.over(file_layer(args.config.as_deref())?).resolve()?;
+    let text = match file.as_os_str() == "-" {
+        true => std::io::read_to_string(std::io::stdin())?,
+        false => std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?,
+    };
+    let mut contacts = std::collections::HashMap::new();
+    for code in shortlinks_notes::replay::codes(&text) {
+        let reply =
+            admin::command(&settings.storage, &settings.data_dir, AdminRequest::Resolve { code: code.clone() }).await?;
+        if let AdminReply::Link { link: Some(link) } = reply {
+            contacts.insert(code, contact_key(AccountId(link.account), EntityRef::contact(link.entity_id)));
+        }
+    }
+    let clicks = &settings.clicks;
+    let classifier = Classifier::new(ScannerNetworks::published_and(&clicks.scanner_networks));
+    let replayed =
+        shortlinks_notes::replay::replay(&text, &classifier, clicks.address_rule, |code| contacts.get(code).copied());
+    let mut tally: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for r in &replayed {
+        let address = r.address.map_or_else(|| "-".to_owned(), |a| a.to_string());
+        println!("{}\t{}\t{address}\t{}", r.line, r.code, r.verdict);
+        *tally.entry(r.verdict.to_string()).or_default() += 1;
+    }
+    for (verdict, n) in tally {
+        eprintln!("{n:>8}  {verdict}");
+    }
+    Ok(())
 }
 
 fn parse_scope(contacts: &str) -> anyhow::Result<ContactScope> {

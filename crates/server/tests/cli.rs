@@ -338,3 +338,56 @@ async fn api_requests_are_logged_one_line_each() {
         assert_eq!(redirects, usize::from(access_log == "all"), "{access_log}: {log:#?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clicks_replay_prints_each_verdict_with_its_reason() {
+    let dir = common::private_tempdir();
+    let d = dir_arg(&dir);
+    let server = Process::serve(dir.path(), &[], &[]).await;
+    let token = common::first_token(dir.path());
+    let items: Vec<_> = (1..=4).map(|c| item(&format!("https://mail.example/{c}"), c)).collect();
+    let reply = server.post(&token, &json!(items)).await;
+    let codes: Vec<String> = reply.json()["_embedded"]["short_links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| code_of(l["url"].as_str().unwrap()).to_owned())
+        .collect();
+    let chrome = r#""user-agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36""#;
+    let browser = format!(r#"{chrome}, "accept": "text/html", "accept-language": "ru""#);
+    let line = |time: u32, address: &str, code: &str, headers: &str| {
+        format!(r#"{{"time": {time}, "address": "{address}", "code": "{code}", "headers": {{{headers}}}}}"#)
+    };
+    let file = dir.path().join("clicks.jsonl");
+    let lines = [
+        line(1000, "203.0.113.5", &codes[0], &browser),
+        line(1001, "40.107.3.3", &codes[1], &browser),
+        line(1002, "198.51.100.1", &codes[2], chrome),
+        // One address on three contacts within seconds.
+        line(2000, "192.0.2.9", &codes[0], &browser),
+        line(2001, "192.0.2.9", &codes[1], &browser),
+        line(2002, "192.0.2.9", &codes[3], &browser),
+    ];
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let expected = [
+        "visit",
+        "not a visit: scanner_network",
+        "not a visit: no_browser_evidence",
+        "not a visit: many_contacts",
+        "not a visit: many_contacts",
+        "not a visit: many_contacts",
+    ];
+    let path = file.to_str().unwrap();
+    let args = ["clicks", "replay", path, "--data-dir", d];
+    let replay = || cli(&args);
+    // With a server running (codes looked up through its admin socket), then without.
+    let (ok, out, err) = replay().await;
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().map(|l| l.rsplit('\t').next().unwrap()).collect::<Vec<_>>(), expected, "{out}");
+    assert!(out.starts_with(&format!("1\t{}\t203.0.113.5\t", codes[0])), "{out}");
+    assert!(err.contains("many_contacts"), "a tally on stderr: {err}");
+    assert_eq!(server.terminate().await, 0);
+    let (ok, offline, err) = replay().await;
+    assert!(ok, "{err}");
+    assert_eq!(offline, out, "the same verdicts from the data directory itself");
+}
