@@ -12,31 +12,15 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{code_of, item, metric, send, try_metric, Process, TestServer, BROWSER};
+use common::{metric, send, try_metric, Process, TestServer, BROWSER};
 use hyper::Method;
 use serde_json::json;
 use shortlinks_notes::stand_in::{AmoCrmStandIn, Fault, StandInOptions, TakenNote};
 use shortlinks_server::config::SettingsLayer;
 
-/// Creates one link per contact in `contacts` (batches of 250) through `post`; the codes.
+/// Creates one link per contact in `contacts`; the codes.
 async fn links_for(addr: SocketAddr, token: &str, contacts: &[u64]) -> Vec<String> {
-    let mut codes = Vec::new();
-    for chunk in contacts.chunks(250) {
-        let body =
-            json!(chunk.iter().map(|c| item(&format!("https://original.example/offer/{c}"), *c)).collect::<Vec<_>>());
-        let auth = format!("Bearer {token}");
-        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
-        let reply = send(addr, Method::POST, "/api/v4/short_links", &headers, body.to_string().into_bytes()).await;
-        assert_eq!(reply.status, 200);
-        codes.extend(
-            reply.json()["_embedded"]["short_links"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|l| code_of(l["url"].as_str().unwrap()).to_owned()),
-        );
-    }
-    codes
+    common::links_for(addr, token, "https://original.example/offer/", contacts).await
 }
 
 /// One browser visit per code, each from an address of its own.

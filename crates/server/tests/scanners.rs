@@ -8,9 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{all_notes, click, code_of, item, metric, send, Process, TestServer, BROWSER, NAVIGATION};
-use hyper::Method;
-use serde_json::json;
+use common::{all_notes, click, metric, Process, TestServer, BROWSER, NAVIGATION};
 use shortlinks_notes::classify::samples::{BORROWED_AGENTS, BROWSER_HEADERS};
 use shortlinks_server::config::SettingsLayer;
 
@@ -27,18 +25,7 @@ fn layer(hold_secs: u64) -> SettingsLayer {
 
 /// One link per contact; the codes.
 async fn links(addr: SocketAddr, token: &str, contacts: &[u64]) -> Vec<String> {
-    let body =
-        json!(contacts.iter().map(|c| item(&format!("https://original.example/mail/{c}"), *c)).collect::<Vec<_>>());
-    let auth = format!("Bearer {token}");
-    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
-    let reply = send(addr, Method::POST, "/api/v4/short_links", &headers, body.to_string().into_bytes()).await;
-    assert_eq!(reply.status, 200);
-    reply.json()["_embedded"]["short_links"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| code_of(l["url"].as_str().unwrap()).to_owned())
-        .collect()
+    common::links_for(addr, token, "https://original.example/mail/", contacts).await
 }
 
 /// A browser's click (Chrome's agent and navigation headers) from `ip`.

@@ -428,3 +428,18 @@ impl Receiver {
         }
     }
 }
+
+/// Creates one link per contact, `{url_prefix}{contact}` each, in batches of 250; the codes.
+pub async fn links_for(addr: SocketAddr, token: &str, url_prefix: &str, contacts: &[u64]) -> Vec<String> {
+    let mut codes = Vec::new();
+    for chunk in contacts.chunks(250) {
+        let body = serde_json::json!(chunk.iter().map(|c| item(&format!("{url_prefix}{c}"), *c)).collect::<Vec<_>>());
+        let auth = format!("Bearer {token}");
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        let reply = send(addr, Method::POST, "/api/v4/short_links", &headers, body.to_string().into_bytes()).await;
+        assert_eq!(reply.status, 200);
+        let links = reply.json()["_embedded"]["short_links"].as_array().unwrap().clone();
+        codes.extend(links.iter().map(|l| code_of(l["url"].as_str().unwrap()).to_owned()));
+    }
+    codes
+}
