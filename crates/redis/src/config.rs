@@ -58,6 +58,10 @@ pub struct RedisConfig {
     /// How long one command may take before the store counts as unreachable (redirects
     /// then answer 503 instead of hanging).
     pub response_timeout: Duration,
+    /// A consumer (a node) silent this long, with nothing leased, is removed from the
+    /// queues' consumer groups, so that nodes gone for good do not pile up there. A node
+    /// that comes back later simply joins again.
+    pub forget_consumer_after: Duration,
 }
 
 impl RedisConfig {
@@ -69,6 +73,7 @@ impl RedisConfig {
             consumer: None,
             claim_after: Duration::from_secs(30),
             response_timeout: Duration::from_secs(2),
+            forget_consumer_after: Duration::from_secs(3600),
         }
     }
 }

@@ -3,11 +3,12 @@
 //! A lease is: this node's own pending entries first (a batch that failed comes back),
 //! then entries idle for longer than `claim_after` in another node's pending list (that
 //! node died), then new entries. Removing is `XACK` and `XDEL` together, so a stream only
-//! ever holds work not yet done.
+//! ever holds work not yet done. Nodes gone for good leave the group once they hold no
+//! entries and have been silent for `forget_consumer_after` (an hour).
 
 use std::time::Instant;
 
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoConsumersReply, StreamReadReply};
 use shortlinks_core::model::EntryId;
 use shortlinks_core::store::{check_queue_name, Queues};
 use shortlinks_core::Error;
@@ -96,7 +97,50 @@ impl RedisStore {
         if !reply.claimed.is_empty() {
             tracing::info!(queue = key, entries = reply.claimed.len(), "took over entries of a silent node");
         }
+        // After the takeover, so that a dead node's entries are no longer its own.
+        if let Err(e) = self.forget_dead_consumers(key).await {
+            tracing::warn!(queue = key, error = %e, "cannot tidy the queue's consumers; trying again later");
+        }
         self.records(key, reply.claimed).await
+    }
+
+    /// Removes from the group the consumers silent for `forget_consumer_after` that hold no
+    /// entry (a consumer's removal would drop its pending entries, so one that still holds
+    /// some waits until they are taken over). Returns how many went.
+    pub(crate) async fn forget_dead_consumers(&self, key: &str) -> Result<usize, Error> {
+        let reply: StreamInfoConsumersReply = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(key)
+            .arg(GROUP)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|e| self.forget_group_on(key, e))?;
+        let idle_ms = usize::try_from(self.forget_consumer_after.as_millis()).unwrap_or(usize::MAX);
+        let mut forgotten = 0;
+        for consumer in reply.consumers {
+            if consumer.name == *self.consumer || consumer.pending > 0 || consumer.idle < idle_ms {
+                continue;
+            }
+            let dropped: i64 =
+                self.query(redis::cmd("XGROUP").arg("DELCONSUMER").arg(key).arg(GROUP).arg(&consumer.name)).await?;
+            forgotten += 1;
+            match dropped {
+                0 => tracing::info!(
+                    queue = key,
+                    consumer = consumer.name,
+                    "removed a node gone for good from the queue's consumers"
+                ),
+                // Leased in the instant between the two commands: those entries are in the
+                // stream still, but no longer pending for anyone.
+                n => tracing::error!(
+                    queue = key,
+                    consumer = consumer.name,
+                    entries = n,
+                    "a removed consumer held entries; they stay in the stream unleased"
+                ),
+            }
+        }
+        Ok(forgotten)
     }
 
     /// Entry ids and records; entries deleted under a lease are acknowledged and skipped.

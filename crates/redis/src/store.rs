@@ -24,6 +24,7 @@ pub struct RedisStore {
     pub(crate) keys: Keys,
     pub(crate) consumer: Arc<str>,
     pub(crate) claim_after: Duration,
+    pub(crate) forget_consumer_after: Duration,
     /// When this node last looked for abandoned entries, per queue key.
     pub(crate) last_takeover: Arc<Mutex<HashMap<String, Instant>>>,
     /// Queue keys whose consumer group is known to exist.
@@ -65,6 +66,7 @@ impl RedisStore {
             keys: Keys::new(&config.key_prefix),
             consumer: consumer.into(),
             claim_after: config.claim_after,
+            forget_consumer_after: config.forget_consumer_after,
             last_takeover: Arc::default(),
             groups: Arc::default(),
         };

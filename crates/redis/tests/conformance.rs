@@ -106,3 +106,43 @@ async fn a_redis_restart_is_survived_without_reopening() {
     };
     assert_eq!(found, Some(link), "the link survived the restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_gone_for_good_leave_the_consumer_group() {
+    if !shortlinks_redis::testing::available() {
+        return;
+    }
+    let server = RedisServer::standalone().unwrap();
+    let config = |name: &str, claim_after: Duration| RedisConfig {
+        consumer: Some(name.into()),
+        claim_after,
+        forget_consumer_after: Duration::from_millis(300),
+        ..server.config("consumers")
+    };
+    let consumers = || {
+        shortlinks_redis::testing::cli(server.port(), &["xinfo", "consumers", "consumers:queue:q", "shortlinks"])
+            .unwrap()
+    };
+    let gone = RedisStore::open(config("gone", Duration::from_secs(600))).await.unwrap();
+    let busy = RedisStore::open(config("busy", Duration::from_secs(600))).await.unwrap();
+    gone.push("q", vec![b"a".to_vec(), b"b".to_vec()]).await.unwrap();
+    let done = gone.lease("q", 1).await.unwrap();
+    gone.remove("q", vec![done[0].0]).await.unwrap();
+    assert_eq!(busy.lease("q", 1).await.unwrap().len(), 1, "busy leases the other entry and goes silent");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    // A node that takes nothing over: only the silent consumer that holds nothing goes.
+    let alive = RedisStore::open(config("alive", Duration::from_secs(600))).await.unwrap();
+    assert!(alive.lease("q", 10).await.unwrap().is_empty());
+    let listed = consumers();
+    assert!(!listed.contains("gone"), "silent and holding nothing: removed\n{listed}");
+    assert!(listed.contains("busy"), "silent but holding an entry: kept, or the entry would be lost\n{listed}");
+    assert!(listed.contains("alive"), "{listed}");
+
+    // Once its entry is taken over, the silent node holds nothing and goes too.
+    let rescuer = RedisStore::open(config("rescuer", Duration::from_millis(200))).await.unwrap();
+    assert_eq!(rescuer.lease("q", 10).await.unwrap().len(), 1, "busy's entry is taken over");
+    let listed = consumers();
+    assert!(!listed.contains("busy"), "{listed}");
+    assert!(listed.contains("alive") && listed.contains("rescuer"), "{listed}");
+}

@@ -47,6 +47,10 @@ pub struct SettingsLayer {
     /// A node silent this long loses its leased clicks and notes to another (default 30000).
     #[arg(long, env = "SHORTLINKS_REDIS_CLAIM_AFTER_MS")]
     pub redis_claim_after_ms: Option<u64>,
+    /// A node silent this long and holding nothing leaves the queues' consumer groups
+    /// (default 3600).
+    #[arg(long, env = "SHORTLINKS_REDIS_FORGET_CONSUMER_AFTER_SECS")]
+    pub redis_forget_consumer_after_secs: Option<u64>,
     /// The address to listen on, such as `127.0.0.1:8080`.
     #[arg(long, env = "SHORTLINKS_LISTEN")]
     pub listen: Option<String>,
@@ -260,6 +264,7 @@ impl SettingsLayer {
             redis_nodes,
             redis_key_prefix,
             redis_claim_after_ms,
+            redis_forget_consumer_after_secs,
             listen,
             public_url,
             code_length,
@@ -433,6 +438,13 @@ impl SettingsLayer {
                 match self.redis_claim_after_ms {
                     Some(0) => return Err(ServerError::Config("redis_claim_after_ms must be positive".into())),
                     Some(ms) => config.claim_after = Duration::from_millis(ms),
+                    None => {}
+                }
+                match self.redis_forget_consumer_after_secs {
+                    Some(0) => {
+                        return Err(ServerError::Config("redis_forget_consumer_after_secs must be positive".into()))
+                    }
+                    Some(secs) => config.forget_consumer_after = Duration::from_secs(secs),
                     None => {}
                 }
                 Ok(StorageSettings::Redis(config))
