@@ -20,6 +20,7 @@
 //! promise. With the `testing` feature, `testing` starts throwaway `redis-server` processes for
 //! tests and benches.
 
+pub mod acl;
 mod config;
 mod connection;
 mod keys;

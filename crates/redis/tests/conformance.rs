@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use shortlinks_core::store::{conformance, LinkStore, Queues};
 use shortlinks_core::Error;
 use shortlinks_redis::testing::{RedisCluster, RedisServer};
-use shortlinks_redis::{RedisConfig, RedisStore};
+use shortlinks_redis::{RedisConfig, RedisStore, RedisTarget};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_meets_the_contract() {
@@ -145,4 +145,38 @@ async fn nodes_gone_for_good_leave_the_consumer_group() {
     let listed = consumers();
     assert!(!listed.contains("busy"), "{listed}");
     assert!(listed.contains("alive") && listed.contains("rescuer"), "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_limited_to_its_prefix_and_commands_meets_the_contract() {
+    if !shortlinks_redis::testing::available() {
+        return;
+    }
+    let setuser = |port: u16| {
+        let mut args: Vec<String> = ["acl", "setuser", "shortlinks", "on", ">s3cret"].map(String::from).to_vec();
+        args.extend(shortlinks_redis::acl::acl_rules("least"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(shortlinks_redis::testing::cli(port, &args).unwrap().trim(), "OK");
+    };
+    let as_user = |port: u16| format!("redis://shortlinks:s3cret@127.0.0.1:{port}/");
+    let with_prefix =
+        |target: RedisTarget, prefix: &str| RedisConfig { key_prefix: prefix.into(), ..RedisConfig::new(target) };
+
+    let server = RedisServer::standalone().unwrap();
+    setuser(server.port());
+    let target = RedisTarget::Standalone(as_user(server.port()));
+    conformance::run(&RedisStore::open(with_prefix(target.clone(), "least")).await.unwrap()).await;
+    two_consumers_share_a_queue(with_prefix(target.clone(), "least")).await;
+    // Outside its prefix the user can do nothing: the rule really is that narrow.
+    let outside = RedisStore::open(with_prefix(target, "other")).await.unwrap();
+    let code = shortlinks_core::ShortCode::from_key(b"AbCdEfGh1234").unwrap();
+    assert!(outside.get_link(&code).await.is_err(), "keys outside the prefix are refused");
+
+    let cluster = RedisCluster::start(3).unwrap();
+    let ports: Vec<u16> = cluster.nodes().iter().map(RedisServer::port).collect();
+    for &port in &ports {
+        setuser(port);
+    }
+    let target = RedisTarget::Cluster(ports.iter().map(|&p| as_user(p)).collect());
+    conformance::run(&RedisStore::open(with_prefix(target, "least")).await.unwrap()).await;
 }
