@@ -54,7 +54,9 @@ backlog printed is what was left when wrk stopped), and that time's CPU counts i
   --seconds S          seconds per run (10)
   --connections LIST   wrk connection counts (64,256)
   --sample N           distinct codes wrk picks from at random (100000)
-  --storage LIST       sled and/or redis (sled); redis starts its own redis-server
+  --storage LIST       sled, redis and/or redis-acked (sled); redis starts its own
+                       redis-server, redis-acked a primary and a replica, with every
+                       durable write waiting for the replica (redis_replicas_ack = 1)
   --baseline PATH      another shortlinks binary, run on sled in the same rounds
   --visitors KIND      repeat (default): one agent from one address, so after the
                        warm-up nearly every click repeats a visit; new: every request
@@ -122,8 +124,8 @@ fn options() -> anyhow::Result<Options> {
             baseline.display()
         );
     }
-    if let Some(bad) = o.storages.iter().find(|s| !matches!(s.as_str(), "sled" | "redis")) {
-        bail!("--storage takes sled and/or redis, not {bad:?}");
+    if let Some(bad) = o.storages.iter().find(|s| !matches!(s.as_str(), "sled" | "redis" | "redis-acked")) {
+        bail!("--storage takes sled, redis and/or redis-acked, not {bad:?}");
     }
     Ok(o)
 }
@@ -391,6 +393,8 @@ struct Contender {
     server: Server,
     /// Keeps the `redis-server` of a Redis contender alive.
     _redis: Option<RedisServer>,
+    /// And its replica, for `redis-acked`.
+    _replica: Option<RedisServer>,
 }
 
 /// Starts the `shortlinks` binary `binary` on `storage`, preloads `n` links, and reports
@@ -420,12 +424,29 @@ async fn shortlinks_on(
         // such visit is to make a note, however often wrk draws one link: no cap per link.
         command.args(["--client-ip-header", "X-Forwarded-For"]).env("SHORTLINKS_NOTES_PER_LINK", "0");
     }
-    let redis = if storage == "redis" {
-        let redis = RedisServer::standalone().map_err(|e| anyhow::anyhow!("{e}"))?;
-        command.args(["--storage", "redis", "--redis-url", &redis.url()]);
-        Some(redis)
-    } else {
-        None
+    let (redis, _replica) = match storage {
+        "redis" => {
+            let redis = RedisServer::standalone().map_err(|e| anyhow::anyhow!("{e}"))?;
+            command.args(["--storage", "redis", "--redis-url", &redis.url()]);
+            (Some(redis), None)
+        }
+        "redis-acked" => {
+            // A primary and one replica; every durable write waits for the replica.
+            let redis = RedisServer::standalone().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let port = redis.port().to_string();
+            let replica = RedisServer::standalone_with(&["--replicaof", "127.0.0.1", &port])
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !cli(replica.port(), &["info", "replication"]).is_some_and(|i| i.contains("master_link_status:up")) {
+                if Instant::now() > deadline {
+                    bail!("the replica did not catch up");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            command.args(["--storage", "redis", "--redis-url", &redis.url(), "--redis-replicas-ack", "1"]);
+            (Some(redis), Some(replica))
+        }
+        _ => (None, None),
     };
     let server = spawn(command).await?;
     // Printed on a terminal, else (here) written to the data directory.
@@ -464,7 +485,7 @@ async fn shortlinks_on(
     if let Some(id) = server.child.id() {
         println!("{name} RSS after preload: {:.0} MiB", rss_mib(id).unwrap_or(0.0));
     }
-    Ok((Contender { name: name.to_owned(), server, _redis: redis }, links))
+    Ok((Contender { name: name.to_owned(), server, _redis: redis, _replica }, links))
 }
 
 #[tokio::main]
@@ -506,7 +527,12 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&links_file, links.iter().map(|(c, t)| format!("{c} {t}\n")).collect::<String>())?;
     let mut reference = Command::new(release.join("reference-server"));
     reference.arg(&links_file);
-    contenders.push(Contender { name: "reference".into(), server: spawn(reference).await?, _redis: None });
+    contenders.push(Contender {
+        name: "reference".into(),
+        server: spawn(reference).await?,
+        _redis: None,
+        _replica: None,
+    });
 
     // wrk picks among many existing codes at random: no single hot key. Same picks (by
     // position) for every contender.

@@ -62,6 +62,13 @@ pub struct RedisConfig {
     /// queues' consumer groups, so that nodes gone for good do not pile up there. A node
     /// that comes back later simply joins again.
     pub forget_consumer_after: Duration,
+    /// Writes the store promises as durable (links, queued clicks and notes, notes) are
+    /// acknowledged only once this many replicas have them (`WAIT`); 0: once the primary
+    /// has them, as Redis itself acknowledges.
+    pub replicas_ack: u32,
+    /// How long a write may wait for its replicas; past it the write is an error to the
+    /// caller (the primary has it, a retry is harmless), never a silent success.
+    pub replicas_ack_timeout: Duration,
 }
 
 impl RedisConfig {
@@ -74,6 +81,8 @@ impl RedisConfig {
             claim_after: Duration::from_secs(30),
             response_timeout: Duration::from_secs(2),
             forget_consumer_after: Duration::from_secs(3600),
+            replicas_ack: 0,
+            replicas_ack_timeout: Duration::from_secs(1),
         }
     }
 }

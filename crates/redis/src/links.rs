@@ -20,7 +20,7 @@ impl RedisStore {
         let key = self.keys.link(&link.code);
         let encoded = encode(&link)?;
         let outcome = loop {
-            let set: Option<String> = self.query(redis::cmd("SET").arg(&key).arg(&encoded).arg("NX")).await?;
+            let set: Option<String> = self.write(redis::cmd("SET").arg(&key).arg(&encoded).arg("NX")).await?;
             if set.is_some() {
                 break InsertOutcome::Inserted;
             }
@@ -36,7 +36,7 @@ impl RedisStore {
             InsertOutcome::Occupied(existing) => existing,
         };
         let index = self.keys.links_of(owner.account, owner.entity);
-        let _: i64 = self.query(redis::cmd("ZADD").arg(index).arg(0).arg(owner.code.as_str())).await?;
+        let _: i64 = self.write(redis::cmd("ZADD").arg(index).arg(0).arg(owner.code.as_str())).await?;
         Ok(outcome)
     }
 }
@@ -46,13 +46,16 @@ impl LinkStore for RedisStore {
         let mut codes = HashSet::with_capacity(links.len());
         if links.iter().all(|l| codes.insert(l.code)) {
             // Distinct codes are independent: send them all at once.
-            return try_join_all(links.into_iter().map(|link| self.insert_link(link))).await;
+            let outcomes = try_join_all(links.into_iter().map(|link| self.insert_link(link))).await?;
+            self.replicated().await?;
+            return Ok(outcomes);
         }
         // A code repeated in the batch: later links must see earlier ones, so go in order.
         let mut outcomes = Vec::with_capacity(links.len());
         for link in links {
             outcomes.push(self.insert_link(link).await?);
         }
+        self.replicated().await?;
         Ok(outcomes)
     }
 

@@ -62,7 +62,7 @@ impl RedisStore {
     /// note's order key and body go in one transaction. `HSETNX` keeps a first copy as is.
     async fn append_note(&self, note: &Note) -> Result<(), Error> {
         let noted = self.keys.noted(note.account, note.entity.kind);
-        let _: i64 = self.query(redis::cmd("ZADD").arg(noted).arg(0).arg(ordered_id(note.entity.id))).await?;
+        let _: i64 = self.write(redis::cmd("ZADD").arg(noted).arg(0).arg(ordered_id(note.entity.id))).await?;
         let (order, body) = self.keys.notes(note.account, note.entity);
         let member = note_member(note);
         let mut pipe = redis::pipe();
@@ -77,7 +77,7 @@ impl RedisStore {
             .arg(0)
             .arg(member.as_slice())
             .ignore();
-        pipe.query_async::<()>(&mut self.connection()).await.map_err(store_error)
+        pipe.query_async::<()>(&mut self.write_connection()).await.map_err(store_error)
     }
 
     /// The entity ids of a query, ascending.
@@ -107,7 +107,7 @@ impl RedisStore {
 impl NotesJournal for RedisStore {
     async fn append_notes(&self, notes: Vec<Note>) -> Result<(), Error> {
         try_join_all(notes.iter().map(|note| self.append_note(note))).await?;
-        Ok(())
+        self.replicated().await
     }
 
     async fn list_notes(&self, query: NotesQuery) -> Result<Vec<Note>, Error> {

@@ -184,7 +184,8 @@ impl Queues for RedisStore {
         for record in &records {
             pipe.cmd("XADD").arg(&key).arg("*").arg(FIELD).arg(record.as_slice()).ignore();
         }
-        pipe.query_async::<()>(&mut self.connection()).await.map_err(store_error)
+        pipe.query_async::<()>(&mut self.write_connection()).await.map_err(store_error)?;
+        self.replicated().await
     }
 
     async fn lease(&self, queue: &str, max: usize) -> Result<Vec<(EntryId, Vec<u8>)>, Error> {

@@ -29,6 +29,18 @@ pub struct RedisStore {
     pub(crate) last_takeover: Arc<Mutex<HashMap<String, Instant>>>,
     /// Queue keys whose consumer group is known to exist.
     pub(crate) groups: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// With `replicas_ack`: the connection durable writes go through, and what `WAIT` asks.
+    pub(crate) acked: Option<Acked>,
+}
+
+/// Writes whose replication is waited for. `WAIT` covers the writes sent before it on its
+/// own connection, and blocks that connection meanwhile: so these writes have one of
+/// their own, and the redirects' reads never queue behind a `WAIT`.
+#[derive(Clone)]
+pub(crate) struct Acked {
+    connection: Connection,
+    replicas: u32,
+    timeout: Duration,
 }
 
 impl RedisStore {
@@ -36,26 +48,15 @@ impl RedisStore {
     /// connection is re-established by itself, and calls fail with
     /// [`Error::Unavailable`] meanwhile.
     pub async fn open(config: RedisConfig) -> Result<Self, Error> {
-        let timeout = config.response_timeout;
-        let connection = match &config.target {
-            RedisTarget::Standalone(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(store_error)?;
-                let settings = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(timeout))
-                    .set_response_timeout(Some(timeout))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_secs(1));
-                Connection::Standalone(client.get_connection_manager_with_config(settings).await.map_err(store_error)?)
-            }
-            RedisTarget::Cluster(nodes) => {
-                let client = ClusterClient::builder(nodes.iter().map(String::as_str))
-                    .connection_timeout(timeout)
-                    .response_timeout(timeout)
-                    .retries(2)
-                    .build()
-                    .map_err(store_error)?;
-                Connection::Cluster(client.get_async_connection().await.map_err(store_error)?)
-            }
+        let connection = connect(&config.target, config.response_timeout).await?;
+        let acked = match config.replicas_ack {
+            0 => None,
+            replicas => Some(Acked {
+                // A write may wait up to the ack timeout on top of its own time.
+                connection: connect(&config.target, config.response_timeout + config.replicas_ack_timeout).await?,
+                replicas,
+                timeout: config.replicas_ack_timeout,
+            }),
         };
         let consumer = match config.consumer {
             Some(name) => name,
@@ -69,6 +70,7 @@ impl RedisStore {
             forget_consumer_after: config.forget_consumer_after,
             last_takeover: Arc::default(),
             groups: Arc::default(),
+            acked,
         };
         let _: String = redis::cmd("PING").query_async(&mut store.connection()).await.map_err(store_error)?;
         Ok(store)
@@ -84,10 +86,64 @@ impl RedisStore {
         self.connection.clone()
     }
 
+    /// The connection for a write the store promises as durable.
+    pub(crate) fn write_connection(&self) -> Connection {
+        self.acked.as_ref().map_or_else(|| self.connection(), |a| a.connection.clone())
+    }
+
+    /// Runs a durable write's command (see [`RedisStore::write_connection`]).
+    pub(crate) async fn write<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Error> {
+        cmd.query_async(&mut self.write_connection()).await.map_err(store_error)
+    }
+
+    /// With `replicas_ack`, waits until that many replicas have every durable write made
+    /// so far; an error if they do not within the timeout.
+    pub(crate) async fn replicated(&self) -> Result<(), Error> {
+        let Some(acked) = &self.acked else { return Ok(()) };
+        let timeout_ms = u64::try_from(acked.timeout.as_millis()).unwrap_or(u64::MAX);
+        let got: i64 = redis::cmd("WAIT")
+            .arg(acked.replicas)
+            .arg(timeout_ms)
+            .query_async(&mut acked.connection.clone())
+            .await
+            .map_err(store_error)?;
+        if got < i64::from(acked.replicas) {
+            return Err(Error::Unavailable(format!(
+                "only {got} of {} replicas acknowledged the write within {:?} (the primary has it; retrying is safe)",
+                acked.replicas, acked.timeout
+            )));
+        }
+        Ok(())
+    }
+
     /// Runs a command, mapping the error.
     pub(crate) async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Error> {
         cmd.query_async(&mut self.connection()).await.map_err(store_error)
     }
+}
+
+/// One multiplexed connection to the target that reconnects by itself.
+async fn connect(target: &RedisTarget, timeout: Duration) -> Result<Connection, Error> {
+    Ok(match target {
+        RedisTarget::Standalone(url) => {
+            let client = redis::Client::open(url.as_str()).map_err(store_error)?;
+            let settings = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(1));
+            Connection::Standalone(client.get_connection_manager_with_config(settings).await.map_err(store_error)?)
+        }
+        RedisTarget::Cluster(nodes) => {
+            let client = ClusterClient::builder(nodes.iter().map(String::as_str))
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(2)
+                .build()
+                .map_err(store_error)?;
+            Connection::Cluster(client.get_async_connection().await.map_err(store_error)?)
+        }
+    })
 }
 
 fn random_consumer_name() -> Result<String, Error> {

@@ -180,3 +180,40 @@ async fn a_user_limited_to_its_prefix_and_commands_meets_the_contract() {
     let target = RedisTarget::Cluster(ports.iter().map(|&p| as_user(p)).collect());
     conformance::run(&RedisStore::open(with_prefix(target, "least")).await.unwrap()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replicas_ack_a_write_is_acknowledged_only_once_replicated() {
+    if !shortlinks_redis::testing::available() {
+        return;
+    }
+    let primary = RedisServer::standalone().unwrap();
+    let port = primary.port().to_string();
+    let mut replica = RedisServer::standalone_with(&["--replicaof", "127.0.0.1", &port]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !shortlinks_redis::testing::cli(replica.port(), &["info", "replication"])
+        .is_some_and(|i| i.contains("master_link_status:up"))
+    {
+        assert!(Instant::now() < deadline, "the replica did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let config =
+        RedisConfig { replicas_ack: 1, replicas_ack_timeout: Duration::from_millis(500), ..primary.config("acked") };
+    let store = RedisStore::open(config).await.unwrap();
+    conformance::run(&store).await;
+    // What was acknowledged is on the replica.
+    let link = conformance::link("AcKeD0000001", 1, 9, "https://acked.example/");
+    store.insert_links(vec![link.clone()]).await.unwrap();
+    let on_replica = shortlinks_redis::testing::cli(replica.port(), &["exists", "acked:link:AcKeD0000001"]).unwrap();
+    assert_eq!(on_replica.trim(), "1", "acknowledged means the replica has it");
+
+    // Without the replica, a write is an error after the timeout, never a silent success.
+    replica.kill();
+    let started = Instant::now();
+    let late = conformance::link("AcKeD0000002", 1, 10, "https://acked.example/2");
+    let refused = store.insert_links(vec![late]).await;
+    assert!(matches!(&refused, Err(Error::Unavailable(why)) if why.contains("0 of 1 replicas")), "{refused:?}");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert!(matches!(store.push("q", vec![b"x".to_vec()]).await, Err(Error::Unavailable(_))), "queued clicks too");
+    // Reads do not wait on replicas.
+    assert_eq!(store.get_link(&link.code).await.unwrap(), Some(link));
+}

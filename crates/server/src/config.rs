@@ -51,6 +51,14 @@ pub struct SettingsLayer {
     /// (default 3600).
     #[arg(long, env = "SHORTLINKS_REDIS_FORGET_CONSUMER_AFTER_SECS")]
     pub redis_forget_consumer_after_secs: Option<u64>,
+    /// Links, queued clicks and notes are acknowledged only once this many replicas have
+    /// them (`WAIT`; default 0: once the primary has them).
+    #[arg(long, env = "SHORTLINKS_REDIS_REPLICAS_ACK")]
+    pub redis_replicas_ack: Option<u32>,
+    /// How long such a write waits for its replicas before it is an error, in
+    /// milliseconds (default 1000).
+    #[arg(long, env = "SHORTLINKS_REDIS_REPLICAS_ACK_TIMEOUT_MS")]
+    pub redis_replicas_ack_timeout_ms: Option<u64>,
     /// The address to listen on, such as `127.0.0.1:8080`.
     #[arg(long, env = "SHORTLINKS_LISTEN")]
     pub listen: Option<String>,
@@ -265,6 +273,8 @@ impl SettingsLayer {
             redis_key_prefix,
             redis_claim_after_ms,
             redis_forget_consumer_after_secs,
+            redis_replicas_ack,
+            redis_replicas_ack_timeout_ms,
             listen,
             public_url,
             code_length,
@@ -445,6 +455,14 @@ impl SettingsLayer {
                         return Err(ServerError::Config("redis_forget_consumer_after_secs must be positive".into()))
                     }
                     Some(secs) => config.forget_consumer_after = Duration::from_secs(secs),
+                    None => {}
+                }
+                config.replicas_ack = self.redis_replicas_ack.unwrap_or(config.replicas_ack);
+                match self.redis_replicas_ack_timeout_ms {
+                    Some(0) => {
+                        return Err(ServerError::Config("redis_replicas_ack_timeout_ms must be positive".into()))
+                    }
+                    Some(ms) => config.replicas_ack_timeout = Duration::from_millis(ms),
                     None => {}
                 }
                 Ok(StorageSettings::Redis(config))
