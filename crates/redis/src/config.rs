@@ -69,6 +69,19 @@ pub struct RedisConfig {
     /// How long a write may wait for its replicas; past it the write is an error to the
     /// caller (the primary has it, a retry is harmless), never a silent success.
     pub replicas_ack_timeout: Duration,
+    /// For `rediss://` addresses: whom to trust and who we are. Without it, the system's
+    /// roots are trusted and no client certificate is shown.
+    pub tls: RedisTls,
+}
+
+/// TLS beyond the defaults, for `rediss://` addresses. The server's name for SNI and for
+/// checking its certificate is the address's host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// A CA certificate (PEM) to trust instead of the system's roots: a private CA.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate and its key (PEM), for servers that ask for one.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl RedisConfig {
@@ -83,6 +96,7 @@ impl RedisConfig {
             forget_consumer_after: Duration::from_secs(3600),
             replicas_ack: 0,
             replicas_ack_timeout: Duration::from_secs(1),
+            tls: RedisTls::default(),
         }
     }
 }

@@ -32,5 +32,5 @@ mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use config::{redacted, RedisConfig, RedisTarget};
+pub use config::{redacted, RedisConfig, RedisTarget, RedisTls};
 pub use store::RedisStore;

@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use redis::aio::ConnectionManagerConfig;
 use redis::cluster::ClusterClient;
+use redis::{ClientTlsConfig, TlsCertificates};
 use shortlinks_core::model::ApiToken;
 use shortlinks_core::store::{decode, encode};
 use shortlinks_core::store::{CredentialStore, TokenStore};
 use shortlinks_core::{Error, InstallationSecret, SecretStore, Store};
 
-use crate::config::{RedisConfig, RedisTarget};
+use crate::config::{RedisConfig, RedisTarget, RedisTls};
 use crate::connection::{store_error, Connection};
 use crate::keys::Keys;
 
@@ -48,12 +49,18 @@ impl RedisStore {
     /// connection is re-established by itself, and calls fail with
     /// [`Error::Unavailable`] meanwhile.
     pub async fn open(config: RedisConfig) -> Result<Self, Error> {
-        let connection = connect(&config.target, config.response_timeout).await?;
+        let certificates = certificates(&config.tls)?;
+        let connection = connect(&config.target, certificates.as_ref(), config.response_timeout).await?;
         let acked = match config.replicas_ack {
             0 => None,
             replicas => Some(Acked {
                 // A write may wait up to the ack timeout on top of its own time.
-                connection: connect(&config.target, config.response_timeout + config.replicas_ack_timeout).await?,
+                connection: connect(
+                    &config.target,
+                    certificates.as_ref(),
+                    config.response_timeout + config.replicas_ack_timeout,
+                )
+                .await?,
                 replicas,
                 timeout: config.replicas_ack_timeout,
             }),
@@ -122,11 +129,40 @@ impl RedisStore {
     }
 }
 
+/// The certificates to use beyond the defaults, read from their files; `None` for the
+/// defaults (plain text, or TLS with the system's roots).
+fn certificates(tls: &RedisTls) -> Result<Option<TlsCertificates>, Error> {
+    if tls == &RedisTls::default() {
+        return Ok(None);
+    }
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path)
+            .map_err(|e| Error::InvalidInput(format!("cannot read the Redis TLS {what} {}: {e}", path.display())))
+    };
+    let root_cert = tls.ca_file.as_deref().map(|p| read(p, "CA file")).transpose()?;
+    let client_tls = match &tls.client_cert {
+        Some((cert, key)) => Some(ClientTlsConfig {
+            client_cert: read(cert, "client certificate")?,
+            client_key: read(key, "client key")?,
+        }),
+        None => None,
+    };
+    Ok(Some(TlsCertificates { client_tls, root_cert }))
+}
+
 /// One multiplexed connection to the target that reconnects by itself.
-async fn connect(target: &RedisTarget, timeout: Duration) -> Result<Connection, Error> {
+async fn connect(target: &RedisTarget, tls: Option<&TlsCertificates>, timeout: Duration) -> Result<Connection, Error> {
+    // rustls takes its cryptography from a process-wide default: ring, as the HTTPS client.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls_error = |e: redis::RedisError| Error::InvalidInput(format!("Redis TLS settings: {e}"));
     Ok(match target {
         RedisTarget::Standalone(url) => {
-            let client = redis::Client::open(url.as_str()).map_err(store_error)?;
+            let client = match tls {
+                Some(certificates) if url.starts_with("rediss://") => {
+                    redis::Client::build_with_tls(url.as_str(), certificates.clone()).map_err(tls_error)?
+                }
+                _ => redis::Client::open(url.as_str()).map_err(store_error)?,
+            };
             let settings = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(timeout))
                 .set_response_timeout(Some(timeout))
@@ -135,13 +171,16 @@ async fn connect(target: &RedisTarget, timeout: Duration) -> Result<Connection, 
             Connection::Standalone(client.get_connection_manager_with_config(settings).await.map_err(store_error)?)
         }
         RedisTarget::Cluster(nodes) => {
-            let client = ClusterClient::builder(nodes.iter().map(String::as_str))
+            let mut builder = ClusterClient::builder(nodes.iter().map(String::as_str))
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
-                .retries(2)
-                .build()
-                .map_err(store_error)?;
-            Connection::Cluster(client.get_async_connection().await.map_err(store_error)?)
+                .retries(2);
+            if let Some(certificates) = tls.filter(|_| nodes.iter().any(|n| n.starts_with("rediss://"))) {
+                builder = builder.certs(certificates.clone());
+            }
+            Connection::Cluster(
+                builder.build().map_err(store_error)?.get_async_connection().await.map_err(store_error)?,
+            )
         }
     })
 }

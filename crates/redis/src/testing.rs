@@ -20,18 +20,27 @@ pub const REQUIRE_ENV: &str = "SHORTLINKS_REQUIRE_REDIS";
 /// names its thread after it) and goes straight to stderr, past the harness's capture, so
 /// a skip is never silent. With [`REQUIRE_ENV`] set to `1` a missing Redis panics instead.
 pub fn available() -> bool {
+    programs_available(&["redis-server", "redis-cli"], "redis-server")
+}
+
+/// As [`available`], for a test that also makes TLS certificates (with `openssl`).
+pub fn tls_available() -> bool {
+    programs_available(&["redis-server", "redis-cli", "openssl"], "redis-server and openssl")
+}
+
+fn programs_available(programs: &[&str], packages: &str) -> bool {
     let test = std::thread::current().name().unwrap_or("a test").to_owned();
-    let found = ["redis-server", "redis-cli"].iter().all(|program| on_path(program));
-    if found {
+    if programs.iter().all(|program| on_path(program)) {
         return true;
     }
+    let names = programs.join(", ");
     if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
-        panic!("{test}: redis-server and redis-cli must be on PATH ({REQUIRE_ENV}=1)");
+        panic!("{test}: {names} must be on PATH ({REQUIRE_ENV}=1)");
     }
     use std::io::Write;
     let _ = writeln!(
         std::io::stderr(),
-        "SKIPPED {test}: redis-server or redis-cli is not on PATH (install redis-server; {REQUIRE_ENV}=1 makes this a failure)"
+        "SKIPPED {test}: one of {names} is not on PATH (install {packages}; {REQUIRE_ENV}=1 makes this a failure)"
     );
     false
 }
@@ -278,6 +287,100 @@ fn scratch_dir(port: u16) -> Result<PathBuf, StartError> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| StartError(format!("{}: {e}", dir.display())))?;
     Ok(dir)
+}
+
+/// Certificates made for a test by `openssl`: a CA, a server certificate for 127.0.0.1
+/// signed by it, a client certificate signed by it, and a second CA that signed nothing
+/// of these (to be refused).
+pub struct TestCertificates {
+    /// Where the PEM files are.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCertificates {
+    /// Makes them (P-256 keys, valid a day).
+    pub fn make() -> Result<Self, StartError> {
+        let dir = tempfile::tempdir().map_err(|e| StartError(e.to_string()))?;
+        let d = dir.path();
+        let run = |args: &[&str]| -> Result<(), StartError> {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .map_err(|e| StartError(format!("cannot run openssl: {e}")))?;
+            match out.status.success() {
+                true => Ok(()),
+                false => Err(StartError(format!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr)))),
+            }
+        };
+        let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        for ca in ["ca", "rogue-ca"] {
+            let (key_file, cert_file, subject) =
+                (format!("{ca}.key"), format!("{ca}.crt"), format!("/CN=shortlinks test {ca}"));
+            run(&[
+                &["req", "-x509"][..],
+                &key,
+                &["-keyout", &key_file, "-out", &cert_file, "-days", "1", "-subj", &subject],
+            ]
+            .concat())?;
+        }
+        std::fs::write(d.join("server.ext"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+            .map_err(|e| StartError(e.to_string()))?;
+        std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").map_err(|e| StartError(e.to_string()))?;
+        for who in ["server", "client"] {
+            let (k, csr, crt, ext) =
+                (format!("{who}.key"), format!("{who}.csr"), format!("{who}.crt"), format!("{who}.ext"));
+            run(&[&["req", "-new"][..], &key, &["-keyout", &k, "-out", &csr, "-subj", &format!("/CN={who}")]].concat())?;
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "1",
+                "-extfile",
+                &ext,
+            ])?;
+        }
+        Ok(Self { dir })
+    }
+
+    /// A file of theirs, such as `ca.crt`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl RedisServer {
+    /// A standalone server that also listens with TLS on a port of its own (returned), with
+    /// `certificates`' server certificate; `client_auth` makes it require a client
+    /// certificate signed by their CA. The plain port stays, for the test's own checks.
+    pub fn standalone_tls(certificates: &TestCertificates, client_auth: bool) -> Result<(Self, u16), StartError> {
+        let tls_port = free_port(false)?;
+        let (cert, key, ca) =
+            (certificates.path("server.crt"), certificates.path("server.key"), certificates.path("ca.crt"));
+        let args = [
+            "--tls-port".to_owned(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            cert.display().to_string(),
+            "--tls-key-file".into(),
+            key.display().to_string(),
+            "--tls-ca-cert-file".into(),
+            ca.display().to_string(),
+            "--tls-auth-clients".into(),
+            if client_auth { "yes" } else { "no" }.into(),
+        ];
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        Ok((Self::standalone_with(&refs)?, tls_port))
+    }
 }
 
 #[cfg(test)]

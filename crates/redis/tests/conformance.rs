@@ -217,3 +217,44 @@ async fn with_replicas_ack_a_write_is_acknowledged_only_once_replicated() {
     // Reads do not wait on replicas.
     assert_eq!(store.get_link(&link.code).await.unwrap(), Some(link));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca_and_client_certificates() {
+    if !shortlinks_redis::testing::tls_available() {
+        return;
+    }
+    use shortlinks_redis::testing::TestCertificates;
+    use shortlinks_redis::RedisTls;
+    let certs = TestCertificates::make().unwrap();
+    let tls = |ca: &str, client: bool| RedisTls {
+        ca_file: Some(certs.path(ca)),
+        client_cert: client.then(|| (certs.path("client.crt"), certs.path("client.key"))),
+    };
+    let over_tls = |port: u16, prefix: &str, tls: RedisTls| RedisConfig {
+        key_prefix: prefix.into(),
+        tls,
+        response_timeout: Duration::from_secs(2),
+        ..RedisConfig::new(RedisTarget::Standalone(format!("rediss://127.0.0.1:{port}/")))
+    };
+
+    // The server's certificate signed by the CA given: the whole contract over TLS.
+    let (_server, port) = RedisServer::standalone_tls(&certs, false).unwrap();
+    conformance::run(&RedisStore::open(over_tls(port, "tls", tls("ca.crt", false))).await.unwrap()).await;
+    // A CA that did not sign it: refused, and the error says why.
+    let refused = RedisStore::open(over_tls(port, "tls", tls("rogue-ca.crt", false))).await.err().expect("refused");
+    assert!(refused.to_string().to_lowercase().contains("certificate"), "a clear error: {refused}");
+    // The system's roots do not know a private CA either.
+    let no_ca = RedisStore::open(over_tls(port, "tls", RedisTls::default())).await;
+    assert!(no_ca.is_err());
+
+    // A server that asks for client certificates: with one, the store works; without, not.
+    let (_strict, strict_port) = RedisServer::standalone_tls(&certs, true).unwrap();
+    let store = RedisStore::open(over_tls(strict_port, "mtls", tls("ca.crt", true))).await.unwrap();
+    store.push("q", vec![b"over mutual TLS".to_vec()]).await.unwrap();
+    assert_eq!(store.lease("q", 1).await.unwrap()[0].1, b"over mutual TLS");
+    assert!(RedisStore::open(over_tls(strict_port, "mtls", tls("ca.crt", false))).await.is_err());
+    // A missing file is a clear error before any connection.
+    let missing = RedisTls { ca_file: Some(certs.path("nope.crt")), client_cert: None };
+    let err = RedisStore::open(over_tls(port, "tls", missing)).await.err().expect("refused");
+    assert!(err.to_string().contains("nope.crt"), "{err}");
+}

@@ -255,7 +255,7 @@ pub async fn command(
     request: AdminRequest,
 ) -> Result<AdminReply, ServerError> {
     if let StorageSettings::Redis(config) = storage {
-        let store = RedisStore::open(config.clone()).await?;
+        let store = RedisStore::open((**config).clone()).await?;
         return Ok(execute(&store, request).await);
     }
     let path = socket_path(data_dir);

@@ -59,6 +59,15 @@ pub struct SettingsLayer {
     /// milliseconds (default 1000).
     #[arg(long, env = "SHORTLINKS_REDIS_REPLICAS_ACK_TIMEOUT_MS")]
     pub redis_replicas_ack_timeout_ms: Option<u64>,
+    /// For `rediss://` addresses: a CA certificate (PEM) to trust instead of the system's.
+    #[arg(long, env = "SHORTLINKS_REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<PathBuf>,
+    /// For `rediss://` addresses: a client certificate (PEM), with `redis_tls_client_key_file`.
+    #[arg(long, env = "SHORTLINKS_REDIS_TLS_CLIENT_CERT_FILE")]
+    pub redis_tls_client_cert_file: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, env = "SHORTLINKS_REDIS_TLS_CLIENT_KEY_FILE")]
+    pub redis_tls_client_key_file: Option<PathBuf>,
     /// The address to listen on, such as `127.0.0.1:8080`.
     #[arg(long, env = "SHORTLINKS_LISTEN")]
     pub listen: Option<String>,
@@ -275,6 +284,9 @@ impl SettingsLayer {
             redis_forget_consumer_after_secs,
             redis_replicas_ack,
             redis_replicas_ack_timeout_ms,
+            redis_tls_ca_file,
+            redis_tls_client_cert_file,
+            redis_tls_client_key_file,
             listen,
             public_url,
             code_length,
@@ -465,7 +477,17 @@ impl SettingsLayer {
                     Some(ms) => config.replicas_ack_timeout = Duration::from_millis(ms),
                     None => {}
                 }
-                Ok(StorageSettings::Redis(config))
+                config.tls.ca_file.clone_from(&self.redis_tls_ca_file);
+                config.tls.client_cert = match (&self.redis_tls_client_cert_file, &self.redis_tls_client_key_file) {
+                    (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+                    (None, None) => None,
+                    _ => {
+                        return Err(ServerError::Config(
+                            "give both redis_tls_client_cert_file and redis_tls_client_key_file, or neither".into(),
+                        ))
+                    }
+                };
+                Ok(StorageSettings::Redis(Box::new(config)))
             }
         }
     }
@@ -648,10 +670,9 @@ fn secret(value: &Option<String>, file: &Option<PathBuf>, name: &str) -> Result<
 fn redis_url(text: &str) -> Result<String, ServerError> {
     // Addresses may carry a password: errors show them masked, or not at all.
     let url = url::Url::parse(text).map_err(|e| ServerError::Config(format!("a redis address is not a URL: {e}")))?;
-    if url.scheme() != "redis" || url.host_str().is_none() {
-        // rediss:// would need TLS, which this build leaves out.
+    if !matches!(url.scheme(), "redis" | "rediss") || url.host_str().is_none() {
         return Err(ServerError::Config(format!(
-            "redis address {} must be a redis:// URL with a host",
+            "redis address {} must be a redis:// URL (rediss:// for TLS) with a host",
             shortlinks_redis::redacted(text)
         )));
     }
@@ -664,7 +685,7 @@ pub enum StorageSettings {
     /// sled, in the data directory.
     Sled,
     /// Redis or Redis Cluster.
-    Redis(RedisConfig),
+    Redis(Box<RedisConfig>),
 }
 
 fn http_uri(text: &str, name: &str) -> Result<hyper::Uri, ServerError> {

@@ -72,7 +72,7 @@ pub async fn start(settings: Settings) -> Result<Started, ServerError> {
             (Backend::Sled(parts), token)
         }
         StorageSettings::Redis(config) => {
-            let store = RedisStore::open(config.clone())
+            let store = RedisStore::open((**config).clone())
                 .await
                 .map_err(|e| ServerError::Config(format!("cannot reach Redis ({}): {e}", config.target)))?;
             let (parts, token) = assemble(store, listener, &settings, None).await?;

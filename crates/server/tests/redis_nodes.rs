@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{all_notes, click, code_of, item, try_send, Process, BROWSER};
+use common::{all_notes, click, code_of, item, send, try_send, Process, BROWSER};
 use hyper::Method;
 use serde_json::json;
 use shortlinks_redis::testing::{cli, RedisCluster, RedisServer};
@@ -274,5 +274,34 @@ async fn group_mode_holds_clicks_while_redis_hangs_and_refuses_when_full() {
     let notes = settled_notes(server.addr, &token, 1, expected).await;
     assert_eq!(notes.len(), expected, "every answered click became a note");
     assert_distinct(&notes, "https://original.example/held");
+    assert_eq!(server.terminate().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reaches_redis_over_tls_with_a_private_ca() {
+    if !shortlinks_redis::testing::tls_available() {
+        return;
+    }
+    let certs = shortlinks_redis::testing::TestCertificates::make().unwrap();
+    let (_redis, tls_port) = RedisServer::standalone_tls(&certs, true).unwrap();
+    let url = format!("rediss://127.0.0.1:{tls_port}/");
+    let (ca, cert, key) = (certs.path("ca.crt"), certs.path("client.crt"), certs.path("client.key"));
+    let env = [
+        ("SHORTLINKS_STORAGE", "redis"),
+        ("SHORTLINKS_REDIS_URL", url.as_str()),
+        ("SHORTLINKS_REDIS_TLS_CA_FILE", ca.to_str().unwrap()),
+        ("SHORTLINKS_REDIS_TLS_CLIENT_CERT_FILE", cert.to_str().unwrap()),
+        ("SHORTLINKS_REDIS_TLS_CLIENT_KEY_FILE", key.to_str().unwrap()),
+    ];
+    let dir = common::private_tempdir();
+    let server = Process::serve(dir.path(), &[], &env).await;
+    let token = common::first_token(dir.path());
+    let reply = server.post(&token, &json!([item("https://over-tls.example/", 1)])).await;
+    let code = code_of(reply.json()["_embedded"]["short_links"][0]["url"].as_str().unwrap()).to_owned();
+    let visit = send(server.addr, Method::GET, &format!("/{code}"), &[], Vec::new()).await;
+    assert_eq!(
+        (visit.status.as_u16(), visit.headers["location"].to_str().unwrap()),
+        (302, "https://over-tls.example/")
+    );
     assert_eq!(server.terminate().await, 0);
 }
