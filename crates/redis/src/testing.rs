@@ -158,27 +158,64 @@ impl Drop for RedisServer {
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
     dir: PathBuf,
+    /// Each node's TLS port, for a cluster started with TLS.
+    tls_ports: Vec<u16>,
 }
 
 impl RedisCluster {
     /// Starts the nodes and waits until the cluster reports `cluster_state:ok`.
     pub fn start(masters: usize) -> Result<Self, StartError> {
-        let mut nodes = Vec::with_capacity(masters);
+        Self::start_with_replicas(masters, 0)
+    }
+
+    /// As [`RedisCluster::start`], with `replicas` replicas of each master (nodes after the
+    /// first `masters` are replicas, as `redis-cli --cluster create` assigns them).
+    pub fn start_with_replicas(masters: usize, replicas: usize) -> Result<Self, StartError> {
+        Self::build(masters, replicas, None)
+    }
+
+    /// A cluster of `masters` whose nodes also listen with TLS (`tls_urls`), the cluster bus
+    /// and replication over TLS too; the plain ports stay for the test's own checks.
+    pub fn start_tls(masters: usize, certificates: &TestCertificates) -> Result<Self, StartError> {
+        Self::build(masters, 0, Some(certificates))
+    }
+
+    fn build(masters: usize, replicas: usize, tls: Option<&TestCertificates>) -> Result<Self, StartError> {
+        let total = masters * (1 + replicas);
+        let mut tls_ports = Vec::new();
+        let mut nodes = Vec::with_capacity(total);
         let first = free_port(true)?;
         let dir = scratch_dir(first)?;
-        for i in 0..masters {
+        for i in 0..total {
             let port = if i == 0 { first } else { free_port(true)? };
             let node_dir = dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).map_err(|e| StartError(format!("{}: {e}", node_dir.display())))?;
-            let extra =
-                ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"];
-            nodes.push(RedisServer::start(port, node_dir, false, extra.iter().map(|s| s.to_string()).collect())?);
+            let mut extra: Vec<String> =
+                ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"]
+                    .map(String::from)
+                    .to_vec();
+            if let Some(certificates) = tls {
+                let tls_port = free_port(true)?;
+                tls_ports.push(tls_port);
+                extra.extend(tls_args(certificates, tls_port, false));
+                extra.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from));
+            }
+            nodes.push(RedisServer::start(port, node_dir, false, extra)?);
         }
-        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        // Over TLS the cluster's ports are the TLS ports (the bus is at each plus 10000).
+        let (ports, tls_cli): (Vec<u16>, Vec<String>) = match tls {
+            Some(certificates) => (
+                tls_ports.clone(),
+                vec!["--tls".into(), "--cacert".into(), certificates.path("ca.crt").display().to_string()],
+            ),
+            None => (nodes.iter().map(|n| n.port).collect(), Vec::new()),
+        };
+        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let mut create = Command::new("redis-cli")
+            .args(&tls_cli)
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -188,7 +225,7 @@ impl RedisCluster {
         if !status.success() {
             return Err(StartError(format!("redis-cli --cluster create failed: {status}")));
         }
-        let cluster = Self { nodes, dir };
+        let cluster = Self { nodes, dir, tls_ports };
         for node in &cluster.nodes {
             wait_until(Duration::from_secs(20), || {
                 cli(node.port, &["cluster", "info"]).is_some_and(|info| info.contains("cluster_state:ok"))
@@ -203,6 +240,11 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 
+    /// `rediss://127.0.0.1:<tls port>/` of every node of a cluster started with TLS.
+    pub fn tls_urls(&self) -> Vec<String> {
+        self.tls_ports.iter().map(|p| format!("rediss://127.0.0.1:{p}/")).collect()
+    }
+
     /// A store configuration for this cluster, under `prefix`.
     pub fn config(&self, prefix: &str) -> RedisConfig {
         RedisConfig { key_prefix: prefix.to_owned(), ..RedisConfig::new(RedisTarget::Cluster(self.urls())) }
@@ -211,6 +253,11 @@ impl RedisCluster {
     /// The nodes, in creation order.
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
+    }
+
+    /// The nodes, to kill one.
+    pub fn nodes_mut(&mut self) -> &mut [RedisServer] {
+        &mut self.nodes
     }
 }
 
@@ -324,8 +371,12 @@ impl TestCertificates {
             ]
             .concat())?;
         }
-        std::fs::write(d.join("server.ext"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-            .map_err(|e| StartError(e.to_string()))?;
+        // clientAuth too: cluster nodes show their certificate to each other on the bus.
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .map_err(|e| StartError(e.to_string()))?;
         std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").map_err(|e| StartError(e.to_string()))?;
         for who in ["server", "client"] {
             let (k, csr, crt, ext) =
@@ -364,23 +415,27 @@ impl RedisServer {
     /// certificate signed by their CA. The plain port stays, for the test's own checks.
     pub fn standalone_tls(certificates: &TestCertificates, client_auth: bool) -> Result<(Self, u16), StartError> {
         let tls_port = free_port(false)?;
-        let (cert, key, ca) =
-            (certificates.path("server.crt"), certificates.path("server.key"), certificates.path("ca.crt"));
-        let args = [
-            "--tls-port".to_owned(),
-            tls_port.to_string(),
-            "--tls-cert-file".into(),
-            cert.display().to_string(),
-            "--tls-key-file".into(),
-            key.display().to_string(),
-            "--tls-ca-cert-file".into(),
-            ca.display().to_string(),
-            "--tls-auth-clients".into(),
-            if client_auth { "yes" } else { "no" }.into(),
-        ];
+        let args = tls_args(certificates, tls_port, client_auth);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         Ok((Self::standalone_with(&refs)?, tls_port))
     }
+}
+
+/// `redis-server` arguments for a TLS port with `certificates`' server certificate.
+fn tls_args(certificates: &TestCertificates, tls_port: u16, client_auth: bool) -> Vec<String> {
+    let path = |name: &str| certificates.path(name).display().to_string();
+    vec![
+        "--tls-port".to_owned(),
+        tls_port.to_string(),
+        "--tls-cert-file".into(),
+        path("server.crt"),
+        "--tls-key-file".into(),
+        path("server.key"),
+        "--tls-ca-cert-file".into(),
+        path("ca.crt"),
+        "--tls-auth-clients".into(),
+        if client_auth { "yes" } else { "no" }.into(),
+    ]
 }
 
 #[cfg(test)]

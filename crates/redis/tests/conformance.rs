@@ -240,6 +240,14 @@ async fn tls_with_a_private_ca_and_client_certificates() {
     // The server's certificate signed by the CA given: the whole contract over TLS.
     let (_server, port) = RedisServer::standalone_tls(&certs, false).unwrap();
     conformance::run(&RedisStore::open(over_tls(port, "tls", tls("ca.crt", false))).await.unwrap()).await;
+    // By host name: checked against the certificate's DNS name, and sent as SNI.
+    let by_name = RedisConfig {
+        key_prefix: "tlsname".into(),
+        tls: tls("ca.crt", false),
+        ..RedisConfig::new(RedisTarget::Standalone(format!("rediss://localhost:{port}/")))
+    };
+    let named = RedisStore::open(by_name).await.unwrap();
+    named.push("q", vec![b"by name".to_vec()]).await.unwrap();
     // A CA that did not sign it: refused, and the error says why.
     let refused = RedisStore::open(over_tls(port, "tls", tls("rogue-ca.crt", false))).await.err().expect("refused");
     assert!(refused.to_string().to_lowercase().contains("certificate"), "a clear error: {refused}");
@@ -253,6 +261,16 @@ async fn tls_with_a_private_ca_and_client_certificates() {
     store.push("q", vec![b"over mutual TLS".to_vec()]).await.unwrap();
     assert_eq!(store.lease("q", 1).await.unwrap()[0].1, b"over mutual TLS");
     assert!(RedisStore::open(over_tls(strict_port, "mtls", tls("ca.crt", false))).await.is_err());
+    // A cluster over TLS: the bus and the clients, the same settings.
+    let cluster = shortlinks_redis::testing::RedisCluster::start_tls(3, &certs).unwrap();
+    let config = RedisConfig {
+        key_prefix: "tlscluster".into(),
+        tls: tls("ca.crt", false),
+        ..RedisConfig::new(RedisTarget::Cluster(cluster.tls_urls()))
+    };
+    conformance::run(&RedisStore::open(config.clone()).await.unwrap()).await;
+    let rogue = RedisConfig { tls: tls("rogue-ca.crt", false), ..config };
+    assert!(RedisStore::open(rogue).await.is_err(), "a cluster whose certificates the CA did not sign is refused");
     // A missing file is a clear error before any connection.
     let missing = RedisTls { ca_file: Some(certs.path("nope.crt")), client_cert: None };
     let err = RedisStore::open(over_tls(port, "tls", missing)).await.err().expect("refused");
