@@ -325,9 +325,7 @@ async fn write_groups<S: Store>(
         if !sightings.is_empty() {
             // Before the clicks can be dispatched: the rule must see each click's neighbours.
             // Best effort: a lost sighting weakens the rule for a moment, never loses a click.
-            let rule = &screen.address_rule;
-            let keep_ms = rule.window_ms().saturating_mul(2).saturating_add(screen.hold_ms).saturating_add(300_000);
-            if let Err(e) = store.sight(sightings, keep_ms).await {
+            if let Err(e) = store.sight(sightings, screen.sighting_lifetime_ms()).await {
                 tracing::warn!(error = %e, "cannot record the clicks' addresses; the address rule misses them");
             }
         }

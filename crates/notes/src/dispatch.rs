@@ -134,14 +134,11 @@ pub(crate) enum Dispatched {
 impl<S: Store> Dispatcher<S> {
     /// Forgets sightings that no click still held or to come can look at.
     async fn sweep_sightings(&self) {
-        let rule = &self.screen.address_rule;
-        if rule.contacts == 0 {
+        if self.screen.address_rule.contacts == 0 {
             return;
         }
         let progress = self.progress.load(Relaxed).min(Timestamp::now().0);
-        let keep =
-            rule.window_ms().saturating_mul(2).saturating_add(self.screen.hold_ms).saturating_add(SWEEP_SLACK_MS);
-        if let Some(before) = progress.checked_sub(keep).filter(|&t| t > 0) {
+        if let Some(before) = progress.checked_sub(self.screen.sighting_lifetime_ms()).filter(|&t| t > 0) {
             match self.store.forget_sightings(Timestamp(before)).await {
                 Ok(n) => tracing::debug!(forgotten = n, "swept the address ledger"),
                 Err(e) => tracing::warn!(error = %e, "sweeping the address ledger failed; trying again later"),
@@ -272,10 +269,12 @@ impl<S: Store> Dispatcher<S> {
             return Ok(candidates);
         }
         let window = rule.window_ms();
+        let addresses: Vec<Option<[u8; 16]>> =
+            candidates.iter().map(|(_, click, _)| click.client_ip.map(|ip| self.screen.keys.address_key(ip))).collect();
         let mut around: HashMap<[u8; 16], (u64, u64)> = HashMap::new();
-        for (_, click, _) in &candidates {
-            if let Some(ip) = click.client_ip {
-                let span = around.entry(self.screen.keys.address_key(ip)).or_insert((u64::MAX, 0));
+        for ((_, click, _), address) in candidates.iter().zip(&addresses) {
+            if let Some(address) = address {
+                let span = around.entry(*address).or_insert((u64::MAX, 0));
                 *span = (span.0.min(click.at.0), span.1.max(click.at.0));
             }
         }
@@ -287,15 +286,17 @@ impl<S: Store> Dispatcher<S> {
         }
         Ok(candidates
             .into_iter()
-            .filter(|(_, click, link)| {
-                let Some(ip) = click.client_ip else { return true };
-                let sightings = seen.get(&self.screen.keys.address_key(ip)).map_or(&[][..], Vec::as_slice);
+            .zip(addresses)
+            .filter(|((_, click, link), address)| {
+                let Some(address) = address else { return true };
+                let sightings = seen.get(address).map_or(&[][..], Vec::as_slice);
                 let vetoed = rule.vetoes(click.at, contact_key(link.account, link.entity), sightings);
                 if vetoed {
                     self.stats.not_visit(NotVisit::ManyContacts);
                 }
                 !vetoed
             })
+            .map(|(candidate, _)| candidate)
             .collect())
     }
 }

@@ -85,6 +85,14 @@ impl Screen {
     /// Classifies first (most non-visits then cost no hash), then looks the visit up among
     /// the remembered marks, computing the note id only when a mark has the click's very
     /// millisecond.
+    /// How long after its time a sighting can still matter: a click it neighbours (within
+    /// the rule's window either side) is dispatched a hold later; five minutes of slack for
+    /// clicks that reach the dispatcher late. The ledger keeps sightings this long (TTL) and
+    /// the dispatcher sweeps them after it.
+    pub(crate) fn sighting_lifetime_ms(&self) -> u64 {
+        self.address_rule.window_ms().saturating_mul(2).saturating_add(self.hold_ms).saturating_add(300_000)
+    }
+
     pub(crate) fn judge(&self, click: &Click) -> Verdict {
         if let Some(why) = self.classifier.classify(click) {
             return Verdict::NotVisit(why);

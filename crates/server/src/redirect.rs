@@ -29,7 +29,8 @@ const PREFETCH_HEADERS: [HeaderName; 4] = [
 impl<S: Store> App<S> {
     /// 302 to the original URL, or the 404 page.
     pub(crate) async fn redirect<B>(&self, code: &str, request: &Request<B>, peer: Option<IpAddr>) -> Response<Body> {
-        // Only the code and the target are needed: the link is read where the cache holds it.
+        // Only the code, the contact and the target are needed: the link is read where the
+        // cache holds it.
         let resolved = self
             .engine
             .resolve_with(code, |link| {

@@ -1,7 +1,7 @@
 //! Note sinks. The journal is written by the dispatcher itself; every other sink has its own
 //! durable queue and its own worker, so a slow or failing sink delays only itself.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -250,18 +250,13 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
                         break;
                     }
                     Err(SinkError::Refused(refused)) => {
-                        let mut refused_at: Vec<usize> =
-                            refused.iter().map(|(i, _)| *i).filter(|&i| i < group.len()).collect();
-                        refused_at.sort_unstable();
-                        refused_at.dedup();
-                        for (i, reason) in &refused {
-                            if let Some(note) = group.get(*i) {
-                                self.set_aside(std::slice::from_ref(note), reason).await;
-                            }
+                        let reasons: HashMap<usize, String> = refused.into_iter().collect();
+                        let (aside, rest): (Vec<_>, Vec<_>) =
+                            group.into_iter().enumerate().partition(|(i, _)| reasons.contains_key(i));
+                        for (i, note) in aside {
+                            self.set_aside(std::slice::from_ref(&note), &reasons[&i]).await;
                         }
-                        for i in refused_at.into_iter().rev() {
-                            group.remove(i);
-                        }
+                        group = rest.into_iter().map(|(_, note)| note).collect();
                         if group.is_empty() {
                             break;
                         }
