@@ -190,7 +190,6 @@ impl<S: Store> Dispatcher<S> {
             due += 1;
         }
         records.truncate(due);
-        let window_ms = self.screen.window_ms;
         let (mut candidates, mut claims) = (Vec::new(), Vec::new());
         for (n, click) in clicks.iter().enumerate() {
             if n % YIELD_EVERY == YIELD_EVERY - 1 {
@@ -220,11 +219,9 @@ impl<S: Store> Dispatcher<S> {
         };
         for (claim, answer) in claims.iter().zip(&claimed) {
             match answer {
-                Claimed::Note => self.screen.recent.remember(
-                    claim.key,
-                    VisitMark { at: claim.at, note_id: claim.note_id },
-                    window_ms,
-                ),
+                Claimed::Note => {
+                    self.screen.recent.remember(claim.key, VisitMark { at: claim.at, note_id: claim.note_id })
+                }
                 Claimed::Repeat => {
                     self.stats.duplicate_visits.fetch_add(1, Relaxed);
                 }
@@ -239,7 +236,11 @@ impl<S: Store> Dispatcher<S> {
             .map(|((id, click, link), _)| NoteKeys::note(id, click, &link))
             .collect();
         if !notes.is_empty() {
-            self.store.append_notes(notes.clone()).await?;
+            let written = notes.len() as u64;
+            // The journal takes the notes themselves when no sink needs them after it.
+            let for_sinks = if self.routes.is_empty() { Vec::new() } else { notes.clone() };
+            self.store.append_notes(notes).await?;
+            let notes = for_sinks;
             for route in &self.routes {
                 let mine: Vec<&Note> =
                     notes.iter().filter(|n| route.account.is_none_or(|account| n.account == account)).collect();
@@ -248,7 +249,7 @@ impl<S: Store> Dispatcher<S> {
                     route.wake.notify_one();
                 }
             }
-            self.stats.notes_written.fetch_add(notes.len() as u64, Relaxed);
+            self.stats.notes_written.fetch_add(written, Relaxed);
         }
         self.store.remove(CLICK_QUEUE, records.iter().map(|(id, _)| *id).collect()).await?;
         if let Some(latest) = clicks.iter().map(|c| c.at.0).max() {

@@ -147,6 +147,51 @@ async fn sigterm_in_group_mode_loses_nothing() {
     assert!(notes >= acked && notes <= acked + 1, "graceful shutdown lost clicks: {acked} acknowledged, {notes} notes");
 }
 
+/// The visit ledger survives kill -9 with the notes it made (on sled both are in
+/// `notes.log`, the marks written with their notes): after a restart a visitor's repeat
+/// within the window makes no second note, a visitor at the link's cap is refused, and a
+/// new visitor still makes one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_visit_ledger_survives_kill_9_with_its_notes() {
+    let dir = common::private_tempdir();
+    let limits = ["--client-ip-header", "X-Forwarded-For", "--notes-per-link", "2"];
+    let (server, token, code) = server_with_link(dir.path(), &limits).await;
+    let from = |ip: &'static str| [("user-agent", BROWSER), ("x-forwarded-for", ip)];
+    for ip in ["10.0.0.1", "10.0.0.2"] {
+        assert_eq!(common::click(server.addr, &code, &from(ip)).await.status, 302);
+    }
+    common::until_settled(server.addr, 2).await;
+    server.kill9().await;
+
+    let server = Process::serve(dir.path(), &limits, &[]).await;
+    for ip in ["10.0.0.1", "10.0.0.3"] {
+        assert_eq!(common::click(server.addr, &code, &from(ip)).await.status, 302);
+    }
+    // The clicks before the kill may come again (their removal from the outbox was not
+    // flushed): they are redeliveries, which make no second note. So wait for the two new
+    // clicks' outcomes rather than for a number of settled clicks.
+    let metric = |name| common::metric(server.addr, name);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut repeats, mut capped) = (0, 0);
+    while (repeats, capped) != (1, 1) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        repeats = metric("shortlinks_visits_deduplicated_total").await;
+        capped = metric("shortlinks_not_visits_total{reason=\"link_cap\"}").await;
+    }
+    assert_eq!(repeats, 1, "the first visitor's repeat");
+    assert_eq!(capped, 1, "a third visitor, at the cap");
+    let notes = all_notes(server.addr, &token, "/api/v4/contacts/notes?limit=250").await;
+    assert_eq!(notes.len(), 2, "the two visits before the kill, once each: {notes:?}");
+    assert_eq!(server.terminate().await, 0);
+
+    // With the cap lifted, a new visitor is still a note: the ledger is live, not frozen.
+    let server = Process::serve(dir.path(), &["--client-ip-header", "X-Forwarded-For"], &[]).await;
+    assert_eq!(common::click(server.addr, &code, &from("10.0.0.4")).await.status, 302);
+    common::until_settled(server.addr, 1).await;
+    assert_eq!(all_notes(server.addr, &token, "/api/v4/contacts/notes?limit=250").await.len(), 3);
+    assert_eq!(server.terminate().await, 0);
+}
+
 /// Each acknowledged batch of a create: its items, and the codes of its links.
 type Created = Vec<(serde_json::Value, Vec<String>)>;
 

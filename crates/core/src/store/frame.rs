@@ -1,5 +1,5 @@
 //! Checksummed frames in append-only files, `length u32 LE ‖ crc32 u32 LE ‖ record`: the
-//! format of the sled backend's own files (its queues and its links).
+//! format of the sled backend's own files (its queues, its links and its notes).
 //!
 //! A frame that is short or fails its checksum marks where intact data ends: what an
 //! append that never returned can leave behind.
@@ -9,6 +9,32 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::Error;
+
+/// Where a frame is in its file: its offset (44 bits, 16 TiB) and record length (20 bits),
+/// in 8 bytes, because the logs' indexes hold one per link or note.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Slot(u64);
+
+impl Slot {
+    const LEN_BITS: u32 = 20;
+    /// The first offset a slot cannot hold.
+    pub(crate) const MAX_OFFSET: u64 = 1 << (64 - Self::LEN_BITS);
+    /// The longest record a slot can hold.
+    pub(crate) const MAX_LEN: usize = (1 << Self::LEN_BITS) - 1;
+
+    pub(crate) fn new(offset: u64, len: usize) -> Self {
+        debug_assert!(offset < Self::MAX_OFFSET && len <= Self::MAX_LEN);
+        Self(offset << Self::LEN_BITS | len as u64)
+    }
+
+    pub(crate) fn offset(self) -> u64 {
+        self.0 >> Self::LEN_BITS
+    }
+
+    pub(crate) fn len(self) -> usize {
+        (self.0 & ((1 << Self::LEN_BITS) - 1)) as usize
+    }
+}
 
 /// Frame header: length and checksum.
 pub(crate) const HEADER: u64 = 8;
@@ -64,4 +90,102 @@ pub(crate) fn read_at(file: &File, offset: u64, end: u64, max_len: usize) -> Res
     let mut record = vec![0; len as usize];
     file.read_exact_at(&mut record, offset + HEADER).map_err(io)?;
     Ok(intact(&record, crc).then_some((len, record)))
+}
+
+/// Fills `buf` from `reader`; `false` if the input ends first.
+pub(crate) fn read_full(reader: &mut impl std::io::Read, buf: &mut [u8]) -> Result<bool, Error> {
+    match reader.read_exact(buf) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// Reads `file` from the start, handing each intact frame's offset and record to `found`,
+/// and returns where the intact frames end: the first short frame, one over `max_len`, or
+/// one that fails its checksum.
+pub(crate) fn read_through(
+    file: &File,
+    max_len: usize,
+    mut found: impl FnMut(u64, &[u8]) -> Result<(), Error>,
+) -> Result<u64, Error> {
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file.try_clone().map_err(io)?);
+    let mut offset = 0;
+    let mut record = Vec::new();
+    loop {
+        let mut header = [0u8; HEADER as usize];
+        if !read_full(&mut reader, &mut header)? {
+            return Ok(offset);
+        }
+        let (len, crc) = self::header(header);
+        if len as usize > max_len {
+            return Ok(offset);
+        }
+        record.resize(len as usize, 0);
+        if !read_full(&mut reader, &mut record)? || !intact(&record, crc) {
+            return Ok(offset);
+        }
+        found(offset, &record)?;
+        offset += HEADER + len;
+    }
+}
+
+/// A frame kept by [`recover`]: its new offset and its record.
+pub(crate) type Salvaged = (u64, Vec<u8>);
+
+/// After a crash (or damage) the bytes of `path` from `valid` to `len` are not a run of
+/// intact frames. They are copied to `<name>.cut-<valid>` (never over an earlier copy),
+/// cut off, and every intact frame among them that `keep` accepts is appended again.
+/// Returns the file's new length and each frame kept, with its new offset.
+pub(crate) fn recover(
+    file: &File,
+    path: &Path,
+    valid: u64,
+    len: u64,
+    max_len: usize,
+    keep: impl Fn(&[u8]) -> bool,
+) -> Result<(u64, Vec<Salvaged>), Error> {
+    use std::os::unix::fs::FileExt;
+    let mut cut = vec![0u8; (len - valid) as usize];
+    file.read_exact_at(&mut cut, valid).map_err(io)?;
+    let aside = set_aside(path, valid, &cut)?;
+    let mut frames = Vec::new();
+    let mut kept = Vec::new();
+    let mut at = 0;
+    while at + HEADER as usize <= cut.len() {
+        match parse(&cut[at..], max_len).filter(|record| keep(record)) {
+            Some(record) => {
+                kept.push((valid + frames.len() as u64, record.to_vec()));
+                append(&mut frames, record);
+                at += HEADER as usize + record.len();
+            }
+            None => at += 1,
+        }
+    }
+    file.set_len(valid).map_err(io)?;
+    file.write_all_at(&frames, valid).and_then(|()| file.sync_all()).map_err(io)?;
+    tracing::warn!(log = %path.display(), at = valid, bytes = len - valid, salvaged = kept.len(),
+        aside = %aside.display(), "a log had a torn or damaged frame: the rest was set aside and its intact frames kept");
+    Ok((valid + frames.len() as u64, kept))
+}
+
+/// Writes `cut` to a new file `<name>.cut-<offset>` (`.1`, `.2`… if that exists, as after
+/// a crash during an earlier recovery: an earlier copy is never overwritten).
+fn set_aside(path: &Path, offset: u64, cut: &[u8]) -> Result<std::path::PathBuf, Error> {
+    use std::io::Write;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    for n in 0u32.. {
+        let suffix = if n == 0 { String::new() } else { format!(".{n}") };
+        let aside = path.with_file_name(format!("{name}.cut-{offset}{suffix}"));
+        let mut file = match std::fs::OpenOptions::new().write(true).create_new(true).open(&aside) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            opened => opened.map_err(io)?,
+        };
+        file.write_all(cut).and_then(|()| file.sync_all()).map_err(io)?;
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+        return Ok(aside);
+    }
+    Err(Error::Storage(format!("no free name to set {} aside", path.display()).into()))
 }

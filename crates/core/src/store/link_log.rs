@@ -27,14 +27,13 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, ErrorKind, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use foldhash::fast::FixedState;
 use parking_lot::{Mutex, RwLock};
 
-use super::frame::{self, io, sync_dir, HEADER};
+use super::frame::{self, io, sync_dir, Slot, HEADER};
 use super::InsertOutcome;
 use crate::code::ShortCode;
 use crate::codec::{decode, encode};
@@ -46,33 +45,12 @@ pub(crate) const FILE_NAME: &str = "links.log";
 /// The longest frame record: anything longer is not a frame this wrote, and opening takes
 /// it for a torn one.
 const MAX_RECORD: usize = (64 << 10) - 1;
+const _: () = assert!(MAX_RECORD <= Slot::MAX_LEN);
 // So no link's record comes near it: its target is bounded, and the code, the ids and the
 // time take under 100 bytes more.
 const _: () = assert!(1 + ShortCode::MAX_LEN + 1 + crate::target::MAX_NORMALIZED_BYTES + 100 < MAX_RECORD);
 /// Index shards, so that inserts and reads on different codes do not meet on one lock.
 const SHARDS: usize = 16;
-
-/// Where a link's frame is: its offset (44 bits, 16 TiB) and record length (20 bits).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Slot(u64);
-
-impl Slot {
-    const LEN_BITS: u32 = 20;
-    const MAX_OFFSET: u64 = 1 << (64 - Self::LEN_BITS);
-
-    fn new(offset: u64, len: usize) -> Self {
-        debug_assert!(offset < Self::MAX_OFFSET && len <= MAX_RECORD);
-        Self(offset << Self::LEN_BITS | len as u64)
-    }
-
-    fn offset(self) -> u64 {
-        self.0 >> Self::LEN_BITS
-    }
-
-    fn len(self) -> usize {
-        (self.0 & ((1 << Self::LEN_BITS) - 1)) as usize
-    }
-}
 
 /// The hash the index is keyed by.
 type CodeHash = fn(&ShortCode) -> u64;
@@ -154,22 +132,11 @@ fn split(record: &[u8]) -> Option<(ShortCode, &[u8])> {
     Some((code, &rest[usize::from(len)..]))
 }
 
-/// The code and record of an intact frame at the start of `bytes` whose link decodes
-/// under that code: what recovery keeps of cut-off bytes.
-fn salvage(bytes: &[u8]) -> Option<(ShortCode, &[u8])> {
-    let record = frame::parse(bytes, MAX_RECORD)?;
+/// Whether an intact frame's record is a link that decodes under its code: what recovery
+/// keeps of cut-off bytes.
+fn salvage(record: &[u8]) -> Option<()> {
     let (code, link) = split(record)?;
-    decode::<Link>(link).ok().filter(|l| l.code == code)?;
-    Some((code, record))
-}
-
-/// Fills `buf` from `reader`; `false` if the input ends first.
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> Result<bool, Error> {
-    match reader.read_exact(buf) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(io(e)),
-    }
+    decode::<Link>(link).ok().filter(|l| l.code == code).map(|_| ())
 }
 
 impl LinkLog {
@@ -199,78 +166,26 @@ impl LinkLog {
 
     /// Indexes the file's frames; returns where the intact ones end.
     fn load(&mut self) -> Result<u64, Error> {
-        let mut reader = BufReader::with_capacity(1 << 20, self.file.try_clone().map_err(io)?);
-        let mut offset = 0;
-        let mut record = Vec::new();
-        loop {
-            let mut header = [0u8; HEADER as usize];
-            if !read_full(&mut reader, &mut header)? {
-                return Ok(offset);
-            }
-            let (len, crc) = frame::header(header);
-            if len as usize > MAX_RECORD {
-                return Ok(offset);
-            }
-            record.resize(len as usize, 0);
-            if !read_full(&mut reader, &mut record)? || !frame::intact(&record, crc) {
-                return Ok(offset);
-            }
+        let file = self.file.try_clone().map_err(io)?;
+        frame::read_through(&file, MAX_RECORD, |offset, record| {
             // Intact, so this wrote it: a record without a code is a bug, not a torn write.
-            let (code, _) = split(&record).ok_or_else(|| {
+            let (code, _) = split(record).ok_or_else(|| {
                 Error::Corrupt(format!("{} holds a frame without a code at {offset}", self.path.display()))
             })?;
-            self.index_found(code, Slot::new(offset, record.len()))?;
-            offset += HEADER + len;
-        }
+            self.index_found(code, Slot::new(offset, record.len()))
+        })
     }
 
-    /// Sets the bytes from `valid` to `len` aside in a file of their own, cuts them off,
-    /// and appends again every intact frame among them.
+    /// Sets the bytes from `valid` to `len` aside, cuts them off, and appends again every
+    /// intact frame among them whose link decodes under its code.
     fn recover(&mut self, valid: u64, len: u64) -> Result<(), Error> {
-        let mut cut = vec![0u8; (len - valid) as usize];
-        self.file.read_exact_at(&mut cut, valid).map_err(io)?;
-        let aside = self.set_aside(valid, &cut)?;
-        let mut frames = Vec::new();
-        let mut salvaged = Vec::new();
-        let mut at = 0;
-        while at + HEADER as usize <= cut.len() {
-            match salvage(&cut[at..]) {
-                Some((code, record)) => {
-                    salvaged.push((code, Slot::new(valid + frames.len() as u64, record.len())));
-                    frame::append(&mut frames, record);
-                    at += HEADER as usize + record.len();
-                }
-                None => at += 1,
-            }
-        }
-        self.file.set_len(valid).map_err(io)?;
-        self.file.write_all_at(&frames, valid).and_then(|()| self.file.sync_all()).map_err(io)?;
-        tracing::warn!(log = %self.path.display(), at = valid, bytes = len - valid, salvaged = salvaged.len(),
-            aside = %aside.display(), "the links log had a torn or damaged frame: the rest was set aside and its intact frames kept");
-        self.tail.get_mut().len = valid + frames.len() as u64;
-        for (code, slot) in salvaged {
-            self.index_found(code, slot)?;
+        let (end, kept) = frame::recover(&self.file, &self.path, valid, len, MAX_RECORD, |r| salvage(r).is_some())?;
+        self.tail.get_mut().len = end;
+        for (offset, record) in kept {
+            let (code, _) = split(&record).ok_or_else(|| Error::Corrupt("a salvaged frame lost its code".into()))?;
+            self.index_found(code, Slot::new(offset, record.len()))?;
         }
         Ok(())
-    }
-
-    /// Writes `cut` to a new file `links.log.cut-<offset>` (`.1`, `.2`… if that exists, as
-    /// after a crash during an earlier recovery: an earlier copy is never overwritten).
-    fn set_aside(&self, offset: u64, cut: &[u8]) -> Result<PathBuf, Error> {
-        for n in 0u32.. {
-            let suffix = if n == 0 { String::new() } else { format!(".{n}") };
-            let aside = self.path.with_file_name(format!("{FILE_NAME}.cut-{offset}{suffix}"));
-            let mut file = match OpenOptions::new().write(true).create_new(true).open(&aside) {
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
-                opened => opened.map_err(io)?,
-            };
-            file.write_all(cut).and_then(|()| file.sync_all()).map_err(io)?;
-            if let Some(dir) = self.path.parent() {
-                sync_dir(dir)?;
-            }
-            return Ok(aside);
-        }
-        Err(Error::Storage(format!("no free name to set {} aside", self.path.display()).into()))
     }
 
     /// Indexes a frame found on open. The first frame of a code is its link (an insert

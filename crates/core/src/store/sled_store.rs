@@ -6,20 +6,19 @@
 //! |-------------|---------------------------------------------------|--------------|
 //! | `by_entity` | account u64 ‖ type u8 ‖ entity u64 ‖ code bytes   | empty        |
 //! | `queue_heads` | queue name                                      | the head's position (16 bytes) |
-//! | `visits`    | 16-byte visit key (link, client)                  | `VisitMark`  |
-//! | `link_notes` | 16-byte link key                                 | times of the link's recent notes (`Vec<u64>`) |
 //! | `sightings` | 16-byte address key ‖ at u64 ‖ contact u64         | empty        |
-//! | `notes`     | account u64 ‖ type u8 ‖ entity u64 ‖ at u64 ‖ id u64 | `Note`    |
 //! | `tokens`    | token id                                          | `ApiToken`   |
 //! | default     | `installation_secret`                             | 32 raw bytes |
 //! | default     | `credential:<name>`                               | a credential's bytes (see `CredentialStore`) |
+//! | default     | `visits_forgotten_before`                         | the last sweep's horizon, u64 (not flushed on its own) |
 //!
 //! Integers in keys are big-endian, so scans come out in numeric order.
 //!
 //! Links are not in sled: they are one append-only file, `links.log`, indexed in memory
 //! (see [`LinkLog`] for why). Nor are queues: each is a directory of append-only files under
 //! `queues/` (see [`QueueLog`]); sled keeps only each queue's head, without a flush of its
-//! own.
+//! own. Nor are notes and the visit ledger: they are `notes.log`, with the ledger in memory
+//! (see [`NotesLog`]). Directories from before these files are moved into them on open.
 //!
 //! Reads run inline: sled serves them from its page cache, a link is one positional read,
 //! and the hot path puts its own cache in front. Anything that writes or flushes (an fsync)
@@ -38,12 +37,13 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::link_log::LinkLog;
+use super::notes_log::{MarkRecord, NotesLog};
 use super::queue_log::{Position, QueueLog, SEGMENT_BYTES};
 use super::rate::LocalRates;
 use super::{
-    check_queue_name, decide_visit, keys, AddressLedger, Claimed, CredentialStore, InsertOutcome, LinkStore,
-    NotesJournal, NotesQuery, Queues, Rate, RateLimiter, SecretStore, Sighting, Store, TokenStore, VisitClaim,
-    VisitLedger, VisitRules,
+    check_queue_name, keys, AddressLedger, Claimed, CredentialStore, InsertOutcome, LinkStore, NotesJournal,
+    NotesQuery, Queues, Rate, RateLimiter, SecretStore, Sighting, Store, TokenStore, VisitClaim, VisitLedger,
+    VisitRules,
 };
 use crate::code::{InstallationSecret, ShortCode};
 use crate::codec::{decode, encode};
@@ -51,6 +51,8 @@ use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, Timestam
 use crate::Error;
 
 const SECRET_KEY: &[u8] = b"installation_secret";
+/// Where the last sweep of the visit ledger reached: marks before it are not loaded.
+const VISITS_HORIZON_KEY: &[u8] = b"visits_forgotten_before";
 
 /// A sled database. Cheap to clone: clones share the open database.
 #[derive(Clone)]
@@ -60,13 +62,9 @@ pub struct SledStore {
     by_entity: sled::Tree,
     queue_heads: sled::Tree,
     queues: Arc<OpenQueues>,
-    visits: sled::Tree,
-    link_notes: sled::Tree,
     sightings: sled::Tree,
-    /// Claims move a visit's mark and its link's count together: one claim at a time
-    /// (one process owns a sled directory, so a process lock is enough).
-    claiming: Arc<Mutex<()>>,
-    notes: sled::Tree,
+    /// Notes and the visit ledger.
+    journal: Arc<NotesLog>,
     tokens: sled::Tree,
     /// sled's log file, opened again only to `fdatasync` it: see the module comment.
     sled_log: Arc<File>,
@@ -113,22 +111,70 @@ impl SledStore {
         // sled 0.34 keeps its whole log in `db`; the version is pinned, so is the name.
         let log = File::open(dir.join("db"))
             .map_err(|e| Error::Storage(format!("cannot open sled's log file for fsync: {e}").into()))?;
+        let horizon = db
+            .get(VISITS_HORIZON_KEY)
+            .map_err(Error::storage)?
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
+            .map_or(Timestamp(0), |bytes| Timestamp(u64::from_be_bytes(bytes)));
         let store = Self {
             sled_log: Arc::new(log),
+            journal: Arc::new(NotesLog::open(dir, horizon)?),
             links: Arc::new(LinkLog::open(dir)?),
             by_entity: db.open_tree("by_entity").map_err(Error::storage)?,
             queue_heads: db.open_tree("queue_heads").map_err(Error::storage)?,
             queues: Arc::new(OpenQueues { dir: dir.join("queues"), open: Mutex::default() }),
-            visits: db.open_tree("visits").map_err(Error::storage)?,
-            link_notes: db.open_tree("link_notes").map_err(Error::storage)?,
             sightings: db.open_tree("sightings").map_err(Error::storage)?,
-            claiming: Arc::default(),
-            notes: db.open_tree("notes").map_err(Error::storage)?,
             tokens: db.open_tree("tokens").map_err(Error::storage)?,
             rates: Arc::default(),
             db,
         };
+        store.carry_over_notes_and_visits()?;
         Ok(store)
+    }
+
+    /// A directory from before `notes.log` keeps notes and the visit ledger in sled trees:
+    /// they are appended to the file (durably), then the trees are dropped. A crash in
+    /// between carries them over again, which changes nothing: notes are kept once, and a
+    /// mark read twice is the same mark.
+    fn carry_over_notes_and_visits(&self) -> Result<(), Error> {
+        let names = self.db.tree_names();
+        let has = |name: &str| names.iter().any(|n| n.as_ref() == name.as_bytes());
+        if has("notes") {
+            let tree = self.db.open_tree("notes").map_err(Error::storage)?;
+            let mut batch = Vec::new();
+            for entry in tree.iter() {
+                batch.push(decode::<Note>(&entry.map_err(Error::storage)?.1)?);
+                if batch.len() == 10_000 {
+                    self.journal.append(std::mem::take(&mut batch))?;
+                }
+            }
+            self.journal.append(batch)?;
+            self.db.drop_tree("notes").map_err(Error::storage)?;
+        }
+        let mut marks = Vec::new();
+        if has("visits") {
+            for entry in self.db.open_tree("visits").map_err(Error::storage)?.iter() {
+                let (key, bytes) = entry.map_err(Error::storage)?;
+                let key = <[u8; 16]>::try_from(key.as_ref()).map_err(|_| Error::Corrupt("a visit key".into()))?;
+                marks.push(MarkRecord { key, link: [0; 16], mark: decode::<VisitMark>(&bytes)? });
+            }
+        }
+        if has("link_notes") {
+            for entry in self.db.open_tree("link_notes").map_err(Error::storage)?.iter() {
+                let (link, bytes) = entry.map_err(Error::storage)?;
+                let link = <[u8; 16]>::try_from(link.as_ref()).map_err(|_| Error::Corrupt("a link key".into()))?;
+                for at in decode::<Vec<u64>>(&bytes)? {
+                    marks.push(MarkRecord { key: [0; 16], link, mark: VisitMark { at: Timestamp(at), note_id: 0 } });
+                }
+            }
+        }
+        if has("visits") || has("link_notes") {
+            self.journal.adopt_marks(&marks)?;
+            for name in ["visits", "link_notes"] {
+                self.db.drop_tree(name).map_err(Error::storage)?;
+            }
+        }
+        Ok(())
     }
 
     /// A queue's files, opened (or made) on first use, at the head kept in sled.
@@ -235,113 +281,30 @@ impl Queues for SledStore {
 }
 
 impl VisitLedger for SledStore {
+    /// In memory, under one lock: the marks reach the disk with the notes they become. On
+    /// the blocking pool all the same: a batch is thousands of claims, and the ledger's
+    /// table, millions of marks in a campaign, now and then grows (a rehash of all of it),
+    /// which must not hold a runtime thread that redirects are waiting for.
     async fn claim_visits(&self, claims: Vec<VisitClaim>, rules: VisitRules) -> Result<Vec<Claimed>, Error> {
-        self.blocking(move |s| {
-            let _one_claim_at_a_time = s.claiming.lock();
-            let capped = rules.notes_per_link > 0;
-            claims
-                .into_iter()
-                .map(|c| {
-                    let previous = s.visits.get(c.key).map_err(Error::storage)?;
-                    let previous = previous.as_deref().map(decode::<VisitMark>).transpose()?;
-                    let mut link_notes = match capped {
-                        true => s.link_notes.get(c.link).map_err(Error::storage)?,
-                        false => None,
-                    }
-                    .as_deref()
-                    .map(decode::<Vec<u64>>)
-                    .transpose()?
-                    .unwrap_or_default();
-                    let claimed = decide_visit(previous, &mut link_notes, &c, rules);
-                    if claimed == Claimed::Note {
-                        let mark = encode(&VisitMark { at: c.at, note_id: c.note_id })?;
-                        s.visits.insert(c.key, mark).map_err(Error::storage)?;
-                        if capped {
-                            s.link_notes.insert(c.link, encode(&link_notes)?).map_err(Error::storage)?;
-                        }
-                    }
-                    Ok(claimed)
-                })
-                .collect()
-        })
-        .await
+        self.blocking(move |s| Ok(s.journal.claim(&claims, rules))).await
     }
 
     async fn forget_visits(&self, before: Timestamp) -> Result<u64, Error> {
-        // One pass over each tree on a blocking thread: sweeps are minutes apart, and the
-        // trees hold about one window's visitors and links once they run.
-        self.blocking(move |s| {
-            let forgotten = forget_where(&s.visits, |bytes| Ok(decode::<VisitMark>(bytes)?.at < before))?;
-            forget_where(&s.link_notes, |bytes| Ok(decode::<Vec<u64>>(bytes)?.iter().all(|&t| t < before.0)))?;
-            Ok(forgotten)
-        })
-        .await
+        let forgotten = self.journal.forget(before);
+        // Not flushed: if it is lost, older marks are loaded on open and swept again.
+        self.db.insert(VISITS_HORIZON_KEY, &before.0.to_be_bytes()).map_err(Error::storage)?;
+        Ok(forgotten)
     }
-}
-
-/// Removes the entries of `tree` that `stale` picks; returns how many. Only an unchanged
-/// entry goes: a claim made meanwhile stays.
-fn forget_where(tree: &sled::Tree, stale: impl Fn(&[u8]) -> Result<bool, Error>) -> Result<u64, Error> {
-    let mut forgotten = 0;
-    for entry in tree.iter() {
-        let (key, bytes) = entry.map_err(Error::storage)?;
-        if stale(&bytes)?
-            && tree.compare_and_swap(&key, Some(&bytes), None as Option<&[u8]>).map_err(Error::storage)?.is_ok()
-        {
-            forgotten += 1;
-        }
-    }
-    Ok(forgotten)
 }
 
 impl NotesJournal for SledStore {
     async fn append_notes(&self, notes: Vec<Note>) -> Result<(), Error> {
-        self.blocking(move |s| {
-            for note in &notes {
-                let key = keys::note_key(note.account, note.entity, note.created_at, note.id);
-                // Insert-if-absent: a redelivered note leaves the first copy as it is.
-                let _ = s
-                    .notes
-                    .compare_and_swap(key, None as Option<&[u8]>, Some(encode(note)?))
-                    .map_err(Error::storage)?;
-            }
-            s.flush_now()
-        })
-        .await
+        self.blocking(move |s| s.journal.append(notes)).await
     }
 
-    /// On the blocking pool: a deep page is read through from the start of its notes.
+    /// On the blocking pool: one positional read per note.
     async fn list_notes(&self, query: NotesQuery) -> Result<Vec<Note>, Error> {
-        self.blocking(move |s| s.list_notes_now(&query)).await
-    }
-}
-
-impl SledStore {
-    fn list_notes_now(&self, query: &NotesQuery) -> Result<Vec<Note>, Error> {
-        let mut prefixes: Vec<Vec<u8>> = match &query.entity_ids {
-            None => vec![keys::account_type_prefix(query.account, query.entity_type).to_vec()],
-            Some(ids) => ids
-                .iter()
-                .map(|&id| keys::entity_prefix(query.account, EntityRef { kind: query.entity_type, id }).to_vec())
-                .collect(),
-        };
-        prefixes.sort();
-        let mut out = Vec::new();
-        let mut skip = query.offset;
-        for prefix in prefixes {
-            for entry in self.notes.scan_prefix(prefix) {
-                if out.len() == query.limit {
-                    return Ok(out);
-                }
-                let (_, value) = entry.map_err(Error::storage)?;
-                if skip > 0 {
-                    skip -= 1;
-                    continue;
-                }
-                out.push(decode(&value)?);
-            }
-        }
-        Ok(out)
+        self.blocking(move |s| s.journal.list(&query)).await
     }
 }
 
@@ -488,7 +451,11 @@ impl CredentialStore for SledStore {
 
 impl Store for SledStore {
     async fn flush(&self) -> Result<(), Error> {
-        self.blocking(SledStore::flush_now).await
+        self.blocking(|s| {
+            s.journal.flush()?;
+            s.flush_now()
+        })
+        .await
     }
 }
 
@@ -532,6 +499,48 @@ mod tests {
             assert_eq!(store.list_notes(query).await.unwrap().len(), 1);
             assert!(other_ran.load(std::sync::atomic::Ordering::SeqCst), "the listing held the runtime's thread");
         });
+    }
+
+    /// A directory whose notes and visit ledger are still sled trees (the layout before
+    /// `notes.log`): opening carries them into the file and drops the trees; a visit seen
+    /// there is still a repeat, a link at its cap still capped, every note listed once.
+    #[tokio::test]
+    async fn notes_and_marks_in_sled_trees_are_carried_over_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let notes: Vec<Note> = (0..3).map(|i| conformance::note(i + 1, 1, 10 + i, 1_000 + i)).collect();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree("notes").unwrap();
+            for n in &notes {
+                tree.insert(keys::note_key(n.account, n.entity, n.created_at, n.id), encode(n).unwrap()).unwrap();
+            }
+            let mark = VisitMark { at: Timestamp(5_000), note_id: 1 };
+            db.open_tree("visits").unwrap().insert([7u8; 16], encode(&mark).unwrap()).unwrap();
+            db.open_tree("link_notes").unwrap().insert([8u8; 16], encode(&vec![5_000u64; 5]).unwrap()).unwrap();
+            db.flush().unwrap();
+        }
+        for _ in 0..2 {
+            let store = SledStore::open(dir.path()).unwrap();
+            let query = NotesQuery {
+                account: AccountId(1),
+                entity_type: crate::EntityType::Contacts,
+                entity_ids: None,
+                offset: 0,
+                limit: 10,
+            };
+            assert_eq!(store.list_notes(query).await.unwrap(), notes);
+            let rules = VisitRules { window_ms: 60_000, notes_per_link: 5 };
+            let repeat = VisitClaim { link: [9; 16], key: [7; 16], at: Timestamp(6_000), note_id: 2 };
+            let capped = VisitClaim { link: [8; 16], key: [6; 16], at: Timestamp(6_000), note_id: 3 };
+            assert_eq!(
+                store.claim_visits(vec![repeat, capped], rules).await.unwrap(),
+                [Claimed::Repeat, Claimed::OverLinkCap]
+            );
+            let names = store.db.tree_names();
+            assert!(["notes", "visits", "link_notes"]
+                .iter()
+                .all(|t| !names.iter().any(|n| n.as_ref() == t.as_bytes())));
+        }
     }
 
     /// Queue records of any size stay out of sled: a page over 128 KiB would go to a blob

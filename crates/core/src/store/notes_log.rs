@@ -1,0 +1,522 @@
+//! Notes and visit marks in one append-only file, indexed in memory: how the sled backend
+//! keeps its notes journal and its visit ledger.
+//!
+//! When every click is a first visit (a mailing), every note cost three sled inserts (the
+//! visit's mark, its link's recent notes, the note), each copying a B-tree leaf, and a sled
+//! flush: over half of the server's CPU. Here a claim changes memory only, and a round of
+//! notes is one write and one `fdatasync`.
+//!
+//! `notes.log` in the data directory is a run of [`frame`]s. A record is a kind byte, then:
+//! - `N`, a note: its 33-byte key (account ‖ type ‖ entity ‖ created_at ‖ id, as in
+//!   [`keys::note_key`]) ‖ the note's codec record;
+//! - `M`, a visit mark: visit key (16 bytes) ‖ link key (16) ‖ at u64 ‖ note id u64, all
+//!   big-endian; an all-zero key stands for none (marks carried over from sled trees).
+//!
+//! In memory: each note's time, id and frame (24 bytes a note, in an ordered map by
+//! entity), and the visit ledger of the recent window (each visit key's mark, each link's
+//! recent note times). Both are rebuilt on open by reading the file through; marks made
+//! before `horizon` (the last sweep's, kept by the caller) are skipped.
+//!
+//! Crash safety: a claim leaves its mark in `pending`, and the next append writes the
+//! pending marks and then the notes in one write, synced before it returns. A note's mark
+//! is therefore durable no later than the note. A crash before the append loses both, and
+//! the clicks, still in the outbox, are claimed again and make the same note ids. Opening
+//! cuts a torn or damaged end as `links.log` does ([`frame::recover`]).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use foldhash::fast::FixedState;
+use parking_lot::{Mutex, RwLock};
+
+use super::frame::{self, io, sync_dir, Slot, HEADER};
+use super::{decide_visit, keys, Claimed, NotesQuery, VisitClaim, VisitRules};
+use crate::codec::{decode, encode};
+use crate::model::{EntityRef, Note, Timestamp, VisitMark};
+use crate::Error;
+
+/// The file's name in the data directory.
+pub(crate) const FILE_NAME: &str = "notes.log";
+/// The longest frame record: a note's target is bounded well below it.
+const MAX_RECORD: usize = (64 << 10) - 1;
+const _: () = assert!(MAX_RECORD <= Slot::MAX_LEN);
+const _: () = assert!(1 + 33 + crate::target::MAX_NORMALIZED_BYTES + 100 < MAX_RECORD);
+const NOTE: u8 = b'N';
+const MARK: u8 = b'M';
+/// A mark's record: kind, visit key, link key, at, note id.
+const MARK_LEN: usize = 1 + 16 + 16 + 8 + 8;
+/// Stands for "no key" in a mark carried over from the old sled trees.
+const NO_KEY: [u8; 16] = [0; 16];
+
+/// One note in the index: its order within its entity, and where its frame is.
+#[derive(Clone, Copy, Debug)]
+struct NoteSlot {
+    at: u64,
+    id: u64,
+    slot: Slot,
+}
+
+/// A visit mark as the file holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MarkRecord {
+    pub(crate) key: [u8; 16],
+    pub(crate) link: [u8; 16],
+    pub(crate) mark: VisitMark,
+}
+
+impl MarkRecord {
+    fn append_to(&self, frames: &mut Vec<u8>) {
+        let mut record = [0u8; MARK_LEN];
+        record[0] = MARK;
+        record[1..17].copy_from_slice(&self.key);
+        record[17..33].copy_from_slice(&self.link);
+        record[33..41].copy_from_slice(&self.mark.at.0.to_be_bytes());
+        record[41..].copy_from_slice(&self.mark.note_id.to_be_bytes());
+        frame::append(frames, &record);
+    }
+
+    fn parse(record: &[u8]) -> Option<Self> {
+        let record: &[u8; MARK_LEN] = record.try_into().ok()?;
+        let u64_at = |i: usize| u64::from_be_bytes(record[i..i + 8].try_into().unwrap_or_default());
+        (record[0] == MARK).then(|| Self {
+            key: record[1..17].try_into().unwrap_or_default(),
+            link: record[17..33].try_into().unwrap_or_default(),
+            mark: VisitMark { at: Timestamp(u64_at(33)), note_id: u64_at(41) },
+        })
+    }
+}
+
+/// A note's record: kind, key, the note.
+fn note_record(note: &Note) -> Result<Vec<u8>, Error> {
+    let mut record = Vec::with_capacity(1 + 33 + 160);
+    record.push(NOTE);
+    record.extend_from_slice(&keys::note_key(note.account, note.entity, note.created_at, note.id));
+    record.extend_from_slice(&encode(note)?);
+    Ok(record)
+}
+
+/// A note record's key: entity prefix, time, id.
+fn note_key_of(record: &[u8]) -> Option<([u8; 17], u64, u64)> {
+    let key = record.get(1..34).filter(|_| record.first() == Some(&NOTE))?;
+    let u64_at = |i: usize| key[i..i + 8].try_into().ok().map(u64::from_be_bytes);
+    Some((key[..17].try_into().ok()?, u64_at(17)?, u64_at(25)?))
+}
+
+/// What recovery keeps of cut-off bytes: marks, and notes that decode under their key.
+fn salvageable(record: &[u8]) -> bool {
+    if MarkRecord::parse(record).is_some() {
+        return true;
+    }
+    let Some((entity, at, id)) = note_key_of(record) else { return false };
+    decode::<Note>(&record[34..]).is_ok_and(|n| {
+        keys::note_key(n.account, n.entity, n.created_at, n.id)[..17] == entity && n.created_at.0 == at && n.id == id
+    })
+}
+
+/// The visit ledger of the recent window.
+#[derive(Default)]
+struct Ledger {
+    visits: HashMap<[u8; 16], VisitMark, FixedState>,
+    link_notes: HashMap<[u8; 16], Vec<u64>, FixedState>,
+    /// Frames of marks claimed since the last append.
+    pending: Vec<u8>,
+}
+
+impl Ledger {
+    /// Takes in a mark read from the file (or carried over).
+    fn found(&mut self, record: MarkRecord) {
+        if record.key != NO_KEY {
+            let newer = self.visits.get(&record.key).is_none_or(|m| m.at <= record.mark.at);
+            if newer {
+                self.visits.insert(record.key, record.mark);
+            }
+        }
+        if record.link != NO_KEY {
+            self.link_notes.entry(record.link).or_default().push(record.mark.at.0);
+        }
+    }
+}
+
+/// The appender's state: the file's length, and whether a failed sync stopped appends.
+struct Tail {
+    len: u64,
+    /// After a failed `fdatasync` the kernel may have dropped the unwritten pages, so what
+    /// was appended is in doubt until the file is read again: appends stop until a restart.
+    failed: bool,
+}
+
+/// The notes and visit ledger of one data directory. Appends and listings block (file
+/// I/O); claims and sweeps touch memory only.
+pub(crate) struct NotesLog {
+    path: PathBuf,
+    file: File,
+    tail: Mutex<Tail>,
+    /// Notes by entity prefix, each entity's in (time, id) order.
+    notes: RwLock<BTreeMap<[u8; 17], Vec<NoteSlot>>>,
+    ledger: Mutex<Ledger>,
+}
+
+impl NotesLog {
+    /// Opens (or creates) `notes.log` in `dir`; marks made before `horizon` are not loaded.
+    pub(crate) fn open(dir: &Path, horizon: Timestamp) -> Result<Self, Error> {
+        let path = dir.join(FILE_NAME);
+        let existed = path.exists();
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+        if !existed {
+            file.sync_all().map_err(io)?;
+            sync_dir(dir)?;
+        }
+        let len = file.metadata().map_err(io)?.len();
+        let mut log = Self {
+            path,
+            file,
+            tail: Mutex::new(Tail { len, failed: false }),
+            notes: RwLock::default(),
+            ledger: Mutex::default(),
+        };
+        let reader = log.file.try_clone().map_err(io)?;
+        let valid = frame::read_through(&reader, MAX_RECORD, |offset, record| log.found(offset, record, horizon))?;
+        if valid < len {
+            let (end, kept) = frame::recover(&log.file, &log.path, valid, len, MAX_RECORD, salvageable)?;
+            log.tail.get_mut().len = end;
+            for (offset, record) in kept {
+                log.found(offset, &record, horizon)?;
+            }
+        }
+        Ok(log)
+    }
+
+    /// Indexes an intact frame read on open.
+    fn found(&mut self, offset: u64, record: &[u8], horizon: Timestamp) -> Result<(), Error> {
+        if let Some(mark) = MarkRecord::parse(record) {
+            if mark.mark.at >= horizon {
+                self.ledger.get_mut().found(mark);
+            }
+            return Ok(());
+        }
+        // Intact, so this wrote it: anything else is a bug, not a torn write.
+        let (entity, at, id) = note_key_of(record).ok_or_else(|| {
+            Error::Corrupt(format!("{} holds a frame of no known kind at {offset}", self.path.display()))
+        })?;
+        let notes = self.notes.get_mut().entry(entity).or_default();
+        if let Err(i) = notes.binary_search_by_key(&(at, id), |n| (n.at, n.id)) {
+            notes.insert(i, NoteSlot { at, id, slot: Slot::new(offset, record.len()) });
+        }
+        Ok(())
+    }
+
+    /// Decides each claim as [`decide_visit`] does, all under one lock; a claim that
+    /// becomes a note leaves its mark, to be written with the next append.
+    pub(crate) fn claim(&self, claims: &[VisitClaim], rules: VisitRules) -> Vec<Claimed> {
+        let mut ledger = self.ledger.lock();
+        let ledger = &mut *ledger;
+        let capped = rules.notes_per_link > 0;
+        claims
+            .iter()
+            .map(|c| {
+                let previous = ledger.visits.get(&c.key).copied();
+                let mut uncapped = Vec::new();
+                let link_notes = match capped {
+                    true => ledger.link_notes.entry(c.link).or_default(),
+                    false => &mut uncapped,
+                };
+                let claimed = decide_visit(previous, link_notes, c, rules);
+                let fresh = previous.is_none_or(|m| m.note_id != c.note_id);
+                if claimed == Claimed::Note && fresh {
+                    let mark = VisitMark { at: c.at, note_id: c.note_id };
+                    ledger.visits.insert(c.key, mark);
+                    let link = if capped { c.link } else { NO_KEY };
+                    MarkRecord { key: c.key, link, mark }.append_to(&mut ledger.pending);
+                }
+                claimed
+            })
+            .collect()
+    }
+
+    /// Forgets marks made before `before`; returns how many visit marks went.
+    pub(crate) fn forget(&self, before: Timestamp) -> u64 {
+        let mut ledger = self.ledger.lock();
+        let was = ledger.visits.len();
+        ledger.visits.retain(|_, mark| mark.at >= before);
+        ledger.link_notes.retain(|_, times| times.iter().any(|&t| t >= before.0));
+        (was - ledger.visits.len()) as u64
+    }
+
+    /// Takes in marks carried over from elsewhere (the old sled trees), durably.
+    pub(crate) fn adopt_marks(&self, marks: &[MarkRecord]) -> Result<(), Error> {
+        let mut ledger = self.ledger.lock();
+        for mark in marks {
+            mark.append_to(&mut ledger.pending);
+            ledger.found(*mark);
+        }
+        drop(ledger);
+        self.append(Vec::new())
+    }
+
+    /// Writes the pending marks and the notes not already there, in one write, and syncs.
+    /// Durable when it returns.
+    pub(crate) fn append(&self, notes: Vec<Note>) -> Result<(), Error> {
+        let mut tail = self.tail.lock();
+        if tail.failed {
+            return Err(Error::Storage(
+                format!("{} could not be synced; restart to read it again", self.path.display()).into(),
+            ));
+        }
+        let mut frames = std::mem::take(&mut self.ledger.lock().pending);
+        let marks = frames.len();
+        let mut fresh: Vec<([u8; 17], NoteSlot)> = Vec::with_capacity(notes.len());
+        let mut in_batch: HashSet<[u8; 33], FixedState> =
+            HashSet::with_capacity_and_hasher(notes.len(), FixedState::default());
+        {
+            let index = self.notes.read();
+            for note in &notes {
+                let key = keys::note_key(note.account, note.entity, note.created_at, note.id);
+                let (entity, at, id) = (key[..17].try_into().unwrap_or_default(), note.created_at.0, note.id);
+                let stored = |slots: &Vec<NoteSlot>| slots.binary_search_by_key(&(at, id), |n| (n.at, n.id)).is_ok();
+                if index.get(&entity).is_some_and(stored) || !in_batch.insert(key) {
+                    continue; // a redelivered note: the first copy stays
+                }
+                let record = note_record(note)?;
+                let offset = tail.len + frames.len() as u64;
+                if offset + HEADER + record.len() as u64 >= Slot::MAX_OFFSET {
+                    return Err(Error::Storage(format!("{} is full", self.path.display()).into()));
+                }
+                fresh.push((entity, NoteSlot { at, id, slot: Slot::new(offset, record.len()) }));
+                frame::append(&mut frames, &record);
+            }
+        }
+        if !frames.is_empty() {
+            if let Err(e) = self.file.write_all_at(&frames, tail.len) {
+                let _ = self.file.set_len(tail.len); // best effort: open cuts a torn end anyway
+                                                     // The marks are still owed to the file.
+                frames.truncate(marks);
+                self.ledger.lock().pending.splice(0..0, frames);
+                return Err(io(e));
+            }
+            tail.len += frames.len() as u64;
+            // Written before indexed: a listing never finds a note whose frame is not there.
+            let mut index = self.notes.write();
+            for (entity, note) in fresh {
+                let slots = index.entry(entity).or_default();
+                match slots.last() {
+                    Some(last) if (last.at, last.id) > (note.at, note.id) => {
+                        let i = slots.partition_point(|n| (n.at, n.id) < (note.at, note.id));
+                        slots.insert(i, note);
+                    }
+                    _ => slots.push(note),
+                }
+            }
+        }
+        drop(tail);
+        // Outside the lock, so that concurrent appends share syncs.
+        let synced = self.file.sync_data();
+        let mut tail = self.tail.lock();
+        if let Err(e) = synced {
+            tail.failed = true;
+            return Err(io(e));
+        }
+        // The kernel reports a failed write-back to one sync only.
+        if tail.failed {
+            return Err(Error::Storage(format!("{} could not be synced", self.path.display()).into()));
+        }
+        Ok(())
+    }
+
+    /// Writes the pending marks, if any, durably.
+    pub(crate) fn flush(&self) -> Result<(), Error> {
+        if self.ledger.lock().pending.is_empty() {
+            return Ok(());
+        }
+        self.append(Vec::new())
+    }
+
+    /// The notes a query asks for: entities in id order, each entity's notes in time
+    /// order, after `offset`, at most `limit`.
+    pub(crate) fn list(&self, query: &NotesQuery) -> Result<Vec<Note>, Error> {
+        let mut slots = Vec::new();
+        {
+            let index = self.notes.read();
+            let mut skip = query.offset;
+            let mut take = |notes: &[NoteSlot]| {
+                let from = skip.min(notes.len());
+                skip -= from;
+                let wanted = query.limit - slots.len();
+                slots.extend(notes[from..].iter().take(wanted).map(|n| n.slot));
+                slots.len() == query.limit
+            };
+            match &query.entity_ids {
+                Some(ids) => {
+                    let mut ids = ids.clone();
+                    ids.sort_unstable();
+                    for id in ids {
+                        let prefix = keys::entity_prefix(query.account, EntityRef { kind: query.entity_type, id });
+                        if index.get(&prefix).is_some_and(|notes| take(notes)) {
+                            break;
+                        }
+                    }
+                }
+                None => {
+                    let first = keys::entity_prefix(query.account, EntityRef { kind: query.entity_type, id: 0 });
+                    let last = keys::entity_prefix(query.account, EntityRef { kind: query.entity_type, id: u64::MAX });
+                    for notes in index.range(first..=last).map(|(_, notes)| notes) {
+                        if take(notes) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        slots.into_iter().map(|slot| self.read(slot)).collect()
+    }
+
+    /// Reads and checks one note's frame.
+    fn read(&self, slot: Slot) -> Result<Note, Error> {
+        let mut bytes = vec![0u8; HEADER as usize + slot.len()];
+        self.file.read_exact_at(&mut bytes, slot.offset()).map_err(io)?;
+        frame::parse(&bytes, MAX_RECORD)
+            .filter(|record| record.len() == slot.len() && note_key_of(record).is_some())
+            .map(|record| decode::<Note>(&record[34..]))
+            .ok_or_else(|| Error::Corrupt(format!("{} is damaged at {}", self.path.display(), slot.offset())))?
+    }
+
+    /// How many visit marks are held.
+    #[cfg(test)]
+    fn marks(&self) -> usize {
+        self.ledger.lock().visits.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::model::{AccountId, EntityType, NoteBody, UserId};
+    use crate::TargetUrl;
+
+    fn note(entity: u64, at: u64, id: u64) -> Note {
+        Note {
+            id,
+            account: AccountId(1),
+            entity: EntityRef { kind: EntityType::Contacts, id: entity },
+            created_by: UserId(1),
+            created_at: Timestamp(at),
+            body: NoteBody::LinkFollowed { url: TargetUrl::parse("https://x.example/a").unwrap() },
+        }
+    }
+
+    fn all(log: &NotesLog) -> Vec<Note> {
+        let query = NotesQuery {
+            account: AccountId(1),
+            entity_type: EntityType::Contacts,
+            entity_ids: None,
+            offset: 0,
+            limit: usize::MAX,
+        };
+        log.list(&query).unwrap()
+    }
+
+    fn claim(key: u8, at: u64, note_id: u64) -> VisitClaim {
+        VisitClaim { link: [key; 16], key: [key; 16], at: Timestamp(at), note_id }
+    }
+
+    const RULES: VisitRules = VisitRules { window_ms: 1_000, notes_per_link: 5 };
+
+    #[test]
+    fn notes_and_marks_come_back_after_a_reopen_and_a_note_is_kept_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = NotesLog::open(dir.path(), Timestamp(0)).unwrap();
+        assert_eq!(log.claim(&[claim(1, 100, 7), claim(2, 100, 8)], RULES), [Claimed::Note, Claimed::Note]);
+        log.append(vec![note(2, 100, 8), note(1, 100, 7)]).unwrap();
+        log.append(vec![note(1, 100, 7), note(1, 50, 6)]).unwrap();
+        let expected = vec![note(1, 50, 6), note(1, 100, 7), note(2, 100, 8)];
+        assert_eq!(all(&log), expected);
+        drop(log);
+
+        let log = NotesLog::open(dir.path(), Timestamp(0)).unwrap();
+        assert_eq!(all(&log), expected, "in entity, then time order, each once");
+        assert_eq!(log.marks(), 2);
+        assert_eq!(log.claim(&[claim(1, 500, 9)], RULES), [Claimed::Repeat], "the mark survived the reopen");
+        assert_eq!(log.claim(&[claim(1, 100, 7)], RULES), [Claimed::Note], "a redelivered claim");
+        drop(log);
+        assert_eq!(NotesLog::open(dir.path(), Timestamp(101)).unwrap().marks(), 0, "behind the horizon");
+    }
+
+    #[test]
+    fn an_unwritten_claim_is_lost_with_its_note_and_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = NotesLog::open(dir.path(), Timestamp(0)).unwrap();
+        assert_eq!(log.claim(&[claim(1, 100, 7)], RULES), [Claimed::Note]);
+        drop(log); // as a crash before the append
+
+        let log = NotesLog::open(dir.path(), Timestamp(0)).unwrap();
+        assert_eq!(log.marks(), 0);
+        assert_eq!(log.claim(&[claim(1, 100, 7)], RULES), [Claimed::Note]);
+        log.flush().unwrap();
+        drop(log);
+        assert_eq!(NotesLog::open(dir.path(), Timestamp(0)).unwrap().marks(), 1, "a flush writes the marks");
+    }
+
+    #[test]
+    fn the_cap_per_link_holds_across_a_reopen_and_a_sweep_forgets() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = NotesLog::open(dir.path(), Timestamp(0)).unwrap();
+        let claims: Vec<_> =
+            (0..6u8).map(|i| VisitClaim { key: [i + 1; 16], ..claim(9, 100 + u64::from(i), u64::from(i)) }).collect();
+        let answers = log.claim(&claims, RULES);
+        assert_eq!(answers[..5], [Claimed::Note; 5]);
+        assert_eq!(answers[5], Claimed::OverLinkCap);
+        log.flush().unwrap();
+        drop(log);
+
+        let log = NotesLog::open(dir.path(), Timestamp(0)).unwrap();
+        let another = VisitClaim { key: [42; 16], ..claim(9, 200, 99) };
+        assert_eq!(log.claim(&[another], RULES), [Claimed::OverLinkCap]);
+        assert_eq!(log.forget(Timestamp(103)), 3);
+        assert_eq!(log.marks(), 2);
+    }
+
+    #[test]
+    fn a_torn_append_is_cut_and_what_was_whole_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = NotesLog::open(dir.path(), Timestamp(0)).unwrap();
+        log.append(vec![note(1, 10, 1)]).unwrap();
+        let end = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len();
+        log.append(vec![note(2, 20, 2)]).unwrap();
+        drop(log);
+        // A torn frame, then the damage moves the second note behind it.
+        let path = dir.path().join(FILE_NAME);
+        let whole = std::fs::read(&path).unwrap();
+        let torn = [&whole[..end as usize], &[9, 0, 0, 0, 1, 2], &whole[end as usize..]].concat();
+        std::fs::write(&path, &torn).unwrap();
+
+        let log = NotesLog::open(dir.path(), Timestamp(0)).unwrap();
+        assert_eq!(all(&log), [note(1, 10, 1), note(2, 20, 2)], "the intact frame after the tear is salvaged");
+        let aside = std::fs::read(dir.path().join(format!("{FILE_NAME}.cut-{end}"))).unwrap();
+        assert_eq!(aside, torn[end as usize..]);
+        log.append(vec![note(3, 30, 3)]).unwrap();
+        drop(log);
+        assert_eq!(all(&NotesLog::open(dir.path(), Timestamp(0)).unwrap()).len(), 3);
+    }
+
+    #[test]
+    fn a_listing_pages_through_the_entities_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = NotesLog::open(dir.path(), Timestamp(0)).unwrap();
+        log.append((1..=4).flat_map(|e| (0..3).map(move |t| note(e, 100 + t, e * 10 + t))).collect()).unwrap();
+        let query = |ids: Option<Vec<u64>>, offset, limit| NotesQuery {
+            account: AccountId(1),
+            entity_type: EntityType::Contacts,
+            entity_ids: ids,
+            offset,
+            limit,
+        };
+        let ids = |notes: Vec<Note>| notes.into_iter().map(|n| n.id).collect::<Vec<_>>();
+        assert_eq!(ids(log.list(&query(None, 2, 3)).unwrap()), [12, 20, 21]);
+        assert_eq!(ids(log.list(&query(Some(vec![4, 2]), 1, 4)).unwrap()), [21, 22, 40, 41]);
+        let other = NotesQuery { account: AccountId(2), ..query(None, 0, 10) };
+        assert!(log.list(&other).unwrap().is_empty(), "another account sees nothing");
+    }
+}
