@@ -439,7 +439,7 @@ mod tests {
         // A visit the dispatcher has claimed: its mark is remembered.
         let seen = RawClick { at: Timestamp(5_000), ..raw_click() }.into_click(7);
         let key = screen.keys.visit_key(&seen);
-        screen.recent.remember(key, VisitMark { at: seen.at, note_id: 9 }, screen.window_ms);
+        screen.recent.remember(key, VisitMark { at: seen.at, note_id: 9 });
 
         let repeat = RawClick { at: Timestamp(6_000), ..raw_click() };
         let bot = RawClick { user_agent: Some(Box::from(&b"curl/8.5.0"[..])), ..raw_click() };

@@ -3,14 +3,15 @@
 //!
 //! A mark only ever moves forward in time, so a remembered mark that makes a visit a
 //! duplicate is right whatever any other node did since; only visits that may be new go
-//! to the store, whose compare-and-swap decides. Bounded: past the limit, expired marks
-//! are dropped, and if that is not enough, all (which only costs store reads).
+//! to the store, whose compare-and-swap decides. Forgetting a mark only costs a store read.
 //!
 //! Why a table of its own: every click is looked up here, and under load the lookup in a
-//! general hash map was most of the dispatcher's own time. Once the marks outgrow the CPU
-//! caches it is two misses per click, the map's control bytes and then the entry. Visit
-//! keys are keyed blake3 output, already uniform, so their first bytes are the index, and
-//! a slot holds the key and the mark together (32 bytes, two to a cache line): one miss.
+//! general hash map was most of the dispatcher's own time. Visit keys are keyed blake3
+//! output, already uniform, so their first bytes pick a set of four slots (32 bytes each,
+//! two cache lines). The table never grows: a new mark takes its set's empty slot or the
+//! one with the oldest mark. A table that grows must now and then move every mark it holds
+//! (a million in a campaign's hour), under the lock the writer takes for every click, and
+//! on a runtime thread: that stalled redirects for tens of milliseconds.
 
 use parking_lot::Mutex;
 use shortlinks_core::model::VisitMark;
@@ -19,22 +20,18 @@ use shortlinks_core::Timestamp;
 /// The marks, behind a lock that the writer and the dispatcher take, each briefly.
 pub(crate) struct RecentMarks {
     table: Mutex<Table>,
-    limit: usize,
 }
 
 impl Default for RecentMarks {
     fn default() -> Self {
-        Self::with_limit(Self::LIMIT)
+        Self { table: Mutex::new(Table::with_slots(Self::SLOTS)) }
     }
 }
 
 impl RecentMarks {
-    /// Marks kept at most: 64 MiB of slots at this size.
-    const LIMIT: usize = 1 << 20;
-
-    fn with_limit(limit: usize) -> Self {
-        Self { table: Mutex::new(Table::default()), limit }
-    }
+    /// Marks kept at most: 32 MiB of slots, whose pages the system provides as marks
+    /// arrive.
+    const SLOTS: usize = 1 << 20;
 
     /// Whether a remembered mark makes this visit a repeat: the store's rule
     /// ([`decide_visit`](shortlinks_core::store::decide_visit)), asking for the note id only when it can matter. A redelivered
@@ -53,100 +50,66 @@ impl RecentMarks {
     }
 
     /// Remembers the mark a visit set.
-    pub(crate) fn remember(&self, key: [u8; 16], mark: VisitMark, window_ms: u64) {
-        let mut table = self.table.lock();
-        if table.len >= self.limit {
-            let newest = table.occupied().map(|slot| slot.mark.at.0).max().unwrap_or(0);
-            table.retain(|m| newest.saturating_sub(m.at.0) < window_ms);
-            if table.len >= self.limit {
-                *table = Table::default();
-            }
-        }
-        table.insert(key, mark);
+    pub(crate) fn remember(&self, key: [u8; 16], mark: VisitMark) {
+        self.table.lock().insert(key, mark);
     }
 }
 
-/// Open addressing with linear probing, at most half full. The all-zero key marks an
-/// empty slot; a visit whose key is all zeros (a 2^-128 chance) is simply not remembered.
-#[derive(Default)]
+/// Slots in a set.
+const WAYS: usize = 4;
+
+/// Sets of [`WAYS`] slots. A slot is a key's two halves, the mark's time and its note
+/// id; the all-zero key marks an empty slot (a visit whose key is all zeros, a 2^-128
+/// chance, is simply not remembered). Zeros throughout, so the allocation is the system's
+/// zeroed pages, touched only when used.
 struct Table {
-    /// A power of two long, or empty.
-    slots: Vec<Slot>,
-    len: usize,
+    slots: Vec<[u64; 4]>,
 }
 
-#[derive(Clone, Copy)]
-struct Slot {
-    key: [u8; 16],
-    mark: VisitMark,
-}
+const EMPTY: [u64; 2] = [0; 2];
 
-const EMPTY: [u8; 16] = [0; 16];
-const FIRST_SLOTS: usize = 1024;
+fn halves(key: &[u8; 16]) -> [u64; 2] {
+    let half = |i: usize| u64::from_le_bytes(key[i..i + 8].try_into().unwrap_or_default());
+    [half(0), half(8)]
+}
 
 impl Table {
-    fn get(&self, key: &[u8; 16]) -> Option<VisitMark> {
-        if *key == EMPTY {
-            return None;
-        }
-        let slot = &self.slots[self.find(key)?];
-        (slot.key == *key).then_some(slot.mark)
+    /// A table of `slots` slots, rounded up to a power of two of at least one set.
+    fn with_slots(slots: usize) -> Self {
+        Self { slots: vec![[0u64; 4]; slots.next_power_of_two().max(WAYS)] }
     }
 
+    /// The set `key` belongs to.
+    fn set(&self, key: [u64; 2]) -> std::ops::Range<usize> {
+        let sets = self.slots.len() / WAYS;
+        let first = (key[0] as usize & (sets - 1)) * WAYS;
+        first..first + WAYS
+    }
+
+    fn get(&self, key: &[u8; 16]) -> Option<VisitMark> {
+        let key = halves(key);
+        if key == EMPTY {
+            return None;
+        }
+        let slot = self.slots[self.set(key)].iter().find(|slot| slot[..2] == key)?;
+        Some(VisitMark { at: Timestamp(slot[2]), note_id: slot[3] })
+    }
+
+    /// Keeps a mark: in the key's own slot, else an empty one of its set, else in place of
+    /// the set's oldest mark.
     fn insert(&mut self, key: [u8; 16], mark: VisitMark) {
+        let key = halves(&key);
         if key == EMPTY {
             return;
         }
-        if (self.len + 1) * 2 > self.slots.len() {
-            self.resize((self.slots.len() * 2).max(FIRST_SLOTS));
-        }
-        let Some(at) = self.find(&key) else { return };
-        let slot = &mut self.slots[at];
-        if slot.key == EMPTY {
-            self.len += 1;
-        }
-        *slot = Slot { key, mark };
-    }
-
-    /// The slot holding `key`, else the empty slot where it would go; `None` only while
-    /// the table has no slots.
-    fn find(&self, key: &[u8; 16]) -> Option<usize> {
-        let mask = self.slots.len().checked_sub(1)?;
-        let mut at = Self::home(key) & mask;
-        // Never full (at most half), so the probe ends.
-        while self.slots[at].key != *key && self.slots[at].key != EMPTY {
-            at = (at + 1) & mask;
-        }
-        Some(at)
-    }
-
-    fn home(key: &[u8; 16]) -> usize {
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&key[..8]);
-        u64::from_le_bytes(first) as usize
-    }
-
-    fn occupied(&self) -> impl Iterator<Item = Slot> + '_ {
-        self.slots.iter().copied().filter(|slot| slot.key != EMPTY)
-    }
-
-    fn retain(&mut self, keep: impl Fn(&VisitMark) -> bool) {
-        let kept = self.occupied().filter(|slot| keep(&slot.mark)).collect();
-        self.rebuild(self.slots.len(), kept);
-    }
-
-    fn resize(&mut self, slots: usize) {
-        let all = self.occupied().collect();
-        self.rebuild(slots, all);
-    }
-
-    fn rebuild(&mut self, slots: usize, marks: Vec<Slot>) {
-        let empty = Slot { key: EMPTY, mark: VisitMark { at: Timestamp(0), note_id: 0 } };
-        self.slots = vec![empty; slots];
-        self.len = 0;
-        for slot in marks {
-            self.insert(slot.key, slot.mark);
-        }
+        let range = self.set(key);
+        let set = &mut self.slots[range];
+        let at = set
+            .iter()
+            .position(|slot| slot[..2] == key)
+            .or_else(|| set.iter().position(|slot| slot[..2] == EMPTY))
+            .unwrap_or_else(|| (0..WAYS).min_by_key(|&i| set[i][2]).unwrap_or(0));
+        set[at] = [key[0], key[1], mark.at.0, mark.note_id];
     }
 }
 
@@ -172,7 +135,7 @@ mod tests {
         let recent = RecentMarks::default();
         let id = |n: u64| move || n;
         assert!(!recent.is_duplicate(&[1; 16], Timestamp(10), id(7), HOUR), "unknown: ask the store");
-        recent.remember([1; 16], VisitMark { at: Timestamp(10), note_id: 7 }, HOUR);
+        recent.remember([1; 16], VisitMark { at: Timestamp(10), note_id: 7 });
         assert!(recent.is_duplicate(&[1; 16], Timestamp(20), id(8), HOUR));
         assert!(recent.is_duplicate(&[1; 16], Timestamp(5), id(8), HOUR), "earlier than the mark");
         assert!(!recent.is_duplicate(&[1; 16], Timestamp(10), id(7), HOUR), "a redelivery is not a duplicate");
@@ -189,55 +152,42 @@ mod tests {
     }
 
     #[test]
-    fn every_mark_is_found_as_the_table_grows_and_a_newer_mark_replaces_an_older() {
-        let mut table = Table::default();
-        for n in 0..50_000 {
+    fn every_mark_is_found_and_a_newer_mark_replaces_an_older() {
+        let mut table = Table::with_slots(1 << 16);
+        for n in 0..1_000 {
             table.insert(key(n), mark(n));
         }
-        // Keys that share their first bytes probe on past each other.
-        let (a, b) = ([7; 16], {
-            let mut k = [7; 16];
-            k[15] = 8;
-            k
-        });
-        table.insert(a, mark(1));
-        table.insert(b, mark(2));
-        assert_eq!(table.len, 50_002);
-        assert!(table.slots.len() >= 2 * table.len && table.slots.len().is_power_of_two());
-        for n in 0..50_000 {
+        for n in 0..1_000 {
             assert_eq!(table.get(&key(n)), Some(mark(n)), "{n}");
         }
-        assert_eq!((table.get(&a), table.get(&b)), (Some(mark(1)), Some(mark(2))));
-        assert_eq!(table.get(&key(50_000)), None);
+        assert_eq!(table.get(&key(1_000)), None);
         table.insert(key(3), mark(900));
-        assert_eq!((table.get(&key(3)), table.len), (Some(mark(900)), 50_002), "replaced, not added");
-        table.insert(EMPTY, mark(5));
-        assert_eq!((table.get(&EMPTY), table.len), (None, 50_002), "the empty key is never kept");
+        assert_eq!(table.get(&key(3)), Some(mark(900)), "replaced");
+        let kept = table.slots.iter().filter(|slot| slot[..2] != EMPTY).count();
+        assert_eq!(kept, 1_000, "replaced, not added");
+        table.insert([0; 16], mark(5));
+        assert_eq!(table.get(&[0; 16]), None, "the empty key is never kept");
     }
 
     #[test]
-    fn past_the_limit_expired_marks_go_first_and_then_all() {
-        let recent = RecentMarks::with_limit(1000);
-        // 600 old marks, 400 within the hour before the newest.
-        for n in 0..1000 {
-            let at = if n < 600 { n } else { 10 * HOUR + n };
-            recent.remember(key(n), mark(at), HOUR);
+    fn a_full_set_makes_room_by_dropping_its_oldest_mark_only() {
+        let mut table = Table::with_slots(1 << 10);
+        // Keys that share their first bytes fall in one set.
+        let same_set = |n: u8| {
+            let mut k = [7; 16];
+            k[15] = n;
+            k
+        };
+        let times = [50, 10, 40, 30];
+        for (n, at) in (1..).zip(times) {
+            table.insert(same_set(n), mark(at));
         }
-        recent.remember(key(1000), mark(10 * HOUR + 1000), HOUR);
-        let table = recent.table.lock();
-        assert_eq!(table.len, 401);
-        assert_eq!(table.get(&key(0)), None, "expired");
-        assert_eq!(table.get(&key(999)), Some(mark(10 * HOUR + 999)), "kept");
-        drop(table);
-
-        // All within the window: nothing can be told apart, so all go.
-        let recent = RecentMarks::with_limit(1000);
-        for n in 0..1000 {
-            recent.remember(key(n), mark(5 * HOUR + n), HOUR);
+        table.insert(key(1), mark(1));
+        table.insert(same_set(9), mark(60));
+        assert_eq!(table.get(&same_set(2)), None, "the oldest of the set went");
+        for n in [1, 3, 4, 9] {
+            assert!(table.get(&same_set(n)).is_some(), "{n} kept");
         }
-        recent.remember(key(1000), mark(5 * HOUR + 1000), HOUR);
-        let table = recent.table.lock();
-        assert_eq!(table.len, 1);
-        assert_eq!(table.get(&key(1000)), Some(mark(5 * HOUR + 1000)));
+        assert_eq!(table.get(&key(1)), Some(mark(1)), "another set is untouched, however old");
     }
 }

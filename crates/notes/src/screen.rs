@@ -132,7 +132,7 @@ mod tests {
         assert_eq!(screen.judge(&visit(2_000)), Verdict::MaybeNew(key));
 
         let note_id = screen.keys.note_id(&first, &key);
-        screen.recent.remember(key, VisitMark { at: first.at, note_id }, screen.window_ms);
+        screen.recent.remember(key, VisitMark { at: first.at, note_id });
         assert_eq!(screen.judge(&visit(2_000)), Verdict::Repeat, "within the window");
         assert_eq!(screen.judge(&visit(1_000 + 3_600_000)), Verdict::MaybeNew(key), "past the window");
         // The claiming click itself, read again after a crash, is not its own repeat.
