@@ -11,14 +11,14 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use shortlinks_notes::stand_in::{AmoCrmStandIn, StandInOptions};
 
-use super::{median, shortlinks_on, wrk, Run, Server, AGENT, REPEAT_REQUEST};
+use super::{median, shortlinks_on, stop, wrk, Run, Server, AGENT, REPEAT_REQUEST};
 
 const CONTACTS: usize = 10_000;
 /// Targets (issue 17): every note once within this, and no 429.
@@ -85,11 +85,9 @@ pub(crate) async fn run(release: &Path, work: &Path, most_rounds: usize) -> anyh
     let stand_in =
         AmoCrmStandIn::start(StandInOptions { token: Some("bench-token".into()), ..Default::default() }).await?;
     let binary = release.join("shortlinks");
-    let ip_header = ("SHORTLINKS_CLIENT_IP_HEADER", "X-Forwarded-For");
-    let amocrm =
-        [ip_header, ("SHORTLINKS_AMOCRM_BASE_URL", stand_in.url.as_str()), ("SHORTLINKS_AMOCRM_TOKEN", "bench-token")];
-    let (with_sink, links) = shortlinks_on("with-amocrm", &binary, "sled", work, CONTACTS, false, &amocrm).await?;
-    let (no_sink, other_links) = shortlinks_on("no-sink", &binary, "sled", work, CONTACTS, false, &[ip_header]).await?;
+    let amocrm = [("SHORTLINKS_AMOCRM_BASE_URL", stand_in.url.as_str()), ("SHORTLINKS_AMOCRM_TOKEN", "bench-token")];
+    let (mut with_sink, links) = shortlinks_on("with-amocrm", &binary, "sled", work, CONTACTS, &amocrm).await?;
+    let (mut no_sink, other_links) = shortlinks_on("no-sink", &binary, "sled", work, CONTACTS, &[]).await?;
     let codes: Vec<String> = links.into_iter().map(|(code, _)| code).collect();
     let other_codes: Vec<String> = other_links.into_iter().map(|(code, _)| code).collect();
     let servers: [(&str, &Server, std::path::PathBuf); 2] = [
@@ -169,12 +167,8 @@ pub(crate) async fn run(release: &Path, work: &Path, most_rounds: usize) -> anyh
         if drained <= TARGET { "MET" } else { "MISSED" },
         if stand_in.too_many() == 0 { "MET" } else { "MISSED" }
     );
-    for contender in [with_sink, no_sink] {
-        let mut child = contender.server.child;
-        if let Some(id) = child.id() {
-            let _ = std::process::Command::new("kill").args(["-TERM", &id.to_string()]).status();
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.context("stopping a server")?;
+    for contender in [&mut with_sink, &mut no_sink] {
+        stop(&mut contender.server).await?;
     }
     Ok(())
 }

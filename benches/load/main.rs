@@ -27,10 +27,10 @@ const AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Fi
 const ACCEPT: &str = "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
 const ACCEPT_LANGUAGE: &str = "Accept-Language: en-US,en;q=0.5";
 
-/// wrk's `request()` for `--visitors repeat`: a random code, the command line's headers.
+/// wrk's `request()` for the repeat scenario: a random code, the command line's headers.
 const REPEAT_REQUEST: &str = "function request() return wrk.format(\"GET\", paths[math.random(#paths)]) end\n";
 
-/// wrk's `request()` for `--visitors new`: a random code from an address no request had
+/// wrk's `request()` for the campaign and cold scenarios: a random code from an address no request had
 /// before (the run, the wrk thread and the request's number make an IPv6 address). A
 /// headers table replaces the command line's, so the agent is passed on here.
 const NEW_VISITOR_REQUEST: &str = "function request()\n\
@@ -47,24 +47,49 @@ under wrk on 127.0.0.1, rounds interleaved. Prints req/s, p50/p99, the server's 
 time per request (user and kernel, from /proc) and wrk's own (context for slow rounds),
 as medians [min, max], and each server's ratio to the reference. After each run it waits
 until shortlinks has settled every click it recorded (screened out or dispatched; the
-backlog printed is what was left when wrk stopped), and that time's CPU counts in the run.
+backlog printed is what was left when wrk stopped, also as milliseconds of clicks), and
+that time's CPU counts in the run. Codes are drawn at random from all the links.
 
+Scenarios, in this order:
+  cold       every server restarted, then its first run (first visits, an empty link
+             cache), at the first connection count; its start-up time is printed
+  repeat     one agent from one address: after the warm-up nearly every click repeats
+             a visit, and is settled before the outbox
+  campaign   every request from an address of its own (X-Forwarded-For, which the
+             servers trust), so every click is a first visit and a note
+
+  --scenarios LIST     cold, repeat and/or campaign (all three)
   --links N            links preloaded into each server (1000000)
-  --rounds R           rounds per connection count (5)
+  --rounds R           rounds per scenario and connection count (5)
   --seconds S          seconds per run (10)
   --connections LIST   wrk connection counts (64,256)
-  --sample N           distinct codes wrk picks from at random (100000)
+  --sample N           draw codes from N links picked at random (0: all the links)
   --storage LIST       sled, redis and/or redis-acked (sled); redis starts its own
                        redis-server, redis-acked a primary and a replica, with every
                        durable write waiting for the replica (redis_replicas_ack = 1)
   --baseline PATH      another shortlinks binary, run on sled in the same rounds
-  --visitors KIND      repeat (default): one agent from one address, so after the
-                       warm-up nearly every click repeats a visit; new: every request
-                       from an address of its own (X-Forwarded-For, trusted with
-                       --client-ip-header), so every click is a first visit and a note
   --amocrm-drain       instead: 10000 visits on 10000 contacts drained into an amoCRM
                        stand-in at the default pacing, with redirects measured during
                        the drain against a server without the sink (see amocrm_drain.rs)";
+
+/// What the clicks of a run are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    Cold,
+    Repeat,
+    Campaign,
+}
+
+impl Scenario {
+    fn parse(name: &str) -> anyhow::Result<Self> {
+        Ok(match name {
+            "cold" => Self::Cold,
+            "repeat" => Self::Repeat,
+            "campaign" => Self::Campaign,
+            other => bail!("--scenarios takes cold, repeat and/or campaign, not {other:?}"),
+        })
+    }
+}
 
 struct Options {
     links: usize,
@@ -74,8 +99,7 @@ struct Options {
     sample: usize,
     storages: Vec<String>,
     baseline: Option<std::path::PathBuf>,
-    /// Every request a first visit (`--visitors new`) rather than mostly repeats.
-    new_visitors: bool,
+    scenarios: Vec<Scenario>,
     /// The amoCRM drain scenario instead of the side-by-side runs.
     amocrm_drain: bool,
 }
@@ -86,10 +110,10 @@ fn options() -> anyhow::Result<Options> {
         rounds: 5,
         seconds: 10,
         connections: vec![64, 256],
-        sample: 100_000,
+        sample: 0,
         storages: vec!["sled".into()],
         baseline: None,
-        new_visitors: false,
+        scenarios: vec![Scenario::Cold, Scenario::Repeat, Scenario::Campaign],
         amocrm_drain: false,
     };
     let mut args = std::env::args().skip(1);
@@ -108,13 +132,7 @@ fn options() -> anyhow::Result<Options> {
             "--storage" => o.storages = value()?.split(',').map(str::to_owned).collect(),
             "--baseline" => o.baseline = Some(value()?.into()),
             "--amocrm-drain" => o.amocrm_drain = true,
-            "--visitors" => {
-                o.new_visitors = match value()?.as_str() {
-                    "repeat" => false,
-                    "new" => true,
-                    other => bail!("--visitors takes repeat or new, not {other:?}"),
-                }
-            }
+            "--scenarios" => o.scenarios = value()?.split(',').map(Scenario::parse).collect::<Result<_, _>>()?,
             other => bail!("unknown option {other} (see --help)"),
         }
     }
@@ -130,16 +148,33 @@ fn options() -> anyhow::Result<Options> {
     Ok(o)
 }
 
+/// How a server was started, so that it can be started again on its data.
+struct Launch {
+    program: std::path::PathBuf,
+    args: Vec<std::ffi::OsString>,
+    envs: Vec<(String, String)>,
+}
+
+impl Launch {
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.program);
+        command.args(&self.args).envs(self.envs.iter().map(|(k, v)| (k, v)));
+        command
+    }
+}
+
 /// A server process and the address it printed.
 struct Server {
     child: Child,
+    launch: Launch,
     addr: String,
     token: Option<String>,
     /// Its codes, by link position, when they differ from the first server's.
     codes: Option<Vec<String>>,
 }
 
-async fn spawn(mut command: Command) -> anyhow::Result<Server> {
+async fn spawn(launch: Launch) -> anyhow::Result<Server> {
+    let mut command = launch.command();
     command.stdout(Stdio::piped()).stderr(Stdio::null()).kill_on_drop(true);
     let mut child = command.spawn().context("starting a server")?;
     let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
@@ -152,9 +187,35 @@ async fn spawn(mut command: Command) -> anyhow::Result<Server> {
         if let Some(rest) = line.strip_prefix("listening on http://") {
             let addr = rest.split_whitespace().next().context("address")?.to_owned();
             tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            return Ok(Server { child, addr, token, codes: None });
+            return Ok(Server { child, launch, addr, token, codes: None });
         }
     }
+}
+
+/// Stops a server (as an operator would, SIGTERM) and waits for it to exit.
+async fn stop(server: &mut Server) -> anyhow::Result<()> {
+    if let Some(id) = server.child.id() {
+        std::process::Command::new("kill").args(["-TERM", &id.to_string()]).status()?;
+    }
+    tokio::time::timeout(Duration::from_secs(60), server.child.wait()).await.context("the server did not stop")??;
+    Ok(())
+}
+
+/// Starts a server again on the same data, on a new port; returns how long it took to
+/// answer on its port.
+async fn restart(server: &mut Server) -> anyhow::Result<Duration> {
+    stop(server).await?;
+    let launch = Launch {
+        program: server.launch.program.clone(),
+        args: server.launch.args.clone(),
+        envs: server.launch.envs.clone(),
+    };
+    let started = Instant::now();
+    let again = spawn(launch).await?;
+    let took = started.elapsed();
+    let codes = server.codes.take();
+    *server = Server { codes, ..again };
+    Ok(took)
 }
 
 async fn post(addr: &str, token: &str, body: Vec<u8>) -> anyhow::Result<serde_json::Value> {
@@ -221,6 +282,14 @@ struct Run {
     /// Clicks shortlinks had recorded but not yet settled when wrk stopped (none for the
     /// reference): shows whether the pipeline kept up or left work for after the run.
     backlog: u64,
+}
+
+impl Run {
+    /// The backlog as milliseconds of the run's clicks: "notes keep pace" when it stays
+    /// within a commit window or so, whatever the rate.
+    fn backlog_ms(&self) -> f64 {
+        self.backlog as f64 * 1000.0 / self.rps.max(1.0)
+    }
 }
 
 /// The server's pipeline counters (`/metrics`), by name; `None` for a server without them
@@ -326,8 +395,8 @@ async fn wrk(server: &Server, script: &Path, connections: usize, seconds: u64, a
             .arg("-s")
             .arg(script)
             .arg(format!("http://{addr}"))
-            // The script's argument: a number of its own for each run, so that `--visitors
-            // new` never sends an address twice.
+            // The script's argument: a number of its own for each run, so that the campaign
+            // never sends an address twice.
             .arg("--")
             .arg(RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_string())
             .output(),
@@ -405,29 +474,33 @@ async fn shortlinks_on(
     storage: &str,
     work: &Path,
     n: usize,
-    new_visitors: bool,
     env: &[(&str, &str)],
 ) -> anyhow::Result<(Contender, Vec<(String, String)>)> {
     let data = work.join(format!("data-{name}"));
-    let mut command = Command::new(binary);
-    command.args(["serve", "--listen", "127.0.0.1:0", "--public-url", "https://sho.rt", "--data-dir"]).arg(&data);
-    // The preload makes thousands of API requests at once; an API rate limit is not what
-    // this measures. (An environment variable: a baseline build without it ignores it.)
-    command.env("SHORTLINKS_API_RATE_PER_SEC", "1000000").env("SHORTLINKS_API_RATE_BURST", "1000000");
-    // No hold before notes and no address rule: the runs measure how fast clicks become
-    // notes, and wrk's repeat visitor is one address on every contact's link. (Builds
-    // before these settings ignore the variables.)
-    command.env("SHORTLINKS_NOTE_HOLD_SECS", "0").env("SHORTLINKS_ADDRESS_RULE_CONTACTS", "0");
-    command.envs(env.iter().copied());
-    if new_visitors {
-        // As behind a proxy: each request's own address makes it a visitor of its own. Every
-        // such visit is to make a note, however often wrk draws one link: no cap per link.
-        command.args(["--client-ip-header", "X-Forwarded-For"]).env("SHORTLINKS_NOTES_PER_LINK", "0");
-    }
+    let mut args: Vec<std::ffi::OsString> =
+        ["serve", "--listen", "127.0.0.1:0", "--public-url", "https://sho.rt", "--data-dir"].map(Into::into).into();
+    args.push(data.clone().into());
+    // As behind a proxy, for the campaign: each request's own address makes it a visitor
+    // of its own. Requests without the header (the repeat scenario) come from the peer.
+    args.extend(["--client-ip-header", "X-Forwarded-For"].map(Into::into));
+    let mut envs: Vec<(String, String)> = vec![
+        // The preload makes thousands of API requests at once; an API rate limit is not
+        // what this measures. (Environment variables: a baseline build without one of these
+        // settings ignores it.)
+        ("SHORTLINKS_API_RATE_PER_SEC".into(), "1000000".into()),
+        ("SHORTLINKS_API_RATE_BURST".into(), "1000000".into()),
+        // No hold before notes and no address rule: the runs measure how fast clicks
+        // become notes, and wrk's repeat visitor is one address on every contact's link.
+        ("SHORTLINKS_NOTE_HOLD_SECS".into(), "0".into()),
+        ("SHORTLINKS_ADDRESS_RULE_CONTACTS".into(), "0".into()),
+        // Every campaign visit is to make a note, however often wrk draws one link.
+        ("SHORTLINKS_NOTES_PER_LINK".into(), "0".into()),
+    ];
+    envs.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     let (redis, _replica) = match storage {
         "redis" => {
             let redis = RedisServer::standalone().map_err(|e| anyhow::anyhow!("{e}"))?;
-            command.args(["--storage", "redis", "--redis-url", &redis.url()]);
+            args.extend(["--storage".into(), "redis".into(), "--redis-url".into(), redis.url().into()]);
             (Some(redis), None)
         }
         "redis-acked" => {
@@ -443,12 +516,15 @@ async fn shortlinks_on(
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            command.args(["--storage", "redis", "--redis-url", &redis.url(), "--redis-replicas-ack", "1"]);
+            let url = redis.url();
+            args.extend(
+                ["--storage", "redis", "--redis-url", url.as_str(), "--redis-replicas-ack", "1"].map(Into::into),
+            );
             (Some(redis), Some(replica))
         }
         _ => (None, None),
     };
-    let server = spawn(command).await?;
+    let server = spawn(Launch { program: binary.to_owned(), args, envs }).await?;
     // Printed on a terminal, else (here) written to the data directory.
     let token = server.token.clone().or_else(|| {
         std::fs::read_to_string(data.join(shortlinks_server::data_dir::FIRST_TOKEN_FILE))
@@ -488,6 +564,88 @@ async fn shortlinks_on(
     Ok((Contender { name: name.to_owned(), server, _redis: redis, _replica }, links))
 }
 
+/// Runs `rounds` rounds of every contender under `script_of`'s script, interleaved and
+/// rotating who goes first, at each connection count, and prints the medians and ratios.
+/// In the cold scenario every server is started again before its run, so that each run is
+/// a first round after a start.
+async fn rounds(
+    contenders: &mut [Contender],
+    scripts: &[Scripts],
+    scenario: Scenario,
+    connections: &[usize],
+    o: &Options,
+) -> anyhow::Result<()> {
+    let reference = contenders.len() - 1;
+    for &connections in connections {
+        let mut all: Vec<Vec<Run>> = vec![Vec::new(); contenders.len()];
+        let mut startups: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
+        for round in 0..o.rounds {
+            for k in 0..contenders.len() {
+                let i = (round + k) % contenders.len();
+                if scenario == Scenario::Cold {
+                    let took = restart(&mut contenders[i].server).await?;
+                    startups[i].push(took.as_secs_f64() * 1000.0);
+                }
+                let script = match scenario {
+                    Scenario::Repeat => &scripts[i].repeat,
+                    Scenario::Cold | Scenario::Campaign => &scripts[i].campaign,
+                };
+                let run = wrk(&contenders[i].server, script, connections, o.seconds, AGENT).await?;
+                eprintln!(
+                    "  {scenario:?} c={connections} round {} {:<17} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms  cpu {:.1} us/req  wrk {:.2} us/req  backlog {} ({:.1} ms)",
+                    round + 1,
+                    contenders[i].name,
+                    run.rps,
+                    run.p50_ms,
+                    run.p99_ms,
+                    run.cpu_us,
+                    run.wrk_cpu_us,
+                    run.backlog,
+                    run.backlog_ms()
+                );
+                all[i].push(run);
+            }
+        }
+        let stats = |runs: &[Run], f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
+        println!("\n{scenario:?}, {connections} connections (median [min, max] of {} runs):", o.rounds);
+        for (contender, runs) in contenders.iter().zip(&all) {
+            let (rps, rps_min, rps_max) = stats(runs, |r| r.rps);
+            let (p50, p50_min, p50_max) = stats(runs, |r| r.p50_ms);
+            let (p99, p99_min, p99_max) = stats(runs, |r| r.p99_ms);
+            let (cpu, cpu_min, cpu_max) = stats(runs, |r| r.cpu_us);
+            let (wrk, wrk_min, wrk_max) = stats(runs, |r| r.wrk_cpu_us);
+            let (backlog, _, backlog_max) = stats(runs, Run::backlog_ms);
+            println!(
+                "  {:<17} {rps:>9.0} req/s [{rps_min:.0}, {rps_max:.0}]  p50 {p50:.2} ms [{p50_min:.2}, {p50_max:.2}]  p99 {p99:.2} ms [{p99_min:.2}, {p99_max:.2}]  cpu {cpu:.1} us/req [{cpu_min:.1}, {cpu_max:.1}]  wrk {wrk:.2} us/req [{wrk_min:.2}, {wrk_max:.2}]  backlog {backlog:.1} ms (max {backlog_max:.1})",
+                contender.name
+            );
+        }
+        for (contender, runs) in contenders.iter().zip(&all).take(reference) {
+            let ratio_rps = stats(runs, |r| r.rps).0 / stats(&all[reference], |r| r.rps).0;
+            let ratio_p99 = stats(runs, |r| r.p99_ms).0 / stats(&all[reference], |r| r.p99_ms).0;
+            let worst_p99 = runs.iter().zip(&all[reference]).map(|(r, b)| r.p99_ms / b.p99_ms).fold(0.0, f64::max);
+            let ratio_cpu = stats(runs, |r| r.cpu_us).0 / stats(&all[reference], |r| r.cpu_us).0;
+            println!(
+                "  {} / reference: throughput {ratio_rps:.2}x, p99 {ratio_p99:.2}x (worst round {worst_p99:.2}x), cpu per request {ratio_cpu:.2}x",
+                contender.name
+            );
+        }
+        if scenario == Scenario::Cold {
+            for (contender, times) in contenders.iter().zip(startups) {
+                let (ms, min, max) = median(times);
+                println!("  {} start-up to its port answering: {ms:.0} ms [{min:.0}, {max:.0}]", contender.name);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A contender's wrk scripts, one per kind of visitor.
+struct Scripts {
+    repeat: std::path::PathBuf,
+    campaign: std::path::PathBuf,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let o = options()?;
@@ -509,7 +667,7 @@ async fn main() -> anyhow::Result<()> {
         runs.push(("baseline-sled".into(), baseline.clone(), "sled"));
     }
     for (name, binary, storage) in &runs {
-        let (contender, made) = shortlinks_on(name, binary, storage, work.path(), o.links, o.new_visitors, &[]).await?;
+        let (contender, made) = shortlinks_on(name, binary, storage, work.path(), o.links, &[]).await?;
         contenders.push(contender);
         // Codes depend on each store's own secret: wrk uses the first server's.
         if links.is_empty() {
@@ -525,8 +683,8 @@ async fn main() -> anyhow::Result<()> {
 
     let links_file = work.path().join("links.txt");
     std::fs::write(&links_file, links.iter().map(|(c, t)| format!("{c} {t}\n")).collect::<String>())?;
-    let mut reference = Command::new(release.join("reference-server"));
-    reference.arg(&links_file);
+    let reference =
+        Launch { program: release.join("reference-server"), args: vec![links_file.clone().into()], envs: Vec::new() };
     contenders.push(Contender {
         name: "reference".into(),
         server: spawn(reference).await?,
@@ -534,11 +692,16 @@ async fn main() -> anyhow::Result<()> {
         _replica: None,
     });
 
-    // wrk picks among many existing codes at random: no single hot key. Same picks (by
-    // position) for every contender.
-    let mut rng = Rng::new(SEED);
-    let picks: Vec<usize> = (0..o.sample.min(links.len())).map(|_| rng.below(links.len())).collect();
-    println!("wrk picks at random among {} codes", picks.len());
+    // wrk draws among the codes at random: no single hot key. The same codes (by position)
+    // for every contender.
+    let picks: Vec<usize> = match o.sample {
+        0 => (0..links.len()).collect(),
+        n => {
+            let mut rng = Rng::new(SEED);
+            (0..n.min(links.len())).map(|_| rng.below(links.len())).collect()
+        }
+    };
+    println!("wrk draws at random from {} codes", picks.len());
     let mut scripts = Vec::new();
     for (i, contender) in contenders.iter().enumerate() {
         let codes: Vec<&str> = match &contender.server.codes {
@@ -547,71 +710,42 @@ async fn main() -> anyhow::Result<()> {
         };
         let codes_file = work.path().join(format!("codes-{i}.txt"));
         std::fs::write(&codes_file, codes.join("\n"))?;
-        let script = work.path().join(format!("random-{i}.lua"));
-        std::fs::write(
-            &script,
-            format!(
-                "local paths = {{}}\nfor line in io.lines(\"{}\") do paths[#paths + 1] = \"/\" .. line end\n\
-                 local counter = 0\nfunction setup(thread) counter = counter + 1; thread:set(\"id\", counter) end\n\
-                 function init(args) math.randomseed({SEED} + id); run = tonumber(args[1]) or 0; n = 0 end\n\
-                 {}",
-                codes_file.display(),
-                if o.new_visitors { NEW_VISITOR_REQUEST } else { REPEAT_REQUEST },
-            ),
-        )?;
-        scripts.push(script);
+        let script = |kind: &str, request: &str| -> anyhow::Result<std::path::PathBuf> {
+            let script = work.path().join(format!("{kind}-{i}.lua"));
+            std::fs::write(
+                &script,
+                format!(
+                    "local paths = {{}}\nfor line in io.lines(\"{}\") do paths[#paths + 1] = \"/\" .. line end\n\
+                     local counter = 0\nfunction setup(thread) counter = counter + 1; thread:set(\"id\", counter) end\n\
+                     function init(args) math.randomseed({SEED} + id); run = tonumber(args[1]) or 0; n = 0 end\n\
+                     {request}",
+                    codes_file.display(),
+                ),
+            )?;
+            Ok(script)
+        };
+        scripts.push(Scripts {
+            repeat: script("repeat", REPEAT_REQUEST)?,
+            campaign: script("campaign", NEW_VISITOR_REQUEST)?,
+        });
     }
 
-    // Warm every server up first (the reference is warm by construction; shortlinks fills its cache).
-    for (contender, script) in contenders.iter().zip(&scripts) {
-        wrk(&contender.server, script, 64, o.seconds.min(5), AGENT).await?;
+    if o.scenarios.contains(&Scenario::Cold) {
+        rounds(&mut contenders, &scripts, Scenario::Cold, &o.connections[..1], &o).await?;
     }
-    // The warm-up's first visits become notes before any measured run (`wrk` settles).
+    if o.scenarios.contains(&Scenario::Repeat) {
+        // Warm every server up first (the reference is warm by construction; shortlinks
+        // fills its cache), with the repeat visitor, whose first visits become notes
+        // before any measured run (`wrk` settles).
+        for (contender, scripts) in contenders.iter().zip(&scripts) {
+            wrk(&contender.server, &scripts.repeat, 64, o.seconds.min(5), AGENT).await?;
+        }
+        rounds(&mut contenders, &scripts, Scenario::Repeat, &o.connections, &o).await?;
+    }
+    if o.scenarios.contains(&Scenario::Campaign) {
+        rounds(&mut contenders, &scripts, Scenario::Campaign, &o.connections, &o).await?;
+    }
     let reference = contenders.len() - 1;
-    for &connections in &o.connections {
-        let mut all: Vec<Vec<Run>> = vec![Vec::new(); contenders.len()];
-        for round in 0..o.rounds {
-            // Interleaved, rotating who goes first, so drift hits all alike.
-            for k in 0..contenders.len() {
-                let i = (round + k) % contenders.len();
-                let run = wrk(&contenders[i].server, &scripts[i], connections, o.seconds, AGENT).await?;
-                eprintln!(
-                    "  c={connections} round {} {:<17} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms  cpu {:.1} us/req  wrk {:.2} us/req  backlog {}",
-                    round + 1,
-                    contenders[i].name,
-                    run.rps,
-                    run.p50_ms,
-                    run.p99_ms,
-                    run.cpu_us,
-                    run.wrk_cpu_us,
-                    run.backlog
-                );
-                all[i].push(run);
-            }
-        }
-        let stats = |runs: &[Run], f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
-        println!("\n{connections} connections (median [min, max] of {} runs):", o.rounds);
-        for (contender, runs) in contenders.iter().zip(&all) {
-            let (rps, rps_min, rps_max) = stats(runs, |r| r.rps);
-            let (p50, p50_min, p50_max) = stats(runs, |r| r.p50_ms);
-            let (p99, p99_min, p99_max) = stats(runs, |r| r.p99_ms);
-            let (cpu, cpu_min, cpu_max) = stats(runs, |r| r.cpu_us);
-            let (wrk, wrk_min, wrk_max) = stats(runs, |r| r.wrk_cpu_us);
-            println!(
-                "  {:<17} {rps:>9.0} req/s [{rps_min:.0}, {rps_max:.0}]  p50 {p50:.2} ms [{p50_min:.2}, {p50_max:.2}]  p99 {p99:.2} ms [{p99_min:.2}, {p99_max:.2}]  cpu {cpu:.1} us/req [{cpu_min:.1}, {cpu_max:.1}]  wrk {wrk:.2} us/req [{wrk_min:.2}, {wrk_max:.2}]",
-                contender.name
-            );
-        }
-        for (contender, runs) in contenders.iter().zip(&all).take(reference) {
-            let ratio_rps = stats(runs, |r| r.rps).0 / stats(&all[reference], |r| r.rps).0;
-            let ratio_p99 = stats(runs, |r| r.p99_ms).0 / stats(&all[reference], |r| r.p99_ms).0;
-            let ratio_cpu = stats(runs, |r| r.cpu_us).0 / stats(&all[reference], |r| r.cpu_us).0;
-            println!(
-                "  {} / reference: throughput {ratio_rps:.2}x, p99 {ratio_p99:.2}x, cpu per request {ratio_cpu:.2}x",
-                contender.name
-            );
-        }
-    }
     for contender in contenders.iter_mut().take(reference) {
         if let Some(id) = contender.server.child.id() {
             println!("{} RSS after the runs: {:.0} MiB", contender.name, rss_mib(id).unwrap_or(0.0));
@@ -620,7 +754,7 @@ async fn main() -> anyhow::Result<()> {
         if let Some(c) = counters(&contender.server.addr).await? {
             let get = |name: &str| c.get(name).copied().unwrap_or(0);
             println!(
-                "{} clicks: {} recorded, {} notes written, {} repeats, {} screened before the outbox",
+                "{} clicks since its last start: {} recorded, {} notes written, {} repeats, {} screened before the outbox",
                 contender.name,
                 get("shortlinks_clicks_recorded_total"),
                 get("shortlinks_notes_written_total"),
@@ -630,10 +764,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     for contender in &mut contenders {
-        if let Some(id) = contender.server.child.id() {
-            let _ = std::process::Command::new("kill").args(["-TERM", &id.to_string()]).status();
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(30), contender.server.child.wait()).await;
+        let _ = stop(&mut contender.server).await;
     }
     Ok(())
 }
