@@ -25,6 +25,7 @@ mod memory;
 mod notes_log;
 mod queue_log;
 mod rate;
+mod sightings_log;
 mod sled_store;
 
 pub use memory::MemoryStore;

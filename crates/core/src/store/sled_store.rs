@@ -6,7 +6,6 @@
 //! |-------------|---------------------------------------------------|--------------|
 //! | `by_entity` | account u64 ‖ type u8 ‖ entity u64 ‖ code bytes   | empty        |
 //! | `queue_heads` | queue name                                      | the head's position (16 bytes) |
-//! | `sightings` | 16-byte address key ‖ at u64 ‖ contact u64         | empty        |
 //! | `tokens`    | token id                                          | `ApiToken`   |
 //! | default     | `installation_secret`                             | 32 raw bytes |
 //! | default     | `credential:<name>`                               | a credential's bytes (see `CredentialStore`) |
@@ -18,7 +17,9 @@
 //! (see [`LinkLog`] for why). Nor are queues: each is a directory of append-only files under
 //! `queues/` (see [`QueueLog`]); sled keeps only each queue's head, without a flush of its
 //! own. Nor are notes and the visit ledger: they are `notes.log`, with the ledger in memory
-//! (see [`NotesLog`]). Directories from before these files are moved into them on open.
+//! (see [`NotesLog`]). Nor is the address ledger: it is in memory and two files beside it
+//! (see [`SightingsLog`]). Directories from before these files are moved into them on open
+//! (sightings, which matter for minutes, are dropped).
 //!
 //! Reads run inline: sled serves them from its page cache, a link is one positional read,
 //! and the hot path puts its own cache in front. Anything that writes or flushes (an fsync)
@@ -40,6 +41,7 @@ use super::link_log::LinkLog;
 use super::notes_log::{MarkRecord, NotesLog};
 use super::queue_log::{Position, QueueLog, SEGMENT_BYTES};
 use super::rate::LocalRates;
+use super::sightings_log::SightingsLog;
 use super::{
     check_queue_name, keys, AddressLedger, Claimed, CredentialStore, InsertOutcome, LinkStore, NotesJournal,
     NotesQuery, Queues, Rate, RateLimiter, SecretStore, Sighting, Store, TokenStore, VisitClaim, VisitLedger,
@@ -62,7 +64,7 @@ pub struct SledStore {
     by_entity: sled::Tree,
     queue_heads: sled::Tree,
     queues: Arc<OpenQueues>,
-    sightings: sled::Tree,
+    sightings: Arc<SightingsLog>,
     /// Notes and the visit ledger.
     journal: Arc<NotesLog>,
     tokens: sled::Tree,
@@ -123,7 +125,7 @@ impl SledStore {
             by_entity: db.open_tree("by_entity").map_err(Error::storage)?,
             queue_heads: db.open_tree("queue_heads").map_err(Error::storage)?,
             queues: Arc::new(OpenQueues { dir: dir.join("queues"), open: Mutex::default() }),
-            sightings: db.open_tree("sightings").map_err(Error::storage)?,
+            sightings: Arc::new(SightingsLog::open(dir)?),
             tokens: db.open_tree("tokens").map_err(Error::storage)?,
             rates: Arc::default(),
             db,
@@ -167,6 +169,9 @@ impl SledStore {
                     marks.push(MarkRecord { key: [0; 16], link, mark: VisitMark { at: Timestamp(at), note_id: 0 } });
                 }
             }
+        }
+        if has("sightings") {
+            self.db.drop_tree("sightings").map_err(Error::storage)?;
         }
         if has("visits") || has("link_notes") {
             self.journal.adopt_marks(&marks)?;
@@ -362,16 +367,9 @@ impl SecretStore for SledStore {
 }
 
 impl AddressLedger for SledStore {
+    /// One unsynced write per group, on the blocking pool (a write can wait on the disk).
     async fn sight(&self, sightings: Vec<Sighting>, _keep_ms: u64) -> Result<(), Error> {
-        // One batch, no flush: sled writes it out within its flush interval.
-        self.blocking(move |s| {
-            let mut batch = sled::Batch::default();
-            for sighting in sightings {
-                batch.insert(&sighting_key(sighting.address, sighting.at.0, sighting.contact)[..], &[][..]);
-            }
-            s.sightings.apply_batch(batch).map_err(Error::storage)
-        })
-        .await
+        self.blocking(move |s| s.sightings.sight(&sightings)).await
     }
 
     async fn sightings(
@@ -380,51 +378,12 @@ impl AddressLedger for SledStore {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Vec<(u64, Timestamp)>, Error> {
-        let range = sighting_key(address, from.0, 0)..=sighting_key(address, to.0, u64::MAX);
-        self.sightings
-            .range(range)
-            .map(|entry| {
-                let (key, _) = entry.map_err(Error::storage)?;
-                let (at, contact) = sighting_parts(&key)?;
-                Ok((contact, Timestamp(at)))
-            })
-            .collect()
+        Ok(self.sightings.sightings(&address, from, to))
     }
 
     async fn forget_sightings(&self, before: Timestamp) -> Result<u64, Error> {
-        self.blocking(move |s| {
-            let mut forgotten = 0;
-            for entry in s.sightings.iter() {
-                let (key, _) = entry.map_err(Error::storage)?;
-                if sighting_parts(&key)?.0 < before.0 {
-                    s.sightings.remove(&key).map_err(Error::storage)?;
-                    forgotten += 1;
-                }
-            }
-            Ok(forgotten)
-        })
-        .await
+        self.blocking(move |s| s.sightings.forget(before)).await
     }
-}
-
-/// address ‖ at ‖ contact, big-endian: one address's sightings are one range, in time order.
-fn sighting_key(address: [u8; 16], at: u64, contact: u64) -> [u8; 32] {
-    let mut key = [0u8; 32];
-    key[..16].copy_from_slice(&address);
-    key[16..24].copy_from_slice(&at.to_be_bytes());
-    key[24..].copy_from_slice(&contact.to_be_bytes());
-    key
-}
-
-/// (at, contact) of a sighting's key.
-fn sighting_parts(key: &[u8]) -> Result<(u64, u64), Error> {
-    let part = |range: std::ops::Range<usize>| {
-        key.get(range)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-            .ok_or_else(|| Error::Corrupt("a sighting's key is not 32 bytes".into()))
-    };
-    Ok((part(16..24)?, part(24..32)?))
 }
 
 /// Credentials live in the default tree beside the installation secret, under this prefix.
