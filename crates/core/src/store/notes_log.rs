@@ -34,7 +34,7 @@ use parking_lot::{Mutex, RwLock};
 use super::frame::{self, io, sync_dir, Slot, HEADER};
 use super::{decide_visit, keys, Claimed, NotesQuery, VisitClaim, VisitRules};
 use crate::codec::{decode, encode};
-use crate::model::{EntityRef, Note, Timestamp, VisitMark};
+use crate::model::{Note, Timestamp, VisitMark};
 use crate::Error;
 
 /// The file's name in the data directory.
@@ -49,6 +49,14 @@ const MARK: u8 = b'M';
 const MARK_LEN: usize = 1 + 16 + 16 + 8 + 8;
 /// Stands for "no key" in a mark carried over from the old sled trees.
 const NO_KEY: [u8; 16] = [0; 16];
+
+/// An entity as the index orders it: account, type tag, id. Integers compare faster than
+/// the 17-byte key prefix they stand for, in the same order.
+type Entity = (u64, u8, u64);
+
+fn entity_of(note: &Note) -> Entity {
+    (note.account.0, note.entity.kind.tag(), note.entity.id)
+}
 
 /// One note in the index: its order within its entity, and where its frame is.
 #[derive(Clone, Copy, Debug)]
@@ -97,11 +105,11 @@ fn note_record(note: &Note) -> Result<Vec<u8>, Error> {
     Ok(record)
 }
 
-/// A note record's key: entity prefix, time, id.
-fn note_key_of(record: &[u8]) -> Option<([u8; 17], u64, u64)> {
+/// A note record's key: entity, time, id.
+fn note_key_of(record: &[u8]) -> Option<(Entity, u64, u64)> {
     let key = record.get(1..34).filter(|_| record.first() == Some(&NOTE))?;
     let u64_at = |i: usize| key[i..i + 8].try_into().ok().map(u64::from_be_bytes);
-    Some((key[..17].try_into().ok()?, u64_at(17)?, u64_at(25)?))
+    Some(((u64_at(0)?, key[8], u64_at(9)?), u64_at(17)?, u64_at(25)?))
 }
 
 /// What recovery keeps of cut-off bytes: marks, and notes that decode under their key.
@@ -110,9 +118,7 @@ fn salvageable(record: &[u8]) -> bool {
         return true;
     }
     let Some((entity, at, id)) = note_key_of(record) else { return false };
-    decode::<Note>(&record[34..]).is_ok_and(|n| {
-        keys::note_key(n.account, n.entity, n.created_at, n.id)[..17] == entity && n.created_at.0 == at && n.id == id
-    })
+    decode::<Note>(&record[34..]).is_ok_and(|n| entity_of(&n) == entity && n.created_at.0 == at && n.id == id)
 }
 
 /// The visit ledger of the recent window.
@@ -154,7 +160,7 @@ pub(crate) struct NotesLog {
     file: File,
     tail: Mutex<Tail>,
     /// Notes by entity prefix, each entity's in (time, id) order.
-    notes: RwLock<BTreeMap<[u8; 17], Vec<NoteSlot>>>,
+    notes: RwLock<BTreeMap<Entity, Vec<NoteSlot>>>,
     ledger: Mutex<Ledger>,
 }
 
@@ -266,16 +272,15 @@ impl NotesLog {
         }
         let mut frames = std::mem::take(&mut self.ledger.lock().pending);
         let marks = frames.len();
-        let mut fresh: Vec<([u8; 17], NoteSlot)> = Vec::with_capacity(notes.len());
-        let mut in_batch: HashSet<[u8; 33], FixedState> =
+        let mut fresh: Vec<(Entity, NoteSlot)> = Vec::with_capacity(notes.len());
+        let mut in_batch: HashSet<(Entity, u64, u64), FixedState> =
             HashSet::with_capacity_and_hasher(notes.len(), FixedState::default());
         {
             let index = self.notes.read();
             for note in &notes {
-                let key = keys::note_key(note.account, note.entity, note.created_at, note.id);
-                let (entity, at, id) = (key[..17].try_into().unwrap_or_default(), note.created_at.0, note.id);
+                let (entity, at, id) = (entity_of(note), note.created_at.0, note.id);
                 let stored = |slots: &Vec<NoteSlot>| slots.binary_search_by_key(&(at, id), |n| (n.at, n.id)).is_ok();
-                if index.get(&entity).is_some_and(stored) || !in_batch.insert(key) {
+                if index.get(&entity).is_some_and(stored) || !in_batch.insert((entity, at, id)) {
                     continue; // a redelivered note: the first copy stays
                 }
                 let record = note_record(note)?;
@@ -351,16 +356,15 @@ impl NotesLog {
                     let mut ids = ids.clone();
                     ids.sort_unstable();
                     for id in ids {
-                        let prefix = keys::entity_prefix(query.account, EntityRef { kind: query.entity_type, id });
-                        if index.get(&prefix).is_some_and(|notes| take(notes)) {
+                        let entity = (query.account.0, query.entity_type.tag(), id);
+                        if index.get(&entity).is_some_and(|notes| take(notes)) {
                             break;
                         }
                     }
                 }
                 None => {
-                    let first = keys::entity_prefix(query.account, EntityRef { kind: query.entity_type, id: 0 });
-                    let last = keys::entity_prefix(query.account, EntityRef { kind: query.entity_type, id: u64::MAX });
-                    for notes in index.range(first..=last).map(|(_, notes)| notes) {
+                    let (account, kind) = (query.account.0, query.entity_type.tag());
+                    for notes in index.range((account, kind, 0)..=(account, kind, u64::MAX)).map(|(_, notes)| notes) {
                         if take(notes) {
                             break;
                         }
@@ -393,7 +397,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::model::{AccountId, EntityType, NoteBody, UserId};
+    use crate::model::{AccountId, EntityRef, EntityType, NoteBody, UserId};
     use crate::TargetUrl;
 
     fn note(entity: u64, at: u64, id: u64) -> Note {
