@@ -294,11 +294,15 @@ impl VisitLedger for SledStore {
         self.blocking(move |s| Ok(s.journal.claim(&claims, rules))).await
     }
 
+    /// A pass over the whole ledger (millions of marks in a campaign), so off the runtime.
     async fn forget_visits(&self, before: Timestamp) -> Result<u64, Error> {
-        let forgotten = self.journal.forget(before);
-        // Not flushed: if it is lost, older marks are loaded on open and swept again.
-        self.db.insert(VISITS_HORIZON_KEY, &before.0.to_be_bytes()).map_err(Error::storage)?;
-        Ok(forgotten)
+        self.blocking(move |s| {
+            let forgotten = s.journal.forget(before);
+            // Not flushed: if it is lost, older marks are loaded on open and swept again.
+            s.db.insert(VISITS_HORIZON_KEY, &before.0.to_be_bytes()).map_err(Error::storage)?;
+            Ok(forgotten)
+        })
+        .await
     }
 }
 
