@@ -48,6 +48,21 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io)
 }
 
+/// Opens `name` in `dir` for reading and appending, creating it, and the directory entry,
+/// durably if it is new. Returns its path, the file and its length.
+pub(crate) fn open_log(dir: &Path, name: &str) -> Result<(std::path::PathBuf, File, u64), Error> {
+    let path = dir.join(name);
+    let existed = path.exists();
+    let file =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+    if !existed {
+        file.sync_all().map_err(io)?;
+        sync_dir(dir)?;
+    }
+    let len = file.metadata().map_err(io)?.len();
+    Ok((path, file, len))
+}
+
 /// Appends one record's frame to `frames`.
 pub(crate) fn append(frames: &mut Vec<u8>, record: &[u8]) {
     frames.extend_from_slice(&(record.len() as u32).to_le_bytes());
@@ -188,4 +203,44 @@ fn set_aside(path: &Path, offset: u64, cut: &[u8]) -> Result<std::path::PathBuf,
         return Ok(aside);
     }
     Err(Error::Storage(format!("no free name to set {} aside", path.display()).into()))
+}
+
+/// An appender's state: the file's length, and whether a failed sync stopped appends.
+pub(crate) struct Tail {
+    pub(crate) len: u64,
+    /// After a failed `fdatasync` the kernel may have dropped the unwritten pages, so what
+    /// was appended is in doubt until the file is read again: appends stop until a restart.
+    failed: bool,
+}
+
+impl Tail {
+    pub(crate) fn new(len: u64) -> Self {
+        Self { len, failed: false }
+    }
+
+    /// Refuses an append after a failed sync.
+    pub(crate) fn check(&self, path: &Path) -> Result<(), Error> {
+        match self.failed {
+            true => {
+                Err(Error::Storage(format!("{} could not be synced; restart to read it again", path.display()).into()))
+            }
+            false => Ok(()),
+        }
+    }
+}
+
+/// Syncs an append's frames, outside the appender's lock so that concurrent appends share
+/// syncs. The kernel reports a failed write-back to one sync only: after any failed sync,
+/// what this append wrote may not be on disk either, so it fails too.
+pub(crate) fn sync_appended(file: &File, tail: &parking_lot::Mutex<Tail>, path: &Path) -> Result<(), Error> {
+    let synced = file.sync_data();
+    let mut tail = tail.lock();
+    if let Err(e) = synced {
+        tail.failed = true;
+        return Err(io(e));
+    }
+    if tail.failed {
+        return Err(Error::Storage(format!("{} could not be synced", path.display()).into()));
+    }
+    Ok(())
 }

@@ -26,14 +26,14 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use foldhash::fast::FixedState;
 use parking_lot::{Mutex, RwLock};
 
-use super::frame::{self, io, sync_dir, Slot, HEADER};
+use super::frame::{self, io, Slot, Tail, HEADER};
 use super::InsertOutcome;
 use crate::code::ShortCode;
 use crate::codec::{decode, encode};
@@ -79,14 +79,6 @@ impl Index {
 }
 
 type Shard = RwLock<Index>;
-
-/// The appender's state: the file's length, and whether a failed sync stopped appends.
-struct Tail {
-    len: u64,
-    /// After a failed `fdatasync` the kernel may have dropped the unwritten pages, so what
-    /// was appended is in doubt until the file is read again: appends stop until a restart.
-    failed: bool,
-}
 
 /// The links of one data directory. Methods block (file I/O): an insert belongs off the
 /// async runtime; a read is a positional read of one frame, like a sled read that misses
@@ -147,16 +139,9 @@ impl LinkLog {
 
     /// As [`LinkLog::open`], with the index keyed by `hash`: tests make codes collide.
     fn open_hashing(dir: &Path, hash: CodeHash) -> Result<Self, Error> {
-        let path = dir.join(FILE_NAME);
-        let existed = path.exists();
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
-        if !existed {
-            file.sync_all().map_err(io)?;
-            sync_dir(dir)?;
-        }
+        let (path, file, len) = frame::open_log(dir, FILE_NAME)?;
         let index: Box<[Shard]> = (0..SHARDS).map(|_| RwLock::default()).collect();
-        let len = file.metadata().map_err(io)?.len();
-        let mut log = Self { path, file, tail: Mutex::new(Tail { len, failed: false }), index, hash };
+        let mut log = Self { path, file, tail: Mutex::new(Tail::new(len)), index, hash };
         let valid = log.load()?;
         if valid < len {
             log.recover(valid, len)?;
@@ -231,11 +216,7 @@ impl LinkLog {
     /// and so is every link it reports as taken.
     pub(crate) fn insert(&self, links: &[Link]) -> Result<Vec<InsertOutcome>, Error> {
         let mut tail = self.tail.lock();
-        if tail.failed {
-            return Err(Error::Storage(
-                format!("{} could not be synced; restart to read it again", self.path.display()).into(),
-            ));
-        }
+        tail.check(&self.path)?;
         let mut outcomes = Vec::with_capacity(links.len());
         let mut frames = Vec::new();
         let mut fresh: HashMap<ShortCode, (Slot, usize), FixedState> = HashMap::default();
@@ -279,19 +260,9 @@ impl LinkLog {
             }
         }
         drop(tail);
-        // Outside the lock, so that concurrent inserts share syncs. It also covers a taken
-        // code found above whose own insert has not synced yet: its frame was written first.
-        let synced = self.file.sync_data();
-        let mut tail = self.tail.lock();
-        if let Err(e) = synced {
-            tail.failed = true;
-            return Err(io(e));
-        }
-        // The kernel reports a failed write-back to one sync only: if another insert's sync
-        // failed, what this one found or wrote may not be on disk either.
-        if tail.failed {
-            return Err(Error::Storage(format!("{} could not be synced", self.path.display()).into()));
-        }
+        // It also covers a taken code found above whose own insert has not synced yet: its
+        // frame was written first.
+        frame::sync_appended(&self.file, &self.tail, &self.path)?;
         Ok(outcomes)
     }
 
@@ -309,6 +280,8 @@ impl LinkLog {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    use std::fs::OpenOptions;
 
     use super::*;
     use crate::store::conformance::link;

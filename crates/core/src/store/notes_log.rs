@@ -24,14 +24,14 @@
 //! cuts a torn or damaged end as `links.log` does ([`frame::recover`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use foldhash::fast::FixedState;
 use parking_lot::{Mutex, RwLock};
 
-use super::frame::{self, io, sync_dir, Slot, HEADER};
+use super::frame::{self, io, Slot, Tail, HEADER};
 use super::{decide_visit, keys, Claimed, NotesQuery, VisitClaim, VisitRules};
 use crate::codec::{decode, encode};
 use crate::model::{Note, Timestamp, VisitMark};
@@ -145,14 +145,6 @@ impl Ledger {
     }
 }
 
-/// The appender's state: the file's length, and whether a failed sync stopped appends.
-struct Tail {
-    len: u64,
-    /// After a failed `fdatasync` the kernel may have dropped the unwritten pages, so what
-    /// was appended is in doubt until the file is read again: appends stop until a restart.
-    failed: bool,
-}
-
 /// The notes and visit ledger of one data directory. Appends and listings block (file
 /// I/O); claims and sweeps touch memory only.
 pub(crate) struct NotesLog {
@@ -167,21 +159,9 @@ pub(crate) struct NotesLog {
 impl NotesLog {
     /// Opens (or creates) `notes.log` in `dir`; marks made before `horizon` are not loaded.
     pub(crate) fn open(dir: &Path, horizon: Timestamp) -> Result<Self, Error> {
-        let path = dir.join(FILE_NAME);
-        let existed = path.exists();
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
-        if !existed {
-            file.sync_all().map_err(io)?;
-            sync_dir(dir)?;
-        }
-        let len = file.metadata().map_err(io)?.len();
-        let mut log = Self {
-            path,
-            file,
-            tail: Mutex::new(Tail { len, failed: false }),
-            notes: RwLock::default(),
-            ledger: Mutex::default(),
-        };
+        let (path, file, len) = frame::open_log(dir, FILE_NAME)?;
+        let mut log =
+            Self { path, file, tail: Mutex::new(Tail::new(len)), notes: RwLock::default(), ledger: Mutex::default() };
         let reader = log.file.try_clone().map_err(io)?;
         let valid = frame::read_through(&reader, MAX_RECORD, |offset, record| log.found(offset, record, horizon))?;
         if valid < len {
@@ -265,11 +245,7 @@ impl NotesLog {
     /// Durable when it returns.
     pub(crate) fn append(&self, notes: Vec<Note>) -> Result<(), Error> {
         let mut tail = self.tail.lock();
-        if tail.failed {
-            return Err(Error::Storage(
-                format!("{} could not be synced; restart to read it again", self.path.display()).into(),
-            ));
-        }
+        tail.check(&self.path)?;
         let mut frames = std::mem::take(&mut self.ledger.lock().pending);
         let marks = frames.len();
         let mut fresh: Vec<(Entity, NoteSlot)> = Vec::with_capacity(notes.len());
@@ -315,17 +291,7 @@ impl NotesLog {
             }
         }
         drop(tail);
-        // Outside the lock, so that concurrent appends share syncs.
-        let synced = self.file.sync_data();
-        let mut tail = self.tail.lock();
-        if let Err(e) = synced {
-            tail.failed = true;
-            return Err(io(e));
-        }
-        // The kernel reports a failed write-back to one sync only.
-        if tail.failed {
-            return Err(Error::Storage(format!("{} could not be synced", self.path.display()).into()));
-        }
+        frame::sync_appended(&self.file, &self.tail, &self.path)?;
         Ok(())
     }
 
