@@ -180,6 +180,34 @@ async fn a_restart_during_the_hold_loses_nothing_and_notes_once() {
     assert_eq!(server.terminate().await, 0);
 }
 
+/// A gateway's clicks before a kill -9 still count after it: the address ledger (on sled,
+/// in memory and in files written without a sync) is read back on start, so the held
+/// clicks and the one after the restart are seen together, and none is a note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_seen_before_a_kill_9_is_still_seen_after_it() {
+    let dir = common::private_tempdir();
+    let env = [
+        ("SHORTLINKS_NOTE_HOLD_SECS", "3"),
+        ("SHORTLINKS_CLIENT_IP_HEADER", "X-Forwarded-For"),
+        ("SHORTLINKS_ADDRESS_RULE_CONTACTS", "3"),
+    ];
+    let server = Process::serve(dir.path(), &[], &env).await;
+    let token = common::first_token(dir.path());
+    let codes = links(server.addr, &token, &[61, 62, 63]).await;
+    for code in &codes[..2] {
+        browser_click(server.addr, code, "198.51.100.7").await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // written (group commit), still held
+    server.kill9().await;
+
+    let server = Process::serve(dir.path(), &[], &env).await;
+    browser_click(server.addr, &codes[2], "198.51.100.7").await;
+    until_dispatched(server.addr, 3, Duration::from_secs(30)).await;
+    assert_eq!(metric(server.addr, &reason("many_contacts")).await, 3, "all three, the two from before the kill too");
+    assert!(all_notes(server.addr, &token, "/api/v4/contacts/notes").await.is_empty());
+    assert_eq!(server.terminate().await, 0);
+}
+
 /// Debian's Chromium, if installed (`apt-get install chromium`); CI demands it.
 fn chromium() -> Option<&'static str> {
     let found =
