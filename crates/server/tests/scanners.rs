@@ -147,15 +147,18 @@ async fn a_browsers_agent_without_a_browsers_headers_is_not_a_visit() {
     assert_eq!(metric(server.addr, &reason("no_browser_evidence")).await, BORROWED_AGENTS.len() as u64);
 }
 
+/// A server process with a 3 s hold and the address rule at its default, addresses from
+/// `X-Forwarded-For`: for the tests that kill it during the hold.
+const HELD: [(&str, &str); 3] = [
+    ("SHORTLINKS_NOTE_HOLD_SECS", "3"),
+    ("SHORTLINKS_CLIENT_IP_HEADER", "X-Forwarded-For"),
+    ("SHORTLINKS_ADDRESS_RULE_CONTACTS", "3"),
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_during_the_hold_loses_nothing_and_notes_once() {
     let dir = common::private_tempdir();
-    let env = [
-        ("SHORTLINKS_NOTE_HOLD_SECS", "3"),
-        ("SHORTLINKS_CLIENT_IP_HEADER", "X-Forwarded-For"),
-        ("SHORTLINKS_ADDRESS_RULE_CONTACTS", "3"),
-    ];
-    let server = Process::serve(dir.path(), &[], &env).await;
+    let server = Process::serve(dir.path(), &[], &HELD).await;
     let token = common::first_token(dir.path());
     let codes = links(server.addr, &token, &[51, 52]).await;
     browser_click(server.addr, &codes[0], "203.0.113.61").await;
@@ -164,7 +167,7 @@ async fn a_restart_during_the_hold_loses_nothing_and_notes_once() {
     assert!(all_notes(server.addr, &token, "/api/v4/contacts/notes").await.is_empty());
     server.kill9().await;
 
-    let server = Process::serve(dir.path(), &[], &env).await;
+    let server = Process::serve(dir.path(), &[], &HELD).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let notes = loop {
         let notes = all_notes(server.addr, &token, "/api/v4/contacts/notes").await;
@@ -186,12 +189,7 @@ async fn a_restart_during_the_hold_loses_nothing_and_notes_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_seen_before_a_kill_9_is_still_seen_after_it() {
     let dir = common::private_tempdir();
-    let env = [
-        ("SHORTLINKS_NOTE_HOLD_SECS", "3"),
-        ("SHORTLINKS_CLIENT_IP_HEADER", "X-Forwarded-For"),
-        ("SHORTLINKS_ADDRESS_RULE_CONTACTS", "3"),
-    ];
-    let server = Process::serve(dir.path(), &[], &env).await;
+    let server = Process::serve(dir.path(), &[], &HELD).await;
     let token = common::first_token(dir.path());
     let codes = links(server.addr, &token, &[61, 62, 63]).await;
     for code in &codes[..2] {
@@ -200,7 +198,7 @@ async fn a_gateway_seen_before_a_kill_9_is_still_seen_after_it() {
     tokio::time::sleep(Duration::from_millis(500)).await; // written (group commit), still held
     server.kill9().await;
 
-    let server = Process::serve(dir.path(), &[], &env).await;
+    let server = Process::serve(dir.path(), &[], &HELD).await;
     browser_click(server.addr, &codes[2], "198.51.100.7").await;
     until_dispatched(server.addr, 3, Duration::from_secs(30)).await;
     assert_eq!(metric(server.addr, &reason("many_contacts")).await, 3, "all three, the two from before the kill too");
