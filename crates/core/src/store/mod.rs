@@ -22,6 +22,7 @@ mod frame;
 pub(crate) mod keys;
 mod link_log;
 mod memory;
+mod notes_index;
 mod notes_log;
 mod queue_log;
 mod rate;

@@ -12,8 +12,8 @@
 //! - `M`, a visit mark: visit key (16 bytes) ‖ link key (16) ‖ at u64 ‖ note id u64, all
 //!   big-endian; an all-zero key stands for none (marks carried over from sled trees).
 //!
-//! In memory: each note's time, id and frame (24 bytes a note, in an ordered map by
-//! entity), and the visit ledger of the recent window (each visit key's mark, each link's
+//! In memory: each note's time, id and frame (24 bytes a note, by entity: see
+//! [`super::notes_index`]), and the visit ledger of the recent window (each visit key's mark, each link's
 //! recent note times). Both are rebuilt on open by reading the file through; marks made
 //! before `horizon` (the last sweep's, kept by the caller) are skipped.
 //!
@@ -23,15 +23,16 @@
 //! the clicks, still in the outbox, are claimed again and make the same note ids. Opening
 //! cuts a torn or damaged end as `links.log` does ([`frame::recover`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use foldhash::fast::FixedState;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
 use super::frame::{self, io, Slot, Tail, HEADER};
+use super::notes_index::{Entity, NoteSlot, NotesIndex};
 use super::{decide_visit, keys, Claimed, NotesQuery, VisitClaim, VisitRules};
 use crate::codec::{decode, encode};
 use crate::model::{Note, Timestamp, VisitMark};
@@ -50,20 +51,8 @@ const MARK_LEN: usize = 1 + 16 + 16 + 8 + 8;
 /// Stands for "no key" in a mark carried over from the old sled trees.
 const NO_KEY: [u8; 16] = [0; 16];
 
-/// An entity as the index orders it: account, type tag, id. Integers compare faster than
-/// the 17-byte key prefix they stand for, in the same order.
-type Entity = (u64, u8, u64);
-
 fn entity_of(note: &Note) -> Entity {
     (note.account.0, note.entity.kind.tag(), note.entity.id)
-}
-
-/// One note in the index: its order within its entity, and where its frame is.
-#[derive(Clone, Copy, Debug)]
-struct NoteSlot {
-    at: u64,
-    id: u64,
-    slot: Slot,
 }
 
 /// A visit mark as the file holds it.
@@ -151,8 +140,7 @@ pub(crate) struct NotesLog {
     path: PathBuf,
     file: File,
     tail: Mutex<Tail>,
-    /// Notes by entity prefix, each entity's in (time, id) order.
-    notes: RwLock<BTreeMap<Entity, Vec<NoteSlot>>>,
+    notes: RwLock<NotesIndex>,
     ledger: Mutex<Ledger>,
 }
 
@@ -186,10 +174,7 @@ impl NotesLog {
         let (entity, at, id) = note_key_of(record).ok_or_else(|| {
             Error::Corrupt(format!("{} holds a frame of no known kind at {offset}", self.path.display()))
         })?;
-        let notes = self.notes.get_mut().entry(entity).or_default();
-        if let Err(i) = notes.binary_search_by_key(&(at, id), |n| (n.at, n.id)) {
-            notes.insert(i, NoteSlot { at, id, slot: Slot::new(offset, record.len()) });
-        }
+        self.notes.get_mut().insert(entity, NoteSlot { at, id, slot: Slot::new(offset, record.len()) });
         Ok(())
     }
 
@@ -255,8 +240,7 @@ impl NotesLog {
             let index = self.notes.read();
             for note in &notes {
                 let (entity, at, id) = (entity_of(note), note.created_at.0, note.id);
-                let stored = |slots: &Vec<NoteSlot>| slots.binary_search_by_key(&(at, id), |n| (n.at, n.id)).is_ok();
-                if index.get(&entity).is_some_and(stored) || !in_batch.insert((entity, at, id)) {
+                if index.contains(&entity, at, id) || !in_batch.insert((entity, at, id)) {
                     continue; // a redelivered note: the first copy stays
                 }
                 let record = note_record(note)?;
@@ -280,14 +264,7 @@ impl NotesLog {
             // Written before indexed: a listing never finds a note whose frame is not there.
             let mut index = self.notes.write();
             for (entity, note) in fresh {
-                let slots = index.entry(entity).or_default();
-                match slots.last() {
-                    Some(last) if (last.at, last.id) > (note.at, note.id) => {
-                        let i = slots.partition_point(|n| (n.at, n.id) < (note.at, note.id));
-                        slots.insert(i, note);
-                    }
-                    _ => slots.push(note),
-                }
+                index.insert(entity, note);
             }
         }
         drop(tail);
@@ -308,7 +285,15 @@ impl NotesLog {
     pub(crate) fn list(&self, query: &NotesQuery) -> Result<Vec<Note>, Error> {
         let mut slots = Vec::new();
         {
-            let index = self.notes.read();
+            let index = match query.entity_ids {
+                Some(_) => self.notes.read(),
+                None => {
+                    // Listing every entity needs them in order: sort in those that came since.
+                    let mut index = self.notes.write();
+                    index.settle();
+                    RwLockWriteGuard::downgrade(index)
+                }
+            };
             let mut skip = query.offset;
             let mut take = |notes: &[NoteSlot]| {
                 let from = skip.min(notes.len());
@@ -323,14 +308,14 @@ impl NotesLog {
                     ids.sort_unstable();
                     for id in ids {
                         let entity = (query.account.0, query.entity_type.tag(), id);
-                        if index.get(&entity).is_some_and(|notes| take(notes)) {
+                        if index.get(&entity).is_some_and(&mut take) {
                             break;
                         }
                     }
                 }
                 None => {
                     let (account, kind) = (query.account.0, query.entity_type.tag());
-                    for notes in index.range((account, kind, 0)..=(account, kind, u64::MAX)).map(|(_, notes)| notes) {
+                    for notes in index.of_kind(account, kind) {
                         if take(notes) {
                             break;
                         }

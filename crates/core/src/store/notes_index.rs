@@ -1,0 +1,144 @@
+//! The in-memory index of `notes.log`: each entity's notes, found by hash, listed in order.
+//!
+//! Every note an append writes is looked up (is it a redelivered copy?) and then indexed.
+//! In a campaign nearly every note is on a contact of its own, so with an ordered map each
+//! was two walks down a tree of a million entities, a cache miss per level: most of the
+//! append's time. Here both are a hash probe. Listings want entities in order; they are
+//! rare, so the order is kept lazily: new entities are pushed unsorted and sorted into
+//! place when a listing needs the order (a merge of two runs, not a full sort).
+
+use std::collections::HashMap;
+
+use foldhash::fast::FixedState;
+
+use super::frame::Slot;
+
+/// An entity as the index orders it: account, type tag, id. Integers compare faster than
+/// the 17-byte key prefix they stand for, in the same order.
+pub(super) type Entity = (u64, u8, u64);
+
+/// One note in the index: its order within its entity, and where its frame is.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct NoteSlot {
+    pub(super) at: u64,
+    pub(super) id: u64,
+    pub(super) slot: Slot,
+}
+
+impl NoteSlot {
+    fn order(&self) -> (u64, u64) {
+        (self.at, self.id)
+    }
+}
+
+/// Notes by entity, each entity's in (time, id) order.
+#[derive(Default)]
+pub(super) struct NotesIndex {
+    by_entity: HashMap<Entity, Vec<NoteSlot>, FixedState>,
+    /// Every entity with notes, once: in order up to `sorted`, then as they came.
+    order: Vec<Entity>,
+    sorted: usize,
+}
+
+impl NotesIndex {
+    /// Whether the note `(at, id)` of `entity` is indexed.
+    pub(super) fn contains(&self, entity: &Entity, at: u64, id: u64) -> bool {
+        self.by_entity.get(entity).is_some_and(|notes| notes.binary_search_by_key(&(at, id), NoteSlot::order).is_ok())
+    }
+
+    /// Indexes a note, unless it already is.
+    pub(super) fn insert(&mut self, entity: Entity, note: NoteSlot) {
+        let notes = self.by_entity.entry(entity).or_insert_with(|| {
+            self.order.push(entity);
+            Vec::with_capacity(1)
+        });
+        match notes.last() {
+            // Appends come nearly in time order: the common case is a push.
+            Some(last) if last.order() >= note.order() => {
+                if let Err(i) = notes.binary_search_by_key(&note.order(), NoteSlot::order) {
+                    notes.insert(i, note);
+                }
+            }
+            _ => notes.push(note),
+        }
+    }
+
+    /// The notes of one entity.
+    pub(super) fn get(&self, entity: &Entity) -> Option<&[NoteSlot]> {
+        self.by_entity.get(entity).map(Vec::as_slice)
+    }
+
+    /// Whether [`NotesIndex::of_kind`] can list without [`NotesIndex::settle`] first.
+    pub(super) fn is_settled(&self) -> bool {
+        self.sorted == self.order.len()
+    }
+
+    /// Sorts the entities that came since the last listing into place.
+    pub(super) fn settle(&mut self) {
+        if !self.is_settled() {
+            self.order[self.sorted..].sort_unstable();
+            // Two sorted runs: the stable sort finds them and merges them in one pass.
+            self.order.sort();
+            self.sorted = self.order.len();
+        }
+    }
+
+    /// The notes of every entity of this account and type, entities in id order. Entities
+    /// that came since the last [`NotesIndex::settle`] are not listed.
+    pub(super) fn of_kind(&self, account: u64, kind: u8) -> impl Iterator<Item = &[NoteSlot]> {
+        let sorted = &self.order[..self.sorted];
+        let from = sorted.partition_point(|e| *e < (account, kind, 0));
+        sorted[from..]
+            .iter()
+            .take_while(move |e| (e.0, e.1) == (account, kind))
+            .filter_map(|e| self.by_entity.get(e).map(Vec::as_slice))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(at: u64, id: u64) -> NoteSlot {
+        NoteSlot { at, id, slot: Slot::new(at * 100 + id, 10) }
+    }
+
+    fn ids(notes: &[NoteSlot]) -> Vec<u64> {
+        notes.iter().map(|n| n.id).collect()
+    }
+
+    #[test]
+    fn each_entity_keeps_its_notes_once_in_time_order() {
+        let mut index = NotesIndex::default();
+        let contact = (1, 1, 42);
+        for (at, id) in [(20, 2), (10, 1), (30, 3), (20, 2), (10, 0)] {
+            index.insert(contact, note(at, id));
+        }
+        assert_eq!(ids(index.get(&contact).unwrap()), [0, 1, 2, 3]);
+        assert!(index.contains(&contact, 20, 2));
+        assert!(!index.contains(&contact, 20, 3));
+        assert!(!index.contains(&(1, 1, 43), 20, 2));
+    }
+
+    #[test]
+    fn listings_give_one_account_and_type_in_entity_order_once_settled() {
+        let mut index = NotesIndex::default();
+        for (entity, id) in [((1, 1, 5), 1), ((2, 1, 1), 2), ((1, 1, 3), 3), ((1, 2, 1), 4), ((1, 1, 0), 5)] {
+            index.insert(entity, note(id, id));
+        }
+        index.insert((1, 1, 3), note(9, 9));
+        let listed = |index: &NotesIndex| index.of_kind(1, 1).flat_map(ids).collect::<Vec<_>>();
+        assert!(!index.is_settled());
+        assert!(listed(&index).is_empty(), "nothing is in order yet");
+        index.settle();
+        assert_eq!(listed(&index), [5, 3, 9, 1]);
+
+        // A new entity between two known ones is listed in its place after the next settle.
+        index.insert((1, 1, 4), note(7, 7));
+        index.insert((1, 1, 9), note(8, 8));
+        assert_eq!(listed(&index), [5, 3, 9, 1], "not before the settle");
+        index.settle();
+        assert_eq!(listed(&index), [5, 3, 9, 7, 1, 8]);
+        assert!(index.is_settled());
+    }
+}
