@@ -105,7 +105,7 @@ pub struct SettingsLayer {
     /// How long shutdown waits for in-flight requests.
     #[arg(long, env = "SHORTLINKS_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
-    /// How many links the read cache holds (default 1000000, about 250 MB).
+    /// How many links the read cache holds (default 2000000, about 500 MB when full).
     #[arg(long, env = "SHORTLINKS_CACHED_LINKS")]
     pub cached_links: Option<usize>,
     /// sled's page cache in MiB (default 64).
