@@ -11,9 +11,20 @@ use crate::Error;
 /// The current record format.
 pub(crate) const FORMAT_V1: u8 = 1;
 
+/// Room a record is encoded into at first: links, notes and tokens fit, so encoding one
+/// allocates once rather than growing its buffer from one byte (six copies).
+const USUAL_RECORD_BYTES: usize = 256;
+
 /// Encodes a record in the current format.
 pub fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, Error> {
-    postcard::to_extend(record, vec![FORMAT_V1]).map_err(|e| Error::Corrupt(format!("cannot encode record: {e}")))
+    encode_after(record, Vec::with_capacity(USUAL_RECORD_BYTES))
+}
+
+/// Encodes a record in the current format after what `out` holds: a record inside a
+/// larger one (a log's frame) is built in one buffer.
+pub(crate) fn encode_after<T: Serialize>(record: &T, mut out: Vec<u8>) -> Result<Vec<u8>, Error> {
+    out.push(FORMAT_V1);
+    postcard::to_extend(record, out).map_err(|e| Error::Corrupt(format!("cannot encode record: {e}")))
 }
 
 /// Decodes a record; any malformed input is an error, never a panic.

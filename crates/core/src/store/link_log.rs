@@ -36,7 +36,7 @@ use parking_lot::{Mutex, RwLock};
 use super::frame::{self, io, Slot, Tail, HEADER};
 use super::InsertOutcome;
 use crate::code::ShortCode;
-use crate::codec::{decode, encode};
+use crate::codec::{decode, encode_after};
 use crate::model::Link;
 use crate::Error;
 
@@ -110,11 +110,10 @@ fn with_frame<R>(file: &File, path: &Path, slot: Slot, f: impl FnOnce(ShortCode,
 /// A frame's record: the code, then the link record.
 fn record(link: &Link) -> Result<Vec<u8>, Error> {
     let code = link.code.as_bytes();
-    let mut record = Vec::with_capacity(1 + code.len() + 96);
+    let mut record = Vec::with_capacity(1 + code.len() + 256);
     record.push(code.len() as u8);
     record.extend_from_slice(code);
-    record.extend_from_slice(&encode(link)?);
-    Ok(record)
+    encode_after(link, record)
 }
 
 /// Splits a frame's record into its code and its link record.

@@ -34,7 +34,7 @@ use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use super::frame::{self, io, Slot, Tail, HEADER};
 use super::notes_index::{Entity, NoteSlot, NotesIndex};
 use super::{decide_visit, keys, Claimed, NotesQuery, VisitClaim, VisitRules};
-use crate::codec::{decode, encode};
+use crate::codec::{decode, encode_after};
 use crate::model::{Note, Timestamp, VisitMark};
 use crate::Error;
 
@@ -87,11 +87,10 @@ impl MarkRecord {
 
 /// A note's record: kind, key, the note.
 fn note_record(note: &Note) -> Result<Vec<u8>, Error> {
-    let mut record = Vec::with_capacity(1 + 33 + 160);
+    let mut record = Vec::with_capacity(1 + 33 + 256);
     record.push(NOTE);
     record.extend_from_slice(&keys::note_key(note.account, note.entity, note.created_at, note.id));
-    record.extend_from_slice(&encode(note)?);
-    Ok(record)
+    encode_after(note, record)
 }
 
 /// A note record's key: entity, time, id.
