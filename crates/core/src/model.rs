@@ -139,6 +139,11 @@ pub struct Click {
     /// The navigation headers a browser sends; `None` for a click captured by a release
     /// that did not look (the outbox may still hold some after an upgrade).
     pub evidence: Option<BrowserEvidence>,
+    /// The visit key, set by the writer that found the click a possible visit before it
+    /// went into the outbox: the dispatcher then only checks it against the visits it
+    /// remembers, without classifying and hashing the click again. `None` for a click
+    /// not screened so (captured by an earlier release).
+    pub visit_key: Option<[u8; 16]>,
 }
 
 /// Which of a browser's navigation headers a request carried, one bit each.
@@ -159,6 +164,22 @@ impl BrowserEvidence {
     }
 }
 
+/// A click as releases before [`Click::visit_key`] wrote it: read, never written (but by
+/// the test that writes one as they did).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct ClickV2 {
+    code: ShortCode,
+    at: Timestamp,
+    method: ClickMethod,
+    user_agent: Option<String>,
+    referer: Option<String>,
+    prefetch: Option<String>,
+    client_ip: Option<IpAddr>,
+    nonce: u64,
+    evidence: Option<BrowserEvidence>,
+}
+
 /// A click as releases before [`Click::evidence`] wrote it: read, never written (but
 /// by the test that writes one as they did).
 #[derive(Deserialize)]
@@ -175,12 +196,32 @@ struct ClickV1 {
 }
 
 impl Click {
-    /// Reads one outbox record (a group of clicks), in the current shape or the one before.
+    /// Reads one outbox record (a group of clicks), in the current shape or an earlier
+    /// one. A record of one shape never reads as another: each later shape adds an
+    /// `Option` after the nonce, whose tag (0 or 1) an earlier shape would have to read as
+    /// the next click's code length, and codes are longer than one character.
     pub fn decode_group(bytes: &[u8]) -> Result<Vec<Click>, crate::Error> {
         let current = match crate::codec::decode::<Vec<Click>>(bytes) {
             Ok(clicks) => return Ok(clicks),
             Err(e) => e,
         };
+        if let Ok(v2) = crate::codec::decode::<Vec<ClickV2>>(bytes) {
+            return Ok(v2
+                .into_iter()
+                .map(|c| Click {
+                    code: c.code,
+                    at: c.at,
+                    method: c.method,
+                    user_agent: c.user_agent,
+                    referer: c.referer,
+                    prefetch: c.prefetch,
+                    client_ip: c.client_ip,
+                    nonce: c.nonce,
+                    evidence: c.evidence,
+                    visit_key: None,
+                })
+                .collect());
+        }
         let old = crate::codec::decode::<Vec<ClickV1>>(bytes).map_err(|_| current)?;
         Ok(old
             .into_iter()
@@ -194,6 +235,7 @@ impl Click {
                 client_ip: c.client_ip,
                 nonce: c.nonce,
                 evidence: None,
+                visit_key: None,
             })
             .collect())
     }
@@ -333,7 +375,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_outbox_record_of_the_earlier_shape_is_still_read() {
+    fn outbox_records_of_the_earlier_shapes_are_still_read() {
         let code = ShortCode::from_key(b"AbCdEfGh1234").unwrap();
         let old = vec![ClickV1 {
             code,
@@ -349,7 +391,28 @@ mod tests {
         assert_eq!(clicks.len(), 1);
         assert_eq!((clicks[0].nonce, clicks[0].evidence), (9, None), "evidence unknown, not absent");
 
-        let current = vec![Click { evidence: Some(BrowserEvidence(BrowserEvidence::NAVIGATE)), ..clicks[0].clone() }];
+        let evidence = Some(BrowserEvidence(BrowserEvidence::NAVIGATE));
+        let v2: Vec<ClickV2> = ["AbCdEfGh1234", "ZyXwVu987654"]
+            .iter()
+            .map(|code| ClickV2 {
+                code: ShortCode::from_key(code.as_bytes()).unwrap(),
+                at: Timestamp(6),
+                method: ClickMethod::Get,
+                user_agent: Some("Mozilla/5.0".into()),
+                referer: None,
+                prefetch: None,
+                client_ip: None,
+                nonce: 10,
+                evidence,
+            })
+            .collect();
+        let clicks = Click::decode_group(&crate::codec::encode(&v2).unwrap()).unwrap();
+        assert_eq!(clicks.len(), 2);
+        assert!(clicks.iter().all(|c| c.evidence == evidence && c.visit_key.is_none()), "not screened: {clicks:?}");
+        assert_eq!(clicks[1].code.as_str(), "ZyXwVu987654");
+
+        let current: Vec<Click> =
+            clicks.iter().enumerate().map(|(i, c)| Click { visit_key: Some([i as u8; 16]), ..c.clone() }).collect();
         assert_eq!(Click::decode_group(&crate::codec::encode(&current).unwrap()).unwrap(), current);
         assert!(Click::decode_group(&[1, 2, 3]).is_err(), "garbage is still an error");
     }

@@ -55,8 +55,9 @@ fn click() -> impl Strategy<Value = Click> {
         proptest::option::of(any::<std::net::IpAddr>()),
         any::<u64>(),
         proptest::option::of(any::<u8>()),
+        proptest::option::of(any::<[u8; 16]>()),
     )
-        .prop_map(|(code, at, head, user_agent, referer, prefetch, client_ip, nonce, evidence)| Click {
+        .prop_map(|(code, at, head, user_agent, referer, prefetch, client_ip, nonce, evidence, visit_key)| Click {
             code,
             at: Timestamp(at),
             method: if head { ClickMethod::Head } else { ClickMethod::Get },
@@ -66,6 +67,7 @@ fn click() -> impl Strategy<Value = Click> {
             client_ip,
             nonce,
             evidence: evidence.map(shortlinks_core::model::BrowserEvidence),
+            visit_key,
         })
 }
 

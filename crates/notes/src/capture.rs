@@ -130,6 +130,7 @@ impl RawClick {
             client_ip: self.client_ip,
             nonce,
             evidence: Some(self.evidence),
+            visit_key: None,
         }
     }
 }
@@ -303,11 +304,12 @@ async fn write_groups<S: Store>(
             }
             next_nonce = next_nonce.wrapping_add(1);
             let contact = pending.click.contact;
-            let click = pending.click.into_click(next_nonce);
+            let mut click = pending.click.into_click(next_nonce);
             waiters.push(pending.durable);
             // Only a click that may be a first visit needs to be durable (see `screen`).
             match screen.judge(&click).key_or_count(&stats) {
-                Some(_) => {
+                Some(key) => {
+                    click.visit_key = Some(key);
                     if let (Some(ip), Some((account, entity)), true) =
                         (click.client_ip, contact, screen.address_rule.contacts > 0)
                     {
@@ -455,6 +457,7 @@ mod tests {
         let written: Vec<&Click> = records.iter().flat_map(|(_, group)| group).collect();
         assert_eq!(written.len(), 1, "only the possible first visit: {written:?}");
         assert_eq!(written[0].code, other_code);
+        assert_eq!(written[0].visit_key, Some(screen.keys.visit_key(written[0])), "written with its visit key");
         assert_eq!(stats.clicks_recorded.load(Relaxed), 3);
         assert_eq!(stats.clicks_screened.load(Relaxed), 2);
         assert_eq!(stats.clicks_persisted.load(Relaxed), 1);

@@ -444,6 +444,7 @@ mod tests {
             user_agent: agent,
             client_ip: Some(ip.parse().unwrap()),
             evidence: Some(crate::RawClick::browser_evidence(&map)),
+            visit_key: None,
             ..conformance::click("AAAAAAAAAAAA", 1)
         }
     }

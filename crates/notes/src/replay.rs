@@ -163,6 +163,7 @@ fn judge(line: Line, contact_of: &impl Fn(&str) -> Option<u64>) -> Result<(Click
         client_ip: line.address,
         nonce: 0,
         evidence: Some(RawClick::browser_evidence(&headers)),
+        visit_key: None,
     };
     Ok((click, contact))
 }

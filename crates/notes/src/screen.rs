@@ -6,7 +6,9 @@
 //! node has claimed within the window is counted and dropped, never written or read back.
 //! Those are the floods (scanners click every link of a mailing; bots and double clicks
 //! repeat), and they never touch the disk. The dispatcher screens again what it reads:
-//! clicks written before it learnt a mark, and clicks from other nodes.
+//! clicks written before it learnt a mark, and clicks from other nodes. A click a writer
+//! passed carries its visit key, so there only the marks are looked at; a click an
+//! earlier release wrote is classified and hashed again.
 //!
 //! Screening early drops nothing the dispatcher would keep. Classification depends on the
 //! click alone. A remembered mark was claimed in the store before it was remembered, and
@@ -82,9 +84,6 @@ impl Screen {
         }
     }
 
-    /// Classifies first (most non-visits then cost no hash), then looks the visit up among
-    /// the remembered marks, computing the note id only when a mark has the click's very
-    /// millisecond.
     /// How long after its time a sighting can still matter: a click it neighbours (within
     /// the rule's window either side) is dispatched a hold later; five minutes of slack for
     /// clicks that reach the dispatcher late. The ledger keeps sightings this long (TTL) and
@@ -93,11 +92,19 @@ impl Screen {
         self.address_rule.window_ms().saturating_mul(2).saturating_add(self.hold_ms).saturating_add(300_000)
     }
 
+    /// Classifies first (most non-visits then cost no hash), unless a writer already did
+    /// and left the visit key; then looks the visit up among the remembered marks,
+    /// computing the note id only when a mark has the click's very millisecond.
     pub(crate) fn judge(&self, click: &Click) -> Verdict {
-        if let Some(why) = self.classifier.classify(click) {
-            return Verdict::NotVisit(why);
-        }
-        let key = self.keys.visit_key(click);
+        let key = match click.visit_key {
+            Some(key) => key,
+            None => {
+                if let Some(why) = self.classifier.classify(click) {
+                    return Verdict::NotVisit(why);
+                }
+                self.keys.visit_key(click)
+            }
+        };
         if self.recent.is_duplicate(&key, click.at, || self.keys.note_id(click, &key), self.window_ms) {
             return Verdict::Repeat;
         }
@@ -137,5 +144,29 @@ mod tests {
         assert_eq!(screen.judge(&visit(1_000 + 3_600_000)), Verdict::MaybeNew(key), "past the window");
         // The claiming click itself, read again after a crash, is not its own repeat.
         assert_eq!(screen.judge(&first), Verdict::MaybeNew(key));
+    }
+
+    /// What the writer passed reaches the dispatcher with its visit key: there it is not
+    /// classified or hashed again, but still checked against the marks learnt since.
+    /// A click without one (an earlier release's) is screened in full.
+    #[test]
+    fn a_click_the_writer_passed_is_only_checked_against_the_marks() {
+        let screen = Screen::new(NoteKeys::new([1; 32], [2; 32]), HOUR, 5);
+        let first = visit(1_000);
+        let Verdict::MaybeNew(key) = screen.judge(&first) else { panic!("a first visit") };
+        let written = Click { visit_key: Some(key), ..visit(2_000) };
+        assert_eq!(screen.judge(&written), Verdict::MaybeNew(key));
+
+        // The carried key is what is looked up: a key the hash would not give is taken as is.
+        let other = Click { visit_key: Some([9; 16]), ..visit(2_000) };
+        assert_eq!(screen.judge(&other), Verdict::MaybeNew([9; 16]));
+        // And the classifier is not asked again: the writer already asked it.
+        let bot = Click { user_agent: Some("curl/8.5.0".into()), visit_key: Some(key), ..visit(2_000) };
+        assert_eq!(screen.judge(&bot), Verdict::MaybeNew(key));
+        let unscreened_bot = Click { visit_key: None, ..bot };
+        assert!(matches!(screen.judge(&unscreened_bot), Verdict::NotVisit(_)), "an earlier release's click");
+
+        screen.recent.remember(key, VisitMark { at: first.at, note_id: screen.keys.note_id(&first, &key) });
+        assert_eq!(screen.judge(&written), Verdict::Repeat, "a mark learnt after the writer passed it");
     }
 }

@@ -67,6 +67,7 @@ pub fn click(code: &str, at: u64) -> Click {
             BrowserEvidence::ACCEPTS_HTML | BrowserEvidence::ACCEPT_LANGUAGE | BrowserEvidence::NAVIGATE,
         )),
         nonce: at,
+        visit_key: None,
     }
 }
 
