@@ -165,18 +165,12 @@ impl BrowserEvidence {
 }
 
 /// A click as releases before [`Click::visit_key`] wrote it: read, never written (but by
-/// the test that writes one as they did).
+/// the test that writes one as they did). postcard writes a struct as its fields one after
+/// another, so the earlier shape nested here reads the same bytes as its fields inline.
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
 struct ClickV2 {
-    code: ShortCode,
-    at: Timestamp,
-    method: ClickMethod,
-    user_agent: Option<String>,
-    referer: Option<String>,
-    prefetch: Option<String>,
-    client_ip: Option<IpAddr>,
-    nonce: u64,
+    v1: ClickV1,
     evidence: Option<BrowserEvidence>,
 }
 
@@ -195,6 +189,24 @@ struct ClickV1 {
     nonce: u64,
 }
 
+impl ClickV1 {
+    /// The click, with what its shape did not record.
+    fn into_click(self, evidence: Option<BrowserEvidence>) -> Click {
+        Click {
+            code: self.code,
+            at: self.at,
+            method: self.method,
+            user_agent: self.user_agent,
+            referer: self.referer,
+            prefetch: self.prefetch,
+            client_ip: self.client_ip,
+            nonce: self.nonce,
+            evidence,
+            visit_key: None,
+        }
+    }
+}
+
 impl Click {
     /// Reads one outbox record (a group of clicks), in the current shape or an earlier
     /// one. A record of one shape never reads as another: each later shape adds an
@@ -206,38 +218,10 @@ impl Click {
             Err(e) => e,
         };
         if let Ok(v2) = crate::codec::decode::<Vec<ClickV2>>(bytes) {
-            return Ok(v2
-                .into_iter()
-                .map(|c| Click {
-                    code: c.code,
-                    at: c.at,
-                    method: c.method,
-                    user_agent: c.user_agent,
-                    referer: c.referer,
-                    prefetch: c.prefetch,
-                    client_ip: c.client_ip,
-                    nonce: c.nonce,
-                    evidence: c.evidence,
-                    visit_key: None,
-                })
-                .collect());
+            return Ok(v2.into_iter().map(|c| c.v1.into_click(c.evidence)).collect());
         }
-        let old = crate::codec::decode::<Vec<ClickV1>>(bytes).map_err(|_| current)?;
-        Ok(old
-            .into_iter()
-            .map(|c| Click {
-                code: c.code,
-                at: c.at,
-                method: c.method,
-                user_agent: c.user_agent,
-                referer: c.referer,
-                prefetch: c.prefetch,
-                client_ip: c.client_ip,
-                nonce: c.nonce,
-                evidence: None,
-                visit_key: None,
-            })
-            .collect())
+        let v1 = crate::codec::decode::<Vec<ClickV1>>(bytes).map_err(|_| current)?;
+        Ok(v1.into_iter().map(|c| c.into_click(None)).collect())
     }
 }
 
@@ -395,19 +379,33 @@ mod tests {
         let v2: Vec<ClickV2> = ["AbCdEfGh1234", "ZyXwVu987654"]
             .iter()
             .map(|code| ClickV2 {
-                code: ShortCode::from_key(code.as_bytes()).unwrap(),
-                at: Timestamp(6),
-                method: ClickMethod::Get,
-                user_agent: Some("Mozilla/5.0".into()),
-                referer: None,
-                prefetch: None,
-                client_ip: None,
-                nonce: 10,
+                v1: ClickV1 {
+                    code: ShortCode::from_key(code.as_bytes()).unwrap(),
+                    at: Timestamp(6),
+                    method: ClickMethod::Get,
+                    user_agent: Some("Mozilla/5.0".into()),
+                    referer: None,
+                    prefetch: None,
+                    client_ip: None,
+                    nonce: 10,
+                },
                 evidence,
             })
             .collect();
         let clicks = Click::decode_group(&crate::codec::encode(&v2).unwrap()).unwrap();
         assert_eq!(clicks.len(), 2);
+        // As the release before wrote it: its fields inline, not nested.
+        #[derive(Serialize)]
+        struct Flat<'a>(ShortCode, Timestamp, ClickMethod, &'a Option<String>, None3, u64, Option<BrowserEvidence>);
+        type None3 = (Option<u8>, Option<u8>, Option<u8>); // referer, prefetch, address: none
+        let flat: Vec<Flat> = clicks
+            .iter()
+            .map(|c| Flat(c.code, c.at, c.method, &c.user_agent, (None, None, None), c.nonce, c.evidence))
+            .collect();
+        let mut bytes = crate::codec::encode(&flat).unwrap();
+        assert_eq!(Click::decode_group(&bytes).unwrap(), clicks, "the nested shape reads the inline one");
+        bytes.truncate(bytes.len() - 1);
+        assert!(Click::decode_group(&bytes).is_err());
         assert!(clicks.iter().all(|c| c.evidence == evidence && c.visit_key.is_none()), "not screened: {clicks:?}");
         assert_eq!(clicks[1].code.as_str(), "ZyXwVu987654");
 
