@@ -19,8 +19,8 @@
 //! since it came in, else the used marks of the set are cleared and one slot is taken. A
 //! link read often survives newcomers to its set; a scan of cold links only churns the
 //! slots it lands in. The price of sets: with as many links as the capacity, about four
-//! in five stay cached (the rest are read from the store, which random placement would
-//! also lose to full sets); with half as many, 96 in 100; with a quarter, nearly all.
+//! in five stay cached (the rest, whose sets are full, are read from the store); with half
+//! as many, 96 in 100; with a quarter, nearly all.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
@@ -66,7 +66,7 @@ struct Slot {
 
 impl LinkCache {
     /// The default size: two million links (32 MB of slots; about 500 MB when full), so
-    /// that a million links in use all stay cached.
+    /// that of a million links in use, 96 in 100 stay cached.
     pub const DEFAULT_CAPACITY: usize = 2_000_000;
 
     /// The largest cache: its slots (16 bytes a link) are allocated up front, 800 MB here.

@@ -13,8 +13,8 @@
 //!   big-endian; an all-zero key stands for none (marks carried over from sled trees).
 //!
 //! In memory: each note's time, id and frame (24 bytes a note, by entity: see
-//! [`super::notes_index`]), and the visit ledger of the recent window (each visit key's mark, each link's
-//! recent note times). Both are rebuilt on open by reading the file through; marks made
+//! [`super::notes_index`]), and the visit ledger of the recent window (each visit key's
+//! mark, each link's recent note times). Both are rebuilt on open by reading the file through; marks made
 //! before `horizon` (the last sweep's, kept by the caller) are skipped.
 //!
 //! Crash safety: a claim leaves its mark in `pending`, and the next append writes the
