@@ -34,10 +34,10 @@ impl RecentMarks {
     const SLOTS: usize = 1 << 20;
 
     /// Whether a remembered mark makes this visit a repeat: the store's rule
-    /// ([`decide_visit`](shortlinks_core::store::decide_visit)), asking for the note id only when it can matter. A redelivered
-    /// click has its mark's very time, so a mark from another millisecond within the window
-    /// settles it (unless two visits' 53-bit note ids collide, where this calls the later
-    /// one a repeat and the store would not).
+    /// ([`decide_visit`](shortlinks_core::store::decide_visit)), asking for the note id
+    /// only when it can matter. A redelivered click has its mark's very time, so a mark
+    /// from another millisecond within the window settles it (unless two visits' 53-bit
+    /// note ids collide, where this calls the later one a repeat and the store would not).
     pub(crate) fn is_duplicate(
         &self,
         key: &[u8; 16],
