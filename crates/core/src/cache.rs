@@ -91,11 +91,14 @@ impl LinkCache {
         &self,
         store: &S,
         code: &ShortCode,
-        f: impl Fn(&Arc<Link>) -> R,
+        f: impl FnOnce(&Arc<Link>) -> R,
     ) -> Result<Option<R>, Error> {
-        if let Some(answer) = self.find(code, &f) {
-            return Ok(Some(answer));
+        // Called once: by the search on a hit, else after the store read.
+        let mut f = Some(f);
+        if let Some(answer) = self.find(code, |link| f.take().map(|f| f(link))) {
+            return Ok(answer);
         }
+        let Some(f) = f else { return Ok(None) };
         let Some(link) = store.get_link(code).await? else { return Ok(None) };
         let link = Arc::new(link);
         let answer = f(&link);

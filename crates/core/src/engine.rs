@@ -145,7 +145,7 @@ impl<S: LinkStore + SecretStore> Shortener<S> {
     /// `f` of the link for a code taken from untrusted input, as [`Shortener::resolve`], but
     /// a cached link is read where it lies: the redirect needs only its target, and taking
     /// a shared reference to the link would write to memory the other cores read.
-    pub async fn resolve_with<R>(&self, code: &str, f: impl Fn(&Link) -> R) -> Result<Option<R>, Error> {
+    pub async fn resolve_with<R>(&self, code: &str, f: impl FnOnce(&Link) -> R) -> Result<Option<R>, Error> {
         let Some(code) = ShortCode::parse(code) else { return Ok(None) };
         self.cache.get_with(&self.store, &code, |link| f(link)).await
     }

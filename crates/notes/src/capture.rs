@@ -53,6 +53,25 @@ impl Default for Durability {
     }
 }
 
+/// A request's headers, as a click reads them: from hyper's `HeaderMap`, or from the
+/// head the server parsed itself. Names are given lowercase.
+pub trait ClickHeaders {
+    /// The first value of `name`.
+    fn first(&self, name: &HeaderName) -> Option<&[u8]>;
+    /// The last value of `name` (a proxy appends its own to the right).
+    fn last(&self, name: &HeaderName) -> Option<&[u8]>;
+}
+
+impl ClickHeaders for HeaderMap {
+    fn first(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.get(name).map(HeaderValue::as_bytes)
+    }
+
+    fn last(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.get_all(name).iter().next_back().map(HeaderValue::as_bytes)
+    }
+}
+
 /// A click as the hot path sees it. Header values are copied as bytes (a small allocation)
 /// rather than kept as `HeaderValue`s: those share the connection's read buffer, and holding
 /// one would make hyper allocate a new buffer for the next request. Text is made off the
@@ -95,24 +114,24 @@ const SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
 impl RawClick {
     /// Which of a browser's navigation headers a request carried: three header lookups
     /// and two short scans, no allocation (it runs on the redirect).
-    pub fn browser_evidence(headers: &HeaderMap) -> BrowserEvidence {
+    pub fn browser_evidence<H: ClickHeaders + ?Sized>(headers: &H) -> BrowserEvidence {
         let mut bits = 0;
-        let html = |v: &HeaderValue| v.as_bytes().windows(9).any(|w| w.eq_ignore_ascii_case(b"text/html"));
-        if headers.get(ACCEPT).is_some_and(html) {
+        let html = |v: &[u8]| v.windows(9).any(|w| w.eq_ignore_ascii_case(b"text/html"));
+        if headers.first(&ACCEPT).is_some_and(html) {
             bits |= BrowserEvidence::ACCEPTS_HTML;
         }
-        if headers.get(ACCEPT_LANGUAGE).is_some_and(|v| !v.as_bytes().trim_ascii().is_empty()) {
+        if headers.first(&ACCEPT_LANGUAGE).is_some_and(|v| !v.trim_ascii().is_empty()) {
             bits |= BrowserEvidence::ACCEPT_LANGUAGE;
         }
-        if headers.get(SEC_FETCH_MODE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"navigate")) {
+        if headers.first(&SEC_FETCH_MODE).is_some_and(|v| v.eq_ignore_ascii_case(b"navigate")) {
             bits |= BrowserEvidence::NAVIGATE;
         }
         BrowserEvidence(bits)
     }
 
     /// Copies a header value for a click, cut to the length that is kept anyway.
-    pub fn header_bytes(value: Option<&HeaderValue>) -> Option<Box<[u8]>> {
-        value.map(|v| Box::from(&v.as_bytes()[..v.len().min(MAX_HEADER_BYTES)]))
+    pub fn header_bytes(value: Option<&[u8]>) -> Option<Box<[u8]>> {
+        value.map(|v| Box::from(&v[..v.len().min(MAX_HEADER_BYTES)]))
     }
 
     fn into_click(self, nonce: u64) -> Click {

@@ -31,5 +31,5 @@ pub mod sink;
 pub mod stand_in;
 pub mod stats;
 
-pub use capture::{ClickRecorder, Durability, NotRecorded, RawClick};
+pub use capture::{ClickHeaders, ClickRecorder, Durability, NotRecorded, RawClick};
 pub use pipeline::{Pipeline, PipelineBuilder, PipelineConfig};

@@ -125,7 +125,7 @@ impl<S: Store> App<S> {
         B: HttpBody + 'a,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let id = request_id::assign(request.headers(), self.client_ip_header.is_some());
+        let id = self.request_id(request.headers());
         request_id::scope(id.clone(), self.route(request, peer)).map(move |mut response| {
             response.headers_mut().insert(request_id::X_REQUEST_ID, id.header_value());
             response
@@ -269,7 +269,7 @@ impl<S: Store> App<S> {
 }
 
 /// Single-segment paths that are never codes.
-fn is_reserved(segment: &str) -> bool {
+pub(crate) fn is_reserved(segment: &str) -> bool {
     matches!(segment, "" | "api" | "healthz" | "readyz" | "metrics")
 }
 

@@ -11,27 +11,11 @@ use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Acquire, Release};
 
-use hyper::body::{Body, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::HttpService;
 use tokio::sync::{watch, Notify};
 
 /// A connection that can be asked to finish its request in flight and then end.
 pub(crate) trait GracefulConnection: Future {
     fn graceful_shutdown(self: Pin<&mut Self>);
-}
-
-impl<I, S, B> GracefulConnection for http1::Connection<I, S>
-where
-    S: HttpService<Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
-    B: Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        http1::Connection::graceful_shutdown(self);
-    }
 }
 
 /// Tells connections to finish, and waits until they have.

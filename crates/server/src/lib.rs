@@ -1,7 +1,9 @@
 //! shortlinks-server: the amoCRM-compatible HTTP front end, and the `shortlinks` binary.
 //!
-//! A plain hyper 1.x server: [`server::serve`] is an accept loop with `service_fn`, and
-//! [`App::handle`] is a small hand-written router. No framework.
+//! A plain hyper 1.x server: [`server::serve`] is an accept loop, and [`App::handle`] is a
+//! small hand-written router. No framework. Each connection starts in the redirect lane
+//! (`lane`), which answers plain `GET /{code}` requests itself and hands anything else,
+//! and the rest of the connection, to hyper.
 //!
 //! - `GET|HEAD /{code}`: the hot path, a 302 to the original URL.
 //! - `POST /api/v4/short_links`: batch creation, amoCRM's shape ([`request`]).
@@ -20,8 +22,11 @@ pub mod config;
 pub mod data_dir;
 mod drain;
 mod error;
+mod http_date;
 mod idle;
+mod lane;
 mod notes_api;
+mod prefixed;
 mod problem;
 mod redirect;
 pub mod request;

@@ -1,18 +1,20 @@
 //! `GET|HEAD /{code}`: the hot path. One store read, the click handed to the pipeline
-//! without waiting for it (unless durability is `sync`), no logging.
+//! without waiting for it (unless durability is `sync`), no logging. The same work serves
+//! hyper's requests and the redirect lane's (`lane`).
 
 use std::net::IpAddr;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CACHE_CONTROL, LOCATION, REFERER, USER_AGENT};
+use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, LOCATION, REFERER, USER_AGENT};
 use hyper::{Method, Request, Response, StatusCode};
 use shortlinks_core::model::ClickMethod;
 use shortlinks_core::{Store, Timestamp};
-use shortlinks_notes::{NotRecorded, RawClick};
+use shortlinks_notes::{ClickHeaders, NotRecorded, RawClick};
 
 use crate::app::App;
 use crate::problem::{self, Body};
+use crate::request_id::{self, RequestId, X_REQUEST_ID};
 
 /// Every click must reach the server, so neither browsers nor proxies may keep the redirect.
 const NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
@@ -26,37 +28,70 @@ const PREFETCH_HEADERS: [HeaderName; 4] = [
     HeaderName::from_static("x-moz"),
 ];
 
+/// What a redirect answers, whoever writes it: hyper, or the redirect lane.
+pub(crate) enum Redirect<T> {
+    /// 302 to the link's target, as the caller made it.
+    Found(T),
+    /// Anything else: the 404 page, or an error.
+    Page(Response<Body>),
+}
+
 impl<S: Store> App<S> {
     /// 302 to the original URL, or the 404 page.
     pub(crate) async fn redirect<B>(&self, code: &str, request: &Request<B>, peer: Option<IpAddr>) -> Response<Body> {
+        let method = if request.method() == Method::HEAD { ClickMethod::Head } else { ClickMethod::Get };
+        let location = |target: &str| HeaderValue::from_str(target).ok();
+        match self.redirect_with(code, method, request.headers(), peer, location).await {
+            Redirect::Found(location) => {
+                let mut response = Response::new(Full::new(Bytes::new()));
+                *response.status_mut() = StatusCode::FOUND;
+                let headers = response.headers_mut();
+                headers.insert(LOCATION, location);
+                headers.insert(CACHE_CONTROL, NO_STORE);
+                response
+            }
+            Redirect::Page(page) => page,
+        }
+    }
+
+    /// The redirect's work: the link looked up, the click handed over. `location` makes
+    /// the answer's `Location` from the target, or `None` if it is no header value.
+    pub(crate) async fn redirect_with<H, T>(
+        &self,
+        code: &str,
+        method: ClickMethod,
+        headers: &H,
+        peer: Option<IpAddr>,
+        location: impl FnOnce(&str) -> Option<T>,
+    ) -> Redirect<T>
+    where
+        H: ClickHeaders + ?Sized,
+    {
         // Only the code, the contact and the target are needed: the link is read where the
         // cache holds it.
         let resolved = self
             .engine
-            .resolve_with(code, |link| {
-                ((link.code, (link.account, link.entity)), HeaderValue::from_str(link.target.as_str()))
-            })
+            .resolve_with(code, |link| ((link.code, (link.account, link.entity)), location(link.target.as_str())))
             .await;
         let ((code, contact), location) = match resolved {
-            Ok(Some((code, Ok(location)))) => (code, location),
-            Ok(Some(((code, _), Err(_)))) => {
+            Ok(Some((code, Some(location)))) => (code, location),
+            Ok(Some(((code, _), None))) => {
                 // Stored targets are printable ASCII by construction (and re-checked on decode).
                 tracing::error!(%code, "stored target is not a valid header value");
-                return problem::text(StatusCode::INTERNAL_SERVER_ERROR, "invalid stored link\n");
+                return Redirect::Page(problem::text(StatusCode::INTERNAL_SERVER_ERROR, "invalid stored link\n"));
             }
-            Ok(None) => return problem::not_found_page(),
+            Ok(None) => return Redirect::Page(problem::not_found_page()),
             Err(e) => {
                 tracing::error!(error = %e, "store read failed on redirect");
-                return problem::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n");
+                return Redirect::Page(problem::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n"));
             }
         };
-        let headers = request.headers();
         let click = RawClick {
             code,
             at: Timestamp::now(),
-            method: if request.method() == Method::HEAD { ClickMethod::Head } else { ClickMethod::Get },
-            user_agent: RawClick::header_bytes(headers.get(USER_AGENT)),
-            referer: RawClick::header_bytes(headers.get(REFERER)),
+            method,
+            user_agent: RawClick::header_bytes(headers.first(&USER_AGENT)),
+            referer: RawClick::header_bytes(headers.first(&REFERER)),
             prefetch: prefetch_hints(headers),
             client_ip: self.client_ip(headers, peer),
             evidence: RawClick::browser_evidence(headers),
@@ -65,34 +100,41 @@ impl<S: Store> App<S> {
         match self.clicks.record(click).await {
             Ok(()) => {}
             Err(NotRecorded::OutboxUnavailable) => {
-                return problem::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n");
+                return Redirect::Page(problem::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n"));
             }
             Err(NotRecorded::Stopped) => tracing::debug!("click after the pipeline stopped"),
         }
-        let mut response = Response::new(Full::new(Bytes::new()));
-        *response.status_mut() = StatusCode::FOUND;
-        let headers = response.headers_mut();
-        headers.insert(LOCATION, location);
-        headers.insert(CACHE_CONTROL, NO_STORE);
-        response
+        Redirect::Found(location)
     }
 
     /// The client's address: from the trusted proxy's header when one is configured (its
     /// right-most address, the one that proxy saw), else the peer.
-    fn client_ip(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Option<IpAddr> {
+    fn client_ip<H: ClickHeaders + ?Sized>(&self, headers: &H, peer: Option<IpAddr>) -> Option<IpAddr> {
         let from_proxy = self.client_ip_header.as_ref().and_then(|name| {
-            let value = headers.get_all(name).iter().next_back()?.to_str().ok()?;
+            let value = visible_ascii(headers.last(name)?)?;
             value.rsplit(',').next()?.trim().parse().ok()
         });
         from_proxy.or(peer)
     }
+
+    /// The request's id: a trusted proxy's, else a new one.
+    pub(crate) fn request_id<H: ClickHeaders + ?Sized>(&self, headers: &H) -> RequestId {
+        let trusted = self.client_ip_header.is_some().then(|| headers.first(&X_REQUEST_ID)).flatten();
+        request_id::assign(trusted)
+    }
+}
+
+/// `value` as text if it is what `HeaderValue::to_str` accepts: visible ASCII and tabs.
+pub(crate) fn visible_ascii(value: &[u8]) -> Option<&str> {
+    let visible = value.iter().all(|&b| (b' '..0x7f).contains(&b) || b == b'\t');
+    visible.then(|| std::str::from_utf8(value).ok()).flatten()
 }
 
 /// `name: value` of every prefetch header present; `None` (no allocation) when there are none.
-fn prefetch_hints(headers: &HeaderMap) -> Option<String> {
+fn prefetch_hints<H: ClickHeaders + ?Sized>(headers: &H) -> Option<String> {
     let mut hints: Option<String> = None;
     for name in &PREFETCH_HEADERS {
-        if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
+        if let Some(value) = headers.first(name).and_then(visible_ascii) {
             let hints = hints.get_or_insert_with(String::new);
             if !hints.is_empty() {
                 hints.push_str("; ");

@@ -1,14 +1,11 @@
 //! Running the server: open the store (sled or Redis), bind, serve connections, shut down gracefully.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 
 use shortlinks_core::{AccountId, ContactScope, SledStore, Store, UserId};
 use shortlinks_redis::RedisStore;
@@ -22,7 +19,7 @@ use crate::admission::{self, Admission, ConnectionLimits};
 use crate::app::{App, AppSettings};
 use crate::config::{AccessLog, PublicUrl, Settings, StorageSettings};
 use crate::drain::Drain;
-use crate::{admin, auth, data_dir, idle, ServerError};
+use crate::{admin, auth, data_dir, idle, lane, ServerError};
 
 /// A server that is bound and ready to run.
 pub struct Started {
@@ -197,6 +194,7 @@ pub async fn serve<S: Store>(
     http.header_read_timeout(None).keep_alive(true);
     // A head over the limit is answered 431 and the connection closed.
     http.max_buf_size(limits.max_header_bytes);
+    let http = Arc::new(http);
     let drain = Arc::new(Drain::new());
     let descriptors = admission::raise_descriptor_limit();
     let derived = ConnectionLimits::from_descriptors(descriptors);
@@ -229,20 +227,9 @@ pub async fn serve<S: Store>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let peer = Some(peer.ip());
-        let service = service_fn({
-            let activity = activity.clone();
-            move |request| {
-                let app = app.clone();
-                let in_flight = activity.begin();
-                async move {
-                    let response = app.handle(request, peer).await;
-                    Ok::<_, Infallible>(response.map(|body| idle::TrackedBody::new(body, in_flight)))
-                }
-            }
-        });
-        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let connected =
+            lane::Connected { app: app.clone(), http: http.clone(), peer: Some(peer.ip()), activity: activity.clone() };
+        let connection = lane::serve(stream, connected);
         let drain = drain.clone();
         let id = place.id();
         let connection = async move {

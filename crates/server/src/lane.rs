@@ -1,0 +1,424 @@
+//! The redirect lane: plain `GET|HEAD /{code}` requests answered straight off the socket.
+//!
+//! Under load, hyper's own work per request (a header map, a URI, a request and a response
+//! built and encoded) costs about as much as the redirect itself. The lane parses the head
+//! with httparse, the parser hyper uses, reads the few headers a click needs in place, and
+//! writes the 302 from one buffer.
+//!
+//! It takes only requests it understands whole: HTTP/1.1, GET or HEAD, one alphanumeric
+//! path segment with at most a plain query, a Host, no body framing (`Content-Length`,
+//! `Transfer-Encoding`), no `Expect` or `Upgrade`, `Connection` only `keep-alive` or
+//! `close`, a head inside the size limit. At anything else it hands the connection to
+//! hyper with every byte it has read and not answered, and hyper serves the rest of the
+//! connection. So a malformed, oversized or unusual request meets hyper's checks, never a
+//! second parser's rules.
+
+use std::future::{poll_fn, Future};
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Acquire, Release};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use http_body_util::BodyExt;
+use hyper::header::HeaderName;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::Response;
+use hyper_util::rt::TokioIo;
+use shortlinks_core::model::ClickMethod;
+use shortlinks_core::Store;
+use shortlinks_notes::ClickHeaders;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::app::{is_reserved, App};
+use crate::drain::GracefulConnection;
+use crate::http_date;
+use crate::idle::{Activity, TrackedBody};
+use crate::prefixed::Prefixed;
+use crate::problem::Body;
+use crate::redirect::{visible_ascii, Redirect};
+use crate::request_id::RequestId;
+
+/// Headers the lane reads in one head; a head with more goes to hyper (which takes 100).
+const MAX_HEADERS: usize = 48;
+/// Longer path segments are no code of ours; hyper answers them.
+const MAX_SEGMENT: usize = 64;
+/// A connection's read buffer starts this large, as hyper's does.
+const READ_BUFFER: usize = 8 << 10;
+/// Read into the buffer only with at least this much room.
+const MIN_READ: usize = 1 << 10;
+
+/// What the lane makes of the bytes at the front of a connection.
+#[derive(Debug)]
+pub(crate) enum Head<'h, 'b> {
+    /// A complete redirect request, for the lane.
+    Redirect(PlainGet<'h, 'b>),
+    /// The start of a head that may yet be one: read more.
+    Incomplete,
+    /// Anything else: hyper's.
+    HandOff,
+}
+
+/// A `GET|HEAD /{code}` request the lane answers.
+#[derive(Debug)]
+pub(crate) struct PlainGet<'h, 'b> {
+    /// The head's length in bytes.
+    len: usize,
+    method: ClickMethod,
+    code: &'b str,
+    /// The client asked to close after this answer.
+    close: bool,
+    headers: ParsedHeaders<'h, 'b>,
+}
+
+/// The headers of a head parsed by the lane, read in place.
+#[derive(Debug)]
+pub(crate) struct ParsedHeaders<'h, 'b>(&'h [httparse::Header<'b>]);
+
+impl ClickHeaders for ParsedHeaders<'_, '_> {
+    fn first(&self, name: &HeaderName) -> Option<&[u8]> {
+        let name = name.as_str();
+        self.0.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+    }
+
+    fn last(&self, name: &HeaderName) -> Option<&[u8]> {
+        let name = name.as_str();
+        self.0.iter().rev().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+    }
+}
+
+/// Reads the head at the front of `buf`: the lane's if it is a plain redirect request.
+/// `max_head` is the configured header limit; at it, an unfinished head is hyper's (431).
+pub(crate) fn classify<'h, 'b>(
+    buf: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],
+    max_head: usize,
+) -> Head<'h, 'b> {
+    let mut request = httparse::Request::new(headers);
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= max_head => len,
+        Ok(httparse::Status::Partial) if buf.len() < max_head => return Head::Incomplete,
+        _ => return Head::HandOff,
+    };
+    let httparse::Request { method, path, version, headers } = request;
+    let method = match method {
+        Some("GET") => ClickMethod::Get,
+        Some("HEAD") => ClickMethod::Head,
+        _ => return Head::HandOff,
+    };
+    let Some(target) = path.and_then(|path| path.strip_prefix('/')) else { return Head::HandOff };
+    let (code, query) = target.split_once('?').unwrap_or((target, ""));
+    let plain_code = (1..=MAX_SEGMENT).contains(&code.len())
+        && code.bytes().all(|b| b.is_ascii_alphanumeric())
+        && !is_reserved(code);
+    if version != Some(1) || !plain_code || !query.bytes().all(query_byte) {
+        return Head::HandOff;
+    }
+    let (mut host, mut close) = (false, false);
+    for header in headers.iter() {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("host") {
+            host = true;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for option in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if option.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !option.is_empty() && !option.eq_ignore_ascii_case(b"keep-alive") {
+                    return Head::HandOff;
+                }
+            }
+        } else if ["content-length", "transfer-encoding", "expect", "upgrade"]
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n))
+        {
+            return Head::HandOff;
+        }
+    }
+    // RFC 9112, 3.2: hyper's side answers a missing Host with 400.
+    if !host {
+        return Head::HandOff;
+    }
+    Head::Redirect(PlainGet { len, method, code, close, headers: ParsedHeaders(headers) })
+}
+
+/// A byte of a query as RFC 3986 spells one (pchar, `/`, `?`, `%`): any other goes to hyper.
+fn query_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
+}
+
+/// One connection: answered by the lane while its requests are plain redirects, then by
+/// hyper. Ends when the client closes, asks to close, or the server drains.
+pub(crate) struct Connection<F> {
+    future: Pin<Box<F>>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl<F: Future> Future for Connection<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.future.as_mut().poll(cx)
+    }
+}
+
+impl<F: Future> GracefulConnection for Connection<F> {
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        self.stopping.store(true, Release);
+    }
+}
+
+/// What `serve` needs beside the socket.
+pub(crate) struct Connected<S: Store> {
+    pub(crate) app: Arc<App<S>>,
+    pub(crate) http: Arc<http1::Builder>,
+    pub(crate) peer: Option<IpAddr>,
+    pub(crate) activity: Arc<Activity>,
+}
+
+/// Serves `stream`. The future's poll is where a drain's request to stop is seen (it is
+/// polled right after [`GracefulConnection::graceful_shutdown`]).
+pub(crate) fn serve<S: Store>(
+    stream: TcpStream,
+    connected: Connected<S>,
+) -> Connection<impl Future<Output = io::Result<()>> + Send> {
+    let stopping = Arc::new(AtomicBool::new(false));
+    let future = Box::pin(run(stream, connected, stopping.clone()));
+    Connection { future, stopping }
+}
+
+async fn run<S: Store>(mut stream: TcpStream, connected: Connected<S>, stopping: Arc<AtomicBool>) -> io::Result<()> {
+    let app = &connected.app;
+    let max_head = app.limits.max_header_bytes;
+    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    let mut out = Vec::with_capacity(512);
+    loop {
+        // Every complete request the buffer holds (a client may send several at once).
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let request = match classify(&buf, &mut headers, max_head) {
+                Head::Redirect(request) => request,
+                Head::Incomplete => break,
+                Head::HandOff => return hand_off(stream, buf, connected, stopping).await,
+            };
+            let in_flight = connected.activity.begin();
+            answer(app, &request, connected.peer, &mut out).await;
+            let (len, close) = (request.len, request.close);
+            buf.advance(len);
+            stream.write_all(&out).await?;
+            drop(in_flight);
+            if close {
+                return Ok(());
+            }
+        }
+        if stopping.load(Acquire) {
+            return Ok(());
+        }
+        if buf.capacity() - buf.len() < MIN_READ {
+            buf.reserve(READ_BUFFER);
+        }
+        // A drain's request to stop ends the wait for the next request.
+        let read = poll_fn(|cx| loop {
+            if stopping.load(Acquire) {
+                return Poll::Ready(Ok(0));
+            }
+            ready!(stream.poll_read_ready(cx))?;
+            match stream.try_read_buf(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                read => return Poll::Ready(read),
+            }
+        })
+        .await?;
+        if read == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// The answer to `request`, written into `out`.
+async fn answer<S: Store>(app: &App<S>, request: &PlainGet<'_, '_>, peer: Option<IpAddr>, out: &mut Vec<u8>) {
+    let started = app.log_redirects.then(Instant::now);
+    let id = app.request_id(&request.headers);
+    out.clear();
+    let location = |target: &str| {
+        visible_ascii(target.as_bytes())?;
+        out.extend_from_slice(b"HTTP/1.1 302 Found\r\nlocation: ");
+        out.extend_from_slice(target.as_bytes());
+        Some(())
+    };
+    let status = match app.redirect_with(request.code, request.method, &request.headers, peer, location).await {
+        Redirect::Found(()) => {
+            out.extend_from_slice(b"\r\ncache-control: private, no-store");
+            end_head(out, &id, 0, request.close);
+            302
+        }
+        Redirect::Page(page) => write_page(out, page, request.method == ClickMethod::Head, &id, request.close).await,
+    };
+    if let Some(started) = started {
+        tracing::info!(
+            request_id = id.as_str(),
+            method = if request.method == ClickMethod::Head { "HEAD" } else { "GET" },
+            path = format_args!("/{}", request.code),
+            status,
+            micros = started.elapsed().as_micros() as u64,
+            "redirect"
+        );
+    }
+}
+
+/// Writes any other answer (the 404 page, an error) as hyper would; returns its status.
+async fn write_page(out: &mut Vec<u8>, page: Response<Body>, head: bool, id: &RequestId, close: bool) -> u16 {
+    let (parts, body) = page.into_parts();
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(never) => match never {},
+    };
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+    }
+    end_head(out, id, body.len(), close);
+    if !head {
+        out.extend_from_slice(&body);
+    }
+    parts.status.as_u16()
+}
+
+/// The headers every answer ends with, and the blank line.
+fn end_head(out: &mut Vec<u8>, id: &RequestId, content_length: usize, close: bool) {
+    out.extend_from_slice(b"\r\nx-request-id: ");
+    out.extend_from_slice(id.as_bytes());
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "\r\ncontent-length: {content_length}");
+    if close {
+        out.extend_from_slice(b"\r\nconnection: close");
+    }
+    out.extend_from_slice(b"\r\ndate: ");
+    http_date::write_now(out);
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// hyper serves the rest of the connection, reading `unanswered` first.
+async fn hand_off<S: Store>(
+    stream: TcpStream,
+    unanswered: BytesMut,
+    connected: Connected<S>,
+    stopping: Arc<AtomicBool>,
+) -> io::Result<()> {
+    let Connected { app, http, peer, activity } = connected;
+    let service = service_fn(move |request| {
+        let app = app.clone();
+        let in_flight = activity.begin();
+        async move {
+            let response = app.handle(request, peer).await;
+            Ok::<_, std::convert::Infallible>(response.map(|body| TrackedBody::new(body, in_flight)))
+        }
+    });
+    let io = TokioIo::new(Prefixed::new(unanswered.freeze(), stream));
+    let mut connection = std::pin::pin!(http.serve_connection(io, service));
+    let mut told = false;
+    poll_fn(|cx| {
+        if !told && stopping.load(Acquire) {
+            told = true;
+            connection.as_mut().graceful_shutdown();
+        }
+        connection.as_mut().poll(cx)
+    })
+    .await
+    .map_err(io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lane(head: &str) -> Option<(ClickMethod, String, bool, usize)> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match classify(head.as_bytes(), &mut headers, 16 << 10) {
+            Head::Redirect(r) => Some((r.method, r.code.to_owned(), r.close, r.len)),
+            Head::Incomplete | Head::HandOff => None,
+        }
+    }
+
+    fn verdict(head: &str) -> &'static str {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match classify(head.as_bytes(), &mut headers, 16 << 10) {
+            Head::Redirect(_) => "lane",
+            Head::Incomplete => "incomplete",
+            Head::HandOff => "hyper",
+        }
+    }
+
+    #[test]
+    fn plain_redirect_requests_are_the_lanes() {
+        let head = "GET /AbC123xyz789?utm_source=mail&x=%20 HTTP/1.1\r\nHost: sho.rt\r\nConnection: keep-alive\r\n\r\nGET /next";
+        let (method, code, close, len) = lane(head).unwrap();
+        assert_eq!((method, code.as_str(), close), (ClickMethod::Get, "AbC123xyz789", false));
+        assert_eq!(&head[len..], "GET /next", "the head ends where the next request starts");
+        let (method, _, close, _) = lane("HEAD /abc HTTP/1.1\r\nhost: a\r\nconnection: Close\r\n\r\n").unwrap();
+        assert_eq!((method, close), (ClickMethod::Head, true));
+    }
+
+    #[test]
+    fn everything_else_goes_to_hyper() {
+        for head in [
+            "POST /abc HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /abc HTTP/1.0\r\nHost: a\r\n\r\n",
+            "GET /abc HTTP/1.1\r\n\r\n",
+            "GET /api HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /a/b HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /a-b HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /abc?q=\"x\" HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET http://a/abc HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /abc HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+            "GET /abc HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /abc HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+            "GET /abc HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+            "GET /abc HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n",
+            "GET /abc HTTP/1.1\r\nHost: a\r\nX: \x01\r\n\r\n",
+        ] {
+            assert_eq!(verdict(head), "hyper", "{head:?}");
+        }
+        let many: String = (0..MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert_eq!(verdict(&format!("GET /abc HTTP/1.1\r\nHost: a\r\n{many}\r\n")), "hyper");
+        let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(MAX_SEGMENT + 1));
+        assert_eq!(verdict(&long), "hyper");
+    }
+
+    #[test]
+    fn an_unfinished_head_waits_for_more_up_to_the_limit() {
+        assert_eq!(verdict("GET /abc HTTP/1.1\r\nHost: a\r\n"), "incomplete");
+        assert_eq!(verdict("GE"), "incomplete");
+        let big = format!("GET /abc HTTP/1.1\r\nHost: a\r\nX: {}", "v".repeat(16 << 10));
+        assert_eq!(verdict(&big), "hyper", "at the limit hyper answers 431");
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let complete_but_over = format!("GET /abc HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "v".repeat(100));
+        assert!(matches!(classify(complete_but_over.as_bytes(), &mut headers, 64), Head::HandOff));
+    }
+
+    #[test]
+    fn headers_are_found_by_lowercase_name_first_and_last() {
+        let head = "GET /abc HTTP/1.1\r\nHost: a\r\nUser-Agent: one\r\nX-Forwarded-For: 1.1.1.1\r\nx-forwarded-for: 2.2.2.2\r\n\r\n";
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let Head::Redirect(request) = classify(head.as_bytes(), &mut headers, 16 << 10) else { panic!() };
+        let xff = HeaderName::from_static("x-forwarded-for");
+        assert_eq!(request.headers.first(&hyper::header::USER_AGENT), Some(&b"one"[..]));
+        assert_eq!(request.headers.first(&xff), Some(&b"1.1.1.1"[..]));
+        assert_eq!(request.headers.last(&xff), Some(&b"2.2.2.2"[..]));
+        assert_eq!(request.headers.first(&hyper::header::REFERER), None);
+    }
+}

@@ -1,0 +1,156 @@
+//! The redirect lane over a real socket: plain redirects are answered by the server's own
+//! writer, anything else by hyper from the same connection, and a client cannot tell
+//! which answered.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{code_of, item, metric, TestServer};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One response off a raw connection: status, headers by lowercase name, body.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    /// The header names, with the values that are the same on every answer of its kind.
+    fn shape(&self) -> Vec<(String, Option<String>)> {
+        let varies = ["x-request-id", "date"];
+        self.headers.iter().map(|(k, v)| (k.clone(), (!varies.contains(&k.as_str())).then(|| v.clone()))).collect()
+    }
+}
+
+/// Splits everything a connection sent until it closed into answers; `bodiless` marks
+/// answers to HEAD, whose `content-length` has no body behind it.
+fn answers(mut bytes: &[u8], bodiless: &[bool]) -> Vec<Answer> {
+    let mut out = Vec::new();
+    for &head_only in bodiless {
+        let end = bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete head") + 4;
+        let head = std::str::from_utf8(&bytes[..end]).unwrap();
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+        let headers: BTreeMap<String, String> = lines
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split_once(": ").unwrap())
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+            .collect();
+        let length = if head_only { 0 } else { headers["content-length"].parse::<usize>().unwrap() };
+        out.push(Answer { status, headers, body: bytes[end..end + length].to_vec() });
+        bytes = &bytes[end + length..];
+    }
+    assert!(bytes.is_empty(), "more than expected: {:?}", String::from_utf8_lossy(bytes));
+    out
+}
+
+async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut all)).await.expect("closed").unwrap();
+    all
+}
+
+async fn link(server: &TestServer, url: &str, contact: u64) -> String {
+    let reply = server.post_links(&server.token, &json!([item(url, contact)]).to_string()).await;
+    code_of(reply.json()["_embedded"]["short_links"][0]["url"].as_str().unwrap()).to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_moves_to_hyper_mid_pipeline_and_every_answer_has_the_same_shape() {
+    let server = TestServer::start().await;
+    let code = link(&server, "https://example.com/page?x=1", 5).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    // One write: the lane answers the first request; the second has body framing, so it and
+    // everything after it are hyper's, including a plain redirect and an API call.
+    let requests = format!(
+        "GET /{code}?utm_source=mail HTTP/1.1\r\nHost: sho.rt\r\nUser-Agent: test\r\n\r\n\
+         GET /{code} HTTP/1.1\r\nHost: sho.rt\r\nContent-Length: 0\r\n\r\n\
+         GET /{code} HTTP/1.1\r\nHost: sho.rt\r\n\r\n\
+         GET /healthz HTTP/1.1\r\nHost: sho.rt\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(requests.as_bytes()).await.unwrap();
+    let all = answers(&read_until_closed(&mut stream).await, &[false; 4]);
+    let (lane, hyper) = (&all[0], &all[1]);
+    assert_eq!((lane.status, hyper.status, all[2].status, all[3].status), (302, 302, 302, 200));
+    assert_eq!(lane.headers["location"], "https://example.com/page?x=1");
+    assert_eq!(lane.shape(), hyper.shape(), "the lane's 302 is hyper's");
+    assert_eq!(all[3].body, b"ok\n");
+    assert_eq!(all[3].headers["connection"], "close");
+    let ids: std::collections::BTreeSet<_> = all.iter().map(|a| &a.headers["x-request-id"]).collect();
+    assert_eq!(ids.len(), 4, "every answer has an id of its own");
+    for answer in &all {
+        httpdate_parses(&answer.headers["date"]);
+    }
+    // The three redirects are three clicks, whoever answered them.
+    common::until_settled(server.addr, 3).await;
+    assert_eq!(metric(server.addr, "shortlinks_clicks_recorded_total").await, 3);
+}
+
+fn httpdate_parses(date: &str) {
+    // IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
+    let parts: Vec<&str> = date.split(' ').collect();
+    assert_eq!((date.len(), parts.len(), parts[5]), (29, 6, "GMT"), "{date:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_in_pieces_is_answered_and_a_missing_link_is_the_404_page_from_either_side() {
+    let server = TestServer::start().await;
+    let code = link(&server, "https://example.com/other", 6).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    for piece in ["GET /", &code[..3], &code[3..], " HTTP/1.1\r\nHo", "st: sho.rt\r\n", "\r\n"] {
+        stream.write_all(piece.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut first = vec![0u8; 4096];
+    let n = stream.read(&mut first).await.unwrap();
+    let found = answers(&first[..n], &[false]);
+    assert_eq!((found[0].status, found[0].headers["location"].as_str()), (302, "https://example.com/other"));
+    // The same missing link asked of the lane (GET, HEAD) and of hyper (HTTP/1.0 is hyper's).
+    stream
+        .write_all(
+            b"GET /AAAAAAAAAAAA HTTP/1.1\r\nHost: a\r\n\r\n\
+              HEAD /AAAAAAAAAAAA HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let lane = answers(&read_until_closed(&mut stream).await, &[false, true]);
+    let mut old = TcpStream::connect(server.addr).await.unwrap();
+    old.write_all(b"GET /AAAAAAAAAAAA HTTP/1.0\r\nHost: a\r\n\r\n").await.unwrap();
+    let hyper = answers(&read_until_closed(&mut old).await, &[false]);
+    assert_eq!((lane[0].status, lane[1].status, hyper[0].status), (404, 404, 404));
+    assert_eq!(lane[0].body, hyper[0].body);
+    assert!(lane[0].body.starts_with(b"<!doctype html>"));
+    assert!(lane[1].body.is_empty(), "HEAD has no body");
+    assert_eq!(lane[1].headers["content-length"], lane[0].body.len().to_string());
+    assert_eq!(lane[1].headers["connection"], "close");
+    assert_eq!(lane[0].shape(), hyper[0].shape(), "the lane's 404 is hyper's");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_heads_on_the_lane_get_hypers_answers() {
+    let server = TestServer::start().await;
+    for (request, status) in [
+        ("GET /AAAAAAAAAAAA HTTP/1.1\r\nConnection: close\r\n\r\n", 400), // no Host
+        ("GET /AAAAAAAAAAAA HTTP/1.1\r\nHost a\r\n\r\n", 400),            // no colon
+        ("POST /AAAAAAAAAAAA HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 405),
+        (
+            "GET /AAAAAAAAAAAA HTTP/1.1\r\nHost: a\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            404,
+        ),
+        ("GET /AAAAAAAAAAAA HTTP/1.1\r\nHost: a\r\nConnection: close, upgrade\r\nUpgrade: h2c\r\n\r\n", 404),
+    ] {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let all = read_until_closed(&mut stream).await;
+        let head = String::from_utf8_lossy(&all);
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{request:?}: {head}");
+    }
+}
