@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Acquire, Release};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
@@ -31,9 +31,9 @@ use hyper::service::service_fn;
 use hyper::Response;
 use hyper_util::rt::TokioIo;
 use shortlinks_core::model::ClickMethod;
-use shortlinks_core::Store;
+use shortlinks_core::{Store, TargetUrl};
 use shortlinks_notes::ClickHeaders;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::app::{is_reserved, App};
@@ -42,7 +42,7 @@ use crate::http_date;
 use crate::idle::{Activity, TrackedBody};
 use crate::prefixed::Prefixed;
 use crate::problem::Body;
-use crate::redirect::{visible_ascii, Redirect};
+use crate::redirect::Redirect;
 use crate::request_id::RequestId;
 
 /// Headers the lane reads in one head; a head with more goes to hyper (which takes 100).
@@ -222,18 +222,12 @@ async fn run<S: Store>(mut stream: TcpStream, connected: Connected<S>, stopping:
         if buf.capacity() - buf.len() < MIN_READ {
             buf.reserve(READ_BUFFER);
         }
-        // A drain's request to stop ends the wait for the next request.
-        let read = poll_fn(|cx| loop {
-            if stopping.load(Acquire) {
-                return Poll::Ready(Ok(0));
-            }
-            ready!(stream.poll_read_ready(cx))?;
-            match stream.try_read_buf(&mut buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                read => return Poll::Ready(read),
-            }
-        })
-        .await?;
+        // A drain's request to stop ends the wait for the next request. `read_buf` polls
+        // the socket's `poll_read`, which takes a short read as the socket drained: no
+        // second read that would only say it would block.
+        let mut reading = std::pin::pin!(stream.read_buf(&mut buf));
+        let read =
+            poll_fn(|cx| if stopping.load(Acquire) { Poll::Ready(Ok(0)) } else { reading.as_mut().poll(cx) }).await?;
         if read == 0 {
             return Ok(());
         }
@@ -245,10 +239,11 @@ async fn answer<S: Store>(app: &App<S>, request: &PlainGet<'_, '_>, peer: Option
     let started = app.log_redirects.then(Instant::now);
     let id = app.request_id(&request.headers);
     out.clear();
-    let location = |target: &str| {
-        visible_ascii(target.as_bytes())?;
+    // A `TargetUrl` is printable ASCII (its constructors check, decoding included): a
+    // header value as it is.
+    let location = |target: &TargetUrl| {
         out.extend_from_slice(b"HTTP/1.1 302 Found\r\nlocation: ");
-        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(target.as_str().as_bytes());
         Some(())
     };
     let status = match app.redirect_with(request.code, request.method, &request.headers, peer, location).await {
@@ -300,8 +295,12 @@ async fn write_page(out: &mut Vec<u8>, page: Response<Body>, head: bool, id: &Re
 fn end_head(out: &mut Vec<u8>, id: &RequestId, content_length: usize, close: bool) {
     out.extend_from_slice(b"\r\nx-request-id: ");
     out.extend_from_slice(id.as_bytes());
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "\r\ncontent-length: {content_length}");
+    if content_length == 0 {
+        out.extend_from_slice(b"\r\ncontent-length: 0");
+    } else {
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "\r\ncontent-length: {content_length}");
+    }
     if close {
         out.extend_from_slice(b"\r\nconnection: close");
     }

@@ -9,7 +9,7 @@ use http_body_util::Full;
 use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, LOCATION, REFERER, USER_AGENT};
 use hyper::{Method, Request, Response, StatusCode};
 use shortlinks_core::model::ClickMethod;
-use shortlinks_core::{Store, Timestamp};
+use shortlinks_core::{Store, TargetUrl, Timestamp};
 use shortlinks_notes::{ClickHeaders, NotRecorded, RawClick};
 
 use crate::app::App;
@@ -21,7 +21,7 @@ const NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
 
 /// Headers by which browsers mark speculative loads. Names, not strings: a lookup by
 /// string parses the name again on every request.
-const PREFETCH_HEADERS: [HeaderName; 4] = [
+static PREFETCH_HEADERS: [HeaderName; 4] = [
     HeaderName::from_static("sec-purpose"),
     HeaderName::from_static("purpose"),
     HeaderName::from_static("x-purpose"),
@@ -40,7 +40,7 @@ impl<S: Store> App<S> {
     /// 302 to the original URL, or the 404 page.
     pub(crate) async fn redirect<B>(&self, code: &str, request: &Request<B>, peer: Option<IpAddr>) -> Response<Body> {
         let method = if request.method() == Method::HEAD { ClickMethod::Head } else { ClickMethod::Get };
-        let location = |target: &str| HeaderValue::from_str(target).ok();
+        let location = |target: &TargetUrl| HeaderValue::from_str(target.as_str()).ok();
         match self.redirect_with(code, method, request.headers(), peer, location).await {
             Redirect::Found(location) => {
                 let mut response = Response::new(Full::new(Bytes::new()));
@@ -55,14 +55,14 @@ impl<S: Store> App<S> {
     }
 
     /// The redirect's work: the link looked up, the click handed over. `location` makes
-    /// the answer's `Location` from the target, or `None` if it is no header value.
+    /// the answer's `Location` from the target, or `None` if it cannot.
     pub(crate) async fn redirect_with<H, T>(
         &self,
         code: &str,
         method: ClickMethod,
         headers: &H,
         peer: Option<IpAddr>,
-        location: impl FnOnce(&str) -> Option<T>,
+        location: impl FnOnce(&TargetUrl) -> Option<T>,
     ) -> Redirect<T>
     where
         H: ClickHeaders + ?Sized,
@@ -71,7 +71,7 @@ impl<S: Store> App<S> {
         // cache holds it.
         let resolved = self
             .engine
-            .resolve_with(code, |link| ((link.code, (link.account, link.entity)), location(link.target.as_str())))
+            .resolve_with(code, |link| ((link.code, (link.account, link.entity)), location(&link.target)))
             .await;
         let ((code, contact), location) = match resolved {
             Ok(Some((code, Some(location)))) => (code, location),
@@ -125,7 +125,7 @@ impl<S: Store> App<S> {
 }
 
 /// `value` as text if it is what `HeaderValue::to_str` accepts: visible ASCII and tabs.
-pub(crate) fn visible_ascii(value: &[u8]) -> Option<&str> {
+fn visible_ascii(value: &[u8]) -> Option<&str> {
     let visible = value.iter().all(|&b| (b' '..0x7f).contains(&b) || b == b'\t');
     visible.then(|| std::str::from_utf8(value).ok()).flatten()
 }
