@@ -420,4 +420,166 @@ mod tests {
         assert_eq!(request.headers.last(&xff), Some(&b"2.2.2.2"[..]));
         assert_eq!(request.headers.first(&hyper::header::REFERER), None);
     }
+
+    mod against_hyper {
+        //! Whatever the lane takes, hyper reads the same way: the same method, path, headers
+        //! and no body, and the next request starts where the lane says the head ends. So a
+        //! connection means the same to both, and no request can hide inside another.
+
+        use std::sync::{Arc, Mutex};
+        use std::time::Duration;
+
+        use hyper::header::{HeaderMap, ACCEPT, HOST, USER_AGENT};
+        use hyper::{Method, Request, Version};
+        use proptest::prelude::*;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        use super::*;
+
+        /// What hyper made of one request.
+        struct Seen {
+            method: Method,
+            path: String,
+            version: Version,
+            headers: HeaderMap,
+            bodiless: bool,
+        }
+
+        const FOLLOWING: &[u8] = b"GET /following HTTP/1.1\r\nHost: a\r\n\r\n";
+
+        /// The requests hyper's server reads from `bytes` (followed by nothing more).
+        fn hyper_reads(bytes: Vec<u8>) -> Vec<Seen> {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let (mut client, server) = tokio::io::duplex(1 << 16);
+                let seen = Arc::new(Mutex::new(Vec::new()));
+                let service = service_fn({
+                    let seen = seen.clone();
+                    move |request: Request<hyper::body::Incoming>| {
+                        use hyper::body::Body as _;
+                        seen.lock().unwrap().push(Seen {
+                            method: request.method().clone(),
+                            path: request.uri().path().to_owned(),
+                            version: request.version(),
+                            headers: request.headers().clone(),
+                            bodiless: request.body().is_end_stream(),
+                        });
+                        async {
+                            Ok::<_, std::convert::Infallible>(Response::new(
+                                http_body_util::Empty::<bytes::Bytes>::new(),
+                            ))
+                        }
+                    }
+                });
+                let connection = tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(server), service));
+                client.write_all(&bytes).await.unwrap();
+                // One answer for each request hyper read; then it closes, or waits for more.
+                let answered = async {
+                    let (mut answers, mut chunk) = (Vec::new(), [0u8; 4096]);
+                    while answers.windows(9).filter(|w| w == b"HTTP/1.1 ").count() < 2 {
+                        match client.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => answers.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(5), answered).await;
+                connection.abort();
+                let seen = std::mem::take(&mut *seen.lock().unwrap());
+                seen
+            })
+        }
+
+        /// Heads near the lane's edge: mostly plain redirects, with what would make one
+        /// hyper's mixed in, and now and then a byte overwritten anywhere.
+        fn head() -> impl Strategy<Value = Vec<u8>> {
+            let method = prop_oneof![6 => Just("GET"), 2 => Just("HEAD"), 1 => Just("POST"), 1 => Just("get")];
+            let target = prop_oneof![
+                4 => "/[A-Za-z0-9]{1,14}",
+                4 => "/[A-Za-z0-9]{1,14}\\?[a-z0-9=&%_.~:@/?!$'()*+,;-]{0,20}",
+                1 => "/[A-Za-z0-9]{1,6}[\"{}|\\\\^`#<>\\[\\] ][a-z]{0,4}",
+                1 => "/api|/metrics|/|//x|/a/b|\\*|http://a/b",
+            ];
+            let version = prop_oneof![8 => Just("HTTP/1.1"), 1 => Just("HTTP/1.0"), 1 => Just("HTTP/2.0")];
+            let plain = prop_oneof![
+                Just("Connection: close"),
+                Just("Connection: keep-alive"),
+                Just("connection: Keep-Alive, close"),
+                Just("User-Agent: Mozilla/5.0 (X11)"),
+                Just("user-agent: second"),
+                Just("Accept: text/html"),
+                Just("X-Forwarded-For: 1.2.3.4, 5.6.7.8"),
+                Just("x-forwarded-for: 9.9.9.9"),
+                Just("X-Empty:"),
+                Just("X-Tab: a\tb"),
+                Just("X-Obs: caf\u{e9}"),
+            ]
+            .prop_map(str::to_owned);
+            let hyper_only = prop_oneof![
+                Just("Connection: upgrade"),
+                Just("Upgrade: websocket"),
+                Just("Content-Length: 0"),
+                Just("Content-Length: 4"),
+                Just("Transfer-Encoding: chunked"),
+                Just("Expect: 100-continue"),
+                Just(" Folded: x"),
+                Just("Bad Name: x"),
+                Just("X-Nul: a\0b"),
+            ]
+            .prop_map(str::to_owned);
+            let header = prop_oneof![8 => plain, 1 => hyper_only, 3 => "[A-Za-z-]{1,12}: [ -~]{0,16}"];
+            let host = prop_oneof![9 => Just(true), 1 => Just(false)];
+            let mutation =
+                prop_oneof![3 => Just(None), 1 => (any::<prop::sample::Index>(), any::<u8>()).prop_map(Some)];
+            (method, target, version, prop::collection::vec(header, 0..7), host, any::<prop::sample::Index>(), mutation)
+                .prop_map(|(method, target, version, mut headers, host, at, mutation)| {
+                    if host {
+                        headers.insert(at.index(headers.len() + 1), "Host: sho.rt".to_owned());
+                    }
+                    let mut bytes = format!("{method} {target} {version}\r\n").into_bytes();
+                    for header in headers {
+                        bytes.extend_from_slice(header.as_bytes());
+                        bytes.extend_from_slice(b"\r\n");
+                    }
+                    bytes.extend_from_slice(b"\r\n");
+                    if let Some((at, byte)) = mutation {
+                        let at = at.index(bytes.len());
+                        bytes[at] = byte;
+                    }
+                    bytes
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            #[test]
+            fn what_the_lane_takes_hyper_reads_the_same_way(head in head()) {
+                let mut bytes = head.clone();
+                bytes.extend_from_slice(FOLLOWING);
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let Head::Redirect(request) = classify(&bytes, &mut headers, 16 << 10) else {
+                    return Ok(());
+                };
+                prop_assert_eq!(request.len, head.len(), "the head ends where the next request starts");
+                let seen = hyper_reads(bytes.clone());
+                let first = seen.first().ok_or_else(|| TestCaseError::fail("hyper read no request"))?;
+                let method = if request.method == ClickMethod::Head { Method::HEAD } else { Method::GET };
+                prop_assert_eq!(&first.method, &method);
+                prop_assert_eq!(&first.path, &format!("/{}", request.code));
+                prop_assert_eq!(first.version, Version::HTTP_11);
+                prop_assert!(first.bodiless, "hyper expects a body");
+                let xff = HeaderName::from_static("x-forwarded-for");
+                for name in [&USER_AGENT, &ACCEPT, &HOST, &xff] {
+                    prop_assert_eq!(request.headers.first(name), first.headers.first(name), "{}", name);
+                    prop_assert_eq!(request.headers.last(name), first.headers.last(name), "{}", name);
+                }
+                let next = seen.get(1).map(|s| s.path.as_str());
+                if request.close {
+                    prop_assert_eq!(next, None, "hyper closes after the answer too");
+                } else {
+                    prop_assert_eq!(next, Some("/following"));
+                }
+            }
+        }
+    }
 }
