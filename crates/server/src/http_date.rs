@@ -1,8 +1,10 @@
-//! The `Date` of responses the server writes itself (the redirect lane's), made once a
-//! second per thread, as hyper makes its own.
+//! The `Date` of responses the server writes itself (the redirect lane's), formatted once
+//! a second per thread, as hyper does its own.
 
 use std::cell::Cell;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
+
+use shortlinks_core::Timestamp;
 
 /// An IMF-fixdate is always this long: `Sun, 06 Nov 1994 08:49:37 GMT`.
 const LEN: usize = 29;
@@ -12,21 +14,19 @@ thread_local! {
     static LAST: Cell<(u64, [u8; LEN])> = const { Cell::new((u64::MAX, [0; LEN])) };
 }
 
-/// Appends the current time as an HTTP date.
-pub(crate) fn write_now(out: &mut Vec<u8>) {
-    let now = SystemTime::now();
-    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+/// Appends `at`, to the second, as an HTTP date.
+pub(crate) fn write(out: &mut Vec<u8>, at: Timestamp) {
+    let second = at.as_secs();
     let (last, mut text) = LAST.get();
     if last != second {
-        let formatted = httpdate::fmt_http_date(now);
+        let formatted = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(second));
         // Four-digit years only: the text is the same length until the year 10000.
-        if formatted.len() == LEN {
-            text.copy_from_slice(formatted.as_bytes());
-            LAST.set((second, text));
-        } else {
+        if formatted.len() != LEN {
             out.extend_from_slice(formatted.as_bytes());
             return;
         }
+        text.copy_from_slice(formatted.as_bytes());
+        LAST.set((second, text));
     }
     out.extend_from_slice(&text);
 }
@@ -36,13 +36,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_date_is_now_and_parses_back() {
+    fn dates_are_imf_fixdates_of_their_second() {
         let mut out = Vec::new();
-        write_now(&mut out);
-        write_now(&mut out); // the second call is served from the thread's copy
-        assert_eq!(out.len(), 2 * LEN);
-        let date = httpdate::parse_http_date(std::str::from_utf8(&out[..LEN]).unwrap()).unwrap();
-        let off = SystemTime::now().duration_since(date).unwrap();
-        assert!(off.as_secs() < 60, "{off:?}");
+        write(&mut out, Timestamp(784_111_777_000));
+        write(&mut out, Timestamp(784_111_777_999)); // the same second: the thread's copy
+        write(&mut out, Timestamp(784_111_778_000));
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "Sun, 06 Nov 1994 08:49:37 GMTSun, 06 Nov 1994 08:49:37 GMTSun, 06 Nov 1994 08:49:38 GMT"
+        );
+        let now = Timestamp::now();
+        out.clear();
+        write(&mut out, now);
+        let parsed = httpdate::parse_http_date(std::str::from_utf8(&out).unwrap()).unwrap();
+        assert_eq!(parsed, UNIX_EPOCH + Duration::from_secs(now.as_secs()));
     }
 }

@@ -31,7 +31,7 @@ use hyper::service::service_fn;
 use hyper::Response;
 use hyper_util::rt::TokioIo;
 use shortlinks_core::model::ClickMethod;
-use shortlinks_core::{Store, TargetUrl};
+use shortlinks_core::{Store, TargetUrl, Timestamp};
 use shortlinks_notes::ClickHeaders;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -246,13 +246,17 @@ async fn answer<S: Store>(app: &App<S>, request: &PlainGet<'_, '_>, peer: Option
         out.extend_from_slice(target.as_str().as_bytes());
         Some(())
     };
-    let status = match app.redirect_with(request.code, request.method, &request.headers, peer, location).await {
+    let answered = app.redirect_with(request.code, request.method, &request.headers, peer, location).await;
+    let at = Timestamp::now();
+    let status = match answered {
         Redirect::Found(()) => {
             out.extend_from_slice(b"\r\ncache-control: private, no-store");
-            end_head(out, &id, 0, request.close);
+            end_head(out, &id, 0, request.close, at);
             302
         }
-        Redirect::Page(page) => write_page(out, page, request.method == ClickMethod::Head, &id, request.close).await,
+        Redirect::Page(page) => {
+            write_page(out, page, request.method == ClickMethod::Head, &id, request.close, at).await
+        }
     };
     if let Some(started) = started {
         tracing::info!(
@@ -267,7 +271,14 @@ async fn answer<S: Store>(app: &App<S>, request: &PlainGet<'_, '_>, peer: Option
 }
 
 /// Writes any other answer (the 404 page, an error) as hyper would; returns its status.
-async fn write_page(out: &mut Vec<u8>, page: Response<Body>, head: bool, id: &RequestId, close: bool) -> u16 {
+async fn write_page(
+    out: &mut Vec<u8>,
+    page: Response<Body>,
+    head: bool,
+    id: &RequestId,
+    close: bool,
+    at: Timestamp,
+) -> u16 {
     let (parts, body) = page.into_parts();
     let body = match body.collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -284,15 +295,15 @@ async fn write_page(out: &mut Vec<u8>, page: Response<Body>, head: bool, id: &Re
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
     }
-    end_head(out, id, body.len(), close);
+    end_head(out, id, body.len(), close, at);
     if !head {
         out.extend_from_slice(&body);
     }
     parts.status.as_u16()
 }
 
-/// The headers every answer ends with, and the blank line.
-fn end_head(out: &mut Vec<u8>, id: &RequestId, content_length: usize, close: bool) {
+/// The headers every answer ends with, and the blank line; the date is `at`'s.
+fn end_head(out: &mut Vec<u8>, id: &RequestId, content_length: usize, close: bool, at: Timestamp) {
     out.extend_from_slice(b"\r\nx-request-id: ");
     out.extend_from_slice(id.as_bytes());
     if content_length == 0 {
@@ -305,7 +316,7 @@ fn end_head(out: &mut Vec<u8>, id: &RequestId, content_length: usize, close: boo
         out.extend_from_slice(b"\r\nconnection: close");
     }
     out.extend_from_slice(b"\r\ndate: ");
-    http_date::write_now(out);
+    http_date::write(out, at);
     out.extend_from_slice(b"\r\n\r\n");
 }
 
