@@ -275,16 +275,15 @@ async fn answer<S: Store>(app: &App<S>, request: &PlainGet<'_, '_>, peer: Option
         out.extend_from_slice(target.as_str().as_bytes());
         Some(())
     };
-    let answered = app.redirect_with(request.code, request.method, &request.headers, peer, location).await;
-    let at = Timestamp::now();
-    let status = match answered {
-        Redirect::Found(()) => {
+    let status = match app.redirect_with(request.code, request.method, &request.headers, peer, location).await {
+        Redirect::Found { location: (), at } => {
             out.extend_from_slice(b"\r\ncache-control: private, no-store");
             end_head(out, &id, 0, request.close, at);
             302
         }
         Redirect::Page(page) => {
-            write_page(out, page, request.method == ClickMethod::Head, &id, request.close, at).await
+            let head = request.method == ClickMethod::Head;
+            write_page(out, page, head, &id, request.close, Timestamp::now()).await
         }
     };
     if let Some(started) = started {

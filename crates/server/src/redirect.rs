@@ -30,8 +30,9 @@ static PREFETCH_HEADERS: [HeaderName; 4] = [
 
 /// What a redirect answers, whoever writes it: hyper, or the redirect lane.
 pub(crate) enum Redirect<T> {
-    /// 302 to the link's target, as the caller made it.
-    Found(T),
+    /// 302 to the link's target, as the caller made it. `at` is the click's time, which
+    /// the answer's `Date` may take instead of reading the clock again.
+    Found { location: T, at: Timestamp },
     /// Anything else: the 404 page, or an error.
     Page(Response<Body>),
 }
@@ -42,7 +43,7 @@ impl<S: Store> App<S> {
         let method = if request.method() == Method::HEAD { ClickMethod::Head } else { ClickMethod::Get };
         let location = |target: &TargetUrl| HeaderValue::from_str(target.as_str()).ok();
         match self.redirect_with(code, method, request.headers(), peer, location).await {
-            Redirect::Found(location) => {
+            Redirect::Found { location, .. } => {
                 let mut response = Response::new(Full::new(Bytes::new()));
                 *response.status_mut() = StatusCode::FOUND;
                 let headers = response.headers_mut();
@@ -86,9 +87,10 @@ impl<S: Store> App<S> {
                 return Redirect::Page(problem::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n"));
             }
         };
+        let at = Timestamp::now();
         let click = RawClick {
             code,
-            at: Timestamp::now(),
+            at,
             method,
             user_agent: RawClick::header_bytes(headers.first(&USER_AGENT)),
             referer: RawClick::header_bytes(headers.first(&REFERER)),
@@ -104,7 +106,7 @@ impl<S: Store> App<S> {
             }
             Err(NotRecorded::Stopped) => tracing::debug!("click after the pipeline stopped"),
         }
-        Redirect::Found(location)
+        Redirect::Found { location, at }
     }
 
     /// The client's address: from the trusted proxy's header when one is configured (its
