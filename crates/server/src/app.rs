@@ -11,12 +11,12 @@ use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use shortlinks_core::{CodeLength, InstallationSecret, LinkCache, Shortener, Store};
 use shortlinks_notes::stats::Stats;
-use shortlinks_notes::{ClickRecorder, Pipeline, PipelineBuilder, PipelineConfig};
+use shortlinks_notes::{ClickHeaders, ClickRecorder, Pipeline, PipelineBuilder, PipelineConfig};
 
 use crate::auth::{authenticate, Caller};
 use crate::config::{Limits, PublicUrl};
 use crate::problem::{self, method_not_allowed, Body};
-use crate::request_id;
+use crate::request_id::{self, RequestId, X_REQUEST_ID};
 
 /// What every request handler shares.
 pub struct App<S: Store> {
@@ -127,9 +127,16 @@ impl<S: Store> App<S> {
     {
         let id = self.request_id(request.headers());
         request_id::scope(id.clone(), self.route(request, peer)).map(move |mut response| {
-            response.headers_mut().insert(request_id::X_REQUEST_ID, id.header_value());
+            response.headers_mut().insert(X_REQUEST_ID, id.header_value());
             response
         })
+    }
+
+    /// The request's id: the `X-Request-Id` of a trusted proxy (one whose client-address
+    /// header is trusted), else a new one. Read by hyper's requests and the lane's alike.
+    pub(crate) fn request_id<H: ClickHeaders + ?Sized>(&self, headers: &H) -> RequestId {
+        let trusted = self.client_ip_header.is_some().then(|| headers.first(&X_REQUEST_ID)).flatten();
+        request_id::assign(trusted)
     }
 
     async fn route<B>(&self, request: Request<B>, peer: Option<IpAddr>) -> Response<Body>

@@ -14,7 +14,6 @@ use shortlinks_notes::{ClickHeaders, NotRecorded, RawClick};
 
 use crate::app::App;
 use crate::problem::{self, Body};
-use crate::request_id::{self, RequestId, X_REQUEST_ID};
 
 /// Every click must reach the server, so neither browsers nor proxies may keep the redirect.
 const NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
@@ -117,12 +116,6 @@ impl<S: Store> App<S> {
             value.rsplit(',').next()?.trim().parse().ok()
         });
         from_proxy.or(peer)
-    }
-
-    /// The request's id: a trusted proxy's, else a new one.
-    pub(crate) fn request_id<H: ClickHeaders + ?Sized>(&self, headers: &H) -> RequestId {
-        let trusted = self.client_ip_header.is_some().then(|| headers.first(&X_REQUEST_ID)).flatten();
-        request_id::assign(trusted)
     }
 }
 
