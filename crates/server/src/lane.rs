@@ -88,12 +88,7 @@ pub(crate) struct ParsedHeaders<'h, 'b> {
     lengths: u64,
 }
 
-impl<'h, 'b> ParsedHeaders<'h, 'b> {
-    fn new(headers: &'h [httparse::Header<'b>]) -> Self {
-        let lengths = headers.iter().fold(0, |bits, h| bits | Self::bit(h.name));
-        Self { headers, lengths }
-    }
-
+impl ParsedHeaders<'_, '_> {
     fn bit(name: &str) -> u64 {
         1 << (name.len() % 64)
     }
@@ -149,9 +144,11 @@ pub(crate) fn classify<'h, 'b>(
     if version != Some(1) || !plain_code || !query.bytes().all(query_byte) {
         return Head::HandOff;
     }
-    let (mut host, mut close) = (false, false);
+    // One pass: what makes the request hyper's, and the names' lengths for the lookups.
+    let (mut host, mut close, mut lengths) = (false, false, 0);
     for header in headers.iter() {
         let name = header.name;
+        lengths |= ParsedHeaders::bit(name);
         if name.eq_ignore_ascii_case("host") {
             host = true;
         } else if name.eq_ignore_ascii_case("connection") {
@@ -173,7 +170,7 @@ pub(crate) fn classify<'h, 'b>(
     if !host {
         return Head::HandOff;
     }
-    Head::Redirect(PlainGet { len, method, code, close, headers: ParsedHeaders::new(headers) })
+    Head::Redirect(PlainGet { len, method, code, close, headers: ParsedHeaders { headers, lengths } })
 }
 
 /// A byte of a query as RFC 3986 spells one (pchar, `/`, `?`, `%`): any other goes to hyper.
