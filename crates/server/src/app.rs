@@ -16,6 +16,7 @@ use shortlinks_notes::{ClickHeaders, ClickRecorder, Pipeline, PipelineBuilder, P
 use crate::auth::{authenticate, Caller};
 use crate::config::{Limits, PublicUrl};
 use crate::problem::{self, method_not_allowed, Body};
+use crate::redirect::log_redirect;
 use crate::request_id::{self, RequestId, X_REQUEST_ID};
 
 /// What every request handler shares.
@@ -245,14 +246,9 @@ impl<S: Store> App<S> {
     async fn logged_redirect<B>(&self, code: &str, request: &Request<B>, peer: Option<IpAddr>) -> Response<Body> {
         let started = Instant::now();
         let response = self.redirect(code, request, peer).await;
-        tracing::info!(
-            request_id = request_id::current().as_deref().unwrap_or("-"),
-            method = %request.method(),
-            path = request.uri().path(),
-            status = response.status().as_u16(),
-            micros = started.elapsed().as_micros() as u64,
-            "redirect"
-        );
+        let id = request_id::current();
+        let status = response.status().as_u16();
+        log_redirect(id.as_deref().unwrap_or("-"), request.method().as_str(), request.uri().path(), status, started);
         response
     }
 

@@ -42,7 +42,7 @@ use crate::http_date;
 use crate::idle::{Activity, TrackedBody};
 use crate::prefixed::Prefixed;
 use crate::problem::Body;
-use crate::redirect::Redirect;
+use crate::redirect::{log_redirect, Redirect};
 use crate::request_id::RequestId;
 
 /// Headers the lane reads in one head; a head with more goes to hyper (which takes 100).
@@ -284,14 +284,8 @@ async fn answer<S: Store>(app: &App<S>, request: &PlainGet<'_, '_>, peer: Option
         }
     };
     if let Some(started) = started {
-        tracing::info!(
-            request_id = id.as_str(),
-            method = if request.method == ClickMethod::Head { "HEAD" } else { "GET" },
-            path = format_args!("/{}", request.code),
-            status,
-            micros = started.elapsed().as_micros() as u64,
-            "redirect"
-        );
+        let method = if request.method == ClickMethod::Head { "HEAD" } else { "GET" };
+        log_redirect(id.as_str(), method, &format!("/{}", request.code), status, started);
     }
 }
 
