@@ -40,8 +40,11 @@ pub struct LinkCache {
 
 struct Sets {
     sets: Box<[Set]>,
-    /// Seeded per cache: which set a code lands in cannot be chosen from outside.
-    hasher: foldhash::fast::RandomState,
+    /// Seeded per cache: which set a code lands in cannot be chosen from outside. The
+    /// quality variant, because the set comes from the hash's high bits: the fast one's
+    /// single multiply spreads codes that differ in a few characters unevenly, under some
+    /// seeds, which fills sets early (one seed in 25 kept under 93 in 100 at half capacity).
+    hasher: foldhash::quality::RandomState,
     /// Occupied slots, for [`LinkCache::len`].
     len: AtomicUsize,
 }
@@ -261,16 +264,20 @@ mod tests {
     }
 
     /// The module's claim for sets of four: with half as many links as the capacity,
-    /// about 96 in 100 stay cached (a set overflows only with a fifth link).
+    /// about 96 in 100 stay cached (a set overflows only with a fifth link). It must hold
+    /// for every seed, and for codes that differ in a few characters (the sequential ones
+    /// here), so it is checked under many seeds.
     #[test]
     fn with_half_its_capacity_in_links_nearly_all_stay_cached() {
-        let cache = LinkCache::new(20_000);
         let links: Vec<_> = (0..10_000).map(link).collect();
-        for l in &links {
-            cache.insert(l.clone());
+        for _seed in 0..64 {
+            let cache = LinkCache::new(20_000);
+            for l in &links {
+                cache.insert(l.clone());
+            }
+            let held = links.iter().filter(|l| target(&cache, l).is_some()).count();
+            assert!(held >= 9_300, "{held} of 10 000 held");
         }
-        let held = links.iter().filter(|l| target(&cache, l).is_some()).count();
-        assert!(held >= 9_300, "{held} of 10 000 held");
     }
 
     #[test]
