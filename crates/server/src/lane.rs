@@ -15,6 +15,7 @@
 
 use std::future::{poll_fn, Future};
 use std::io::{self, Write};
+use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
@@ -117,15 +118,20 @@ impl ClickHeaders for ParsedHeaders<'_, '_> {
     }
 }
 
+/// Room for a head's headers. Left uninitialised: the parser writes each slot it fills,
+/// so a zeroed array (1.5 KiB written for every request) would be written twice.
+type HeaderSlots<'b> = [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS];
+
+/// Empty room for [`classify`].
+const fn header_slots<'b>() -> HeaderSlots<'b> {
+    [const { MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
 /// Reads the head at the front of `buf`: the lane's if it is a plain redirect request.
 /// `max_head` is the configured header limit; at it, an unfinished head is hyper's (431).
-pub(crate) fn classify<'h, 'b>(
-    buf: &'b [u8],
-    headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],
-    max_head: usize,
-) -> Head<'h, 'b> {
-    let mut request = httparse::Request::new(headers);
-    let len = match request.parse(buf) {
+pub(crate) fn classify<'h, 'b>(buf: &'b [u8], headers: &'h mut HeaderSlots<'b>, max_head: usize) -> Head<'h, 'b> {
+    let mut request = httparse::Request::new(&mut []);
+    let len = match request.parse_with_uninit_headers(buf, headers) {
         Ok(httparse::Status::Complete(len)) if len <= max_head => len,
         Ok(httparse::Status::Partial) if buf.len() < max_head => return Head::Incomplete,
         _ => return Head::HandOff,
@@ -226,7 +232,7 @@ async fn run<S: Store>(mut stream: TcpStream, connected: Connected<S>, stopping:
     loop {
         // Every complete request the buffer holds (a client may send several at once).
         loop {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut headers = header_slots();
             let request = match classify(&buf, &mut headers, max_head) {
                 Head::Redirect(request) => request,
                 Head::Incomplete => break,
@@ -374,7 +380,7 @@ mod tests {
     use super::*;
 
     fn lane(head: &str) -> Option<(ClickMethod, String, bool, usize)> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = header_slots();
         match classify(head.as_bytes(), &mut headers, 16 << 10) {
             Head::Redirect(r) => Some((r.method, r.code.to_owned(), r.close, r.len)),
             Head::Incomplete | Head::HandOff => None,
@@ -382,7 +388,7 @@ mod tests {
     }
 
     fn verdict(head: &str) -> &'static str {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = header_slots();
         match classify(head.as_bytes(), &mut headers, 16 << 10) {
             Head::Redirect(_) => "lane",
             Head::Incomplete => "incomplete",
@@ -434,7 +440,7 @@ mod tests {
         assert_eq!(verdict("GE"), "incomplete");
         let big = format!("GET /abc HTTP/1.1\r\nHost: a\r\nX: {}", "v".repeat(16 << 10));
         assert_eq!(verdict(&big), "hyper", "at the limit hyper answers 431");
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = header_slots();
         let complete_but_over = format!("GET /abc HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "v".repeat(100));
         assert!(matches!(classify(complete_but_over.as_bytes(), &mut headers, 64), Head::HandOff));
     }
@@ -442,7 +448,7 @@ mod tests {
     #[test]
     fn headers_are_found_by_lowercase_name_first_and_last() {
         let head = "GET /abc HTTP/1.1\r\nHost: a\r\nUser-Agent: one\r\nX-Forwarded-For: 1.1.1.1\r\nx-forwarded-for: 2.2.2.2\r\n\r\n";
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = header_slots();
         let Head::Redirect(request) = classify(head.as_bytes(), &mut headers, 16 << 10) else { panic!() };
         let xff = HeaderName::from_static("x-forwarded-for");
         assert_eq!(request.headers.first(&hyper::header::USER_AGENT), Some(&b"one"[..]));
@@ -589,7 +595,7 @@ mod tests {
             fn what_the_lane_takes_hyper_reads_the_same_way(head in head()) {
                 let mut bytes = head.clone();
                 bytes.extend_from_slice(FOLLOWING);
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut headers = header_slots();
                 let Head::Redirect(request) = classify(&bytes, &mut headers, 16 << 10) else {
                     return Ok(());
                 };
