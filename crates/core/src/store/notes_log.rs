@@ -340,6 +340,12 @@ impl NotesLog {
     fn marks(&self) -> usize {
         self.ledger.lock().visits.len()
     }
+
+    /// Holds the index as a writer would, so a listing started meanwhile must wait.
+    #[cfg(test)]
+    pub(crate) fn hold_index(&self) -> RwLockWriteGuard<'_, NotesIndex> {
+        self.notes.write()
+    }
 }
 
 #[cfg(test)]

@@ -437,30 +437,42 @@ mod tests {
     use super::*;
     use crate::store::conformance;
 
-    /// Listing notes scans them from the start of the scope: it runs off the runtime's
-    /// threads, so other tasks go on meanwhile (here, on a one-thread runtime, they could
-    /// not run at all until an inline scan returned).
+    /// Listing notes reads the file: it runs off the runtime's threads, so other tasks go
+    /// on meanwhile. Another thread holds the index until a second task has run; on this
+    /// one-thread runtime that task can run only if the listing waits elsewhere. Were the
+    /// listing inline, the holder would give up after its timeout and the check fail.
     #[test]
     fn notes_are_listed_off_the_runtime_threads() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
             let dir = tempfile::tempdir().unwrap();
             let store = SledStore::open(dir.path()).unwrap();
-            // Enough notes that the scan to the last page takes milliseconds.
-            let notes: Vec<Note> = (0..50_000).map(|i| conformance::note(i + 1, 1, 10, i)).collect();
+            let notes: Vec<Note> = (0..3).map(|i| conformance::note(i + 1, 1, 10, i)).collect();
             store.append_notes(notes).await.unwrap();
-            let other_ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let flag = other_ran.clone();
-            tokio::spawn(async move { flag.store(true, std::sync::atomic::Ordering::SeqCst) });
+
+            let (held_tx, held_rx) = mpsc::channel();
+            let (ran_tx, ran_rx) = mpsc::channel::<()>();
+            let holder = store.clone();
+            let holding = std::thread::spawn(move || {
+                let _index = holder.journal.hold_index();
+                held_tx.send(()).unwrap();
+                ran_rx.recv_timeout(Duration::from_secs(10)).is_ok()
+            });
+            held_rx.recv().unwrap();
+            tokio::spawn(async move { ran_tx.send(()).ok() });
+
             let query = NotesQuery {
                 account: AccountId(1),
                 entity_type: crate::EntityType::Contacts,
                 entity_ids: None,
-                offset: 49_999,
+                offset: 2,
                 limit: 10,
             };
             assert_eq!(store.list_notes(query).await.unwrap().len(), 1);
-            assert!(other_ran.load(std::sync::atomic::Ordering::SeqCst), "the listing held the runtime's thread");
+            assert!(holding.join().unwrap(), "the listing held the runtime's thread");
         });
     }
 
