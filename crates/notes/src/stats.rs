@@ -44,6 +44,8 @@ pub struct SinkStats {
     pub dead_lettered: AtomicU64,
     /// Answers saying the receiver restricted our access (each a long pause).
     pub restricted: AtomicU64,
+    /// Copies of notes the sink had lately handed on, not sent again.
+    pub copies_skipped: AtomicU64,
 }
 
 impl Stats {
@@ -126,6 +128,7 @@ impl Stats {
                 "shortlinks_sink_restricted_total",
                 "Answers restricting the integration's access (each pauses the sink).",
             ),
+            ("shortlinks_sink_copies_skipped_total", "Copies of notes the sink had lately handed on, not sent again."),
         ] {
             let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
             for (name, s) in sinks.iter() {
@@ -133,7 +136,8 @@ impl Stats {
                     "shortlinks_sink_delivered_total" => s.delivered.load(Relaxed),
                     "shortlinks_sink_failed_attempts_total" => s.failed_attempts.load(Relaxed),
                     "shortlinks_sink_dead_lettered_total" => s.dead_lettered.load(Relaxed),
-                    _ => s.restricted.load(Relaxed),
+                    "shortlinks_sink_restricted_total" => s.restricted.load(Relaxed),
+                    _ => s.copies_skipped.load(Relaxed),
                 };
                 let _ = writeln!(out, "{metric}{{sink=\"{name}\"}} {value}");
             }

@@ -317,3 +317,69 @@ async fn two_nodes_on_one_redis_share_one_allowance() {
     a.terminate().await;
     b.terminate().await;
 }
+
+/// A Redis that stops taking writes for a while (here: paused) carries out every timed-out
+/// write when it resumes, so the writer's retried appends leave copies of one group of
+/// clicks in the outbox. The copies make the same notes, with the same ids: amoCRM, which
+/// does not deduplicate, still gets each note once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_left_by_a_hanging_redis_reach_amocrm_once() {
+    if !shortlinks_redis::testing::available() {
+        return;
+    }
+    const PAUSE: Duration = Duration::from_secs(7);
+    let redis = shortlinks_redis::testing::RedisServer::standalone().unwrap();
+    let stand_in = stand_in_with_token().await;
+    let url = redis.url();
+    let env = [
+        ("SHORTLINKS_STORAGE", "redis"),
+        ("SHORTLINKS_REDIS_URL", url.as_str()),
+        ("SHORTLINKS_REDIS_KEY_PREFIX", "copies"),
+        // Clicks are answered and held in memory while Redis takes no writes.
+        ("SHORTLINKS_DURABILITY", "group"),
+        ("SHORTLINKS_CLIENT_IP_HEADER", "X-Forwarded-For"),
+        ("SHORTLINKS_AMOCRM_BASE_URL", stand_in.url.as_str()),
+        ("SHORTLINKS_AMOCRM_TOKEN", "amo-token"),
+        // Small batches: copies land in batches of their own.
+        ("SHORTLINKS_AMOCRM_BATCH", "4"),
+        ("SHORTLINKS_AMOCRM_LINGER_MS", "0"),
+    ];
+    let dir = common::private_tempdir();
+    let server = Process::serve(dir.path(), &[], &env).await;
+    let token = common::first_token(dir.path());
+    let contacts: Vec<u64> = (1..=24).collect();
+    let codes = links_for(server.addr, &token, &contacts).await;
+    visit_all(server.addr, &codes).await; // a first visitor each, and the links are cached
+
+    let millis = PAUSE.as_millis().to_string();
+    shortlinks_redis::testing::cli(redis.port(), &["CLIENT", "PAUSE", millis.as_str(), "WRITE"]).unwrap();
+    // A second visitor each: the clicks are held, every answer a 302.
+    for (i, code) in codes.iter().enumerate() {
+        let ip = format!("10.2.0.{i}");
+        let headers = [("user-agent", BROWSER), ("x-forwarded-for", ip.as_str())];
+        assert_eq!(send(server.addr, Method::GET, &format!("/{code}"), &headers, Vec::new()).await.status, 302);
+    }
+    let expected = 2 * contacts.len();
+    let retried = stand_in.until(PAUSE * 6, |n| by_request_id(n).len() >= expected).await;
+    assert!(retried, "only {} of {expected} notes", by_request_id(&stand_in.notes()).len());
+    // The copies queue behind: wait until nothing has come for 3 s (a paced sink sends
+    // several requests a second while it has notes).
+    let mut taken = stand_in.notes().len();
+    loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now = stand_in.notes().len();
+        if now == taken {
+            break;
+        }
+        taken = now;
+    }
+
+    let counts = by_request_id(&stand_in.notes());
+    let twice: Vec<_> = counts.values().filter(|&&n| n > 1).collect();
+    assert!(twice.is_empty(), "{} of {} notes came more than once", twice.len(), counts.len());
+    let copies = metric(server.addr, "shortlinks_clicks_dispatched_total").await - expected as u64;
+    eprintln!("copies of clicks dispatched after the pause: {copies}");
+    assert!(copies > 0, "the pause left no copy in the outbox: the test proves nothing");
+    assert!(metric(server.addr, "shortlinks_sink_copies_skipped_total{sink=\"amocrm\"}").await >= copies);
+    assert_eq!(server.terminate().await, 0);
+}

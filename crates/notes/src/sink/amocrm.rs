@@ -12,7 +12,8 @@
 //! - amoCRM's API cannot create `link_followed` notes: the note is a `service_message`
 //!   (or `common`) whose text carries the ORIGINAL URL, never the short one.
 //! - amoCRM does not deduplicate by `request_id`: a request whose answer was lost (a
-//!   timeout) is sent again, and its notes may then exist twice.
+//!   timeout) is sent again, and its notes may then exist twice. Copies of a note in the
+//!   queue are not sent again (`super::delivered`).
 
 use std::time::Duration;
 

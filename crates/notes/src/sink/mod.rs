@@ -13,8 +13,10 @@ use shortlinks_core::Store;
 use tokio::sync::{watch, Notify};
 
 use crate::stats::SinkStats;
+use delivered::RecentlyDelivered;
 
 mod amocrm;
+mod delivered;
 mod http;
 mod oauth;
 mod webhook;
@@ -146,18 +148,25 @@ pub(crate) async fn run_sink<S: Store, K: NoteSink>(
         retry,
         stats,
     };
+    let mut delivered = RecentlyDelivered::default();
     while !*shutdown.borrow() {
         let batch = worker.gather(&wake, &mut shutdown).await;
         if batch.is_empty() {
             continue;
         }
         let mut seen = HashSet::new();
-        let notes: Vec<Note> = batch.iter().filter(|(_, n)| seen.insert(n.id)).map(|(_, n)| n.clone()).collect();
-        if !worker.deliver(notes, &mut shutdown).await {
+        let notes: Vec<Note> = batch
+            .iter()
+            .filter(|(_, n)| !delivered.contains(n.id) && seen.insert(n.id))
+            .map(|(_, n)| n.clone())
+            .collect();
+        worker.stats.copies_skipped.fetch_add((batch.len() - notes.len()) as u64, Relaxed);
+        if !notes.is_empty() && !worker.deliver(notes, &mut shutdown).await {
             return; // stopping: the batch stays queued
         }
+        seen.into_iter().for_each(|id| delivered.insert(id));
         if let Err(e) = worker.store.remove(&worker.queue, batch.iter().map(|(id, _)| *id).collect()).await {
-            tracing::error!(sink = worker.sink.name(), error = %e, "cannot remove delivered notes; they will be sent again");
+            tracing::error!(sink = worker.sink.name(), error = %e, "cannot remove delivered notes from the queue; they come back, and are not sent again");
         }
     }
 }
