@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use shortlinks_core::model::{Click, Link, Note};
 
@@ -164,10 +164,19 @@ impl<S: Store> Dispatcher<S> {
         let now = Timestamp::now().0;
         let mut clicks = Vec::new();
         let mut due = 0;
+        // A write retried after a timeout can be in the outbox twice, byte for byte, and
+        // usually next to its original: the copy is dropped, not dispatched again.
+        let mut distinct: HashSet<&[u8], foldhash::fast::RandomState> = HashSet::default();
         for (_, bytes) in &records {
             // The dispatcher shares the runtime's workers with the redirects: it gives the
             // worker back between pieces of work, so no redirect waits behind a whole batch.
             tokio::task::yield_now().await;
+            if !distinct.insert(bytes.as_slice()) {
+                let copied = Click::decode_group(bytes).map_or(0, |group| group.len());
+                self.stats.clicks_copied.fetch_add(copied as u64, Relaxed);
+                due += 1;
+                continue;
+            }
             match Click::decode_group(bytes) {
                 Ok(group) => {
                     // A group is held until its latest click's hold is over; the ones
@@ -343,6 +352,36 @@ mod tests {
         assert_eq!(dispatcher.stats.duplicate_visits.load(Relaxed), 1);
         assert_eq!(dispatcher.stats.clicks_dispatched.load(Relaxed), 2);
         assert_eq!(dispatcher.dispatch_batch().await.unwrap(), Dispatched::Nothing, "the outbox is empty");
+    }
+
+    /// What a Redis stall leaves: one group of clicks stored three times (two appends that
+    /// timed out, carried out later, and the retry that succeeded), next to each other.
+    #[tokio::test]
+    async fn copies_of_a_record_in_one_lease_are_dropped_not_dispatched_again() {
+        let store = MemoryStore::new();
+        store.insert_links(vec![conformance::link("AAAAAAAAAAAA", 1, 9, "https://x.example/")]).await.unwrap();
+        let visit = |at: u64, agent: &str| Click {
+            user_agent: Some(format!("Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 {agent}")),
+            ..conformance::click("AAAAAAAAAAAA", at)
+        };
+        let group = vec![visit(5_000, "Firefox/125.0"), visit(5_001, "Firefox/126.0")];
+        let other = vec![visit(5_002, "Firefox/127.0")];
+        store.push_records(CLICK_QUEUE, &[group.clone(), group.clone(), group, other]).await.unwrap();
+
+        let dispatcher = dispatcher(store.clone());
+        assert_eq!(dispatcher.dispatch_batch().await.unwrap(), Dispatched::Records(4));
+        assert_eq!(dispatcher.stats.clicks_copied.load(Relaxed), 4, "two copies of two clicks");
+        assert_eq!(dispatcher.stats.clicks_dispatched.load(Relaxed), 3);
+        assert_eq!(dispatcher.stats.notes_written.load(Relaxed), 3);
+        let query = NotesQuery {
+            account: AccountId(1),
+            entity_type: EntityType::Contacts,
+            entity_ids: None,
+            offset: 0,
+            limit: 10,
+        };
+        assert_eq!(store.list_notes(query).await.unwrap().len(), 3);
+        assert_eq!(dispatcher.dispatch_batch().await.unwrap(), Dispatched::Nothing, "the copies left the outbox too");
     }
 
     #[tokio::test]

@@ -21,6 +21,9 @@ pub struct Stats {
     pub clicks_persisted: AtomicU64,
     /// Clicks the dispatcher has finished with.
     pub clicks_dispatched: AtomicU64,
+    /// Clicks in outbox records that were copies of another in the same lease (a store
+    /// write that timed out and was carried out later, then retried): dropped.
+    pub clicks_copied: AtomicU64,
     /// Clicks whose link no longer exists.
     pub unknown_links: AtomicU64,
     /// Visits that became notes.
@@ -91,6 +94,11 @@ impl Stats {
             "shortlinks_clicks_dispatched_total",
             "Clicks the dispatcher finished.",
             self.clicks_dispatched.load(Relaxed),
+        );
+        counter(
+            "shortlinks_clicks_copies_dropped_total",
+            "Clicks in outbox records that copied another record of the same lease.",
+            self.clicks_copied.load(Relaxed),
         );
         counter(
             "shortlinks_clicks_unknown_link_total",
