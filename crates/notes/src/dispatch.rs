@@ -318,6 +318,26 @@ mod tests {
 
     use super::*;
 
+    /// A store holding the one link the clicks name.
+    async fn store_with_link() -> MemoryStore {
+        let store = MemoryStore::new();
+        store.insert_links(vec![conformance::link("AAAAAAAAAAAA", 1, 9, "https://x.example/")]).await.unwrap();
+        store
+    }
+
+    /// A browser's click on that link at `at`; the agent tells visitors apart.
+    fn visit(at: u64, agent: &str) -> Click {
+        Click {
+            user_agent: Some(format!("Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 {agent}")),
+            ..conformance::click("AAAAAAAAAAAA", at)
+        }
+    }
+
+    /// The first ten notes of account 1's contacts.
+    fn every_note() -> NotesQuery {
+        NotesQuery { account: AccountId(1), entity_type: EntityType::Contacts, entity_ids: None, offset: 0, limit: 10 }
+    }
+
     fn dispatcher(store: MemoryStore) -> Dispatcher<MemoryStore> {
         Dispatcher {
             store,
@@ -332,23 +352,14 @@ mod tests {
 
     #[tokio::test]
     async fn two_clicks_in_one_millisecond_are_one_note_and_one_duplicate() {
-        let store = MemoryStore::new();
-        store.insert_links(vec![conformance::link("AAAAAAAAAAAA", 1, 9, "https://x.example/")]).await.unwrap();
-        let mut click = conformance::click("AAAAAAAAAAAA", 5_000);
-        click.user_agent = Some("Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0".into());
+        let store = store_with_link().await;
+        let click = visit(5_000, "Firefox/125.0");
         let twin = Click { nonce: click.nonce + 1, ..click.clone() };
         store.push_records(CLICK_QUEUE, &[vec![click, twin]]).await.unwrap();
 
         let dispatcher = dispatcher(store.clone());
         assert_eq!(dispatcher.dispatch_batch().await.unwrap(), Dispatched::Records(1));
-        let query = NotesQuery {
-            account: AccountId(1),
-            entity_type: EntityType::Contacts,
-            entity_ids: None,
-            offset: 0,
-            limit: 10,
-        };
-        assert_eq!(store.list_notes(query).await.unwrap().len(), 1);
+        assert_eq!(store.list_notes(every_note()).await.unwrap().len(), 1);
         assert_eq!(dispatcher.stats.duplicate_visits.load(Relaxed), 1);
         assert_eq!(dispatcher.stats.clicks_dispatched.load(Relaxed), 2);
         assert_eq!(dispatcher.dispatch_batch().await.unwrap(), Dispatched::Nothing, "the outbox is empty");
@@ -358,12 +369,7 @@ mod tests {
     /// timed out, carried out later, and the retry that succeeded), next to each other.
     #[tokio::test]
     async fn copies_of_a_record_in_one_lease_are_dropped_not_dispatched_again() {
-        let store = MemoryStore::new();
-        store.insert_links(vec![conformance::link("AAAAAAAAAAAA", 1, 9, "https://x.example/")]).await.unwrap();
-        let visit = |at: u64, agent: &str| Click {
-            user_agent: Some(format!("Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 {agent}")),
-            ..conformance::click("AAAAAAAAAAAA", at)
-        };
+        let store = store_with_link().await;
         let group = vec![visit(5_000, "Firefox/125.0"), visit(5_001, "Firefox/126.0")];
         let other = vec![visit(5_002, "Firefox/127.0")];
         store.push_records(CLICK_QUEUE, &[group.clone(), group.clone(), group, other]).await.unwrap();
@@ -373,25 +379,13 @@ mod tests {
         assert_eq!(dispatcher.stats.clicks_copied.load(Relaxed), 4, "two copies of two clicks");
         assert_eq!(dispatcher.stats.clicks_dispatched.load(Relaxed), 3);
         assert_eq!(dispatcher.stats.notes_written.load(Relaxed), 3);
-        let query = NotesQuery {
-            account: AccountId(1),
-            entity_type: EntityType::Contacts,
-            entity_ids: None,
-            offset: 0,
-            limit: 10,
-        };
-        assert_eq!(store.list_notes(query).await.unwrap().len(), 3);
+        assert_eq!(store.list_notes(every_note()).await.unwrap().len(), 3);
         assert_eq!(dispatcher.dispatch_batch().await.unwrap(), Dispatched::Nothing, "the copies left the outbox too");
     }
 
     #[tokio::test]
     async fn the_ledger_is_swept_behind_the_dispatchers_progress_not_the_clock() {
-        let store = MemoryStore::new();
-        store.insert_links(vec![conformance::link("AAAAAAAAAAAA", 1, 9, "https://x.example/")]).await.unwrap();
-        let visit = |at: u64, agent: &str| Click {
-            user_agent: Some(format!("Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 {agent}")),
-            ..conformance::click("AAAAAAAAAAAA", at)
-        };
+        let store = store_with_link().await;
         let (hour, ten_hours) = (3_600_000, 36_000_000);
         let first = dispatcher(store.clone());
         assert_eq!(first.sweep_horizon(Timestamp::now()), None, "nothing dispatched yet");
@@ -420,12 +414,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_running_dispatcher_sweeps_the_ledger_every_few_minutes() {
-        let store = MemoryStore::new();
-        store.insert_links(vec![conformance::link("AAAAAAAAAAAA", 1, 9, "https://x.example/")]).await.unwrap();
-        let visit = |at: u64, agent: &str| Click {
-            user_agent: Some(format!("Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 {agent}")),
-            ..conformance::click("AAAAAAAAAAAA", at)
-        };
+        let store = store_with_link().await;
         let hours = |n: u64| n * 3_600_000;
         store.push_records(CLICK_QUEUE, &[vec![visit(hours(10), "A/1"), visit(hours(12), "B/1")]]).await.unwrap();
         let running = dispatcher(store);

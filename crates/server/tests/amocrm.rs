@@ -275,6 +275,29 @@ async fn oauth_connects_refreshes_and_a_rotation_survives_kill_9_between_refresh
     assert_eq!(server.terminate().await, 0);
 }
 
+/// A node's settings on the Redis at `url` (keys under `prefix`), with addresses from
+/// `X-Forwarded-For`, delivering into the stand-in in batches of four without linger;
+/// `more` added.
+fn on_redis_into_amocrm<'a>(
+    url: &'a str,
+    prefix: &'a str,
+    stand_in: &'a AmoCrmStandIn,
+    more: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![
+        ("SHORTLINKS_STORAGE", "redis"),
+        ("SHORTLINKS_REDIS_URL", url),
+        ("SHORTLINKS_REDIS_KEY_PREFIX", prefix),
+        ("SHORTLINKS_CLIENT_IP_HEADER", "X-Forwarded-For"),
+        ("SHORTLINKS_AMOCRM_BASE_URL", stand_in.url.as_str()),
+        ("SHORTLINKS_AMOCRM_TOKEN", "amo-token"),
+        ("SHORTLINKS_AMOCRM_BATCH", "4"),
+        ("SHORTLINKS_AMOCRM_LINGER_MS", "0"),
+    ];
+    env.extend_from_slice(more);
+    env
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_on_one_redis_share_one_allowance() {
     if !shortlinks_redis::testing::available() {
@@ -283,17 +306,8 @@ async fn two_nodes_on_one_redis_share_one_allowance() {
     let redis = shortlinks_redis::testing::RedisServer::standalone().unwrap();
     let stand_in = stand_in_with_token().await;
     let url = redis.url();
-    let env = [
-        ("SHORTLINKS_STORAGE", "redis"),
-        ("SHORTLINKS_REDIS_URL", url.as_str()),
-        ("SHORTLINKS_REDIS_KEY_PREFIX", "paced"),
-        ("SHORTLINKS_CLIENT_IP_HEADER", "X-Forwarded-For"),
-        ("SHORTLINKS_AMOCRM_BASE_URL", stand_in.url.as_str()),
-        ("SHORTLINKS_AMOCRM_TOKEN", "amo-token"),
-        // Small batches and no linger: many requests, so both nodes send at once.
-        ("SHORTLINKS_AMOCRM_BATCH", "4"),
-        ("SHORTLINKS_AMOCRM_LINGER_MS", "0"),
-    ];
+    // Small batches and no linger: many requests, so both nodes send at once.
+    let env = on_redis_into_amocrm(&url, "paced", &stand_in, &[]);
     let (dir_a, dir_b) = (common::private_tempdir(), common::private_tempdir());
     let a = Process::serve(dir_a.path(), &[], &env).await;
     let token = common::first_token(dir_a.path());
@@ -330,19 +344,9 @@ async fn copies_left_by_a_hanging_redis_reach_amocrm_once() {
     let redis = shortlinks_redis::testing::RedisServer::standalone().unwrap();
     let stand_in = stand_in_with_token().await;
     let url = redis.url();
-    let env = [
-        ("SHORTLINKS_STORAGE", "redis"),
-        ("SHORTLINKS_REDIS_URL", url.as_str()),
-        ("SHORTLINKS_REDIS_KEY_PREFIX", "copies"),
-        // Clicks are answered and held in memory while Redis takes no writes.
-        ("SHORTLINKS_DURABILITY", "group"),
-        ("SHORTLINKS_CLIENT_IP_HEADER", "X-Forwarded-For"),
-        ("SHORTLINKS_AMOCRM_BASE_URL", stand_in.url.as_str()),
-        ("SHORTLINKS_AMOCRM_TOKEN", "amo-token"),
-        // Small batches: copies land in batches of their own.
-        ("SHORTLINKS_AMOCRM_BATCH", "4"),
-        ("SHORTLINKS_AMOCRM_LINGER_MS", "0"),
-    ];
+    // Clicks are answered and held in memory while Redis takes no writes; small batches, so
+    // that copies land in batches of their own.
+    let env = on_redis_into_amocrm(&url, "copies", &stand_in, &[("SHORTLINKS_DURABILITY", "group")]);
     let dir = common::private_tempdir();
     let server = Process::serve(dir.path(), &[], &env).await;
     let token = common::first_token(dir.path());
