@@ -47,7 +47,8 @@ pub struct SinkStats {
     pub dead_lettered: AtomicU64,
     /// Answers saying the receiver restricted our access (each a long pause).
     pub restricted: AtomicU64,
-    /// Copies of notes the sink had lately handed on, not sent again.
+    /// Copies of notes in the sink's queue (of one in the same batch, or of one it handed
+    /// on lately), not sent again.
     pub copies_skipped: AtomicU64,
 }
 
@@ -136,7 +137,7 @@ impl Stats {
                 "shortlinks_sink_restricted_total",
                 "Answers restricting the integration's access (each pauses the sink).",
             ),
-            ("shortlinks_sink_copies_skipped_total", "Copies of notes the sink had lately handed on, not sent again."),
+            ("shortlinks_sink_copies_skipped_total", "Copies of notes in the sink's queue, not sent again."),
         ] {
             let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
             for (name, s) in sinks.iter() {

@@ -4,7 +4,7 @@
 //! carried out later (a paused or overloaded Redis runs it when it resumes, and the
 //! writer or the dispatcher has retried it meanwhile), or when the dispatcher retried a
 //! batch after an error. Every copy has the note's id. The journal keeps one note per id;
-//! amoCRM does not deduplicate, so a copy leased in a later batch became a second note
+//! amoCRM does not deduplicate, so a copy leased in a later batch would be a second note
 //! on the contact.
 //!
 //! Copies sit close together in the queue (the retried writes run one after another),
