@@ -24,15 +24,11 @@ impl RecentlyDelivered {
     /// Ids kept: about 3 MB, over a minute of amoCRM's paced maximum.
     pub(crate) const KEPT: usize = 1 << 17;
 
-    /// Whether the note with this id was handed on lately.
-    pub(crate) fn contains(&self, id: u64) -> bool {
-        self.ids.contains(&id)
-    }
-
-    /// Remembers a note handed on (taken, or set aside for good).
-    pub(crate) fn insert(&mut self, id: u64) {
+    /// Remembers a note being handed on (to be taken, or set aside for good); false if
+    /// it was already, so this one is a copy.
+    pub(crate) fn insert(&mut self, id: u64) -> bool {
         if !self.ids.insert(id) {
-            return;
+            return false;
         }
         self.order.push_back(id);
         if self.order.len() > Self::KEPT {
@@ -40,6 +36,7 @@ impl RecentlyDelivered {
                 self.ids.remove(&oldest);
             }
         }
+        true
     }
 }
 
@@ -52,11 +49,11 @@ mod tests {
         let mut delivered = RecentlyDelivered::default();
         let extra = 10u64;
         for id in 0..RecentlyDelivered::KEPT as u64 + extra {
-            delivered.insert(id);
-            delivered.insert(id); // a second insert is no second place in line
+            assert!(delivered.insert(id));
+            assert!(!delivered.insert(id), "a copy: no second place in line");
         }
-        assert!((0..extra).all(|id| !delivered.contains(id)), "the oldest went");
-        assert!((extra..RecentlyDelivered::KEPT as u64 + extra).all(|id| delivered.contains(id)));
+        assert!((0..extra).all(|id| !delivered.ids.contains(&id)), "the oldest went");
+        assert!((extra..RecentlyDelivered::KEPT as u64 + extra).all(|id| delivered.ids.contains(&id)));
         assert_eq!(delivered.order.len(), RecentlyDelivered::KEPT);
         assert_eq!(delivered.ids.len(), RecentlyDelivered::KEPT);
     }

@@ -1,7 +1,7 @@
 //! Note sinks. The journal is written by the dispatcher itself; every other sink has its own
 //! durable queue and its own worker, so a slow or failing sink delays only itself.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -154,17 +154,13 @@ pub(crate) async fn run_sink<S: Store, K: NoteSink>(
         if batch.is_empty() {
             continue;
         }
-        let mut seen = HashSet::new();
-        let notes: Vec<Note> = batch
-            .iter()
-            .filter(|(_, n)| !delivered.contains(n.id) && seen.insert(n.id))
-            .map(|(_, n)| n.clone())
-            .collect();
+        // Marked as they are picked: `deliver` returns only once each is taken or set
+        // aside, or when stopping, and then this memory goes with the worker.
+        let notes: Vec<Note> = batch.iter().filter(|(_, n)| delivered.insert(n.id)).map(|(_, n)| n.clone()).collect();
         worker.stats.copies_skipped.fetch_add((batch.len() - notes.len()) as u64, Relaxed);
         if !notes.is_empty() && !worker.deliver(notes, &mut shutdown).await {
             return; // stopping: the batch stays queued
         }
-        seen.into_iter().for_each(|id| delivered.insert(id));
         if let Err(e) = worker.store.remove(&worker.queue, batch.iter().map(|(id, _)| *id).collect()).await {
             tracing::error!(sink = worker.sink.name(), error = %e, "cannot remove delivered notes from the queue; they come back, and are not sent again");
         }
