@@ -346,7 +346,7 @@ async fn write_groups<S: Store>(
         if !sightings.is_empty() {
             // Before the clicks can be dispatched: the rule must see each click's neighbours.
             // Best effort: a lost sighting weakens the rule for a moment, never loses a click.
-            if let Err(e) = store.sight(sightings, screen.sighting_lifetime_ms()).await {
+            if let Err(e) = store.sight(sightings, screen.address_rule, screen.sighting_lifetime_ms()).await {
                 tracing::warn!(error = %e, "cannot record the clicks' addresses; the address rule misses them");
             }
         }

@@ -21,7 +21,6 @@ use shortlinks_core::{AccountId, Error, LinkCache, Store};
 use tokio::sync::{watch, Notify};
 
 use crate::classify::NotVisit;
-use crate::gateway::contact_key;
 use crate::note::NoteKeys;
 use crate::screen::Screen;
 use crate::stats::Stats;
@@ -268,17 +267,15 @@ impl<S: Store> Dispatcher<S> {
         Ok(Dispatched::Records(records.len()))
     }
 
-    /// Drops the candidates whose address followed links of too many contacts around
-    /// their time (counted as `many_contacts`): one ledger read per address.
+    /// Drops the candidates whose address was a gateway at their time (counted as
+    /// `many_contacts`): one ledger read per address, of a few spans.
     async fn without_gateways<'c>(
         &self,
         candidates: Vec<([u8; 16], &'c Click, Arc<Link>)>,
     ) -> Result<Vec<([u8; 16], &'c Click, Arc<Link>)>, Error> {
-        let rule = self.screen.address_rule;
-        if rule.contacts == 0 || candidates.is_empty() {
+        if self.screen.address_rule.contacts == 0 || candidates.is_empty() {
             return Ok(candidates);
         }
-        let window = rule.window_ms();
         let addresses: Vec<Option<[u8; 16]>> =
             candidates.iter().map(|(_, click, _)| click.client_ip.map(|ip| self.screen.keys.address_key(ip))).collect();
         let mut around: HashMap<[u8; 16], (u64, u64)> = HashMap::new();
@@ -288,19 +285,16 @@ impl<S: Store> Dispatcher<S> {
                 *span = (span.0.min(click.at.0), span.1.max(click.at.0));
             }
         }
-        let mut seen = HashMap::with_capacity(around.len());
+        let mut spans = HashMap::with_capacity(around.len());
         for (address, (first, last)) in around {
-            let from = Timestamp(first.saturating_sub(window));
-            let sightings = self.store.sightings(address, from, Timestamp(last.saturating_add(window))).await?;
-            seen.insert(address, sightings);
+            spans.insert(address, self.store.gateway_spans(address, Timestamp(first), Timestamp(last)).await?);
         }
         Ok(candidates
             .into_iter()
             .zip(addresses)
-            .filter(|((_, click, link), address)| {
+            .filter(|((_, click, _), address)| {
                 let Some(address) = address else { return true };
-                let sightings = seen.get(address).map_or(&[][..], Vec::as_slice);
-                let vetoed = rule.vetoes(click.at, contact_key(link.account, link.entity), sightings);
+                let vetoed = spans.get(address).is_some_and(|spans| spans.iter().any(|s| s.holds(click.at)));
                 if vetoed {
                     self.stats.not_visit(NotVisit::ManyContacts);
                 }
@@ -314,7 +308,7 @@ impl<S: Store> Dispatcher<S> {
 #[cfg(test)]
 mod tests {
     use shortlinks_core::store::{conformance, LinkStore, NotesJournal, NotesQuery, Queues};
-    use shortlinks_core::{EntityType, MemoryStore};
+    use shortlinks_core::{EntityRef, EntityType, MemoryStore, ShortCode};
 
     use super::*;
 
@@ -428,6 +422,90 @@ mod tests {
         assert_eq!(stats.visit_marks_forgotten.load(Relaxed), 1);
         stop.send(true).unwrap();
         task.await.unwrap();
+    }
+
+    /// The shape that stalled a node: one address (a mail gateway, or a load test's one
+    /// client) with a million sightings in its window, each of another contact, and a large
+    /// held backlog of its clicks released at once while redirects keep coming. On this
+    /// one-thread runtime a dispatcher that held the thread would starve the "redirects";
+    /// the ledger's spans make each click's screening a look at one span. The runtime runs
+    /// on a thread of its own, so that one held for good fails the test rather than hang it.
+    #[test]
+    fn a_gateways_million_sightings_and_held_backlog_never_hold_the_runtime() {
+        let (done, outcome) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let _ = done.send(runtime.block_on(gateway_backlog()));
+        });
+        // A deadline, not a speed target: the stall this guards against never ended.
+        let (longest, stats) = outcome.recv_timeout(Duration::from_secs(300)).expect("the dispatcher stalled");
+        assert_eq!(stats.not_visits(NotVisit::ManyContacts), 2_000, "every click is the gateway's");
+        assert_eq!(stats.notes_written.load(Relaxed), 0);
+        assert!(longest < Duration::from_secs(2), "a redirect waited {longest:?} for the dispatcher");
+    }
+
+    /// Dispatches the gateway's backlog while "redirects" run; the longest wait between two.
+    async fn gateway_backlog() -> (Duration, Arc<Stats>) {
+        use crate::gateway::contact_key;
+        use shortlinks_core::store::{AddressLedger, Sighting};
+        use shortlinks_core::SledStore;
+
+        const LINKS: u64 = 2_000;
+        const SIGHTINGS: u64 = 1_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let code = |i: u64| format!("G{i:011}");
+        let links = (0..LINKS).map(|i| conformance::link(&code(i), 1, i, "https://x.example/")).collect();
+        store.insert_links(links).await.unwrap();
+        let screen = Arc::new(Screen::new(NoteKeys::new([1; 32], [2; 32]), Duration::from_secs(3600), 5));
+        let address = screen.keys.address_key([127, 0, 0, 1].into());
+        // A million clicks within 50 s, from one address, to contact after contact.
+        let t0 = 1_000_000_000;
+        let at = |n: u64| t0 + n / 20;
+        for batch in 0..SIGHTINGS / 1_000 {
+            let sightings = (batch * 1_000..(batch + 1) * 1_000)
+                .map(|n| Sighting {
+                    address,
+                    contact: contact_key(AccountId(1), EntityRef::contact(n % LINKS)),
+                    at: Timestamp(at(n)),
+                })
+                .collect();
+            store.sight(sightings, screen.address_rule, 600_000).await.unwrap();
+        }
+        // The backlog: a click on every link, spread over those 50 s, in groups of 64.
+        let clicks: Vec<Click> =
+            (0..LINKS).map(|i| conformance::click(&code(i), at(i * (SIGHTINGS / LINKS)))).collect();
+        let groups: Vec<Vec<Click>> = clicks.chunks(64).map(<[Click]>::to_vec).collect();
+        store.push_records(CLICK_QUEUE, &groups).await.unwrap();
+
+        let dispatcher = Dispatcher {
+            store: store.clone(),
+            links: LinkCache::new(4_096),
+            screen,
+            routes: Vec::new(),
+            stats: Arc::new(Stats::default()),
+            wake: Arc::new(Notify::new()),
+            progress: AtomicU64::new(0),
+        };
+        let (stats, cache) = (dispatcher.stats.clone(), dispatcher.links.clone());
+        let (stop, stopped) = watch::channel(false);
+        let dispatching = tokio::spawn(dispatcher.run(stopped));
+        // "Redirects": a cached link read every millisecond; the longest wait between two.
+        let redirects = tokio::spawn(async move {
+            let (mut last, mut longest) = (std::time::Instant::now(), Duration::ZERO);
+            let cached = ShortCode::from_key(code(0).as_bytes()).unwrap();
+            while stats.clicks_dispatched.load(Relaxed) < LINKS {
+                assert!(cache.get(&store, &cached).await.unwrap().is_some());
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                longest = longest.max(last.elapsed());
+                last = std::time::Instant::now();
+            }
+            (longest, stats)
+        });
+        let outcome = redirects.await.unwrap();
+        stop.send(true).unwrap();
+        dispatching.await.unwrap();
+        outcome
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use shortlinks_core::model::{Click, ClickMethod};
+use shortlinks_core::store::AddressTally;
 use shortlinks_core::{ShortCode, Timestamp};
 
 use crate::capture::RawClick;
@@ -117,14 +118,23 @@ pub fn replay(
         };
         out.push(Replayed { line: n + 1, code, address, verdict });
     }
-    // The address rule sees every click around each one, later ones included (the hold).
-    let mut by_address: HashMap<IpAddr, Vec<(u64, Timestamp)>> = HashMap::new();
-    for &(_, ip, contact, at) in &visits {
-        by_address.entry(ip).or_default().push((contact, at));
+    // The address rule sees every click around each one, later ones included (the hold):
+    // each address's clicks are counted in time order, and a span a click marks covers the
+    // clicks before it back to the span's start (spans start later as time goes on).
+    let mut by_address: HashMap<IpAddr, Vec<(Timestamp, u64, usize)>> = HashMap::new();
+    for &(at_index, ip, contact, at) in &visits {
+        by_address.entry(ip).or_default().push((at, contact, at_index));
     }
-    for (at_index, ip, contact, at) in visits {
-        if rule.vetoes(at, contact, &by_address[&ip]) {
-            out[at_index].verdict = Verdict::NotVisit(NotVisit::ManyContacts);
+    for clicks in by_address.values_mut() {
+        clicks.sort_unstable();
+        let (mut tally, mut unmarked) = (AddressTally::default(), 0);
+        for (n, &(at, contact, _)) in clicks.iter().enumerate() {
+            let Some(span) = tally.sight(contact, at, rule) else { continue };
+            let first = unmarked.max(clicks.partition_point(|&(at, _, _)| at < span.from));
+            for &(_, _, at_index) in &clicks[first..=n] {
+                out[at_index].verdict = Verdict::NotVisit(NotVisit::ManyContacts);
+            }
+            unmarked = n + 1;
         }
     }
     out

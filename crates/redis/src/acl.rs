@@ -15,6 +15,7 @@ pub const COMMANDS: &[&str] = &[
     "zrange",
     "zrangebyscore",
     "zremrangebyscore",
+    "zremrangebyrank",
     "zcard",
     "hset",
     "hget",

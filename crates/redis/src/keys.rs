@@ -52,9 +52,11 @@ impl Keys {
         format!("{}:rate:{key}", self.prefix)
     }
 
-    /// One address's recent sightings (see `AddressLedger`).
-    pub(crate) fn sightings(&self, address: &[u8; 16]) -> String {
-        format!("{}:seen:{}", self.prefix, hex(address))
+    /// One address's tally (see `AddressLedger`): its most recent contacts and the spans in
+    /// which it was a gateway, under one hash tag (one script updates both).
+    pub(crate) fn sightings(&self, address: &[u8; 16]) -> (String, String) {
+        let tag = hex(address);
+        (format!("{}:seen:{{{tag}}}:contacts", self.prefix), format!("{}:seen:{{{tag}}}:spans", self.prefix))
     }
 
     /// One credential (see `CredentialStore`).

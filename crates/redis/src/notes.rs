@@ -6,7 +6,8 @@ use futures_util::future::try_join_all;
 use shortlinks_core::model::{EntityRef, Note};
 use shortlinks_core::store::{decode, encode};
 use shortlinks_core::store::{
-    AddressLedger, Claimed, NotesJournal, NotesQuery, Sighting, VisitClaim, VisitLedger, VisitRules,
+    AddressLedger, AddressRule, AddressTally, Claimed, GatewaySpan, NotesJournal, NotesQuery, Sighting, VisitClaim,
+    VisitLedger, VisitRules,
 };
 use shortlinks_core::{Error, Timestamp};
 
@@ -47,6 +48,48 @@ if cap > 0 then
 end
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'PX', ARGV[4])
 return 1
+";
+
+/// Counts one address's sightings: the same steps as `shortlinks_core::store::AddressTally`,
+/// made atomically next to its two keys (one hash tag, so one slot), which then live for
+/// the time to live from the last sighting.
+///
+/// KEYS[1] the most recent contacts (a sorted set: member the contact's 8 bytes, score its
+/// latest time), KEYS[2] the spans (a sorted set: member `from:to`, score `to`);
+/// ARGV: the rule's contacts, its window (ms), time to live (ms), the most contacts and
+/// spans kept, then `at, contact` for each sighting, in order. Times are below 2^53, so
+/// Lua's numbers hold them exactly.
+const SIGHT: &str = r"
+local k, window, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local most_contacts, most_spans = tonumber(ARGV[4]), tonumber(ARGV[5])
+local function mark(from, to)
+  local later = redis.call('ZRANGEBYSCORE', KEYS[2], from, '+inf', 'WITHSCORES')
+  for i = 1, #later, 2 do
+    local start = tonumber(string.match(later[i], '^%d+'))
+    if start <= to then
+      from = math.min(from, start)
+      to = math.max(to, tonumber(later[i + 1]))
+      redis.call('ZREM', KEYS[2], later[i])
+    end
+  end
+  redis.call('ZADD', KEYS[2], to, string.format('%d:%d', from, to))
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -most_spans - 1)
+end
+for i = 6, #ARGV, 2 do
+  redis.call('ZADD', KEYS[1], 'GT', ARGV[i], ARGV[i + 1])
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -most_contacts - 1)
+  if k > 0 then
+    local top = redis.call('ZRANGE', KEYS[1], 0, k - 1, 'REV', 'WITHSCORES')
+    if #top == 2 * k then
+      local newest, kth = tonumber(top[2]), tonumber(top[2 * k])
+      if newest - kth <= window then
+        mark(math.max(newest - window, 0), newest)
+      end
+    end
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
 ";
 
 /// `created_at ‖ id`, big-endian: byte order is time order within an entity.
@@ -202,59 +245,61 @@ impl VisitLedger for RedisStore {
 }
 
 impl AddressLedger for RedisStore {
-    /// One sorted set per address (member: time and contact, score: time), its TTL pushed
-    /// on by every sighting; addresses at once.
-    async fn sight(&self, sightings: Vec<Sighting>, keep_ms: u64) -> Result<(), Error> {
+    /// One script call per address, with that address's sightings in order; addresses at
+    /// once. A group of clicks holds at most a writer's group, so no call is larger.
+    async fn sight(&self, sightings: Vec<Sighting>, rule: AddressRule, keep_ms: u64) -> Result<(), Error> {
         let mut by_address: HashMap<[u8; 16], Vec<Sighting>> = HashMap::new();
         for sighting in sightings {
             by_address.entry(sighting.address).or_default().push(sighting);
         }
         let ttl_ms = keep_ms.min(i64::MAX as u64).max(1);
-        let calls = by_address.into_iter().map(|(address, sightings)| async move {
-            let key = self.keys.sightings(&address);
-            let mut zadd = redis::cmd("ZADD");
-            zadd.arg(&key);
-            for s in &sightings {
-                zadd.arg(s.at.0).arg(sighting_member(s.at.0, s.contact).as_slice());
+        let script = redis::Script::new(SIGHT);
+        let calls = by_address.into_iter().map(|(address, sightings)| {
+            let script = &script;
+            async move {
+                let (contacts, spans) = self.keys.sightings(&address);
+                let mut call = script.key(contacts);
+                call.key(spans)
+                    .arg(rule.contacts.min(AddressTally::MOST_CONTACTS as u32))
+                    .arg(rule.window_ms())
+                    .arg(ttl_ms)
+                    .arg(AddressTally::MOST_CONTACTS)
+                    .arg(AddressTally::MOST_SPANS);
+                for s in &sightings {
+                    call.arg(s.at.0).arg(s.contact.to_be_bytes().as_slice());
+                }
+                call.invoke_async::<()>(&mut self.connection()).await.map_err(store_error)
             }
-            let _: i64 = self.query(&zadd).await?;
-            let _: i64 = self.query(redis::cmd("PEXPIRE").arg(&key).arg(ttl_ms)).await?;
-            Ok::<_, Error>(())
         });
         try_join_all(calls).await?;
         Ok(())
     }
 
-    async fn sightings(
+    async fn gateway_spans(
         &self,
         address: [u8; 16],
         from: Timestamp,
         to: Timestamp,
-    ) -> Result<Vec<(u64, Timestamp)>, Error> {
-        let members: Vec<Vec<u8>> =
-            self.query(redis::cmd("ZRANGEBYSCORE").arg(self.keys.sightings(&address)).arg(from.0).arg(to.0)).await?;
-        members
-            .iter()
-            .map(|m| {
-                let bytes: [u8; 16] =
-                    m.as_slice().try_into().map_err(|_| Error::Corrupt("a sighting is not 16 bytes".into()))?;
-                let at = u64::from_be_bytes(bytes[..8].try_into().unwrap_or_default());
-                let contact = u64::from_be_bytes(bytes[8..].try_into().unwrap_or_default());
-                Ok((contact, Timestamp(at)))
-            })
-            .collect()
+    ) -> Result<Vec<GatewaySpan>, Error> {
+        let (_, spans) = self.keys.sightings(&address);
+        let members: Vec<String> = self.query(redis::cmd("ZRANGEBYSCORE").arg(spans).arg(from.0).arg("+inf")).await?;
+        let mut found = Vec::with_capacity(members.len());
+        for member in members {
+            let span = member
+                .split_once(':')
+                .and_then(|(start, end)| {
+                    Some(GatewaySpan { from: Timestamp(start.parse().ok()?), to: Timestamp(end.parse().ok()?) })
+                })
+                .ok_or_else(|| Error::Corrupt(format!("a gateway span reads {member:?}")))?;
+            if span.from <= to {
+                found.push(span);
+            }
+        }
+        Ok(found)
     }
 
-    /// Nothing to do: each address's key expires by its TTL.
+    /// Nothing to do: each address's keys expire by their TTL.
     async fn forget_sightings(&self, _before: Timestamp) -> Result<u64, Error> {
         Ok(0)
     }
-}
-
-/// `at ‖ contact`, big-endian.
-fn sighting_member(at: u64, contact: u64) -> [u8; 16] {
-    let mut member = [0u8; 16];
-    member[..8].copy_from_slice(&at.to_be_bytes());
-    member[8..].copy_from_slice(&contact.to_be_bytes());
-    member
 }

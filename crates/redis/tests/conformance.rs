@@ -18,6 +18,29 @@ async fn standalone_meets_the_contract() {
     conformance::run(&RedisStore::open(server.config("conf")).await.unwrap()).await;
 }
 
+/// What Redis keeps for a gateway's address, counted in the keyspace: a hundred thousand
+/// clicks of as many contacts leave at most the tally's bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateways_tally_stays_small_in_the_keyspace() {
+    if !shortlinks_redis::testing::available() {
+        return;
+    }
+    let server = RedisServer::standalone().unwrap();
+    let store = RedisStore::open(server.config("tally")).await.unwrap();
+    let port = server.port();
+    conformance::a_gateways_tally_stays_small(&store, 100, |address| async move {
+        let tag: String = address.iter().map(|b| format!("{b:02x}")).collect();
+        let count = |kind: &str| {
+            let key = format!("tally:seen:{{{tag}}}:{kind}");
+            shortlinks_redis::testing::cli(port, &["ZCARD", &key]).unwrap().trim().parse::<usize>().unwrap()
+        };
+        let keys = shortlinks_redis::testing::cli(port, &["--scan", "--pattern", "tally:seen:*"]).unwrap();
+        assert_eq!(keys.lines().count(), 2, "two keys for the address: {keys}");
+        count("contacts") + count("spans")
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_meets_the_contract_and_shares_queues() {
     if !shortlinks_redis::testing::available() {

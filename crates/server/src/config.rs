@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use hyper::header::HeaderName;
 use serde::Deserialize;
+use shortlinks_core::store::AddressTally;
 use shortlinks_core::store::Rate;
 use shortlinks_core::{AccountId, CodeLength, LinkCache, SledStore};
 use shortlinks_notes::gateway::AddressRule;
@@ -129,7 +130,8 @@ pub struct SettingsLayer {
     #[arg(long, env = "SHORTLINKS_NOTE_HOLD_SECS")]
     pub note_hold_secs: Option<u64>,
     /// An address that follows links of this many different contacts within
-    /// `address_rule_window_secs` is a gateway, not a person (default 3; 0: no such rule).
+    /// `address_rule_window_secs` is a gateway, not a person (default 3; 0: no such rule;
+    /// at most 16).
     #[arg(long, env = "SHORTLINKS_ADDRESS_RULE_CONTACTS")]
     pub address_rule_contacts: Option<u32>,
     /// The window of the address rule in seconds (default 60).
@@ -549,7 +551,15 @@ impl SettingsLayer {
             notes_per_link: self.notes_per_link.unwrap_or(pipeline.notes_per_link),
             note_hold: self.note_hold_secs.map_or(pipeline.note_hold, Duration::from_secs),
             address_rule: AddressRule {
-                contacts: self.address_rule_contacts.unwrap_or(pipeline.address_rule.contacts),
+                contacts: match self.address_rule_contacts.unwrap_or(pipeline.address_rule.contacts) {
+                    n if n as usize > AddressTally::MOST_CONTACTS => {
+                        return Err(ServerError::Config(format!(
+                            "address_rule_contacts must be at most {} (an address's tally keeps that many)",
+                            AddressTally::MOST_CONTACTS
+                        )))
+                    }
+                    n => n,
+                },
                 window: positive(
                     self.address_rule_window_secs,
                     Duration::from_secs,

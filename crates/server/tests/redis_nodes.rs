@@ -191,10 +191,12 @@ async fn redirects_answer_503_while_redis_is_down_and_recover_without_a_restart(
 }
 
 /// In `group` mode a redirect does not wait for its click to be stored. While Redis does
-/// not take writes (here: paused, so every write hangs until the client's timeout), clicks
-/// on a cached link are held in memory and answered while there is room, then refused with
-/// 503; no redirect waits for Redis, not even one that was waiting for room when the
-/// outbox failed. Once Redis takes writes again, every answered click becomes a note.
+/// not take writes (here: paused, so every write hangs until the client's timeout: the
+/// outbox's appends, and the dispatcher's reads of the stream, which Redis counts as
+/// writes), clicks on a cached link are held in memory and answered while there is room,
+/// then refused with 503; no redirect waits for Redis, not even one that was waiting for
+/// room when the outbox failed, and `/healthz` answers throughout. Once Redis takes writes
+/// again, every answered click becomes a note.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_mode_holds_clicks_while_redis_hangs_and_refuses_when_full() {
     if !shortlinks_redis::testing::available() {
@@ -222,6 +224,19 @@ async fn group_mode_holds_clicks_while_redis_hangs_and_refuses_when_full() {
     let millis = PAUSE.as_millis().to_string();
     cli(redis.port(), &["CLIENT", "PAUSE", millis.as_str(), "WRITE"]).unwrap();
     let paused_at = Instant::now();
+    // Health, asked five times a second while the pipeline is stuck: the slowest answer.
+    let addr = server.addr;
+    let health = tokio::spawn(async move {
+        let mut slowest = Duration::ZERO;
+        while paused_at.elapsed() < PAUSE - Duration::from_secs(1) {
+            let asked = Instant::now();
+            let reply = try_send(addr, Method::GET, "/healthz", &[], Vec::new()).await;
+            assert_eq!(reply.map(|r| r.status.as_u16()), Some(200), "/healthz while Redis hangs");
+            slowest = slowest.max(asked.elapsed());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        slowest
+    });
     // 32 visitors at a time until the queue (8192 clicks, plus the group in hand) is full.
     #[derive(Default)]
     struct Tally {
@@ -268,6 +283,8 @@ async fn group_mode_holds_clicks_while_redis_hangs_and_refuses_when_full() {
     assert!(refused > 0, "a full queue refuses rather than grows or waits ({answered} answered)");
     assert!(answered >= 8192, "held while there was room: {answered}");
     assert!(slowest < Duration::from_secs(8), "a redirect waited for Redis: {slowest:?}");
+    let health_slowest = health.await.unwrap();
+    assert!(health_slowest < Duration::from_secs(2), "/healthz waited for Redis: {health_slowest:?}");
 
     tokio::time::sleep(PAUSE.saturating_sub(paused_at.elapsed())).await;
     let expected = answered as usize + 1;

@@ -8,7 +8,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::{
-    Claimed, InsertOutcome, NotesQuery, Rate, RecordQueues, Sighting, Store, VisitClaim, VisitRules, CLICK_QUEUE,
+    AddressRule, AddressTally, Claimed, GatewaySpan, InsertOutcome, NotesQuery, Rate, RecordQueues, Sighting, Store,
+    VisitClaim, VisitRules, CLICK_QUEUE,
 };
 use crate::code::{InstallationSecret, ShortCode};
 use crate::model::{
@@ -348,33 +349,83 @@ async fn credentials<S: Store>(store: &S) {
 
 async fn address_ledger<S: Store>(store: &S) {
     let (a, b) = ([7; 16], [8; 16]);
+    let rule = AddressRule::default(); // three contacts within a minute
     let seen = |address, contact, at| Sighting { address, contact, at: Timestamp(at) };
-    assert!(store.sightings(a, Timestamp(0), Timestamp(u64::MAX)).await.expect("read").is_empty());
-    let sightings = vec![seen(a, 1, 1_000), seen(a, 2, 3_000), seen(b, 9, 2_000), seen(a, 1, 5_000), seen(a, 3, 2_000)];
-    store.sight(sightings.clone(), 60_000).await.expect("sight");
-    store.sight(sightings, 60_000).await.expect("sighting again changes nothing");
-    let got = store.sightings(a, Timestamp(1_000), Timestamp(4_000)).await.expect("read");
-    assert_eq!(
-        got,
-        vec![(1, Timestamp(1_000)), (3, Timestamp(2_000)), (2, Timestamp(3_000))],
-        "both ends included, in time order"
-    );
-    assert_eq!(store.sightings(b, Timestamp(0), Timestamp(10_000)).await.expect("read"), vec![(9, Timestamp(2_000))]);
-    assert!(store.sightings(a, Timestamp(5_001), Timestamp(9_000)).await.expect("read").is_empty());
-    // Whatever a backend forgets, sightings at or after the time given stay.
-    store.forget_sightings(Timestamp(3_000)).await.expect("forget");
-    let kept = store.sightings(a, Timestamp(3_000), Timestamp(10_000)).await.expect("read");
-    assert_eq!(kept, vec![(2, Timestamp(3_000)), (1, Timestamp(5_000))]);
+    let span = |from, to| GatewaySpan { from: Timestamp(from), to: Timestamp(to) };
+    let all = |address| store.gateway_spans(address, Timestamp(0), Timestamp(u64::MAX));
+    assert!(all(a).await.expect("read").is_empty());
+    // Address a: contact 1 twice, then 2 and 3; b: one contact, many times.
+    let sightings = vec![
+        seen(a, 1, 100_000),
+        seen(b, 9, 100_000),
+        seen(a, 1, 130_000),
+        seen(a, 2, 140_000),
+        seen(b, 9, 150_000),
+        seen(a, 3, 150_000),
+    ];
+    store.sight(sightings.clone(), rule, 600_000).await.expect("sight");
+    assert_eq!(all(a).await.expect("read"), [span(90_000, 150_000)], "a window up to the third contact");
+    assert!(all(b).await.expect("read").is_empty(), "one person");
+    store.sight(sightings, rule, 600_000).await.expect("sighting again changes nothing");
+    assert_eq!(all(a).await.expect("read"), [span(90_000, 150_000)]);
+    // A fourth contact extends the span; a gateway again much later makes a second one.
+    store.sight(vec![seen(a, 4, 170_000)], rule, 600_000).await.expect("sight");
+    let later = vec![seen(a, 5, 400_000), seen(a, 6, 400_001), seen(a, 7, 400_002)];
+    store.sight(later, rule, 600_000).await.expect("sight");
+    assert_eq!(all(a).await.expect("read"), [span(90_000, 170_000), span(340_002, 400_002)]);
+    // Only the spans that overlap the range asked for, both ends included.
+    let from_to = |from, to| store.gateway_spans(a, Timestamp(from), Timestamp(to));
+    assert_eq!(from_to(170_000, 340_002).await.expect("read"), all(a).await.expect("read"));
+    assert_eq!(from_to(0, 90_000).await.expect("read"), [span(90_000, 170_000)]);
+    assert!(from_to(170_001, 340_001).await.expect("read").is_empty());
+    // The rule's own numbers decide: two contacts within a minute, by a rule of two.
+    let pairs = AddressRule { contacts: 2, ..rule };
+    store.sight(vec![seen(b, 8, 160_000)], pairs, 600_000).await.expect("sight");
+    assert_eq!(all(b).await.expect("read"), [span(100_000, 160_000)]);
+    // Whatever a backend forgets, spans that end at or after the time given stay.
+    store.forget_sightings(Timestamp(170_000)).await.expect("forget");
+    assert_eq!(all(a).await.expect("read"), [span(90_000, 170_000), span(340_002, 400_002)]);
+}
+
+/// A gateway's `thousands` thousand clicks from one address, each to another contact and
+/// within a minute, cost a tally of constant size: what the backend keeps for the address
+/// is counted by `held` (entries of any kind).
+pub async fn a_gateways_tally_stays_small<S: Store, F, Fut>(store: &S, thousands: u64, held: F)
+where
+    F: Fn([u8; 16]) -> Fut,
+    Fut: Future<Output = usize>,
+{
+    let address = [3; 16];
+    let rule = AddressRule::default();
+    for batch in 0..thousands {
+        let sightings = (0..1_000u64)
+            .map(|n| Sighting { address, contact: batch * 1_000 + n, at: Timestamp(1_000_000 + batch * 50 + n / 20) })
+            .collect();
+        store.sight(sightings, rule, 600_000).await.expect("sight");
+    }
+    let spans = store.gateway_spans(address, Timestamp(0), Timestamp(u64::MAX)).await.expect("read");
+    let last = 1_000_000 + (thousands - 1) * 50 + 49;
+    assert_eq!(spans, [GatewaySpan { from: Timestamp(940_000), to: Timestamp(last) }], "one span, merged");
+    let held = held(address).await;
+    assert!(held <= AddressTally::MOST_CONTACTS + AddressTally::MOST_SPANS, "{held} entries for one address");
 }
 
 /// For backends that sweep sightings themselves (not Redis: a TTL): those before the time
 /// given are gone.
 pub async fn forgets_sightings_before<S: Store>(store: &S) {
     let seen = |contact, at| Sighting { address: [1; 16], contact, at: Timestamp(at) };
-    store.sight(vec![seen(1, 1_000), seen(2, 2_000), seen(3, 3_000)], 60_000).await.expect("sight");
-    assert_eq!(store.forget_sightings(Timestamp(2_001)).await.expect("forget"), 2);
+    let rule = AddressRule::default();
+    store
+        .sight(vec![seen(1, 1_000), seen(2, 2_000), seen(3, 3_000), seen(4, 200_000)], rule, 60_000)
+        .await
+        .expect("sight");
+    assert_eq!(store.forget_sightings(Timestamp(3_001)).await.expect("forget"), 4, "three contacts and a span");
+    let all = store.gateway_spans([1; 16], Timestamp(0), Timestamp(u64::MAX)).await.expect("read");
+    assert!(all.is_empty());
+    // What is left still counts: two more contacts with the fourth make a span.
+    store.sight(vec![seen(5, 200_001), seen(6, 200_002)], rule, 60_000).await.expect("sight");
     assert_eq!(
-        store.sightings([1; 16], Timestamp(0), Timestamp(9_000)).await.expect("read"),
-        vec![(3, Timestamp(3_000))]
+        store.gateway_spans([1; 16], Timestamp(0), Timestamp(u64::MAX)).await.expect("read"),
+        [GatewaySpan { from: Timestamp(140_002), to: Timestamp(200_002) }]
     );
 }

@@ -7,9 +7,9 @@ use parking_lot::{Mutex, RwLock};
 
 use super::rate::LocalRates;
 use super::{
-    check_queue_name, decide_visit, keys, AddressLedger, Claimed, CredentialStore, InsertOutcome, LinkStore,
-    NotesJournal, NotesQuery, Queues, Rate, RateLimiter, SecretStore, Sighting, Store, TokenStore, VisitClaim,
-    VisitLedger, VisitRules,
+    check_queue_name, decide_visit, keys, AddressLedger, AddressRule, AddressTally, Claimed, CredentialStore,
+    GatewaySpan, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Queues, Rate, RateLimiter, SecretStore, Sighting,
+    Store, TokenStore, VisitClaim, VisitLedger, VisitRules,
 };
 use crate::code::{InstallationSecret, ShortCode};
 use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, Timestamp, VisitMark};
@@ -41,8 +41,8 @@ struct Rest {
     tokens: BTreeMap<String, ApiToken>,
     secret: Option<InstallationSecret>,
     credentials: HashMap<String, Vec<u8>>,
-    /// (address, time, contact).
-    sightings: std::collections::BTreeSet<([u8; 16], u64, u64)>,
+    /// Each address's tally of sightings.
+    sightings: HashMap<[u8; 16], AddressTally>,
 }
 
 impl MemoryStore {
@@ -220,30 +220,30 @@ impl SecretStore for MemoryStore {
 }
 
 impl AddressLedger for MemoryStore {
-    async fn sight(&self, sightings: Vec<Sighting>, _keep_ms: u64) -> Result<(), Error> {
-        let set = &mut self.rest.lock().sightings;
-        set.extend(sightings.into_iter().map(|s| (s.address, s.at.0, s.contact)));
+    async fn sight(&self, sightings: Vec<Sighting>, rule: AddressRule, _keep_ms: u64) -> Result<(), Error> {
+        let tallies = &mut self.rest.lock().sightings;
+        for s in sightings {
+            tallies.entry(s.address).or_default().sight(s.contact, s.at, rule);
+        }
         Ok(())
     }
 
-    async fn sightings(
+    async fn gateway_spans(
         &self,
         address: [u8; 16],
         from: Timestamp,
         to: Timestamp,
-    ) -> Result<Vec<(u64, Timestamp)>, Error> {
-        let set = &self.rest.lock().sightings;
-        Ok(set
-            .range((address, from.0, 0)..=(address, to.0, u64::MAX))
-            .map(|&(_, at, contact)| (contact, Timestamp(at)))
-            .collect())
+    ) -> Result<Vec<GatewaySpan>, Error> {
+        Ok(self.rest.lock().sightings.get(&address).map(|t| t.spans(from, to).collect()).unwrap_or_default())
     }
 
     async fn forget_sightings(&self, before: Timestamp) -> Result<u64, Error> {
-        let set = &mut self.rest.lock().sightings;
-        let had = set.len();
-        set.retain(|&(_, at, _)| at >= before.0);
-        Ok((had - set.len()) as u64)
+        let mut forgotten = 0;
+        self.rest.lock().sightings.retain(|_, tally| {
+            forgotten += tally.forget(before);
+            !tally.is_empty()
+        });
+        Ok(forgotten)
     }
 }
 

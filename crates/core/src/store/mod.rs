@@ -16,6 +16,7 @@ pub use crate::codec::{decode, encode};
 use crate::model::{AccountId, ApiToken, EntityRef, EntityType, EntryId, Link, Note};
 use crate::Error;
 
+mod address_tally;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 mod frame;
@@ -29,6 +30,7 @@ mod rate;
 mod sightings_log;
 mod sled_store;
 
+pub use address_tally::{AddressRule, AddressTally, GatewaySpan};
 pub use memory::MemoryStore;
 pub use rate::{gcra, Rate};
 pub use sled_store::SledStore;
@@ -282,25 +284,34 @@ pub struct Sighting {
     pub at: crate::Timestamp,
 }
 
-/// Which contacts each client address followed links of, recently: a person follows their
-/// own links, a gateway or scanner everyone's. Kept in the store so that every node sees
-/// the clicks of all.
+/// Which contacts each client address followed links of, recently, told as the spans in
+/// which the address was a gateway by an [`AddressRule`]: a person follows their own links,
+/// a gateway or scanner everyone's. Kept in the store so that every node sees the clicks of
+/// all, and in constant space per address (an [`AddressTally`]), so that a gateway's
+/// millions of clicks cost what a person's few do.
 pub trait AddressLedger: Send + Sync + 'static {
-    /// Records sightings, each kept at least `keep_ms` past its time. Not flushed on its
-    /// own: a crash may lose the last moments of sightings (never a click).
-    fn sight(&self, sightings: Vec<Sighting>, keep_ms: u64) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Counts sightings by `rule`, each address's in the order given; what they tell is kept
+    /// at least `keep_ms` past their time. Not flushed on its own: a crash may lose the last
+    /// moments of sightings (never a click).
+    fn sight(
+        &self,
+        sightings: Vec<Sighting>,
+        rule: AddressRule,
+        keep_ms: u64,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// The sightings of `address` made from `from` to `to`, both included: (contact, time),
-    /// in time order.
-    fn sightings(
+    /// The spans in which `address` was a gateway that overlap `from..=to`, in time order:
+    /// at most [`AddressTally::MOST_SPANS`].
+    fn gateway_spans(
         &self,
         address: [u8; 16],
         from: crate::Timestamp,
         to: crate::Timestamp,
-    ) -> impl Future<Output = Result<Vec<(u64, crate::Timestamp)>, Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<GatewaySpan>, Error>> + Send;
 
-    /// Forgets sightings made before `before`; returns how many. Backends whose sightings
-    /// expire by themselves may forget none here (Redis: a TTL on each address's key).
+    /// Forgets contacts last seen, and spans ended, before `before`; returns how many.
+    /// Backends whose entries expire by themselves may forget none here (Redis: a TTL on
+    /// each address's keys).
     fn forget_sightings(&self, before: crate::Timestamp) -> impl Future<Output = Result<u64, Error>> + Send;
 }
 

@@ -43,9 +43,9 @@ use super::queue_log::{Position, QueueLog, SEGMENT_BYTES};
 use super::rate::LocalRates;
 use super::sightings_log::SightingsLog;
 use super::{
-    check_queue_name, keys, AddressLedger, Claimed, CredentialStore, InsertOutcome, LinkStore, NotesJournal,
-    NotesQuery, Queues, Rate, RateLimiter, SecretStore, Sighting, Store, TokenStore, VisitClaim, VisitLedger,
-    VisitRules,
+    check_queue_name, keys, AddressLedger, AddressRule, Claimed, CredentialStore, GatewaySpan, InsertOutcome,
+    LinkStore, NotesJournal, NotesQuery, Queues, Rate, RateLimiter, SecretStore, Sighting, Store, TokenStore,
+    VisitClaim, VisitLedger, VisitRules,
 };
 use crate::code::{InstallationSecret, ShortCode};
 use crate::codec::{decode, encode};
@@ -372,17 +372,18 @@ impl SecretStore for SledStore {
 
 impl AddressLedger for SledStore {
     /// One unsynced write per group, on the blocking pool (a write can wait on the disk).
-    async fn sight(&self, sightings: Vec<Sighting>, _keep_ms: u64) -> Result<(), Error> {
-        self.blocking(move |s| s.sightings.sight(&sightings)).await
+    async fn sight(&self, sightings: Vec<Sighting>, rule: AddressRule, _keep_ms: u64) -> Result<(), Error> {
+        self.blocking(move |s| s.sightings.sight(&sightings, rule)).await
     }
 
-    async fn sightings(
+    /// In memory: a probe and a look at a few spans, on the caller's thread.
+    async fn gateway_spans(
         &self,
         address: [u8; 16],
         from: Timestamp,
         to: Timestamp,
-    ) -> Result<Vec<(u64, Timestamp)>, Error> {
-        Ok(self.sightings.sightings(&address, from, to))
+    ) -> Result<Vec<GatewaySpan>, Error> {
+        Ok(self.sightings.gateway_spans(&address, from, to))
     }
 
     async fn forget_sightings(&self, before: Timestamp) -> Result<u64, Error> {
@@ -436,6 +437,14 @@ mod tests {
 
     use super::*;
     use crate::store::conformance;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gateways_million_clicks_keep_its_tally_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        conformance::a_gateways_tally_stays_small(&store, 1_000, |a| std::future::ready(store.sightings.held(&a)))
+            .await;
+    }
 
     /// Listing notes reads the file: it runs off the runtime's threads, so other tasks go
     /// on meanwhile. Another thread holds the index until a second task has run; on this
