@@ -68,6 +68,9 @@ Scenarios, in this order:
                        redis-server, redis-acked a primary and a replica, with every
                        durable write waiting for the replica (redis_replicas_ack = 1)
   --baseline PATH      another shortlinks binary, run on sled in the same rounds
+  --production-rules   keep the note hold (60 s) and the address rule (3 contacts a
+                       minute) on: the repeat visitor is then a gateway, and each
+                       run's clicks are released together a hold later, during settling
   --amocrm-drain       instead: 10000 visits on 10000 contacts drained into an amoCRM
                        stand-in at the default pacing, with redirects measured during
                        the drain against a server without the sink (see amocrm_drain.rs)";
@@ -102,6 +105,8 @@ struct Options {
     scenarios: Vec<Scenario>,
     /// The amoCRM drain scenario instead of the side-by-side runs.
     amocrm_drain: bool,
+    /// The note hold and the address rule as a production server has them.
+    production_rules: bool,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -115,6 +120,7 @@ fn options() -> anyhow::Result<Options> {
         baseline: None,
         scenarios: vec![Scenario::Cold, Scenario::Repeat, Scenario::Campaign],
         amocrm_drain: false,
+        production_rules: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -132,6 +138,7 @@ fn options() -> anyhow::Result<Options> {
             "--storage" => o.storages = value()?.split(',').map(str::to_owned).collect(),
             "--baseline" => o.baseline = Some(value()?.into()),
             "--amocrm-drain" => o.amocrm_drain = true,
+            "--production-rules" => o.production_rules = true,
             "--scenarios" => o.scenarios = value()?.split(',').map(Scenario::parse).collect::<Result<_, _>>()?,
             other => bail!("unknown option {other} (see --help)"),
         }
@@ -282,6 +289,9 @@ struct Run {
     /// Clicks shortlinks had recorded but not yet settled when wrk stopped (none for the
     /// reference): shows whether the pipeline kept up or left work for after the run.
     backlog: u64,
+    /// The slowest of the `/healthz` answers asked for ten times a second from wrk's start
+    /// until the backlog was settled: whether the node stayed responsive throughout.
+    health_ms: f64,
 }
 
 impl Run {
@@ -383,6 +393,8 @@ async fn wrk(server: &Server, script: &Path, connections: usize, seconds: u64, a
     let pid = server.child.id().context("the server has exited")?;
     let cpu_before = cpu_seconds(pid).context("cannot read the server's CPU time")?;
     let addr = &server.addr;
+    let (stop_probe, probe_stopped) = tokio::sync::watch::channel(false);
+    let probe = tokio::spawn(slowest_health(addr.clone(), probe_stopped));
     let output = tokio::time::timeout(
         Duration::from_secs(seconds + 30),
         // Under bash's `time`, which reports wrk's own CPU time on stderr.
@@ -412,6 +424,8 @@ async fn wrk(server: &Server, script: &Path, connections: usize, seconds: u64, a
     // later is still this run's work.
     let backlog = settle(addr).await?;
     let cpu = cpu_seconds(pid).context("cannot read the server's CPU time")? - cpu_before;
+    stop_probe.send(true)?;
+    let health_ms = probe.await??.as_secs_f64() * 1000.0;
     // `1234567 requests in 10.00s, 123.45MB read`
     let requests: f64 = text
         .lines()
@@ -426,7 +440,35 @@ async fn wrk(server: &Server, script: &Path, connections: usize, seconds: u64, a
         .and_then(|l| l.split_whitespace().map(str::parse::<f64>).sum::<Result<f64, _>>().ok())
         .context("no CPU time from `time wrk`")?;
     let per_request = |seconds: f64| seconds * 1e6 / requests.max(1.0);
-    Ok(Run { rps, p50_ms: p50, p99_ms: p99, cpu_us: per_request(cpu), wrk_cpu_us: per_request(wrk_cpu), backlog })
+    let (cpu_us, wrk_cpu_us) = (per_request(cpu), per_request(wrk_cpu));
+    Ok(Run { rps, p50_ms: p50, p99_ms: p99, cpu_us, wrk_cpu_us, backlog, health_ms })
+}
+
+/// Asks `addr` for `/healthz` ten times a second, each on a new connection, until
+/// `stop`; returns the slowest answer (an unanswered one counts as 10 s and ends it).
+async fn slowest_health(addr: String, mut stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<Duration> {
+    let mut slowest = Duration::ZERO;
+    while !*stop.borrow() {
+        let asked = Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(10), async {
+            let stream = tokio::net::TcpStream::connect(&addr).await?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let request = Request::get("/healthz").header("host", &addr).body(Full::new(Bytes::new()))?;
+            sender.send_request(request).await?.into_body().collect().await?;
+            anyhow::Ok(())
+        })
+        .await;
+        slowest = slowest.max(asked.elapsed());
+        if !matches!(answer, Ok(Ok(()))) {
+            return Ok(slowest.max(Duration::from_secs(10)));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    Ok(slowest)
 }
 
 fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
@@ -592,7 +634,7 @@ async fn rounds(
                 };
                 let run = wrk(&contenders[i].server, script, connections, o.seconds, AGENT).await?;
                 eprintln!(
-                    "  {scenario:?} c={connections} round {} {:<17} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms  cpu {:.1} us/req  wrk {:.2} us/req  backlog {} ({:.1} ms)",
+                    "  {scenario:?} c={connections} round {} {:<17} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms  cpu {:.1} us/req  wrk {:.2} us/req  backlog {} ({:.1} ms)  /healthz slowest {:.1} ms",
                     round + 1,
                     contenders[i].name,
                     run.rps,
@@ -601,7 +643,8 @@ async fn rounds(
                     run.cpu_us,
                     run.wrk_cpu_us,
                     run.backlog,
-                    run.backlog_ms()
+                    run.backlog_ms(),
+                    run.health_ms
                 );
                 all[i].push(run);
             }
@@ -615,8 +658,9 @@ async fn rounds(
             let (cpu, cpu_min, cpu_max) = stats(runs, |r| r.cpu_us);
             let (wrk, wrk_min, wrk_max) = stats(runs, |r| r.wrk_cpu_us);
             let (backlog, _, backlog_max) = stats(runs, Run::backlog_ms);
+            let (_, _, health_max) = stats(runs, |r| r.health_ms);
             println!(
-                "  {:<17} {rps:>9.0} req/s [{rps_min:.0}, {rps_max:.0}]  p50 {p50:.2} ms [{p50_min:.2}, {p50_max:.2}]  p99 {p99:.2} ms [{p99_min:.2}, {p99_max:.2}]  cpu {cpu:.1} us/req [{cpu_min:.1}, {cpu_max:.1}]  wrk {wrk:.2} us/req [{wrk_min:.2}, {wrk_max:.2}]  backlog {backlog:.1} ms (max {backlog_max:.1})",
+                "  {:<17} {rps:>9.0} req/s [{rps_min:.0}, {rps_max:.0}]  p50 {p50:.2} ms [{p50_min:.2}, {p50_max:.2}]  p99 {p99:.2} ms [{p99_min:.2}, {p99_max:.2}]  cpu {cpu:.1} us/req [{cpu_min:.1}, {cpu_max:.1}]  wrk {wrk:.2} us/req [{wrk_min:.2}, {wrk_max:.2}]  backlog {backlog:.1} ms (max {backlog_max:.1})  /healthz slowest {health_max:.1} ms",
                 contender.name
             );
         }
@@ -667,7 +711,9 @@ async fn main() -> anyhow::Result<()> {
         runs.push(("baseline-sled".into(), baseline.clone(), "sled"));
     }
     for (name, binary, storage) in &runs {
-        let (contender, made) = shortlinks_on(name, binary, storage, work.path(), o.links, &[]).await?;
+        let production = [("SHORTLINKS_NOTE_HOLD_SECS", "60"), ("SHORTLINKS_ADDRESS_RULE_CONTACTS", "3")];
+        let env: &[(&str, &str)] = if o.production_rules { &production } else { &[] };
+        let (contender, made) = shortlinks_on(name, binary, storage, work.path(), o.links, env).await?;
         contenders.push(contender);
         // Codes depend on each store's own secret: wrk uses the first server's.
         if links.is_empty() {
