@@ -84,7 +84,12 @@ impl AddressTally {
         if k == 0 || self.recent.len() < k {
             return None;
         }
-        let mut latest: Vec<u64> = self.recent.iter().map(|&(at, _)| at).collect();
+        // On the stack: this runs for every sighting.
+        let mut latest = [0u64; Self::MOST_CONTACTS];
+        for (slot, &(at, _)) in latest.iter_mut().zip(&self.recent) {
+            *slot = at;
+        }
+        let latest = &mut latest[..self.recent.len()];
         latest.sort_unstable_by(|a, b| b.cmp(a));
         let (newest, kth) = (latest[0], latest[k - 1]);
         (newest - kth <= rule.window_ms()).then(|| {
