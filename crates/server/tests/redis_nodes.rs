@@ -284,6 +284,7 @@ async fn group_mode_holds_clicks_while_redis_hangs_and_refuses_when_full() {
     assert!(answered >= 8192, "held while there was room: {answered}");
     assert!(slowest < Duration::from_secs(8), "a redirect waited for Redis: {slowest:?}");
     let health_slowest = health.await.unwrap();
+    eprintln!("paused {PAUSE:?}: {answered} answered, {refused} refused, slowest redirect {slowest:?}, slowest /healthz {health_slowest:?}");
     assert!(health_slowest < Duration::from_secs(2), "/healthz waited for Redis: {health_slowest:?}");
 
     tokio::time::sleep(PAUSE.saturating_sub(paused_at.elapsed())).await;
