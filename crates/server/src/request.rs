@@ -3,7 +3,8 @@
 //! Pure: bytes in, links or problems out. Every problem of every item is collected, so a
 //! client fixes its request in one round trip, and nothing is created unless all is well.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use shortlinks_core::{EntityRef, EntityType, NewLink, Principal, TargetUrl, MAX_BATCH};
 
@@ -70,10 +71,13 @@ pub fn parse_links(body: &[u8]) -> Result<Vec<NewLink>, BodyProblem> {
     if items.len() > MAX_BATCH {
         return Err(BodyProblem::TooMany(items.len()));
     }
+    // The items as they were written: an id's digits are read from its text, since a
+    // `Value` holds a number with a fraction or exponent as a float, rounded.
+    let written: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| BodyProblem::InvalidJson(e.to_string()))?;
     let mut links = Vec::with_capacity(items.len());
     let mut problems = Vec::new();
-    for (index, item) in items.iter().enumerate() {
-        match parse_item(item) {
+    for (index, (item, text)) in items.iter().zip(written).enumerate() {
+        match parse_item(item, text) {
             Ok(link) => links.push(link),
             Err(errors) => problems.push(ItemErrors { request_id: index.to_string(), errors }),
         }
@@ -117,7 +121,7 @@ pub fn wants_partial(query: Option<&str>) -> Result<bool, String> {
     Ok(partial)
 }
 
-fn parse_item(item: &Value) -> Result<NewLink, Vec<FieldError>> {
+fn parse_item(item: &Value, written: &RawValue) -> Result<NewLink, Vec<FieldError>> {
     let Value::Object(fields) = item else {
         return Err(vec![error("InvalidType", "", "each link must be an object with url and metadata")]);
     };
@@ -129,7 +133,7 @@ fn parse_item(item: &Value) -> Result<NewLink, Vec<FieldError>> {
     };
     let entity = match fields.get("metadata") {
         None | Some(Value::Null) => Err(vec![error("FieldMissing", "metadata", "metadata is required")]),
-        Some(Value::Object(meta)) => parse_metadata(meta),
+        Some(Value::Object(meta)) => parse_metadata(meta, written),
         Some(_) => Err(vec![error("InvalidType", "metadata", "metadata must be an object")]),
     };
     let target = target.map_err(|e| errors.push(e));
@@ -140,7 +144,49 @@ fn parse_item(item: &Value) -> Result<NewLink, Vec<FieldError>> {
     }
 }
 
-fn parse_metadata(meta: &serde_json::Map<String, Value>) -> Result<EntityRef, Vec<FieldError>> {
+/// The text of an item's `metadata.entity_id`, as written.
+#[derive(Deserialize)]
+struct WrittenId<'a> {
+    #[serde(borrow)]
+    metadata: WrittenMetadata<'a>,
+}
+
+#[derive(Deserialize)]
+struct WrittenMetadata<'a> {
+    #[serde(borrow)]
+    entity_id: &'a RawValue,
+}
+
+/// The integer a JSON number's text stands for, exactly, if it is one from 0 to
+/// [`MAX_ENTITY_ID`]: `7`, `7.0`, `7e0`, `0.7e1` and `700e-2` are all 7; `7.5`, `-7` and
+/// `1e16` are none.
+fn exact_integer(text: &str) -> Option<u64> {
+    let (mantissa, exponent) = match text.find(['e', 'E']) {
+        Some(at) => (&text[..at], text[at + 1..].parse::<i64>().ok()?),
+        None => (text, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if !(whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit())) || whole.is_empty() {
+        return None; // a sign, or not a number
+    }
+    // digits × 10^shift, without leading or trailing zeros.
+    let digits = format!("{whole}{fraction}");
+    let mut shift = exponent.checked_sub(i64::try_from(fraction.len()).ok()?)?;
+    let digits = digits.trim_start_matches('0');
+    let significant = digits.trim_end_matches('0');
+    shift = shift.checked_add(i64::try_from(digits.len() - significant.len()).ok()?)?;
+    if significant.is_empty() {
+        return Some(0);
+    }
+    if shift < 0 || shift + significant.len() as i64 > 16 {
+        return None; // a fraction, or more than 2^53 can hold
+    }
+    let value: u64 = significant.parse().ok()?;
+    let value = value.checked_mul(10u64.checked_pow(u32::try_from(shift).ok()?)?)?;
+    (value <= MAX_ENTITY_ID).then_some(value)
+}
+
+fn parse_metadata(meta: &serde_json::Map<String, Value>, written: &RawValue) -> Result<EntityRef, Vec<FieldError>> {
     const TYPE: &str = "metadata.entity_type";
     const ID: &str = "metadata.entity_id";
     let kind = match meta.get("entity_type") {
@@ -152,9 +198,11 @@ fn parse_metadata(meta: &serde_json::Map<String, Value>) -> Result<EntityRef, Ve
     let id = match meta.get("entity_id") {
         None | Some(Value::Null) => Err(error("FieldMissing", ID, "entity_id is required")),
         // JSON has one number type: 7.0 is the integer 7 (as JSON Schema says), 7.5 is not.
-        Some(Value::Number(n)) => {
-            match n.as_u64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as u64)) {
-                Some(id) if (1..=MAX_ENTITY_ID).contains(&id) => Ok(id),
+        // Read from the text: as a float, 9007199254740991.0 would be another contact.
+        Some(Value::Number(_)) => {
+            let text = serde_json::from_str::<WrittenId>(written.get()).ok().map(|w| w.metadata.entity_id.get());
+            match text.and_then(exact_integer) {
+                Some(id) if id >= 1 => Ok(id),
                 _ => Err(error("InvalidValue", ID, &format!("entity_id must be an integer from 1 to {MAX_ENTITY_ID}"))),
             }
         }
@@ -222,6 +270,45 @@ mod tests {
         assert_eq!(parse_links(big.as_bytes()), Err(BodyProblem::TooMany(251)));
         let full = format!("[{}]", vec![item; 250].join(","));
         assert_eq!(parse_links(full.as_bytes()).unwrap().len(), 250);
+    }
+
+    /// Every spelling of an integer in range is that id, read exactly (a float would read
+    /// 9007199254740991.0 as ...990 and 4087901059782210.0 as ...209.5); anything else
+    /// is refused.
+    #[test]
+    fn an_id_is_the_same_whatever_its_spelling_and_exact_at_the_boundaries() {
+        let id = |text: &str| {
+            let body = format!(
+                r#"[{{"url":"https://x.example","metadata":{{"entity_type":"contacts","entity_id":{text}}}}}]"#
+            );
+            parse_links(body.as_bytes()).ok().map(|links| links[0].entity.id)
+        };
+        for seven in ["7", "7.0", "7e0", "7E+0", "0.7e1", "700e-2", "70.00e-1"] {
+            assert_eq!(id(seven), Some(7), "{seven}");
+        }
+        for max in ["9007199254740991", "9007199254740991.0", "9.007199254740991e15", "90071992547409910e-1"] {
+            assert_eq!(id(max), Some(MAX_ENTITY_ID), "{max}");
+        }
+        assert_eq!(id("4087901059782210.0"), Some(4_087_901_059_782_210));
+        assert_eq!(id("4503599627370497.0"), Some(4_503_599_627_370_497));
+        for refused in [
+            "9007199254740992",
+            "9007199254740992.0",
+            "9.007199254740992e15",
+            "4503599627370497.5",
+            "9007199254740991.0000000001",
+            "7.5",
+            "0",
+            "0.0",
+            "-0",
+            "-7",
+            "1e16",
+            "1e300",
+            "1e-300",
+            "7e99999999999999999999",
+        ] {
+            assert_eq!(id(refused), None, "{refused}");
+        }
     }
 
     #[test]

@@ -46,6 +46,32 @@ async fn the_spec_example_request_and_response() {
     assert!(redirect.body.is_empty());
 }
 
+/// An id written with a fraction or an exponent is the same contact as its integer, read
+/// exactly at the largest id; 2^53 and a fraction are refused with the item's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entity_id_is_read_exactly_whatever_its_spelling() {
+    let server = TestServer::start().await;
+    let item = |id: &str| {
+        format!(r#"{{"url":"https://x.example/","metadata":{{"entity_type":"contacts","entity_id":{id}}}}}"#)
+    };
+    let spellings = ["9007199254740991", "9007199254740991.0", "4087901059782210.0", "4087901059782210", "7e0", "7"];
+    let body = format!("[{}]", spellings.map(item).join(","));
+    let reply = server.post_links(&server.token, &body).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let links = reply.json()["_embedded"]["short_links"].as_array().unwrap().clone();
+    let ids: Vec<u64> = links.iter().map(|l| l["metadata"]["entity_id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [9007199254740991, 9007199254740991, 4087901059782210, 4087901059782210, 7, 7]);
+    assert_eq!(links[0]["url"], links[1]["url"], "one contact, one link");
+    assert_eq!(links[2]["url"], links[3]["url"]);
+    assert_eq!(links[4]["url"], links[5]["url"]);
+
+    let body = format!("[{},{},{}]", item("1"), item("9007199254740992.0"), item("4503599627370497.5"));
+    let problem = server.post_links(&server.token, &body).await.problem(400);
+    let refused: Vec<&str> =
+        problem["validation-errors"].as_array().unwrap().iter().map(|e| e["request_id"].as_str().unwrap()).collect();
+    assert_eq!(refused, ["1", "2"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_answers_like_get_without_a_body() {
     let server = TestServer::start().await;
