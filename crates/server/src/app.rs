@@ -145,9 +145,10 @@ impl<S: Store> App<S> {
         B: HttpBody,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        // RFC 9112, 3.2: a server must answer 400 to an HTTP/1.1 request without Host.
-        if request.version() == Version::HTTP_11 && !request.headers().contains_key(HOST) {
-            return problem::problem(StatusCode::BAD_REQUEST, "An HTTP/1.1 request must carry a Host header");
+        // RFC 9112, 3.2: without Host (HTTP/1.1), with several, or with an invalid one: 400.
+        let hosts = request.headers().get_all(HOST).into_iter().map(HeaderValue::as_bytes);
+        if let Some(why) = crate::host::problem(hosts, request.version() == Version::HTTP_11) {
+            return problem::problem(StatusCode::BAD_REQUEST, why);
         }
         let path = request.uri().path();
         // The hot path first: a single segment that is not an API path.

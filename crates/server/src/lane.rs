@@ -151,12 +151,12 @@ pub(crate) fn classify<'h, 'b>(buf: &'b [u8], headers: &'h mut HeaderSlots<'b>, 
         return Head::HandOff;
     }
     // One pass: what makes the request hyper's, and the names' lengths for the lookups.
-    let (mut host, mut close, mut lengths) = (false, false, 0);
+    let (mut host, mut hosts, mut close, mut lengths) = (&[][..], 0, false, 0);
     for header in headers.iter() {
         let name = header.name;
         lengths |= ParsedHeaders::bit(name);
         if name.eq_ignore_ascii_case("host") {
-            host = true;
+            (host, hosts) = (header.value, hosts + 1);
         } else if name.eq_ignore_ascii_case("connection") {
             for option in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 if option.eq_ignore_ascii_case(b"close") {
@@ -172,8 +172,8 @@ pub(crate) fn classify<'h, 'b>(buf: &'b [u8], headers: &'h mut HeaderSlots<'b>, 
             return Head::HandOff;
         }
     }
-    // RFC 9112, 3.2: hyper's side answers a missing Host with 400.
-    if !host {
+    // RFC 9112, 3.2: hyper's side answers a missing, repeated or invalid Host with 400.
+    if hosts != 1 || crate::host::problem([host], true).is_some() {
         return Head::HandOff;
     }
     Head::Redirect(PlainGet { len, method, code, close, headers: ParsedHeaders { headers, lengths } })

@@ -22,6 +22,7 @@ pub mod config;
 pub mod data_dir;
 mod drain;
 mod error;
+mod host;
 mod http_date;
 mod idle;
 mod lane;

@@ -154,3 +154,39 @@ async fn malformed_heads_on_the_lane_get_hypers_answers() {
         assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{request:?}: {head}");
     }
 }
+
+/// RFC 9112, 3.2: two `Host` lines, or a `Host` that is no host, is a 400 whoever would have
+/// answered (the lane for a plain redirect, hyper for the rest and for HTTP/1.0); one valid
+/// `Host` is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_or_invalid_host_is_refused_on_both_paths() {
+    let server = TestServer::start().await;
+    let code = link(&server, "https://example.com/host", 7).await;
+    let hosts = [
+        ("Host: sho.rt\r\nHost: sho.rt\r\n", 400),
+        ("Host: sho.rt\r\nHost: evil.example\r\n", 400),
+        ("Host: sho rt\r\n", 400),
+        ("Host: sho.rt:80:80\r\n", 400),
+        ("Host: sho.rt/x\r\n", 400),
+        ("Host: [::1\r\n", 400),
+        ("Host: sho.rt:8080\r\n", 0),
+        ("Host: [::1]:8080\r\n", 0),
+    ];
+    for (path, version, served) in
+        [(format!("/{code}"), "1.1", 302), ("/healthz".into(), "1.1", 200), (format!("/{code}"), "1.0", 302)]
+    {
+        for (host, status) in hosts {
+            let status = if status == 0 { served } else { status };
+            let mut stream = TcpStream::connect(server.addr).await.unwrap();
+            let request = format!("GET {path} HTTP/{version}\r\n{host}Connection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let all = read_until_closed(&mut stream).await;
+            let head = String::from_utf8_lossy(&all);
+            assert_eq!(head.split(' ').nth(1), Some(status.to_string().as_str()), "{request:?}: {head}");
+            if status == 400 {
+                assert!(head.contains("Host"), "the answer says why: {head}");
+            }
+        }
+    }
+    assert_eq!(metric(server.addr, "shortlinks_clicks_recorded_total").await, 4, "only the served redirects");
+}
