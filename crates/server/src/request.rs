@@ -178,7 +178,7 @@ fn exact_integer(text: &str) -> Option<u64> {
     if significant.is_empty() {
         return Some(0);
     }
-    if shift < 0 || shift + significant.len() as i64 > 16 {
+    if shift < 0 || shift.saturating_add(significant.len() as i64) > 16 {
         return None; // a fraction, or more than 2^53 can hold
     }
     let value: u64 = significant.parse().ok()?;
