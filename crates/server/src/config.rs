@@ -88,6 +88,10 @@ pub struct SettingsLayer {
     /// How long a client may take to send a request body.
     #[arg(long, env = "SHORTLINKS_BODY_READ_TIMEOUT_SECS")]
     pub body_read_timeout_secs: Option<u64>,
+    /// How long an answer may wait on a client that does not read it; the connection then
+    /// closes (within a tick of the shorter of this and the header read timeout, halved).
+    #[arg(long, env = "SHORTLINKS_SEND_TIMEOUT_SECS")]
+    pub send_timeout_secs: Option<u64>,
     /// The most a request's line and headers may take, in bytes (default 16384, at least 8192).
     #[arg(long, env = "SHORTLINKS_MAX_HEADER_BYTES")]
     pub max_header_bytes: Option<usize>,
@@ -295,6 +299,7 @@ impl SettingsLayer {
             max_body_bytes,
             header_read_timeout_secs,
             body_read_timeout_secs,
+            send_timeout_secs,
             max_header_bytes,
             max_connections,
             max_connections_per_address,
@@ -402,6 +407,7 @@ impl SettingsLayer {
                     Limits::DEFAULT.body_read_timeout,
                     "body_read_timeout_secs",
                 )?,
+                send_timeout: secs(self.send_timeout_secs, Limits::DEFAULT.send_timeout, "send_timeout_secs")?,
                 shutdown_grace: secs(self.shutdown_grace_secs, Limits::DEFAULT.shutdown_grace, "shutdown_grace_secs")?,
                 max_header_bytes,
                 max_connections: positive_size(self.max_connections, "max_connections")?,
@@ -794,6 +800,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// How long a client may take to send a request body (408 after it).
     pub body_read_timeout: Duration,
+    /// How long an answer may wait on a client that does not read it (see `client_socket`).
+    pub send_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
     /// The most a request's line and headers may take (431 above it): what a connection
@@ -811,12 +819,14 @@ impl Limits {
     /// The smallest header limit: hyper's own floor for its read buffer.
     pub const MIN_HEADER_BYTES: usize = 8 << 10;
 
-    /// 1 MiB bodies, 16 KiB of headers, 10 s for headers, 30 s for a body, 10 s to drain,
+    /// 1 MiB bodies, 16 KiB of headers, 10 s for headers, 30 s for a body, 30 s for a
+    /// client to take an answer, 10 s to drain,
     /// 7 API requests a second per token (amoCRM's own limit) with bursts of 7.
     pub const DEFAULT: Limits = Limits {
         max_body_bytes: 1 << 20,
         header_read_timeout: Duration::from_secs(10),
         body_read_timeout: Duration::from_secs(30),
+        send_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(10),
         max_header_bytes: 16 << 10,
         api_rate: Rate::new(7, 7),

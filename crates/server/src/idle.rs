@@ -1,5 +1,6 @@
-//! Closing connections that start no request: the slow-client limit, with one timer per
-//! connection, kept in a watcher task of its own.
+//! Closing connections that start no request (the slow-client limit) or do not read their
+//! answers (the send timeout), with one timer per connection, kept in a watcher task of
+//! its own.
 //!
 //! hyper's own header read timeout arms a timer when it starts reading each request head
 //! and drops it when the head is in: an allocation and a timer wheel insert and removal per
@@ -10,7 +11,9 @@
 //! connecting) to send the next request's headers. A request in flight is never cut here,
 //! from its headers to the last byte of its response: a slow upload is bounded by the body
 //! read timeout, and a slow download keeps its request in flight until hyper has written or
-//! dropped the response body.
+//! dropped the response body. A connection whose answer waits on the client to read is
+//! not idle either: once one such wait has lasted the send timeout (see `client_socket`),
+//! the watcher closes it, within one tick after.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,6 +32,8 @@ use tokio::task::{AbortHandle, JoinHandle};
 pub(crate) struct Activity {
     started: AtomicU64,
     finished: AtomicU64,
+    /// Counts each start and end of a write waiting on the client: odd while one waits.
+    write_waits: AtomicU64,
 }
 
 /// Marks a request in flight until dropped (also when the request is cancelled).
@@ -47,6 +52,20 @@ impl Activity {
         self.started.fetch_add(1, Relaxed);
         InFlight(self.clone())
     }
+
+    /// A write started or stopped waiting on the client.
+    pub(crate) fn write_wait_changed(&self) {
+        self.write_waits.fetch_add(1, Relaxed);
+    }
+}
+
+/// The watcher's two limits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timeouts {
+    /// No request started or finished, none in flight, no answer waiting: see the header.
+    pub(crate) idle: Duration,
+    /// One write waiting on the client this long closes the connection.
+    pub(crate) send: Duration,
 }
 
 impl Drop for InFlight {
@@ -86,12 +105,13 @@ impl<B: Body + Unpin> Body for TrackedBody<B> {
 }
 
 /// Spawns `connection` as a task, watched by a second task that aborts it (dropping it,
-/// which closes the socket) once a whole tick (`limit / 2`) passed with no request started
-/// or finished and none in flight. The watcher ends with the connection.
+/// which closes the socket) once it has been idle for half the idle limit, counted in
+/// whole ticks, or one write has waited on the client for the send timeout. The watcher
+/// ends with the connection.
 ///
 /// The timer lives in the watcher, not beside the connection: a timer polled with the
 /// connection would be polled again on every request, for nothing.
-pub(crate) fn spawn_with_idle_limit<F>(connection: F, activity: Arc<Activity>, limit: Duration) -> JoinHandle<F::Output>
+pub(crate) fn spawn_watched<F>(connection: F, activity: Arc<Activity>, timeouts: Timeouts) -> JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
@@ -101,36 +121,47 @@ where
         let _ended = ended; // dropped with the connection, also when it is aborted
         connection.await
     });
-    tokio::spawn(abort_when_idle(activity, task.abort_handle(), limit, ended_rx));
+    tokio::spawn(watch(activity, task.abort_handle(), timeouts, ended_rx));
     task
 }
 
-async fn abort_when_idle(
-    activity: Arc<Activity>,
-    connection: AbortHandle,
-    limit: Duration,
-    mut ended: oneshot::Receiver<()>,
-) {
-    let period = (limit / 2).max(Duration::from_millis(1));
+async fn watch(activity: Arc<Activity>, connection: AbortHandle, timeouts: Timeouts, mut ended: oneshot::Receiver<()>) {
+    // A tick of half the shorter limit: with the defaults, half the idle limit, as before a
+    // send timeout existed, and the send timeout is met within a tick.
+    let period = (timeouts.idle.min(timeouts.send) / 2).max(Duration::from_millis(1));
+    let ticks_for = |limit: Duration| limit.as_nanos().div_ceil(period.as_nanos()).max(1);
+    let (idle_ticks, send_ticks) = (ticks_for(timeouts.idle / 2), ticks_for(timeouts.send));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Connecting counts as activity: the first request gets the whole limit.
-    let mut seen = u64::MAX;
+    let (mut seen, mut idle_for) = (u64::MAX, 0);
+    let (mut seen_waits, mut waiting_for) = (0, 0);
     loop {
         tokio::select! {
             biased;
             _ = &mut ended => return,
             _ = ticks.tick() => {
                 let (started, finished) = (activity.started.load(Relaxed), activity.finished.load(Relaxed));
+                let waits = activity.write_waits.load(Relaxed);
+                let waiting = waits % 2 == 1;
+                // The same wait as at the last tick: it has lasted at least one more tick.
+                waiting_for = if waiting && waits == seen_waits { waiting_for + 1 } else { 0 };
+                seen_waits = waits;
+                if waiting_for >= send_ticks {
+                    tracing::debug!("closing a connection whose client took no answer in time");
+                    connection.abort();
+                    return;
+                }
                 // A request that started or finished within the tick is activity too: a
                 // connection is never closed the moment a long response is done.
-                let progress = started.wrapping_add(finished);
-                if progress == seen && finished == started {
+                let progress = started.wrapping_add(finished).wrapping_add(waits);
+                idle_for = if progress == seen && finished == started && !waiting { idle_for + 1 } else { 0 };
+                seen = progress;
+                if idle_for >= idle_ticks {
                     tracing::debug!("closing a connection that started no request in time");
                     connection.abort();
                     return;
                 }
-                seen = progress;
             }
         }
     }
@@ -141,13 +172,14 @@ mod tests {
     use super::*;
 
     const LIMIT: Duration = Duration::from_secs(10);
+    const TIMEOUTS: Timeouts = Timeouts { idle: LIMIT, send: Duration::from_secs(30) };
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_without_requests_is_closed_within_the_limit() {
         let activity = Arc::new(Activity::default());
         let started = tokio::time::Instant::now();
         let never = std::future::pending::<()>();
-        let closed = spawn_with_idle_limit(never, activity, LIMIT).await.unwrap_err();
+        let closed = spawn_watched(never, activity, TIMEOUTS).await.unwrap_err();
         assert!(closed.is_cancelled());
         assert_eq!(started.elapsed(), LIMIT, "connecting counts as activity: the whole limit");
     }
@@ -164,9 +196,36 @@ mod tests {
             std::future::pending::<()>().await
         };
         let started = tokio::time::Instant::now();
-        assert!(spawn_with_idle_limit(connection, activity, LIMIT).await.unwrap_err().is_cancelled());
+        assert!(spawn_watched(connection, activity, TIMEOUTS).await.unwrap_err().is_cancelled());
         let idle = started.elapsed() - LIMIT * 3;
         assert!(idle >= LIMIT / 2 && idle <= LIMIT, "closed {idle:?} after the body went out");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_the_client_does_not_take_closes_the_connection_after_the_send_timeout() {
+        let activity = Arc::new(Activity::default());
+        // No request in flight (hyper has the whole answer in its buffer), one write waiting.
+        activity.write_wait_changed();
+        let started = tokio::time::Instant::now();
+        let never = std::future::pending::<()>();
+        assert!(spawn_watched(never, activity, TIMEOUTS).await.unwrap_err().is_cancelled());
+        let waited = started.elapsed();
+        assert!(waited >= TIMEOUTS.send && waited <= TIMEOUTS.send + LIMIT / 2, "closed after {waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_that_wait_and_proceed_are_activity() {
+        let activity = Arc::new(Activity::default());
+        let client = activity.clone();
+        // A slow reader: each write waits 20 s (under the send timeout), then proceeds.
+        let connection = async move {
+            for _ in 0..4 {
+                client.write_wait_changed();
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                client.write_wait_changed();
+            }
+        };
+        spawn_watched(connection, activity, TIMEOUTS).await.expect("never closed while it reads");
     }
 
     #[tokio::test(start_paused = true)]
@@ -175,7 +234,7 @@ mod tests {
         let before = metrics.num_alive_tasks();
         let activity = Arc::new(Activity::default());
         let connection = tokio::time::sleep(LIMIT / 4);
-        spawn_with_idle_limit(connection, activity, LIMIT).await.unwrap();
+        spawn_watched(connection, activity, TIMEOUTS).await.unwrap();
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }

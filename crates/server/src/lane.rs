@@ -38,13 +38,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::app::{is_reserved, App};
+use crate::client_socket::ClientSocket;
 use crate::drain::GracefulConnection;
 use crate::http_date;
 use crate::idle::{Activity, TrackedBody};
 use crate::prefixed::Prefixed;
 use crate::problem::Body;
 use crate::redirect::{log_redirect, Redirect};
-use crate::request_id::RequestId;
+use crate::request_id::{self, RequestId};
 
 /// Headers the lane reads in one head; a head with more goes to hyper (which takes 100).
 const MAX_HEADERS: usize = 48;
@@ -224,14 +225,16 @@ pub(crate) fn serve<S: Store>(
     Connection { future, stopping }
 }
 
-async fn run<S: Store>(mut stream: TcpStream, connected: Connected<S>, stopping: Arc<AtomicBool>) -> io::Result<()> {
+async fn run<S: Store>(stream: TcpStream, connected: Connected<S>, stopping: Arc<AtomicBool>) -> io::Result<()> {
     let app = &connected.app;
     let max_head = app.limits.max_header_bytes;
+    let mut stream = ClientSocket::new(stream, connected.activity.clone());
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let mut out = Vec::with_capacity(512);
     loop {
-        // Every complete request the buffer holds (a client may send several at once).
-        loop {
+        // Every complete request the buffer holds (a client may send several at once),
+        // until the server stops: as hyper, no request is read after that.
+        while !stopping.load(Acquire) {
             let mut headers = header_slots();
             let request = match classify(&buf, &mut headers, max_head) {
                 Head::Redirect(request) => request,
@@ -239,17 +242,16 @@ async fn run<S: Store>(mut stream: TcpStream, connected: Connected<S>, stopping:
                 Head::HandOff => return hand_off(stream, buf, connected, stopping).await,
             };
             let in_flight = connected.activity.begin();
-            answer(app, &request, connected.peer, &mut out).await;
-            let (len, close) = (request.len, request.close);
-            buf.advance(len);
+            let close = answer(app, &request, connected.peer, &stopping, &mut out).await;
+            buf.advance(request.len);
             stream.write_all(&out).await?;
             drop(in_flight);
             if close {
-                return Ok(());
+                return stream.shutdown().await;
             }
         }
         if stopping.load(Acquire) {
-            return Ok(());
+            return stream.shutdown().await;
         }
         if buf.capacity() - buf.len() < MIN_READ {
             buf.reserve(READ_BUFFER);
@@ -261,13 +263,24 @@ async fn run<S: Store>(mut stream: TcpStream, connected: Connected<S>, stopping:
         let read =
             poll_fn(|cx| if stopping.load(Acquire) { Poll::Ready(Ok(0)) } else { reading.as_mut().poll(cx) }).await?;
         if read == 0 {
+            if stopping.load(Acquire) {
+                return stream.shutdown().await;
+            }
             return Ok(());
         }
     }
 }
 
-/// The answer to `request`, written into `out`.
-async fn answer<S: Store>(app: &App<S>, request: &PlainGet<'_, '_>, peer: Option<IpAddr>, out: &mut Vec<u8>) {
+/// The answer to `request`, written into `out`; says whether the connection closes after
+/// it: the client asked to, or the server began to stop while it was being answered (then
+/// the answer says `connection: close`, as hyper's does).
+async fn answer<S: Store>(
+    app: &App<S>,
+    request: &PlainGet<'_, '_>,
+    peer: Option<IpAddr>,
+    stopping: &AtomicBool,
+    out: &mut Vec<u8>,
+) -> bool {
     let started = app.log_redirects.then(Instant::now);
     let id = app.request_id(&request.headers);
     out.clear();
@@ -278,21 +291,26 @@ async fn answer<S: Store>(app: &App<S>, request: &PlainGet<'_, '_>, peer: Option
         out.extend_from_slice(target.as_str().as_bytes());
         Some(())
     };
-    let status = match app.redirect_with(request.code, request.method, &request.headers, peer, location).await {
+    // In the request's scope, as on hyper's path: what it logs and any problem body carry its id.
+    let redirect = app.redirect_with(request.code, request.method, &request.headers, peer, location);
+    let redirect = request_id::scope(id.clone(), redirect).await;
+    let close = request.close || stopping.load(Acquire);
+    let status = match redirect {
         Redirect::Found { location: (), at } => {
             out.extend_from_slice(b"\r\ncache-control: private, no-store");
-            end_head(out, &id, 0, request.close, at);
+            end_head(out, &id, 0, close, at);
             302
         }
         Redirect::Page(page) => {
             let head = request.method == ClickMethod::Head;
-            write_page(out, page, head, &id, request.close, Timestamp::now()).await
+            write_page(out, page, head, &id, close, Timestamp::now()).await
         }
     };
     if let Some(started) = started {
         let method = if request.method == ClickMethod::Head { "HEAD" } else { "GET" };
         log_redirect(id.as_str(), method, &format!("/{}", request.code), status, started);
     }
+    close
 }
 
 /// Writes any other answer (the 404 page, an error) as hyper would; returns its status.
@@ -347,7 +365,7 @@ fn end_head(out: &mut Vec<u8>, id: &RequestId, content_length: usize, close: boo
 
 /// hyper serves the rest of the connection, reading `unanswered` first.
 async fn hand_off<S: Store>(
-    stream: TcpStream,
+    stream: ClientSocket,
     unanswered: BytesMut,
     connected: Connected<S>,
     stopping: Arc<AtomicBool>,

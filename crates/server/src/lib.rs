@@ -18,6 +18,7 @@ pub mod admin;
 pub mod admission;
 mod app;
 pub mod auth;
+mod client_socket;
 pub mod config;
 pub mod data_dir;
 mod drain;

@@ -15,6 +15,7 @@ use shortlinks_notes::{ClickHeaders, NotRecorded, RawClick};
 
 use crate::app::App;
 use crate::problem::{self, Body};
+use crate::request_id;
 
 /// Every click must reach the server, so neither browsers nor proxies may keep the redirect.
 const NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
@@ -78,12 +79,16 @@ impl<S: Store> App<S> {
             Ok(Some((code, Some(location)))) => (code, location),
             Ok(Some(((code, _), None))) => {
                 // Stored targets are printable ASCII by construction (and re-checked on decode).
-                tracing::error!(%code, "stored target is not a valid header value");
+                let request_id = request_id::current();
+                let request_id = request_id.as_deref().unwrap_or("-");
+                tracing::error!(%code, request_id, "stored target is not a valid header value");
                 return Redirect::Page(problem::text(StatusCode::INTERNAL_SERVER_ERROR, "invalid stored link\n"));
             }
             Ok(None) => return Redirect::Page(problem::not_found_page()),
             Err(e) => {
-                tracing::error!(error = %e, "store read failed on redirect");
+                let request_id = request_id::current();
+                let request_id = request_id.as_deref().unwrap_or("-");
+                tracing::error!(error = %e, request_id, "store read failed on redirect");
                 return Redirect::Page(problem::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n"));
             }
         };
@@ -102,6 +107,9 @@ impl<S: Store> App<S> {
         match self.clicks.record(click).await {
             Ok(()) => {}
             Err(NotRecorded::OutboxUnavailable) => {
+                let request_id = request_id::current();
+                let request_id = request_id.as_deref().unwrap_or("-");
+                tracing::warn!(request_id, "the click could not be recorded: answered 503");
                 return Redirect::Page(problem::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n"));
             }
             Err(NotRecorded::Stopped) => tracing::debug!("click after the pipeline stopped"),

@@ -238,7 +238,8 @@ pub async fn serve<S: Store>(
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         };
-        let task = idle::spawn_with_idle_limit(connection, activity, limits.header_read_timeout);
+        let timeouts = idle::Timeouts { idle: limits.header_read_timeout, send: limits.send_timeout };
+        let task = idle::spawn_watched(connection, activity, timeouts);
         admission.closes_with(id, task.abort_handle());
     }
 

@@ -190,3 +190,82 @@ async fn a_repeated_or_invalid_host_is_refused_on_both_paths() {
     }
     assert_eq!(metric(server.addr, "shortlinks_clicks_recorded_total").await, 4, "only the served redirects");
 }
+
+/// Writes `chunk` again and again without reading, until the server resets the
+/// connection; how long that took once the server stopped reading. Panics after `limit`.
+async fn write_until_reset(stream: &TcpStream, chunk: &[u8], limit: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    let mut blocked_since = None;
+    loop {
+        assert!(started.elapsed() < limit, "still open after {limit:?} of answers nobody read");
+        // Woken by room to write, by the reset, or after a while to look again.
+        let _ = tokio::time::timeout(Duration::from_millis(100), stream.writable()).await;
+        match stream.try_write(chunk) {
+            Ok(_) => blocked_since = None,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                blocked_since.get_or_insert_with(std::time::Instant::now);
+            }
+            Err(e) => {
+                let kind = e.kind();
+                assert!(matches!(kind, std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe), "{e}");
+                return blocked_since.map_or(Duration::ZERO, |since| since.elapsed());
+            }
+        }
+    }
+}
+
+/// A client that sends requests and never reads the answers: once an answer has waited
+/// the send timeout the server closes the connection, on the lane and on hyper's path.
+/// The header read timeout is set far away, so that only the send timeout can close it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_closed_after_the_send_timeout_on_both_paths() {
+    let layer = shortlinks_server::config::SettingsLayer {
+        send_timeout_secs: Some(1),
+        header_read_timeout_secs: Some(600),
+        ..Default::default()
+    };
+    let server = TestServer::start_with(layer).await;
+    let code = link(&server, "https://example.com/unread", 8).await;
+    for path in [format!("/{code}"), "/healthz".to_owned()] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap(); // the server's answers back up sooner
+        let stream = socket.connect(server.addr).await.unwrap();
+        let chunk = format!("GET {path} HTTP/1.1\r\nHost: sho.rt\r\n\r\n").repeat(64);
+        let waited = write_until_reset(&stream, chunk.as_bytes(), Duration::from_secs(60)).await;
+        eprintln!("{path}: reset {waited:?} after the client's writes blocked");
+    }
+    // The server still serves everyone else.
+    assert_eq!(server.get("/healthz").await.status, 200);
+}
+
+/// On `Connection: close` with more input behind it, the server closes gracefully: FIN
+/// after the answer, then it reads what is left. Closing a socket with unread input makes
+/// the kernel reset it and drop what it has not sent yet: here, most of an answer too long
+/// for a client that has not read yet (a 12 KB `Location`, a small receive buffer). On
+/// both paths the client reads the whole answer and a clean end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_with_unread_input_lingers_and_the_answer_arrives_whole_on_both_paths() {
+    let server = TestServer::start().await;
+    let long = format!("https://example.com/{}", "\u{44f}".repeat(2000));
+    let code = link(&server, &long, 9).await;
+    // The lane's, and one it hands to hyper (a connection option it does not know).
+    for (n, option) in [(1, ""), (2, ", x-other")] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(2048).unwrap();
+        let mut stream = socket.connect(server.addr).await.unwrap();
+        let head = format!("GET /{code} HTTP/1.1\r\nHost: sho.rt\r\nConnection: close{option}\r\n\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice("GET /unanswered HTTP/1.1\r\nHost: sho.rt\r\n\r\n".repeat(2000).as_bytes());
+        stream.write_all(&bytes).await.unwrap();
+        // Read only once the server has answered, and closed.
+        common::until(Duration::from_secs(10), "the redirect is answered", || async {
+            metric(server.addr, "shortlinks_clicks_recorded_total").await >= n
+        })
+        .await;
+        let all = read_until_closed(&mut stream).await;
+        let answer = &answers(&all, &[false])[0];
+        assert_eq!(answer.status, 302, "{option}");
+        assert!(answer.headers["location"].len() > 12_000, "{option}");
+        assert_eq!(answer.headers["connection"], "close", "{option}");
+    }
+}

@@ -164,11 +164,15 @@ async fn redirects_answer_503_while_redis_is_down_and_recover_without_a_restart(
     redis.kill();
     let reply = click(server.addr, unknown, &[]).await;
     assert_eq!(reply.status, 503, "not a 404 it cannot be sure of");
+    // The redirect lane answered: its log line carries the id its answer does.
+    let id = |reply: &common::Reply| reply.headers["x-request-id"].to_str().unwrap().to_owned();
+    server.logged(&["store read failed on redirect", &id(&reply)]).await;
     // The target is known, but in `sync` mode the click cannot be made durable: no promise.
     let started = Instant::now();
     let reply = click(server.addr, &code, &[("user-agent", BROWSER), ("x-forwarded-for", "10.9.9.9")]).await;
     assert_eq!(reply.status, 503);
     assert!(started.elapsed() < Duration::from_secs(10), "answered without waiting for Redis");
+    server.logged(&["the click could not be recorded", &id(&reply)]).await;
     let reply = server.post(&token, &json!([item("https://original.example/new", 2)])).await;
     assert!(reply.status.is_server_error() || reply.status == 401, "{}", reply.status);
 
@@ -477,4 +481,57 @@ async fn acknowledged_links_and_sync_clicks_survive_a_failover_when_replicas_ack
     // Reported, not asserted: without the setting a failover may lose what the replica
     // had not received (docs/scaling.md); on loopback the replica is rarely behind.
     eprintln!("with redis_replicas_ack = 0: {plain:?}");
+}
+
+/// A redirect in flight when the server begins to stop is answered with `connection:
+/// close`, and the request pipelined behind it is not answered, as hyper does; the close
+/// lingers, so the answer arrives whole. In flight, here: in `sync` mode it waits for its
+/// click's write, which a paused Redis holds until the stop has begun.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_answer_in_flight_when_the_server_stops_says_connection_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !shortlinks_redis::testing::available() {
+        return;
+    }
+    let redis = RedisServer::standalone().unwrap();
+    let url = redis.url();
+    let dir = common::private_tempdir();
+    let mut server = node(dir.path(), ("SHORTLINKS_REDIS_URL", url.as_str()), "stopping").await;
+    let token = common::first_token(dir.path());
+    let reply = server.post(&token, &json!([item("https://original.example/last", 1)])).await;
+    let code = code_of(reply.json()["_embedded"]["short_links"][0]["url"].as_str().unwrap()).to_owned();
+    assert_eq!(visit(server.addr, &code, 1).await, Some(302), "cached");
+    let recorded = common::metric(server.addr, "shortlinks_clicks_recorded_total").await;
+
+    cli(redis.port(), &["CLIENT", "PAUSE", "20000", "WRITE"]).unwrap();
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // A person's click (navigation headers, an address of its own): one that must be stored.
+    let navigation: String = common::NAVIGATION.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+    let request = format!(
+        "GET /{code} HTTP/1.1\r\nHost: sho.rt\r\nUser-Agent: {BROWSER}\r\n{navigation}X-Forwarded-For: 10.7.7.7\r\n\r\n"
+    );
+    stream.write_all(format!("{request}{request}").as_bytes()).await.unwrap();
+    // Queued for the outbox, whose write Redis holds: the redirect now waits for it.
+    common::until(Duration::from_secs(10), "the click is queued", || async {
+        common::metric(server.addr, "shortlinks_clicks_recorded_total").await > recorded
+    })
+    .await;
+    server.signal_terminate();
+    // The stop has begun once the listener is closed.
+    common::until(Duration::from_secs(10), "the listener closes", || async {
+        tokio::net::TcpStream::connect(server.addr).await.is_err()
+    })
+    .await;
+    cli(redis.port(), &["CLIENT", "UNPAUSE"]).unwrap();
+
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut all))
+        .await
+        .expect("closed")
+        .expect("closed cleanly, not reset");
+    let text = String::from_utf8_lossy(&all);
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "only the request in flight is answered: {text}");
+    assert!(text.starts_with("HTTP/1.1 302 "), "{text}");
+    assert!(text.contains("\r\nconnection: close\r\n"), "the answer says the connection closes: {text}");
+    assert_eq!(server.exit_code().await, 0);
 }

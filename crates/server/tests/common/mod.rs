@@ -214,6 +214,8 @@ pub struct Process {
     /// Lines printed before "listening on".
     pub banner: Vec<String>,
     _stdout: Lines<BufReader<ChildStdout>>,
+    /// Every line of its log (stderr) so far.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Process {
@@ -237,7 +239,7 @@ impl Process {
                 shell
             }
         };
-        command.arg("serve").arg("--data-dir").arg(dir).args(extra).stdout(Stdio::piped()).stderr(Stdio::null());
+        command.arg("serve").arg("--data-dir").arg(dir).args(extra).stdout(Stdio::piped()).stderr(Stdio::piped());
         command.env_remove("SHORTLINKS_LISTEN").env_remove("SHORTLINKS_PUBLIC_URL").env_remove("SHORTLINKS_CONFIG");
         if !extra.contains(&"--listen") {
             command.env("SHORTLINKS_LISTEN", "127.0.0.1:0");
@@ -248,6 +250,16 @@ impl Process {
         command.envs(env.iter().copied()).kill_on_drop(true);
         let mut child = command.spawn().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn({
+            let log = log.clone();
+            async move {
+                while let Ok(Some(line)) = stderr.next_line().await {
+                    log.lock().unwrap().push(line);
+                }
+            }
+        });
         let mut banner = Vec::new();
         let addr = loop {
             let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap();
@@ -257,13 +269,37 @@ impl Process {
             }
             banner.push(line);
         };
-        Self { child, addr, banner, _stdout: lines }
+        Self { child, addr, banner, _stdout: lines, log }
+    }
+
+    /// The first log line that contains every one of `texts`, once it is written (the log
+    /// is read as the process writes it); panics after 10 s without one.
+    pub async fn logged(&self, texts: &[&str]) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self.log.lock().unwrap().iter().find(|line| texts.iter().all(|t| line.contains(t))).cloned();
+            if let Some(line) = found {
+                return line;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no log line with {texts:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM, without waiting for the exit.
+    pub fn signal_terminate(&self) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     }
 
     /// SIGTERM, and the exit code.
     pub async fn terminate(mut self) -> i32 {
-        let pid = self.child.id().unwrap().to_string();
-        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        self.signal_terminate();
+        self.exit_code().await
+    }
+
+    /// Waits for the process to exit; its exit code.
+    pub async fn exit_code(&mut self) -> i32 {
         let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.unwrap().unwrap();
         status.code().unwrap_or(-1)
     }
@@ -311,6 +347,19 @@ pub async fn try_metric(addr: SocketAddr, name: &str) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()));
     Some(value.unwrap_or_else(|| panic!("no metric {name} in {text}")))
+}
+
+/// Polls `condition` every 20 ms until it holds; fails, naming `what`, after `limit`.
+pub async fn until<F, Fut>(limit: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "waited {limit:?} for this in vain: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits until the pipeline has settled `n` clicks (it is asynchronous): screened out by the
