@@ -38,4 +38,8 @@ mod short_links;
 
 pub use app::{App, AppSettings};
 pub use error::ServerError;
+/// The redirect lane held to hyper, for the fuzz target `lane_vs_hyper`.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use lane::oracle as lane_oracle;
 pub use problem::Body;
