@@ -10,8 +10,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::InvalidCodeLength;
-use crate::model::{AccountId, EntityRef};
-use crate::store::SecretStore;
+use crate::ids::{AccountId, EntityRef};
 use crate::target::TargetUrl;
 use crate::Error;
 
@@ -155,11 +154,6 @@ impl InstallationSecret {
         let mut key = [0u8; 32];
         getrandom::getrandom(&mut key).map_err(|e| Error::Random(e.to_string()))?;
         Ok(Self(key))
-    }
-
-    /// The secret `store` keeps, or a new one stored there on first use.
-    pub async fn load_or_create(store: &impl SecretStore) -> Result<Self, Error> {
-        store.installation_secret(Self::generate()?).await
     }
 
     /// Wraps stored key bytes.

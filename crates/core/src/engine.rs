@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::cache::LinkCache;
-use crate::code::{CodeDeriver, CodeLength, InstallationSecret};
+use crate::code::{CodeDeriver, CodeLength};
 use crate::error::CreateError;
 use crate::model::{EntityRef, Link, Principal, Timestamp};
 use crate::store::{InsertOutcome, LinkStore, SecretStore};
@@ -69,7 +69,7 @@ impl<S: LinkStore + SecretStore> ShortenerBuilder<S> {
     /// Reads the installation secret from the store (storing a new one on first use), so
     /// engines on one store issue the same codes.
     pub async fn build(self) -> Result<Shortener<S>, Error> {
-        let secret = InstallationSecret::load_or_create(&self.store).await?;
+        let secret = self.store.load_or_create_secret().await?;
         Ok(Shortener {
             codes: CodeDeriver::new(secret, self.code_length),
             cache: self.cache.unwrap_or_else(|| LinkCache::new(LinkCache::DEFAULT_CAPACITY)),

@@ -48,6 +48,7 @@ mod code;
 mod codec;
 mod engine;
 mod error;
+mod ids;
 pub mod model;
 pub mod store;
 mod target;

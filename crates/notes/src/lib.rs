@@ -8,7 +8,8 @@
 //!                 └▶ "sink:webhook", "sink:amocrm" queues ──▶ one worker each, retrying
 //! ```
 //!
-//! - [`capture`]: what the redirect hands over, and the group-commit writer.
+//! - `raw_click`: what the redirect hands over ([`RawClick`]).
+//! - [`capture`]: the redirect's handle on the pipeline, and the group-commit writer.
 //! - `screen`: what memory alone settles (non-visits, remembered repeats), so that only
 //!   clicks that may become notes are written.
 //! - [`classify`]: the table of what is not a visit (HEAD, prefetch, previews, scanners, bots).
@@ -23,6 +24,7 @@ pub mod gateway;
 pub mod networks;
 pub mod note;
 pub mod pipeline;
+mod raw_click;
 mod recent;
 pub mod replay;
 mod screen;
@@ -31,5 +33,6 @@ pub mod sink;
 pub mod stand_in;
 pub mod stats;
 
-pub use capture::{ClickHeaders, ClickRecorder, Durability, NotRecorded, RawClick};
+pub use capture::{ClickRecorder, Durability, NotRecorded};
 pub use pipeline::{Pipeline, PipelineBuilder, PipelineConfig};
+pub use raw_click::{ClickHeaders, RawClick};

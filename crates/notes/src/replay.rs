@@ -17,9 +17,9 @@ use shortlinks_core::model::{Click, ClickMethod};
 use shortlinks_core::store::AddressTally;
 use shortlinks_core::{ShortCode, Timestamp};
 
-use crate::capture::RawClick;
 use crate::classify::{Classifier, NotVisit};
 use crate::gateway::AddressRule;
+use crate::raw_click::RawClick;
 
 /// One line of the input.
 #[derive(Debug, Deserialize)]

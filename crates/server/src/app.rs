@@ -9,14 +9,14 @@ use futures_util::FutureExt;
 use hyper::body::Body as HttpBody;
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Response, StatusCode, Version};
-use shortlinks_core::{CodeLength, InstallationSecret, LinkCache, Shortener, Store};
+use shortlinks_core::{CodeLength, LinkCache, Shortener, Store};
 use shortlinks_notes::stats::Stats;
 use shortlinks_notes::{ClickHeaders, ClickRecorder, Pipeline, PipelineBuilder, PipelineConfig};
 
+use crate::access_log;
 use crate::auth::{authenticate, Caller};
 use crate::config::{Limits, PublicUrl};
 use crate::problem::{self, method_not_allowed, Body};
-use crate::redirect::log_redirect;
 use crate::request_id::{self, RequestId, X_REQUEST_ID};
 
 /// What every request handler shares.
@@ -77,7 +77,7 @@ impl<S: Store + Clone> App<S> {
         settings: AppSettings,
         sinks: impl FnOnce(PipelineBuilder<S>) -> PipelineBuilder<S>,
     ) -> Result<(Self, Pipeline), shortlinks_core::Error> {
-        let secret = InstallationSecret::load_or_create(&store).await?;
+        let secret = store.load_or_create_secret().await?;
         let cache = LinkCache::new(settings.cached_links);
         let engine =
             Shortener::builder(store.clone()).code_length(settings.code_length).cache(cache.clone()).build().await?;
@@ -188,16 +188,9 @@ impl<S: Store> App<S> {
         let started = Instant::now();
         let (method, path) = (request.method().clone(), request.uri().path().to_owned());
         let (response, token) = self.authenticated_api(request).await;
-        // One line per API request; the path without its query, which may carry ids.
-        tracing::info!(
-            request_id = request_id::current().as_deref().unwrap_or("-"),
-            %method,
-            path,
-            status = response.status().as_u16(),
-            token = token.as_deref().unwrap_or("-"),
-            micros = started.elapsed().as_micros() as u64,
-            "api"
-        );
+        let id = request_id::current();
+        let status = response.status().as_u16();
+        access_log::api(id.as_deref().unwrap_or("-"), method.as_str(), &path, status, token.as_deref(), started);
         response
     }
 
@@ -249,7 +242,13 @@ impl<S: Store> App<S> {
         let response = self.redirect(code, request, peer).await;
         let id = request_id::current();
         let status = response.status().as_u16();
-        log_redirect(id.as_deref().unwrap_or("-"), request.method().as_str(), request.uri().path(), status, started);
+        access_log::redirect(
+            id.as_deref().unwrap_or("-"),
+            request.method().as_str(),
+            request.uri().path(),
+            status,
+            started,
+        );
         response
     }
 

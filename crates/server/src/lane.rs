@@ -37,6 +37,7 @@ use shortlinks_notes::ClickHeaders;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::access_log;
 use crate::app::{is_reserved, App};
 use crate::client_socket::ClientSocket;
 use crate::drain::GracefulConnection;
@@ -44,7 +45,7 @@ use crate::http_date;
 use crate::idle::{Activity, TrackedBody};
 use crate::prefixed::Prefixed;
 use crate::problem::Body;
-use crate::redirect::{log_redirect, Redirect};
+use crate::redirect::Redirect;
 use crate::request_id::{self, RequestId};
 
 #[cfg(any(test, feature = "fuzzing"))]
@@ -312,7 +313,7 @@ async fn answer<S: Store>(
     };
     if let Some(started) = started {
         let method = if request.method == ClickMethod::Head { "HEAD" } else { "GET" };
-        log_redirect(id.as_str(), method, &format!("/{}", request.code), status, started);
+        access_log::redirect(id.as_str(), method, &format!("/{}", request.code), status, started);
     }
     close
 }

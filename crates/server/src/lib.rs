@@ -14,6 +14,7 @@
 //! works whether or not a server holds the data directory.
 
 mod accept_backoff;
+mod access_log;
 pub mod admin;
 pub mod admission;
 mod app;

@@ -3,7 +3,6 @@
 //! hyper's requests and the redirect lane's (`lane`).
 
 use std::net::IpAddr;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -126,11 +125,6 @@ impl<S: Store> App<S> {
         });
         from_proxy.or(peer)
     }
-}
-
-/// The redirect's line in the access log (`access_log = "all"`), whoever answered it.
-pub(crate) fn log_redirect(request_id: &str, method: &str, path: &str, status: u16, started: Instant) {
-    tracing::info!(request_id, %method, path, status, micros = started.elapsed().as_micros() as u64, "redirect");
 }
 
 /// `value` as text if it is what `HeaderValue::to_str` accepts: visible ASCII and tabs.

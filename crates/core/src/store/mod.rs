@@ -263,6 +263,11 @@ pub trait SecretStore: Send + Sync + 'static {
         &self,
         candidate: InstallationSecret,
     ) -> impl Future<Output = Result<InstallationSecret, Error>> + Send;
+
+    /// The secret kept here, or a new one stored here on first use.
+    fn load_or_create_secret(&self) -> impl Future<Output = Result<InstallationSecret, Error>> + Send {
+        async move { self.installation_secret(InstallationSecret::generate()?).await }
+    }
 }
 
 /// Rate limits per key (an API token, say), decided by [`gcra`]. Kept in the store so that
