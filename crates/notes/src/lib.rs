@@ -5,7 +5,7 @@
 //!                                                                          │
 //!              dispatcher: classify → dedupe → note ◀──────────────────────┘
 //!                 │ journal (the store's notes, served by the API)
-//!                 └▶ "sink:webhook", "sink:amocrm" queues ──▶ one worker each, retrying
+//!                 └▶ "sink:webhook", "sink:amocrm:<account>" queues ──▶ one worker each, retrying
 //! ```
 //!
 //! - `raw_click`: what the redirect hands over ([`RawClick`]).

@@ -14,7 +14,7 @@ use crate::gateway::AddressRule;
 use crate::networks::ScannerNetworks;
 use crate::note::NoteKeys;
 use crate::screen::Screen;
-use crate::sink::{queue_of, run_sink, NoteSink, RetryPolicy};
+use crate::sink::{run_sink, NoteSink, RetryPolicy, SinkKeys};
 use crate::stats::Stats;
 
 /// How the pipeline behaves.
@@ -83,12 +83,15 @@ impl<S: Store + Clone> PipelineBuilder<S> {
         }
     }
 
-    /// Adds a sink for the notes of one account (or of all, with `None`).
+    /// Adds a sink for the notes of one account (or of all, with `None`), with a queue,
+    /// dead letters, allowance and counters of its own ([`SinkKeys`]).
     pub fn sink<K: NoteSink>(mut self, sink: K, account: Option<AccountId>) -> Self {
         let wake = Arc::new(Notify::new());
-        let stats = self.stats.sink(sink.name());
-        self.routes.push(Route { queue: queue_of(sink.name()), account, wake: wake.clone() });
-        let worker = run_sink(self.store.clone(), sink, self.config.retry, wake, stats, self.shutdown.subscribe());
+        let keys = SinkKeys::new(sink.name(), account);
+        let stats = self.stats.sink(keys.name, account);
+        self.routes.push(Route { queue: keys.queue(), account, wake: wake.clone() });
+        let (store, retry, shutdown) = (self.store.clone(), self.config.retry, self.shutdown.subscribe());
+        let worker = run_sink(store, sink, keys, retry, wake, stats, shutdown);
         self.tasks.push(tokio::spawn(worker));
         self
     }

@@ -33,7 +33,8 @@ pub struct Stats {
     /// Visit marks swept from the ledger once they could no longer matter.
     pub visit_marks_forgotten: AtomicU64,
     not_visits: [AtomicU64; NotVisit::ALL.len()],
-    sinks: Mutex<Vec<(&'static str, Arc<SinkStats>)>>,
+    /// Each sink's counters, with their labels (`sink="…"`, and `account="…"` if it serves one).
+    sinks: Mutex<Vec<(String, Arc<SinkStats>)>>,
 }
 
 /// Counters of one sink.
@@ -63,10 +64,14 @@ impl Stats {
         self.not_visits[why as usize].load(Relaxed)
     }
 
-    /// Registers a sink's counters.
-    pub fn sink(&self, name: &'static str) -> Arc<SinkStats> {
+    /// Registers the counters of the sink `name` serving `account` (or every account).
+    pub fn sink(&self, name: &str, account: Option<shortlinks_core::AccountId>) -> Arc<SinkStats> {
         let counters = Arc::new(SinkStats::default());
-        self.sinks.lock().push((name, counters.clone()));
+        let labels = match account {
+            None => format!("sink=\"{name}\""),
+            Some(account) => format!("sink=\"{name}\",account=\"{}\"", account.0),
+        };
+        self.sinks.lock().push((labels, counters.clone()));
         counters
     }
 
@@ -140,7 +145,7 @@ impl Stats {
             ("shortlinks_sink_copies_skipped_total", "Copies of notes in the sink's queue, not sent again."),
         ] {
             let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
-            for (name, s) in sinks.iter() {
+            for (labels, s) in sinks.iter() {
                 let value = match metric {
                     "shortlinks_sink_delivered_total" => s.delivered.load(Relaxed),
                     "shortlinks_sink_failed_attempts_total" => s.failed_attempts.load(Relaxed),
@@ -148,7 +153,7 @@ impl Stats {
                     "shortlinks_sink_restricted_total" => s.restricted.load(Relaxed),
                     _ => s.copies_skipped.load(Relaxed),
                 };
-                let _ = writeln!(out, "{metric}{{sink=\"{name}\"}} {value}");
+                let _ = writeln!(out, "{metric}{{{labels}}} {value}");
             }
         }
         out

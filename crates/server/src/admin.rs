@@ -55,8 +55,10 @@ pub enum AdminRequest {
         /// The code.
         code: String,
     },
-    /// Store amoCRM's OAuth token pair (from `amocrm connect`), replacing any.
+    /// Store an account's amoCRM OAuth token pair (from `amocrm connect`), replacing any.
     AmoCrmTokens {
+        /// The shortlinks account whose connection it is.
+        account: u64,
         /// The pair.
         pair: OAuthPair,
     },
@@ -185,8 +187,8 @@ async fn run<S: Store>(store: &S, request: AdminRequest) -> Result<AdminReply, S
             });
             AdminReply::Link { link }
         }
-        AdminRequest::AmoCrmTokens { pair } => {
-            store_pair(store, &pair).await?;
+        AdminRequest::AmoCrmTokens { account, pair } => {
+            store_pair(store, AccountId(account), &pair).await?;
             AdminReply::Done
         }
     })

@@ -214,6 +214,30 @@ pub struct SettingsLayer {
     /// The pause after amoCRM restricts the integration's access (403), in seconds (default 900).
     #[arg(long, env = "SHORTLINKS_AMOCRM_RESTRICTED_PAUSE_SECS")]
     pub amocrm_restricted_pause_secs: Option<u64>,
+    /// amoCRM connections, one per shortlinks account (the file's `[[amocrm_connections]]`
+    /// tables only), beside the one the `amocrm_subdomain` settings make.
+    #[arg(skip)]
+    pub amocrm_connections: Option<Vec<AmoCrmConnection>>,
+}
+
+/// One amoCRM connection in the settings file: which shortlinks account's notes go to which
+/// amoCRM account, and how the server proves who it is there. Batching, pace and the kind of
+/// note are the `amocrm_*` settings, the same for every connection; each connection is paced
+/// on its own.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AmoCrmConnection {
+    /// The shortlinks account whose notes go there.
+    pub account: u64,
+    /// The amoCRM account, `{subdomain}.amocrm.ru`.
+    pub subdomain: Option<String>,
+    /// Instead of the subdomain: the amoCRM API base URL.
+    pub base_url: Option<String>,
+    /// A long-lived token of that account. Without one, the integration's OAuth settings
+    /// (`amocrm_client_id` …) are used, with this account's token pair in the store.
+    pub token: Option<String>,
+    /// A file holding the token.
+    pub token_file: Option<PathBuf>,
 }
 
 /// The kind of note amoCRM shows.
@@ -338,6 +362,7 @@ impl SettingsLayer {
             amocrm_requests_per_sec,
             amocrm_exceed_limit,
             amocrm_restricted_pause_secs,
+            amocrm_connections,
         )
     }
 
@@ -526,21 +551,7 @@ impl SettingsLayer {
                 Some(WebhookSettings { url: http_uri(url, "webhook_url")?, secret: secret.clone() })
             }
         };
-        let amocrm_base = match (&self.amocrm_base_url, &self.amocrm_subdomain) {
-            (Some(base), _) => Some(http_uri(base, "amocrm_base_url")?.to_string()),
-            (None, Some(sub)) if !sub.is_empty() && sub.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
-                Some(format!("https://{sub}.amocrm.ru"))
-            }
-            (None, Some(sub)) => return bad(format!("amocrm_subdomain {sub:?} is not a subdomain")),
-            (None, None) => None,
-        };
-        let amocrm = match amocrm_base {
-            None => None,
-            Some(base) => Some(AmoCrmSettings {
-                config: self.amocrm_config(base, amocrm_token)?,
-                account: AccountId(self.amocrm_account_id.unwrap_or(1)),
-            }),
-        };
+        let amocrm = self.amocrm_connections(amocrm_token)?;
         let positive = |v: Option<u64>, unit: fn(u64) -> Duration, default: Duration, name: &str| match v {
             Some(0) => Err(ServerError::Config(format!("{name} must be positive"))),
             v => Ok(v.map_or(default, unit)),
@@ -611,28 +622,62 @@ impl SettingsLayer {
 /// A secret given as a value or in a file (`name_file`), not both. A file keeps it out of
 /// `ps` and out of the environment, which children inherit.
 impl SettingsLayer {
-    /// The amoCRM sink's configuration, for the account at `base`.
-    fn amocrm_config(&self, base: String, token: Option<String>) -> Result<AmoCrmConfig, ServerError> {
+    /// Every amoCRM connection: the one the `amocrm_subdomain` settings make (`token` is
+    /// its `amocrm_token`), and the file's `[[amocrm_connections]]`.
+    fn amocrm_connections(&self, token: Option<String>) -> Result<Vec<AmoCrmConfig>, ServerError> {
+        let mut connections = Vec::new();
+        if let Some(base) = amocrm_base(&self.amocrm_base_url, &self.amocrm_subdomain, "amocrm_")? {
+            let account = AccountId(self.amocrm_account_id.unwrap_or(1));
+            connections.push(self.amocrm_config(account, base, token)?);
+        }
+        for (i, connection) in self.amocrm_connections.iter().flatten().enumerate() {
+            let name = format!("amocrm_connections[{i}]");
+            let Some(base) = amocrm_base(&connection.base_url, &connection.subdomain, &format!("{name}."))? else {
+                return Err(ServerError::Config(format!("{name} needs subdomain or base_url")));
+            };
+            if connection.account == 0 {
+                return Err(ServerError::Config(format!("{name}.account must be positive")));
+            }
+            let token = secret(&connection.token, &connection.token_file, &format!("{name}.token"))?;
+            connections.push(self.amocrm_config(AccountId(connection.account), base, token)?);
+        }
+        let mut accounts: Vec<u64> = connections.iter().map(|c| c.account.0).collect();
+        accounts.sort_unstable();
+        if let Some(twice) = accounts.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(ServerError::Config(format!(
+                "account {} has two amoCRM connections; an account's notes go to one amoCRM account",
+                twice[0]
+            )));
+        }
+        Ok(connections)
+    }
+
+    /// One amoCRM connection, for `account`'s notes, to the amoCRM account at `base`: with
+    /// `token`, or else the integration's OAuth settings.
+    fn amocrm_config(
+        &self,
+        account: AccountId,
+        base: String,
+        token: Option<String>,
+    ) -> Result<AmoCrmConfig, ServerError> {
         let bad = |msg: String| Err(ServerError::Config(msg));
         let client_secret =
             secret(&self.amocrm_client_secret, &self.amocrm_client_secret_file, "amocrm_client_secret")?;
-        let auth = match (token, &self.amocrm_client_id, client_secret, &self.amocrm_redirect_uri) {
-            (Some(token), None, None, None) => AmoCrmAuth::Token(token),
-            (None, Some(client_id), Some(client_secret), Some(redirect_uri)) => AmoCrmAuth::OAuth(OAuthApp {
+        let oauth = (&self.amocrm_client_id, client_secret, &self.amocrm_redirect_uri);
+        let auth = match (token, oauth) {
+            (Some(token), _) => AmoCrmAuth::Token(token),
+            (None, (Some(client_id), Some(client_secret), Some(redirect_uri))) => AmoCrmAuth::OAuth(OAuthApp {
                 client_id: client_id.clone(),
                 client_secret,
                 redirect_uri: http_uri(redirect_uri, "amocrm_redirect_uri")?.to_string(),
             }),
-            (Some(_), ..) => {
-                return bad("give amocrm_token or the OAuth settings (amocrm_client_id …), not both".into())
-            }
             _ => {
-                return bad("the amoCRM sink needs amocrm_token, or amocrm_client_id, amocrm_client_secret and \
+                return bad("an amoCRM connection needs a token, or amocrm_client_id, amocrm_client_secret and \
                      amocrm_redirect_uri"
                     .into())
             }
         };
-        let mut config = AmoCrmConfig::new(base, auth);
+        let mut config = AmoCrmConfig::new(account, base, auth);
         config.note_type = match self.amocrm_note_type.unwrap_or_default() {
             AmoNoteKind::ServiceMessage => AmoNoteType::ServiceMessage,
             AmoNoteKind::Common => AmoNoteType::Common,
@@ -663,6 +708,23 @@ impl SettingsLayer {
             config.restricted_pause = Duration::from_secs(secs.max(1));
         }
         Ok(config)
+    }
+}
+
+/// The amoCRM API base URL that `base_url` or `subdomain` (settings named with `prefix`)
+/// give, if either does.
+fn amocrm_base(
+    base_url: &Option<String>,
+    subdomain: &Option<String>,
+    prefix: &str,
+) -> Result<Option<String>, ServerError> {
+    match (base_url, subdomain) {
+        (Some(base), _) => Ok(Some(http_uri(base, &format!("{prefix}base_url"))?.to_string())),
+        (None, Some(sub)) if !sub.is_empty() && sub.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
+            Ok(Some(format!("https://{sub}.amocrm.ru")))
+        }
+        (None, Some(sub)) => Err(ServerError::Config(format!("{prefix}subdomain {sub:?} is not a subdomain"))),
+        (None, None) => Ok(None),
     }
 }
 
@@ -731,8 +793,8 @@ pub struct ClickSettings {
     pub client_ip_header: Option<HeaderName>,
     /// The webhook sink, if configured.
     pub webhook: Option<WebhookSettings>,
-    /// The amoCRM sink, if configured.
-    pub amocrm: Option<AmoCrmSettings>,
+    /// The amoCRM connections, one per account at most.
+    pub amocrm: Vec<AmoCrmConfig>,
     /// The timeout of each sink request.
     pub sink_timeout: Duration,
     /// The longest delay between a sink's retries.
@@ -746,15 +808,6 @@ pub struct WebhookSettings {
     pub url: hyper::Uri,
     /// The HMAC key.
     pub secret: String,
-}
-
-/// The amoCRM sink's settings.
-#[derive(Clone, Debug)]
-pub struct AmoCrmSettings {
-    /// Where, how and how fast.
-    pub config: AmoCrmConfig,
-    /// Which shortlinks account's notes go there.
-    pub account: AccountId,
 }
 
 /// Complete, checked settings.
@@ -966,7 +1019,7 @@ mod tests {
         assert_eq!(s.durability, Durability::Group { window: Duration::from_millis(10) });
         assert_eq!(s.dedup_window, Duration::from_secs(3600));
         assert_eq!(s.notes_per_link, 5);
-        assert!(s.client_ip_header.is_none() && s.webhook.is_none() && s.amocrm.is_none());
+        assert!(s.client_ip_header.is_none() && s.webhook.is_none() && s.amocrm.is_empty());
         let s = SettingsLayer {
             durability: Some(DurabilityKind::Sync),
             amocrm_subdomain: Some("acme".into()),
@@ -978,7 +1031,7 @@ mod tests {
         .unwrap()
         .clicks;
         assert_eq!(s.durability, Durability::Sync);
-        assert_eq!(s.amocrm.unwrap().config.base, "https://acme.amocrm.ru");
+        assert_eq!(s.amocrm[0].base, "https://acme.amocrm.ru");
         assert_eq!(s.client_ip_header.unwrap().as_str(), "x-forwarded-for");
     }
 
@@ -989,7 +1042,7 @@ mod tests {
             amocrm_token: Some("t".into()),
             ..Default::default()
         };
-        let config = token.clone().resolve().unwrap().clicks.amocrm.unwrap().config;
+        let config = token.clone().resolve().unwrap().clicks.amocrm.remove(0);
         assert_eq!((config.batching.max, config.batching.linger), (50, Duration::from_millis(200)));
         assert_eq!((config.rate.per_second, config.rate.burst), (5, 1));
         assert_eq!(config.note_type, AmoNoteType::ServiceMessage);
@@ -998,7 +1051,7 @@ mod tests {
             err(SettingsLayer { amocrm_requests_per_sec: Some(8), ..token.clone() }).contains("amocrm_exceed_limit")
         );
         let over = SettingsLayer { amocrm_requests_per_sec: Some(8), amocrm_exceed_limit: Some(true), ..token.clone() };
-        assert_eq!(over.resolve().unwrap().clicks.amocrm.unwrap().config.rate.per_second, 8);
+        assert_eq!(over.resolve().unwrap().clicks.amocrm.remove(0).rate.per_second, 8);
         for batch in [0, 251] {
             assert!(err(SettingsLayer { amocrm_batch: Some(batch), ..token.clone() }).contains("amocrm_batch"));
         }
@@ -1010,16 +1063,67 @@ mod tests {
             amocrm_redirect_uri: Some("https://x.example/cb".into()),
             ..Default::default()
         };
-        let config = oauth.clone().resolve().unwrap().clicks.amocrm.unwrap().config;
+        let config = oauth.clone().resolve().unwrap().clicks.amocrm.remove(0);
         assert!(
             matches!(config.auth, AmoCrmAuth::OAuth(ref app) if app.client_id == "id" && app.client_secret == "secret")
         );
         let printed = format!("{config:?} {:?}", token.clone().resolve().unwrap().clicks.amocrm);
         assert!(!printed.contains("\"secret\"") && !printed.contains("\"t\""), "secrets never printed: {printed}");
-        assert!(err(SettingsLayer { amocrm_token: Some("t".into()), ..oauth.clone() }).contains("not both"));
+        // The integration's OAuth settings serve every connection without a token of its own.
+        let both = SettingsLayer { amocrm_token: Some("t".into()), ..oauth.clone() }.resolve().unwrap();
+        assert_eq!(both.clicks.amocrm[0].auth, AmoCrmAuth::Token("t".into()));
         assert!(err(SettingsLayer { amocrm_client_secret: None, ..oauth.clone() }).contains("amocrm_client_secret"));
         assert!(err(SettingsLayer { amocrm_redirect_uri: Some("not a url".into()), ..oauth })
             .contains("amocrm_redirect_uri"));
+    }
+
+    #[test]
+    fn amocrm_connections_each_serve_one_account() {
+        let text = r#"
+            amocrm_subdomain = "first"
+            amocrm_token = "t1"
+            amocrm_account_id = 4
+            amocrm_client_id = "id"
+            amocrm_client_secret = "secret"
+            amocrm_redirect_uri = "https://x.example/cb"
+
+            [[amocrm_connections]]
+            account = 5
+            base_url = "http://127.0.0.1:9/"
+            token = "t5"
+
+            [[amocrm_connections]]
+            account = 6
+            subdomain = "sixth"
+        "#;
+        let layer: SettingsLayer = toml::from_str(text).unwrap();
+        let connections = layer.clone().resolve().unwrap().clicks.amocrm;
+        let summary: Vec<_> = connections.iter().map(|c| (c.account.0, c.base.as_str())).collect();
+        assert_eq!(
+            summary,
+            [(4, "https://first.amocrm.ru"), (5, "http://127.0.0.1:9/"), (6, "https://sixth.amocrm.ru")]
+        );
+        assert_eq!(connections[1].auth, AmoCrmAuth::Token("t5".into()));
+        assert!(
+            matches!(connections[2].auth, AmoCrmAuth::OAuth(ref app) if app.client_id == "id"),
+            "the integration's"
+        );
+        assert_eq!(connections[2].batching, connections[0].batching, "the amocrm_* settings serve every connection");
+
+        let err = |layer: SettingsLayer| layer.resolve().unwrap_err().to_string();
+        let with = |connection: AmoCrmConnection| SettingsLayer {
+            amocrm_connections: Some(vec![connection]),
+            ..layer.clone()
+        };
+        let sub = |account| AmoCrmConnection { account, subdomain: Some("x".into()), ..Default::default() };
+        assert!(err(with(sub(4))).contains("account 4 has two amoCRM connections"));
+        assert!(err(with(sub(0))).contains("account must be positive"));
+        assert!(err(with(AmoCrmConnection { account: 7, ..Default::default() })).contains("subdomain or base_url"));
+        assert!(err(with(AmoCrmConnection { subdomain: Some("a.b".into()), ..sub(7) })).contains("not a subdomain"));
+        let no_oauth = SettingsLayer { amocrm_client_id: None, ..with(sub(7)) };
+        assert!(err(no_oauth).contains("needs a token"));
+        let unknown: Result<SettingsLayer, _> = toml::from_str("[[amocrm_connections]]\naccount = 1\ntokn = \"x\"");
+        assert!(unknown.is_err(), "a typo in a connection is an error");
     }
 
     #[test]
@@ -1037,7 +1141,7 @@ mod tests {
             ..Default::default()
         };
         let clicks = layer.clone().resolve().unwrap().clicks;
-        assert_eq!(clicks.amocrm.unwrap().config.auth, AmoCrmAuth::Token("amo-token".into()));
+        assert_eq!(clicks.amocrm[0].auth, AmoCrmAuth::Token("amo-token".into()));
         assert_eq!(clicks.webhook.unwrap().secret, "hook-key");
         for bad in [
             SettingsLayer { amocrm_token: Some("t".into()), ..layer.clone() },

@@ -69,6 +69,9 @@ enum AmoCrmCommand {
         /// The authorization code amoCRM gave the redirect URI.
         #[arg(long)]
         code: String,
+        /// The shortlinks account whose connection this is (needed when there are several).
+        #[arg(long)]
+        account: Option<u64>,
         #[command(flatten)]
         args: Box<ServeArgs>,
     },
@@ -174,7 +177,9 @@ async fn main() -> anyhow::Result<()> {
         None => serve(ServeArgs::from_env()).await,
         Some(Command::Serve(args)) => serve(*args).await,
         Some(Command::Token(command)) => token(command).await,
-        Some(Command::Amocrm(AmoCrmCommand::Connect { code, args })) => amocrm_connect(&code, *args).await,
+        Some(Command::Amocrm(AmoCrmCommand::Connect { code, account, args })) => {
+            amocrm_connect(&code, account, *args).await
+        }
         Some(Command::Clicks(ClicksCommand::Replay { file, args })) => replay(&file, *args).await,
         Some(Command::Resolve { code, store }) => match store.command(AdminRequest::Resolve { code }).await? {
             AdminReply::Link { link: Some(l) } => {
@@ -291,20 +296,31 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn amocrm_connect(code: &str, args: ServeArgs) -> anyhow::Result<()> {
+async fn amocrm_connect(code: &str, account: Option<u64>, args: ServeArgs) -> anyhow::Result<()> {
     let settings = args.settings.over(file_layer(args.config.as_deref())?).resolve()?;
-    let Some(amo) = &settings.clicks.amocrm else {
-        bail!("no amoCRM sink is configured (amocrm_subdomain or amocrm_base_url)")
+    let connections = &settings.clicks.amocrm;
+    let amo = match (account, connections.as_slice()) {
+        (_, []) => bail!("no amoCRM connection is configured (amocrm_subdomain, or [[amocrm_connections]])"),
+        (None, [only]) => only,
+        (None, _) => bail!("there are several amoCRM connections: say which with --account"),
+        (Some(id), _) => match connections.iter().find(|c| c.account.0 == id) {
+            Some(connection) => connection,
+            None => bail!("account {id} has no amoCRM connection in the settings"),
+        },
     };
-    let AmoCrmAuth::OAuth(app) = &amo.config.auth else {
-        bail!("the amoCRM sink uses a long-lived token; connecting needs amocrm_client_id, amocrm_client_secret and amocrm_redirect_uri")
+    let AmoCrmAuth::OAuth(app) = &amo.auth else {
+        bail!("this amoCRM connection uses a long-lived token; connecting needs amocrm_client_id, amocrm_client_secret and amocrm_redirect_uri")
     };
     let client = HttpClient::new(settings.clicks.sink_timeout);
-    let pair = shortlinks_notes::sink::connect(&client, &amo.config.base, app, code).await?;
+    let pair = shortlinks_notes::sink::connect(&client, &amo.base, app, code).await?;
     let expires_at = pair.expires_at;
-    match admin::command(&settings.storage, &settings.data_dir, AdminRequest::AmoCrmTokens { pair }).await? {
+    let request = AdminRequest::AmoCrmTokens { account: amo.account.0, pair };
+    match admin::command(&settings.storage, &settings.data_dir, request).await? {
         AdminReply::Done => {
-            println!("connected to {}: the token pair is stored (the access token expires at {expires_at}, Unix time, and is refreshed before)", amo.config.base);
+            println!(
+                "connected account {} to {}: the token pair is stored (the access token expires at {expires_at}, Unix time, and is refreshed before)",
+                amo.account.0, amo.base
+            );
             Ok(())
         }
         other => unexpected(other),

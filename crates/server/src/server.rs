@@ -11,7 +11,9 @@ use shortlinks_core::{AccountId, ContactScope, SledStore, Store, UserId};
 use shortlinks_redis::RedisStore;
 use tokio::net::TcpListener;
 
-use shortlinks_notes::sink::{AmoCrmSink, HttpClient, RetryPolicy, WebhookSink};
+use shortlinks_notes::sink::{
+    adopt_legacy_pair, adopt_legacy_queue, AmoCrmAuth, AmoCrmConfig, AmoCrmSink, HttpClient, RetryPolicy, WebhookSink,
+};
 use shortlinks_notes::{Pipeline, PipelineConfig};
 
 use crate::accept_backoff::AcceptBackoff;
@@ -90,12 +92,7 @@ async fn assemble<S: Store + Clone>(
     let clicks = &settings.clicks;
     let http = HttpClient::new(clicks.sink_timeout);
     let webhook = clicks.webhook.as_ref().map(|w| WebhookSink::new(http.clone(), w.url.clone(), w.secret.as_bytes()));
-    let amocrm = match &clicks.amocrm {
-        Some(amo) => {
-            Some((AmoCrmSink::new(http, amo.config.clone(), store.clone()).map_err(ServerError::Config)?, amo.account))
-        }
-        None => None,
-    };
+    let amocrm = amocrm_sinks(&store, &http, &clicks.amocrm).await?;
     let app_settings = AppSettings {
         public_url: settings.public_url.clone().unwrap_or_else(|| PublicUrl::from_bound(addr)),
         limits: settings.limits,
@@ -119,7 +116,8 @@ async fn assemble<S: Store + Clone>(
         if let Some(sink) = webhook {
             pipeline = pipeline.sink(sink, None);
         }
-        if let Some((sink, account)) = amocrm {
+        for sink in amocrm {
+            let account = sink.account();
             pipeline = pipeline.sink(sink, Some(account));
         }
         pipeline
@@ -128,6 +126,33 @@ async fn assemble<S: Store + Clone>(
     // Last: nothing after it can fail, so a token is only made for a server that runs.
     let first_token = ensure_first_token(app.store()).await?;
     Ok((Parts { app: Arc::new(app), pipeline, listener, admin }, first_token))
+}
+
+/// One amoCRM sink per connection. What a release before per-account connections left
+/// (one queue for every account, one OAuth pair) is first taken over: the queue's notes go
+/// to their accounts' queues, and the pair to the only connection there was then, that of
+/// `amocrm_account_id`, when it uses OAuth.
+async fn amocrm_sinks<S: Store + Clone>(
+    store: &S,
+    http: &HttpClient,
+    connections: &[AmoCrmConfig],
+) -> Result<Vec<AmoCrmSink<S>>, ServerError> {
+    if connections.is_empty() {
+        return Ok(Vec::new());
+    }
+    let moved = adopt_legacy_queue(store, "amocrm").await?;
+    if moved > 0 {
+        tracing::info!(notes = moved, "moved the notes of the shared amoCRM queue to their accounts' queues");
+    }
+    if let Some(first) = connections.first().filter(|c| matches!(c.auth, AmoCrmAuth::OAuth(_))) {
+        if adopt_legacy_pair(store, first.account).await? {
+            tracing::info!(account = first.account.0, "the stored amoCRM token pair is now this account's");
+        }
+    }
+    connections
+        .iter()
+        .map(|config| AmoCrmSink::new(http.clone(), config.clone(), store.clone()).map_err(ServerError::Config))
+        .collect()
 }
 
 /// On a store with no tokens at all, issues one for account 1, user 1, all contacts.

@@ -87,7 +87,7 @@ async fn a_burst_of_visits_becomes_exactly_that_many_notes_in_paced_batches() {
     assert_eq!(stand_in.too_many(), 0, "paced before amoCRM's limit, never by its 429");
     let most = stand_in.most_in_one_second();
     assert!(most <= 5, "at most the configured 5 requests in any second, saw {most}");
-    assert_eq!(metric(server.addr, "shortlinks_sink_delivered_total{sink=\"amocrm\"}").await, 400);
+    assert_eq!(metric(server.addr, "shortlinks_sink_delivered_total{sink=\"amocrm\",account=\"1\"}").await, 400);
     eprintln!("400 notes in {} requests, at most {most} in one second", arrivals.len());
 }
 
@@ -114,7 +114,7 @@ async fn failures_are_retried_and_only_a_lost_answer_duplicates() {
     let twice = counts.values().filter(|&&n| n == 2).count();
     assert_eq!(twice, late_batch, "exactly the notes of the request whose answer was lost came twice");
     assert!(counts.values().all(|&n| n <= 2));
-    assert!(metric(server.addr, "shortlinks_sink_failed_attempts_total{sink=\"amocrm\"}").await >= 2);
+    assert!(metric(server.addr, "shortlinks_sink_failed_attempts_total{sink=\"amocrm\",account=\"1\"}").await >= 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,7 +132,7 @@ async fn a_refused_contact_dead_letters_only_its_own_note() {
     visit_all(server.addr, &codes).await;
     assert!(stand_in.until(Duration::from_secs(30), |n| n.len() >= 4).await);
     let dead = loop {
-        let dead = metric(server.addr, "shortlinks_sink_dead_lettered_total{sink=\"amocrm\"}").await;
+        let dead = metric(server.addr, "shortlinks_sink_dead_lettered_total{sink=\"amocrm\",account=\"1\"}").await;
         if dead > 0 || stand_in.arrivals().len() > 5 {
             break dead;
         }
@@ -146,7 +146,7 @@ async fn a_refused_contact_dead_letters_only_its_own_note() {
     let arrivals = stand_in.arrivals();
     assert_eq!(arrivals[0].status, 400, "{arrivals:?}");
     assert_eq!(arrivals[0].notes, 5, "one batch, refused for one note");
-    assert_eq!(metric(server.addr, "shortlinks_sink_delivered_total{sink=\"amocrm\"}").await, 4);
+    assert_eq!(metric(server.addr, "shortlinks_sink_delivered_total{sink=\"amocrm\",account=\"1\"}").await, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,8 +169,8 @@ async fn a_restricted_integration_pauses_and_drops_nothing() {
         paused >= Duration::from_secs(2),
         "the sink paused for the configured time, not a retry's backoff: {paused:?}"
     );
-    assert_eq!(metric(server.addr, "shortlinks_sink_restricted_total{sink=\"amocrm\"}").await, 1);
-    assert_eq!(metric(server.addr, "shortlinks_sink_dead_lettered_total{sink=\"amocrm\"}").await, 0);
+    assert_eq!(metric(server.addr, "shortlinks_sink_restricted_total{sink=\"amocrm\",account=\"1\"}").await, 1);
+    assert_eq!(metric(server.addr, "shortlinks_sink_dead_lettered_total{sink=\"amocrm\",account=\"1\"}").await, 0);
     for note in stand_in.notes() {
         assert_eq!(note.note_type, "common", "the configured note type");
         assert_eq!(note.params, json!({"text": format!("visited https://original.example/offer/{}", note.entity_id)}));
@@ -205,7 +205,7 @@ async fn connect(dir: &Path, stand_in: &AmoCrmStandIn, code: &str) -> std::proce
 /// Waits until the server at `addr` counts `n` notes delivered to amoCRM.
 async fn until_delivered(addr: SocketAddr, n: u64) {
     for _ in 0..1500 {
-        if try_metric(addr, "shortlinks_sink_delivered_total{sink=\"amocrm\"}").await.unwrap_or(0) >= n {
+        if try_metric(addr, "shortlinks_sink_delivered_total{sink=\"amocrm\",account=\"1\"}").await.unwrap_or(0) >= n {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -320,8 +320,8 @@ async fn two_nodes_on_one_redis_share_one_allowance() {
     tokio::join!(visit_all(a.addr, left), visit_all(b.addr, right));
     assert!(stand_in.until(Duration::from_secs(60), |n| n.len() >= 160).await, "only {}", stand_in.notes().len());
 
-    let delivered_a = metric(a.addr, "shortlinks_sink_delivered_total{sink=\"amocrm\"}").await;
-    let delivered_b = metric(b.addr, "shortlinks_sink_delivered_total{sink=\"amocrm\"}").await;
+    let delivered_a = metric(a.addr, "shortlinks_sink_delivered_total{sink=\"amocrm\",account=\"1\"}").await;
+    let delivered_b = metric(b.addr, "shortlinks_sink_delivered_total{sink=\"amocrm\",account=\"1\"}").await;
     assert_eq!(delivered_a + delivered_b, 160);
     assert!(delivered_a > 0 && delivered_b > 0, "both nodes delivered: {delivered_a} and {delivered_b}");
     assert_eq!(stand_in.too_many(), 0);
@@ -383,8 +383,71 @@ async fn copies_left_by_a_hanging_redis_reach_amocrm_once() {
     // Copies met in one lease are dropped; one in a later lease is dispatched again.
     let dropped = metric(server.addr, "shortlinks_clicks_copies_dropped_total").await;
     let again = metric(server.addr, "shortlinks_clicks_dispatched_total").await - expected as u64;
-    let skipped = metric(server.addr, "shortlinks_sink_copies_skipped_total{sink=\"amocrm\"}").await;
+    let skipped = metric(server.addr, "shortlinks_sink_copies_skipped_total{sink=\"amocrm\",account=\"1\"}").await;
     eprintln!("copies of clicks: {dropped} dropped, {again} dispatched again; {skipped} notes skipped by the sink");
     assert!(dropped + again > 0, "the pause left no copy in the outbox: the test proves nothing");
     assert_eq!(server.terminate().await, 0);
+}
+
+/// One server delivers for many accounts: each account's connection has its own amoCRM
+/// account (here a stand-in each, which takes only its own token), its own queue and its
+/// own pace, and an account's notes reach its own amoCRM only, even for contacts with the
+/// same ids in other accounts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_accounts_clicks_reach_only_its_own_amocrm() {
+    use shortlinks_server::admin::{self, AdminReply, AdminRequest};
+    use shortlinks_server::config::{AmoCrmConnection, StorageSettings};
+
+    const ACCOUNTS: [u64; 3] = [1, 2, 3];
+    let mut stand_ins = Vec::new();
+    for account in ACCOUNTS {
+        let options = StandInOptions { token: Some(format!("amo-token-{account}")), ..Default::default() };
+        stand_ins.push(AmoCrmStandIn::start(options).await.unwrap());
+    }
+    let connections = ACCOUNTS
+        .iter()
+        .zip(&stand_ins)
+        .map(|(&account, stand_in)| AmoCrmConnection {
+            account,
+            base_url: Some(stand_in.url.clone()),
+            token: Some(format!("amo-token-{account}")),
+            ..Default::default()
+        })
+        .collect();
+    let layer = SettingsLayer {
+        amocrm_connections: Some(connections),
+        client_ip_header: Some("X-Forwarded-For".into()),
+        sink_retry_max_ms: Some(200),
+        ..Default::default()
+    };
+    let server = TestServer::start_with(layer).await;
+    for account in ACCOUNTS {
+        let token = match account {
+            1 => server.token.clone(),
+            _ => {
+                let request = AdminRequest::TokenCreate { account, user: 1, scope: shortlinks_core::ContactScope::All };
+                let reply = admin::command(&StorageSettings::Sled, server.dir.path(), request).await.unwrap();
+                let AdminReply::Token { token } = reply else { panic!("{reply:?}") };
+                token
+            }
+        };
+        let prefix = format!("https://account{account}.example/offer/");
+        let codes = common::links_for(server.addr, &token, &prefix, &[5, 6, 10 * account]).await;
+        visit_all(server.addr, &codes).await;
+    }
+    for (&account, stand_in) in ACCOUNTS.iter().zip(&stand_ins) {
+        assert!(stand_in.until(Duration::from_secs(30), |n| n.len() >= 3).await, "account {account}'s notes");
+        let notes = stand_in.notes();
+        let mut contacts: Vec<u64> = notes.iter().map(|n| n.entity_id).collect();
+        contacts.sort_unstable();
+        assert_eq!(contacts, [5, 6, 10 * account], "account {account}'s contacts, each once");
+        for note in &notes {
+            let text = note.params["text"].as_str().unwrap();
+            let expected = format!("visited https://account{account}.example/offer/{}", note.entity_id);
+            assert_eq!(text, expected, "account {account}'s amoCRM got only account {account}'s notes");
+        }
+        let delivered = format!("shortlinks_sink_delivered_total{{sink=\"amocrm\",account=\"{account}\"}}");
+        assert_eq!(metric(server.addr, &delivered).await, 3);
+        assert_eq!(stand_in.too_many(), 0);
+    }
 }

@@ -22,6 +22,7 @@ use hyper::Uri;
 use serde_json::{json, Value};
 use shortlinks_core::model::{Note, NoteBody};
 use shortlinks_core::store::{CredentialStore, Rate};
+use shortlinks_core::AccountId;
 
 use super::http::{HttpAnswer, HttpClient};
 use super::oauth::{OAuthApp, OAuthTokens};
@@ -59,9 +60,11 @@ pub enum AmoNoteType {
     Common,
 }
 
-/// How the sink talks to one amoCRM account.
+/// How the sink talks to one amoCRM account: a connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AmoCrmConfig {
+    /// The shortlinks account whose notes go there, and only its.
+    pub account: AccountId,
     /// `https://{subdomain}.amocrm.ru`, or a stand-in in tests.
     pub base: String,
     /// Token or OAuth.
@@ -83,8 +86,9 @@ impl AmoCrmConfig {
     pub const MAX_BATCH: usize = 250;
     /// The defaults: 50 notes a request, 200 ms linger, 5 requests a second, one at a
     /// time (no burst), a 15-minute pause after a 403.
-    pub fn new(base: String, auth: AmoCrmAuth) -> Self {
+    pub fn new(account: AccountId, base: String, auth: AmoCrmAuth) -> Self {
         Self {
+            account,
             base,
             auth,
             note_type: AmoNoteType::default(),
@@ -129,10 +133,16 @@ impl<S: CredentialStore> AmoCrmSink<S> {
         let auth = match &config.auth {
             AmoCrmAuth::Token(token) => Authorizer::Token(bearer(token).map_err(|e| e.to_string())?),
             AmoCrmAuth::OAuth(app) => {
-                Authorizer::OAuth(Box::new(OAuthTokens::new(store, client.clone(), base, app.clone())?))
+                let tokens = OAuthTokens::new(store, client.clone(), base, app.clone(), config.account)?;
+                Authorizer::OAuth(Box::new(tokens))
             }
         };
         Ok(Self { client, url, config, auth })
+    }
+
+    /// The shortlinks account whose notes this sink takes.
+    pub fn account(&self) -> AccountId {
+        self.config.account
     }
 
     /// The note's text: what the manager reads in amoCRM.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use shortlinks_core::model::{EntryId, Note};
 use shortlinks_core::store::{Rate, RecordQueues};
-use shortlinks_core::Store;
+use shortlinks_core::{AccountId, Store};
 use tokio::sync::{watch, Notify};
 
 use crate::stats::SinkStats;
@@ -23,7 +23,7 @@ mod webhook;
 
 pub use amocrm::{AmoCrmAuth, AmoCrmConfig, AmoCrmSink, AmoNoteType, TRANSIT_JITTER};
 pub use http::{HttpAnswer, HttpClient};
-pub use oauth::{connect, store_pair, OAuthApp, OAuthPair, OAUTH_CREDENTIAL};
+pub use oauth::{adopt_legacy_pair, connect, oauth_credential, store_pair, OAuthApp, OAuthPair};
 pub use webhook::{signature, WebhookSink};
 
 /// Why a delivery failed.
@@ -73,7 +73,8 @@ impl Batching {
 
 /// Somewhere notes go.
 pub trait NoteSink: Send + Sync + 'static {
-    /// A short stable name: its queue is `sink:<name>`, its dead letters `dead:<name>`.
+    /// A short stable name of its kind; with the account it serves, if one, it names the
+    /// sink's queue, dead letters and allowance (see [`SinkKeys`]).
     fn name(&self) -> &'static str;
 
     /// How many notes one delivery takes, and how long a short batch waits.
@@ -125,8 +126,66 @@ impl RetryPolicy {
 /// A receiver's `Retry-After` is honoured up to this; beyond it is more likely a mistake.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
-pub(crate) fn queue_of(name: &str) -> String {
+/// Where one sink's worker keeps its work: the queue `sink:<name>[:<account>]`, the dead
+/// letters `dead:<name>[:<account>]`, the allowance under the queue's name. A sink that
+/// serves one account has keys of its own, so that accounts never share a queue, a pace
+/// or dead letters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SinkKeys {
+    /// The sink's kind (its [`NoteSink::name`]).
+    pub name: &'static str,
+    /// The account whose notes it takes; `None`: every account's.
+    pub account: Option<AccountId>,
+    /// `<name>` or `<name>:<account>`: the suffix of its keys, and its name in logs.
+    pub label: String,
+}
+
+impl SinkKeys {
+    /// The keys of the sink `name` serving `account` (or every account).
+    pub fn new(name: &'static str, account: Option<AccountId>) -> Self {
+        let label = match account {
+            None => name.to_owned(),
+            Some(AccountId(id)) => format!("{name}:{id}"),
+        };
+        Self { name, account, label }
+    }
+
+    /// Its queue of notes to deliver.
+    pub fn queue(&self) -> String {
+        format!("sink:{}", self.label)
+    }
+
+    /// Its notes refused for good.
+    pub fn dead_letters(&self) -> String {
+        format!("dead:{}", self.label)
+    }
+}
+
+/// The queue all accounts' notes for the sink `name` shared before each account had its
+/// own: what a release before per-account sinks left in it is moved by [`adopt_legacy_queue`].
+fn legacy_queue(name: &str) -> String {
     format!("sink:{name}")
+}
+
+/// Moves what is left in the shared queue of the sink kind `name` (from a release before
+/// each account had its own) into each note's account's queue, `sink:<name>:<account>`,
+/// and returns how many notes moved. Each is pushed before it is removed: a crash between
+/// the two leaves a copy, which the worker does not send twice (`delivered`).
+pub async fn adopt_legacy_queue<S: Store>(store: &S, name: &'static str) -> Result<usize, shortlinks_core::Error> {
+    let legacy = legacy_queue(name);
+    let mut moved = 0;
+    loop {
+        let batch = store.lease_records::<Note>(&legacy, 1000).await?;
+        if batch.is_empty() {
+            return Ok(moved);
+        }
+        for (_, note) in &batch {
+            let keys = SinkKeys::new(name, Some(note.account));
+            store.push_records(&keys.queue(), &[note]).await?;
+        }
+        moved += batch.len();
+        store.remove(&legacy, batch.iter().map(|(id, _)| *id).collect()).await?;
+    }
 }
 
 /// The worker of one sink: gathers batches from its queue in order and delivers each until
@@ -134,15 +193,17 @@ pub(crate) fn queue_of(name: &str) -> String {
 pub(crate) async fn run_sink<S: Store, K: NoteSink>(
     store: S,
     sink: K,
+    keys: SinkKeys,
     retry: RetryPolicy,
     wake: Arc<Notify>,
     stats: Arc<SinkStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let worker = Worker {
-        queue: queue_of(sink.name()),
-        dead: format!("dead:{}", sink.name()),
-        pace_key: format!("sink:{}", sink.name()),
+        queue: keys.queue(),
+        dead: keys.dead_letters(),
+        pace_key: keys.queue(),
+        label: keys.label,
         store,
         sink,
         retry,
@@ -162,7 +223,7 @@ pub(crate) async fn run_sink<S: Store, K: NoteSink>(
             return; // stopping: the batch stays queued
         }
         if let Err(e) = worker.store.remove(&worker.queue, batch.iter().map(|(id, _)| *id).collect()).await {
-            tracing::error!(sink = worker.sink.name(), error = %e, "cannot remove delivered notes from the queue; they come back, and are not sent again");
+            tracing::error!(sink = %worker.label, error = %e, "cannot remove delivered notes from the queue; they come back, and are not sent again");
         }
     }
 }
@@ -175,6 +236,8 @@ struct Worker<S, K> {
     queue: String,
     dead: String,
     pace_key: String,
+    /// The sink's name in logs: its kind, and its account if it serves one.
+    label: String,
 }
 
 impl<S: Store, K: NoteSink> Worker<S, K> {
@@ -205,7 +268,7 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
 
     async fn lease(&self, max: usize) -> Vec<(EntryId, Note)> {
         self.store.lease_records::<Note>(&self.queue, max).await.unwrap_or_else(|e| {
-            tracing::error!(sink = self.sink.name(), error = %e, "cannot read the sink's queue");
+            tracing::error!(sink = %self.label, error = %e, "cannot read the sink's queue");
             Vec::new()
         })
     }
@@ -219,7 +282,7 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
                 Ok(Some(wait)) => wait,
                 Err(e) => {
                     // Never unpaced: a receiver's limit outlasts a store hiccup.
-                    tracing::error!(sink = self.sink.name(), error = %e, "cannot read the sink's allowance; waiting");
+                    tracing::error!(sink = %self.label, error = %e, "cannot read the sink's allowance; waiting");
                     Duration::from_secs(1)
                 }
             };
@@ -232,7 +295,7 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
 
     /// Delivers `notes` until each is taken or set aside; false if stopping first.
     async fn deliver(&self, notes: Vec<Note>, shutdown: &mut watch::Receiver<bool>) -> bool {
-        let name = self.sink.name();
+        let name = self.label.as_str();
         let mut groups = VecDeque::from([notes]);
         while let Some(mut group) = groups.pop_front() {
             let mut attempt = 0;
@@ -292,7 +355,7 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
     /// Keeps notes refused for good in the sink's dead-letter queue, with the count.
     async fn set_aside(&self, notes: &[Note], reason: &str) {
         for note in notes {
-            tracing::warn!(sink = self.sink.name(), note = note.id, %reason, "note refused for good; kept in {}", self.dead);
+            tracing::warn!(sink = %self.label, note = note.id, %reason, "note refused for good; kept in {}", self.dead);
         }
         self.stats.dead_lettered.fetch_add(notes.len() as u64, Relaxed);
         if let Err(e) = self.store.push_records(&self.dead, notes).await {
@@ -315,7 +378,7 @@ mod tests {
     async fn a_worker_does_not_send_a_note_again_that_it_handed_on() {
         let stand_in =
             AmoCrmStandIn::start(StandInOptions { token: Some("t".into()), ..Default::default() }).await.unwrap();
-        let mut config = AmoCrmConfig::new(stand_in.url.clone(), AmoCrmAuth::Token("t".into()));
+        let mut config = AmoCrmConfig::new(AccountId(1), stand_in.url.clone(), AmoCrmAuth::Token("t".into()));
         config.batching = Batching { max: 2, linger: Duration::ZERO };
         config.rate = Rate::new(1000, 1000);
         let store = MemoryStore::new();
@@ -323,13 +386,15 @@ mod tests {
         let [a, b, c] = [1, 2, 3].map(|id| conformance::note(id, 1, 10 + id, 5_000));
         // Batches of two: [a, b], [a, c], [b].
         let queued = [&a, &b, &a, &c, &b];
-        store.push_records(&queue_of("amocrm"), &queued).await.unwrap();
+        let keys = SinkKeys::new("amocrm", Some(AccountId(1)));
+        store.push_records(&keys.queue(), &queued).await.unwrap();
 
         let stats = Arc::new(SinkStats::default());
         let (stop, stopped) = watch::channel(false);
         let worker = tokio::spawn(run_sink(
             store.clone(),
             sink,
+            keys.clone(),
             RetryPolicy::default(),
             Arc::new(Notify::new()),
             stats.clone(),
@@ -347,7 +412,37 @@ mod tests {
         assert_eq!(ids, ["1", "2", "3"], "each note once");
         assert_eq!(stats.delivered.load(Relaxed), 3);
         assert_eq!(stats.copies_skipped.load(Relaxed), 2);
-        assert!(store.lease(&queue_of("amocrm"), 10).await.unwrap().is_empty(), "the copies left the queue");
+        assert!(store.lease(&keys.queue(), 10).await.unwrap().is_empty(), "the copies left the queue");
+    }
+
+    /// A data directory from before per-account sinks: its shared queue's notes move to their
+    /// accounts' queues, and its one OAuth pair becomes the given account's, once.
+    #[tokio::test]
+    async fn what_a_shared_sink_left_is_taken_over_per_account() {
+        use shortlinks_core::store::CredentialStore;
+        use shortlinks_core::SledStore;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let [a, b, c] = [(1, 1), (2, 2), (3, 1)].map(|(id, account)| conformance::note(id, account, 10 + id, 5_000));
+        store.push_records("sink:amocrm", &[&a, &b, &c]).await.unwrap();
+        assert_eq!(adopt_legacy_queue(&store, "amocrm").await.unwrap(), 3);
+        for (account, expected) in [(1, vec![1, 3]), (2, vec![2])] {
+            let queue = SinkKeys::new("amocrm", Some(AccountId(account))).queue();
+            let ids: Vec<u64> =
+                store.lease_records::<Note>(&queue, 10).await.unwrap().into_iter().map(|(_, n)| n.id).collect();
+            assert_eq!(ids, expected, "account {account}'s queue");
+        }
+        assert!(store.lease("sink:amocrm", 10).await.unwrap().is_empty(), "the shared queue is empty");
+        assert_eq!(adopt_legacy_queue(&store, "amocrm").await.unwrap(), 0, "and stays so");
+
+        let pair = OAuthPair { access_token: "a".into(), refresh_token: "r".into(), expires_at: 1, refreshing: None };
+        let bytes = shortlinks_core::store::encode(&pair).unwrap();
+        assert!(store.swap_credential("amocrm.oauth", None, bytes.clone()).await.unwrap());
+        assert!(adopt_legacy_pair(&store, AccountId(4)).await.unwrap());
+        assert_eq!(store.credential(&oauth_credential(AccountId(4))).await.unwrap(), Some(bytes));
+        assert!(!adopt_legacy_pair(&store, AccountId(5)).await.unwrap(), "taken once, by one account");
+        assert_eq!(store.credential(&oauth_credential(AccountId(5))).await.unwrap(), None);
     }
 
     #[test]

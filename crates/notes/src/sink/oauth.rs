@@ -1,7 +1,10 @@
 //! amoCRM's OAuth 2.0: an access token kept fresh from a refresh token that amoCRM rotates
 //! on every use.
 //!
-//! Crash safety: the pair lives in the store ([`OAUTH_CREDENTIAL`]), shared by every node.
+//! Each connected account has its own pair, in the store under [`oauth_credential`], shared
+//! by every node.
+//!
+//! Crash safety:
 //! A refresh first leases the stored pair (compare-and-swap, so one node refreshes at a
 //! time), then asks amoCRM, then writes the new pair durably and only then uses it. A
 //! crash after the write finds the new pair on restart. A crash while amoCRM's answer is
@@ -15,13 +18,18 @@ use hyper::Uri;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use shortlinks_core::store::{decode, encode, CredentialStore};
-use shortlinks_core::Timestamp;
+use shortlinks_core::{AccountId, Timestamp};
 
 use super::http::HttpClient;
 use super::SinkError;
 
-/// The store's name for the pair.
-pub const OAUTH_CREDENTIAL: &str = "amocrm.oauth";
+/// Where the store keeps the pair before each account had its own.
+const LEGACY_CREDENTIAL: &str = "amocrm.oauth";
+
+/// The store's name for `account`'s pair.
+pub fn oauth_credential(account: AccountId) -> String {
+    format!("{LEGACY_CREDENTIAL}:{}", account.0)
+}
 /// How long a node may take over a refresh before another may try.
 const LEASE: Duration = Duration::from_secs(30);
 /// An access token is refreshed this long before it expires.
@@ -154,20 +162,47 @@ pub async fn connect(client: &HttpClient, base: &str, app: &OAuthApp, code: &str
     exchange(client, &url, app, Grant::Code(code)).await
 }
 
-/// Stores `pair` whatever is stored now.
-pub async fn store_pair<S: CredentialStore>(store: &S, pair: &OAuthPair) -> Result<(), shortlinks_core::Error> {
+/// Stores `pair` as `account`'s, whatever is stored now.
+pub async fn store_pair<S: CredentialStore>(
+    store: &S,
+    account: AccountId,
+    pair: &OAuthPair,
+) -> Result<(), shortlinks_core::Error> {
+    store_pair_as(store, &oauth_credential(account), pair).await
+}
+
+async fn store_pair_as<S: CredentialStore>(
+    store: &S,
+    name: &str,
+    pair: &OAuthPair,
+) -> Result<(), shortlinks_core::Error> {
     let bytes = encode(pair)?;
     loop {
-        let current = store.credential(OAUTH_CREDENTIAL).await?;
-        if store.swap_credential(OAUTH_CREDENTIAL, current, bytes.clone()).await? {
+        let current = store.credential(name).await?;
+        if store.swap_credential(name, current, bytes.clone()).await? {
             return Ok(());
         }
     }
 }
 
+/// Makes the pair a release before per-account pairs stored the pair of `account` (the
+/// one account it delivered for), unless `account` has one already; true if it did. The
+/// old place is emptied, so that the pair, which amoCRM rotates, lives in one place only.
+pub async fn adopt_legacy_pair<S: CredentialStore>(
+    store: &S,
+    account: AccountId,
+) -> Result<bool, shortlinks_core::Error> {
+    let Some(bytes) = store.credential(LEGACY_CREDENTIAL).await?.filter(|b| !b.is_empty()) else { return Ok(false) };
+    let adopted = store.swap_credential(&oauth_credential(account), None, bytes.clone()).await?;
+    store.swap_credential(LEGACY_CREDENTIAL, Some(bytes), Vec::new()).await?;
+    Ok(adopted)
+}
+
 /// Access tokens for one integration, from the store, refreshed when needed.
 pub(crate) struct OAuthTokens<S> {
     store: S,
+    /// Where the store keeps this account's pair.
+    credential: String,
     client: HttpClient,
     token_url: Uri,
     app: OAuthApp,
@@ -181,11 +216,18 @@ fn store_failure(e: shortlinks_core::Error) -> SinkError {
 }
 
 impl<S: CredentialStore> OAuthTokens<S> {
-    pub(crate) fn new(store: S, client: HttpClient, base: &str, app: OAuthApp) -> Result<Self, String> {
+    pub(crate) fn new(
+        store: S,
+        client: HttpClient,
+        base: &str,
+        app: OAuthApp,
+        account: AccountId,
+    ) -> Result<Self, String> {
         let mut me = [0u8; 8];
         getrandom::getrandom(&mut me).map_err(|e| format!("no randomness for a lease id: {e}"))?;
         Ok(Self {
             store,
+            credential: oauth_credential(account),
             client,
             token_url: token_url(base)?,
             app,
@@ -210,9 +252,11 @@ impl<S: CredentialStore> OAuthTokens<S> {
 
     async fn renew(&self, rejected: Option<&str>) -> Result<String, SinkError> {
         loop {
-            let Some(bytes) = self.store.credential(OAUTH_CREDENTIAL).await.map_err(store_failure)? else {
+            let stored = self.store.credential(&self.credential).await.map_err(store_failure)?;
+            let Some(bytes) = stored.filter(|b| !b.is_empty()) else {
                 return Err(SinkError::Retry {
-                    reason: "amoCRM is not connected: run `shortlinks amocrm connect --code <authorization code>`"
+                    reason: "amoCRM is not connected for this account: run `shortlinks amocrm connect --account \
+                             <id> --code <authorization code>`"
                         .into(),
                     after: Some(NOT_CONNECTED_RETRY),
                 });
@@ -234,7 +278,7 @@ impl<S: CredentialStore> OAuthTokens<S> {
             let leased_bytes = encode(&leased).map_err(store_failure)?;
             if !self
                 .store
-                .swap_credential(OAUTH_CREDENTIAL, Some(bytes), leased_bytes.clone())
+                .swap_credential(&self.credential, Some(bytes), leased_bytes.clone())
                 .await
                 .map_err(store_failure)?
             {
@@ -244,14 +288,14 @@ impl<S: CredentialStore> OAuthTokens<S> {
                 Ok(new) => {
                     // amoCRM has retired the old refresh token: the new pair is stored
                     // durably before anything uses it.
-                    store_pair(&self.store, &new).await.map_err(store_failure)?;
+                    store_pair_as(&self.store, &self.credential, &new).await.map_err(store_failure)?;
                     tracing::info!("refreshed the amoCRM access token");
                     *self.cached.lock() = Some(new.clone());
                     return Ok(new.access_token);
                 }
                 Err(e) => {
                     let back = encode(&unleased).map_err(store_failure)?;
-                    if let Err(release) = self.store.swap_credential(OAUTH_CREDENTIAL, Some(leased_bytes), back).await {
+                    if let Err(release) = self.store.swap_credential(&self.credential, Some(leased_bytes), back).await {
                         tracing::warn!(error = %release, "cannot release the refresh lease; it lapses by itself");
                     }
                     return Err(e);
@@ -268,6 +312,8 @@ mod tests {
     use super::*;
     use crate::stand_in::{AmoCrmStandIn, StandInOptions};
 
+    const ACCOUNT: AccountId = AccountId(3);
+
     fn app() -> OAuthApp {
         OAuthApp { client_id: "id".into(), client_secret: "secret".into(), redirect_uri: "https://x.example/cb".into() }
     }
@@ -281,23 +327,23 @@ mod tests {
         let stand_in = AmoCrmStandIn::start(options).await.unwrap();
         let (store, client) = (MemoryStore::new(), HttpClient::new(Duration::from_secs(5)));
         let pair = connect(&client, &stand_in.url, &app(), "code").await.unwrap();
-        store_pair(&store, &pair).await.unwrap();
+        store_pair(&store, ACCOUNT, &pair).await.unwrap();
         (stand_in, store, client)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_token_near_its_expiry_is_refreshed_before_use() {
         let (stand_in, store, client) = connected(Duration::from_secs(3600)).await;
-        let tokens = OAuthTokens::new(store.clone(), client.clone(), &stand_in.url, app()).unwrap();
+        let tokens = OAuthTokens::new(store.clone(), client.clone(), &stand_in.url, app(), ACCOUNT).unwrap();
         assert_eq!(tokens.access_token().await.unwrap(), "access-1");
         assert_eq!(stand_in.refreshes(), 0);
 
         // Within five minutes of expiry: refreshed before anything is sent with it.
         let (stand_in, store, client) = connected(Duration::from_secs(200)).await;
-        let tokens = OAuthTokens::new(store.clone(), client, &stand_in.url, app()).unwrap();
+        let tokens = OAuthTokens::new(store.clone(), client, &stand_in.url, app(), ACCOUNT).unwrap();
         assert_eq!(tokens.access_token().await.unwrap(), "access-2");
         assert_eq!(stand_in.refreshes(), 1);
-        let stored: OAuthPair = decode(&store.credential(OAUTH_CREDENTIAL).await.unwrap().unwrap()).unwrap();
+        let stored: OAuthPair = decode(&store.credential(&oauth_credential(ACCOUNT)).await.unwrap().unwrap()).unwrap();
         assert_eq!((stored.access_token.as_str(), stored.refresh_token.as_str()), ("access-2", "refresh-2"));
         assert_eq!(stored.refreshing, None, "the lease is gone with the refresh");
     }
@@ -305,8 +351,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn nodes_sharing_a_store_refresh_once() {
         let (stand_in, store, client) = connected(Duration::from_secs(3600)).await;
-        let nodes: Vec<_> =
-            (0..4).map(|_| OAuthTokens::new(store.clone(), client.clone(), &stand_in.url, app()).unwrap()).collect();
+        let nodes: Vec<_> = (0..4)
+            .map(|_| OAuthTokens::new(store.clone(), client.clone(), &stand_in.url, app(), ACCOUNT).unwrap())
+            .collect();
         // Every node is told its token was refused: one refreshes, the others take its pair.
         let renewed = futures_util::future::join_all(nodes.iter().map(|n| n.after_rejection("access-1"))).await;
         assert!(renewed.iter().all(|t| t.as_deref().ok() == Some("access-2")), "{renewed:?}");
