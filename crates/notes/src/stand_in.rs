@@ -53,6 +53,8 @@ pub struct StandInOptions {
     pub oauth: Option<(String, String, String)>,
     /// How long an OAuth access token lives (default: a day).
     pub access_ttl: Option<Duration>,
+    /// How long the token endpoint takes to answer, after it has made its tokens.
+    pub token_delay: Option<Duration>,
 }
 
 /// A fault to inject into the next notes request.
@@ -237,8 +239,9 @@ async fn answer(
             state.notes_request(authorization.as_deref(), &body)
         }
         "/oauth2/access_token" => {
-            let (status, json) = state.lock().token_request(&body);
-            (status, json, None)
+            let mut state = state.lock();
+            let (status, json) = state.token_request(&body);
+            (status, json, state.options.token_delay)
         }
         _ => (404, json!({"title": "Not Found", "status": 404}), None),
     };

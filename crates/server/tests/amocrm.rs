@@ -451,3 +451,71 @@ async fn each_accounts_clicks_reach_only_its_own_amocrm() {
         assert_eq!(stand_in.too_many(), 0);
     }
 }
+
+/// A connection with no clicks still refreshes its access token before it expires (and
+/// with it the refresh token, which would otherwise lapse unseen). And a refreshed pair
+/// that the store cannot take (Redis dies while amoCRM answers the refresh, after amoCRM
+/// has retired the old refresh token) is kept in memory, used, and stored once the store
+/// is back, never dropped: the notes keep arriving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_connection_refreshes_and_a_pair_the_store_refused_is_kept() {
+    if !shortlinks_redis::testing::available() {
+        return;
+    }
+    let mut redis = shortlinks_redis::testing::RedisServer::standalone_with(&["--appendfsync", "always"]).unwrap();
+    let url = redis.url();
+    // Access tokens of 200 s: inside the five minutes before expiry in which they are
+    // refreshed, so the first upkeep refreshes. amoCRM answers a refresh 2 s late.
+    let options = StandInOptions {
+        access_ttl: Some(Duration::from_secs(200)),
+        token_delay: Some(Duration::from_secs(2)),
+        ..oauth_stand_in_options()
+    };
+    let stand_in = AmoCrmStandIn::start(options).await.unwrap();
+    let env: Vec<(&str, &str)> = OAUTH
+        .iter()
+        .copied()
+        .chain([
+            ("SHORTLINKS_STORAGE", "redis"),
+            ("SHORTLINKS_REDIS_URL", url.as_str()),
+            ("SHORTLINKS_AMOCRM_BASE_URL", stand_in.url.as_str()),
+            ("SHORTLINKS_CLIENT_IP_HEADER", "X-Forwarded-For"),
+        ])
+        .collect();
+    let dir = common::private_tempdir();
+    let connected = tokio::process::Command::new(common::shortlinks_binary())
+        .args(["amocrm", "connect", "--code", "the-code", "--data-dir"])
+        .arg(dir.path())
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .unwrap();
+    assert!(connected.status.success(), "{}", String::from_utf8_lossy(&connected.stderr));
+
+    let server = Process::serve(dir.path(), &[], &env).await;
+    let token = common::first_token(dir.path());
+    let codes = links_for(server.addr, &token, &[41]).await;
+    // No click: the sink's upkeep asks amoCRM for a new pair. Redis dies while amoCRM
+    // takes its time to answer.
+    common::until(Duration::from_secs(30), "a refresh with no click", || async { stand_in.refreshes() == 1 }).await;
+    redis.kill();
+    server.logged(&["cannot store the refreshed amoCRM token pair"]).await;
+    redis.restart().unwrap();
+
+    // Back: a click's note goes out with the kept pair, which is stored first.
+    let path = format!("/{}", codes[0]);
+    common::until(Duration::from_secs(30), "a redirect once Redis is back", || async {
+        let headers = [("user-agent", BROWSER), ("x-forwarded-for", "10.4.4.4")];
+        let reply = common::try_send(server.addr, Method::GET, &path, &headers, Vec::new()).await;
+        reply.is_some_and(|r| r.status == 302)
+    })
+    .await;
+    assert!(stand_in.until(Duration::from_secs(30), |n| !n.is_empty()).await, "the note arrived");
+    server.logged(&["stored the amoCRM token pair that the store had refused"]).await;
+    // Tokens of 200 s are refreshed at every use; each refresh took the pair before it (a
+    // dropped pair would have left only the retired `refresh-1`, which amoCRM refuses).
+    let latest = format!("refresh-{}", stand_in.refreshes() + 1);
+    let stored = shortlinks_redis::testing::cli(redis.port(), &["GET", "sl:credential:amocrm.oauth:1"]).unwrap();
+    assert!(stored.contains(&latest), "the store holds the latest pair, {latest}: {stored:?}");
+    assert_eq!(server.terminate().await, 0);
+}

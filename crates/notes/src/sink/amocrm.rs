@@ -191,6 +191,16 @@ impl<S: CredentialStore> NoteSink for AmoCrmSink<S> {
         Some(Rate { headroom: TRANSIT_JITTER / rate.per_second.max(1), ..rate })
     }
 
+    /// With OAuth: the access token is refreshed before it expires even when no note is
+    /// sent, and with it the refresh token, which amoCRM rotates on every refresh and which
+    /// would otherwise lapse after three months without a click.
+    async fn upkeep(&self) -> Result<(), SinkError> {
+        match &self.auth {
+            Authorizer::Token(_) => Ok(()),
+            Authorizer::OAuth(tokens) => tokens.access_token().await.map(drop),
+        }
+    }
+
     async fn deliver(&self, notes: &[Note]) -> Result<(), SinkError> {
         let body = Value::Array(notes.iter().map(|n| self.item(n)).collect()).to_string().into_bytes();
         let answer = match &self.auth {

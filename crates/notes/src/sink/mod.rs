@@ -88,6 +88,13 @@ pub trait NoteSink: Send + Sync + 'static {
         None
     }
 
+    /// What the sink must do even with nothing to deliver, such as keeping its credentials
+    /// alive: called when its worker starts, and then about every [`UPKEEP_EVERY`] while
+    /// its queue is empty.
+    fn upkeep(&self) -> impl Future<Output = Result<(), SinkError>> + Send {
+        async { Ok(()) }
+    }
+
     /// Delivers notes (at most [`NoteSink::batching`]'s `max`, distinct ids), all or none.
     /// Must be idempotent by note id where the receiver allows: a note may come again
     /// after a crash.
@@ -122,6 +129,9 @@ impl RetryPolicy {
         full.mul_f64(0.5 + fraction / 2.0)
     }
 }
+
+/// How often an idle sink's worker does its sink's [`NoteSink::upkeep`].
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// A receiver's `Retry-After` is honoured up to this; beyond it is more likely a mistake.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -210,7 +220,14 @@ pub(crate) async fn run_sink<S: Store, K: NoteSink>(
         stats,
     };
     let mut delivered = RecentlyDelivered::default();
+    let mut upkept: Option<tokio::time::Instant> = None;
     while !*shutdown.borrow() {
+        if upkept.is_none_or(|at| at.elapsed() >= UPKEEP_EVERY) {
+            upkept = Some(tokio::time::Instant::now());
+            if let Err(e) = worker.sink.upkeep().await {
+                tracing::warn!(sink = %worker.label, error = %e, "the sink's upkeep failed; it is tried again later");
+            }
+        }
         let batch = worker.gather(&wake, &mut shutdown).await;
         if batch.is_empty() {
             continue;

@@ -4,13 +4,16 @@
 //! Each connected account has its own pair, in the store under [`oauth_credential`], shared
 //! by every node.
 //!
-//! Crash safety:
-//! A refresh first leases the stored pair (compare-and-swap, so one node refreshes at a
-//! time), then asks amoCRM, then writes the new pair durably and only then uses it. A
-//! crash after the write finds the new pair on restart. A crash while amoCRM's answer is
-//! on its way (between amoCRM rotating and the write, a few milliseconds) loses the new
-//! pair: the integration must be connected again (`shortlinks amocrm connect`). A lease
-//! left by a crashed node lapses after [`LEASE`].
+//! Crash safety: a refresh first leases the stored pair (compare-and-swap, so one node
+//! refreshes at a time), then asks amoCRM, then writes the new pair durably and only then
+//! uses it. A crash after the write finds the new pair on restart. A crash while amoCRM's
+//! answer is on its way (between amoCRM rotating and the write, a few milliseconds) loses
+//! the new pair: the integration must be connected again (`shortlinks amocrm connect`). A
+//! lease left by a crashed node lapses after [`LEASE`].
+//!
+//! A new pair the store does not take (it is out of reach) is the only valid pair there
+//! is: it is kept in memory and used, and written before anything else once the store
+//! takes writes again. Until then a crash of this node loses it, as above.
 
 use std::time::Duration;
 
@@ -209,6 +212,10 @@ pub(crate) struct OAuthTokens<S> {
     /// This process, as a lease holder.
     me: u64,
     cached: Mutex<Option<OAuthPair>>,
+    /// A pair amoCRM gave whose write to the store failed: amoCRM has retired the one
+    /// stored, so this one is the only pair there is. Used, and written before anything
+    /// else is done, until the store takes it.
+    unsaved: Mutex<Option<OAuthPair>>,
 }
 
 fn store_failure(e: shortlinks_core::Error) -> SinkError {
@@ -233,11 +240,13 @@ impl<S: CredentialStore> OAuthTokens<S> {
             app,
             me: u64::from_le_bytes(me),
             cached: Mutex::new(None),
+            unsaved: Mutex::new(None),
         })
     }
 
     /// A fresh access token: the one in hand, or the stored one, or a new one.
     pub(crate) async fn access_token(&self) -> Result<String, SinkError> {
+        self.save_unsaved().await;
         if let Some(pair) = self.cached.lock().as_ref().filter(|p| p.fresh(Timestamp::now())) {
             return Ok(pair.access_token.clone());
         }
@@ -250,7 +259,25 @@ impl<S: CredentialStore> OAuthTokens<S> {
         self.renew(Some(rejected)).await
     }
 
+    /// Writes the pair the store did not take before, if there is one.
+    async fn save_unsaved(&self) {
+        let Some(pair) = self.unsaved.lock().clone() else { return };
+        match store_pair_as(&self.store, &self.credential, &pair).await {
+            Ok(()) => {
+                self.unsaved.lock().take();
+                tracing::info!("stored the amoCRM token pair that the store had refused");
+            }
+            Err(e) => tracing::error!(error = %e, "the amoCRM token pair is still not stored; kept in memory, retried"),
+        }
+    }
+
     async fn renew(&self, rejected: Option<&str>) -> Result<String, SinkError> {
+        if let Some(pair) = self.unsaved.lock().clone() {
+            // The only pair there is: not stored yet (this node holds the refresh lease).
+            if Some(pair.access_token.as_str()) != rejected && pair.fresh(Timestamp::now()) {
+                return Ok(pair.access_token);
+            }
+        }
         loop {
             let stored = self.store.credential(&self.credential).await.map_err(store_failure)?;
             let Some(bytes) = stored.filter(|b| !b.is_empty()) else {
@@ -287,9 +314,15 @@ impl<S: CredentialStore> OAuthTokens<S> {
             match exchange(&self.client, &self.token_url, &self.app, Grant::Refresh(&leased.refresh_token)).await {
                 Ok(new) => {
                     // amoCRM has retired the old refresh token: the new pair is stored
-                    // durably before anything uses it.
-                    store_pair_as(&self.store, &self.credential, &new).await.map_err(store_failure)?;
-                    tracing::info!("refreshed the amoCRM access token");
+                    // durably before anything uses it. If the store cannot take it now, it
+                    // is kept in memory and written as soon as the store can: dropping it
+                    // would strand the connection.
+                    if let Err(e) = store_pair_as(&self.store, &self.credential, &new).await {
+                        tracing::error!(error = %e, "cannot store the refreshed amoCRM token pair; kept in memory, retried");
+                        *self.unsaved.lock() = Some(new.clone());
+                    } else {
+                        tracing::info!("refreshed the amoCRM access token");
+                    }
                     *self.cached.lock() = Some(new.clone());
                     return Ok(new.access_token);
                 }
