@@ -28,7 +28,7 @@ const BOT: &str = "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)";
 const ROUND_SECONDS: u64 = 3;
 
 /// One visit per code, each from an address of its own, 32 at a time.
-async fn visit_each(addr: &str, codes: &[String]) -> anyhow::Result<()> {
+pub(super) async fn visit_each(addr: &str, codes: &[String]) -> anyhow::Result<()> {
     let chunks: Vec<Vec<(usize, String)>> = codes
         .iter()
         .cloned()

@@ -18,6 +18,7 @@ use shortlinks_redis::testing::{cli, RedisServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+mod amocrm_accounts;
 mod amocrm_drain;
 
 /// A browser's agent: these requests are what people send, so they become visits and notes.
@@ -73,7 +74,10 @@ Scenarios, in this order:
                        run's clicks are released together a hold later, during settling
   --amocrm-drain       instead: 10000 visits on 10000 contacts drained into an amoCRM
                        stand-in at the default pacing, with redirects measured during
-                       the drain against a server without the sink (see amocrm_drain.rs)";
+                       the drain against a server without the sink (see amocrm_drain.rs)
+  --amocrm-accounts    instead: 20 accounts x 1000 notes drained at once, each into its
+                       own amoCRM stand-in, against one account's 1000 alone
+                       (see amocrm_accounts.rs)";
 
 /// What the clicks of a run are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +109,7 @@ struct Options {
     scenarios: Vec<Scenario>,
     /// The amoCRM drain scenario instead of the side-by-side runs.
     amocrm_drain: bool,
+    amocrm_accounts: bool,
     /// The note hold and the address rule as a production server has them.
     production_rules: bool,
 }
@@ -120,6 +125,7 @@ fn options() -> anyhow::Result<Options> {
         baseline: None,
         scenarios: vec![Scenario::Cold, Scenario::Repeat, Scenario::Campaign],
         amocrm_drain: false,
+        amocrm_accounts: false,
         production_rules: false,
     };
     let mut args = std::env::args().skip(1);
@@ -138,6 +144,7 @@ fn options() -> anyhow::Result<Options> {
             "--storage" => o.storages = value()?.split(',').map(str::to_owned).collect(),
             "--baseline" => o.baseline = Some(value()?.into()),
             "--amocrm-drain" => o.amocrm_drain = true,
+            "--amocrm-accounts" => o.amocrm_accounts = true,
             "--production-rules" => o.production_rules = true,
             "--scenarios" => o.scenarios = value()?.split(',').map(Scenario::parse).collect::<Result<_, _>>()?,
             other => bail!("unknown option {other} (see --help)"),
@@ -695,6 +702,9 @@ async fn main() -> anyhow::Result<()> {
     let o = options()?;
     let release = std::env::current_exe()?.parent().context("target dir")?.to_path_buf();
     let work = tempfile::tempdir()?;
+    if o.amocrm_accounts {
+        return amocrm_accounts::run(&release, work.path()).await;
+    }
     if o.amocrm_drain {
         return amocrm_drain::run(&release, work.path(), o.rounds).await;
     }

@@ -147,6 +147,11 @@ impl AmoCrmStandIn {
         self.state.lock().notes.clone()
     }
 
+    /// How many notes it has taken (without copying them).
+    pub fn note_count(&self) -> usize {
+        self.state.lock().notes.len()
+    }
+
     /// Every notes request, in order of arrival.
     pub fn arrivals(&self) -> Vec<Arrival> {
         self.state.lock().arrivals.clone()
