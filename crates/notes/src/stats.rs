@@ -48,6 +48,8 @@ pub struct SinkStats {
     pub dead_lettered: AtomicU64,
     /// Answers saying the receiver restricted our access (each a long pause).
     pub restricted: AtomicU64,
+    /// Answers refusing the account as a whole (each a long pause).
+    pub account_refusals: AtomicU64,
     /// Copies of notes in the sink's queue (of one in the same batch, or of one it handed
     /// on lately), not sent again.
     pub copies_skipped: AtomicU64,
@@ -142,6 +144,10 @@ impl Stats {
                 "shortlinks_sink_restricted_total",
                 "Answers restricting the integration's access (each pauses the sink).",
             ),
+            (
+                "shortlinks_sink_account_refused_total",
+                "Answers refusing the account as a whole, no note in particular (each pauses the sink).",
+            ),
             ("shortlinks_sink_copies_skipped_total", "Copies of notes in the sink's queue, not sent again."),
         ] {
             let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
@@ -151,6 +157,7 @@ impl Stats {
                     "shortlinks_sink_failed_attempts_total" => s.failed_attempts.load(Relaxed),
                     "shortlinks_sink_dead_lettered_total" => s.dead_lettered.load(Relaxed),
                     "shortlinks_sink_restricted_total" => s.restricted.load(Relaxed),
+                    "shortlinks_sink_account_refused_total" => s.account_refusals.load(Relaxed),
                     _ => s.copies_skipped.load(Relaxed),
                 };
                 let _ = writeln!(out, "{metric}{{{labels}}} {value}");

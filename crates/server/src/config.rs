@@ -211,7 +211,8 @@ pub struct SettingsLayer {
     /// Allow `amocrm_requests_per_sec` above amoCRM's 7 (a stand-in, or a limit amoCRM raised).
     #[arg(long, env = "SHORTLINKS_AMOCRM_EXCEED_LIMIT", num_args = 0..=1, default_missing_value = "true")]
     pub amocrm_exceed_limit: Option<bool>,
-    /// The pause after amoCRM restricts the integration's access (403), in seconds (default 900).
+    /// The pause after amoCRM restricts the integration's access (403) or refuses the account
+    /// (a 400 naming no note, a 402), in seconds (default 900).
     #[arg(long, env = "SHORTLINKS_AMOCRM_RESTRICTED_PAUSE_SECS")]
     pub amocrm_restricted_pause_secs: Option<u64>,
     /// amoCRM connections, one per shortlinks account (the file's `[[amocrm_connections]]`

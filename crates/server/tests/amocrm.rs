@@ -177,6 +177,27 @@ async fn a_restricted_integration_pauses_and_drops_nothing() {
     }
 }
 
+/// amoCRM refusing the account rather than a note (a 402 when its subscription ends, a 400
+/// naming no note): the connection pauses and tries again; no note is dead-lettered, and
+/// each arrives once the account is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_level_refusal_pauses_and_dead_letters_nothing() {
+    let stand_in = stand_in_with_token().await;
+    stand_in.inject(&[Fault::Status(402), Fault::Status(400), Fault::Status(402)]);
+    let layer = SettingsLayer { amocrm_restricted_pause_secs: Some(1), ..amocrm_layer(&stand_in) };
+    let server = TestServer::start_with(layer).await;
+    let codes = links_for(server.addr, &server.token, &[51, 52, 53]).await;
+    visit_all(server.addr, &codes).await;
+    assert!(stand_in.until(Duration::from_secs(30), |n| n.len() >= 3).await, "the notes arrive once taken again");
+    let counts = by_request_id(&stand_in.notes());
+    assert!(counts.len() == 3 && counts.values().all(|&n| n == 1), "each note once: {counts:?}");
+    let statuses: Vec<u16> = stand_in.arrivals().iter().map(|a| a.status).collect();
+    assert_eq!(statuses[..3], [402, 400, 402], "the whole batch each time, never one by one");
+    let labels = "{sink=\"amocrm\",account=\"1\"}";
+    assert_eq!(metric(server.addr, &format!("shortlinks_sink_account_refused_total{labels}")).await, 3);
+    assert_eq!(metric(server.addr, &format!("shortlinks_sink_dead_lettered_total{labels}")).await, 0);
+}
+
 const OAUTH: [(&str, &str); 3] = [
     ("SHORTLINKS_AMOCRM_CLIENT_ID", "integration-1"),
     ("SHORTLINKS_AMOCRM_CLIENT_SECRET", "integration-secret"),

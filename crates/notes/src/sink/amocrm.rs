@@ -9,6 +9,9 @@
 //! - A 400 naming notes in `validation-errors` sets exactly those aside; the others are
 //!   sent again (amoCRM creates none of a batch it refuses).
 //! - A 403 is amoCRM restricting the integration: a long pause, loudly, nothing dropped.
+//! - Any other refusal that names no note (a 400 without `validation-errors`, which amoCRM
+//!   answers when the account's rights or subscription end; a 402; a 404) is about the
+//!   account: the same pause, and no note is set aside.
 //! - amoCRM's API cannot create `link_followed` notes: the note is a `service_message`
 //!   (or `common`) whose text carries the ORIGINAL URL, never the short one.
 //! - amoCRM does not deduplicate by `request_id`: a request whose answer was lost (a
@@ -75,7 +78,7 @@ pub struct AmoCrmConfig {
     pub batching: Batching,
     /// Requests a second, shared by the nodes of one store.
     pub rate: Rate,
-    /// The pause after a 403.
+    /// The pause after a 403, or a refusal of the account (see [`SinkError::AccountRefused`]).
     pub restricted_pause: Duration,
 }
 
@@ -229,9 +232,10 @@ fn judge(answer: HttpAnswer, notes: &[Note], restricted_pause: Duration) -> Resu
     let reason = format!("{status}: {}", String::from_utf8_lossy(&answer.body[..answer.body.len().min(300)]));
     let body: Option<Value> = serde_json::from_slice(&answer.body).ok();
     match status.as_u16() {
+        // Only a 400 whose `validation-errors` name notes is about those notes.
         400 => match refused_notes(body.as_ref(), notes) {
             Some(refused) => Err(SinkError::Refused(refused)),
-            None => Err(SinkError::Permanent(reason)),
+            None => Err(SinkError::AccountRefused { reason, pause: restricted_pause }),
         },
         403 => Err(SinkError::Restricted { reason, pause: restricted_pause }),
         429 => {
@@ -243,7 +247,9 @@ fn judge(answer: HttpAnswer, notes: &[Note], restricted_pause: Duration) -> Resu
         // configuration to fix, retried meanwhile.
         401 | 408 | 425 => Err(SinkError::Retry { reason, after: None }),
         _ if status.is_server_error() => Err(SinkError::Retry { reason, after: None }),
-        _ => Err(SinkError::Permanent(reason)),
+        // Anything else (a 402, a 404 from a wrong address) names no note either: the
+        // connection is at fault, and its notes wait for it.
+        _ => Err(SinkError::AccountRefused { reason, pause: restricted_pause }),
     }
 }
 
@@ -305,8 +311,12 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let unknown = r#"{"validation-errors":[{"request_id":"99","errors":[]}]}"#;
-        assert!(matches!(judge(answer(400, unknown, None), &notes, pause), Err(SinkError::Permanent(_))));
-        assert!(matches!(judge(answer(400, "not json", None), &notes, pause), Err(SinkError::Permanent(_))));
+        for (status, body) in [(400, unknown), (400, "not json"), (400, "{}"), (402, "{}"), (404, "")] {
+            assert!(
+                matches!(judge(answer(status, body, None), &notes, pause), Err(SinkError::AccountRefused { pause: p, .. }) if p == pause),
+                "{status} {body}: the account, not a note"
+            );
+        }
         assert!(matches!(
             judge(answer(403, "{}", None), &notes, pause),
             Err(SinkError::Restricted { pause: p, .. }) if p == pause
@@ -322,6 +332,5 @@ mod tests {
         for status in [401, 500, 502, 504] {
             assert!(matches!(judge(answer(status, "", None), &notes, pause), Err(SinkError::Retry { .. })), "{status}");
         }
-        assert!(matches!(judge(answer(404, "", None), &notes, pause), Err(SinkError::Permanent(_))));
     }
 }

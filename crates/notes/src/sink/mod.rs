@@ -45,6 +45,17 @@ pub enum SinkError {
     /// took none of the batch: those are set aside, the others sent again.
     #[error("{} notes refused", .0.len())]
     Refused(Vec<(usize, String)>),
+    /// The receiver refused the account as a whole, not any note in particular (amoCRM: a
+    /// 400 naming no note, which it answers when the account's rights or subscription
+    /// end; a 402): the sink pauses this long, loudly, and drops nothing. Sending the
+    /// notes one by one would only set every one of them aside.
+    #[error("{reason}")]
+    AccountRefused {
+        /// What happened.
+        reason: String,
+        /// How long to pause.
+        pause: Duration,
+    },
     /// The receiver restricted our access (amoCRM's answer to an integration that kept
     /// exceeding its limits): the sink pauses this long, loudly, and drops nothing.
     #[error("{reason}")]
@@ -352,6 +363,11 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
                         let delay = after.map_or_else(|| self.retry.delay(attempt), |a| a.min(MAX_RETRY_AFTER));
                         tracing::warn!(sink = name, notes = group.len(), %reason, ?delay, "delivery failed; will retry");
                         delay
+                    }
+                    Err(SinkError::AccountRefused { reason, pause }) => {
+                        self.stats.account_refusals.fetch_add(1, Relaxed);
+                        tracing::error!(sink = name, %reason, ?pause, "the receiver REFUSED this account (its rights or subscription?); pausing the sink, nothing is dropped");
+                        pause
                     }
                     Err(SinkError::Restricted { reason, pause }) => {
                         self.stats.restricted.fetch_add(1, Relaxed);
