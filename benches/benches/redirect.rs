@@ -1,8 +1,6 @@
 //! The whole redirect and a 250-link create, in process: request in, response out, through
 //! the real `App::handle` (no socket), on sled, with the click pipeline on.
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http_body_util::{Empty, Full};
@@ -85,7 +83,7 @@ fn redirect(c: &mut Criterion) {
     runtime.block_on(async {
         let stats = pipeline.stats();
         for _ in 0..600 {
-            if stats.clicks_dispatched.load(Relaxed) >= stats.clicks_recorded.load(Relaxed) {
+            if stats.clicks_dispatched() >= stats.clicks_recorded() {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -20,6 +20,7 @@
 pub mod capture;
 pub mod classify;
 mod dispatch;
+mod error;
 pub mod gateway;
 pub mod networks;
 pub mod note;
@@ -34,5 +35,6 @@ pub mod stand_in;
 pub mod stats;
 
 pub use capture::{ClickRecorder, Durability, NotRecorded};
+pub use error::Error;
 pub use pipeline::{Pipeline, PipelineBuilder, PipelineConfig};
 pub use raw_click::{ClickHeaders, RawClick};

@@ -74,7 +74,7 @@ impl ScannerNetworks {
 }
 
 /// Reads `<prefix> <owner>` lines; `#` starts a comment. Every bad line is reported.
-pub fn parse(text: &str) -> Result<Vec<(IpNet, String)>, String> {
+pub fn parse(text: &str) -> Result<Vec<(IpNet, String)>, crate::Error> {
     let mut out = Vec::new();
     let mut problems = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -95,7 +95,7 @@ pub fn parse(text: &str) -> Result<Vec<(IpNet, String)>, String> {
     }
     match problems.is_empty() {
         true => Ok(out),
-        false => Err(problems.join("; ")),
+        false => Err(crate::Error::ScannerNetworks(problems)),
     }
 }
 
@@ -133,7 +133,10 @@ mod tests {
 
     #[test]
     fn bad_lines_are_all_reported() {
-        let problems = parse("10.0.0.0/8 a\n300.1.1.1/8 b\n10.0.0.1/8 c\njust-one-field\n").unwrap_err();
+        let error = parse("10.0.0.0/8 a\n300.1.1.1/8 b\n10.0.0.1/8 c\njust-one-field\n").unwrap_err();
+        let crate::Error::ScannerNetworks(lines) = &error else { panic!("{error}") };
+        assert_eq!(lines.len(), 3, "{error}");
+        let problems = error.to_string();
         assert!(
             problems.contains("line 2") && problems.contains("line 3") && problems.contains("line 4"),
             "{problems}"

@@ -24,8 +24,8 @@ impl NoteKeys {
         Self::new(secret.derive_key(Self::VISIT_CONTEXT), secret.derive_key(Self::NOTE_CONTEXT))
     }
 
-    /// Keys from their bytes.
-    pub fn new(visit: [u8; 32], note: [u8; 32]) -> Self {
+    /// Keys from their bytes: only tests choose them; an installation derives its own.
+    pub(crate) fn new(visit: [u8; 32], note: [u8; 32]) -> Self {
         Self { visit, note }
     }
 

@@ -13,25 +13,25 @@ use crate::classify::NotVisit;
 pub struct Stats {
     /// Clicks handed over by redirects: counted once the queue has taken them, so a click
     /// refused (a stopped pipeline, a failed outbox) is not among them.
-    pub clicks_recorded: AtomicU64,
+    pub(crate) clicks_recorded: AtomicU64,
     /// Clicks settled by the writer's screen, never written: not visits, or repeats of a
     /// visit this node remembers (see `screen`).
-    pub clicks_screened: AtomicU64,
+    pub(crate) clicks_screened: AtomicU64,
     /// Clicks durably in the outbox.
-    pub clicks_persisted: AtomicU64,
+    pub(crate) clicks_persisted: AtomicU64,
     /// Clicks the dispatcher has finished with.
-    pub clicks_dispatched: AtomicU64,
+    pub(crate) clicks_dispatched: AtomicU64,
     /// Clicks in outbox records that were copies of another in the same lease (a store
     /// write that timed out and was carried out later, then retried): dropped.
-    pub clicks_copied: AtomicU64,
+    pub(crate) clicks_copied: AtomicU64,
     /// Clicks whose link no longer exists.
-    pub unknown_links: AtomicU64,
+    pub(crate) unknown_links: AtomicU64,
     /// Visits that became notes.
-    pub notes_written: AtomicU64,
+    pub(crate) notes_written: AtomicU64,
     /// Visits within the dedup window of an earlier one.
-    pub duplicate_visits: AtomicU64,
+    pub(crate) duplicate_visits: AtomicU64,
     /// Visit marks swept from the ledger once they could no longer matter.
-    pub visit_marks_forgotten: AtomicU64,
+    pub(crate) visit_marks_forgotten: AtomicU64,
     not_visits: [AtomicU64; NotVisit::ALL.len()],
     /// Each sink's counters, with their labels (`sink="…"`, and `account="…"` if it serves one).
     sinks: Mutex<Vec<(String, Arc<SinkStats>)>>,
@@ -39,26 +39,46 @@ pub struct Stats {
 
 /// Counters of one sink.
 #[derive(Default)]
-pub struct SinkStats {
+pub(crate) struct SinkStats {
     /// Notes the sink took.
-    pub delivered: AtomicU64,
+    pub(crate) delivered: AtomicU64,
     /// Failed attempts (each retried).
-    pub failed_attempts: AtomicU64,
+    pub(crate) failed_attempts: AtomicU64,
     /// Notes refused for good, moved to the sink's dead-letter queue.
-    pub dead_lettered: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
     /// Answers saying the receiver restricted our access (each a long pause).
-    pub restricted: AtomicU64,
+    pub(crate) restricted: AtomicU64,
     /// Answers refusing the account as a whole (each a long pause).
-    pub account_refusals: AtomicU64,
+    pub(crate) account_refusals: AtomicU64,
     /// Copies of notes in the sink's queue (of one in the same batch, or of one it handed
     /// on lately), not sent again.
-    pub copies_skipped: AtomicU64,
+    pub(crate) copies_skipped: AtomicU64,
 }
 
 impl Stats {
     /// Counts a click that is not a visit.
-    pub fn not_visit(&self, why: NotVisit) {
+    pub(crate) fn not_visit(&self, why: NotVisit) {
         self.not_visits[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Clicks handed over by redirects (see the field's comment in the source).
+    pub fn clicks_recorded(&self) -> u64 {
+        self.clicks_recorded.load(Relaxed)
+    }
+
+    /// Clicks the dispatcher has finished with.
+    pub fn clicks_dispatched(&self) -> u64 {
+        self.clicks_dispatched.load(Relaxed)
+    }
+
+    /// Clicks settled by the writer's screen, never written.
+    pub fn clicks_screened(&self) -> u64 {
+        self.clicks_screened.load(Relaxed)
+    }
+
+    /// Visits that became notes.
+    pub fn notes_written(&self) -> u64 {
+        self.notes_written.load(Relaxed)
     }
 
     /// How many clicks were not visits for this reason.
@@ -67,7 +87,7 @@ impl Stats {
     }
 
     /// Registers the counters of the sink `name` serving `account` (or every account).
-    pub fn sink(&self, name: &str, account: Option<shortlinks_core::AccountId>) -> Arc<SinkStats> {
+    pub(crate) fn sink(&self, name: &str, account: Option<shortlinks_core::AccountId>) -> Arc<SinkStats> {
         let counters = Arc::new(SinkStats::default());
         let labels = match account {
             None => format!("sink=\"{name}\""),

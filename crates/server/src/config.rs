@@ -196,8 +196,8 @@ pub struct SettingsLayer {
     #[arg(long, env = "SHORTLINKS_AMOCRM_REDIRECT_URI")]
     pub amocrm_redirect_uri: Option<String>,
     /// `service_message` (default) or `common`.
-    #[arg(long, env = "SHORTLINKS_AMOCRM_NOTE_TYPE", value_enum)]
-    pub amocrm_note_type: Option<AmoNoteKind>,
+    #[arg(long, env = "SHORTLINKS_AMOCRM_NOTE_TYPE", value_parser = str::parse::<AmoNoteType>)]
+    pub amocrm_note_type: Option<AmoNoteType>,
     /// Notes per amoCRM request, 1 to 250 (default 50).
     #[arg(long, env = "SHORTLINKS_AMOCRM_BATCH")]
     pub amocrm_batch: Option<usize>,
@@ -239,17 +239,6 @@ pub struct AmoCrmConnection {
     pub token: Option<String>,
     /// A file holding the token.
     pub token_file: Option<PathBuf>,
-}
-
-/// The kind of note amoCRM shows.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum AmoNoteKind {
-    /// A service message from "shortlinks".
-    #[default]
-    ServiceMessage,
-    /// An ordinary text note.
-    Common,
 }
 
 /// Which storage engine holds the data.
@@ -679,10 +668,7 @@ impl SettingsLayer {
             }
         };
         let mut config = AmoCrmConfig::new(account, base, auth);
-        config.note_type = match self.amocrm_note_type.unwrap_or_default() {
-            AmoNoteKind::ServiceMessage => AmoNoteType::ServiceMessage,
-            AmoNoteKind::Common => AmoNoteType::Common,
-        };
+        config.note_type = self.amocrm_note_type.unwrap_or_default();
         if let Some(batch) = self.amocrm_batch {
             if !(1..=AmoCrmConfig::MAX_BATCH).contains(&batch) {
                 return bad(format!("amocrm_batch must be 1 to {}", AmoCrmConfig::MAX_BATCH));
@@ -1125,6 +1111,23 @@ mod tests {
         assert!(err(no_oauth).contains("needs a token"));
         let unknown: Result<SettingsLayer, _> = toml::from_str("[[amocrm_connections]]\naccount = 1\ntokn = \"x\"");
         assert!(unknown.is_err(), "a typo in a connection is an error");
+    }
+
+    #[test]
+    fn the_note_type_is_read_from_files_and_flags_alike() {
+        let layer: SettingsLayer = toml::from_str("amocrm_note_type = \"common\"").unwrap();
+        assert_eq!(layer.amocrm_note_type, Some(AmoNoteType::Common));
+        assert!(toml::from_str::<SettingsLayer>("amocrm_note_type = \"loud\"").is_err());
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            settings: SettingsLayer,
+        }
+        use clap::Parser;
+        let flags = Flags::try_parse_from(["shortlinks", "--amocrm-note-type", "service_message"]).unwrap();
+        assert_eq!(flags.settings.amocrm_note_type, Some(AmoNoteType::ServiceMessage));
+        let refused = Flags::try_parse_from(["shortlinks", "--amocrm-note-type", "loud"]).err().unwrap().to_string();
+        assert!(refused.contains("service_message or common"), "{refused}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 /// What can stop the server or a command.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServerError {
     /// The engine or its store failed.
     #[error(transparent)]

@@ -151,7 +151,9 @@ async fn amocrm_sinks<S: Store + Clone>(
     }
     connections
         .iter()
-        .map(|config| AmoCrmSink::new(http.clone(), config.clone(), store.clone()).map_err(ServerError::Config))
+        .map(|config| {
+            AmoCrmSink::new(http.clone(), config.clone(), store.clone()).map_err(|e| ServerError::Config(e.to_string()))
+        })
         .collect()
 }
 

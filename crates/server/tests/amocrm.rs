@@ -155,7 +155,7 @@ async fn a_restricted_integration_pauses_and_drops_nothing() {
     stand_in.inject(&[Fault::Status(403)]);
     let layer = SettingsLayer {
         amocrm_restricted_pause_secs: Some(2),
-        amocrm_note_type: Some(shortlinks_server::config::AmoNoteKind::Common),
+        amocrm_note_type: Some(shortlinks_notes::sink::AmoNoteType::Common),
         ..amocrm_layer(&stand_in)
     };
     let server = TestServer::start_with(layer).await;

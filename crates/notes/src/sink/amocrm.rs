@@ -53,14 +53,27 @@ impl std::fmt::Debug for AmoCrmAuth {
     }
 }
 
-/// The kind of note the manager sees.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The kind of note the manager sees; in settings, `service_message` or `common`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AmoNoteType {
     /// A service message from "shortlinks" (the default).
     #[default]
     ServiceMessage,
     /// An ordinary text note.
     Common,
+}
+
+impl std::str::FromStr for AmoNoteType {
+    type Err = crate::Error;
+
+    fn from_str(name: &str) -> Result<Self, crate::Error> {
+        match name {
+            "service_message" => Ok(Self::ServiceMessage),
+            "common" => Ok(Self::Common),
+            other => Err(crate::Error::Sink(format!("no note type {other:?}: service_message or common"))),
+        }
+    }
 }
 
 /// How the sink talks to one amoCRM account: a connection.
@@ -125,16 +138,18 @@ fn bearer(token: &str) -> Result<HeaderValue, SinkError> {
 
 impl<S: CredentialStore> AmoCrmSink<S> {
     /// A sink for `config`; with OAuth, its pair is read from and written to `store`.
-    pub fn new(client: HttpClient, config: AmoCrmConfig, store: S) -> Result<Self, String> {
+    pub fn new(client: HttpClient, config: AmoCrmConfig, store: S) -> Result<Self, crate::Error> {
         let base = &config.base;
         let url = format!("{}/api/v4/contacts/notes", base.trim_end_matches('/'))
             .parse()
-            .map_err(|e| format!("amoCRM base URL {base:?}: {e}"))?;
+            .map_err(|e| crate::Error::Sink(format!("amoCRM base URL {base:?}: {e}")))?;
         if config.batching.max == 0 || config.batching.max > AmoCrmConfig::MAX_BATCH {
-            return Err(format!("amoCRM takes 1 to {} notes a request", AmoCrmConfig::MAX_BATCH));
+            return Err(crate::Error::Sink(format!("amoCRM takes 1 to {} notes a request", AmoCrmConfig::MAX_BATCH)));
         }
         let auth = match &config.auth {
-            AmoCrmAuth::Token(token) => Authorizer::Token(bearer(token).map_err(|e| e.to_string())?),
+            AmoCrmAuth::Token(token) => {
+                Authorizer::Token(bearer(token).map_err(|e| crate::Error::Sink(e.to_string()))?)
+            }
             AmoCrmAuth::OAuth(app) => {
                 let tokens = OAuthTokens::new(store, client.clone(), base, app.clone(), config.account)?;
                 Authorizer::OAuth(Box::new(tokens))

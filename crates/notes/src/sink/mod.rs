@@ -28,6 +28,7 @@ pub use webhook::{signature, WebhookSink};
 
 /// Why a delivery failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SinkError {
     /// Worth retrying: a timeout, a connection error, a 5xx, a 429.
     #[error("{reason}")]

@@ -152,16 +152,16 @@ async fn exchange(
 }
 
 /// The token endpoint under an amoCRM base URL.
-pub(crate) fn token_url(base: &str) -> Result<Uri, String> {
+pub(crate) fn token_url(base: &str) -> Result<Uri, crate::Error> {
     format!("{}/oauth2/access_token", base.trim_end_matches('/'))
         .parse()
-        .map_err(|e| format!("amoCRM base URL {base:?}: {e}"))
+        .map_err(|e| crate::Error::Sink(format!("amoCRM base URL {base:?}: {e}")))
 }
 
 /// Exchanges an authorization code for the first pair and stores it, replacing any pair
 /// there: what `shortlinks amocrm connect` does.
 pub async fn connect(client: &HttpClient, base: &str, app: &OAuthApp, code: &str) -> Result<OAuthPair, SinkError> {
-    let url = token_url(base).map_err(SinkError::Permanent)?;
+    let url = token_url(base).map_err(|e| SinkError::Permanent(e.to_string()))?;
     exchange(client, &url, app, Grant::Code(code)).await
 }
 
@@ -229,9 +229,9 @@ impl<S: CredentialStore> OAuthTokens<S> {
         base: &str,
         app: OAuthApp,
         account: AccountId,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, crate::Error> {
         let mut me = [0u8; 8];
-        getrandom::getrandom(&mut me).map_err(|e| format!("no randomness for a lease id: {e}"))?;
+        getrandom::getrandom(&mut me).map_err(|e| crate::Error::Random(e.to_string()))?;
         Ok(Self {
             store,
             credential: oauth_credential(account),
