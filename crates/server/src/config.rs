@@ -69,27 +69,28 @@ pub struct SettingsLayer {
     /// The client certificate's key (PEM).
     #[arg(long, env = "SHORTLINKS_REDIS_TLS_CLIENT_KEY_FILE")]
     pub redis_tls_client_key_file: Option<PathBuf>,
-    /// The address to listen on, such as `127.0.0.1:8080`.
+    /// The address to listen on (default `127.0.0.1:8080`, loopback only).
     #[arg(long, env = "SHORTLINKS_LISTEN")]
     pub listen: Option<String>,
     /// The base of issued short links, such as `https://sho.rt`.
     #[arg(long, env = "SHORTLINKS_PUBLIC_URL")]
     pub public_url: Option<String>,
-    /// Characters in new codes, 8 to 22.
+    /// Characters in new codes, 8 to 22 (default 12).
     #[arg(long, env = "SHORTLINKS_CODE_LENGTH")]
     pub code_length: Option<usize>,
-    /// The largest accepted request body.
+    /// The largest accepted request body, in bytes (default 1048576).
     #[arg(long, env = "SHORTLINKS_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
     /// How long a connection may go without starting a request (headers in), after it
-    /// opens and after each response; closed within half to all of it.
+    /// opens and after each response; closed within half to all of it (default 10).
     #[arg(long, env = "SHORTLINKS_HEADER_READ_TIMEOUT_SECS")]
     pub header_read_timeout_secs: Option<u64>,
-    /// How long a client may take to send a request body.
+    /// How long a client may take to send a request body, in seconds (default 30).
     #[arg(long, env = "SHORTLINKS_BODY_READ_TIMEOUT_SECS")]
     pub body_read_timeout_secs: Option<u64>,
-    /// How long an answer may wait on a client that does not read it; the connection then
-    /// closes (within a tick of the shorter of this and the header read timeout, halved).
+    /// How long an answer may wait on a client that does not read it, in seconds (default
+    /// 30); the connection then closes (within a tick: half the shorter of this and the
+    /// header read timeout).
     #[arg(long, env = "SHORTLINKS_SEND_TIMEOUT_SECS")]
     pub send_timeout_secs: Option<u64>,
     /// The most a request's line and headers may take, in bytes (default 16384, at least 8192).
@@ -107,7 +108,7 @@ pub struct SettingsLayer {
     /// API requests a token may make at once after a quiet spell (default 7).
     #[arg(long, env = "SHORTLINKS_API_RATE_BURST")]
     pub api_rate_burst: Option<u32>,
-    /// How long shutdown waits for in-flight requests.
+    /// How long shutdown waits for in-flight requests, in seconds (default 10).
     #[arg(long, env = "SHORTLINKS_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
     /// How many links the read cache holds (default 2000000, about 500 MB when full).
@@ -842,7 +843,7 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     /// How long an answer may wait on a client that does not read it (see `client_socket`).
     pub send_timeout: Duration,
-    /// How long shutdown waits for in-flight requests.
+    /// How long shutdown waits for in-flight requests, in seconds (default 10).
     pub shutdown_grace: Duration,
     /// The most a request's line and headers may take (431 above it): what a connection
     /// may make the server hold for it while it sends them.
