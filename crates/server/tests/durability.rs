@@ -20,6 +20,12 @@ const VISITORS: [&str; 4] = ["--client-ip-header", "X-Forwarded-For", "--notes-p
 
 /// Clicks one after another, each from a new address (so none is deduplicated), until the
 /// server stops answering. Returns when each acknowledged click (a 302) was answered.
+/// Waits until the clicker has had `n` clicks answered: the server is then in the middle
+/// of taking them, which is where a kill is to land.
+async fn until_acked(acked: &Mutex<Vec<Instant>>, n: usize) {
+    common::until(Duration::from_secs(30), "clicks answered", || async { acked.lock().unwrap().len() >= n }).await;
+}
+
 fn start_clicking(addr: SocketAddr, code: String) -> (Arc<Mutex<Vec<Instant>>>, tokio::task::JoinHandle<()>) {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let log = acked.clone();
@@ -85,7 +91,7 @@ async fn kill_9_in_sync_mode_loses_no_acknowledged_click() {
     let (server, token, code) =
         server_with_link(dir.path(), &[&["--durability", "sync"][..], &VISITORS].concat()).await;
     let (acked, clicker) = start_clicking(server.addr, code);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    until_acked(&acked, 200).await;
     server.kill9().await;
     clicker.await.unwrap();
     let acked = acked.lock().unwrap().len();
@@ -103,7 +109,7 @@ async fn kill_9_in_group_mode_loses_only_clicks_not_yet_flushed() {
     let (server, token, code) = server_with_link(dir.path(), &VISITORS).await;
     let (readings, watcher) = watch_persisted(server.addr);
     let (acked, clicker) = start_clicking(server.addr, code);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    until_acked(&acked, 200).await;
     let killed_at = Instant::now();
     server.kill9().await;
     clicker.await.unwrap();
@@ -136,7 +142,7 @@ async fn sigterm_in_group_mode_loses_nothing() {
     let dir = common::private_tempdir();
     let (server, token, code) = server_with_link(dir.path(), &VISITORS).await;
     let (acked, clicker) = start_clicking(server.addr, code);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    until_acked(&acked, 200).await;
     assert_eq!(server.terminate().await, 0);
     clicker.await.unwrap();
     let acked = acked.lock().unwrap().len();

@@ -36,16 +36,11 @@ async fn browser_click(addr: SocketAddr, code: &str, ip: &str) {
 
 /// Waits until the dispatcher has settled `n` clicks (screened or dispatched): past the hold.
 async fn until_dispatched(addr: SocketAddr, n: u64, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let done = metric(addr, "shortlinks_clicks_screened_total").await
-            + metric(addr, "shortlinks_clicks_dispatched_total").await;
-        if done >= n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "only {done} of {n} clicks settled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::until(limit, "the clicks settled", || async {
+        let screened = metric(addr, "shortlinks_clicks_screened_total").await;
+        screened + metric(addr, "shortlinks_clicks_dispatched_total").await >= n
+    })
+    .await;
 }
 
 async fn notes_on(server: &TestServer) -> Vec<serde_json::Value> {
@@ -97,9 +92,13 @@ async fn a_persons_click_makes_one_note_after_the_hold_and_not_before() {
     let code = links(server.addr, &server.token, &[21]).await.remove(0);
     let clicked = Instant::now();
     browser_click(server.addr, &code, "203.0.113.50").await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(notes_on(&server).await.is_empty(), "held: no note yet");
-    assert_eq!(metric(server.addr, "shortlinks_clicks_waiting").await, 1, "the held click is counted");
+    common::until(Duration::from_secs(30), "the held click is counted", || async {
+        metric(server.addr, "shortlinks_clicks_waiting").await == 1
+    })
+    .await;
+    if clicked.elapsed() < Duration::from_secs(3) {
+        assert!(notes_on(&server).await.is_empty(), "held: no note yet");
+    }
     until_dispatched(server.addr, 1, Duration::from_secs(30)).await;
     let notes = notes_on(&server).await;
     assert!(clicked.elapsed() >= Duration::from_secs(3));
@@ -155,6 +154,14 @@ async fn a_browsers_agent_without_a_browsers_headers_is_not_a_visit() {
 
 /// A server process with a 3 s hold and the address rule at its default, addresses from
 /// `X-Forwarded-For`: for the tests that kill it during the hold.
+/// Waits until `n` clicks are durably in the outbox: a kill from then on must lose none.
+async fn until_persisted(addr: std::net::SocketAddr, n: u64) {
+    common::until(Duration::from_secs(30), "clicks in the outbox", || async {
+        metric(addr, "shortlinks_clicks_persisted_total").await >= n
+    })
+    .await;
+}
+
 const HELD: [(&str, &str); 3] = [
     ("SHORTLINKS_NOTE_HOLD_SECS", "3"),
     ("SHORTLINKS_CLIENT_IP_HEADER", "X-Forwarded-For"),
@@ -169,23 +176,16 @@ async fn a_restart_during_the_hold_loses_nothing_and_notes_once() {
     let codes = links(server.addr, &token, &[51, 52]).await;
     browser_click(server.addr, &codes[0], "203.0.113.61").await;
     browser_click(server.addr, &codes[1], "203.0.113.62").await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // written (group commit), still held
+    until_persisted(server.addr, 2).await; // written (group commit), still held
     assert!(all_notes(server.addr, &token, "/api/v4/contacts/notes").await.is_empty());
     server.kill9().await;
 
+    // The restarted server dispatches what the outbox held: once both are dispatched, no
+    // more notes can come of them.
     let server = Process::serve(dir.path(), &[], &HELD).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let notes = loop {
-        let notes = all_notes(server.addr, &token, "/api/v4/contacts/notes").await;
-        if notes.len() >= 2 || Instant::now() > deadline {
-            break notes;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let again = all_notes(server.addr, &token, "/api/v4/contacts/notes").await;
-    assert_eq!(notes.len(), 2, "both held clicks became notes after the restart");
-    assert_eq!(again.len(), 2, "and only once");
+    until_dispatched(server.addr, 2, Duration::from_secs(30)).await;
+    let notes = all_notes(server.addr, &token, "/api/v4/contacts/notes").await;
+    assert_eq!(notes.len(), 2, "both held clicks became notes after the restart, once each");
     assert_eq!(server.terminate().await, 0);
 }
 
@@ -201,7 +201,7 @@ async fn a_gateway_seen_before_a_kill_9_is_still_seen_after_it() {
     for code in &codes[..2] {
         browser_click(server.addr, code, "198.51.100.7").await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await; // written (group commit), still held
+    until_persisted(server.addr, 2).await; // written (group commit), still held
     server.kill9().await;
 
     let server = Process::serve(dir.path(), &[], &HELD).await;
