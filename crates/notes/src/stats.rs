@@ -1,7 +1,7 @@
 //! Counters of what the pipeline did: non-visits are counted, not noted.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -37,6 +37,36 @@ pub struct Stats {
     sinks: Mutex<Vec<(String, Arc<SinkStats>)>>,
 }
 
+/// What an operator needs to know of a sink: whether it is delivering, and if not, whose
+/// move it is. Kept by the sink's worker on this node, from the receiver's answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkState {
+    /// Delivering (or idle, with nothing known against it).
+    Connected,
+    /// Paused by the receiver's own limits (amoCRM: restricted, 403), until a time.
+    Paused,
+    /// The receiver does not take our credentials: someone must connect it again.
+    NeedsReconnect,
+    /// The receiver refused the account as a whole (its rights or subscription), paused
+    /// until a time; the notes wait.
+    Refused,
+}
+
+impl SinkState {
+    /// Every state, in the order of their numbers.
+    pub const ALL: [SinkState; 4] = [Self::Connected, Self::Paused, Self::NeedsReconnect, Self::Refused];
+
+    /// Its name in metrics and in `/readyz`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Connected => "connected",
+            Self::Paused => "paused",
+            Self::NeedsReconnect => "needs_reconnect",
+            Self::Refused => "refused",
+        }
+    }
+}
+
 /// Counters of one sink.
 #[derive(Default)]
 pub(crate) struct SinkStats {
@@ -53,6 +83,35 @@ pub(crate) struct SinkStats {
     /// Copies of notes in the sink's queue (of one in the same batch, or of one it handed
     /// on lately), not sent again.
     pub(crate) copies_skipped: AtomicU64,
+    /// The sink's state, as its place in [`SinkState::ALL`].
+    state: AtomicU8,
+    /// Until when a pause lasts, in Unix milliseconds (0: none).
+    until_ms: AtomicU64,
+}
+
+impl SinkStats {
+    /// Records the sink's state, paused for `pause` from now if given.
+    pub(crate) fn set_state(&self, state: SinkState, pause: Option<std::time::Duration>) {
+        let until = pause.map_or(0, |p| shortlinks_core::Timestamp::now().0.saturating_add(p.as_millis() as u64));
+        self.until_ms.store(until, Relaxed);
+        self.state.store(SinkState::ALL.iter().position(|s| *s == state).unwrap_or(0) as u8, Relaxed);
+    }
+
+    /// Moves the sink from `from` to `to`, if it is in `from`.
+    pub(crate) fn set_state_if(&self, from: SinkState, to: SinkState) {
+        if self.state() == from {
+            self.set_state(to, None);
+        }
+    }
+
+    /// The sink's state.
+    pub(crate) fn state(&self) -> SinkState {
+        SinkState::ALL.get(usize::from(self.state.load(Relaxed))).copied().unwrap_or(SinkState::Connected)
+    }
+
+    fn until_ms(&self) -> Option<u64> {
+        Some(self.until_ms.load(Relaxed)).filter(|&until| until > 0)
+    }
 }
 
 impl Stats {
@@ -183,6 +242,39 @@ impl Stats {
                 let _ = writeln!(out, "{metric}{{{labels}}} {value}");
             }
         }
+        let _ = writeln!(out, "# HELP shortlinks_sink_state A sink's state on this node: 1 for the state it is in.");
+        let _ = writeln!(out, "# TYPE shortlinks_sink_state gauge");
+        for (labels, s) in sinks.iter() {
+            for state in SinkState::ALL {
+                let value = u8::from(s.state() == state);
+                let _ = writeln!(out, "shortlinks_sink_state{{{labels},state=\"{}\"}} {value}", state.name());
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP shortlinks_sink_paused_until_seconds Until when a paused or refused sink waits (Unix time; 0: it does not)."
+        );
+        let _ = writeln!(out, "# TYPE shortlinks_sink_paused_until_seconds gauge");
+        for (labels, s) in sinks.iter() {
+            let until = s.until_ms().filter(|_| matches!(s.state(), SinkState::Paused | SinkState::Refused));
+            let _ =
+                writeln!(out, "shortlinks_sink_paused_until_seconds{{{labels}}} {}", until.map_or(0, |ms| ms / 1000));
+        }
         out
+    }
+
+    /// One line per sink: its labels, its state, and until when it is paused, for `/readyz`.
+    pub fn sink_states(&self) -> Vec<String> {
+        let sinks = self.sinks.lock();
+        sinks
+            .iter()
+            .map(|(labels, s)| {
+                let state = s.state();
+                match s.until_ms().filter(|_| matches!(state, SinkState::Paused | SinkState::Refused)) {
+                    Some(until) => format!("{labels}: {} until {} (Unix time)", state.name(), until / 1000),
+                    None => format!("{labels}: {}", state.name()),
+                }
+            })
+            .collect()
     }
 }

@@ -253,9 +253,21 @@ impl<S: Store> App<S> {
     }
 
     /// Ready when the store answers a read.
+    /// Ready when the store answers a read; the body also says how each sink stands, which
+    /// concerns the operator, not this node's readiness.
     async fn readiness(&self) -> Response<Body> {
         match self.engine.resolve("readyzprobe0").await {
-            Ok(_) => problem::text(StatusCode::OK, "ready\n"),
+            Ok(_) => {
+                let mut body = String::from("ready\n");
+                for line in self.stats.sink_states() {
+                    body.push_str("sink ");
+                    body.push_str(&line);
+                    body.push('\n');
+                }
+                let mut response = problem::text(StatusCode::OK, "");
+                *response.body_mut() = Body::from(body);
+                response
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "readiness check failed");
                 problem::text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")

@@ -540,3 +540,73 @@ async fn a_quiet_connection_refreshes_and_a_pair_the_store_refused_is_kept() {
     assert!(stored.contains(&latest), "the store holds the latest pair, {latest}: {stored:?}");
     assert_eq!(server.terminate().await, 0);
 }
+
+/// One account's connection that amoCRM does not authorize (its token was revoked) needs
+/// to be connected again, and says so on `/metrics` and in `/readyz`, while the other
+/// account keeps delivering; its notes wait, and once it is connected again (here: the
+/// right token, and a restart) each arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_needing_reconnect_waits_while_the_others_deliver() {
+    use shortlinks_server::admin::{self, AdminReply, AdminRequest};
+    use shortlinks_server::config::StorageSettings;
+
+    let mut stand_ins = Vec::new();
+    for account in [1, 2] {
+        let options = StandInOptions { token: Some(format!("token-{account}")), ..Default::default() };
+        stand_ins.push(AmoCrmStandIn::start(options).await.unwrap());
+    }
+    let dir = common::private_tempdir();
+    let config = dir.path().join("connections.toml");
+    let write_config = |second_token: &str| {
+        let text = format!(
+            "[[amocrm_connections]]\naccount = 1\nbase_url = \"{}\"\ntoken = \"token-1\"\n\n\
+             [[amocrm_connections]]\naccount = 2\nbase_url = \"{}\"\ntoken = \"{second_token}\"\n",
+            stand_ins[0].url, stand_ins[1].url
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    write_config("revoked");
+    let env = [("SHORTLINKS_CLIENT_IP_HEADER", "X-Forwarded-For"), ("SHORTLINKS_SINK_RETRY_MAX_MS", "200")];
+    let args = ["--config", config.to_str().unwrap()];
+    let server = Process::serve(dir.path(), &args, &env).await;
+    let first = common::first_token(dir.path());
+    let request = AdminRequest::TokenCreate { account: 2, user: 1, scope: shortlinks_core::ContactScope::All };
+    let AdminReply::Token { token: second } =
+        admin::command(&StorageSettings::Sled, dir.path(), request).await.unwrap()
+    else {
+        panic!()
+    };
+    visit_all(server.addr, &common::links_for(server.addr, &first, "https://one.example/", &[1, 2]).await).await;
+    visit_all(server.addr, &common::links_for(server.addr, &second, "https://two.example/", &[1, 2]).await).await;
+
+    assert!(stand_ins[0].until(Duration::from_secs(30), |n| n.len() >= 2).await, "account 1 delivers");
+    let state = |account: u64, state: &str| {
+        format!("shortlinks_sink_state{{sink=\"amocrm\",account=\"{account}\",state=\"{state}\"}}")
+    };
+    common::until(Duration::from_secs(30), "account 2 shown as needing to be connected again", || async {
+        metric(server.addr, &state(2, "needs_reconnect")).await == 1
+    })
+    .await;
+    assert_eq!(metric(server.addr, &state(1, "connected")).await, 1);
+    let ready = send(server.addr, Method::GET, "/readyz", &[], Vec::new()).await;
+    let body = String::from_utf8_lossy(&ready.body).to_string();
+    assert_eq!(ready.status, 200, "readiness is about this node: {body}");
+    assert!(body.contains("account=\"2\": needs_reconnect") && body.contains("account=\"1\": connected"), "{body}");
+    assert!(stand_ins[1].notes().is_empty(), "account 2's notes wait");
+    assert_eq!(metric(server.addr, "shortlinks_sink_dead_lettered_total{sink=\"amocrm\",account=\"2\"}").await, 0);
+    assert_eq!(server.terminate().await, 0);
+
+    // Connected again: its held notes arrive, once each.
+    write_config("token-2");
+    let server = Process::serve(dir.path(), &args, &env).await;
+    assert!(stand_ins[1].until(Duration::from_secs(30), |n| n.len() >= 2).await, "account 2's notes arrive");
+    common::until(Duration::from_secs(30), "account 2 connected", || async {
+        metric(server.addr, &state(2, "connected")).await == 1
+    })
+    .await;
+    let counts = by_request_id(&stand_ins[1].notes());
+    assert!(counts.len() == 2 && counts.values().all(|&n| n == 1), "{counts:?}");
+    assert!(stand_ins[1].notes().iter().all(|n| n.params["text"].as_str().unwrap().contains("two.example")));
+    assert_eq!(stand_ins[0].notes().len(), 2, "account 1's notes, once");
+    assert_eq!(server.terminate().await, 0);
+}

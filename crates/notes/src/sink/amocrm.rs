@@ -31,6 +31,9 @@ use super::http::{HttpAnswer, HttpClient};
 use super::oauth::{OAuthApp, OAuthTokens};
 use super::{Batching, NoteSink, SinkError};
 
+/// How often a connection amoCRM does not authorize is tried again.
+const UNAUTHORIZED_RETRY: Duration = Duration::from_secs(60);
+
 /// How unevenly requests may reach amoCRM, within a second, and still count as paced.
 pub const TRANSIT_JITTER: Duration = Duration::from_millis(30);
 
@@ -258,9 +261,10 @@ fn judge(answer: HttpAnswer, notes: &[Note], restricted_pause: Duration) -> Resu
                 answer.retry_after.or_else(|| Some(Duration::from_secs(body.as_ref()?.get("retry_after")?.as_u64()?)));
             Err(SinkError::Retry { reason, after })
         }
-        // 401: a token amoCRM no longer takes (after a refresh, for OAuth): a
-        // configuration to fix, retried meanwhile.
-        401 | 408 | 425 => Err(SinkError::Retry { reason, after: None }),
+        // 401: a token amoCRM no longer takes (after a refresh, for OAuth): the
+        // connection must be made again; tried again meanwhile.
+        401 => Err(SinkError::Unauthorized { reason, after: UNAUTHORIZED_RETRY }),
+        408 | 425 => Err(SinkError::Retry { reason, after: None }),
         _ if status.is_server_error() => Err(SinkError::Retry { reason, after: None }),
         // Anything else (a 402, a 404 from a wrong address) names no note either: the
         // connection is at fault, and its notes wait for it.
@@ -344,7 +348,8 @@ mod tests {
             judge(answer(429, r#"{"retry_after":3}"#, Some(5)), &notes, pause),
             Err(SinkError::Retry { after: Some(d), .. }) if d == Duration::from_secs(5)
         ));
-        for status in [401, 500, 502, 504] {
+        assert!(matches!(judge(answer(401, "", None), &notes, pause), Err(SinkError::Unauthorized { .. })));
+        for status in [500, 502, 504] {
             assert!(matches!(judge(answer(status, "", None), &notes, pause), Err(SinkError::Retry { .. })), "{status}");
         }
     }

@@ -12,7 +12,7 @@ use shortlinks_core::store::{Rate, RecordQueues};
 use shortlinks_core::{AccountId, Store};
 use tokio::sync::{watch, Notify};
 
-use crate::stats::SinkStats;
+use crate::stats::{SinkState, SinkStats};
 use delivered::RecentlyDelivered;
 
 mod amocrm;
@@ -46,6 +46,16 @@ pub enum SinkError {
     /// took none of the batch: those are set aside, the others sent again.
     #[error("{} notes refused", .0.len())]
     Refused(Vec<(usize, String)>),
+    /// The receiver does not take our credentials, and will not until someone acts (a
+    /// token it refuses, a refresh it refuses, a connection never made): retried after
+    /// `after`, the sink shown as needing to be connected again.
+    #[error("{reason}")]
+    Unauthorized {
+        /// What happened.
+        reason: String,
+        /// When to try again.
+        after: Duration,
+    },
     /// The receiver refused the account as a whole, not any note in particular (amoCRM: a
     /// 400 naming no note, which it answers when the account's rights or subscription
     /// end; a 402): the sink pauses this long, loudly, and drops nothing. Sending the
@@ -236,8 +246,14 @@ pub(crate) async fn run_sink<S: Store, K: NoteSink>(
     while !*shutdown.borrow() {
         if upkept.is_none_or(|at| at.elapsed() >= UPKEEP_EVERY) {
             upkept = Some(tokio::time::Instant::now());
-            if let Err(e) = worker.sink.upkeep().await {
-                tracing::warn!(sink = %worker.label, error = %e, "the sink's upkeep failed; it is tried again later");
+            match worker.sink.upkeep().await {
+                Ok(()) => worker.stats.set_state_if(SinkState::NeedsReconnect, SinkState::Connected),
+                Err(e) => {
+                    if matches!(e, SinkError::Unauthorized { .. }) {
+                        worker.stats.set_state(SinkState::NeedsReconnect, None);
+                    }
+                    tracing::warn!(sink = %worker.label, error = %e, "the sink's upkeep failed; it is tried again later");
+                }
             }
         }
         let batch = worker.gather(&wake, &mut shutdown).await;
@@ -335,6 +351,7 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
                 let delay = match self.sink.deliver(&group).await {
                     Ok(()) => {
                         self.stats.delivered.fetch_add(group.len() as u64, Relaxed);
+                        self.stats.set_state(SinkState::Connected, None);
                         break;
                     }
                     Err(SinkError::Permanent(reason)) if group.len() > 1 => {
@@ -359,6 +376,12 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
                         }
                         continue; // the rest, again, in its own paced request
                     }
+                    Err(SinkError::Unauthorized { reason, after }) => {
+                        self.stats.failed_attempts.fetch_add(1, Relaxed);
+                        self.stats.set_state(SinkState::NeedsReconnect, None);
+                        tracing::error!(sink = name, %reason, retry = ?after, "the receiver does not take our credentials: connect it again; nothing is dropped");
+                        after
+                    }
                     Err(SinkError::Retry { reason, after }) => {
                         self.stats.failed_attempts.fetch_add(1, Relaxed);
                         let delay = after.map_or_else(|| self.retry.delay(attempt), |a| a.min(MAX_RETRY_AFTER));
@@ -367,11 +390,13 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
                     }
                     Err(SinkError::AccountRefused { reason, pause }) => {
                         self.stats.account_refusals.fetch_add(1, Relaxed);
+                        self.stats.set_state(SinkState::Refused, Some(pause));
                         tracing::error!(sink = name, %reason, ?pause, "the receiver REFUSED this account (its rights or subscription?); pausing the sink, nothing is dropped");
                         pause
                     }
                     Err(SinkError::Restricted { reason, pause }) => {
                         self.stats.restricted.fetch_add(1, Relaxed);
+                        self.stats.set_state(SinkState::Paused, Some(pause));
                         tracing::error!(sink = name, %reason, ?pause, "the receiver RESTRICTED this integration's access; pausing the sink, nothing is dropped");
                         pause
                     }

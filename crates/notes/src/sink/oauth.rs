@@ -127,9 +127,9 @@ async fn exchange(
         let reason = format!("amoCRM refused the token exchange: {}", answer.status);
         return Err(match answer.status.is_server_error() || answer.status.as_u16() == 429 {
             true => SinkError::Retry { reason, after: answer.retry_after },
-            false => SinkError::Retry {
+            false => SinkError::Unauthorized {
                 reason: format!("{reason}; connect the integration again"),
-                after: Some(NOT_CONNECTED_RETRY),
+                after: NOT_CONNECTED_RETRY,
             },
         });
     }
@@ -281,11 +281,11 @@ impl<S: CredentialStore> OAuthTokens<S> {
         loop {
             let stored = self.store.credential(&self.credential).await.map_err(store_failure)?;
             let Some(bytes) = stored.filter(|b| !b.is_empty()) else {
-                return Err(SinkError::Retry {
+                return Err(SinkError::Unauthorized {
                     reason: "amoCRM is not connected for this account: run `shortlinks amocrm connect --account \
                              <id> --code <authorization code>`"
                         .into(),
-                    after: Some(NOT_CONNECTED_RETRY),
+                    after: NOT_CONNECTED_RETRY,
                 });
             };
             let pair: OAuthPair = decode(&bytes).map_err(store_failure)?;
