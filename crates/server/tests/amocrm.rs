@@ -69,7 +69,7 @@ async fn a_burst_of_visits_becomes_exactly_that_many_notes_in_paced_batches() {
     let codes = links_for(server.addr, &server.token, &contacts).await;
     visit_all(server.addr, &codes).await;
     assert!(stand_in.until(Duration::from_secs(60), |n| n.len() >= 400).await, "only {} notes", stand_in.notes().len());
-    tokio::time::sleep(Duration::from_millis(500)).await; // nothing more comes
+    until_handed_on(server.addr, 400, 0).await; // nothing more comes
 
     let notes = stand_in.notes();
     assert_eq!(notes.len(), 400, "no note lost, none twice");
@@ -103,7 +103,7 @@ async fn failures_are_retried_and_only_a_lost_answer_duplicates() {
     let codes = links_for(server.addr, &server.token, &contacts).await;
     visit_all(server.addr, &codes).await;
     assert!(stand_in.until(Duration::from_secs(60), |n| by_request_id(n).len() >= 30).await);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until_handed_on(server.addr, 30, 0).await; // the retry of the lost answer included
 
     let notes = stand_in.notes();
     let counts = by_request_id(&notes);
@@ -131,14 +131,8 @@ async fn a_refused_contact_dead_letters_only_its_own_note() {
     let codes = links_for(server.addr, &server.token, &contacts).await;
     visit_all(server.addr, &codes).await;
     assert!(stand_in.until(Duration::from_secs(30), |n| n.len() >= 4).await);
-    let dead = loop {
-        let dead = metric(server.addr, "shortlinks_sink_dead_lettered_total{sink=\"amocrm\",account=\"1\"}").await;
-        if dead > 0 || stand_in.arrivals().len() > 5 {
-            break dead;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_handed_on(server.addr, 4, 1).await;
+    let dead = metric(server.addr, "shortlinks_sink_dead_lettered_total{sink=\"amocrm\",account=\"1\"}").await;
     let taken: Vec<u64> = stand_in.notes().iter().map(|n| n.entity_id).collect();
     assert_eq!(taken.iter().copied().collect::<HashSet<_>>(), HashSet::from([11, 12, 14, 15]));
     assert_eq!(taken.len(), 4, "the others once each");
@@ -223,15 +217,21 @@ async fn connect(dir: &Path, stand_in: &AmoCrmStandIn, code: &str) -> std::proce
         .unwrap()
 }
 
-/// Waits until the server at `addr` counts `n` notes delivered to amoCRM.
+/// Waits until the server at `addr` counts `n` notes delivered to account 1's amoCRM.
 async fn until_delivered(addr: SocketAddr, n: u64) {
-    for _ in 0..1500 {
-        if try_metric(addr, "shortlinks_sink_delivered_total{sink=\"amocrm\",account=\"1\"}").await.unwrap_or(0) >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{n} notes were not delivered");
+    until_handed_on(addr, n, 0).await;
+}
+
+/// Waits until the server at `addr` counts at least `delivered` notes taken by account 1's
+/// amoCRM and `dead` set aside: once every note written is one or the other, its worker
+/// has nothing left to send, so nothing more can arrive.
+async fn until_handed_on(addr: SocketAddr, delivered: u64, dead: u64) {
+    let counter = |name: &str| format!("shortlinks_sink_{name}_total{{sink=\"amocrm\",account=\"1\"}}");
+    let (taken, aside) = (counter("delivered"), counter("dead_lettered"));
+    common::until(Duration::from_secs(60), "the notes handed on", || async {
+        try_metric(addr, &taken).await.unwrap_or(0) >= delivered && try_metric(addr, &aside).await.unwrap_or(0) >= dead
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,13 +269,10 @@ async fn oauth_connects_refreshes_and_a_rotation_survives_kill_9_between_refresh
     stand_in.expire_access_tokens();
     stand_in.hold_after_refresh();
     visit_all(server.addr, &codes[1..2]).await;
-    for _ in 0..1500 {
-        if stand_in.refreshes() == 1 && stand_in.waiting() > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(stand_in.refreshes(), 1);
+    common::until(Duration::from_secs(15), "the refresh made and its use held", || async {
+        stand_in.refreshes() == 1 && stand_in.waiting() > 0
+    })
+    .await;
     server.kill9().await;
     stand_in.hold(false);
 
