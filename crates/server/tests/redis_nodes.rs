@@ -111,7 +111,7 @@ async fn two_nodes_share_a_redis_cluster_and_lose_no_click_when_one_dies() {
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    common::until(Duration::from_secs(30), "a taking clicks", || async { *acked.lock().unwrap() >= 100 }).await;
     a.kill9().await;
     clicking.await.unwrap();
     let port = cluster.nodes()[0].port();
@@ -401,7 +401,8 @@ async fn through_a_failover(replicas_ack: &str) -> Failover {
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    common::until(Duration::from_secs(30), "links made and clicked", || async { clicks.lock().unwrap().len() >= 20 })
+        .await;
     cluster.nodes_mut()[0].kill();
     // Past the failover (node timeout 2 s, then an election) and some more.
     tokio::time::sleep(Duration::from_secs(6)).await;
