@@ -109,8 +109,10 @@ impl SinkStats {
         SinkState::ALL.get(usize::from(self.state.load(Relaxed))).copied().unwrap_or(SinkState::Connected)
     }
 
-    fn until_ms(&self) -> Option<u64> {
-        Some(self.until_ms.load(Relaxed)).filter(|&until| until > 0)
+    /// Until when a paused or refused sink waits (Unix milliseconds); `None` in other states.
+    fn paused_until_ms(&self) -> Option<u64> {
+        let paused = matches!(self.state(), SinkState::Paused | SinkState::Refused);
+        Some(self.until_ms.load(Relaxed)).filter(|&until| paused && until > 0)
     }
 }
 
@@ -120,7 +122,7 @@ impl Stats {
         self.not_visits[why as usize].fetch_add(1, Relaxed);
     }
 
-    /// Clicks handed over by redirects (see the field's comment in the source).
+    /// Clicks handed over by redirects and taken by the queue.
     pub fn clicks_recorded(&self) -> u64 {
         self.clicks_recorded.load(Relaxed)
     }
@@ -128,16 +130,6 @@ impl Stats {
     /// Clicks the dispatcher has finished with.
     pub fn clicks_dispatched(&self) -> u64 {
         self.clicks_dispatched.load(Relaxed)
-    }
-
-    /// Clicks settled by the writer's screen, never written.
-    pub fn clicks_screened(&self) -> u64 {
-        self.clicks_screened.load(Relaxed)
-    }
-
-    /// Visits that became notes.
-    pub fn notes_written(&self) -> u64 {
-        self.notes_written.load(Relaxed)
     }
 
     /// How many clicks were not visits for this reason.
@@ -256,9 +248,8 @@ impl Stats {
         );
         let _ = writeln!(out, "# TYPE shortlinks_sink_paused_until_seconds gauge");
         for (labels, s) in sinks.iter() {
-            let until = s.until_ms().filter(|_| matches!(s.state(), SinkState::Paused | SinkState::Refused));
-            let _ =
-                writeln!(out, "shortlinks_sink_paused_until_seconds{{{labels}}} {}", until.map_or(0, |ms| ms / 1000));
+            let until = s.paused_until_ms().map_or(0, |ms| ms / 1000);
+            let _ = writeln!(out, "shortlinks_sink_paused_until_seconds{{{labels}}} {until}");
         }
         out
     }
@@ -269,10 +260,10 @@ impl Stats {
         sinks
             .iter()
             .map(|(labels, s)| {
-                let state = s.state();
-                match s.until_ms().filter(|_| matches!(state, SinkState::Paused | SinkState::Refused)) {
-                    Some(until) => format!("{labels}: {} until {} (Unix time)", state.name(), until / 1000),
-                    None => format!("{labels}: {}", state.name()),
+                let state = s.state().name();
+                match s.paused_until_ms() {
+                    Some(until) => format!("{labels}: {state} until {} (Unix time)", until / 1000),
+                    None => format!("{labels}: {state}"),
                 }
             })
             .collect()

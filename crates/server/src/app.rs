@@ -188,9 +188,8 @@ impl<S: Store> App<S> {
         let started = Instant::now();
         let (method, path) = (request.method().clone(), request.uri().path().to_owned());
         let (response, token) = self.authenticated_api(request).await;
-        let id = request_id::current();
         let status = response.status().as_u16();
-        access_log::api(id.as_deref().unwrap_or("-"), method.as_str(), &path, status, token.as_deref(), started);
+        access_log::api(&request_id::for_log(), method.as_str(), &path, status, token.as_deref(), started);
         response
     }
 
@@ -240,15 +239,8 @@ impl<S: Store> App<S> {
     async fn logged_redirect<B>(&self, code: &str, request: &Request<B>, peer: Option<IpAddr>) -> Response<Body> {
         let started = Instant::now();
         let response = self.redirect(code, request, peer).await;
-        let id = request_id::current();
         let status = response.status().as_u16();
-        access_log::redirect(
-            id.as_deref().unwrap_or("-"),
-            request.method().as_str(),
-            request.uri().path(),
-            status,
-            started,
-        );
+        access_log::redirect(&request_id::for_log(), request.method().as_str(), request.uri().path(), status, started);
         response
     }
 

@@ -256,7 +256,7 @@ async fn run<S: Store>(stream: TcpStream, connected: Connected<S>, stopping: Arc
             }
         }
         if stopping.load(Acquire) {
-            return stream.shutdown().await;
+            break;
         }
         if buf.capacity() - buf.len() < MIN_READ {
             buf.reserve(READ_BUFFER);
@@ -268,11 +268,15 @@ async fn run<S: Store>(stream: TcpStream, connected: Connected<S>, stopping: Arc
         let read =
             poll_fn(|cx| if stopping.load(Acquire) { Poll::Ready(Ok(0)) } else { reading.as_mut().poll(cx) }).await?;
         if read == 0 {
-            if stopping.load(Acquire) {
-                return stream.shutdown().await;
-            }
-            return Ok(());
+            break;
         }
+    }
+    // The server closes gracefully (FIN, then a lingering read); a client that closed
+    // needs nothing more.
+    if stopping.load(Acquire) {
+        stream.shutdown().await
+    } else {
+        Ok(())
     }
 }
 

@@ -26,8 +26,7 @@ pub(crate) fn validation_failed(detail: &str, items: &[ItemErrors]) -> Response<
 /// A store's failure, told to the client without its internals (they go to the log):
 /// 503 when the store is out of reach for now, else 500. Either way a retry is safe.
 pub(crate) fn store_failure(e: &shortlinks_core::Error, doing: &str) -> Response<Body> {
-    let request_id = crate::request_id::current();
-    tracing::error!(error = %e, request_id = request_id.as_deref().unwrap_or("-"), "store failure while {doing}");
+    tracing::error!(error = %e, request_id = crate::request_id::for_log(), "store failure while {doing}");
     let status = match e {
         shortlinks_core::Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

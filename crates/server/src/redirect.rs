@@ -78,16 +78,12 @@ impl<S: Store> App<S> {
             Ok(Some((code, Some(location)))) => (code, location),
             Ok(Some(((code, _), None))) => {
                 // Stored targets are printable ASCII by construction (and re-checked on decode).
-                let request_id = request_id::current();
-                let request_id = request_id.as_deref().unwrap_or("-");
-                tracing::error!(%code, request_id, "stored target is not a valid header value");
+                tracing::error!(%code, request_id = request_id::for_log(), "stored target is not a valid header value");
                 return Redirect::Page(problem::text(StatusCode::INTERNAL_SERVER_ERROR, "invalid stored link\n"));
             }
             Ok(None) => return Redirect::Page(problem::not_found_page()),
             Err(e) => {
-                let request_id = request_id::current();
-                let request_id = request_id.as_deref().unwrap_or("-");
-                tracing::error!(error = %e, request_id, "store read failed on redirect");
+                tracing::error!(error = %e, request_id = request_id::for_log(), "store read failed on redirect");
                 return Redirect::Page(problem::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n"));
             }
         };
@@ -106,9 +102,7 @@ impl<S: Store> App<S> {
         match self.clicks.record(click).await {
             Ok(()) => {}
             Err(NotRecorded::OutboxUnavailable) => {
-                let request_id = request_id::current();
-                let request_id = request_id.as_deref().unwrap_or("-");
-                tracing::warn!(request_id, "the click could not be recorded: answered 503");
+                tracing::warn!(request_id = request_id::for_log(), "the click could not be recorded: answered 503");
                 return Redirect::Page(problem::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n"));
             }
             Err(NotRecorded::Stopped) => tracing::debug!("click after the pipeline stopped"),

@@ -98,6 +98,11 @@ pub(crate) fn current() -> Option<String> {
     CURRENT.try_with(|id| id.as_str().to_owned()).ok()
 }
 
+/// The current request's id for a log line: `-` outside a request.
+pub(crate) fn for_log() -> String {
+    current().unwrap_or_else(|| "-".to_owned())
+}
+
 /// 1 to 128 of `A-Z a-z 0-9 - _ . :`: an id that is safe in logs and headers.
 fn well_formed(id: &[u8]) -> bool {
     (1..=128).contains(&id.len())

@@ -193,18 +193,13 @@ impl SinkKeys {
     }
 }
 
-/// The queue all accounts' notes for the sink `name` shared before each account had its
-/// own: what a release before per-account sinks left in it is moved by [`adopt_legacy_queue`].
-fn legacy_queue(name: &str) -> String {
-    format!("sink:{name}")
-}
-
 /// Moves what is left in the shared queue of the sink kind `name` (from a release before
 /// each account had its own) into each note's account's queue, `sink:<name>:<account>`,
 /// and returns how many notes moved. Each is pushed before it is removed: a crash between
 /// the two leaves a copy, which the worker does not send twice (`delivered`).
 pub async fn adopt_legacy_queue<S: Store>(store: &S, name: &'static str) -> Result<usize, shortlinks_core::Error> {
-    let legacy = legacy_queue(name);
+    // The queue every account's notes shared: the one a sink for all accounts has.
+    let legacy = SinkKeys::new(name, None).queue();
     let mut moved = 0;
     loop {
         let batch = store.lease_records::<Note>(&legacy, 1000).await?;
@@ -231,16 +226,8 @@ pub(crate) async fn run_sink<S: Store, K: NoteSink>(
     stats: Arc<SinkStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let worker = Worker {
-        queue: keys.queue(),
-        dead: keys.dead_letters(),
-        pace_key: keys.queue(),
-        label: keys.label,
-        store,
-        sink,
-        retry,
-        stats,
-    };
+    let worker =
+        Worker { queue: keys.queue(), dead: keys.dead_letters(), label: keys.label, store, sink, retry, stats };
     let mut delivered = RecentlyDelivered::default();
     let mut upkept: Option<tokio::time::Instant> = None;
     while !*shutdown.borrow() {
@@ -278,9 +265,9 @@ struct Worker<S, K> {
     sink: K,
     retry: RetryPolicy,
     stats: Arc<SinkStats>,
+    /// Also the name of its allowance in the store's rate limiter.
     queue: String,
     dead: String,
-    pace_key: String,
     /// The sink's name in logs: its kind, and its account if it serves one.
     label: String,
 }
@@ -322,7 +309,7 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
     async fn paced(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
         let Some(rate) = self.sink.pace() else { return true };
         loop {
-            let wait = match self.store.take(&self.pace_key, rate).await {
+            let wait = match self.store.take(&self.queue, rate).await {
                 Ok(None) => return true,
                 Ok(Some(wait)) => wait,
                 Err(e) => {
