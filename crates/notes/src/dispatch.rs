@@ -42,18 +42,27 @@ const SIGHTINGS_SWEEP_EVERY: Duration = Duration::from_secs(60);
 const SWEEP_SLACK_MS: u64 = 60_000;
 
 /// Where a sink's notes go.
+#[derive(Clone)]
 pub(crate) struct Route {
     pub(crate) queue: String,
     pub(crate) account: Option<AccountId>,
+    /// Notified when notes are queued.
     pub(crate) wake: Arc<Notify>,
+    /// Notified when the sink may work again after its receiver refused our credentials
+    /// (it was connected again): cuts that wait short, and no other.
+    pub(crate) resume: Arc<Notify>,
 }
+
+/// Every sink's route; sinks are added while the pipeline runs (a connection made at run
+/// time), so the dispatcher reads the current list once per batch.
+pub(crate) type Routes = Arc<parking_lot::RwLock<Arc<Vec<Route>>>>;
 
 pub(crate) struct Dispatcher<S> {
     pub(crate) store: S,
     pub(crate) links: LinkCache,
     /// Shared with the writer, which screens clicks before the outbox.
     pub(crate) screen: Arc<Screen>,
-    pub(crate) routes: Vec<Route>,
+    pub(crate) routes: Routes,
     pub(crate) stats: Arc<Stats>,
     pub(crate) wake: Arc<Notify>,
     /// The latest click time dispatched: how far through the clicks the dispatcher is.
@@ -246,10 +255,11 @@ impl<S: Store> Dispatcher<S> {
         if !notes.is_empty() {
             let written = notes.len() as u64;
             // The journal takes the notes themselves when no sink needs them after it.
-            let for_sinks = if self.routes.is_empty() { Vec::new() } else { notes.clone() };
+            let routes = self.routes.read().clone();
+            let for_sinks = if routes.is_empty() { Vec::new() } else { notes.clone() };
             self.store.append_notes(notes).await?;
             let notes = for_sinks;
-            for route in &self.routes {
+            for route in routes.iter() {
                 let mine: Vec<&Note> =
                     notes.iter().filter(|n| route.account.is_none_or(|account| n.account == account)).collect();
                 if !mine.is_empty() {
@@ -337,7 +347,7 @@ mod tests {
             store,
             links: LinkCache::new(100),
             screen: Arc::new(Screen::new(NoteKeys::new([1; 32], [2; 32]), Duration::from_secs(3600), 5)),
-            routes: Vec::new(),
+            routes: Routes::default(),
             stats: Arc::new(Stats::default()),
             wake: Arc::new(Notify::new()),
             progress: AtomicU64::new(0),
@@ -482,7 +492,7 @@ mod tests {
             store: store.clone(),
             links: LinkCache::new(4_096),
             screen,
-            routes: Vec::new(),
+            routes: Routes::default(),
             stats: Arc::new(Stats::default()),
             wake: Arc::new(Notify::new()),
             progress: AtomicU64::new(0),

@@ -1,6 +1,8 @@
 //! Assembling the pipeline: the writer, the dispatcher and one worker per sink.
 
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use shortlinks_core::{AccountId, InstallationSecret, LinkCache, Store};
@@ -9,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::capture::{self, ClickRecorder, Durability};
 use crate::classify::Classifier;
-use crate::dispatch::{Dispatcher, Route};
+use crate::dispatch::{Dispatcher, Route, Routes};
 use crate::gateway::AddressRule;
 use crate::networks::ScannerNetworks;
 use crate::note::NoteKeys;
@@ -55,45 +57,104 @@ impl Default for PipelineConfig {
     }
 }
 
-/// Sets the pipeline up; sinks are added before it starts.
+/// Sets the pipeline up; sinks are added before it starts, or later through [`Sinks`].
 pub struct PipelineBuilder<S> {
-    store: S,
     links: LinkCache,
     keys: NoteKeys,
     config: PipelineConfig,
-    stats: Arc<Stats>,
     shutdown: watch::Sender<bool>,
-    routes: Vec<Route>,
-    tasks: Vec<JoinHandle<()>>,
+    sinks: Sinks<S>,
+}
+
+/// Starts sink workers, before the pipeline starts or while it runs: a connection made at
+/// run time (amoCRM's install flow) gets its worker without a restart.
+pub struct Sinks<S> {
+    store: S,
+    retry: RetryPolicy,
+    stats: Arc<Stats>,
+    shutdown: watch::Receiver<bool>,
+    routes: Routes,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl<S: Clone> Clone for Sinks<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            retry: self.retry,
+            stats: self.stats.clone(),
+            shutdown: self.shutdown.clone(),
+            routes: self.routes.clone(),
+            tasks: self.tasks.clone(),
+        }
+    }
+}
+
+impl<S: Store + Clone> Sinks<S> {
+    /// Starts a worker for `sink`, taking the notes of one account (or of all, with
+    /// `None`), with a queue, dead letters, allowance and counters of its own
+    /// ([`SinkKeys`]). False, starting nothing, if a sink with those keys runs already or
+    /// the pipeline is stopping.
+    pub fn add<K: NoteSink>(&self, sink: K, account: Option<AccountId>) -> bool {
+        let keys = SinkKeys::new(sink.name(), account);
+        let queue = keys.queue();
+        let (wake, resume) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        {
+            let mut routes = self.routes.write();
+            if *self.shutdown.borrow() || routes.iter().any(|r| r.queue == queue) {
+                return false;
+            }
+            let mut next = Vec::clone(&routes);
+            next.push(Route { queue, account, wake: wake.clone(), resume: resume.clone() });
+            *routes = Arc::new(next);
+        }
+        let stats = self.stats.sink(keys.name, account);
+        let worker = run_sink(self.store.clone(), sink, keys, self.retry, (wake, resume), stats, self.shutdown.clone());
+        self.tasks.lock().push(tokio::spawn(worker));
+        true
+    }
+
+    /// Whether a sink with the keys of `name` and `account` runs.
+    pub fn serves(&self, name: &'static str, account: Option<AccountId>) -> bool {
+        let queue = SinkKeys::new(name, account).queue();
+        self.routes.read().iter().any(|r| r.queue == queue)
+    }
+
+    /// Tells the sink with those keys that it may work again now (it was connected again),
+    /// rather than after its wait for someone to act.
+    pub fn resume(&self, name: &'static str, account: Option<AccountId>) {
+        let queue = SinkKeys::new(name, account).queue();
+        if let Some(route) = self.routes.read().iter().find(|r| r.queue == queue) {
+            route.resume.notify_one();
+        }
+    }
 }
 
 impl<S: Store + Clone> PipelineBuilder<S> {
     /// A pipeline over `store`, reading links through `links` (the cache the redirect
     /// fills, so a clicked link is rarely read twice), with keys derived from `secret`.
     pub fn new(store: S, links: LinkCache, secret: &InstallationSecret, config: PipelineConfig) -> Self {
-        Self {
+        let shutdown = watch::channel(false).0;
+        let sinks = Sinks {
             store,
-            links,
-            keys: NoteKeys::derive(secret),
-            config,
+            retry: config.retry,
             stats: Arc::new(Stats::default()),
-            shutdown: watch::channel(false).0,
-            routes: Vec::new(),
-            tasks: Vec::new(),
-        }
+            shutdown: shutdown.subscribe(),
+            routes: Routes::default(),
+            tasks: Arc::default(),
+        };
+        Self { links, keys: NoteKeys::derive(secret), config, shutdown, sinks }
     }
 
-    /// Adds a sink for the notes of one account (or of all, with `None`), with a queue,
-    /// dead letters, allowance and counters of its own ([`SinkKeys`]).
-    pub fn sink<K: NoteSink>(mut self, sink: K, account: Option<AccountId>) -> Self {
-        let wake = Arc::new(Notify::new());
-        let keys = SinkKeys::new(sink.name(), account);
-        let stats = self.stats.sink(keys.name, account);
-        self.routes.push(Route { queue: keys.queue(), account, wake: wake.clone() });
-        let (store, retry, shutdown) = (self.store.clone(), self.config.retry, self.shutdown.subscribe());
-        let worker = run_sink(store, sink, keys, retry, wake, stats, shutdown);
-        self.tasks.push(tokio::spawn(worker));
+    /// Adds a sink (see [`Sinks::add`]).
+    pub fn sink<K: NoteSink>(self, sink: K, account: Option<AccountId>) -> Self {
+        self.sinks.add(sink, account);
         self
+    }
+
+    /// What adds sinks, now or once the pipeline runs.
+    pub fn sinks(&self) -> Sinks<S> {
+        self.sinks.clone()
     }
 
     /// Starts the writer and the dispatcher.
@@ -104,27 +165,27 @@ impl<S: Store + Clone> PipelineBuilder<S> {
         screen.address_rule = self.config.address_rule;
         screen.hold_ms = u64::try_from(self.config.note_hold.as_millis()).unwrap_or(u64::MAX);
         let screen = Arc::new(screen);
+        let Sinks { store, stats, routes, tasks, .. } = self.sinks;
         let (recorder, writer) = capture::channel(
-            self.store.clone(),
+            store.clone(),
             self.config.durability,
             self.config.queue_capacity,
             screen.clone(),
-            self.stats.clone(),
+            stats.clone(),
             wake.clone(),
             self.shutdown.subscribe(),
         );
         let dispatcher = Dispatcher {
-            store: self.store,
+            store,
             links: self.links,
             screen,
-            routes: self.routes,
-            stats: self.stats.clone(),
+            routes,
+            stats: stats.clone(),
             wake,
             progress: Default::default(),
         };
-        let mut tasks = self.tasks;
-        tasks.push(tokio::spawn(dispatcher.run(self.shutdown.subscribe())));
-        Pipeline { recorder, stats: self.stats, shutdown: self.shutdown, writer, tasks }
+        tasks.lock().push(tokio::spawn(dispatcher.run(self.shutdown.subscribe())));
+        Pipeline { recorder, stats, shutdown: self.shutdown, writer, tasks }
     }
 }
 
@@ -134,7 +195,7 @@ pub struct Pipeline {
     stats: Arc<Stats>,
     shutdown: watch::Sender<bool>,
     writer: JoinHandle<()>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl Pipeline {
@@ -155,7 +216,9 @@ impl Pipeline {
         let _ = self.shutdown.send(true);
         drop(self.recorder);
         let _ = self.writer.await;
-        for task in self.tasks {
+        // A sink added from now on sees the shutdown and starts nothing.
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        for task in tasks {
             let _ = task.await;
         }
     }

@@ -9,8 +9,12 @@
 //!   429 with `retry_after` in the body.
 //! - `Authorization: Bearer` with the static token or an unexpired OAuth access token,
 //!   else 401.
-//! - `POST /oauth2/access_token`: `authorization_code` once, then `refresh_token` with the
-//!   latest refresh token only (each refresh rotates it).
+//! - `POST /oauth2/access_token`: each authorization code once, then `refresh_token` with
+//!   the latest refresh token only (each refresh rotates it).
+//! - `GET /oauth?client_id=…&state=…`: the person granting access; answered with a redirect
+//!   to the integration's Redirect URI carrying a new code, `referer` (the stand-in's own
+//!   host) and `state`, as amoCRM's authorization page does.
+//! - `GET /api/v4/account`: the account's id and subdomain.
 //! - Faults on demand: the next requests answered with a status, or taken and then
 //!   answered too late (the client times out; its notes exist); or every notes request
 //!   held unanswered until released.
@@ -55,6 +59,8 @@ pub struct StandInOptions {
     pub access_ttl: Option<Duration>,
     /// How long the token endpoint takes to answer, after it has made its tokens.
     pub token_delay: Option<Duration>,
+    /// amoCRM's id of the account (`/api/v4/account`).
+    pub account_id: u64,
 }
 
 /// A fault to inject into the next notes request.
@@ -99,7 +105,12 @@ struct State {
     faults: VecDeque<Fault>,
     access: Vec<(String, Instant)>,
     refresh: Option<String>,
-    code_used: bool,
+    /// Codes used already (the first is the options' code).
+    codes_used: HashSet<String>,
+    /// Codes `/oauth` gave.
+    codes_given: Vec<String>,
+    /// The integration's Redirect URI, where `/oauth` sends the person.
+    redirect_uri: Option<String>,
     issued: u64,
     refreshes: usize,
     held: bool,
@@ -128,18 +139,38 @@ impl AmoCrmStandIn {
         let url = format!("http://{}", listener.local_addr()?);
         let state = Arc::new(Mutex::new(State { options, ..State::default() }));
         let shared = state.clone();
+        let host = url.trim_start_matches("http://").to_owned();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let state = shared.clone();
+                let (state, host) = (shared.clone(), host.clone());
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| answer(state.clone(), request));
+                    let service =
+                        hyper::service::service_fn(move |request| answer(state.clone(), host.clone(), request));
                     let io = hyper_util::rt::TokioIo::new(stream);
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
                 });
             }
         });
         Ok(Self { url, state, task })
+    }
+
+    /// Sets the integration's Redirect URI, where `/oauth` sends the person (known once the
+    /// integration's server listens).
+    pub fn set_redirect_uri(&self, uri: &str) {
+        self.state.lock().redirect_uri = Some(uri.to_owned());
+    }
+
+    /// How many token pairs it gave, for codes and refreshes.
+    pub fn pairs_issued(&self) -> u64 {
+        self.state.lock().issued
+    }
+
+    /// Takes back every token it gave, as amoCRM does when the integration is uninstalled.
+    pub fn revoke_tokens(&self) {
+        let mut state = self.state.lock();
+        state.access.clear();
+        state.refresh = None;
     }
 
     /// Every note taken, in order.
@@ -227,6 +258,7 @@ impl AmoCrmStandIn {
 
 async fn answer(
     state: Arc<Mutex<State>>,
+    host: String,
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = request.into_parts();
@@ -248,6 +280,14 @@ async fn answer(
             let (status, json) = state.token_request(&body);
             (status, json, state.options.token_delay)
         }
+        "/oauth" => return Ok(state.lock().authorize(&host, parts.uri.query().unwrap_or(""))),
+        "/api/v4/account" => {
+            let state = state.lock();
+            match state.authorized(authorization.as_deref(), Instant::now()) {
+                true => (200, json!({"id": state.options.account_id, "subdomain": "stand-in", "name": host}), None),
+                false => (401, problem(401, "Unauthorized"), None),
+            }
+        }
         _ => (404, json!({"title": "Not Found", "status": 404}), None),
     };
     if let Some(late) = late {
@@ -266,6 +306,34 @@ fn problem(status: u16, detail: &str) -> Value {
 }
 
 impl State {
+    /// Whether `authorization` carries the static token or an unexpired access token.
+    fn authorized(&self, authorization: Option<&str>, now: Instant) -> bool {
+        let token = authorization.and_then(|a| a.strip_prefix("Bearer "));
+        token.is_some_and(|t| {
+            self.options.token.as_deref() == Some(t) || self.access.iter().any(|(a, expires)| a == t && *expires > now)
+        })
+    }
+
+    /// The person granted access: off to the Redirect URI with a new code.
+    fn authorize(&mut self, host: &str, query: &str) -> Response<Full<Bytes>> {
+        let param = |name: &str| url_param(query, name).unwrap_or_default();
+        let client_ok = self.options.oauth.as_ref().is_some_and(|(id, _, _)| *id == param("client_id"));
+        let (Some(redirect), true) = (self.redirect_uri.clone(), client_ok) else {
+            let mut response = Response::new(Full::new(Bytes::from_static(b"unknown integration")));
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+            return response;
+        };
+        let code = format!("code-{}", self.codes_given.len() + 1);
+        self.codes_given.push(code.clone());
+        let location = format!("{redirect}?code={code}&referer={host}&state={}&from_widget=0", param("state"));
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::FOUND;
+        if let Ok(value) = hyper::header::HeaderValue::from_str(&location) {
+            response.headers_mut().insert(hyper::header::LOCATION, value);
+        }
+        response
+    }
+
     fn notes_request(&mut self, authorization: Option<&str>, body: &[u8]) -> (u16, Value, Option<Duration>) {
         let now = Instant::now();
         let count = serde_json::from_slice::<Value>(body).ok().and_then(|v| v.as_array().map(Vec::len)).unwrap_or(0);
@@ -287,11 +355,7 @@ impl State {
         if self.recent.len() > PER_SECOND {
             return (429, json!({"title": "Too Many Requests", "status": 429, "retry_after": 1}), None);
         }
-        let token = authorization.and_then(|a| a.strip_prefix("Bearer "));
-        let valid = token.is_some_and(|t| {
-            self.options.token.as_deref() == Some(t) || self.access.iter().any(|(a, expires)| a == t && *expires > now)
-        });
-        if !valid {
+        if !self.authorized(authorization, now) {
             return (401, problem(401, "Unauthorized"), None);
         }
         let late = match self.faults.pop_front() {
@@ -374,7 +438,9 @@ impl State {
             return (401, problem(401, "client authentication failed"));
         }
         match field("grant_type") {
-            "authorization_code" if field("code") == code && !self.code_used => self.code_used = true,
+            "authorization_code"
+                if (field("code") == code || self.codes_given.iter().any(|c| c == field("code")))
+                    && self.codes_used.insert(field("code").to_owned()) => {}
             "refresh_token" if self.refresh.as_deref() == Some(field("refresh_token")) => {
                 self.refreshes += 1;
                 self.held |= std::mem::take(&mut self.hold_after_refresh);
@@ -391,4 +457,9 @@ impl State {
             json!({"token_type": "Bearer", "expires_in": ttl.as_secs(), "access_token": access, "refresh_token": refresh}),
         )
     }
+}
+
+/// A query parameter's value: state values and codes are plain (no escapes needed).
+fn url_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('=')).map(str::to_owned)
 }

@@ -50,11 +50,15 @@ pub enum SinkState {
     /// The receiver refused the account as a whole (its rights or subscription), paused
     /// until a time; the notes wait.
     Refused,
+    /// The connection was removed on the receiver's side (amoCRM: uninstalled); the notes
+    /// wait until it is connected again or purged.
+    Disconnected,
 }
 
 impl SinkState {
     /// Every state, in the order of their numbers.
-    pub const ALL: [SinkState; 4] = [Self::Connected, Self::Paused, Self::NeedsReconnect, Self::Refused];
+    pub const ALL: [SinkState; 5] =
+        [Self::Connected, Self::Paused, Self::NeedsReconnect, Self::Refused, Self::Disconnected];
 
     /// Its name in metrics and in `/readyz`.
     pub fn name(self) -> &'static str {
@@ -63,6 +67,7 @@ impl SinkState {
             Self::Paused => "paused",
             Self::NeedsReconnect => "needs_reconnect",
             Self::Refused => "refused",
+            Self::Disconnected => "disconnected",
         }
     }
 }

@@ -11,7 +11,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use shortlinks_core::{AccountId, ContactScope, ShortCode, SledStore, Store, Timestamp, UserId};
-use shortlinks_notes::sink::{store_pair, OAuthPair};
+use shortlinks_notes::sink::amocrm::connection::Connection;
+use shortlinks_notes::sink::amocrm::install::StateKey;
+use shortlinks_notes::sink::amocrm::{state_for, store_connection};
+use shortlinks_notes::sink::OAuthPair;
 use shortlinks_redis::RedisStore;
 
 use crate::config::StorageSettings;
@@ -55,12 +58,20 @@ pub enum AdminRequest {
         /// The code.
         code: String,
     },
-    /// Store an account's amoCRM OAuth token pair (from `amocrm connect`), replacing any.
+    /// Store an account's amoCRM OAuth token pair and connection (from `amocrm connect`),
+    /// replacing any.
     AmoCrmTokens {
         /// The shortlinks account whose connection it is.
         account: u64,
         /// The pair.
         pair: OAuthPair,
+        /// Which amoCRM account it is.
+        connection: Connection,
+    },
+    /// Make the `state` of an authorization URL that connects an account.
+    AmoCrmState {
+        /// The shortlinks account.
+        account: u64,
     },
 }
 
@@ -90,6 +101,11 @@ pub enum AdminReply {
     },
     /// Done; nothing to show.
     Done,
+    /// An authorization URL's `state`.
+    State {
+        /// The value.
+        state: String,
+    },
     /// The command failed.
     Failed {
         /// Why.
@@ -187,11 +203,22 @@ async fn run<S: Store>(store: &S, request: AdminRequest) -> Result<AdminReply, S
             });
             AdminReply::Link { link }
         }
-        AdminRequest::AmoCrmTokens { account, pair } => {
-            store_pair(store, AccountId(account), &pair).await?;
+        AdminRequest::AmoCrmTokens { account, pair, connection } => {
+            store_connection(store, AccountId(account), &pair, &connection).await.map_err(amocrm_failure)?;
             AdminReply::Done
         }
+        AdminRequest::AmoCrmState { account } => {
+            if account == 0 {
+                return Err(ServerError::Admin("the account must be positive".into()));
+            }
+            let key = StateKey::derive(&store.load_or_create_secret().await?);
+            AdminReply::State { state: state_for(store, &key, AccountId(account)).await.map_err(amocrm_failure)? }
+        }
     })
+}
+
+fn amocrm_failure(e: shortlinks_notes::Error) -> ServerError {
+    ServerError::Admin(e.to_string())
 }
 
 /// The server's end of the socket.
@@ -237,9 +264,16 @@ impl AdminSocket {
                 if BufReader::new(read).read_line(&mut line).await.is_err() {
                     return;
                 }
-                let reply = match serde_json::from_str(&line) {
-                    Ok(request) => execute(app.store(), request).await,
-                    Err(e) => AdminReply::Failed { message: format!("bad admin request: {e}") },
+                let reply = match (serde_json::from_str(&line), &app.amocrm) {
+                    // Through the running server's connections: its sink starts (or resumes) at once.
+                    (Ok(AdminRequest::AmoCrmTokens { account, pair, connection }), Some(pages)) => {
+                        match pages.connections.connected(AccountId(account), &pair, &connection).await {
+                            Ok(()) => AdminReply::Done,
+                            Err(e) => AdminReply::Failed { message: e.to_string() },
+                        }
+                    }
+                    (Ok(request), _) => execute(app.store(), request).await,
+                    (Err(e), _) => AdminReply::Failed { message: format!("bad admin request: {e}") },
                 };
                 let mut out = serde_json::to_vec(&reply).unwrap_or_default();
                 out.push(b'\n');

@@ -14,6 +14,7 @@ use shortlinks_notes::stats::Stats;
 use shortlinks_notes::{ClickHeaders, ClickRecorder, Pipeline, PipelineBuilder, PipelineConfig};
 
 use crate::access_log;
+use crate::amocrm_pages::AmoCrmPages;
 use crate::auth::{authenticate, Caller};
 use crate::config::{Limits, PublicUrl};
 use crate::problem::{self, method_not_allowed, Body};
@@ -31,6 +32,8 @@ pub struct App<S: Store> {
     pub(crate) client_ip_header: Option<HeaderName>,
     /// Whether redirects are logged too (`access_log = "all"`), not only API requests.
     pub(crate) log_redirects: bool,
+    /// amoCRM's Redirect URI and uninstall hook, when the install flow is on.
+    pub(crate) amocrm: Option<AmoCrmPages<S>>,
 }
 
 /// What an [`App`] is built with, beyond its store.
@@ -91,6 +94,7 @@ impl<S: Store + Clone> App<S> {
             stats: pipeline.stats().clone(),
             client_ip_header: settings.client_ip_header,
             log_redirects: settings.log_redirects,
+            amocrm: None,
         };
         Ok((app, pipeline))
     }
@@ -173,7 +177,13 @@ impl<S: Store> App<S> {
             "/healthz" => problem::text(StatusCode::OK, "ok\n"),
             "/readyz" => Box::pin(self.readiness()).await,
             "/metrics" => self.metrics(),
-            _ => problem::not_found_page(),
+            _ => match &self.amocrm {
+                Some(pages) if pages.serves(path) => match *request.method() {
+                    Method::GET | Method::HEAD => Box::pin(pages.answer(path, request.uri().query())).await,
+                    _ => method_not_allowed("GET, HEAD"),
+                },
+                _ => problem::not_found_page(),
+            },
         }
     }
 

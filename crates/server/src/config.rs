@@ -14,6 +14,7 @@ use shortlinks_core::store::AddressTally;
 use shortlinks_core::store::Rate;
 use shortlinks_core::{AccountId, CodeLength, LinkCache, SledStore};
 use shortlinks_notes::gateway::AddressRule;
+use shortlinks_notes::sink::amocrm::InstallSettings;
 use shortlinks_notes::sink::{AmoCrmAuth, AmoCrmConfig, AmoNoteType, HttpClient, OAuthApp};
 use shortlinks_notes::{Durability, PipelineConfig};
 use shortlinks_redis::{RedisConfig, RedisTarget};
@@ -216,6 +217,18 @@ pub struct SettingsLayer {
     /// (a 400 naming no note, a 402), in seconds (default 900).
     #[arg(long, env = "SHORTLINKS_AMOCRM_RESTRICTED_PAUSE_SECS")]
     pub amocrm_restricted_pause_secs: Option<u64>,
+    /// Where the install flow's Redirect URI is served is the path of `amocrm_redirect_uri`;
+    /// amoCRM's uninstall hook is served here (default /amocrm/uninstall).
+    #[arg(long, env = "SHORTLINKS_AMOCRM_UNINSTALL_PATH")]
+    pub amocrm_uninstall_path: Option<String>,
+    /// amoCRM's authorization page, which `amocrm connect-url` links to (default
+    /// https://www.amocrm.ru/oauth; https://www.kommo.com/oauth for Kommo).
+    #[arg(long, env = "SHORTLINKS_AMOCRM_AUTHORIZE_URL")]
+    pub amocrm_authorize_url: Option<String>,
+    /// Base URLs, comma-separated, of hosts taken as an install's `referer` besides
+    /// amoCRM's own (`*.amocrm.ru`, `*.amocrm.com`, `*.kommo.com`); default none.
+    #[arg(long, env = "SHORTLINKS_AMOCRM_ALLOWED_BASES")]
+    pub amocrm_allowed_bases: Option<String>,
     /// amoCRM connections, one per shortlinks account (the file's `[[amocrm_connections]]`
     /// tables only), beside the one the `amocrm_subdomain` settings make.
     #[arg(skip)]
@@ -353,6 +366,9 @@ impl SettingsLayer {
             amocrm_requests_per_sec,
             amocrm_exceed_limit,
             amocrm_restricted_pause_secs,
+            amocrm_uninstall_path,
+            amocrm_authorize_url,
+            amocrm_allowed_bases,
             amocrm_connections,
         )
     }
@@ -543,6 +559,7 @@ impl SettingsLayer {
             }
         };
         let amocrm = self.amocrm_connections(amocrm_token)?;
+        let amocrm_install = self.amocrm_install()?;
         let positive = |v: Option<u64>, unit: fn(u64) -> Duration, default: Duration, name: &str| match v {
             Some(0) => Err(ServerError::Config(format!("{name} must be positive"))),
             v => Ok(v.map_or(default, unit)),
@@ -594,6 +611,7 @@ impl SettingsLayer {
             client_ip_header,
             webhook,
             amocrm,
+            amocrm_install,
             sink_timeout: positive(
                 self.sink_timeout_secs,
                 Duration::from_secs,
@@ -641,6 +659,60 @@ impl SettingsLayer {
             )));
         }
         Ok(connections)
+    }
+
+    /// The install flow, when the integration's OAuth settings are all given.
+    fn amocrm_install(&self) -> Result<Option<AmoCrmInstall>, ServerError> {
+        let client_secret =
+            secret(&self.amocrm_client_secret, &self.amocrm_client_secret_file, "amocrm_client_secret")?;
+        let (Some(_), Some(_), Some(redirect_uri)) = (&self.amocrm_client_id, client_secret, &self.amocrm_redirect_uri)
+        else {
+            return Ok(None);
+        };
+        let template = self.amocrm_config(AccountId(0), String::new(), None)?;
+        let path_of = |uri: &str, name: &str| -> Result<String, ServerError> {
+            let path = match uri.parse::<hyper::Uri>() {
+                Ok(parsed) if parsed.scheme().is_some() => parsed.path().to_owned(),
+                _ => uri.to_owned(),
+            };
+            // Two segments at least, so that it can never be a short link's path.
+            let segments = path.strip_prefix('/').map(|rest| rest.split('/').count()).unwrap_or(0);
+            if segments < 2 || path.starts_with("/api/") || path.ends_with('/') {
+                return Err(ServerError::Config(format!(
+                    "{name}: the path {path:?} must have two segments or more (like /amocrm/oauth), outside /api"
+                )));
+            }
+            Ok(path)
+        };
+        // A Redirect URI served elsewhere (its page hands the code to `amocrm connect`) may
+        // have any path; only one this server can serve is served.
+        let redirect_path = match path_of(redirect_uri, "amocrm_redirect_uri") {
+            Ok(path) => Some(path),
+            Err(e) => {
+                tracing::warn!(error = %e, "the Redirect URI is not served here: connect with `shortlinks amocrm connect --code`");
+                None
+            }
+        };
+        let uninstall_path =
+            path_of(self.amocrm_uninstall_path.as_deref().unwrap_or("/amocrm/uninstall"), "amocrm_uninstall_path")?;
+        if redirect_path.as_ref() == Some(&uninstall_path) {
+            return Err(ServerError::Config("amocrm_uninstall_path is the Redirect URI's path".into()));
+        }
+        let authorize_url = self.amocrm_authorize_url.as_deref().unwrap_or("https://www.amocrm.ru/oauth");
+        let authorize_url = http_uri(authorize_url, "amocrm_authorize_url")?.to_string();
+        let mut allowed_bases = Vec::new();
+        for base in self.amocrm_allowed_bases.iter().flat_map(|list| list.split(',')).map(str::trim) {
+            if !base.is_empty() {
+                allowed_bases
+                    .push(http_uri(base, "amocrm_allowed_bases")?.to_string().trim_end_matches('/').to_owned());
+            }
+        }
+        Ok(Some(AmoCrmInstall {
+            settings: InstallSettings { template, allowed_bases },
+            redirect_path,
+            uninstall_path,
+            authorize_url,
+        }))
     }
 
     /// One amoCRM connection, for `account`'s notes, to the amoCRM account at `base`: with
@@ -783,10 +855,26 @@ pub struct ClickSettings {
     pub webhook: Option<WebhookSettings>,
     /// The amoCRM connections, one per account at most.
     pub amocrm: Vec<AmoCrmConfig>,
+    /// amoCRM's install flow, on when the integration's OAuth settings are given.
+    pub amocrm_install: Option<AmoCrmInstall>,
     /// The timeout of each sink request.
     pub sink_timeout: Duration,
     /// The longest delay between a sink's retries.
     pub sink_retry_max: Duration,
+}
+
+/// amoCRM's install flow: where its pages are and what it accepts.
+#[derive(Clone, Debug)]
+pub struct AmoCrmInstall {
+    /// The connections' settings and the accepted referers.
+    pub settings: InstallSettings,
+    /// The Redirect URI's path (that of `amocrm_redirect_uri`), if this server can serve
+    /// it (two segments or more, outside `/api`).
+    pub redirect_path: Option<String>,
+    /// The uninstall hook's path.
+    pub uninstall_path: String,
+    /// amoCRM's authorization page.
+    pub authorize_url: String,
 }
 
 /// The webhook sink's settings.

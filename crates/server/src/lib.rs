@@ -17,6 +17,7 @@ mod accept_backoff;
 mod access_log;
 pub mod admin;
 pub mod admission;
+mod amocrm_pages;
 mod app;
 pub mod auth;
 mod client_socket;

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use shortlinks_core::ContactScope;
+use shortlinks_notes::sink::amocrm::connection::Connection;
+use shortlinks_notes::sink::amocrm::read_account;
 use shortlinks_notes::sink::{AmoCrmAuth, HttpClient};
 use shortlinks_server::admin::{self, AdminReply, AdminRequest};
 use shortlinks_server::config::{SettingsLayer, StorageKind};
@@ -72,6 +74,16 @@ enum AmoCrmCommand {
         /// The shortlinks account whose connection this is (needed when there are several).
         #[arg(long)]
         account: Option<u64>,
+        #[command(flatten)]
+        args: Box<ServeArgs>,
+    },
+    /// Print the amoCRM authorization URL that connects a shortlinks account: whoever
+    /// opens it as an administrator of an amoCRM account connects that account, once,
+    /// through the server's Redirect URI (with the same settings as `serve`).
+    ConnectUrl {
+        /// The shortlinks account to connect.
+        #[arg(long)]
+        account: u64,
         #[command(flatten)]
         args: Box<ServeArgs>,
     },
@@ -180,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Amocrm(AmoCrmCommand::Connect { code, account, args })) => {
             amocrm_connect(&code, account, *args).await
         }
+        Some(Command::Amocrm(AmoCrmCommand::ConnectUrl { account, args })) => amocrm_connect_url(account, *args).await,
         Some(Command::Clicks(ClicksCommand::Replay { file, args })) => replay(&file, *args).await,
         Some(Command::Resolve { code, store }) => match store.command(AdminRequest::Resolve { code }).await? {
             AdminReply::Link { link: Some(l) } => {
@@ -314,7 +327,23 @@ async fn amocrm_connect(code: &str, account: Option<u64>, args: ServeArgs) -> an
     let client = HttpClient::new(settings.clicks.sink_timeout);
     let pair = shortlinks_notes::sink::connect(&client, &amo.base, app, code).await?;
     let expires_at = pair.expires_at;
-    let request = AdminRequest::AmoCrmTokens { account: amo.account.0, pair };
+    // The code is spent: a pair whose account cannot be read is still stored.
+    let connection = match read_account(&client, &amo.base, &pair).await {
+        Ok(connection) => connection,
+        Err(e) => {
+            eprintln!(
+                "warning: amoCRM did not say which account this is ({e}); its uninstall hook will not be recognised"
+            );
+            Connection {
+                base: amo.base.clone(),
+                amo_account: None,
+                subdomain: None,
+                connected_at: shortlinks_core::Timestamp::now().as_secs(),
+                disconnected_at: None,
+            }
+        }
+    };
+    let request = AdminRequest::AmoCrmTokens { account: amo.account.0, pair, connection };
     match admin::command(&settings.storage, &settings.data_dir, request).await? {
         AdminReply::Done => {
             println!(
@@ -325,6 +354,29 @@ async fn amocrm_connect(code: &str, account: Option<u64>, args: ServeArgs) -> an
         }
         other => unexpected(other),
     }
+}
+
+async fn amocrm_connect_url(account: u64, args: ServeArgs) -> anyhow::Result<()> {
+    let settings = args.settings.over(file_layer(args.config.as_deref())?).resolve()?;
+    let Some(install) = &settings.clicks.amocrm_install else {
+        bail!("the install flow needs amocrm_client_id, amocrm_client_secret and amocrm_redirect_uri")
+    };
+    let AmoCrmAuth::OAuth(app) = &install.settings.template.auth else {
+        bail!("the integration has no OAuth settings")
+    };
+    let state =
+        match admin::command(&settings.storage, &settings.data_dir, AdminRequest::AmoCrmState { account }).await? {
+            AdminReply::State { state } => state,
+            other => return unexpected(other),
+        };
+    let mut url = url::Url::parse(&install.authorize_url)?;
+    url.query_pairs_mut().append_pair("client_id", &app.client_id).append_pair("state", &state);
+    println!("{url}");
+    eprintln!(
+        "Open it as an administrator of the amoCRM account to connect to shortlinks account {account}. It works once, for {} hours.",
+        shortlinks_notes::sink::amocrm::install::STATE_LIFETIME.as_secs() / 3600
+    );
+    Ok(())
 }
 
 async fn replay(file: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> {

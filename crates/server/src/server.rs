@@ -11,13 +11,15 @@ use shortlinks_core::{AccountId, ContactScope, SledStore, Store, UserId};
 use shortlinks_redis::RedisStore;
 use tokio::net::TcpListener;
 
+use shortlinks_notes::sink::amocrm::{AmoConnections, DISCOVER_EVERY};
 use shortlinks_notes::sink::{
-    adopt_legacy_pair, adopt_legacy_queue, AmoCrmAuth, AmoCrmConfig, AmoCrmSink, HttpClient, RetryPolicy, WebhookSink,
+    adopt_legacy_pair, adopt_legacy_queue, AmoCrmAuth, AmoCrmConfig, HttpClient, RetryPolicy, WebhookSink,
 };
 use shortlinks_notes::{Pipeline, PipelineConfig};
 
 use crate::accept_backoff::AcceptBackoff;
 use crate::admission::{self, Admission, ConnectionLimits};
+use crate::amocrm_pages::AmoCrmPages;
 use crate::app::{App, AppSettings};
 use crate::config::{AccessLog, PublicUrl, Settings, StorageSettings};
 use crate::drain::Drain;
@@ -44,6 +46,8 @@ struct Parts<S: Store> {
     listener: TcpListener,
     /// Only on sled: with Redis, the command line talks to Redis itself.
     admin: Option<admin::AdminSocket>,
+    /// The amoCRM connections, looked through now and then for ones made elsewhere.
+    connections: Arc<AmoConnections<S>>,
 }
 
 /// Binds, opens the store, and makes the first token if there is none: in that order, so
@@ -92,7 +96,7 @@ async fn assemble<S: Store + Clone>(
     let clicks = &settings.clicks;
     let http = HttpClient::new(clicks.sink_timeout);
     let webhook = clicks.webhook.as_ref().map(|w| WebhookSink::new(http.clone(), w.url.clone(), w.secret.as_bytes()));
-    let amocrm = amocrm_sinks(&store, &http, &clicks.amocrm).await?;
+    adopt_legacy_amocrm(&store, &clicks.amocrm).await?;
     let app_settings = AppSettings {
         public_url: settings.public_url.clone().unwrap_or_else(|| PublicUrl::from_bound(addr)),
         limits: settings.limits,
@@ -111,34 +115,42 @@ async fn assemble<S: Store + Clone>(
         client_ip_header: clicks.client_ip_header.clone(),
         log_redirects: settings.access_log == AccessLog::All,
     };
-    // The journal is always on; the sinks are what was configured.
-    let (app, pipeline) = App::start(store, app_settings, |mut pipeline| {
+    // The journal is always on; the sinks are what was configured, and amoCRM connections
+    // made while the server runs.
+    let mut sinks = None;
+    let (mut app, pipeline) = App::start(store.clone(), app_settings, |mut pipeline| {
         if let Some(sink) = webhook {
             pipeline = pipeline.sink(sink, None);
         }
-        for sink in amocrm {
-            let account = sink.account();
-            pipeline = pipeline.sink(sink, Some(account));
-        }
+        sinks = Some(pipeline.sinks());
         pipeline
     })
     .await?;
+    let sinks = sinks.ok_or_else(|| ServerError::Config("the pipeline was built without its sinks".into()))?;
+    let install = clicks.amocrm_install.clone();
+    let connections =
+        AmoConnections::start(store, http, sinks, clicks.amocrm.clone(), install.as_ref().map(|i| i.settings.clone()))
+            .await
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+    let connections = Arc::new(connections);
+    if let Some(install) = install {
+        app.amocrm = Some(AmoCrmPages {
+            connections: connections.clone(),
+            redirect_path: install.redirect_path,
+            uninstall_path: install.uninstall_path,
+        });
+    }
     // Last: nothing after it can fail, so a token is only made for a server that runs.
     let first_token = ensure_first_token(app.store()).await?;
-    Ok((Parts { app: Arc::new(app), pipeline, listener, admin }, first_token))
+    Ok((Parts { app: Arc::new(app), pipeline, listener, admin, connections }, first_token))
 }
 
-/// One amoCRM sink per connection. What a release before per-account connections left
-/// (one queue for every account, one OAuth pair) is first taken over: the queue's notes go
-/// to their accounts' queues, and the pair to the only connection there was then, that of
-/// `amocrm_account_id`, when it uses OAuth.
-async fn amocrm_sinks<S: Store + Clone>(
-    store: &S,
-    http: &HttpClient,
-    connections: &[AmoCrmConfig],
-) -> Result<Vec<AmoCrmSink<S>>, ServerError> {
+/// What a release before per-account connections left (one queue for every account, one
+/// OAuth pair) is taken over: the queue's notes go to their accounts' queues, and the pair
+/// to the only connection there was then, that of `amocrm_account_id`, when it uses OAuth.
+async fn adopt_legacy_amocrm<S: Store>(store: &S, connections: &[AmoCrmConfig]) -> Result<(), ServerError> {
     if connections.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let moved = adopt_legacy_queue(store, "amocrm").await?;
     if moved > 0 {
@@ -149,12 +161,7 @@ async fn amocrm_sinks<S: Store + Clone>(
             tracing::info!(account = first.account.0, "the stored amoCRM token pair is now this account's");
         }
     }
-    connections
-        .iter()
-        .map(|config| {
-            AmoCrmSink::new(http.clone(), config.clone(), store.clone()).map_err(|e| ServerError::Config(e.to_string()))
-        })
-        .collect()
+    Ok(())
 }
 
 /// On a store with no tokens at all, issues one for account 1, user 1, all contacts.
@@ -185,15 +192,27 @@ impl Started {
     }
 }
 
-impl<S: Store> Parts<S> {
+impl<S: Store + Clone> Parts<S> {
     async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let Parts { app, pipeline, listener, admin } = self;
+        let Parts { app, pipeline, listener, admin, connections } = self;
+        // Connections made on another node of the store (or by a command) get their sinks here.
+        let discover = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(DISCOVER_EVERY).await;
+                match connections.discover().await {
+                    Ok(0) => {}
+                    Ok(started) => tracing::info!(started, "started the sinks of amoCRM connections made elsewhere"),
+                    Err(e) => tracing::warn!(error = %e, "cannot look for new amoCRM connections; trying again later"),
+                }
+            }
+        });
         let admin = admin.map(|admin| {
             let path: PathBuf = admin.path().to_owned();
             (path, tokio::spawn(admin.serve(app.clone())))
         });
         let result = serve(app.clone(), listener, shutdown).await;
         // No request is in flight any more: every click handed over is drained and flushed.
+        discover.abort();
         pipeline.shutdown().await;
         if let Some((path, task)) = admin {
             // Abort only asks; awaiting makes sure the task, and its hold on the store, is gone.

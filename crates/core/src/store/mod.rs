@@ -338,9 +338,11 @@ pub trait CredentialStore: Send + Sync + 'static {
 }
 
 /// A complete backend: what the engine needs, and the click pipeline, notes, tokens,
-/// rate limits and credentials.
+/// rate limits and credentials. A cheap handle: every task that needs the store holds a
+/// clone.
 pub trait Store:
-    LinkStore
+    Clone
+    + LinkStore
     + SecretStore
     + Queues
     + NotesJournal

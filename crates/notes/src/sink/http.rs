@@ -54,8 +54,22 @@ impl HttpClient {
     ) -> Result<HttpAnswer, SinkError> {
         let mut request = Request::new(Full::new(Bytes::from(body)));
         *request.method_mut() = Method::POST;
-        *request.uri_mut() = uri.clone();
         request.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        self.send(uri, headers, request).await
+    }
+
+    /// GETs `uri`, with the same limits as [`HttpClient::post_json`].
+    pub async fn get(&self, uri: &Uri, headers: &[(HeaderName, HeaderValue)]) -> Result<HttpAnswer, SinkError> {
+        self.send(uri, headers, Request::new(Full::new(Bytes::new()))).await
+    }
+
+    async fn send(
+        &self,
+        uri: &Uri,
+        headers: &[(HeaderName, HeaderValue)],
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<HttpAnswer, SinkError> {
+        *request.uri_mut() = uri.clone();
         for (name, value) in headers {
             request.headers_mut().insert(name.clone(), value.clone());
         }

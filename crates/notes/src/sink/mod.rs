@@ -15,15 +15,14 @@ use tokio::sync::{watch, Notify};
 use crate::stats::{SinkState, SinkStats};
 use delivered::RecentlyDelivered;
 
-mod amocrm;
+pub mod amocrm;
 mod delivered;
 mod http;
-mod oauth;
 mod webhook;
 
+pub use amocrm::oauth::{adopt_legacy_pair, connect, oauth_credential, store_pair, OAuthApp, OAuthPair};
 pub use amocrm::{AmoCrmAuth, AmoCrmConfig, AmoCrmSink, AmoNoteType, TRANSIT_JITTER};
 pub use http::{HttpAnswer, HttpClient};
-pub use oauth::{adopt_legacy_pair, connect, oauth_credential, store_pair, OAuthApp, OAuthPair};
 pub use webhook::{signature, WebhookSink};
 
 /// Why a delivery failed.
@@ -54,6 +53,15 @@ pub enum SinkError {
         /// What happened.
         reason: String,
         /// When to try again.
+        after: Duration,
+    },
+    /// The connection was removed on the receiver's side (amoCRM: the integration was
+    /// uninstalled): nothing is sent until it is connected again; the notes wait.
+    #[error("{reason}")]
+    Disconnected {
+        /// What happened.
+        reason: String,
+        /// When to look again.
         after: Duration,
     },
     /// The receiver refused the account as a whole, not any note in particular (amoCRM: a
@@ -222,19 +230,33 @@ pub(crate) async fn run_sink<S: Store, K: NoteSink>(
     sink: K,
     keys: SinkKeys,
     retry: RetryPolicy,
-    wake: Arc<Notify>,
+    (wake, resume): (Arc<Notify>, Arc<Notify>),
     stats: Arc<SinkStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let worker =
-        Worker { queue: keys.queue(), dead: keys.dead_letters(), label: keys.label, store, sink, retry, stats };
+    let worker = Worker {
+        queue: keys.queue(),
+        dead: keys.dead_letters(),
+        label: keys.label,
+        store,
+        sink,
+        retry,
+        stats,
+        resume,
+        upkeep_now: Default::default(),
+    };
     let mut delivered = RecentlyDelivered::default();
     let mut upkept: Option<tokio::time::Instant> = None;
     while !*shutdown.borrow() {
         if upkept.is_none_or(|at| at.elapsed() >= UPKEEP_EVERY) {
             upkept = Some(tokio::time::Instant::now());
             match worker.sink.upkeep().await {
-                Ok(()) => worker.stats.set_state_if(SinkState::NeedsReconnect, SinkState::Connected),
+                Ok(()) => {
+                    worker.stats.set_state_if(SinkState::NeedsReconnect, SinkState::Connected);
+                    worker.stats.set_state_if(SinkState::Disconnected, SinkState::Connected);
+                }
+                // Uninstalled on purpose: shown as the state, not warned about every minute.
+                Err(SinkError::Disconnected { .. }) => worker.stats.set_state(SinkState::Disconnected, None),
                 Err(e) => {
                     if matches!(e, SinkError::Unauthorized { .. }) {
                         worker.stats.set_state(SinkState::NeedsReconnect, None);
@@ -244,6 +266,9 @@ pub(crate) async fn run_sink<S: Store, K: NoteSink>(
             }
         }
         let batch = worker.gather(&wake, &mut shutdown).await;
+        if worker.upkeep_now.swap(false, Relaxed) {
+            upkept = None; // resumed: see at once where the connection stands
+        }
         if batch.is_empty() {
             continue;
         }
@@ -265,6 +290,10 @@ struct Worker<S, K> {
     sink: K,
     retry: RetryPolicy,
     stats: Arc<SinkStats>,
+    /// Cuts short a wait for someone to connect the receiver again; when idle, has the
+    /// upkeep done at once (the connection changed).
+    resume: Arc<Notify>,
+    upkeep_now: std::sync::atomic::AtomicBool,
     /// Also the name of its allowance in the store's rate limiter.
     queue: String,
     dead: String,
@@ -282,6 +311,7 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
         if batch.is_empty() {
             tokio::select! {
                 () = wake.notified() => {}
+                () = self.resume.notified() => self.upkeep_now.store(true, Relaxed),
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.changed() => {}
             }
@@ -335,6 +365,9 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
                 if !self.paced(shutdown).await {
                     return false;
                 }
+                // Whether the wait is for someone to connect the receiver again, which
+                // `resume` may cut short.
+                let mut waiting_for_someone = false;
                 let delay = match self.sink.deliver(&group).await {
                     Ok(()) => {
                         self.stats.delivered.fetch_add(group.len() as u64, Relaxed);
@@ -367,6 +400,13 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
                         self.stats.failed_attempts.fetch_add(1, Relaxed);
                         self.stats.set_state(SinkState::NeedsReconnect, None);
                         tracing::error!(sink = name, %reason, retry = ?after, "the receiver does not take our credentials: connect it again; nothing is dropped");
+                        waiting_for_someone = true;
+                        after
+                    }
+                    Err(SinkError::Disconnected { reason, after }) => {
+                        self.stats.set_state(SinkState::Disconnected, None);
+                        tracing::warn!(sink = name, %reason, "the connection was uninstalled: its notes are held until it is connected again or purged");
+                        waiting_for_someone = true;
                         after
                     }
                     Err(SinkError::Retry { reason, after }) => {
@@ -391,6 +431,7 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
                 attempt += 1;
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
+                    () = self.resume.notified(), if waiting_for_someone => {}
                     _ = shutdown.changed() => return false,
                 }
             }
@@ -442,7 +483,7 @@ mod tests {
             sink,
             keys.clone(),
             RetryPolicy::default(),
-            Arc::new(Notify::new()),
+            (Arc::new(Notify::new()), Arc::new(Notify::new())),
             stats.clone(),
             stopped,
         ));

@@ -108,6 +108,17 @@ impl Reply {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {:?}", self.body))
     }
 
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A header's value, if sent.
+    #[allow(dead_code)] // not every test file reads headers
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).map(|v| v.to_str().unwrap().to_owned())
+    }
+
     pub fn content_type(&self) -> &str {
         self.headers.get("content-type").map(|v| v.to_str().unwrap()).unwrap_or("")
     }

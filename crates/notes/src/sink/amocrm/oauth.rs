@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use shortlinks_core::store::{decode, encode, CredentialStore};
 use shortlinks_core::{AccountId, Timestamp};
 
-use super::http::HttpClient;
-use super::SinkError;
+use crate::sink::http::HttpClient;
+use crate::sink::SinkError;
 
 /// Where the store keeps the pair before each account had its own.
 const LEGACY_CREDENTIAL: &str = "amocrm.oauth";
@@ -183,6 +183,20 @@ async fn store_pair_as<S: CredentialStore>(
     loop {
         let current = store.credential(name).await?;
         if store.swap_credential(name, current, bytes.clone()).await? {
+            return Ok(());
+        }
+    }
+}
+
+/// Forgets `account`'s pair (amoCRM revoked it: the integration was uninstalled).
+pub(crate) async fn forget_pair<S: CredentialStore>(
+    store: &S,
+    account: AccountId,
+) -> Result<(), shortlinks_core::Error> {
+    let name = oauth_credential(account);
+    loop {
+        let current = store.credential(&name).await?;
+        if current.as_ref().is_none_or(Vec::is_empty) || store.swap_credential(&name, current, Vec::new()).await? {
             return Ok(());
         }
     }

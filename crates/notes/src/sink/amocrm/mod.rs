@@ -28,11 +28,23 @@ use shortlinks_core::store::{CredentialStore, Rate};
 use shortlinks_core::AccountId;
 
 use super::http::{HttpAnswer, HttpClient};
-use super::oauth::{OAuthApp, OAuthTokens};
 use super::{Batching, NoteSink, SinkError};
+use oauth::{OAuthApp, OAuthTokens};
+
+pub mod connection;
+mod connections;
+pub mod install;
+pub(super) mod oauth;
+
+pub use connections::{
+    read_account, state_for, store_connection, AmoConnections, Connected, InstallSettings, DISCOVER_EVERY,
+};
 
 /// How often a connection amoCRM does not authorize is tried again.
 const UNAUTHORIZED_RETRY: Duration = Duration::from_secs(60);
+/// How often an uninstalled connection looks whether it was connected again (on another
+/// node: this node's own connecting wakes it at once).
+const DISCONNECTED_RETRY: Duration = Duration::from_secs(60);
 
 /// How unevenly requests may reach amoCRM, within a second, and still count as paced.
 pub const TRANSIT_JITTER: Duration = Duration::from_millis(30);
@@ -130,6 +142,9 @@ pub struct AmoCrmSink<S> {
     url: Uri,
     config: AmoCrmConfig,
     auth: Authorizer<S>,
+    /// Where the connection's record is: read before each request, so that an uninstall
+    /// seen by any node stops this one.
+    store: S,
 }
 
 fn bearer(token: &str) -> Result<HeaderValue, SinkError> {
@@ -139,7 +154,7 @@ fn bearer(token: &str) -> Result<HeaderValue, SinkError> {
     Ok(value)
 }
 
-impl<S: CredentialStore> AmoCrmSink<S> {
+impl<S: CredentialStore + Clone> AmoCrmSink<S> {
     /// A sink for `config`; with OAuth, its pair is read from and written to `store`.
     pub fn new(client: HttpClient, config: AmoCrmConfig, store: S) -> Result<Self, crate::Error> {
         let base = &config.base;
@@ -154,11 +169,25 @@ impl<S: CredentialStore> AmoCrmSink<S> {
                 Authorizer::Token(bearer(token).map_err(|e| crate::Error::Sink(e.to_string()))?)
             }
             AmoCrmAuth::OAuth(app) => {
-                let tokens = OAuthTokens::new(store, client.clone(), base, app.clone(), config.account)?;
+                let tokens = OAuthTokens::new(store.clone(), client.clone(), base, app.clone(), config.account)?;
                 Authorizer::OAuth(Box::new(tokens))
             }
         };
-        Ok(Self { client, url, config, auth })
+        Ok(Self { client, url, config, auth, store })
+    }
+
+    /// Refuses to go on if amoCRM said the integration was uninstalled from the account.
+    async fn installed(&self) -> Result<(), SinkError> {
+        let stored = connection::load(&self.store, self.config.account)
+            .await
+            .map_err(|e| SinkError::Retry { reason: format!("the store: {e}"), after: None })?;
+        match stored {
+            Some(c) if !c.installed() => Err(SinkError::Disconnected {
+                reason: format!("the integration was uninstalled from {}; connect it again", c.base),
+                after: DISCONNECTED_RETRY,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// The shortlinks account whose notes this sink takes.
@@ -195,7 +224,7 @@ impl<S: CredentialStore> AmoCrmSink<S> {
     }
 }
 
-impl<S: CredentialStore> NoteSink for AmoCrmSink<S> {
+impl<S: CredentialStore + Clone> NoteSink for AmoCrmSink<S> {
     fn name(&self) -> &'static str {
         "amocrm"
     }
@@ -216,6 +245,7 @@ impl<S: CredentialStore> NoteSink for AmoCrmSink<S> {
     /// sent, and with it the refresh token, which amoCRM rotates on every refresh and which
     /// would otherwise lapse after three months without a click.
     async fn upkeep(&self) -> Result<(), SinkError> {
+        self.installed().await?;
         match &self.auth {
             Authorizer::Token(_) => Ok(()),
             Authorizer::OAuth(tokens) => tokens.access_token().await.map(drop),
@@ -223,6 +253,7 @@ impl<S: CredentialStore> NoteSink for AmoCrmSink<S> {
     }
 
     async fn deliver(&self, notes: &[Note]) -> Result<(), SinkError> {
+        self.installed().await?;
         let body = Value::Array(notes.iter().map(|n| self.item(n)).collect()).to_string().into_bytes();
         let answer = match &self.auth {
             Authorizer::Token(token) => self.post(&body, token).await?,
