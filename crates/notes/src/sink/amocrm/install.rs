@@ -121,18 +121,20 @@ pub fn uninstall_signed(
         return false;
     }
     let Some(signature) = hex(signature) else { return false };
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(client_secret.as_bytes())
-        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-    mac.update(format!("{client_uuid}|{account_id}").as_bytes());
-    mac.verify_slice(&signature).is_ok()
+    uninstall_mac(client_secret, account_id, client_uuid).verify_slice(&signature).is_ok()
 }
 
 /// The hex HMAC-SHA256 amoCRM sends with an uninstall hook (for tests and stand-ins).
 pub fn uninstall_signature(client_secret: &str, account_id: &str, client_uuid: &str) -> String {
+    let digest = uninstall_mac(client_secret, account_id, client_uuid).finalize().into_bytes();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn uninstall_mac(client_secret: &str, account_id: &str, client_uuid: &str) -> Hmac<Sha256> {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(client_secret.as_bytes())
         .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
     mac.update(format!("{client_uuid}|{account_id}").as_bytes());
-    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    mac
 }
 
 fn hex(text: &str) -> Option<Vec<u8>> {
