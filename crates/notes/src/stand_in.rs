@@ -166,6 +166,11 @@ impl AmoCrmStandIn {
         self.state.lock().issued
     }
 
+    /// Makes an unknown contact known (it was created in amoCRM meanwhile).
+    pub fn create_contact(&self, contact: u64) {
+        self.state.lock().options.unknown_contacts.remove(&contact);
+    }
+
     /// Takes back every token it gave, as amoCRM does when the integration is uninstalled.
     pub fn revoke_tokens(&self) {
         let mut state = self.state.lock();

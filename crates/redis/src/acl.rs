@@ -24,6 +24,7 @@ pub const COMMANDS: &[&str] = &[
     "hgetall",
     "xadd",
     "xreadgroup",
+    "xrange",
     "xack",
     "xdel",
     "xautoclaim",

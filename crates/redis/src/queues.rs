@@ -205,6 +205,25 @@ impl Queues for RedisStore {
         Ok(out)
     }
 
+    /// `XRANGE`: the stream as it is, whoever holds a lease.
+    async fn peek(&self, queue: &str, max: usize) -> Result<Vec<(EntryId, Vec<u8>)>, Error> {
+        check_queue_name(queue)?;
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let key = self.keys.queue(queue);
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(max)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(store_error)?;
+        self.records(&key, reply.ids).await
+    }
+
     async fn remove(&self, queue: &str, ids: Vec<EntryId>) -> Result<(), Error> {
         check_queue_name(queue)?;
         if ids.is_empty() {

@@ -10,11 +10,13 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use shortlinks_core::model::NoteBody;
 use shortlinks_core::{AccountId, ContactScope, ShortCode, SledStore, Store, Timestamp, UserId};
 use shortlinks_notes::sink::amocrm::connection::Connection;
 use shortlinks_notes::sink::amocrm::install::StateKey;
 use shortlinks_notes::sink::amocrm::{state_for, store_connection};
-use shortlinks_notes::sink::OAuthPair;
+use shortlinks_notes::sink::dead_letter::{DeadLetters, Purge};
+use shortlinks_notes::sink::{OAuthPair, SinkKeys};
 use shortlinks_redis::RedisStore;
 
 use crate::config::StorageSettings;
@@ -68,10 +70,37 @@ pub enum AdminRequest {
         /// Which amoCRM account it is.
         connection: Connection,
     },
+    /// Look at, replay or purge one account's dead letters in one sink.
+    DeadLetters {
+        /// `amocrm` or `webhook`.
+        sink: String,
+        /// The shortlinks account.
+        account: u64,
+        /// What to do.
+        action: DeadLetterAction,
+    },
     /// Make the `state` of an authorization URL that connects an account.
     AmoCrmState {
         /// The shortlinks account.
         account: u64,
+    },
+}
+
+/// What to do with dead letters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum DeadLetterAction {
+    /// Show how many, and the first `limit`.
+    List {
+        /// How many to show.
+        limit: usize,
+    },
+    /// Put them back on the sink's queue.
+    Replay,
+    /// Delete them, if `confirm` is their count.
+    Purge {
+        /// The count the operator confirms.
+        confirm: Option<usize>,
     },
 }
 
@@ -101,6 +130,28 @@ pub enum AdminReply {
     },
     /// Done; nothing to show.
     Done,
+    /// An account's dead letters.
+    DeadLetters {
+        /// How many there are.
+        count: usize,
+        /// The first of them, oldest first.
+        letters: Vec<DeadLetterInfo>,
+    },
+    /// Dead letters put back on their queue.
+    Replayed {
+        /// How many.
+        count: usize,
+    },
+    /// Dead letters deleted.
+    Purged {
+        /// How many.
+        count: usize,
+    },
+    /// A purge waits for the operator to confirm this count.
+    ToConfirm {
+        /// How many would go.
+        count: usize,
+    },
     /// An authorization URL's `state`.
     State {
         /// The value.
@@ -128,6 +179,21 @@ pub struct TokenInfo {
     pub created_at: u64,
     /// Unix seconds, if revoked.
     pub revoked_at: Option<u64>,
+}
+
+/// What `dead-letters list` shows of one: the contact and the ORIGINAL URL, never a code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterInfo {
+    /// The note's id.
+    pub note: u64,
+    /// The contact.
+    pub contact: u64,
+    /// The URL the contact visited.
+    pub url: String,
+    /// When it was set aside (Unix seconds).
+    pub at: u64,
+    /// Why.
+    pub reason: String,
 }
 
 /// What `resolve` shows of a link.
@@ -204,20 +270,57 @@ async fn run<S: Store>(store: &S, request: AdminRequest) -> Result<AdminReply, S
             AdminReply::Link { link }
         }
         AdminRequest::AmoCrmTokens { account, pair, connection } => {
-            store_connection(store, AccountId(account), &pair, &connection).await.map_err(amocrm_failure)?;
+            store_connection(store, AccountId(account), &pair, &connection).await.map_err(notes_failure)?;
             AdminReply::Done
+        }
+        AdminRequest::DeadLetters { sink, account, action } => {
+            if account == 0 {
+                return Err(ServerError::Admin("the account must be positive".into()));
+            }
+            let keys = match sink.as_str() {
+                "amocrm" => SinkKeys::new("amocrm", Some(AccountId(account))),
+                "webhook" => SinkKeys::new("webhook", None),
+                other => return Err(ServerError::Admin(format!("no sink {other:?}: amocrm or webhook"))),
+            };
+            let letters = DeadLetters::new(store, keys, AccountId(account));
+            match action {
+                DeadLetterAction::List { limit } => {
+                    let (count, first) = letters.list(limit).await.map_err(notes_failure)?;
+                    let letters = first
+                        .into_iter()
+                        .map(|l| {
+                            let NoteBody::LinkFollowed { url } = &l.note.body;
+                            DeadLetterInfo {
+                                note: l.note.id,
+                                contact: l.note.entity.id,
+                                url: url.to_string(),
+                                at: l.at.as_secs(),
+                                reason: l.reason,
+                            }
+                        })
+                        .collect();
+                    AdminReply::DeadLetters { count, letters }
+                }
+                DeadLetterAction::Replay => {
+                    AdminReply::Replayed { count: letters.replay().await.map_err(notes_failure)? }
+                }
+                DeadLetterAction::Purge { confirm } => match letters.purge(confirm).await.map_err(notes_failure)? {
+                    Purge::ToConfirm(count) => AdminReply::ToConfirm { count },
+                    Purge::Purged(count) => AdminReply::Purged { count },
+                },
+            }
         }
         AdminRequest::AmoCrmState { account } => {
             if account == 0 {
                 return Err(ServerError::Admin("the account must be positive".into()));
             }
             let key = StateKey::derive(&store.load_or_create_secret().await?);
-            AdminReply::State { state: state_for(store, &key, AccountId(account)).await.map_err(amocrm_failure)? }
+            AdminReply::State { state: state_for(store, &key, AccountId(account)).await.map_err(notes_failure)? }
         }
     })
 }
 
-fn amocrm_failure(e: shortlinks_notes::Error) -> ServerError {
+fn notes_failure(e: shortlinks_notes::Error) -> ServerError {
     ServerError::Admin(e.to_string())
 }
 

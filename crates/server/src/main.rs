@@ -9,7 +9,7 @@ use shortlinks_core::ContactScope;
 use shortlinks_notes::sink::amocrm::connection::Connection;
 use shortlinks_notes::sink::amocrm::read_account;
 use shortlinks_notes::sink::{AmoCrmAuth, HttpClient};
-use shortlinks_server::admin::{self, AdminReply, AdminRequest};
+use shortlinks_server::admin::{self, AdminReply, AdminRequest, DeadLetterAction};
 use shortlinks_server::config::{SettingsLayer, StorageKind};
 use shortlinks_server::server;
 
@@ -47,6 +47,48 @@ enum Command {
     /// Clicks.
     #[command(subcommand)]
     Clicks(ClicksCommand),
+    /// Notes a sink refused for good: look at them, put them back on the sink's queue, or
+    /// delete them; one account at a time. Works whether or not a server is running.
+    #[command(subcommand, name = "dead-letters")]
+    DeadLetters(DeadLetterCommand),
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// How many an account has in a sink, and the oldest: contact, URL, time, reason.
+    List {
+        #[command(flatten)]
+        which: DeadLetterArgs,
+        /// How many to show.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Put an account's dead letters back on the sink's queue, to be delivered again.
+    Replay {
+        #[command(flatten)]
+        which: DeadLetterArgs,
+    },
+    /// Delete an account's dead letters: first without `--confirm` to see the count, then
+    /// with `--confirm <count>`.
+    Purge {
+        #[command(flatten)]
+        which: DeadLetterArgs,
+        /// The count the first run printed.
+        #[arg(long)]
+        confirm: Option<usize>,
+    },
+}
+
+#[derive(Args)]
+struct DeadLetterArgs {
+    /// The shortlinks account.
+    #[arg(long)]
+    account: u64,
+    /// `amocrm` or `webhook`.
+    #[arg(long, default_value = "amocrm")]
+    sink: String,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Subcommand)]
@@ -194,6 +236,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(Command::Amocrm(AmoCrmCommand::ConnectUrl { account, args })) => amocrm_connect_url(account, *args).await,
         Some(Command::Clicks(ClicksCommand::Replay { file, args })) => replay(&file, *args).await,
+        Some(Command::DeadLetters(command)) => dead_letters(command).await,
         Some(Command::Resolve { code, store }) => match store.command(AdminRequest::Resolve { code }).await? {
             AdminReply::Link { link: Some(l) } => {
                 println!("code:       {}", l.code);
@@ -307,6 +350,31 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
             other => unexpected(other),
         },
     }
+}
+
+async fn dead_letters(command: DeadLetterCommand) -> anyhow::Result<()> {
+    let (which, action) = match command {
+        DeadLetterCommand::List { which, limit } => (which, DeadLetterAction::List { limit }),
+        DeadLetterCommand::Replay { which } => (which, DeadLetterAction::Replay),
+        DeadLetterCommand::Purge { which, confirm } => (which, DeadLetterAction::Purge { confirm }),
+    };
+    let (account, sink) = (which.account, which.sink.clone());
+    let request = AdminRequest::DeadLetters { sink: sink.clone(), account, action };
+    match which.store.command(request).await? {
+        AdminReply::DeadLetters { count, letters } => {
+            println!("{count} dead letters of account {account} in {sink}");
+            for l in letters {
+                println!("note {}  contact {}  at {}  {}\n  reason: {}", l.note, l.contact, l.at, l.url, l.reason);
+            }
+        }
+        AdminReply::Replayed { count } => println!("{count} notes of account {account} are back on {sink}'s queue"),
+        AdminReply::Purged { count } => println!("purged {count} dead letters of account {account} in {sink}"),
+        AdminReply::ToConfirm { count } => {
+            println!("{count} dead letters of account {account} in {sink} would be deleted: run again with --confirm {count}")
+        }
+        other => return unexpected(other),
+    }
+    Ok(())
 }
 
 async fn amocrm_connect(code: &str, account: Option<u64>, args: ServeArgs) -> anyhow::Result<()> {

@@ -118,10 +118,10 @@ async fn failures_are_retried_and_only_a_lost_answer_duplicates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_contact_dead_letters_only_its_own_note() {
+async fn a_refused_contact_dead_letters_only_its_own_note_which_the_operator_lists_replays_and_purges() {
     let stand_in = AmoCrmStandIn::start(StandInOptions {
         token: Some("amo-token".into()),
-        unknown_contacts: HashSet::from([13]),
+        unknown_contacts: HashSet::from([13, 16]),
         ..Default::default()
     })
     .await
@@ -141,6 +141,51 @@ async fn a_refused_contact_dead_letters_only_its_own_note() {
     assert_eq!(arrivals[0].status, 400, "{arrivals:?}");
     assert_eq!(arrivals[0].notes, 5, "one batch, refused for one note");
     assert_eq!(metric(server.addr, "shortlinks_sink_delivered_total{sink=\"amocrm\",account=\"1\"}").await, 4);
+
+    // The operator sees the contact, the ORIGINAL URL, when and why; never the short one.
+    let listed = dead_letters(server.dir.path(), &["list", "--account", "1"]).await;
+    assert!(listed.starts_with("1 dead letters of account 1 in amocrm"), "{listed}");
+    assert!(listed.contains("contact 13") && listed.contains("https://original.example/offer/13"), "{listed}");
+    assert!(listed.contains("reason: amoCRM refused the note") && listed.contains("NotValid"), "{listed}");
+    assert!(!listed.contains(&codes[2]), "no short code: {listed}");
+    assert!(dead_letters(server.dir.path(), &["list", "--account", "2"]).await.starts_with("0 dead letters"));
+
+    // The contact now exists in amoCRM: replayed, its note arrives, once.
+    stand_in.create_contact(13);
+    let replayed = dead_letters(server.dir.path(), &["replay", "--account", "1"]).await;
+    assert!(replayed.starts_with("1 notes of account 1 are back"), "{replayed}");
+    until_handed_on(server.addr, 5, 1).await;
+    let taken: Vec<u64> = stand_in.notes().iter().map(|n| n.entity_id).collect();
+    assert_eq!(taken.iter().filter(|&&c| c == 13).count(), 1, "{taken:?}");
+    assert!(dead_letters(server.dir.path(), &["list", "--account", "1"]).await.starts_with("0 dead letters"));
+
+    // Another refused note, purged: the count first, then only with that count confirmed.
+    let more = links_for(server.addr, &server.token, &[16]).await;
+    common::click(server.addr, &more[0], &[("user-agent", BROWSER), ("x-forwarded-for", "10.9.9.9")]).await;
+    until_handed_on(server.addr, 5, 2).await;
+    let asked = dead_letters(server.dir.path(), &["purge", "--account", "1"]).await;
+    assert!(asked.contains("run again with --confirm 1"), "{asked}");
+    let wrong = dead_letters(server.dir.path(), &["purge", "--account", "1", "--confirm", "2"]).await;
+    assert!(wrong.contains("--confirm 1"), "a wrong count purges nothing: {wrong}");
+    assert!(dead_letters(server.dir.path(), &["list", "--account", "1"]).await.starts_with("1 dead letters"));
+    let purged = dead_letters(server.dir.path(), &["purge", "--account", "1", "--confirm", "1"]).await;
+    assert!(purged.starts_with("purged 1 dead letters"), "{purged}");
+    assert!(dead_letters(server.dir.path(), &["list", "--account", "1"]).await.starts_with("0 dead letters"));
+    assert!(!stand_in.notes().iter().any(|n| n.entity_id == 16), "a purged note is never sent");
+}
+
+/// `shortlinks dead-letters <args> --data-dir <dir>`; its standard output.
+async fn dead_letters(dir: &Path, args: &[&str]) -> String {
+    let output = tokio::process::Command::new(common::shortlinks_binary())
+        .arg("dead-letters")
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -181,6 +181,18 @@ async fn queues<S: Store>(store: &S) {
     store.remove("sink:webhook", vec![other[0].0]).await.expect("remove");
     assert!(store.lease("sink:webhook", 10).await.expect("lease").is_empty());
     assert!(store.push("bad name", vec![]).await.is_err(), "queue names are checked");
+
+    // A look leases nothing: what it shows is still there for a lease, and can be removed.
+    store.push("dead:look", vec![b"1".to_vec(), b"2".to_vec(), b"3".to_vec()]).await.expect("push");
+    let looked = store.peek("dead:look", 2).await.expect("peek");
+    assert_eq!(looked.iter().map(|(_, r)| r.as_slice()).collect::<Vec<_>>(), vec![b"1".as_slice(), b"2".as_slice()]);
+    assert_eq!(store.peek("dead:look", 10).await.expect("peek").len(), 3, "a look again sees all");
+    store.remove("dead:look", vec![looked[0].0]).await.expect("remove what was looked at");
+    let leased = store.lease("dead:look", 10).await.expect("lease");
+    assert_eq!(leased.iter().map(|(_, r)| r.as_slice()).collect::<Vec<_>>(), vec![b"2".as_slice(), b"3".as_slice()]);
+    assert_eq!(store.peek("dead:look", 10).await.expect("peek").len(), 2, "leased entries are still seen");
+    store.remove("dead:look", leased.iter().map(|(id, _)| *id).collect()).await.expect("remove");
+    assert!(store.peek("dead:look", 10).await.expect("peek").is_empty());
 }
 
 fn query(account: u64, ids: Option<Vec<u64>>, offset: usize, limit: usize) -> NotesQuery {

@@ -115,6 +115,11 @@ impl Queues for MemoryStore {
             .collect())
     }
 
+    /// One consumer: a lease is a look.
+    async fn peek(&self, queue: &str, max: usize) -> Result<Vec<(EntryId, Vec<u8>)>, Error> {
+        self.lease(queue, max).await
+    }
+
     async fn remove(&self, queue: &str, ids: Vec<EntryId>) -> Result<(), Error> {
         check_queue_name(queue)?;
         let mut rest = self.rest.lock();

@@ -80,6 +80,11 @@ pub trait Queues: Send + Sync + 'static {
     /// went silent, then new ones.
     fn lease(&self, queue: &str, max: usize) -> impl Future<Output = Result<Vec<(EntryId, Vec<u8>)>, Error>> + Send;
 
+    /// Up to `max` entries, oldest first, without leasing them: a look for an operator, not
+    /// consumption (another consumer's leased entries are among them). An entry looked at
+    /// can be removed all the same.
+    fn peek(&self, queue: &str, max: usize) -> impl Future<Output = Result<Vec<(EntryId, Vec<u8>)>, Error>> + Send;
+
     /// Removes handled entries. Unknown ids are ignored. Not necessarily flushed: a removal
     /// lost in a crash means the entry is handled again, never that it is lost.
     fn remove(&self, queue: &str, ids: Vec<EntryId>) -> impl Future<Output = Result<(), Error>> + Send;

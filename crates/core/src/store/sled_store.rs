@@ -272,6 +272,11 @@ impl Queues for SledStore {
         self.blocking(move |s| s.queue(&queue)?.lease(max)).await
     }
 
+    /// One consumer: a lease is a look.
+    async fn peek(&self, queue: &str, max: usize) -> Result<Vec<(EntryId, Vec<u8>)>, Error> {
+        self.lease(queue, max).await
+    }
+
     async fn remove(&self, queue: &str, ids: Vec<EntryId>) -> Result<(), Error> {
         let queue = queue.to_owned();
         self.blocking(move |s| {

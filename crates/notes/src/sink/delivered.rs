@@ -38,6 +38,11 @@ impl RecentlyDelivered {
         }
         true
     }
+
+    /// Forgets a note set aside for good: if an operator replays it, it is no copy.
+    pub(crate) fn forget(&mut self, id: u64) {
+        self.ids.remove(&id);
+    }
 }
 
 #[cfg(test)]
@@ -56,5 +61,7 @@ mod tests {
         assert!((extra..RecentlyDelivered::KEPT as u64 + extra).all(|id| delivered.ids.contains(&id)));
         assert_eq!(delivered.order.len(), RecentlyDelivered::KEPT);
         assert_eq!(delivered.ids.len(), RecentlyDelivered::KEPT);
+        delivered.forget(extra);
+        assert!(delivered.insert(extra), "a forgotten id is no copy");
     }
 }

@@ -13,9 +13,11 @@ use shortlinks_core::{AccountId, Store};
 use tokio::sync::{watch, Notify};
 
 use crate::stats::{SinkState, SinkStats};
+use dead_letter::DeadLetter;
 use delivered::RecentlyDelivered;
 
 pub mod amocrm;
+pub mod dead_letter;
 mod delivered;
 mod http;
 mod webhook;
@@ -244,6 +246,7 @@ pub(crate) async fn run_sink<S: Store, K: NoteSink>(
         stats,
         resume,
         upkeep_now: Default::default(),
+        set_aside_ids: Default::default(),
     };
     let mut delivered = RecentlyDelivered::default();
     let mut upkept: Option<tokio::time::Instant> = None;
@@ -279,6 +282,9 @@ pub(crate) async fn run_sink<S: Store, K: NoteSink>(
         if !notes.is_empty() && !worker.deliver(notes, &mut shutdown).await {
             return; // stopping: the batch stays queued
         }
+        for id in worker.set_aside_ids.lock().drain(..) {
+            delivered.forget(id);
+        }
         if let Err(e) = worker.store.remove(&worker.queue, batch.iter().map(|(id, _)| *id).collect()).await {
             tracing::error!(sink = %worker.label, error = %e, "cannot remove delivered notes from the queue; they come back, and are not sent again");
         }
@@ -294,6 +300,8 @@ struct Worker<S, K> {
     /// upkeep done at once (the connection changed).
     resume: Arc<Notify>,
     upkeep_now: std::sync::atomic::AtomicBool,
+    /// The notes [`Worker::set_aside`] set aside in the current batch.
+    set_aside_ids: parking_lot::Mutex<Vec<u64>>,
     /// Also the name of its allowance in the store's rate limiter.
     queue: String,
     dead: String,
@@ -439,13 +447,18 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
         true
     }
 
-    /// Keeps notes refused for good in the sink's dead-letter queue, with the count.
+    /// Keeps notes refused for good in the sink's dead-letter queue, with why and when,
+    /// and counts them.
     async fn set_aside(&self, notes: &[Note], reason: &str) {
+        let at = shortlinks_core::Timestamp::now();
+        let mut letters = Vec::with_capacity(notes.len());
         for note in notes {
             tracing::warn!(sink = %self.label, note = note.id, %reason, "note refused for good; kept in {}", self.dead);
+            letters.push(DeadLetter { note: note.clone(), reason: reason.to_owned(), at });
         }
         self.stats.dead_lettered.fetch_add(notes.len() as u64, Relaxed);
-        if let Err(e) = self.store.push_records(&self.dead, notes).await {
+        self.set_aside_ids.lock().extend(notes.iter().map(|n| n.id));
+        if let Err(e) = self.store.push_records(&self.dead, &letters).await {
             tracing::error!(error = %e, "cannot keep a refused note");
         }
     }
