@@ -37,6 +37,14 @@ pub struct Stats {
     sinks: Mutex<Vec<(String, Arc<SinkStats>)>>,
 }
 
+/// A sink's labels in metrics: `sink="…"`, and `account="…"` if it serves one.
+fn labels(name: &str, account: Option<shortlinks_core::AccountId>) -> String {
+    match account {
+        None => format!("sink=\"{name}\""),
+        Some(account) => format!("sink=\"{name}\",account=\"{}\"", account.0),
+    }
+}
+
 /// What an operator needs to know of a sink: whether it is delivering, and if not, whose
 /// move it is. Kept by the sink's worker on this node, from the receiver's answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,20 +110,13 @@ impl SinkStats {
         self.state.store(SinkState::ALL.iter().position(|s| *s == state).unwrap_or(0) as u8, Relaxed);
     }
 
-    /// Moves the sink from `from` to `to`, if it is in `from`.
-    pub(crate) fn set_state_if(&self, from: SinkState, to: SinkState) {
-        if self.state() == from {
-            self.set_state(to, None);
-        }
-    }
-
     /// The sink's state.
     pub(crate) fn state(&self) -> SinkState {
         SinkState::ALL.get(usize::from(self.state.load(Relaxed))).copied().unwrap_or(SinkState::Connected)
     }
 
     /// Until when a paused or refused sink waits (Unix milliseconds); `None` in other states.
-    fn paused_until_ms(&self) -> Option<u64> {
+    pub(crate) fn paused_until_ms(&self) -> Option<u64> {
         let paused = matches!(self.state(), SinkState::Paused | SinkState::Refused);
         Some(self.until_ms.load(Relaxed)).filter(|&until| paused && until > 0)
     }
@@ -145,11 +146,7 @@ impl Stats {
     /// Registers the counters of the sink `name` serving `account` (or every account).
     pub(crate) fn sink(&self, name: &str, account: Option<shortlinks_core::AccountId>) -> Arc<SinkStats> {
         let counters = Arc::new(SinkStats::default());
-        let labels = match account {
-            None => format!("sink=\"{name}\""),
-            Some(account) => format!("sink=\"{name}\",account=\"{}\"", account.0),
-        };
-        self.sinks.lock().push((labels, counters.clone()));
+        self.sinks.lock().push((labels(name, account), counters.clone()));
         counters
     }
 
@@ -257,6 +254,13 @@ impl Stats {
             let _ = writeln!(out, "shortlinks_sink_paused_until_seconds{{{labels}}} {until}");
         }
         out
+    }
+
+    /// Notes the sink `name` serving `account` delivered since this process started, if
+    /// it runs here.
+    pub fn delivered(&self, name: &str, account: Option<shortlinks_core::AccountId>) -> Option<u64> {
+        let labels = labels(name, account);
+        self.sinks.lock().iter().find(|(l, _)| *l == labels).map(|(_, s)| s.delivered.load(Relaxed))
     }
 
     /// One line per sink: its labels, its state, and until when it is paused, for `/readyz`.

@@ -14,6 +14,7 @@ use shortlinks_core::model::NoteBody;
 use shortlinks_core::{AccountId, ContactScope, ShortCode, SledStore, Store, Timestamp, UserId};
 use shortlinks_notes::sink::amocrm::connection::Connection;
 use shortlinks_notes::sink::amocrm::install::StateKey;
+use shortlinks_notes::sink::amocrm::status::{status, ConnectionStatus};
 use shortlinks_notes::sink::amocrm::{state_for, store_connection};
 use shortlinks_notes::sink::dead_letter::{DeadLetters, Purge};
 use shortlinks_notes::sink::{OAuthPair, SinkKeys};
@@ -78,6 +79,12 @@ pub enum AdminRequest {
         account: u64,
         /// What to do.
         action: DeadLetterAction,
+    },
+    /// How each amoCRM connection stands: those of `accounts` (the settings') and every
+    /// one the store records.
+    AmoCrmStatus {
+        /// The accounts the settings connect.
+        accounts: Vec<u64>,
     },
     /// Make the `state` of an authorization URL that connects an account.
     AmoCrmState {
@@ -151,6 +158,11 @@ pub enum AdminReply {
     ToConfirm {
         /// How many would go.
         count: usize,
+    },
+    /// How each amoCRM connection stands.
+    AmoCrmStatus {
+        /// One per connection, by account.
+        connections: Vec<ConnectionStatus>,
     },
     /// An authorization URL's `state`.
     State {
@@ -310,6 +322,10 @@ async fn run<S: Store>(store: &S, request: AdminRequest) -> Result<AdminReply, S
                 },
             }
         }
+        AdminRequest::AmoCrmStatus { accounts } => {
+            let accounts: Vec<AccountId> = accounts.into_iter().map(AccountId).collect();
+            AdminReply::AmoCrmStatus { connections: status(store, &accounts).await.map_err(notes_failure)? }
+        }
         AdminRequest::AmoCrmState { account } => {
             if account == 0 {
                 return Err(ServerError::Admin("the account must be positive".into()));
@@ -375,6 +391,16 @@ impl AdminSocket {
                             Err(e) => AdminReply::Failed { message: e.to_string() },
                         }
                     }
+                    // With what only the running server knows: what it delivered.
+                    (Ok(request @ AdminRequest::AmoCrmStatus { .. }), _) => match execute(app.store(), request).await {
+                        AdminReply::AmoCrmStatus { mut connections } => {
+                            for c in &mut connections {
+                                c.delivered = app.stats.delivered("amocrm", Some(AccountId(c.account)));
+                            }
+                            AdminReply::AmoCrmStatus { connections }
+                        }
+                        other => other,
+                    },
                     (Ok(request), _) => execute(app.store(), request).await,
                     (Err(e), _) => AdminReply::Failed { message: format!("bad admin request: {e}") },
                 };

@@ -119,6 +119,13 @@ enum AmoCrmCommand {
         #[command(flatten)]
         args: Box<ServeArgs>,
     },
+    /// How each amoCRM connection stands, one line each: state, backlog, delivered (by the
+    /// running server, if one answers), dead letters, token expiry (with the same settings
+    /// as `serve`).
+    Status {
+        #[command(flatten)]
+        args: Box<ServeArgs>,
+    },
     /// Print the amoCRM authorization URL that connects a shortlinks account: whoever
     /// opens it as an administrator of an amoCRM account connects that account, once,
     /// through the server's Redirect URI (with the same settings as `serve`).
@@ -235,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
             amocrm_connect(&code, account, *args).await
         }
         Some(Command::Amocrm(AmoCrmCommand::ConnectUrl { account, args })) => amocrm_connect_url(account, *args).await,
+        Some(Command::Amocrm(AmoCrmCommand::Status { args })) => amocrm_status(*args).await,
         Some(Command::Clicks(ClicksCommand::Replay { file, args })) => replay(&file, *args).await,
         Some(Command::DeadLetters(command)) => dead_letters(command).await,
         Some(Command::Resolve { code, store }) => match store.command(AdminRequest::Resolve { code }).await? {
@@ -422,6 +430,40 @@ async fn amocrm_connect(code: &str, account: Option<u64>, args: ServeArgs) -> an
         }
         other => unexpected(other),
     }
+}
+
+async fn amocrm_status(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = args.settings.over(file_layer(args.config.as_deref())?).resolve()?;
+    let accounts = settings.clicks.amocrm.iter().map(|c| c.account.0).collect();
+    let connections =
+        match admin::command(&settings.storage, &settings.data_dir, AdminRequest::AmoCrmStatus { accounts }).await? {
+            AdminReply::AmoCrmStatus { connections } => connections,
+            other => return unexpected(other),
+        };
+    if connections.is_empty() {
+        println!("no amoCRM connections");
+    }
+    let or_dash = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    for c in connections {
+        let backlog = match c.backlog > shortlinks_notes::sink::amocrm::status::BACKLOG_COUNTED {
+            true => format!(">{}", c.backlog - 1),
+            false => c.backlog.to_string(),
+        };
+        let state = match c.until {
+            Some(until) => format!("{} until {until}", c.state),
+            None => c.state,
+        };
+        println!(
+            "account {}  {}  {state} since {}  backlog {backlog}  delivered {}  dead letters {}  token expires {}",
+            c.account,
+            c.amocrm.as_deref().unwrap_or("(settings)"),
+            or_dash(c.since),
+            or_dash(c.delivered),
+            c.dead_letters,
+            or_dash(c.token_expires),
+        );
+    }
+    Ok(())
 }
 
 async fn amocrm_connect_url(account: u64, args: ServeArgs) -> anyhow::Result<()> {

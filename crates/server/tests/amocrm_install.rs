@@ -74,6 +74,23 @@ async fn connect_url(server: &TestServer, stand_in: &AmoCrmStandIn, account: u64
     url
 }
 
+/// `shortlinks amocrm status`, through the running server; its lines.
+async fn status(server: &TestServer) -> Vec<String> {
+    let output = tokio::process::Command::new(common::shortlinks_binary())
+        .args(["amocrm", "status", "--data-dir"])
+        .arg(server.dir.path())
+        .env("SHORTLINKS_AMOCRM_CLIENT_ID", CLIENT_ID)
+        .env("SHORTLINKS_AMOCRM_CLIENT_SECRET", CLIENT_SECRET)
+        .env("SHORTLINKS_AMOCRM_REDIRECT_URI", REDIRECT_URI)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).unwrap();
+    eprintln!("shortlinks amocrm status:\n{text}");
+    text.lines().map(str::to_owned).collect()
+}
+
 /// The person opens `url` and grants access: where amoCRM sends them (the Redirect URI
 /// with a new code, `referer` and `state`).
 async fn grant(stand_in: &AmoCrmStandIn, url: &str) -> String {
@@ -152,6 +169,13 @@ async fn three_accounts_connected_through_the_install_flow_each_get_only_their_o
         assert_eq!(notes.len(), 3, "account {}'s three notes, once each", i + 1);
         let own = format!("account{}.example", i + 1);
         assert!(notes.iter().all(|n| n.params["text"].as_str().unwrap().contains(&own)), "{notes:?}");
+    }
+    let lines = status(&server).await;
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for (i, line) in lines.iter().enumerate() {
+        let base = &stand_ins[i].url;
+        assert!(line.starts_with(&format!("account {}  stand-in ({base})  connected since ", i + 1)), "{line}");
+        assert!(line.contains("backlog 0  delivered 3  dead letters 0  token expires 1"), "{line}");
     }
     server.stop().await;
 }
@@ -246,6 +270,10 @@ async fn an_uninstalled_account_holds_its_notes_until_connected_again_then_each_
     .await;
     assert!(stand_ins[0].notes().is_empty(), "nothing sent to an uninstalled account");
     assert_eq!(metric(server.addr, "shortlinks_sink_dead_lettered_total{sink=\"amocrm\",account=\"1\"}").await, 0);
+    let lines = status(&server).await;
+    assert!(lines[0].starts_with("account 1  stand-in (") && lines[0].contains("  disconnected since "), "{lines:?}");
+    assert!(lines[0].ends_with("backlog 3  delivered 0  dead letters 0  token expires -"), "{lines:?}");
+    assert!(lines[1].contains("connected since") && lines[1].contains("backlog 0  delivered 2"), "{lines:?}");
 
     // Installed again: the held notes arrive, each once, without a restart.
     assert_eq!(install(&server, &stand_ins[0], 1).await.status, 200);

@@ -20,6 +20,7 @@ pub mod amocrm;
 pub mod dead_letter;
 mod delivered;
 mod http;
+pub mod standing;
 mod webhook;
 
 pub use amocrm::oauth::{adopt_legacy_pair, connect, oauth_credential, store_pair, OAuthApp, OAuthPair};
@@ -247,6 +248,7 @@ pub(crate) async fn run_sink<S: Store, K: NoteSink>(
         resume,
         upkeep_now: Default::default(),
         set_aside_ids: Default::default(),
+        published: Default::default(),
     };
     let mut delivered = RecentlyDelivered::default();
     let mut upkept: Option<tokio::time::Instant> = None;
@@ -255,14 +257,15 @@ pub(crate) async fn run_sink<S: Store, K: NoteSink>(
             upkept = Some(tokio::time::Instant::now());
             match worker.sink.upkeep().await {
                 Ok(()) => {
-                    worker.stats.set_state_if(SinkState::NeedsReconnect, SinkState::Connected);
-                    worker.stats.set_state_if(SinkState::Disconnected, SinkState::Connected);
+                    if matches!(worker.stats.state(), SinkState::NeedsReconnect | SinkState::Disconnected) {
+                        worker.enter(SinkState::Connected, None).await;
+                    }
                 }
                 // Uninstalled on purpose: shown as the state, not warned about every minute.
-                Err(SinkError::Disconnected { .. }) => worker.stats.set_state(SinkState::Disconnected, None),
+                Err(SinkError::Disconnected { .. }) => worker.enter(SinkState::Disconnected, None).await,
                 Err(e) => {
                     if matches!(e, SinkError::Unauthorized { .. }) {
-                        worker.stats.set_state(SinkState::NeedsReconnect, None);
+                        worker.enter(SinkState::NeedsReconnect, None).await;
                     }
                     tracing::warn!(sink = %worker.label, error = %e, "the sink's upkeep failed; it is tried again later");
                 }
@@ -302,6 +305,8 @@ struct Worker<S, K> {
     upkeep_now: std::sync::atomic::AtomicBool,
     /// The notes [`Worker::set_aside`] set aside in the current batch.
     set_aside_ids: parking_lot::Mutex<Vec<u64>>,
+    /// The state this worker last recorded in the store.
+    published: parking_lot::Mutex<Option<SinkState>>,
     /// Also the name of its allowance in the store's rate limiter.
     queue: String,
     dead: String,
@@ -379,7 +384,7 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
                 let delay = match self.sink.deliver(&group).await {
                     Ok(()) => {
                         self.stats.delivered.fetch_add(group.len() as u64, Relaxed);
-                        self.stats.set_state(SinkState::Connected, None);
+                        self.enter(SinkState::Connected, None).await;
                         break;
                     }
                     Err(SinkError::Permanent(reason)) if group.len() > 1 => {
@@ -406,13 +411,13 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
                     }
                     Err(SinkError::Unauthorized { reason, after }) => {
                         self.stats.failed_attempts.fetch_add(1, Relaxed);
-                        self.stats.set_state(SinkState::NeedsReconnect, None);
+                        self.enter(SinkState::NeedsReconnect, None).await;
                         tracing::error!(sink = name, %reason, retry = ?after, "the receiver does not take our credentials: connect it again; nothing is dropped");
                         waiting_for_someone = true;
                         after
                     }
                     Err(SinkError::Disconnected { reason, after }) => {
-                        self.stats.set_state(SinkState::Disconnected, None);
+                        self.enter(SinkState::Disconnected, None).await;
                         tracing::warn!(sink = name, %reason, "the connection was uninstalled: its notes are held until it is connected again or purged");
                         waiting_for_someone = true;
                         after
@@ -425,13 +430,13 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
                     }
                     Err(SinkError::AccountRefused { reason, pause }) => {
                         self.stats.account_refusals.fetch_add(1, Relaxed);
-                        self.stats.set_state(SinkState::Refused, Some(pause));
+                        self.enter(SinkState::Refused, Some(pause)).await;
                         tracing::error!(sink = name, %reason, ?pause, "the receiver REFUSED this account (its rights or subscription?); pausing the sink, nothing is dropped");
                         pause
                     }
                     Err(SinkError::Restricted { reason, pause }) => {
                         self.stats.restricted.fetch_add(1, Relaxed);
-                        self.stats.set_state(SinkState::Paused, Some(pause));
+                        self.enter(SinkState::Paused, Some(pause)).await;
                         tracing::error!(sink = name, %reason, ?pause, "the receiver RESTRICTED this integration's access; pausing the sink, nothing is dropped");
                         pause
                     }
@@ -445,6 +450,18 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
             }
         }
         true
+    }
+
+    /// Enters `state` (paused for `pause`); a change, or a new pause, is recorded in the
+    /// store ([`standing`]) for every node's commands to see.
+    async fn enter(&self, state: SinkState, pause: Option<Duration>) {
+        let changed = self.published.lock().replace(state) != Some(state) || pause.is_some();
+        self.stats.set_state(state, pause);
+        if changed {
+            if let Err(e) = standing::publish(&self.store, &self.label, state, self.stats.paused_until_ms()).await {
+                tracing::warn!(sink = %self.label, error = %e, "cannot record the sink's state in the store");
+            }
+        }
     }
 
     /// Keeps notes refused for good in the sink's dead-letter queue, with why and when,

@@ -35,6 +35,7 @@ pub mod connection;
 mod connections;
 pub mod install;
 pub(super) mod oauth;
+pub mod status;
 
 pub use connections::{
     read_account, state_for, store_connection, AmoConnections, Connected, InstallSettings, DISCOVER_EVERY,
