@@ -57,12 +57,29 @@ pub(crate) struct Route {
 /// time), so the dispatcher reads the current list once per batch.
 pub(crate) type Routes = Arc<parking_lot::RwLock<Arc<Vec<Route>>>>;
 
+/// Finds the sinks of accounts that have none on this node, before their notes are routed:
+/// a connection made on another node of the store since this one last looked. Without it,
+/// a note this node dispatches in that window would reach the journal only.
+pub trait RouteFinder: Send + Sync + 'static {
+    /// Starts the sinks any of `accounts` should have; an error only when the store fails
+    /// (the dispatcher then tries the batch again).
+    fn find<'a>(
+        &'a self,
+        accounts: &'a [AccountId],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), shortlinks_core::Error>> + Send + 'a>>;
+}
+
+/// The route finder, once one is set.
+pub(crate) type Finder = Arc<std::sync::OnceLock<Arc<dyn RouteFinder>>>;
+
 pub(crate) struct Dispatcher<S> {
     pub(crate) store: S,
     pub(crate) links: LinkCache,
     /// Shared with the writer, which screens clicks before the outbox.
     pub(crate) screen: Arc<Screen>,
     pub(crate) routes: Routes,
+    /// Finds routes this node lacks for accounts connected elsewhere.
+    pub(crate) finder: Finder,
     pub(crate) stats: Arc<Stats>,
     pub(crate) wake: Arc<Notify>,
     /// The latest click time dispatched: how far through the clicks the dispatcher is.
@@ -255,7 +272,17 @@ impl<S: Store> Dispatcher<S> {
         if !notes.is_empty() {
             let written = notes.len() as u64;
             // The journal takes the notes themselves when no sink needs them after it.
-            let routes = self.routes.read().clone();
+            let mut routes = self.routes.read().clone();
+            if let Some(finder) = self.finder.get() {
+                let mut unrouted: Vec<AccountId> =
+                    notes.iter().map(|n| n.account).filter(|a| !routes.iter().any(|r| r.account == Some(*a))).collect();
+                if !unrouted.is_empty() {
+                    unrouted.sort_unstable();
+                    unrouted.dedup();
+                    finder.find(&unrouted).await?;
+                    routes = self.routes.read().clone();
+                }
+            }
             let for_sinks = if routes.is_empty() { Vec::new() } else { notes.clone() };
             self.store.append_notes(notes).await?;
             let notes = for_sinks;
@@ -348,6 +375,7 @@ mod tests {
             links: LinkCache::new(100),
             screen: Arc::new(Screen::new(NoteKeys::new([1; 32], [2; 32]), Duration::from_secs(3600), 5)),
             routes: Routes::default(),
+            finder: Default::default(),
             stats: Arc::new(Stats::default()),
             wake: Arc::new(Notify::new()),
             progress: AtomicU64::new(0),
@@ -493,6 +521,7 @@ mod tests {
             links: LinkCache::new(4_096),
             screen,
             routes: Routes::default(),
+            finder: Default::default(),
             stats: Arc::new(Stats::default()),
             wake: Arc::new(Notify::new()),
             progress: AtomicU64::new(0),

@@ -36,5 +36,5 @@ pub mod stats;
 
 pub use capture::{ClickRecorder, Durability, NotRecorded};
 pub use error::Error;
-pub use pipeline::{Pipeline, PipelineBuilder, PipelineConfig, Sinks};
+pub use pipeline::{Pipeline, PipelineBuilder, PipelineConfig, RouteFinder, Sinks};
 pub use raw_click::{ClickHeaders, RawClick};

@@ -11,7 +11,8 @@ use tokio::task::JoinHandle;
 
 use crate::capture::{self, ClickRecorder, Durability};
 use crate::classify::Classifier;
-use crate::dispatch::{Dispatcher, Route, Routes};
+pub use crate::dispatch::RouteFinder;
+use crate::dispatch::{Dispatcher, Finder, Route, Routes};
 use crate::gateway::AddressRule;
 use crate::networks::ScannerNetworks;
 use crate::note::NoteKeys;
@@ -74,6 +75,7 @@ pub struct Sinks<S> {
     stats: Arc<Stats>,
     shutdown: watch::Receiver<bool>,
     routes: Routes,
+    finder: Finder,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
@@ -85,6 +87,7 @@ impl<S: Clone> Clone for Sinks<S> {
             stats: self.stats.clone(),
             shutdown: self.shutdown.clone(),
             routes: self.routes.clone(),
+            finder: self.finder.clone(),
             tasks: self.tasks.clone(),
         }
     }
@@ -114,6 +117,12 @@ impl<S: Store + Clone> Sinks<S> {
         true
     }
 
+    /// Sets what finds the sinks of accounts this node has none for (once; later calls do
+    /// nothing).
+    pub fn find_routes_with(&self, finder: Arc<dyn RouteFinder>) {
+        let _ = self.finder.set(finder);
+    }
+
     /// Whether a sink with the keys of `name` and `account` runs.
     pub fn serves(&self, name: &'static str, account: Option<AccountId>) -> bool {
         let queue = SinkKeys::new(name, account).queue();
@@ -141,6 +150,7 @@ impl<S: Store + Clone> PipelineBuilder<S> {
             stats: Arc::new(Stats::default()),
             shutdown: shutdown.subscribe(),
             routes: Routes::default(),
+            finder: Finder::default(),
             tasks: Arc::default(),
         };
         Self { links, keys: NoteKeys::derive(secret), config, shutdown, sinks }
@@ -165,7 +175,7 @@ impl<S: Store + Clone> PipelineBuilder<S> {
         screen.address_rule = self.config.address_rule;
         screen.hold_ms = u64::try_from(self.config.note_hold.as_millis()).unwrap_or(u64::MAX);
         let screen = Arc::new(screen);
-        let Sinks { store, stats, routes, tasks, .. } = self.sinks;
+        let Sinks { store, stats, routes, finder, tasks, .. } = self.sinks;
         let (recorder, writer) = capture::channel(
             store.clone(),
             self.config.durability,
@@ -180,6 +190,7 @@ impl<S: Store + Clone> PipelineBuilder<S> {
             links: self.links,
             screen,
             routes,
+            finder,
             stats: stats.clone(),
             wake,
             progress: Default::default(),

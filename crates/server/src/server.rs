@@ -128,12 +128,19 @@ async fn assemble<S: Store + Clone>(
     .await?;
     let sinks = sinks.ok_or_else(|| ServerError::Config("the pipeline was built without its sinks".into()))?;
     let install = clicks.amocrm_install.clone();
-    let connections =
-        AmoConnections::start(store, http, sinks, clicks.amocrm.clone(), install.as_ref().map(|i| i.settings.clone()))
-            .await
-            .map_err(|e| ServerError::Config(e.to_string()))?;
+    let connections = AmoConnections::start(
+        store,
+        http,
+        sinks.clone(),
+        clicks.amocrm.clone(),
+        install.as_ref().map(|i| i.settings.clone()),
+    )
+    .await
+    .map_err(|e| ServerError::Config(e.to_string()))?;
     let connections = Arc::new(connections);
     if let Some(install) = install {
+        // Connections made on another node are found before their notes are routed here.
+        sinks.find_routes_with(connections.clone());
         app.amocrm = Some(AmoCrmPages {
             connections: connections.clone(),
             redirect_path: install.redirect_path,

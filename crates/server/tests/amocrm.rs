@@ -585,7 +585,7 @@ async fn a_quiet_connection_refreshes_and_a_pair_the_store_refused_is_kept() {
 
 /// One account's connection that amoCRM does not authorize (its token was revoked) needs
 /// to be connected again, and says so on `/metrics` and in `/readyz`, while the other
-/// account keeps delivering; its notes wait, and once it is connected again (here: the
+/// two accounts keep delivering; its notes wait, and once it is connected again (here: the
 /// right token, and a restart) each arrives exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_needing_reconnect_waits_while_the_others_deliver() {
@@ -593,7 +593,7 @@ async fn an_account_needing_reconnect_waits_while_the_others_deliver() {
     use shortlinks_server::config::StorageSettings;
 
     let mut stand_ins = Vec::new();
-    for account in [1, 2] {
+    for account in [1, 2, 3] {
         let options = StandInOptions { token: Some(format!("token-{account}")), ..Default::default() };
         stand_ins.push(AmoCrmStandIn::start(options).await.unwrap());
     }
@@ -602,8 +602,9 @@ async fn an_account_needing_reconnect_waits_while_the_others_deliver() {
     let write_config = |second_token: &str| {
         let text = format!(
             "[[amocrm_connections]]\naccount = 1\nbase_url = \"{}\"\ntoken = \"token-1\"\n\n\
-             [[amocrm_connections]]\naccount = 2\nbase_url = \"{}\"\ntoken = \"{second_token}\"\n",
-            stand_ins[0].url, stand_ins[1].url
+             [[amocrm_connections]]\naccount = 2\nbase_url = \"{}\"\ntoken = \"{second_token}\"\n\n\
+             [[amocrm_connections]]\naccount = 3\nbase_url = \"{}\"\ntoken = \"token-3\"\n",
+            stand_ins[0].url, stand_ins[1].url, stand_ins[2].url
         );
         std::fs::write(&config, text).unwrap();
     };
@@ -612,16 +613,22 @@ async fn an_account_needing_reconnect_waits_while_the_others_deliver() {
     let args = ["--config", config.to_str().unwrap()];
     let server = Process::serve(dir.path(), &args, &env).await;
     let first = common::first_token(dir.path());
-    let request = AdminRequest::TokenCreate { account: 2, user: 1, scope: shortlinks_core::ContactScope::All };
-    let AdminReply::Token { token: second } =
-        admin::command(&StorageSettings::Sled, dir.path(), request).await.unwrap()
-    else {
-        panic!()
-    };
+    let mut tokens = Vec::new();
+    for account in [2, 3] {
+        let request = AdminRequest::TokenCreate { account, user: 1, scope: shortlinks_core::ContactScope::All };
+        let AdminReply::Token { token } = admin::command(&StorageSettings::Sled, dir.path(), request).await.unwrap()
+        else {
+            panic!()
+        };
+        tokens.push(token);
+    }
+    let (second, third) = (&tokens[0], &tokens[1]);
     visit_all(server.addr, &common::links_for(server.addr, &first, "https://one.example/", &[1, 2]).await).await;
-    visit_all(server.addr, &common::links_for(server.addr, &second, "https://two.example/", &[1, 2]).await).await;
+    visit_all(server.addr, &common::links_for(server.addr, second, "https://two.example/", &[1, 2]).await).await;
+    visit_all(server.addr, &common::links_for(server.addr, third, "https://three.example/", &[1, 2]).await).await;
 
     assert!(stand_ins[0].until(Duration::from_secs(30), |n| n.len() >= 2).await, "account 1 delivers");
+    assert!(stand_ins[2].until(Duration::from_secs(30), |n| n.len() >= 2).await, "account 3 delivers");
     let state = |account: u64, state: &str| {
         format!("shortlinks_sink_state{{sink=\"amocrm\",account=\"{account}\",state=\"{state}\"}}")
     };
@@ -630,6 +637,7 @@ async fn an_account_needing_reconnect_waits_while_the_others_deliver() {
     })
     .await;
     assert_eq!(metric(server.addr, &state(1, "connected")).await, 1);
+    assert_eq!(metric(server.addr, &state(3, "connected")).await, 1);
     let ready = send(server.addr, Method::GET, "/readyz", &[], Vec::new()).await;
     let body = String::from_utf8_lossy(&ready.body).to_string();
     assert_eq!(ready.status, 200, "readiness is about this node: {body}");
@@ -650,5 +658,7 @@ async fn an_account_needing_reconnect_waits_while_the_others_deliver() {
     assert!(counts.len() == 2 && counts.values().all(|&n| n == 1), "{counts:?}");
     assert!(stand_ins[1].notes().iter().all(|n| n.params["text"].as_str().unwrap().contains("two.example")));
     assert_eq!(stand_ins[0].notes().len(), 2, "account 1's notes, once");
+    assert_eq!(stand_ins[2].notes().len(), 2, "account 3's notes, once");
+    assert!(stand_ins[2].notes().iter().all(|n| n.params["text"].as_str().unwrap().contains("three.example")));
     assert_eq!(server.terminate().await, 0);
 }

@@ -290,3 +290,64 @@ async fn an_uninstalled_account_holds_its_notes_until_connected_again_then_each_
     assert!(notes.iter().all(|n| n.params["text"].as_str().unwrap().contains("held.example")));
     server.stop().await;
 }
+
+/// On Redis, an account connected through one node is delivered for by every node: a note
+/// that another node dispatches right after the connection (long before that node's
+/// periodic look at the store) still goes to the account's amoCRM, not only to the journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_a_connection_made_through_one_node_takes_what_another_node_dispatches() {
+    if !shortlinks_redis::testing::available() {
+        return;
+    }
+    let redis = shortlinks_redis::testing::RedisServer::standalone().unwrap();
+    let stand_ins = stand_ins(1).await;
+    let amocrm = &stand_ins[0];
+    let url = redis.url();
+    let env = [
+        ("SHORTLINKS_STORAGE", "redis"),
+        ("SHORTLINKS_REDIS_URL", url.as_str()),
+        ("SHORTLINKS_REDIS_KEY_PREFIX", "install"),
+        ("SHORTLINKS_CLIENT_IP_HEADER", "X-Forwarded-For"),
+        ("SHORTLINKS_NOTE_HOLD_SECS", "0"),
+        ("SHORTLINKS_ADDRESS_RULE_CONTACTS", "0"),
+        ("SHORTLINKS_API_RATE_PER_SEC", "1000000"),
+        ("SHORTLINKS_API_RATE_BURST", "1000000"),
+        ("SHORTLINKS_SINK_RETRY_MAX_MS", "200"),
+        ("SHORTLINKS_AMOCRM_CLIENT_ID", CLIENT_ID),
+        ("SHORTLINKS_AMOCRM_CLIENT_SECRET", CLIENT_SECRET),
+        ("SHORTLINKS_AMOCRM_REDIRECT_URI", REDIRECT_URI),
+        ("SHORTLINKS_AMOCRM_ALLOWED_BASES", amocrm.url.as_str()),
+    ];
+    let (dir_a, dir_b) = (common::private_tempdir(), common::private_tempdir());
+    let a = common::Process::serve(dir_a.path(), &[], &env).await;
+    let token = common::first_token(dir_a.path());
+    let b = common::Process::serve(dir_b.path(), &[], &env).await;
+    let contacts: Vec<u64> = (1..=40).collect();
+    let codes = common::links_for(a.addr, &token, "https://redis.example/", &contacts).await;
+
+    // Connected through node a (its Redirect URI), with node b already running.
+    amocrm.set_redirect_uri(&format!("http://{}/amocrm/oauth", a.addr));
+    let output = tokio::process::Command::new(common::shortlinks_binary())
+        .args(["amocrm", "connect-url", "--account", "1"])
+        .envs(env)
+        .env("SHORTLINKS_AMOCRM_AUTHORIZE_URL", format!("{}/oauth", amocrm.url))
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let location = grant(amocrm, String::from_utf8(output.stdout).unwrap().trim()).await;
+    let path = location.strip_prefix(&format!("http://{}", a.addr)).unwrap();
+    let page = send(a.addr, Method::GET, path, &[], Vec::new()).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+
+    // Every click through node b, whose dispatcher and a's share the outbox.
+    visit_all(b.addr, &codes, 0).await;
+    assert!(amocrm.until(Duration::from_secs(60), |n| n.len() >= 40).await, "only {} notes", amocrm.note_count());
+    tokio::time::sleep(Duration::from_millis(500)).await; // a copy would show now
+    let mut ids: Vec<String> = amocrm.notes().into_iter().filter_map(|n| n.request_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((amocrm.note_count(), ids.len()), (40, 40), "each note once");
+    assert_eq!(a.terminate().await, 0);
+    assert_eq!(b.terminate().await, 0);
+}

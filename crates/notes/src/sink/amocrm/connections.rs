@@ -10,7 +10,10 @@ use super::connection::{self, Connection};
 use super::install::{base_for_referer, uninstall_signed, StateKey, STATE_LIFETIME};
 use super::oauth::{connect, store_pair, OAuthPair};
 use super::{AmoCrmAuth, AmoCrmConfig, AmoCrmSink};
-use crate::pipeline::Sinks;
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::pipeline::{RouteFinder, Sinks};
 use crate::sink::{HttpClient, SinkError};
 use crate::Error;
 
@@ -69,10 +72,15 @@ impl<S: Store + Clone> AmoConnections<S> {
     /// Starts the sinks of stored connections this node does not serve yet (made on
     /// another node, or before this one started).
     pub async fn discover(&self) -> Result<usize, Error> {
+        self.discover_among(None).await
+    }
+
+    /// [`AmoConnections::discover`], for `among` only if given.
+    async fn discover_among(&self, among: Option<&[AccountId]>) -> Result<usize, Error> {
         let Some(install) = &self.install else { return Ok(0) };
         let mut started = 0;
         for account in connection::accounts(&self.store).await? {
-            if self.sinks.serves("amocrm", Some(account)) {
+            if among.is_some_and(|among| !among.contains(&account)) || self.sinks.serves("amocrm", Some(account)) {
                 continue;
             }
             if let Some(stored) = connection::load(&self.store, account).await? {
@@ -177,6 +185,28 @@ impl<S: Store + Clone> AmoConnections<S> {
         self.sinks.resume("amocrm", Some(account)); // shows the state at once
         tracing::warn!(account = account.0, amocrm = %stored.base, "amoCRM integration uninstalled: its notes are held");
         Ok(Some(account))
+    }
+}
+
+/// Before a note of an account with no sink here is routed, the store's connections are
+/// looked at: one small read per dispatched batch that holds such notes, and only with the
+/// install flow on.
+impl<S: Store> RouteFinder for AmoConnections<S> {
+    fn find<'a>(
+        &'a self,
+        accounts: &'a [AccountId],
+    ) -> Pin<Box<dyn Future<Output = Result<(), shortlinks_core::Error>> + Send + 'a>> {
+        Box::pin(async move {
+            match self.discover_among(Some(accounts)).await {
+                Ok(_) => Ok(()),
+                Err(Error::Store(e)) => Err(e),
+                // A record the sink cannot be made from: its notes go to the journal only.
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start an amoCRM connection's sink");
+                    Ok(())
+                }
+            }
+        })
     }
 }
 
