@@ -131,6 +131,12 @@ async fn visit_all(addr: SocketAddr, codes: &[String], first: usize) {
     }
 }
 
+/// A counter on `/metrics`, 0 while the server has none (a sink it has not started).
+async fn metric_or_zero(addr: SocketAddr, name: &str) -> u64 {
+    let text = send(addr, Method::GET, "/metrics", &[], Vec::new()).await.text();
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0)
+}
+
 fn state(account: u64, state: &str) -> String {
     format!("shortlinks_sink_state{{sink=\"amocrm\",account=\"{account}\",state=\"{state}\"}}")
 }
@@ -343,7 +349,14 @@ async fn on_redis_a_connection_made_through_one_node_takes_what_another_node_dis
     // Every click through node b, whose dispatcher and a's share the outbox.
     visit_all(b.addr, &codes, 0).await;
     assert!(amocrm.until(Duration::from_secs(60), |n| n.len() >= 40).await, "only {} notes", amocrm.note_count());
-    tokio::time::sleep(Duration::from_millis(500)).await; // a copy would show now
+    // Every note the two nodes wrote handed on: nothing more can come.
+    let counted =
+        |name: &'static str| async move { metric_or_zero(a.addr, name).await + metric_or_zero(b.addr, name).await };
+    common::until(Duration::from_secs(30), "the notes handed on", || async {
+        let written = counted("shortlinks_notes_written_total").await;
+        written == 40 && counted("shortlinks_sink_delivered_total{sink=\"amocrm\",account=\"1\"}").await >= written
+    })
+    .await;
     let mut ids: Vec<String> = amocrm.notes().into_iter().filter_map(|n| n.request_id).collect();
     ids.sort();
     ids.dedup();
