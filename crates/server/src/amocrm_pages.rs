@@ -27,7 +27,7 @@ pub(crate) struct AmoCrmPages<S> {
     pub uninstall_path: String,
 }
 
-impl<S: Store + Clone> AmoCrmPages<S> {
+impl<S: Store> AmoCrmPages<S> {
     /// Whether `path` is one of the two.
     pub(crate) fn serves(&self, path: &str) -> bool {
         self.redirect_path.as_deref() == Some(path) || path == self.uninstall_path

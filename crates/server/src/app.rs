@@ -178,9 +178,10 @@ impl<S: Store> App<S> {
             "/readyz" => Box::pin(self.readiness()).await,
             "/metrics" => self.metrics(),
             _ => match &self.amocrm {
+                // GET only: a HEAD (a link checker's) must not spend a person's code.
                 Some(pages) if pages.serves(path) => match *request.method() {
-                    Method::GET | Method::HEAD => Box::pin(pages.answer(path, request.uri().query())).await,
-                    _ => method_not_allowed("GET, HEAD"),
+                    Method::GET => Box::pin(pages.answer(path, request.uri().query())).await,
+                    _ => method_not_allowed("GET"),
                 },
                 _ => problem::not_found_page(),
             },

@@ -195,6 +195,10 @@ async fn forged_used_or_foreign_installs_and_bad_uninstall_signatures_change_not
     // A state made for account 1 but altered to say account 2.
     let url = connect_url(&server, amocrm, 1).await;
     let location = grant(amocrm, &url).await;
+    // A link checker's HEAD of the Redirect URI spends nothing.
+    let path = location.strip_prefix(&format!("http://{}", server.addr)).unwrap();
+    let head = send(server.addr, Method::HEAD, path, &[], Vec::new()).await;
+    assert_eq!((head.status.as_u16(), head.header("allow").as_deref()), (405, Some("GET")));
     let forged = location.replace("&state=1.", "&state=2.");
     assert_ne!(forged, location);
     let page = arrive(&server, &forged).await;

@@ -2,6 +2,8 @@
 //! settings name, those connected through the install flow (on this node or another),
 //! connected again, or uninstalled.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use shortlinks_core::{AccountId, Store, Timestamp};
@@ -10,9 +12,6 @@ use super::connection::{self, Connection};
 use super::install::{base_for_referer, uninstall_signed, StateKey, STATE_LIFETIME};
 use super::oauth::{connect, store_pair, OAuthPair};
 use super::{AmoCrmAuth, AmoCrmConfig, AmoCrmSink};
-use std::future::Future;
-use std::pin::Pin;
-
 use crate::pipeline::{RouteFinder, Sinks};
 use crate::sink::{HttpClient, SinkError};
 use crate::Error;
@@ -50,7 +49,7 @@ pub struct AmoConnections<S> {
     configured: Vec<AmoCrmConfig>,
 }
 
-impl<S: Store + Clone> AmoConnections<S> {
+impl<S: Store> AmoConnections<S> {
     /// Starts a sink for each connection in `configured`, and, with `install`, for each
     /// connection stored by the install flow.
     pub async fn start(
@@ -99,20 +98,6 @@ impl<S: Store + Clone> AmoConnections<S> {
         }
         let sink = AmoCrmSink::new(self.http.clone(), config, self.store.clone())?;
         Ok(self.sinks.add(sink, Some(account)))
-    }
-
-    /// The integration's id, if the install flow is on.
-    pub fn client_id(&self) -> Option<&str> {
-        match &self.install.as_ref()?.template.auth {
-            AmoCrmAuth::OAuth(app) => Some(&app.client_id),
-            AmoCrmAuth::Token(_) => None,
-        }
-    }
-
-    /// A `state` for an authorization URL that connects `account`, valid for
-    /// [`STATE_LIFETIME`] and until the account is next connected.
-    pub async fn state(&self, account: AccountId) -> Result<String, Error> {
-        state_for(&self.store, &self.state_key, account).await
     }
 
     /// The Redirect URI's work: checks `state` and `referer`, exchanges `code` at the
