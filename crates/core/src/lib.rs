@@ -52,6 +52,8 @@ mod ids;
 pub mod model;
 pub mod store;
 mod target;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use cache::LinkCache;
 #[cfg(feature = "testing")]

@@ -212,13 +212,11 @@ async fn with_replicas_ack_a_write_is_acknowledged_only_once_replicated() {
     let primary = RedisServer::standalone().unwrap();
     let port = primary.port().to_string();
     let mut replica = RedisServer::standalone_with(&["--replicaof", "127.0.0.1", &port]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !shortlinks_redis::testing::cli(replica.port(), &["info", "replication"])
-        .is_some_and(|i| i.contains("master_link_status:up"))
-    {
-        assert!(Instant::now() < deadline, "the replica did not catch up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let caught_up = || {
+        shortlinks_redis::testing::cli(replica.port(), &["info", "replication"])
+            .is_some_and(|i| i.contains("master_link_status:up"))
+    };
+    shortlinks_core::testing::until(Duration::from_secs(20), "the replica caught up", || async { caught_up() }).await;
     let config =
         RedisConfig { replicas_ack: 1, replicas_ack_timeout: Duration::from_millis(500), ..primary.config("acked") };
     let store = RedisStore::open(config).await.unwrap();

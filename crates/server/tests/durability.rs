@@ -177,13 +177,15 @@ async fn the_visit_ledger_survives_kill_9_with_its_notes() {
     // flushed): they are redeliveries, which make no second note. So wait for the two new
     // clicks' outcomes rather than for a number of settled clicks.
     let metric = |name| common::metric(server.addr, name);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (mut repeats, mut capped) = (0, 0);
-    while (repeats, capped) != (1, 1) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        repeats = metric("shortlinks_visits_deduplicated_total").await;
-        capped = metric("shortlinks_not_visits_total{reason=\"link_cap\"}").await;
-    }
+    let outcomes = || async {
+        (
+            metric("shortlinks_visits_deduplicated_total").await,
+            metric("shortlinks_not_visits_total{reason=\"link_cap\"}").await,
+        )
+    };
+    common::until(Duration::from_secs(30), "the two new clicks' outcomes", || async { outcomes().await >= (1, 1) })
+        .await;
+    let (repeats, capped) = outcomes().await;
     assert_eq!(repeats, 1, "the first visitor's repeat");
     assert_eq!(capped, 1, "a third visitor, at the cap");
     let notes = all_notes(server.addr, &token, "/api/v4/contacts/notes?limit=250").await;
@@ -237,10 +239,8 @@ async fn kill_9_while_creating_links_loses_no_acknowledged_link() {
     let server = Process::serve(dir.path(), &[], &[]).await;
     let token = common::first_token(dir.path());
     let (acked, creator) = start_creating(server.addr, token.clone());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while acked.lock().unwrap().len() < 8 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::until(Duration::from_secs(30), "eight links acknowledged", || async { acked.lock().unwrap().len() >= 8 })
+        .await;
     server.kill9().await;
     creator.await.unwrap();
     let acked = acked.lock().unwrap().clone();

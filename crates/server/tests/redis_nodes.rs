@@ -134,11 +134,7 @@ async fn two_nodes_share_a_redis_cluster_and_lose_no_click_when_one_dies() {
     // a may have written notes and died before acknowledging their clicks: b takes those
     // entries over once they have been idle for claim_after, handles them (the notes are
     // already there, so nothing changes) and acknowledges them.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while pending() > 0 {
-        assert!(Instant::now() < deadline, "entries are left leased to the dead node");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::until(Duration::from_secs(15), "no entry left leased to the dead node", || async { pending() == 0 }).await;
     assert_eq!(all_notes(b.addr, &token, "/api/v4/contacts/1/notes?limit=250").await.len(), notes.len());
     assert_distinct(&notes, first);
     assert_eq!(b.terminate().await, 0);
@@ -344,11 +340,9 @@ struct Failover {
 async fn through_a_failover(replicas_ack: &str) -> Failover {
     let mut cluster = RedisCluster::start_with_replicas(3, 1).unwrap();
     for node in &cluster.nodes()[3..] {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !cli(node.port(), &["info", "replication"]).is_some_and(|i| i.contains("master_link_status:up")) {
-            assert!(Instant::now() < deadline, "a replica did not catch up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let caught_up =
+            || cli(node.port(), &["info", "replication"]).is_some_and(|i| i.contains("master_link_status:up"));
+        common::until(Duration::from_secs(20), "a replica caught up", || async { caught_up() }).await;
     }
     let nodes = cluster.urls().join(",");
     let env = [
@@ -410,13 +404,11 @@ async fn through_a_failover(replicas_ack: &str) -> Failover {
     // that shard has no replica to acknowledge writes.
     cluster.nodes_mut()[0].restart().unwrap();
     let back = cluster.nodes()[0].port();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cli(back, &["info", "replication"])
-        .is_some_and(|i| i.contains("role:slave") && i.contains("master_link_status:up"))
-    {
-        assert!(Instant::now() < deadline, "the old master did not rejoin as a replica");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let rejoined = || {
+        cli(back, &["info", "replication"])
+            .is_some_and(|i| i.contains("role:slave") && i.contains("master_link_status:up"))
+    };
+    common::until(Duration::from_secs(30), "the old master rejoined as a replica", || async { rejoined() }).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     work.await.unwrap();

@@ -285,17 +285,14 @@ async fn the_address_rule_holds_across_nodes_on_one_redis() {
     browser_click(a.addr, &codes[2], "198.51.100.33").await;
     // A person on node b meanwhile.
     browser_click(b.addr, &codes[3], "203.0.113.90").await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (mut vetoed, mut notes) = (0, Vec::new());
-    while Instant::now() < deadline {
-        vetoed = metric(a.addr, &reason("many_contacts")).await + metric(b.addr, &reason("many_contacts")).await;
-        notes = all_notes(a.addr, &token, "/api/v4/contacts/notes").await;
-        if vetoed == 3 && !notes.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(vetoed, 3, "every gateway click, on either node");
+    let vetoed =
+        || async { metric(a.addr, &reason("many_contacts")).await + metric(b.addr, &reason("many_contacts")).await };
+    common::until(Duration::from_secs(30), "the gateway's clicks vetoed and the person's noted", || async {
+        vetoed().await >= 3 && !all_notes(a.addr, &token, "/api/v4/contacts/notes").await.is_empty()
+    })
+    .await;
+    let notes = all_notes(a.addr, &token, "/api/v4/contacts/notes").await;
+    assert_eq!(vetoed().await, 3, "every gateway click, on either node");
     assert_eq!(
         notes.iter().map(|n| n["entity_id"].as_u64().unwrap()).collect::<Vec<_>>(),
         vec![74],

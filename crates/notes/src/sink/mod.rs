@@ -517,10 +517,10 @@ mod tests {
             stats.clone(),
             stopped,
         ));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while stats.copies_skipped.load(Relaxed) < 2 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        shortlinks_core::testing::until(Duration::from_secs(30), "both copies skipped", || async {
+            stats.copies_skipped.load(Relaxed) >= 2
+        })
+        .await;
         stop.send(true).unwrap();
         worker.await.unwrap();
 

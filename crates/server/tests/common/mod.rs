@@ -286,15 +286,9 @@ impl Process {
     /// The first log line that contains every one of `texts`, once it is written (the log
     /// is read as the process writes it); panics after 10 s without one.
     pub async fn logged(&self, texts: &[&str]) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let found = self.log.lock().unwrap().iter().find(|line| texts.iter().all(|t| line.contains(t))).cloned();
-            if let Some(line) = found {
-                return line;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "no log line with {texts:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let find = || self.log.lock().unwrap().iter().find(|line| texts.iter().all(|t| line.contains(t))).cloned();
+        until(Duration::from_secs(10), &format!("a log line with {texts:?}"), || async { find().is_some() }).await;
+        find().unwrap()
     }
 
     /// SIGTERM, without waiting for the exit.
@@ -360,33 +354,17 @@ pub async fn try_metric(addr: SocketAddr, name: &str) -> Option<u64> {
     Some(value.unwrap_or_else(|| panic!("no metric {name} in {text}")))
 }
 
-/// Polls `condition` every 20 ms until it holds; fails, naming `what`, after `limit`.
-pub async fn until<F, Fut>(limit: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "waited {limit:?} for this in vain: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use shortlinks_core::testing::until;
 
 /// Waits until the pipeline has settled `n` clicks (it is asynchronous): screened out by the
 /// writer (not visits, remembered repeats) or finished by the dispatcher.
 pub async fn until_settled(addr: SocketAddr, n: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let done = metric(addr, "shortlinks_clicks_screened_total").await
-            + metric(addr, "shortlinks_clicks_dispatched_total").await;
-        if done >= n {
-            assert_eq!(done, n, "more clicks were settled than were made");
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "only {done} of {n} clicks settled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let settled = || async {
+        metric(addr, "shortlinks_clicks_screened_total").await
+            + metric(addr, "shortlinks_clicks_dispatched_total").await
+    };
+    until(Duration::from_secs(30), &format!("{n} clicks settled"), || async { settled().await >= n }).await;
+    assert_eq!(settled().await, n, "more clicks were settled than were made");
 }
 
 /// Every note the token can see, following `_links.next`.
@@ -486,11 +464,7 @@ impl Receiver {
 
     /// Waits until `done` holds of what was received.
     pub async fn until(&self, what: &str, done: impl Fn(&[Received]) -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !done(&self.received()) {
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {:#?}", self.received());
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        until(Duration::from_secs(30), what, || async { done(&self.received()) }).await;
     }
 }
 
