@@ -62,7 +62,7 @@ pub async fn fill<S: LinkStore>(store: &S, links: &[Link]) {
 }
 
 /// The real application, in process, with the click pipeline on (group commit, journal).
-pub async fn app<S: Store + Clone>(store: S) -> (Arc<App<S>>, Pipeline) {
+pub async fn app<S: Store>(store: S) -> (Arc<App<S>>, Pipeline) {
     let mut settings = AppSettings::new(PublicUrl::parse("https://sho.rt").expect("valid"));
     // The benches post batches back to back; the API rate limit is not what they measure.
     settings.limits.api_rate = Rate::new(1_000_000, 1_000_000);

@@ -143,7 +143,7 @@ impl ClickRecorder {
 }
 
 /// Makes a recorder and the writer task that drains it.
-pub(crate) fn channel<S: Store + Clone>(
+pub(crate) fn channel<S: Store>(
     store: S,
     durability: Durability,
     capacity: usize,

@@ -86,7 +86,7 @@ pub(crate) struct Dispatcher<S> {
     pub(crate) progress: AtomicU64,
 }
 
-impl<S: Store + Clone> Dispatcher<S> {
+impl<S: Store> Dispatcher<S> {
     pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(50);
         let mut last_sweep = tokio::time::Instant::now();

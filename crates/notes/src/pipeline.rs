@@ -69,6 +69,7 @@ pub struct PipelineBuilder<S> {
 
 /// Starts sink workers, before the pipeline starts or while it runs: a connection made at
 /// run time (amoCRM's install flow) gets its worker without a restart.
+#[derive(Clone)]
 pub struct Sinks<S> {
     store: S,
     retry: RetryPolicy,
@@ -79,21 +80,7 @@ pub struct Sinks<S> {
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
-impl<S: Clone> Clone for Sinks<S> {
-    fn clone(&self) -> Self {
-        Self {
-            store: self.store.clone(),
-            retry: self.retry,
-            stats: self.stats.clone(),
-            shutdown: self.shutdown.clone(),
-            routes: self.routes.clone(),
-            finder: self.finder.clone(),
-            tasks: self.tasks.clone(),
-        }
-    }
-}
-
-impl<S: Store + Clone> Sinks<S> {
+impl<S: Store> Sinks<S> {
     /// Starts a worker for `sink`, taking the notes of one account (or of all, with
     /// `None`), with a queue, dead letters, allowance and counters of its own
     /// ([`SinkKeys`]). False, starting nothing, if a sink with those keys runs already or
@@ -139,7 +126,7 @@ impl<S: Store + Clone> Sinks<S> {
     }
 }
 
-impl<S: Store + Clone> PipelineBuilder<S> {
+impl<S: Store> PipelineBuilder<S> {
     /// A pipeline over `store`, reading links through `links` (the cache the redirect
     /// fills, so a clicked link is rarely read twice), with keys derived from `secret`.
     pub fn new(store: S, links: LinkCache, secret: &InstallationSecret, config: PipelineConfig) -> Self {

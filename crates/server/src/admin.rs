@@ -286,15 +286,13 @@ async fn run<S: Store>(store: &S, request: AdminRequest) -> Result<AdminReply, S
             AdminReply::Done
         }
         AdminRequest::DeadLetters { sink, account, action } => {
-            if account == 0 {
-                return Err(ServerError::Admin("the account must be positive".into()));
-            }
+            let account = positive_account(account)?;
             let keys = match sink.as_str() {
-                "amocrm" => SinkKeys::new("amocrm", Some(AccountId(account))),
+                "amocrm" => SinkKeys::new("amocrm", Some(account)),
                 "webhook" => SinkKeys::new("webhook", None),
                 other => return Err(ServerError::Admin(format!("no sink {other:?}: amocrm or webhook"))),
             };
-            let letters = DeadLetters::new(store, keys, AccountId(account));
+            let letters = DeadLetters::new(store, keys, account);
             match action {
                 DeadLetterAction::List { limit } => {
                     let (count, first) = letters.list(limit).await.map_err(notes_failure)?;
@@ -327,13 +325,19 @@ async fn run<S: Store>(store: &S, request: AdminRequest) -> Result<AdminReply, S
             AdminReply::AmoCrmStatus { connections: status(store, &accounts).await.map_err(notes_failure)? }
         }
         AdminRequest::AmoCrmState { account } => {
-            if account == 0 {
-                return Err(ServerError::Admin("the account must be positive".into()));
-            }
+            let account = positive_account(account)?;
             let key = StateKey::derive(&store.load_or_create_secret().await?);
-            AdminReply::State { state: state_for(store, &key, AccountId(account)).await.map_err(notes_failure)? }
+            AdminReply::State { state: state_for(store, &key, account).await.map_err(notes_failure)? }
         }
     })
+}
+
+/// Account 0 is nobody's: a command for it is a mistake.
+fn positive_account(account: u64) -> Result<AccountId, ServerError> {
+    match account {
+        0 => Err(ServerError::Admin("the account must be positive".into())),
+        id => Ok(AccountId(id)),
+    }
 }
 
 fn notes_failure(e: shortlinks_notes::Error) -> ServerError {

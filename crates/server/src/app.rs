@@ -71,7 +71,7 @@ impl AppSettings {
     }
 }
 
-impl<S: Store + Clone> App<S> {
+impl<S: Store> App<S> {
     /// The engine and the click pipeline on one store, sharing one link cache (what the
     /// redirect reads, the dispatcher finds) and the store's installation secret.
     /// `sinks` adds the note sinks to the pipeline before it starts.

@@ -410,13 +410,7 @@ async fn amocrm_connect(code: &str, account: Option<u64>, args: ServeArgs) -> an
             eprintln!(
                 "warning: amoCRM did not say which account this is ({e}); its uninstall hook will not be recognised"
             );
-            Connection {
-                base: amo.base.clone(),
-                amo_account: None,
-                subdomain: None,
-                connected_at: shortlinks_core::Timestamp::now().as_secs(),
-                disconnected_at: None,
-            }
+            Connection::at(&amo.base)
         }
     };
     let request = AdminRequest::AmoCrmTokens { account: amo.account.0, pair, connection };

@@ -86,7 +86,7 @@ pub async fn start(settings: Settings) -> Result<Started, ServerError> {
 }
 
 /// The application on `store`, with the configured sinks, serving `listener`.
-async fn assemble<S: Store + Clone>(
+async fn assemble<S: Store>(
     store: S,
     listener: TcpListener,
     settings: &Settings,
@@ -199,7 +199,7 @@ impl Started {
     }
 }
 
-impl<S: Store + Clone> Parts<S> {
+impl<S: Store> Parts<S> {
     async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let Parts { app, pipeline, listener, admin, connections } = self;
         // Connections made on another node of the store (or by a command) get their sinks here.

@@ -39,6 +39,17 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Connected now to the amoCRM account at `base`, not yet known by id.
+    pub fn at(base: &str) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            amo_account: None,
+            subdomain: None,
+            connected_at: shortlinks_core::Timestamp::now().as_secs(),
+            disconnected_at: None,
+        }
+    }
+
     /// Whether notes may be sent.
     pub fn installed(&self) -> bool {
         self.disconnected_at.is_none()

@@ -232,13 +232,7 @@ pub async fn read_account(client: &HttpClient, base: &str, pair: &OAuthPair) -> 
     }
     let account: Account = serde_json::from_slice(&answer.body)
         .map_err(|e| SinkError::Permanent(format!("amoCRM's account answer is not understood: {e}")))?;
-    Ok(Connection {
-        base: base.trim_end_matches('/').to_owned(),
-        amo_account: Some(account.id),
-        subdomain: account.subdomain,
-        connected_at: Timestamp::now().as_secs(),
-        disconnected_at: None,
-    })
+    Ok(Connection { amo_account: Some(account.id), subdomain: account.subdomain, ..Connection::at(base) })
 }
 
 fn refusal(e: SinkError) -> Error {
