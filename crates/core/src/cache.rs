@@ -1,8 +1,9 @@
 //! A read cache of links in front of the store: the redirect's hot path.
 //!
-//! Links are immutable (never overwritten, never edited), so a cached link is never stale
-//! and needs no invalidation. Misses are not cached: a link created on another node, or
-//! after a 404, must be found at once.
+//! Links are never overwritten or edited, so a cached link is stale only once it is erased:
+//! the erasure takes it out ([`LinkCache::forget`]), here or, on a shared store, on every
+//! node as it hears of it. Misses are not cached: a link created on another node, or after
+//! a 404, must be found at once.
 //!
 //! Why not a general-purpose concurrent cache: under load the redirect's lookup was the
 //! largest symbol of the server's own code, and what it paid for was memory traffic that
@@ -23,7 +24,7 @@
 //! as many, 96 in 100; with a quarter, nearly all.
 
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -47,6 +48,9 @@ struct Sets {
     hasher: foldhash::quality::RandomState,
     /// Occupied slots, for [`LinkCache::len`].
     len: AtomicUsize,
+    /// Counts forgets: a link read from the store while one happened may be the erased
+    /// one, so it is not left in the cache.
+    forgets: AtomicU64,
 }
 
 /// Four slots on one cache line (16 bytes each), so a lookup costs one miss for all.
@@ -79,7 +83,8 @@ impl LinkCache {
     /// most [`LinkCache::MAX_CAPACITY`]).
     pub fn new(capacity: usize) -> Self {
         let sets = (0..capacity.clamp(WAYS, Self::MAX_CAPACITY).div_ceil(WAYS)).map(|_| Set::default()).collect();
-        Self { inner: Arc::new(Sets { sets, hasher: Default::default(), len: AtomicUsize::new(0) }) }
+        let inner = Sets { sets, hasher: Default::default(), len: AtomicUsize::new(0), forgets: AtomicU64::new(0) };
+        Self { inner: Arc::new(inner) }
     }
 
     /// The link with this code: from the cache, or one store read on a miss.
@@ -102,11 +107,48 @@ impl LinkCache {
             return Ok(answer);
         }
         let Some(f) = f else { return Ok(None) };
+        let forgets = self.inner.forgets.load(SeqCst);
         let Some(link) = store.get_link(code).await? else { return Ok(None) };
         let link = Arc::new(link);
         let answer = f(&link);
         self.insert(link);
+        // A forget since the read may have been of this link, and missed it (not in yet).
+        if self.inner.forgets.load(SeqCst) != forgets {
+            self.remove(code);
+        }
         Ok(Some(answer))
+    }
+
+    /// Takes these codes' links out of the cache: they were erased.
+    pub fn forget(&self, codes: &[ShortCode]) {
+        self.inner.forgets.fetch_add(1, SeqCst);
+        for code in codes {
+            self.remove(code);
+        }
+    }
+
+    /// Takes every link out of the cache: erasures were missed.
+    pub fn forget_all(&self) {
+        self.inner.forgets.fetch_add(1, SeqCst);
+        for slot in self.inner.sets.iter().flat_map(|set| set.0.iter()) {
+            if slot.link.swap(None).is_some() {
+                self.inner.len.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+
+    /// Empties every slot of the code's set that holds its link.
+    fn remove(&self, code: &ShortCode) {
+        let (set, _) = self.inner.locate(code);
+        for slot in &set.0 {
+            let current = slot.link.load_full();
+            if current.as_ref().is_some_and(|link| link.code == *code) {
+                let previous = slot.link.compare_and_swap(&current, None);
+                if previous.as_ref().is_some_and(|p| current.as_ref().is_some_and(|c| Arc::ptr_eq(p, c))) {
+                    self.inner.len.fetch_sub(1, Relaxed);
+                }
+            }
+        }
     }
 
     /// `f` of the slot holding this code's link, which is marked as used.
@@ -223,6 +265,25 @@ mod tests {
         store.insert_links(vec![(*later).clone()]).await.unwrap();
         assert_eq!(cache.get(&store, &later.code).await.unwrap().as_deref(), Some(&*later));
         assert_eq!(cache.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_link_is_read_from_the_store_again() {
+        let store = MemoryStore::new();
+        let (a, b) = (link(1), link(2));
+        store.insert_links(vec![(*a).clone(), (*b).clone()]).await.unwrap();
+        let cache = LinkCache::new(64);
+        for l in [&a, &b] {
+            cache.get(&store, &l.code).await.unwrap();
+        }
+        assert_eq!(cache.len(), 2);
+        cache.forget(&[a.code]);
+        assert_eq!(cache.len(), 1);
+        assert!(cache.find(&a.code, |_| ()).is_none(), "forgotten");
+        assert!(cache.find(&b.code, |_| ()).is_some(), "the other link stays");
+        cache.forget_all();
+        assert!(cache.is_empty());
+        assert_eq!(cache.get(&store, &b.code).await.unwrap().as_deref(), Some(&*b), "read again");
     }
 
     #[test]

@@ -19,6 +19,15 @@ const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmn
 /// Domain separation, so that this key can never produce the same hash for another purpose.
 const DERIVATION_CONTEXT: &[u8] = b"shortlinks/code/v1\0";
 
+/// The context of the key that hashes erased codes into [`Tombstone`]s.
+const TOMBSTONE_CONTEXT: &str = "shortlinks 2026-12 tombstone of an erased code";
+
+/// All that is kept of an erased code: a keyed hash of it, so that it answers `410 Gone`
+/// and is never issued again, while the code itself is not kept anywhere. 128 bits: two
+/// codes sharing one is out of reach, and without the secret the hash names no code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tombstone(pub [u8; 16]);
+
 /// A short code: 1 to [`ShortCode::MAX_LEN`] base62 characters, stored inline.
 ///
 /// It is `Copy` and never allocates, because the redirect hot path parses one per request.
@@ -179,18 +188,34 @@ impl fmt::Debug for InstallationSecret {
 }
 
 /// Derives codes from link identities with one installation's secret.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub struct CodeDeriver {
     secret: InstallationSecret,
     len: CodeLength,
+    tombstone_key: [u8; 32],
+}
+
+impl fmt::Debug for CodeDeriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CodeDeriver").field("len", &self.len).finish_non_exhaustive()
+    }
 }
 
 #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 impl CodeDeriver {
     /// A deriver issuing codes of `len` characters.
     pub fn new(secret: InstallationSecret, len: CodeLength) -> Self {
-        Self { secret, len }
+        let tombstone_key = secret.derive_key(TOMBSTONE_CONTEXT);
+        Self { secret, len, tombstone_key }
+    }
+
+    /// The tombstone that stands for `code` once it is erased.
+    pub fn tombstone(&self, code: &ShortCode) -> Tombstone {
+        let hash = blake3::keyed_hash(&self.tombstone_key, code.as_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&hash.as_bytes()[..16]);
+        Tombstone(bytes)
     }
 
     /// The code for a link identity; `attempt` picks the next candidate after a collision.

@@ -6,7 +6,7 @@ use crate::cache::LinkCache;
 use crate::code::{CodeDeriver, CodeLength};
 use crate::error::CreateError;
 use crate::model::{EntityRef, Link, Principal, Timestamp};
-use crate::store::{InsertOutcome, LinkStore, SecretStore};
+use crate::store::{ErasureCursor, ErasureNews, InsertOutcome, LinkStore, SecretStore};
 use crate::target::TargetUrl;
 use crate::{Error, ShortCode};
 
@@ -34,6 +34,17 @@ pub enum Outcome {
     Linked(Link),
     /// No link: the principal has no rights to the entity.
     NoRights,
+}
+
+/// What [`Shortener::resolve_with`] found for a code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolved<R> {
+    /// Its link, as the caller read it.
+    Found(R),
+    /// Its link was erased (`410 Gone`).
+    Erased,
+    /// Malformed, or never issued (`404`).
+    Unknown,
 }
 
 /// Creates and resolves short links on any store of links that keeps the installation
@@ -113,10 +124,24 @@ impl<S: LinkStore + SecretStore> Shortener<S> {
                     created_by: who.user,
                 })
                 .collect();
-            let results = self.store.insert_links(candidates.clone()).await?;
+            // An erased code is never issued again: it counts as taken.
+            let tombstones = candidates.iter().map(|c| self.codes.tombstone(&c.code)).collect();
+            let buried = self.store.buried(tombstones).await?;
+            let (fresh, gone): (Vec<_>, Vec<_>) =
+                candidates.into_iter().zip(pending).zip(buried).partition(|(_, buried)| !buried);
+            let (candidates, trying): (Vec<Link>, Vec<(usize, u32)>) = fresh.into_iter().map(|(c, _)| c).unzip();
             let mut collided = Vec::new();
-            for ((index, attempt), (candidate, result)) in pending.into_iter().zip(candidates.into_iter().zip(results))
-            {
+            for ((_, (index, attempt)), _) in gone {
+                if attempt + 1 >= MAX_ATTEMPTS {
+                    return Err(CreateError::CodeSpaceExhausted(MAX_ATTEMPTS));
+                }
+                collided.push((index, attempt + 1));
+            }
+            let results = match candidates.is_empty() {
+                true => Vec::new(),
+                false => self.store.insert_links(candidates.clone()).await?,
+            };
+            for ((index, attempt), (candidate, result)) in trying.into_iter().zip(candidates.into_iter().zip(results)) {
                 match result {
                     InsertOutcome::Inserted => outcomes[index] = Outcome::Linked(candidate),
                     InsertOutcome::Occupied(existing) if existing.same_identity(&candidate) => {
@@ -133,6 +158,42 @@ impl<S: LinkStore + SecretStore> Shortener<S> {
         Ok(outcomes)
     }
 
+    /// Erases every link of one entity: their codes then answer as erased
+    /// ([`Shortener::is_erased`]) and are never issued again, to anyone. Returns the codes.
+    /// Safe to repeat: a second erasure finishes what a crash cut short.
+    pub async fn erase(&self, account: crate::AccountId, entity: EntityRef) -> Result<Vec<ShortCode>, Error> {
+        let links = self.store.links_of(account, entity).await?;
+        let codes: Vec<ShortCode> = links.iter().map(|l| l.code).collect();
+        let buried = links.into_iter().map(|l| (self.codes.tombstone(&l.code), l)).map(|(t, l)| (l, t)).collect();
+        self.store.erase_links(buried).await?;
+        self.cache.forget(&codes);
+        Ok(codes)
+    }
+
+    /// Whether a code taken from untrusted input was erased: for the answer to a code not
+    /// found (`410 Gone` rather than `404`), so one more store read, off the hot path.
+    pub async fn is_erased(&self, code: &str) -> Result<bool, Error> {
+        let Some(code) = ShortCode::parse(code) else { return Ok(false) };
+        Ok(self.store.buried(vec![self.codes.tombstone(&code)]).await?.first().copied().unwrap_or(false))
+    }
+
+    /// Takes the links that other nodes erased since `cursor` out of this node's cache;
+    /// returns where to read on from. Called every moment by a node on a shared store.
+    pub async fn hear_erasures(&self, cursor: ErasureCursor) -> Result<ErasureCursor, Error> {
+        match self.store.erasures_since(cursor).await? {
+            ErasureNews::Codes { codes, next } => {
+                if !codes.is_empty() {
+                    self.cache.forget(&codes);
+                }
+                Ok(next)
+            }
+            ErasureNews::Lost { next } => {
+                self.cache.forget_all();
+                Ok(next)
+            }
+        }
+    }
+
     /// The link for a code taken from untrusted input; `None` if malformed or unknown.
     /// Served from the read cache when it can be: no store read, no allocation.
     pub async fn resolve(&self, code: &str) -> Result<Option<Arc<Link>>, Error> {
@@ -144,10 +205,16 @@ impl<S: LinkStore + SecretStore> Shortener<S> {
 
     /// `f` of the link for a code taken from untrusted input, as [`Shortener::resolve`], but
     /// a cached link is read where it lies: the redirect needs only its target, and taking
-    /// a shared reference to the link would write to memory the other cores read.
-    pub async fn resolve_with<R>(&self, code: &str, f: impl FnOnce(&Link) -> R) -> Result<Option<R>, Error> {
-        let Some(code) = ShortCode::parse(code) else { return Ok(None) };
-        self.cache.get_with(&self.store, &code, |link| f(link)).await
+    /// a shared reference to the link would write to memory the other cores read. A code
+    /// with no link costs one more read, to tell an erased one.
+    pub async fn resolve_with<R>(&self, code: &str, f: impl FnOnce(&Link) -> R) -> Result<Resolved<R>, Error> {
+        let Some(code) = ShortCode::parse(code) else { return Ok(Resolved::Unknown) };
+        if let Some(found) = self.cache.get_with(&self.store, &code, |link| f(link)).await? {
+            return Ok(Resolved::Found(found));
+        }
+        // Boxed: the redirect's future stays the size of a found link's.
+        let buried = Box::pin(self.store.buried(vec![self.codes.tombstone(&code)])).await?;
+        Ok(if buried.first() == Some(&true) { Resolved::Erased } else { Resolved::Unknown })
     }
 }
 

@@ -58,8 +58,8 @@ pub mod testing;
 pub use cache::LinkCache;
 #[cfg(feature = "testing")]
 pub use code::CodeDeriver;
-pub use code::{random_base62, CodeLength, InstallationSecret, ShortCode};
-pub use engine::{NewLink, Outcome, Shortener, ShortenerBuilder, MAX_BATCH};
+pub use code::{random_base62, CodeLength, InstallationSecret, ShortCode, Tombstone};
+pub use engine::{NewLink, Outcome, Resolved, Shortener, ShortenerBuilder, MAX_BATCH};
 pub use error::{CreateError, Error, InvalidCodeLength};
 pub use model::{AccountId, ContactScope, EntityRef, EntityType, Link, Principal, Timestamp, UserId};
 pub use store::{LinkStore, MemoryStore, SecretStore, SledStore, Store};

@@ -110,3 +110,64 @@ async fn the_engine_keeps_its_secret_and_links_across_reopen() {
     let other = open(other_dir.path()).await.unwrap();
     assert_ne!(other.create(&who, &items).await.unwrap(), first);
 }
+
+/// An erasure is in the files when it returns: after a reopen the links, their index
+/// entries and the notes are still gone, the codes still buried, and other data is intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_erasure_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let who = Principal::all_contacts(AccountId(3), UserId(1));
+    let items: Vec<NewLink> =
+        [(30, "https://erase.example/a"), (30, "https://erase.example/b"), (31, "https://erase.example/a")]
+            .into_iter()
+            .map(|(id, url)| NewLink { target: TargetUrl::parse(url).unwrap(), entity: EntityRef::contact(id) })
+            .collect();
+    let (erased, kept) = {
+        let store = SledStore::open(dir.path()).unwrap();
+        let engine = Shortener::builder(store.clone()).build().await.unwrap();
+        let links: Vec<_> = engine
+            .create(&who, &items)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| match o {
+                Outcome::Linked(link) => link,
+                Outcome::NoRights => panic!("no rights"),
+            })
+            .collect();
+        store.append_notes(vec![conformance::note(1, 3, 30, 10), conformance::note(2, 3, 31, 10)]).await.unwrap();
+        let codes = engine.erase(AccountId(3), EntityRef::contact(30)).await.unwrap();
+        assert_eq!(codes.len(), 2);
+        assert_eq!(store.erase_notes(AccountId(3), EntityRef::contact(30)).await.unwrap(), 1);
+        (codes, links[2].clone())
+    };
+    let store = SledStore::open(dir.path()).unwrap();
+    let engine = Shortener::builder(store.clone()).build().await.unwrap();
+    for code in &erased {
+        assert_eq!(store.get_link(code).await.unwrap(), None);
+        assert!(engine.is_erased(code.as_str()).await.unwrap());
+    }
+    assert!(store.links_of(AccountId(3), EntityRef::contact(30)).await.unwrap().is_empty());
+    assert_eq!(store.get_link(&kept.code).await.unwrap(), Some(kept.clone()));
+    assert!(!engine.is_erased(kept.code.as_str()).await.unwrap());
+    let notes = |id| NotesQuery {
+        account: AccountId(3),
+        entity_type: EntityType::Contacts,
+        entity_ids: Some(vec![id]),
+        offset: 0,
+        limit: 10,
+    };
+    assert!(store.list_notes(notes(30)).await.unwrap().is_empty());
+    assert_eq!(store.list_notes(notes(31)).await.unwrap().len(), 1);
+
+    // The same items again: the erased codes are not issued again.
+    let again = engine.create(&who, &items).await.unwrap();
+    for (outcome, item) in again.iter().zip(&items) {
+        let Outcome::Linked(link) = outcome else { panic!("no rights") };
+        assert!(!erased.contains(&link.code), "{} was issued again", link.code);
+        assert_eq!(link.target, item.target);
+        assert_eq!(engine.resolve(link.code.as_str()).await.unwrap().unwrap().entity, item.entity);
+    }
+    let Outcome::Linked(same) = &again[2] else { panic!("no rights") };
+    assert_eq!(same.code, kept.code, "a link not erased is found again");
+}

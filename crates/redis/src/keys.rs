@@ -25,6 +25,17 @@ impl Keys {
         format!("{}:link:{}", self.prefix, code.as_str())
     }
 
+    /// The tombstones of erased codes, one set.
+    pub(crate) fn erased(&self) -> String {
+        format!("{}:erased", self.prefix)
+    }
+
+    /// The codes erased lately, one stream, for every node's cache of links: trimmed to
+    /// the last [`crate::links::ERASURES_KEPT`].
+    pub(crate) fn erasures(&self) -> String {
+        format!("{}:erasures", self.prefix)
+    }
+
     /// The codes of one entity's links, in a sorted set ordered by code.
     pub(crate) fn links_of(&self, account: AccountId, entity: EntityRef) -> String {
         format!("{}:links:{}:{}:{}", self.prefix, account.0, entity.kind.as_str(), entity.id)

@@ -1,14 +1,31 @@
-//! Links: `SET NX` per code, and a per-entity sorted set of codes.
+//! Links: `SET NX` per code, and a per-entity sorted set of codes. Erased codes: a set of
+//! tombstones, and a stream of the codes erased in the last [`ERASURES_KEPT`], which every
+//! node reads to drop them from its cache of links.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use futures_util::future::try_join_all;
 use shortlinks_core::model::EntityRef;
 use shortlinks_core::store::{decode, encode};
-use shortlinks_core::store::{InsertOutcome, LinkStore};
-use shortlinks_core::{AccountId, Error, Link, ShortCode};
+use shortlinks_core::store::{ErasureCursor, ErasureNews, InsertOutcome, LinkStore};
+use shortlinks_core::{AccountId, Error, Link, ShortCode, Timestamp, Tombstone};
 
+use crate::connection::store_error;
 use crate::store::RedisStore;
+
+/// How long an erased code stays in the stream of erasures: every node reads it well
+/// within this, and a node that does not (away longer) drops its whole cache instead.
+pub(crate) const ERASURES_KEPT: Duration = Duration::from_secs(600);
+
+/// The most erasures one read takes.
+const ERASURES_AT_ONCE: usize = 10_000;
+
+/// A stream entry id, `ms-seq`, as numbers: ids compare in this order.
+fn stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
 
 impl RedisStore {
     /// Stores one link unless its code is taken, then indexes it.
@@ -74,6 +91,125 @@ impl LinkStore for RedisStore {
             .collect::<Result<Vec<_>, _>>()?;
         let found = try_join_all(codes.iter().map(|code| self.get_link(code))).await?;
         Ok(found.into_iter().flatten().collect())
+    }
+
+    /// Tombstones first, then each link's key and index entry, then the news for caches.
+    async fn erase_links(&self, links: Vec<(Link, Tombstone)>) -> Result<(), Error> {
+        if links.is_empty() {
+            return Ok(());
+        }
+        let mut bury = redis::cmd("SADD");
+        bury.arg(self.keys.erased());
+        for (_, tombstone) in &links {
+            bury.arg(tombstone.0.as_slice());
+        }
+        let _: i64 = self.write(&bury).await?;
+        self.replicated().await?;
+        for (link, _) in &links {
+            if !self.get_link(&link.code).await?.is_some_and(|stored| stored.same_identity(link)) {
+                continue;
+            }
+            let _: i64 = self.write(redis::cmd("DEL").arg(self.keys.link(&link.code))).await?;
+            let index = self.keys.links_of(link.account, link.entity);
+            let _: i64 = self.write(redis::cmd("ZREM").arg(index).arg(link.code.as_str())).await?;
+            let _: String = self
+                .write(redis::cmd("XADD").arg(self.keys.erasures()).arg("*").arg("code").arg(link.code.as_str()))
+                .await?;
+        }
+        self.replicated().await
+    }
+
+    async fn buried(&self, tombstones: Vec<Tombstone>) -> Result<Vec<bool>, Error> {
+        if tombstones.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ask = redis::cmd("SMISMEMBER");
+        ask.arg(self.keys.erased());
+        for tombstone in &tombstones {
+            ask.arg(tombstone.0.as_slice());
+        }
+        self.query(&ask).await
+    }
+
+    /// Reads the stream of erasures on from the cursor, `<last id>/<entries added up to
+    /// it>`, and its counts in the same transaction; trims what is older than
+    /// [`ERASURES_KEPT`]. The stream only loses entries from its front (trimming): the
+    /// cursor's reader missed some if the first entry still there came after the one it
+    /// was to read next.
+    async fn erasures_since(&self, cursor: ErasureCursor) -> Result<ErasureNews, Error> {
+        let key = self.keys.erasures();
+        let horizon = Timestamp::now().0.saturating_sub(ERASURES_KEPT.as_millis() as u64);
+        let _: i64 = self.write(redis::cmd("XTRIM").arg(&key).arg("MINID").arg(horizon)).await?;
+        let parsed = cursor.0.split_once('/').and_then(|(id, seen)| Some((stream_id(id)?, seen.parse::<u64>().ok()?)));
+        let (from, seen) = parsed.unwrap_or(((0, 0), 0));
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("XINFO").arg("STREAM").arg(&key);
+        pipe.cmd("XRANGE").arg(&key).arg(format!("({}-{}", from.0, from.1)).arg("+").arg("COUNT").arg(ERASURES_AT_ONCE);
+        type Entries = Vec<(String, Vec<(String, String)>)>;
+        let (info, entries): (redis::Value, Entries) = match pipe.query_async(&mut self.connection()).await {
+            Ok(answer) => answer,
+            // No erasure yet.
+            Err(e) if e.to_string().contains("no such key") => {
+                return Ok(ErasureNews::Codes { codes: Vec::new(), next: ErasureCursor("0-0/0".into()) })
+            }
+            Err(e) => return Err(store_error(e)),
+        };
+        let info = StreamInfo::read(info)?;
+        let latest = || ErasureCursor(format!("{}/{}", info.last_id, info.added));
+        if parsed.is_none() {
+            // The first read starts from now.
+            return Ok(ErasureNews::Codes { codes: Vec::new(), next: latest() });
+        }
+        if seen > info.added || seen < info.added - info.length {
+            return Ok(ErasureNews::Lost { next: latest() });
+        }
+        let next = match entries.last() {
+            Some((id, _)) => ErasureCursor(format!("{id}/{}", seen + entries.len() as u64)),
+            None => cursor,
+        };
+        let codes = entries
+            .iter()
+            .flat_map(|(_, fields)| fields.iter().filter(|(name, _)| name == "code"))
+            .filter_map(|(_, code)| ShortCode::parse(code))
+            .collect();
+        Ok(ErasureNews::Codes { codes, next })
+    }
+}
+
+/// What `XINFO STREAM` says of the stream of erasures.
+struct StreamInfo {
+    /// Entries ever added.
+    added: u64,
+    /// Entries in it now.
+    length: u64,
+    /// The last entry ever added.
+    last_id: String,
+}
+
+impl StreamInfo {
+    fn read(info: redis::Value) -> Result<Self, Error> {
+        let pairs: Vec<(redis::Value, redis::Value)> = match info {
+            redis::Value::Map(pairs) => pairs,
+            redis::Value::Array(items) => items.chunks_exact(2).map(|p| (p[0].clone(), p[1].clone())).collect(),
+            _ => Vec::new(),
+        };
+        let text = |v: &redis::Value| redis::from_redis_value_ref::<String>(v).ok();
+        let field = |name: &str| pairs.iter().find(|(key, _)| text(key).as_deref() == Some(name)).map(|(_, v)| v);
+        let number = |name: &str| field(name).and_then(|v| redis::from_redis_value_ref::<u64>(v).ok());
+        match (number("entries-added"), number("length"), field("last-generated-id").and_then(text)) {
+            (Some(added), Some(length), Some(last_id)) if length <= added => Ok(Self { added, length, last_id }),
+            _ => Err(Error::Unavailable("Redis 7 or later is needed: XINFO STREAM has no entries-added".into())),
+        }
+    }
+}
+
+impl RedisStore {
+    /// Trims every erasure older than `age` from the stream now, rather than after
+    /// [`ERASURES_KEPT`]: nodes that had not read them yet drop their whole cache.
+    pub async fn trim_erasures(&self, age: Duration) -> Result<(), Error> {
+        let horizon = Timestamp::now().0.saturating_sub(age.as_millis() as u64).saturating_add(1);
+        let _: i64 = self.write(redis::cmd("XTRIM").arg(self.keys.erasures()).arg("MINID").arg(horizon)).await?;
+        Ok(())
     }
 }
 

@@ -9,7 +9,7 @@ use shortlinks_core::store::{
     AddressLedger, AddressRule, AddressTally, Claimed, GatewaySpan, NotesJournal, NotesQuery, Sighting, VisitClaim,
     VisitLedger, VisitRules,
 };
-use shortlinks_core::{Error, Timestamp};
+use shortlinks_core::{AccountId, Error, Timestamp};
 
 use crate::connection::store_error;
 use crate::keys::ordered_id;
@@ -151,6 +151,19 @@ impl NotesJournal for RedisStore {
     async fn append_notes(&self, notes: Vec<Note>) -> Result<(), Error> {
         try_join_all(notes.iter().map(|note| self.append_note(note))).await?;
         self.replicated().await
+    }
+
+    /// The entity's two keys go in one transaction (one hash tag), then its entry in the
+    /// list of noted entities.
+    async fn erase_notes(&self, account: AccountId, entity: EntityRef) -> Result<u64, Error> {
+        let (order, body) = self.keys.notes(account, entity);
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("ZCARD").arg(&order).cmd("DEL").arg(&order).ignore().cmd("DEL").arg(&body).ignore();
+        let (erased,): (u64,) = pipe.query_async(&mut self.write_connection()).await.map_err(store_error)?;
+        let noted = self.keys.noted(account, entity.kind);
+        let _: i64 = self.write(redis::cmd("ZREM").arg(noted).arg(ordered_id(entity.id))).await?;
+        self.replicated().await?;
+        Ok(erased)
     }
 
     async fn list_notes(&self, query: NotesQuery) -> Result<Vec<Note>, Error> {

@@ -297,3 +297,46 @@ async fn tls_with_a_private_ca_and_client_certificates() {
     let err = RedisStore::open(over_tls(port, "tls", missing)).await.err().expect("refused");
     assert!(err.to_string().contains("nope.crt"), "{err}");
 }
+
+/// Each node reads the codes erased by any node; one that reads too late (after they were
+/// trimmed) is told so, and must drop its whole cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasures_reach_every_reader_or_tell_it_what_it_missed() {
+    use shortlinks_core::store::{ErasureCursor, ErasureNews, LinkStore};
+    use shortlinks_core::Tombstone;
+    if !shortlinks_redis::testing::available() {
+        return;
+    }
+    let server = RedisServer::standalone().unwrap();
+    let store = RedisStore::open(server.config("hear")).await.unwrap();
+    let started = match store.erasures_since(ErasureCursor::default()).await.unwrap() {
+        ErasureNews::Codes { codes, next } => {
+            assert!(codes.is_empty(), "the first read starts from now");
+            next
+        }
+        lost => panic!("{lost:?}"),
+    };
+    let links = [
+        conformance::link("HEARHEAR0001", 1, 1, "https://a.example/"),
+        conformance::link("HEARHEAR0002", 1, 2, "https://a.example/"),
+    ];
+    store.insert_links(links.to_vec()).await.unwrap();
+    store.erase_links(vec![(links[0].clone(), Tombstone([1; 16]))]).await.unwrap();
+    let after_first = match store.erasures_since(started.clone()).await.unwrap() {
+        ErasureNews::Codes { codes, next } => {
+            assert_eq!(codes, [links[0].code]);
+            next
+        }
+        lost => panic!("{lost:?}"),
+    };
+    match store.erasures_since(after_first.clone()).await.unwrap() {
+        ErasureNews::Codes { codes, next } => assert!(codes.is_empty() && next == after_first),
+        lost => panic!("{lost:?}"),
+    }
+    store.erase_links(vec![(links[1].clone(), Tombstone([2; 16]))]).await.unwrap();
+    store.trim_erasures(std::time::Duration::ZERO).await.unwrap();
+    assert!(
+        matches!(store.erasures_since(after_first).await.unwrap(), ErasureNews::Lost { .. }),
+        "a reader behind a trimmed erasure is told it missed some"
+    );
+}

@@ -11,7 +11,7 @@ use super::{
     AddressRule, AddressTally, Claimed, GatewaySpan, InsertOutcome, NotesQuery, Rate, RecordQueues, Sighting, Store,
     VisitClaim, VisitRules, CLICK_QUEUE,
 };
-use crate::code::{InstallationSecret, ShortCode};
+use crate::code::{InstallationSecret, ShortCode, Tombstone};
 use crate::model::{
     AccountId, ApiToken, BrowserEvidence, Click, ClickMethod, ContactScope, EntityRef, EntityType, EntryId, Link, Note,
     NoteBody, Timestamp, UserId,
@@ -30,6 +30,7 @@ pub trait CrashFaults: Store {
 pub async fn run<S: CrashFaults>(store: &S) {
     links(store).await;
     a_retry_restores_a_lost_index_entry(store).await;
+    erasure(store).await;
     queues(store).await;
     notes_journal(store).await;
     visit_ledger(store).await;
@@ -143,6 +144,50 @@ async fn a_retry_restores_a_lost_index_entry<S: CrashFaults>(store: &S) {
     let listed = store.links_of(AccountId(4), EntityRef::contact(40)).await.expect("list");
     assert_eq!(listed, vec![first.clone()], "a retry lists the link again");
     assert_eq!(store.get_link(&first.code).await.expect("get"), Some(first));
+}
+
+/// Erasing removes an entity's links and notes for good, buries their codes, and touches
+/// nothing of any other entity; a second erasure changes nothing.
+async fn erasure<S: Store>(store: &S) {
+    let gone =
+        [link("GONEGONE0001", 6, 60, "https://gone.example/1"), link("GONEGONE0002", 6, 60, "https://gone.example/2")];
+    let kept = link("KEPTKEPT0001", 6, 61, "https://gone.example/1");
+    let other_account = link("KEPTKEPT0002", 7, 60, "https://gone.example/1");
+    let all = [gone.to_vec(), vec![kept.clone(), other_account.clone()]].concat();
+    store.insert_links(all).await.expect("insert");
+    let notes = [note(601, 6, 60, 1_000), note(602, 6, 60, 2_000), note(611, 6, 61, 1_500), note(701, 7, 60, 1_000)];
+    store.append_notes(notes.to_vec()).await.expect("append");
+    let tombstone = |n: u8| Tombstone([n; 16]);
+    assert_eq!(store.buried(vec![tombstone(1), tombstone(2)]).await.expect("buried"), [false, false]);
+
+    let erasing = vec![(gone[0].clone(), tombstone(1)), (gone[1].clone(), tombstone(2))];
+    store.erase_links(erasing.clone()).await.expect("erase links");
+    assert_eq!(store.erase_notes(AccountId(6), EntityRef::contact(60)).await.expect("erase notes"), 2);
+    for l in &gone {
+        assert_eq!(store.get_link(&l.code).await.expect("get"), None, "{} is erased", l.code);
+    }
+    assert!(store.links_of(AccountId(6), EntityRef::contact(60)).await.expect("list").is_empty());
+    assert_eq!(
+        store.buried(vec![tombstone(1), tombstone(3), tombstone(2)]).await.expect("buried"),
+        [true, false, true]
+    );
+    let listed = |account, id| store.list_notes(query(account, Some(vec![id]), 0, 10));
+    assert!(listed(6, 60).await.expect("list").is_empty(), "the entity's notes are erased");
+    assert_eq!(listed(6, 61).await.expect("list"), vec![notes[2].clone()], "another entity keeps its notes");
+    assert_eq!(listed(7, 60).await.expect("list"), vec![notes[3].clone()], "another account keeps its notes");
+    let every = store.list_notes(query(6, None, 0, 10)).await.expect("list");
+    assert_eq!(every, vec![notes[2].clone()], "the erased entity is not listed");
+    assert_eq!(store.get_link(&kept.code).await.expect("get"), Some(kept));
+    assert_eq!(store.get_link(&other_account.code).await.expect("get"), Some(other_account));
+
+    // Again: nothing left to erase, nothing else changes.
+    store.erase_links(erasing).await.expect("erase again");
+    assert_eq!(store.erase_notes(AccountId(6), EntityRef::contact(60)).await.expect("erase again"), 0);
+    // A note made later (a link made for the contact afterwards) is kept.
+    store.append_notes(vec![note(603, 6, 60, 3_000)]).await.expect("append");
+    assert_eq!(listed(6, 60).await.expect("list"), vec![note(603, 6, 60, 3_000)]);
+    let every = store.list_notes(query(6, None, 0, 10)).await.expect("list");
+    assert_eq!(every, vec![note(603, 6, 60, 3_000), notes[2].clone()], "each entity listed once");
 }
 
 async fn queues<S: Store>(store: &S) {

@@ -1,13 +1,15 @@
 //! Links in one append-only file with an index in memory: how the sled backend keeps them.
 //!
-//! A link is never changed or deleted once written, and the redirect reads one by its code.
+//! A link is never changed once written, only erased, and the redirect reads one by its code.
 //! In a sled 0.34 tree every insert copies a B-tree node (with a reference-count write per
 //! value in it), and a read at a million links walks four levels of pages, most of them
 //! cache misses. Here a batch of links is one write and one `fdatasync`, and a read is a
 //! hash probe and one positional read of the link's frame.
 //!
 //! `links.log` in the data directory is a run of [`frame`]s, each holding
-//! `code length u8 ‖ code ‖ link record` ([`crate::codec`]). The index lives in memory and
+//! `code length u8 ‖ code ‖ link record` ([`crate::codec`]), or, for an erased link,
+//! `0u8 ‖ code length u8 ‖ code`: the link is no longer found from that frame on (its bytes
+//! stay in the file until it is compacted). The index lives in memory and
 //! is rebuilt on open by reading the file through, which takes the codes from the frames
 //! without decoding the records. It maps a 64-bit hash of each code to where its frame is:
 //! a 17-byte slot per link in tables kept 44–87% full, 36 MB at a million links. A read
@@ -116,18 +118,44 @@ fn record(link: &Link) -> Result<Vec<u8>, Error> {
     encode_after(link, record)
 }
 
-/// Splits a frame's record into its code and its link record.
+/// An erasure's record.
+fn erasure_record(code: &ShortCode) -> Vec<u8> {
+    [&[0, code.as_bytes().len() as u8][..], code.as_bytes()].concat()
+}
+
+/// What a frame holds.
+enum Found<'r> {
+    /// A link: its code and its link record.
+    Link(ShortCode, &'r [u8]),
+    /// The link with this code was erased.
+    Erased(ShortCode),
+}
+
+/// Reads a frame's record.
+fn found(record: &[u8]) -> Option<Found<'_>> {
+    match record.split_first()? {
+        (0, rest) => {
+            let (&len, code) = rest.split_first()?;
+            (code.len() == usize::from(len)).then(|| ShortCode::from_key(code)).flatten().map(Found::Erased)
+        }
+        (_, _) => split(record).map(|(code, link)| Found::Link(code, link)),
+    }
+}
+
+/// Splits a link frame's record into its code and its link record.
 fn split(record: &[u8]) -> Option<(ShortCode, &[u8])> {
     let (&len, rest) = record.split_first()?;
     let code = ShortCode::from_key(rest.get(..usize::from(len))?)?;
     Some((code, &rest[usize::from(len)..]))
 }
 
-/// Whether an intact frame's record is a link that decodes under its code: what recovery
-/// keeps of cut-off bytes.
+/// Whether an intact frame's record is an erasure or a link that decodes under its code:
+/// what recovery keeps of cut-off bytes.
 fn salvage(record: &[u8]) -> Option<()> {
-    let (code, link) = split(record)?;
-    decode::<Link>(link).ok().filter(|l| l.code == code).map(|_| ())
+    match found(record)? {
+        Found::Erased(_) => Some(()),
+        Found::Link(code, link) => decode::<Link>(link).ok().filter(|l| l.code == code).map(|_| ()),
+    }
 }
 
 impl LinkLog {
@@ -151,13 +179,17 @@ impl LinkLog {
     /// Indexes the file's frames; returns where the intact ones end.
     fn load(&mut self) -> Result<u64, Error> {
         let file = self.file.try_clone().map_err(io)?;
-        frame::read_through(&file, MAX_RECORD, |offset, record| {
-            // Intact, so this wrote it: a record without a code is a bug, not a torn write.
-            let (code, _) = split(record).ok_or_else(|| {
-                Error::Corrupt(format!("{} holds a frame without a code at {offset}", self.path.display()))
-            })?;
-            self.index_found(code, Slot::new(offset, record.len()))
-        })
+        frame::read_through(&file, MAX_RECORD, |offset, record| self.take_in(offset, record))
+    }
+
+    /// Indexes a link frame found on open, or drops the link an erasure frame names.
+    fn take_in(&mut self, offset: u64, record: &[u8]) -> Result<(), Error> {
+        // Intact, so this wrote it: a record without a code is a bug, not a torn write.
+        match found(record) {
+            Some(Found::Link(code, _)) => self.index_found(code, Slot::new(offset, record.len())),
+            Some(Found::Erased(code)) => self.unindex(&code).map(|_| ()),
+            None => Err(Error::Corrupt(format!("{} holds a frame without a code at {offset}", self.path.display()))),
+        }
     }
 
     /// Sets the bytes from `valid` to `len` aside, cuts them off, and appends again every
@@ -166,8 +198,62 @@ impl LinkLog {
         let (end, kept) = frame::recover(&self.file, &self.path, valid, len, MAX_RECORD, |r| salvage(r).is_some())?;
         self.tail.get_mut().len = end;
         for (offset, record) in kept {
-            let (code, _) = split(&record).ok_or_else(|| Error::Corrupt("a salvaged frame lost its code".into()))?;
-            self.index_found(code, Slot::new(offset, record.len()))?;
+            self.take_in(offset, &record)?;
+        }
+        Ok(())
+    }
+
+    /// Drops `code` from the index; whether it was there. A code sharing its hash moves
+    /// into the place it leaves.
+    fn unindex(&self, code: &ShortCode) -> Result<bool, Error> {
+        let hash = (self.hash)(code);
+        let mut index = self.index[shard_of(hash)].write();
+        let index = &mut *index;
+        if index.collided.remove(code).is_some() {
+            return Ok(true);
+        }
+        let Some(&slot) = index.by_hash.get(&hash) else { return Ok(false) };
+        if with_frame(&self.file, &self.path, slot, |found, _| found)? != *code {
+            return Ok(false);
+        }
+        index.by_hash.remove(&hash);
+        let mut same_hash = index.collided.keys().filter(|c| (self.hash)(c) == hash);
+        if let Some(next) = same_hash.next().copied() {
+            let slot = index.collided.remove(&next).unwrap_or(slot);
+            index.by_hash.insert(hash, slot);
+        }
+        Ok(true)
+    }
+
+    /// Erases the links with these codes: an erasure frame each, synced, then out of the
+    /// index. Codes not stored are passed over.
+    pub(crate) fn erase(&self, codes: &[ShortCode]) -> Result<(), Error> {
+        let mut tail = self.tail.lock();
+        tail.check(&self.path)?;
+        let mut frames = Vec::new();
+        let mut stored = Vec::with_capacity(codes.len());
+        for code in codes {
+            if self.find(code)?.is_some() && !stored.contains(code) {
+                frame::append(&mut frames, &erasure_record(code));
+                stored.push(*code);
+            }
+        }
+        if frames.is_empty() {
+            return Ok(());
+        }
+        if tail.len + frames.len() as u64 >= Slot::MAX_OFFSET {
+            return Err(Error::Storage(format!("{} is full", self.path.display()).into()));
+        }
+        if let Err(e) = self.file.write_all_at(&frames, tail.len) {
+            let _ = self.file.set_len(tail.len);
+            return Err(io(e));
+        }
+        tail.len += frames.len() as u64;
+        drop(tail);
+        frame::sync_appended(&self.file, &self.tail, &self.path)?;
+        // Out of the index once durable: a link found after a crash is one not yet erased.
+        for code in &stored {
+            self.unindex(code)?;
         }
         Ok(())
     }
@@ -410,6 +496,28 @@ mod tests {
         let log = LinkLog::open_hashing(dir.path(), same_hash).unwrap();
         assert_eq!(found(&log, &[stored, absent].concat()), [true, true, true, true, true, false]);
         assert_eq!(log.len(), 5);
+    }
+
+    #[test]
+    fn an_erased_link_stays_erased_after_a_reopen_even_among_colliding_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let same_hash: CodeHash = |_| 7;
+        let log = LinkLog::open_hashing(dir.path(), same_hash).unwrap();
+        let stored = links(1, 4);
+        log.insert(&stored).unwrap();
+        // The first of the hash (in `by_hash`) and one behind it (in `collided`).
+        log.erase(&[stored[0].code, stored[2].code]).unwrap();
+        let expected = [false, true, false, true];
+        assert_eq!(found(&log, &stored), expected);
+        let ends = file_len(dir.path());
+        log.erase(&[stored[0].code]).unwrap();
+        assert_eq!(file_len(dir.path()), ends, "a code already erased writes nothing");
+        drop(log);
+        let log = LinkLog::open_hashing(dir.path(), same_hash).unwrap();
+        assert_eq!(found(&log, &stored), expected);
+        assert_eq!(log.len(), 2);
+        let log = LinkLog::open(dir.path()).unwrap();
+        assert_eq!(found(&log, &stored), expected, "with the real hash too");
     }
 
     #[test]

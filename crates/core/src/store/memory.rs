@@ -1,6 +1,6 @@
 //! An in-memory backend: for tests, and for hosts that keep links elsewhere.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -11,7 +11,7 @@ use super::{
     GatewaySpan, InsertOutcome, LinkStore, NotesJournal, NotesQuery, Queues, Rate, RateLimiter, SecretStore, Sighting,
     Store, TokenStore, VisitClaim, VisitLedger, VisitRules,
 };
-use crate::code::{InstallationSecret, ShortCode};
+use crate::code::{InstallationSecret, ShortCode, Tombstone};
 use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, Timestamp, VisitMark};
 use crate::Error;
 
@@ -28,6 +28,7 @@ struct Links {
     /// Hashed, not ordered: a lookup stays a probe or two at millions of links.
     by_code: HashMap<ShortCode, Link>,
     by_entity: BTreeMap<Vec<u8>, ShortCode>,
+    buried: HashSet<Tombstone>,
 }
 
 #[derive(Default)]
@@ -87,6 +88,23 @@ impl LinkStore for MemoryStore {
             .filter_map(|(_, code)| guard.by_code.get(code).cloned())
             .collect();
         Ok(found)
+    }
+
+    async fn erase_links(&self, links: Vec<(Link, Tombstone)>) -> Result<(), Error> {
+        let mut guard = self.links.write();
+        for (link, tombstone) in links {
+            guard.buried.insert(tombstone);
+            if guard.by_code.get(&link.code).is_some_and(|stored| stored.same_identity(&link)) {
+                guard.by_code.remove(&link.code);
+                guard.by_entity.remove(&keys::link_index_key(link.account, link.entity, link.code.as_bytes()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn buried(&self, tombstones: Vec<Tombstone>) -> Result<Vec<bool>, Error> {
+        let guard = self.links.read();
+        Ok(tombstones.iter().map(|t| guard.buried.contains(t)).collect())
     }
 }
 
@@ -184,6 +202,19 @@ impl NotesJournal for MemoryStore {
             .take(query.limit)
             .map(|(_, n)| n.clone())
             .collect())
+    }
+
+    async fn erase_notes(&self, account: AccountId, entity: EntityRef) -> Result<u64, Error> {
+        let prefix = keys::entity_prefix(account, entity);
+        let mut rest = self.rest.lock();
+        let mut start = [0u8; 33];
+        start[..17].copy_from_slice(&prefix);
+        let keys: Vec<[u8; 33]> =
+            rest.notes.range(start..).map(|(k, _)| *k).take_while(|k| k.starts_with(&prefix)).collect();
+        for key in &keys {
+            rest.notes.remove(key);
+        }
+        Ok(keys.len() as u64)
     }
 }
 

@@ -11,7 +11,7 @@ use std::future::Future;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::code::{InstallationSecret, ShortCode};
+use crate::code::{InstallationSecret, ShortCode, Tombstone};
 pub use crate::codec::{decode, encode};
 use crate::model::{AccountId, ApiToken, EntityRef, EntityType, EntryId, Link, Note};
 use crate::Error;
@@ -59,6 +59,50 @@ pub trait LinkStore: Send + Sync + 'static {
 
     /// The links of one entity in one account, in key (code) order.
     fn links_of(&self, account: AccountId, entity: EntityRef) -> impl Future<Output = Result<Vec<Link>, Error>> + Send;
+
+    /// Erases links for good: each link's tombstone is stored first, durably, then the link
+    /// and its index entry are removed, so that a crash in between leaves a link that a
+    /// second erasure removes, never a code free to be issued again. Links not stored are
+    /// passed over. A store that cannot erase (the default) refuses.
+    fn erase_links(&self, links: Vec<(Link, Tombstone)>) -> impl Future<Output = Result<(), Error>> + Send {
+        let _ = links;
+        async { Err(Error::InvalidInput("this store cannot erase links".into())) }
+    }
+
+    /// Whether each tombstone is stored: its code was erased, answers `410 Gone`, and is
+    /// never issued again. Nothing, by default (a store that cannot erase).
+    fn buried(&self, tombstones: Vec<Tombstone>) -> impl Future<Output = Result<Vec<bool>, Error>> + Send {
+        async move { Ok(vec![false; tombstones.len()]) }
+    }
+
+    /// Codes erased since `cursor`, by any node sharing this store: what a node-local
+    /// cache of links must drop. The first call (with the default cursor) starts from now.
+    /// Nothing, by default: a store that one process owns has no other node to hear from.
+    fn erasures_since(&self, cursor: ErasureCursor) -> impl Future<Output = Result<ErasureNews, Error>> + Send {
+        async move { Ok(ErasureNews::Codes { codes: Vec::new(), next: cursor }) }
+    }
+}
+
+/// Where a node's reading of erasures stands; opaque but to its backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ErasureCursor(pub String);
+
+/// What [`LinkStore::erasures_since`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ErasureNews {
+    /// These codes were erased since the cursor (none is the usual case); read on from `next`.
+    Codes {
+        /// The erased codes.
+        codes: Vec<ShortCode>,
+        /// Where to read on from.
+        next: ErasureCursor,
+    },
+    /// Some erasures since the cursor are no longer known (the node read too late, after
+    /// they were trimmed): every cached link must go. Read on from `next`.
+    Lost {
+        /// Where to read on from.
+        next: ErasureCursor,
+    },
 }
 
 /// Named, durable, ordered queues of encoded records: the click outbox, and one delivery
@@ -156,6 +200,10 @@ pub trait NotesJournal: Send + Sync + 'static {
 
     /// One page of notes: by entity id, then by time.
     fn list_notes(&self, query: NotesQuery) -> impl Future<Output = Result<Vec<Note>, Error>> + Send;
+
+    /// Erases every note of one entity, durably before returning; returns how many. Notes
+    /// appended later (a click on a link made afterwards) are kept.
+    fn erase_notes(&self, account: AccountId, entity: EntityRef) -> impl Future<Output = Result<u64, Error>> + Send;
 }
 
 /// API tokens, stored hashed.

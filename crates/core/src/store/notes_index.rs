@@ -64,6 +64,19 @@ impl NotesIndex {
     }
 
     /// The notes of one entity.
+    /// Drops an entity and its notes; how many notes it had.
+    pub(super) fn remove(&mut self, entity: &Entity) -> usize {
+        let Some(notes) = self.by_entity.remove(entity) else { return 0 };
+        let (sorted, unsorted) = self.order.split_at(self.sorted);
+        if let Ok(i) = sorted.binary_search(entity) {
+            self.order.remove(i);
+            self.sorted -= 1;
+        } else if let Some(i) = unsorted.iter().position(|e| e == entity) {
+            self.order.remove(self.sorted + i);
+        }
+        notes.len()
+    }
+
     pub(super) fn get(&self, entity: &Entity) -> Option<&[NoteSlot]> {
         self.by_entity.get(entity).map(Vec::as_slice)
     }
@@ -140,5 +153,13 @@ mod tests {
         index.settle();
         assert_eq!(listed(&index), [5, 3, 9, 7, 1, 8]);
         assert!(index.is_settled());
+
+        assert_eq!(index.remove(&(1, 1, 3)), 2);
+        index.insert((1, 1, 6), note(6, 6));
+        assert_eq!(index.remove(&(1, 1, 6)), 1, "from the part not yet sorted");
+        assert_eq!(index.remove(&(1, 1, 3)), 0);
+        index.insert((1, 1, 3), note(10, 10));
+        index.settle();
+        assert_eq!(listed(&index), [5, 10, 7, 1, 8], "an entity noted again after its erasure is listed once");
     }
 }

@@ -10,7 +10,9 @@
 //! - `N`, a note: its 33-byte key (account ‖ type ‖ entity ‖ created_at ‖ id, as in
 //!   [`keys::note_key`]) ‖ the note's codec record;
 //! - `M`, a visit mark: visit key (16 bytes) ‖ link key (16) ‖ at u64 ‖ note id u64, all
-//!   big-endian; an all-zero key stands for none (marks carried over from sled trees).
+//!   big-endian; an all-zero key stands for none (marks carried over from sled trees);
+//! - `E`, an erasure: account u64 ‖ type u8 ‖ entity u64, big-endian: the entity's notes
+//!   before it are no longer found (their bytes stay until the file is compacted).
 //!
 //! In memory: each note's time, id and frame (24 bytes a note, by entity: see
 //! [`super::notes_index`]), and the visit ledger of the recent window (each visit key's
@@ -35,7 +37,7 @@ use super::frame::{self, io, Slot, Tail, HEADER};
 use super::notes_index::{Entity, NoteSlot, NotesIndex};
 use super::{decide_visit, keys, Claimed, NotesQuery, VisitClaim, VisitRules};
 use crate::codec::{decode, encode_after};
-use crate::model::{Note, Timestamp, VisitMark};
+use crate::model::{AccountId, EntityRef, Note, Timestamp, VisitMark};
 use crate::Error;
 
 /// The file's name in the data directory.
@@ -46,6 +48,9 @@ const _: () = assert!(MAX_RECORD <= Slot::MAX_LEN);
 const _: () = assert!(1 + 33 + crate::target::MAX_NORMALIZED_BYTES + 100 < MAX_RECORD);
 const NOTE: u8 = b'N';
 const MARK: u8 = b'M';
+const ERASURE: u8 = b'E';
+/// An erasure's record: kind, account, type, entity.
+const ERASURE_LEN: usize = 1 + 8 + 1 + 8;
 /// A mark's record: kind, visit key, link key, at, note id.
 const MARK_LEN: usize = 1 + 16 + 16 + 8 + 8;
 /// Stands for "no key" in a mark carried over from the old sled trees.
@@ -100,9 +105,27 @@ fn note_key_of(record: &[u8]) -> Option<(Entity, u64, u64)> {
     Some(((u64_at(0)?, key[8], u64_at(9)?), u64_at(17)?, u64_at(25)?))
 }
 
-/// What recovery keeps of cut-off bytes: marks, and notes that decode under their key.
+/// An erasure's record.
+fn erasure_record((account, kind, id): Entity) -> [u8; ERASURE_LEN] {
+    let mut record = [0u8; ERASURE_LEN];
+    record[0] = ERASURE;
+    record[1..9].copy_from_slice(&account.to_be_bytes());
+    record[9] = kind;
+    record[10..].copy_from_slice(&id.to_be_bytes());
+    record
+}
+
+/// The entity an erasure's record names.
+fn erased_entity(record: &[u8]) -> Option<Entity> {
+    let record: &[u8; ERASURE_LEN] = record.try_into().ok().filter(|r: &&[u8; ERASURE_LEN]| r[0] == ERASURE)?;
+    let u64_at = |i: usize| u64::from_be_bytes(record[i..i + 8].try_into().unwrap_or_default());
+    Some((u64_at(1), record[9], u64_at(10)))
+}
+
+/// What recovery keeps of cut-off bytes: marks, erasures, and notes that decode under
+/// their key.
 fn salvageable(record: &[u8]) -> bool {
-    if MarkRecord::parse(record).is_some() {
+    if MarkRecord::parse(record).is_some() || erased_entity(record).is_some() {
         return true;
     }
     let Some((entity, at, id)) = note_key_of(record) else { return false };
@@ -167,6 +190,10 @@ impl NotesLog {
             if mark.mark.at >= horizon {
                 self.ledger.get_mut().found(mark);
             }
+            return Ok(());
+        }
+        if let Some(entity) = erased_entity(record) {
+            self.notes.get_mut().remove(&entity);
             return Ok(());
         }
         // Intact, so this wrote it: anything else is a bug, not a torn write.
@@ -269,6 +296,29 @@ impl NotesLog {
         drop(tail);
         frame::sync_appended(&self.file, &self.tail, &self.path)?;
         Ok(())
+    }
+
+    /// Erases one entity's notes: an erasure frame, synced, then out of the index. Returns
+    /// how many notes went.
+    pub(crate) fn erase(&self, account: AccountId, entity: EntityRef) -> Result<u64, Error> {
+        let entity = (account.0, entity.kind.tag(), entity.id);
+        let mut tail = self.tail.lock();
+        tail.check(&self.path)?;
+        if self.notes.read().get(&entity).is_none() {
+            return Ok(0);
+        }
+        let mut frames = Vec::with_capacity(HEADER as usize + ERASURE_LEN);
+        frame::append(&mut frames, &erasure_record(entity));
+        if let Err(e) = self.file.write_all_at(&frames, tail.len) {
+            let _ = self.file.set_len(tail.len);
+            return Err(io(e));
+        }
+        tail.len += frames.len() as u64;
+        // Under the appender's lock: a note appended after the erasure frame stays listed.
+        let erased = self.notes.write().remove(&entity) as u64;
+        drop(tail);
+        frame::sync_appended(&self.file, &self.tail, &self.path)?;
+        Ok(erased)
     }
 
     /// Writes the pending marks, if any, durably.

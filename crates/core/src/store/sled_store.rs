@@ -7,6 +7,7 @@
 //! | `by_entity` | account u64 ‖ type u8 ‖ entity u64 ‖ code bytes   | empty        |
 //! | `queue_heads` | queue name                                      | the head's position (16 bytes) |
 //! | `tokens`    | token id                                          | `ApiToken`   |
+//! | `erased`    | a [`Tombstone`]: the keyed hash of an erased code   | when, u64    |
 //! | default     | `installation_secret`                             | 32 raw bytes |
 //! | default     | `credential:<name>`                               | a credential's bytes (see `CredentialStore`) |
 //! | default     | `visits_forgotten_before`                         | the last sweep's horizon, u64 (not flushed on its own) |
@@ -47,7 +48,7 @@ use super::{
     LinkStore, NotesJournal, NotesQuery, Queues, Rate, RateLimiter, SecretStore, Sighting, Store, TokenStore,
     VisitClaim, VisitLedger, VisitRules,
 };
-use crate::code::{InstallationSecret, ShortCode};
+use crate::code::{InstallationSecret, ShortCode, Tombstone};
 use crate::codec::{decode, encode};
 use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, Timestamp, VisitMark};
 use crate::Error;
@@ -62,6 +63,7 @@ pub struct SledStore {
     db: sled::Db,
     links: Arc<LinkLog>,
     by_entity: sled::Tree,
+    erased: sled::Tree,
     queue_heads: sled::Tree,
     queues: Arc<OpenQueues>,
     sightings: Arc<SightingsLog>,
@@ -123,6 +125,7 @@ impl SledStore {
             journal: Arc::new(NotesLog::open(dir, horizon)?),
             links: Arc::new(LinkLog::open(dir)?),
             by_entity: db.open_tree("by_entity").map_err(Error::storage)?,
+            erased: db.open_tree("erased").map_err(Error::storage)?,
             queue_heads: db.open_tree("queue_heads").map_err(Error::storage)?,
             queues: Arc::new(OpenQueues { dir: dir.join("queues"), open: Mutex::default() }),
             sightings: Arc::new(SightingsLog::open(dir)?),
@@ -259,6 +262,34 @@ impl LinkStore for SledStore {
         }
         Ok(links)
     }
+
+    /// Tombstones (flushed), then the links' erasure frames (synced), then the index.
+    async fn erase_links(&self, links: Vec<(Link, Tombstone)>) -> Result<(), Error> {
+        self.blocking(move |s| {
+            let now = Timestamp::now().0.to_be_bytes();
+            for (_, tombstone) in &links {
+                s.erased.insert(tombstone.0, &now).map_err(Error::storage)?;
+            }
+            s.flush_now()?;
+            let mut codes = Vec::with_capacity(links.len());
+            for (link, _) in &links {
+                if s.links.get(&link.code)?.is_some_and(|stored| stored.same_identity(link)) {
+                    codes.push(link.code);
+                }
+            }
+            s.links.erase(&codes)?;
+            for (link, _) in &links {
+                let key = keys::link_index_key(link.account, link.entity, link.code.as_bytes());
+                s.by_entity.remove(key).map_err(Error::storage)?;
+            }
+            s.flush_now()
+        })
+        .await
+    }
+
+    async fn buried(&self, tombstones: Vec<Tombstone>) -> Result<Vec<bool>, Error> {
+        tombstones.iter().map(|t| self.erased.contains_key(t.0).map_err(Error::storage)).collect()
+    }
 }
 
 impl Queues for SledStore {
@@ -319,6 +350,10 @@ impl NotesJournal for SledStore {
     /// On the blocking pool: one positional read per note.
     async fn list_notes(&self, query: NotesQuery) -> Result<Vec<Note>, Error> {
         self.blocking(move |s| s.journal.list(&query)).await
+    }
+
+    async fn erase_notes(&self, account: AccountId, entity: EntityRef) -> Result<u64, Error> {
+        self.blocking(move |s| s.journal.erase(account, entity)).await
     }
 }
 
