@@ -16,10 +16,12 @@
 //! - [`note`]: note ids, visit keys, amoCRM's JSON shape.
 //! - [`sink`]: the [`sink::NoteSink`] trait, the webhook and amoCRM sinks, retry with backoff.
 //! - [`pipeline`]: putting it together; [`stats`]: counters.
+//! - [`erasure`]: a contact's notes removed, wherever they wait.
 
 pub mod capture;
 pub mod classify;
 mod dispatch;
+pub mod erasure;
 mod error;
 pub mod gateway;
 pub mod networks;

@@ -1,4 +1,4 @@
-//! Operator commands (`token …`, `resolve`) that work whether or not a server is running.
+//! Operator commands (`token …`, `resolve`, `erase`, …) that work whether or not a server is running.
 //!
 //! sled locks its directory to one process. So a running server listens on a Unix socket,
 //! `admin.sock`, in its data directory (mode 0600: whoever may read the data may
@@ -11,7 +11,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use shortlinks_core::model::NoteBody;
-use shortlinks_core::{AccountId, ContactScope, ShortCode, SledStore, Store, Timestamp, UserId};
+use shortlinks_core::{
+    AccountId, ContactScope, EntityRef, LinkCache, ShortCode, Shortener, SledStore, Store, Timestamp, UserId,
+};
+use shortlinks_notes::erasure::{self, Erased};
 use shortlinks_notes::sink::amocrm::connection::Connection;
 use shortlinks_notes::sink::amocrm::install::StateKey;
 use shortlinks_notes::sink::amocrm::status::{status, ConnectionStatus};
@@ -26,6 +29,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::accept_backoff::AcceptBackoff;
 use crate::app::App;
+use crate::contact_deleted;
 use crate::{auth, ServerError};
 
 /// The socket's file name inside the data directory.
@@ -90,6 +94,20 @@ pub enum AdminRequest {
     AmoCrmState {
         /// The shortlinks account.
         account: u64,
+    },
+    /// Turn amoCRM's contact-deleted webhook on for an account (with a new secret) or off.
+    ContactDeletedHook {
+        /// The shortlinks account.
+        account: u64,
+        /// On or off.
+        on: bool,
+    },
+    /// Erase a contact: its links, notes, waiting notes and dead letters.
+    Erase {
+        /// The shortlinks account.
+        account: u64,
+        /// The contact's id.
+        contact: u64,
     },
 }
 
@@ -168,6 +186,22 @@ pub enum AdminReply {
     State {
         /// The value.
         state: String,
+    },
+    /// The contact-deleted webhook's new secret (`None`: turned off).
+    HookSecret {
+        /// The secret, shown only now.
+        secret: Option<String>,
+    },
+    /// A contact was erased: how much of it went.
+    Erased {
+        /// Links (their codes now answer 410 Gone).
+        links: usize,
+        /// Notes in the journal.
+        notes: u64,
+        /// Notes waiting for a sink.
+        waiting: usize,
+        /// Dead letters.
+        dead_letters: usize,
     },
     /// The command failed.
     Failed {
@@ -329,7 +363,32 @@ async fn run<S: Store>(store: &S, request: AdminRequest) -> Result<AdminReply, S
             let key = StateKey::derive(&store.load_or_create_secret().await?);
             AdminReply::State { state: state_for(store, &key, account).await.map_err(notes_failure)? }
         }
+        AdminRequest::ContactDeletedHook { account, on } => {
+            AdminReply::HookSecret { secret: contact_deleted::set(store, positive_account(account)?, on).await? }
+        }
+        AdminRequest::Erase { account, contact } => {
+            // No server runs on this store here, or it hears of the erasure as every node
+            // does: an engine without a cache worth the name.
+            let engine = Shortener::builder(store.clone()).cache(LinkCache::new(4)).build().await?;
+            erase(&engine, store, account, contact).await?
+        }
     })
+}
+
+/// Erases a contact with `engine` (a running server's own, so that its cache forgets the
+/// links at once), then sweeps again once notes in flight have landed.
+pub async fn erase<S: Store>(
+    engine: &Shortener<S>,
+    store: &S,
+    account: u64,
+    contact: u64,
+) -> Result<AdminReply, ServerError> {
+    let (account, entity) = (positive_account(account)?, EntityRef::contact(contact));
+    let mut erased = erasure::erase(engine, store, account, entity).await.map_err(notes_failure)?;
+    erasure::settle(store, account, entity, &mut erased).await.map_err(notes_failure)?;
+    tracing::info!(account = account.0, links = erased.links, notes = erased.notes, "erased a contact");
+    let Erased { links, notes, waiting, dead_letters } = erased;
+    Ok(AdminReply::Erased { links, notes, waiting, dead_letters })
 }
 
 /// Account 0 is nobody's: a command for it is a mistake.
@@ -405,6 +464,12 @@ impl AdminSocket {
                         }
                         other => other,
                     },
+                    // With the server's engine: its cache forgets the links at once.
+                    (Ok(AdminRequest::Erase { account, contact }), _) => {
+                        erase(app.engine(), app.store(), account, contact)
+                            .await
+                            .unwrap_or_else(|e| AdminReply::Failed { message: e.to_string() })
+                    }
                     (Ok(request), _) => execute(app.store(), request).await,
                     (Err(e), _) => AdminReply::Failed { message: format!("bad admin request: {e}") },
                 };

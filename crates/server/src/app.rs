@@ -177,6 +177,10 @@ impl<S: Store> App<S> {
             "/healthz" => problem::text(StatusCode::OK, "ok\n"),
             "/readyz" => Box::pin(self.readiness()).await,
             "/metrics" => self.metrics(),
+            _ if Self::is_contact_deleted(path) => match *request.method() {
+                Method::POST => Box::pin(self.contact_deleted(request)).await,
+                _ => method_not_allowed("POST"),
+            },
             _ => match &self.amocrm {
                 // GET only: a HEAD (a link checker's) must not spend a person's code.
                 Some(pages) if pages.serves(path) => match *request.method() {

@@ -9,6 +9,8 @@
 //! - `POST /api/v4/short_links`: batch creation, amoCRM's shape ([`request`]).
 //! - `GET /api/v4/contacts/notes`, `GET /api/v4/contacts/{id}/notes`: the notes journal.
 //! - `GET /healthz`, `GET /readyz`, `GET /metrics`: liveness, readiness, counters.
+//! - `POST /amocrm/contact-deleted/<account>/<secret>`: amoCRM's webhook; the contacts are
+//!   erased ([`contact_deleted`]).
 //!
 //! Tokens ([`auth`]) are stored hashed; operator commands go through [`admin`], which
 //! works whether or not a server holds the data directory.
@@ -22,6 +24,7 @@ mod app;
 pub mod auth;
 mod client_socket;
 pub mod config;
+pub mod contact_deleted;
 pub mod data_dir;
 mod drain;
 mod error;

@@ -51,6 +51,19 @@ enum Command {
     /// delete them; one account at a time. Works whether or not a server is running.
     #[command(subcommand, name = "dead-letters")]
     DeadLetters(DeadLetterCommand),
+    /// Erase a contact for good: its links (their codes then answer 410 Gone and are never
+    /// issued again), its notes, the notes waiting for a sink and its dead letters. Works
+    /// whether or not a server is running.
+    Erase {
+        /// The shortlinks account.
+        #[arg(long)]
+        account: u64,
+        /// The contact's id.
+        #[arg(long)]
+        contact: u64,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -133,6 +146,19 @@ enum AmoCrmCommand {
         /// The shortlinks account to connect.
         #[arg(long)]
         account: u64,
+        #[command(flatten)]
+        args: Box<ServeArgs>,
+    },
+    /// Turn on amoCRM's "contact deleted" webhook for a shortlinks account and print the
+    /// URL to enter in that amoCRM account's webhooks (a new secret each time: the last
+    /// URL stops working); `--off` turns it off. Each contact deleted there is erased here.
+    ContactDeletedUrl {
+        /// The shortlinks account.
+        #[arg(long)]
+        account: u64,
+        /// Turn the webhook off instead.
+        #[arg(long)]
+        off: bool,
         #[command(flatten)]
         args: Box<ServeArgs>,
     },
@@ -243,8 +269,23 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(Command::Amocrm(AmoCrmCommand::ConnectUrl { account, args })) => amocrm_connect_url(account, *args).await,
         Some(Command::Amocrm(AmoCrmCommand::Status { args })) => amocrm_status(*args).await,
+        Some(Command::Amocrm(AmoCrmCommand::ContactDeletedUrl { account, off, args })) => {
+            contact_deleted_url(account, off, *args).await
+        }
         Some(Command::Clicks(ClicksCommand::Replay { file, args })) => replay(&file, *args).await,
         Some(Command::DeadLetters(command)) => dead_letters(command).await,
+        Some(Command::Erase { account, contact, store }) => {
+            match store.command(AdminRequest::Erase { account, contact }).await? {
+                AdminReply::Erased { links, notes, waiting, dead_letters } => {
+                    println!(
+                        "erased contact {contact} of account {account}: {links} links (their codes now answer 410 Gone), \
+{notes} notes, {waiting} notes waiting for a sink, {dead_letters} dead letters"
+                    );
+                    Ok(())
+                }
+                other => unexpected(other),
+            }
+        }
         Some(Command::Resolve { code, store }) => match store.command(AdminRequest::Resolve { code }).await? {
             AdminReply::Link { link: Some(l) } => {
                 println!("code:       {}", l.code);
@@ -480,6 +521,26 @@ async fn amocrm_connect_url(account: u64, args: ServeArgs) -> anyhow::Result<()>
         "Open it as an administrator of the amoCRM account to connect to shortlinks account {account}. It works once, for {} hours.",
         shortlinks_notes::sink::amocrm::install::STATE_LIFETIME.as_secs() / 3600
     );
+    Ok(())
+}
+
+async fn contact_deleted_url(account: u64, off: bool, args: ServeArgs) -> anyhow::Result<()> {
+    let settings = args.settings.over(file_layer(args.config.as_deref())?).resolve()?;
+    // Before a new secret is made: one that cannot be printed would only break the old URL.
+    let Some(public_url) = &settings.public_url else { bail!("public_url is not set: the webhook's URL is under it") };
+    let request = AdminRequest::ContactDeletedHook { account, on: !off };
+    match admin::command(&settings.storage, &settings.data_dir, request).await? {
+        AdminReply::HookSecret { secret: Some(secret) } => {
+            let base = public_url.as_str().trim_end_matches('/');
+            println!("{base}{}{account}/{secret}", shortlinks_server::contact_deleted::PATH_PREFIX);
+            eprintln!(
+                "Enter it in amoCRM (Settings → Integrations → Webhooks) for the event \"contact deleted\". \
+The amoCRM account must be connected to shortlinks account {account}; an earlier URL no longer works."
+            );
+        }
+        AdminReply::HookSecret { secret: None } => println!("the contact-deleted webhook of account {account} is off"),
+        other => return unexpected(other),
+    }
     Ok(())
 }
 

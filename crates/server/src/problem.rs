@@ -76,8 +76,19 @@ pub(crate) fn json_response(content_type: &'static str, body: Vec<u8>) -> Respon
 pub(crate) fn not_found_page() -> Response<Body> {
     const PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>Link not found</title></head>\
 <body><h1>Link not found</h1><p>This short link does not exist.</p></body></html>\n";
-    let mut response = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
-    *response.status_mut() = StatusCode::NOT_FOUND;
+    page(StatusCode::NOT_FOUND, PAGE)
+}
+
+/// The 410 page for erased short links: the link existed and is gone for good.
+pub(crate) fn gone_page() -> Response<Body> {
+    const PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>Link removed</title></head>\
+<body><h1>Link removed</h1><p>This short link was removed and no longer leads anywhere.</p></body></html>\n";
+    page(StatusCode::GONE, PAGE)
+}
+
+fn page(status: StatusCode, html: &'static str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(html.as_bytes())));
+    *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response

@@ -9,7 +9,7 @@ use http_body_util::Full;
 use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, LOCATION, REFERER, USER_AGENT};
 use hyper::{Method, Request, Response, StatusCode};
 use shortlinks_core::model::ClickMethod;
-use shortlinks_core::{Store, TargetUrl, Timestamp};
+use shortlinks_core::{Resolved, Store, TargetUrl, Timestamp};
 use shortlinks_notes::{ClickHeaders, NotRecorded, RawClick};
 
 use crate::app::App;
@@ -33,12 +33,12 @@ pub(crate) enum Redirect<T> {
     /// 302 to the link's target, as the caller made it. `at` is the click's time, which
     /// the answer's `Date` may take instead of reading the clock again.
     Found { location: T, at: Timestamp },
-    /// Anything else: the 404 page, or an error.
+    /// Anything else: the 404 or 410 page, or an error.
     Page(Response<Body>),
 }
 
 impl<S: Store> App<S> {
-    /// 302 to the original URL, or the 404 page.
+    /// 302 to the original URL, or the 404 (410 if erased) page.
     pub(crate) async fn redirect<B>(&self, code: &str, request: &Request<B>, peer: Option<IpAddr>) -> Response<Body> {
         let method = if request.method() == Method::HEAD { ClickMethod::Head } else { ClickMethod::Get };
         let location = |target: &TargetUrl| HeaderValue::from_str(target.as_str()).ok();
@@ -75,17 +75,15 @@ impl<S: Store> App<S> {
             .resolve_with(code, |link| ((link.code, (link.account, link.entity)), location(&link.target)))
             .await;
         let ((code, contact), location) = match resolved {
-            Ok(Some((code, Some(location)))) => (code, location),
-            Ok(Some(((code, _), None))) => {
+            Ok(Resolved::Found((code, Some(location)))) => (code, location),
+            Ok(Resolved::Found(((code, _), None))) => {
                 // Stored targets are printable ASCII by construction (and re-checked on decode).
                 tracing::error!(%code, request_id = request_id::for_log(), "stored target is not a valid header value");
                 return Redirect::Page(problem::text(StatusCode::INTERNAL_SERVER_ERROR, "invalid stored link\n"));
             }
-            Ok(None) => return Redirect::Page(problem::not_found_page()),
-            Err(e) => {
-                tracing::error!(error = %e, request_id = request_id::for_log(), "store read failed on redirect");
-                return Redirect::Page(problem::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n"));
-            }
+            Ok(Resolved::Erased) => return Redirect::Page(problem::gone_page()),
+            Ok(Resolved::Unknown) => return Redirect::Page(problem::not_found_page()),
+            Err(e) => return Redirect::Page(store_failed(&e)),
         };
         let at = Timestamp::now();
         let click = RawClick {
@@ -140,4 +138,10 @@ fn prefetch_hints<H: ClickHeaders + ?Sized>(headers: &H) -> Option<String> {
         }
     }
     hints
+}
+
+/// The answer when the store cannot be read.
+fn store_failed(e: &shortlinks_core::Error) -> Response<Body> {
+    tracing::error!(error = %e, request_id = request_id::for_log(), "store read failed on redirect");
+    problem::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n")
 }

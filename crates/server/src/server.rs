@@ -4,9 +4,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 
+use shortlinks_core::store::ErasureCursor;
 use shortlinks_core::{AccountId, ContactScope, SledStore, Store, UserId};
 use shortlinks_redis::RedisStore;
 use tokio::net::TcpListener;
@@ -213,6 +215,7 @@ impl<S: Store> Parts<S> {
                 }
             }
         });
+        let hear = tokio::spawn(hear_erasures(app.clone()));
         let admin = admin.map(|admin| {
             let path: PathBuf = admin.path().to_owned();
             (path, tokio::spawn(admin.serve(app.clone())))
@@ -220,6 +223,7 @@ impl<S: Store> Parts<S> {
         let result = serve(app.clone(), listener, shutdown).await;
         // No request is in flight any more: every click handed over is drained and flushed.
         discover.abort();
+        hear.abort();
         pipeline.shutdown().await;
         if let Some((path, task)) = admin {
             // Abort only asks; awaiting makes sure the task, and its hold on the store, is gone.
@@ -232,6 +236,23 @@ impl<S: Store> Parts<S> {
         Ok(())
     }
 }
+
+/// Drops from this node's cache the links that other nodes of the store erased, every
+/// [`HEAR_ERASURES_EVERY`]: the bound within which an erased link stops redirecting on
+/// every node (a store that one process owns has no other node, and nothing to hear).
+async fn hear_erasures<S: Store>(app: Arc<App<S>>) {
+    let mut cursor = ErasureCursor::default();
+    loop {
+        match app.engine().hear_erasures(cursor.clone()).await {
+            Ok(next) => cursor = next,
+            Err(e) => tracing::warn!(error = %e, "cannot read the erasures of other nodes; trying again"),
+        }
+        tokio::time::sleep(HEAR_ERASURES_EVERY).await;
+    }
+}
+
+/// How often a node reads other nodes' erasures.
+pub const HEAR_ERASURES_EVERY: Duration = Duration::from_secs(1);
 
 /// The accept loop. Shutdown stops accepting, lets in-flight requests finish within the
 /// grace period, and returns.

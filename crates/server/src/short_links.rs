@@ -59,6 +59,28 @@ struct Skipped {
 }
 
 impl<S: Store> App<S> {
+    /// A request's body, within the size and time limits; the answer refusing it if not.
+    pub(crate) async fn body<B>(&self, request: Request<B>) -> Result<bytes::Bytes, Response<Body>>
+    where
+        B: HttpBody,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let max = self.limits.max_body_bytes;
+        let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > max as u64) {
+            return Err(too_large(max));
+        }
+        let read = Limited::new(request.into_body(), max).collect();
+        match tokio::time::timeout(self.limits.body_read_timeout, read).await {
+            Err(_) => Err(problem::problem(StatusCode::REQUEST_TIMEOUT, "The request body took too long to arrive")),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(max)),
+            Ok(Err(e)) => {
+                Err(problem::problem(StatusCode::BAD_REQUEST, &format!("The request body could not be read: {e}")))
+            }
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        }
+    }
+
     pub(crate) async fn create_links<B>(&self, request: Request<B>, who: Principal) -> Response<Body>
     where
         B: HttpBody,
@@ -67,20 +89,10 @@ impl<S: Store> App<S> {
         if !is_json(request.headers().get(CONTENT_TYPE)) {
             return problem::problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json");
         }
-        let max = self.limits.max_body_bytes;
-        let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > max as u64) {
-            return too_large(max);
-        }
         let query = request.uri().query().map(str::to_owned);
-        let read = Limited::new(request.into_body(), max).collect();
-        let body = match tokio::time::timeout(self.limits.body_read_timeout, read).await {
-            Err(_) => return problem::problem(StatusCode::REQUEST_TIMEOUT, "The request body took too long to arrive"),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(max),
-            Ok(Err(e)) => {
-                return problem::problem(StatusCode::BAD_REQUEST, &format!("The request body could not be read: {e}"))
-            }
-            Ok(Ok(collected)) => collected.to_bytes(),
+        let body = match self.body(request).await {
+            Ok(body) => body,
+            Err(refused) => return refused,
         };
         let items = match parse_links(&body) {
             Ok(items) => items,

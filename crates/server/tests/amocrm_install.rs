@@ -368,3 +368,81 @@ async fn on_redis_a_connection_made_through_one_node_takes_what_another_node_dis
     assert_eq!(a.terminate().await, 0);
     assert_eq!(b.terminate().await, 0);
 }
+
+/// `shortlinks amocrm contact-deleted-url --account N [more]`; what it printed.
+async fn contact_deleted_url(server: &TestServer, account: u64, more: &[&str]) -> String {
+    let output = tokio::process::Command::new(common::shortlinks_binary())
+        .args(["amocrm", "contact-deleted-url", "--account", &account.to_string()])
+        .args(more)
+        .arg("--data-dir")
+        .arg(server.dir.path())
+        .env("SHORTLINKS_PUBLIC_URL", format!("http://{}", server.addr))
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// The webhook turned on for `account`: its path on the server.
+async fn contact_deleted_path(server: &TestServer, account: u64) -> String {
+    let url = contact_deleted_url(server, account, &[]).await;
+    let prefix = format!("http://{}/amocrm/contact-deleted/{account}/", server.addr);
+    assert!(url.starts_with(&prefix), "{url}");
+    url.strip_prefix(&format!("http://{}", server.addr)).unwrap().to_owned()
+}
+
+/// amoCRM's call: contacts deleted in amoCRM account `amo_account`, form-encoded.
+async fn contacts_deleted(server: &TestServer, path: &str, amo_account: u64, contacts: &[u64]) -> Reply {
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    for (i, id) in contacts.iter().enumerate() {
+        form.append_pair(&format!("contacts[delete][{i}][id]"), &id.to_string());
+        form.append_pair(&format!("contacts[delete][{i}][type]"), "contact");
+    }
+    form.append_pair("account[id]", &amo_account.to_string()).append_pair("account[subdomain]", "example");
+    let headers = [("content-type", "application/x-www-form-urlencoded")];
+    send(server.addr, Method::POST, path, &headers, form.finish().into_bytes()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_deleted_in_the_connected_amocrm_account_are_erased_and_no_other_call_erases_anything() {
+    let stand_ins = stand_ins(2).await;
+    let server = server_for(&stand_ins).await;
+    for (i, stand_in) in stand_ins.iter().enumerate() {
+        assert_eq!(install(&server, stand_in, i as u64 + 1).await.status, 200);
+    }
+    let codes = common::links_for(server.addr, &server.token, "https://deleted.example/", &[5, 6, 7]).await;
+    let second = token_for(&server, 2).await;
+    let theirs = common::links_for(server.addr, &second, "https://deleted.example/", &[5]).await;
+    let status =
+        |code: String| async move { common::click(server.addr, &code, &[("user-agent", BROWSER)]).await.status };
+
+    // Off until turned on: no secret opens it.
+    let guessed = "/amocrm/contact-deleted/1/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    assert_eq!(contacts_deleted(&server, guessed, 31_001, &[5]).await.status, 403);
+    let old = contact_deleted_path(&server, 1).await;
+    let path = contact_deleted_path(&server, 1).await;
+    assert_ne!(old, path, "a new secret each time");
+    assert_eq!(contacts_deleted(&server, &old, 31_001, &[5]).await.status, 403, "the earlier URL no longer works");
+    // The right URL, but amoCRM account 31002 (connected to account 2) calling it.
+    assert_eq!(contacts_deleted(&server, &path, 31_002, &[5]).await.status, 403);
+    let get = send(server.addr, Method::GET, &path, &[], Vec::new()).await;
+    assert_eq!((get.status.as_u16(), get.header("allow").as_deref()), (405, Some("POST")));
+    for code in codes.iter().chain(&theirs) {
+        assert_eq!(status(code.clone()).await, 302, "nothing was erased yet");
+    }
+
+    let reply = contacts_deleted(&server, &path, 31_001, &[5, 7]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(status(codes[0].clone()).await, 410);
+    assert_eq!(status(codes[1].clone()).await, 302, "contact 6 was not deleted");
+    assert_eq!(status(codes[2].clone()).await, 410);
+    assert_eq!(status(theirs[0].clone()).await, 302, "account 2's contact 5 is another contact");
+
+    // Turned off: the URL stops working.
+    let said = contact_deleted_url(&server, 1, &["--off"]).await;
+    assert_eq!(said, "the contact-deleted webhook of account 1 is off");
+    assert_eq!(contacts_deleted(&server, &path, 31_001, &[6]).await.status, 403);
+    assert_eq!(status(codes[1].clone()).await, 302);
+    server.stop().await;
+}

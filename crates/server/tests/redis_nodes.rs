@@ -528,3 +528,54 @@ async fn the_answer_in_flight_when_the_server_stops_says_connection_close() {
     assert!(text.contains("\r\nconnection: close\r\n"), "the answer says the connection closes: {text}");
     assert_eq!(server.exit_code().await, 0);
 }
+
+/// An erasure made on the store, by neither node, reaches both nodes' caches of links:
+/// each had the link cached, and each answers 410 within a few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_reaches_every_nodes_cache_of_links() {
+    if !shortlinks_redis::testing::available() {
+        return;
+    }
+    let redis = RedisServer::standalone().unwrap();
+    let url = redis.url();
+    let storage = ("SHORTLINKS_REDIS_URL", url.as_str());
+    let (dir_a, dir_b) = (common::private_tempdir(), common::private_tempdir());
+    let a = node(dir_a.path(), storage, "erase").await;
+    let token = common::first_token(dir_a.path());
+    let b = node(dir_b.path(), storage, "erase").await;
+    let reply = a
+        .post(&token, &json!([item("https://erase.example/cached", 70), item("https://erase.example/kept", 71)]))
+        .await;
+    let links = reply.json()["_embedded"]["short_links"].as_array().unwrap().clone();
+    let (gone, kept) = (code_of(links[0]["url"].as_str().unwrap()), code_of(links[1]["url"].as_str().unwrap()));
+    for (n, node) in [&a, &b].into_iter().enumerate() {
+        for code in [gone, kept] {
+            assert_eq!(visit(node.addr, code, n as u32).await, Some(302), "cached on node {n}");
+        }
+    }
+
+    let output = tokio::process::Command::new(common::shortlinks_binary())
+        .args(["erase", "--account", "1", "--contact", "70"])
+        .env("SHORTLINKS_STORAGE", "redis")
+        .env("SHORTLINKS_REDIS_URL", &url)
+        .env("SHORTLINKS_REDIS_KEY_PREFIX", "erase")
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(said.contains("erased contact 70 of account 1: 1 links"), "{said}");
+    // The command waits out the sweep after an erasure (3 s), longer than a node takes to
+    // hear of it (1 s): both have dropped the link by now, or within a moment.
+    let started = Instant::now();
+    for node in [&a, &b] {
+        common::until(Duration::from_secs(5), "the erased link answering 410", || async {
+            visit(node.addr, gone, 9).await == Some(410)
+        })
+        .await;
+        assert_eq!(visit(node.addr, kept, 9).await, Some(302), "the other link stays");
+    }
+    eprintln!("both nodes answered 410 within {:?} of the command's end", started.elapsed());
+    assert_eq!(a.terminate().await, 0);
+    assert_eq!(b.terminate().await, 0);
+}
