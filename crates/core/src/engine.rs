@@ -158,8 +158,8 @@ impl<S: LinkStore + SecretStore> Shortener<S> {
         Ok(outcomes)
     }
 
-    /// Erases every link of one entity: their codes then answer as erased
-    /// ([`Shortener::is_erased`]) and are never issued again, to anyone. Returns the codes.
+    /// Erases every link of one entity: their codes then resolve as
+    /// [`Resolved::Erased`] and are never issued again, to anyone. Returns the codes.
     /// Safe to repeat: a second erasure finishes what a crash cut short.
     pub async fn erase(&self, account: crate::AccountId, entity: EntityRef) -> Result<Vec<ShortCode>, Error> {
         let links = self.store.links_of(account, entity).await?;
@@ -168,13 +168,6 @@ impl<S: LinkStore + SecretStore> Shortener<S> {
         self.store.erase_links(buried).await?;
         self.cache.forget(&codes);
         Ok(codes)
-    }
-
-    /// Whether a code taken from untrusted input was erased: for the answer to a code not
-    /// found (`410 Gone` rather than `404`), so one more store read, off the hot path.
-    pub async fn is_erased(&self, code: &str) -> Result<bool, Error> {
-        let Some(code) = ShortCode::parse(code) else { return Ok(false) };
-        Ok(self.store.buried(vec![self.codes.tombstone(&code)]).await?.first().copied().unwrap_or(false))
     }
 
     /// Takes the links that other nodes erased since `cursor` out of this node's cache;

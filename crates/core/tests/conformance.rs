@@ -7,8 +7,8 @@ use shortlinks_core::store::{
     conformance, LinkStore, NotesJournal, NotesQuery, Queues, RecordQueues, TokenStore, CLICK_QUEUE,
 };
 use shortlinks_core::{
-    AccountId, EntityRef, EntityType, MemoryStore, NewLink, Outcome, Principal, Shortener, SledStore, Store, TargetUrl,
-    UserId,
+    AccountId, EntityRef, EntityType, MemoryStore, NewLink, Outcome, Principal, Resolved, Shortener, SledStore, Store,
+    TargetUrl, UserId,
 };
 
 #[tokio::test]
@@ -145,11 +145,13 @@ async fn sled_erasure_survives_a_reopen() {
     let engine = Shortener::builder(store.clone()).build().await.unwrap();
     for code in &erased {
         assert_eq!(store.get_link(code).await.unwrap(), None);
-        assert!(engine.is_erased(code.as_str()).await.unwrap());
+        assert_eq!(engine.resolve_with(code.as_str(), |_| ()).await.unwrap(), Resolved::Erased);
     }
     assert!(store.links_of(AccountId(3), EntityRef::contact(30)).await.unwrap().is_empty());
     assert_eq!(store.get_link(&kept.code).await.unwrap(), Some(kept.clone()));
-    assert!(!engine.is_erased(kept.code.as_str()).await.unwrap());
+    assert_eq!(engine.resolve_with(kept.code.as_str(), |l| l.clone()).await.unwrap(), Resolved::Found(kept.clone()));
+    let never = "NeverIssued1";
+    assert_eq!(engine.resolve_with(never, |_| ()).await.unwrap(), Resolved::Unknown);
     let notes = |id| NotesQuery {
         account: AccountId(3),
         entity_type: EntityType::Contacts,

@@ -241,11 +241,21 @@ impl<S: Store> Parts<S> {
 /// [`HEAR_ERASURES_EVERY`]: the bound within which an erased link stops redirecting on
 /// every node (a store that one process owns has no other node, and nothing to hear).
 async fn hear_erasures<S: Store>(app: Arc<App<S>>) {
-    let mut cursor = ErasureCursor::default();
+    let (mut cursor, mut failing) = (ErasureCursor::default(), false);
     loop {
         match app.engine().hear_erasures(cursor.clone()).await {
-            Ok(next) => cursor = next,
-            Err(e) => tracing::warn!(error = %e, "cannot read the erasures of other nodes; trying again"),
+            Ok(next) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!("reading the erasures of other nodes again");
+                }
+                cursor = next;
+            }
+            // Once per outage, not every second of it.
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "cannot read the erasures of other nodes; trying every second");
+            }
+            Err(_) => {}
         }
         tokio::time::sleep(HEAR_ERASURES_EVERY).await;
     }
