@@ -215,8 +215,9 @@ impl RedisStore {
 
 #[cfg(feature = "testing")]
 impl shortlinks_core::store::conformance::CrashFaults for RedisStore {
-    async fn lose_index_entry(&self, link: &Link) {
+    async fn lose_index_entry(&self, link: &Link) -> bool {
         let index = self.keys.links_of(link.account, link.entity);
         let _: i64 = self.query(redis::cmd("ZREM").arg(index).arg(link.code.as_str())).await.expect("ZREM");
+        true
     }
 }

@@ -102,6 +102,8 @@ pub enum AdminRequest {
         /// On or off.
         on: bool,
     },
+    /// Rewrite the store's files without what is erased or handled.
+    Compact,
     /// Erase a contact: its links, notes, waiting notes and dead letters.
     Erase {
         /// The shortlinks account.
@@ -191,6 +193,11 @@ pub enum AdminReply {
     HookSecret {
         /// The secret, shown only now.
         secret: Option<String>,
+    },
+    /// The store was compacted.
+    Compacted {
+        /// Bytes freed.
+        freed: u64,
     },
     /// A contact was erased: how much of it went.
     Erased {
@@ -363,6 +370,7 @@ async fn run<S: Store>(store: &S, request: AdminRequest) -> Result<AdminReply, S
             let key = StateKey::derive(&store.load_or_create_secret().await?);
             AdminReply::State { state: state_for(store, &key, account).await.map_err(notes_failure)? }
         }
+        AdminRequest::Compact => AdminReply::Compacted { freed: store.compact().await? },
         AdminRequest::ContactDeletedHook { account, on } => {
             AdminReply::HookSecret { secret: contact_deleted::set(store, positive_account(account)?, on).await? }
         }

@@ -51,6 +51,13 @@ enum Command {
     /// delete them; one account at a time. Works whether or not a server is running.
     #[command(subcommand, name = "dead-letters")]
     DeadLetters(DeadLetterCommand),
+    /// Rewrite the store's files without what is erased or handled, now rather than
+    /// when the server would (within a day of an erasure). Works whether or not a server
+    /// is running.
+    Compact {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Erase a contact for good: its links (their codes then answer 410 Gone and are never
     /// issued again), its notes, the notes waiting for a sink and its dead letters. Works
     /// whether or not a server is running.
@@ -274,6 +281,13 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(Command::Clicks(ClicksCommand::Replay { file, args })) => replay(&file, *args).await,
         Some(Command::DeadLetters(command)) => dead_letters(command).await,
+        Some(Command::Compact { store }) => match store.command(AdminRequest::Compact).await? {
+            AdminReply::Compacted { freed } => {
+                println!("compacted: {freed} bytes freed");
+                Ok(())
+            }
+            other => unexpected(other),
+        },
         Some(Command::Erase { account, contact, store }) => {
             match store.command(AdminRequest::Erase { account, contact }).await? {
                 AdminReply::Erased { links, notes, waiting, dead_letters } => {

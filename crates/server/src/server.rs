@@ -216,6 +216,7 @@ impl<S: Store> Parts<S> {
             }
         });
         let hear = tokio::spawn(hear_erasures(app.clone()));
+        let maintain = tokio::spawn(maintain(app.clone()));
         let admin = admin.map(|admin| {
             let path: PathBuf = admin.path().to_owned();
             (path, tokio::spawn(admin.serve(app.clone())))
@@ -224,6 +225,9 @@ impl<S: Store> Parts<S> {
         // No request is in flight any more: every click handed over is drained and flushed.
         discover.abort();
         hear.abort();
+        // A compaction under way runs on to its end (or is cut short by the exit, which
+        // leaves the old files in use): either way nothing is lost.
+        maintain.abort();
         pipeline.shutdown().await;
         if let Some((path, task)) = admin {
             // Abort only asks; awaiting makes sure the task, and its hold on the store, is gone.
@@ -260,6 +264,25 @@ async fn hear_erasures<S: Store>(app: Arc<App<S>>) {
         tokio::time::sleep(HEAR_ERASURES_EVERY).await;
     }
 }
+
+/// Compacts the store when it is due ([`Store::maintain`]): at the latest a day after an
+/// erasure, so that its bytes are gone from the files within that.
+async fn maintain<S: Store>(app: Arc<App<S>>) {
+    loop {
+        tokio::time::sleep(MAINTAIN_EVERY).await;
+        match app.store().maintain(COMPACT_AFTER_ERASURE).await {
+            Ok(Some(freed)) => tracing::info!(freed, "compacted the store"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "compacting the store failed; trying again later"),
+        }
+    }
+}
+
+/// How often a node looks whether the store is due a compaction.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(60);
+
+/// The longest an erasure's bytes stay in the store's files (a running server's bound).
+pub const COMPACT_AFTER_ERASURE: Duration = Duration::from_secs(24 * 3600);
 
 /// How often a node reads other nodes' erasures.
 pub const HEAR_ERASURES_EVERY: Duration = Duration::from_secs(1);

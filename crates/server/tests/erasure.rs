@@ -92,3 +92,162 @@ async fn an_erased_contact_is_gone_for_good_and_its_codes_answer_410_even_after_
     assert_eq!(click(server.addr, &first[2], &[("user-agent", BROWSER)]).await.status, 410);
     assert_eq!(server.terminate().await, 0);
 }
+
+/// Every file under `dir`, read whole (the admin socket is no file to read).
+fn every_file(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let kind = std::fs::symlink_metadata(&path).unwrap().file_type();
+        if kind.is_dir() {
+            files.extend(every_file(&path));
+        } else if kind.is_file() {
+            files.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    files
+}
+
+/// Where in the data directory `needle` is found.
+fn found_in(files: &[(std::path::PathBuf, Vec<u8>)], needle: &[u8]) -> Vec<String> {
+    let hit = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    files.iter().filter(|(_, bytes)| hit(bytes)).map(|(path, _)| path.display().to_string()).collect()
+}
+
+/// `shortlinks compact` on `dir`.
+async fn compact(dir: &Path) -> String {
+    let output = tokio::process::Command::new(common::shortlinks_binary())
+        .args(["compact", "--data-dir"])
+        .arg(dir)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// postcard's varint of `n`: how records hold integers.
+fn varint(mut n: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_erasure_and_a_compaction_no_byte_of_the_contact_is_left_in_the_data_directory() {
+    let dir = common::private_tempdir();
+    let server = Process::serve(dir.path(), &[], &[]).await;
+    let token = common::first_token(dir.path());
+    let contact: u64 = 7_345_912_018_273;
+    let (url, kept_url) = ("https://scan.example/only-for-this-contact-8f3a2c71e9", "https://scan.example/kept-5d1b");
+    let reply = server.post(&token, &json!([item(url, contact), item(kept_url, 12)])).await;
+    let [code, kept]: [String; 2] = codes(&reply.json()).try_into().unwrap();
+    for c in [&code, &kept] {
+        assert_eq!(click(server.addr, c, &[("user-agent", BROWSER)]).await.status, 302);
+    }
+    until_settled(server.addr, 2).await;
+    let path = format!("/api/v4/contacts/{contact}/notes");
+    assert_eq!(all_notes(server.addr, &token, &path).await.len(), 1);
+
+    let needles: Vec<(&str, Vec<u8>)> = vec![
+        ("the URL", url.as_bytes().to_vec()),
+        ("the code", code.as_bytes().to_vec()),
+        ("the contact id in text", contact.to_string().into_bytes()),
+        ("the contact id, big-endian", contact.to_be_bytes().to_vec()),
+        ("the contact id, little-endian", contact.to_le_bytes().to_vec()),
+        ("the contact id, as a varint", varint(contact)),
+    ];
+    let before = every_file(dir.path());
+    // The test can fail: before the erasure the URL and the code are in the files.
+    for (what, needle) in &needles[..2] {
+        assert!(!found_in(&before, needle).is_empty(), "{what} was written somewhere");
+    }
+    erase(dir.path(), 1, contact, &[]).await;
+    let said = compact(dir.path()).await;
+    assert!(said.starts_with("compacted: "), "{said}");
+
+    let after = every_file(dir.path());
+    for (what, needle) in &needles {
+        assert!(found_in(&after, needle).is_empty(), "{what} is still in {:?}", found_in(&after, needle));
+    }
+    assert!(
+        !found_in(&after, kept_url.as_bytes()).is_empty(),
+        "the scan reads the files: another contact's URL is there"
+    );
+    assert!(!found_in(&after, kept.as_bytes()).is_empty());
+    assert_eq!(click(server.addr, &code, &[("user-agent", BROWSER)]).await.status, 410, "still gone");
+    assert_eq!(click(server.addr, &kept, &[("user-agent", BROWSER)]).await.status, 302);
+    server.kill9().await;
+    let server = Process::serve(dir.path(), &[], &[]).await;
+    assert_eq!(click(server.addr, &code, &[("user-agent", BROWSER)]).await.status, 410, "after kill -9");
+    assert_eq!(click(server.addr, &kept, &[("user-agent", BROWSER)]).await.status, 302);
+    assert_eq!(server.terminate().await, 0);
+}
+
+/// kill -9 with the compacted copy written and not yet in place, then kill -9 just after a
+/// compaction: either way every link, note and erasure is as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_compaction_loses_nothing() {
+    let dir = common::private_tempdir();
+    let pause = [("SHORTLINKS_TEST_PAUSE_BEFORE_RENAME_MS", "60000")];
+    let server = Process::serve(dir.path(), &[], &pause).await;
+    let token = common::first_token(dir.path());
+    let mut all = Vec::new();
+    for contact in 1..=8u64 {
+        let items: Vec<_> = (0..100).map(|i| item(&format!("https://many.example/{contact}/{i}"), contact)).collect();
+        all.extend(codes(&server.post(&token, &serde_json::Value::Array(items)).await.json()));
+    }
+    let code = all[0].clone();
+    assert_eq!(click(server.addr, &code, &[("user-agent", BROWSER)]).await.status, 302);
+    until_settled(server.addr, 1).await;
+    erase(dir.path(), 1, 2, &[]).await;
+    let (erased, kept) = (all[100..200].to_vec(), [&all[..100], &all[200..]].concat());
+
+    // The compaction stops before putting its copy in place; kill the server there.
+    let compacting = tokio::spawn(compact_in_background(dir.path().to_owned()));
+    let copy = dir.path().join("links.log.compact");
+    common::until(std::time::Duration::from_secs(30), "the copy written", || async {
+        std::fs::metadata(&copy).is_ok_and(|m| m.len() > 0)
+    })
+    .await;
+    server.kill9().await;
+    let _ = compacting.await;
+    let server = Process::serve(dir.path(), &[], &[]).await;
+    assert!(!copy.exists(), "the copy cut short is deleted on open");
+    verify(&server, &token, &kept, &erased).await;
+
+    // Without the pause: compacted, then killed.
+    let said = compact(dir.path()).await;
+    assert!(said.starts_with("compacted: "), "{said}");
+    server.kill9().await;
+    let server = Process::serve(dir.path(), &[], &[]).await;
+    verify(&server, &token, &kept, &erased).await;
+    assert_eq!(server.terminate().await, 0);
+}
+
+async fn compact_in_background(dir: std::path::PathBuf) {
+    // Killed with the server it talks to: its answer never comes.
+    let _ = tokio::process::Command::new(common::shortlinks_binary())
+        .args(["compact", "--data-dir"])
+        .arg(dir)
+        .output()
+        .await;
+}
+
+/// Every kept link redirects, every erased one answers 410, the note is there.
+async fn verify(server: &Process, token: &str, kept: &[String], erased: &[String]) {
+    for code in kept {
+        assert_eq!(click(server.addr, code, &[]).await.status, 302, "{code}");
+    }
+    for code in erased {
+        assert_eq!(click(server.addr, code, &[]).await.status, 410, "{code}");
+    }
+    assert_eq!(all_notes(server.addr, token, "/api/v4/contacts/1/notes").await.len(), 1);
+}

@@ -579,3 +579,68 @@ async fn an_erasure_reaches_every_nodes_cache_of_links() {
     assert_eq!(a.terminate().await, 0);
     assert_eq!(b.terminate().await, 0);
 }
+
+/// Every key under `prefix` and everything each holds, as text (`redis-cli`).
+fn keyspace(port: u16, prefix: &str) -> String {
+    let cli = |args: &[&str]| shortlinks_redis::testing::cli(port, args).unwrap();
+    let pattern = format!("{prefix}:*");
+    let keys = cli(&["--scan", "--pattern", &pattern]);
+    let mut dump = keys.clone();
+    for key in keys.lines() {
+        let kind = cli(&["TYPE", key]);
+        let value = match kind.trim() {
+            "string" => cli(&["GET", key]),
+            "zset" => cli(&["ZRANGE", key, "0", "-1", "WITHSCORES"]),
+            "hash" => cli(&["HGETALL", key]),
+            "set" => cli(&["SMEMBERS", key]),
+            "list" => cli(&["LRANGE", key, "0", "-1"]),
+            "stream" => cli(&["XRANGE", key, "-", "+"]),
+            other => panic!("{key} is a {other}"),
+        };
+        dump.push_str(&value);
+    }
+    dump
+}
+
+/// After an erasure and `shortlinks compact`, nothing in Redis names the contact: no key,
+/// no value, no stream entry holds its URL, its code or its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_erasure_and_a_compaction_redis_holds_nothing_of_the_contact() {
+    if !shortlinks_redis::testing::available() {
+        return;
+    }
+    let redis = RedisServer::standalone().unwrap();
+    let url = redis.url();
+    let dir = common::private_tempdir();
+    let server = node(dir.path(), ("SHORTLINKS_REDIS_URL", url.as_str()), "scan").await;
+    let token = common::first_token(dir.path());
+    let contact: u64 = 7_345_912_018_273;
+    let (target, kept_target) =
+        ("https://scan.example/only-for-this-contact-8f3a2c71e9", "https://scan.example/kept-5d1b");
+    let reply = server.post(&token, &json!([item(target, contact), item(kept_target, 12)])).await;
+    let links = reply.json()["_embedded"]["short_links"].as_array().unwrap().clone();
+    let code = code_of(links[0]["url"].as_str().unwrap()).to_owned();
+    assert_eq!(visit(server.addr, &code, 1).await, Some(302));
+    assert_eq!(settled_notes(server.addr, &token, contact, 1).await.len(), 1);
+    let needles = [target.to_owned(), code.clone(), contact.to_string(), format!("{contact:016x}")];
+    let before = keyspace(redis.port(), "scan");
+    assert!(before.contains(target) && before.contains(&code), "the test can fail: they were written");
+
+    let env = [
+        ("SHORTLINKS_STORAGE", "redis"),
+        ("SHORTLINKS_REDIS_URL", url.as_str()),
+        ("SHORTLINKS_REDIS_KEY_PREFIX", "scan"),
+    ];
+    for args in [&["erase", "--account", "1", "--contact", &contact.to_string()][..], &["compact"][..]] {
+        let output =
+            tokio::process::Command::new(common::shortlinks_binary()).args(args).envs(env).output().await.unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let after = keyspace(redis.port(), "scan");
+    for needle in &needles {
+        assert!(!after.contains(needle.as_str()), "{needle} is still in Redis:\n{after}");
+    }
+    assert!(after.contains(kept_target), "the dump holds the rest");
+    assert_eq!(visit(server.addr, &code, 2).await, Some(410));
+    assert_eq!(server.terminate().await, 0);
+}

@@ -32,6 +32,10 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use foldhash::fast::FixedState;
 use parking_lot::{Mutex, RwLock};
 
@@ -39,7 +43,7 @@ use super::frame::{self, io, Slot, Tail, HEADER};
 use super::InsertOutcome;
 use crate::code::ShortCode;
 use crate::codec::{decode, encode_after};
-use crate::model::Link;
+use crate::model::{AccountId, EntityRef, Link};
 use crate::Error;
 
 /// The file's name in the data directory.
@@ -82,15 +86,75 @@ impl Index {
 
 type Shard = RwLock<Index>;
 
+/// The file and its index, replaced together by a compaction: a reader that loaded one
+/// reads its file with its slots, whichever is current by then.
+struct Generation {
+    file: File,
+    index: Box<[Shard]>,
+}
+
+impl Generation {
+    fn new(file: File) -> Self {
+        Self { file, index: (0..SHARDS).map(|_| RwLock::default()).collect() }
+    }
+
+    /// The slot of `code` if it is a collided one, else the slot its hash leads to.
+    fn lookup(&self, hash: u64, code: &ShortCode) -> Option<Slot> {
+        self.index[shard_of(hash)].read().lookup(hash, code)
+    }
+
+    /// Indexes a frame found in the file (on open, or copied by a compaction). The first
+    /// frame of a code is its link (an insert never writes a second); a code whose hash
+    /// an earlier one has goes to `collided`.
+    fn index_found(&self, path: &Path, hash: u64, code: ShortCode, slot: Slot) -> Result<(), Error> {
+        let mut index = self.index[shard_of(hash)].write();
+        let index = &mut *index;
+        match index.by_hash.entry(hash) {
+            Entry::Vacant(first) => {
+                first.insert(slot);
+            }
+            Entry::Occupied(first) => {
+                if with_frame(&self.file, path, *first.get(), |found, _| found)? != code {
+                    index.collided.entry(code).or_insert(slot);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops `code` from the index; its slot, if it was there. A code sharing its hash
+    /// moves into the place it leaves.
+    fn unindex(&self, path: &Path, hash: u64, code: &ShortCode, hash_of: CodeHash) -> Result<Option<Slot>, Error> {
+        let mut index = self.index[shard_of(hash)].write();
+        let index = &mut *index;
+        if let Some(slot) = index.collided.remove(code) {
+            return Ok(Some(slot));
+        }
+        let Some(&slot) = index.by_hash.get(&hash) else { return Ok(None) };
+        if with_frame(&self.file, path, slot, |found, _| found)? != *code {
+            return Ok(None);
+        }
+        index.by_hash.remove(&hash);
+        let mut same_hash = index.collided.keys().filter(|c| hash_of(c) == hash);
+        if let Some(next) = same_hash.next().copied() {
+            if let Some(moved) = index.collided.remove(&next) {
+                index.by_hash.insert(hash, moved);
+            }
+        }
+        Ok(Some(slot))
+    }
+}
+
 /// The links of one data directory. Methods block (file I/O): an insert belongs off the
 /// async runtime; a read is a positional read of one frame, like a sled read that misses
 /// sled's cache.
 pub(crate) struct LinkLog {
     path: PathBuf,
-    file: File,
+    current: ArcSwap<Generation>,
     tail: Mutex<Tail>,
-    index: Box<[Shard]>,
     hash: CodeHash,
+    /// Bytes of frames nothing needs any more: erased links, and the erasures themselves.
+    garbage: AtomicU64,
 }
 
 fn shard_of(hash: u64) -> usize {
@@ -158,6 +222,71 @@ fn salvage(record: &[u8]) -> Option<()> {
     }
 }
 
+fn framed_len(record: &[u8]) -> u64 {
+    HEADER + record.len() as u64
+}
+
+/// A compaction's copy of the links, as it is made.
+struct LinkCopy<'a> {
+    log: &'a LinkLog,
+    old: &'a Generation,
+    out: frame::Compacted,
+    /// The copy's index, by the copy's offsets.
+    new: Generation,
+    /// Frames not yet written to the copy.
+    frames: Vec<u8>,
+    written: u64,
+    /// Bytes of the copy that are already garbage: links erased while it was made.
+    garbage: u64,
+}
+
+impl LinkCopy<'_> {
+    /// Takes one frame of the old file: a live link (the one the index points at) is
+    /// copied; an erasure is dropped, unless it came while the copy was made (`since`):
+    /// then its link may be in the copy already, so it is copied too, and applied.
+    fn take(&mut self, offset: u64, record: &[u8], since: bool) -> Result<(), Error> {
+        match found(record) {
+            Some(Found::Link(code, _)) => {
+                let hash = (self.log.hash)(&code);
+                if self.old.lookup(hash, &code) == Some(Slot::new(offset, record.len())) {
+                    let slot = Slot::new(self.written + self.frames.len() as u64, record.len());
+                    frame::append(&mut self.frames, record);
+                    // Each live code is copied once: a taken hash is another code's.
+                    let mut index = self.new.index[shard_of(hash)].write();
+                    match index.by_hash.entry(hash) {
+                        Entry::Vacant(first) => {
+                            first.insert(slot);
+                        }
+                        Entry::Occupied(_) => {
+                            index.collided.insert(code, slot);
+                        }
+                    }
+                }
+            }
+            Some(Found::Erased(code)) if since => {
+                self.flush()?;
+                let hash = (self.log.hash)(&code);
+                let erased = self.new.unindex(&self.log.path, hash, &code, self.log.hash)?;
+                frame::append(&mut self.frames, record);
+                self.garbage += framed_len(record) + erased.map_or(0, |slot| HEADER + slot.len() as u64);
+            }
+            Some(Found::Erased(_)) | None => {}
+        }
+        if self.frames.len() >= 1 << 20 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the frames taken so far.
+    fn flush(&mut self) -> Result<(), Error> {
+        self.out.file.write_all_at(&self.frames, self.written).map_err(io)?;
+        self.written += self.frames.len() as u64;
+        self.frames.clear();
+        Ok(())
+    }
+}
+
 impl LinkLog {
     /// Opens (or creates) `links.log` in `dir` and indexes every intact frame.
     pub(crate) fn open(dir: &Path) -> Result<Self, Error> {
@@ -167,123 +296,59 @@ impl LinkLog {
     /// As [`LinkLog::open`], with the index keyed by `hash`: tests make codes collide.
     fn open_hashing(dir: &Path, hash: CodeHash) -> Result<Self, Error> {
         let (path, file, len) = frame::open_log(dir, FILE_NAME)?;
-        let index: Box<[Shard]> = (0..SHARDS).map(|_| RwLock::default()).collect();
-        let mut log = Self { path, file, tail: Mutex::new(Tail::new(len)), index, hash };
-        let valid = log.load()?;
+        let log = Self {
+            path,
+            current: ArcSwap::from_pointee(Generation::new(file)),
+            tail: Mutex::new(Tail::new(len)),
+            hash,
+            garbage: AtomicU64::new(0),
+        };
+        let reader = log.current.load().file.try_clone().map_err(io)?;
+        let valid = frame::read_through(&reader, MAX_RECORD, |offset, record| log.take_in(offset, record))?;
         if valid < len {
             log.recover(valid, len)?;
         }
         Ok(log)
     }
 
-    /// Indexes the file's frames; returns where the intact ones end.
-    fn load(&mut self) -> Result<u64, Error> {
-        let file = self.file.try_clone().map_err(io)?;
-        frame::read_through(&file, MAX_RECORD, |offset, record| self.take_in(offset, record))
-    }
-
     /// Indexes a link frame found on open, or drops the link an erasure frame names.
-    fn take_in(&mut self, offset: u64, record: &[u8]) -> Result<(), Error> {
+    fn take_in(&self, offset: u64, record: &[u8]) -> Result<(), Error> {
+        let current = self.current.load();
         // Intact, so this wrote it: a record without a code is a bug, not a torn write.
         match found(record) {
-            Some(Found::Link(code, _)) => self.index_found(code, Slot::new(offset, record.len())),
-            Some(Found::Erased(code)) => self.unindex(&code).map(|_| ()),
+            Some(Found::Link(code, _)) => {
+                current.index_found(&self.path, (self.hash)(&code), code, Slot::new(offset, record.len()))
+            }
+            Some(Found::Erased(code)) => {
+                let erased = current.unindex(&self.path, (self.hash)(&code), &code, self.hash)?;
+                let link = erased.map_or(0, |slot| HEADER + slot.len() as u64);
+                self.garbage.fetch_add(link + framed_len(record), Relaxed);
+                Ok(())
+            }
             None => Err(Error::Corrupt(format!("{} holds a frame without a code at {offset}", self.path.display()))),
         }
     }
 
     /// Sets the bytes from `valid` to `len` aside, cuts them off, and appends again every
     /// intact frame among them whose link decodes under its code.
-    fn recover(&mut self, valid: u64, len: u64) -> Result<(), Error> {
-        let (end, kept) = frame::recover(&self.file, &self.path, valid, len, MAX_RECORD, |r| salvage(r).is_some())?;
-        self.tail.get_mut().len = end;
+    fn recover(&self, valid: u64, len: u64) -> Result<(), Error> {
+        let current = self.current.load();
+        let (end, kept) = frame::recover(&current.file, &self.path, valid, len, MAX_RECORD, |r| salvage(r).is_some())?;
+        self.tail.lock().len = end;
         for (offset, record) in kept {
             self.take_in(offset, &record)?;
         }
         Ok(())
     }
 
-    /// Drops `code` from the index; whether it was there. A code sharing its hash moves
-    /// into the place it leaves.
-    fn unindex(&self, code: &ShortCode) -> Result<bool, Error> {
-        let hash = (self.hash)(code);
-        let mut index = self.index[shard_of(hash)].write();
-        let index = &mut *index;
-        if index.collided.remove(code).is_some() {
-            return Ok(true);
-        }
-        let Some(&slot) = index.by_hash.get(&hash) else { return Ok(false) };
-        if with_frame(&self.file, &self.path, slot, |found, _| found)? != *code {
-            return Ok(false);
-        }
-        index.by_hash.remove(&hash);
-        let mut same_hash = index.collided.keys().filter(|c| (self.hash)(c) == hash);
-        if let Some(next) = same_hash.next().copied() {
-            let slot = index.collided.remove(&next).unwrap_or(slot);
-            index.by_hash.insert(hash, slot);
-        }
-        Ok(true)
-    }
-
-    /// Erases the links with these codes: an erasure frame each, synced, then out of the
-    /// index. Codes not stored are passed over.
-    pub(crate) fn erase(&self, codes: &[ShortCode]) -> Result<(), Error> {
-        let mut tail = self.tail.lock();
-        tail.check(&self.path)?;
-        let mut frames = Vec::new();
-        let mut stored = Vec::with_capacity(codes.len());
-        for code in codes {
-            if self.find(code)?.is_some() && !stored.contains(code) {
-                frame::append(&mut frames, &erasure_record(code));
-                stored.push(*code);
-            }
-        }
-        if frames.is_empty() {
-            return Ok(());
-        }
-        if tail.len + frames.len() as u64 >= Slot::MAX_OFFSET {
-            return Err(Error::Storage(format!("{} is full", self.path.display()).into()));
-        }
-        if let Err(e) = self.file.write_all_at(&frames, tail.len) {
-            let _ = self.file.set_len(tail.len);
-            return Err(io(e));
-        }
-        tail.len += frames.len() as u64;
-        drop(tail);
-        frame::sync_appended(&self.file, &self.tail, &self.path)?;
-        // Out of the index once durable: a link found after a crash is one not yet erased.
-        for code in &stored {
-            self.unindex(code)?;
-        }
-        Ok(())
-    }
-
-    /// Indexes a frame found on open. The first frame of a code is its link (an insert
-    /// never writes a second); a code whose hash an earlier one has goes to `collided`.
-    fn index_found(&mut self, code: ShortCode, slot: Slot) -> Result<(), Error> {
-        let hash = (self.hash)(&code);
-        let index = self.index[shard_of(hash)].get_mut();
-        match index.by_hash.entry(hash) {
-            Entry::Vacant(first) => {
-                first.insert(slot);
-            }
-            Entry::Occupied(first) => {
-                if with_frame(&self.file, &self.path, *first.get(), |found, _| found)? != code {
-                    index.collided.entry(code).or_insert(slot);
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// The slot and link of `code`, if it is stored.
     fn find(&self, code: &ShortCode) -> Result<Option<(Slot, Link)>, Error> {
+        let current = self.current.load();
         let hash = (self.hash)(code);
-        let slot = self.index[shard_of(hash)].read().lookup(hash, code);
-        let Some(slot) = slot else { return Ok(None) };
+        let Some(slot) = current.lookup(hash, code) else { return Ok(None) };
         // `None` for another code with the same hash.
         let link =
-            with_frame(&self.file, &self.path, slot, |found, link| (found == *code).then(|| decode::<Link>(link)));
+            with_frame(&current.file, &self.path, slot, |found, link| (found == *code).then(|| decode::<Link>(link)));
         let Some(link) = link?.transpose()? else { return Ok(None) };
         if link.code != *code {
             return Err(Error::Corrupt(format!("{} holds a link under another code", self.path.display())));
@@ -296,12 +361,37 @@ impl LinkLog {
         Ok(self.find(code)?.map(|(_, link)| link))
     }
 
+    /// Every link of one entity, in code order: a read of the whole file (an erasure's
+    /// look, not the redirect's).
+    pub(crate) fn links_of(&self, account: AccountId, entity: EntityRef) -> Result<Vec<Link>, Error> {
+        // Together: a compaction replaces both under the appender's lock.
+        let (current, end) = {
+            let tail = self.tail.lock();
+            (self.current.load_full(), tail.len)
+        };
+        let mut links = Vec::new();
+        frame::read_between(&current.file, 0, end, MAX_RECORD, |offset, record| {
+            if let Some(Found::Link(code, bytes)) = found(record) {
+                let link: Link = decode(bytes)?;
+                let live = current.lookup((self.hash)(&code), &code) == Some(Slot::new(offset, record.len()));
+                if link.account == account && link.entity == entity && live {
+                    links.push(link);
+                }
+            }
+            Ok(())
+        })?;
+        links.sort_by_key(|l| l.code);
+        Ok(links)
+    }
+
     /// Appends each link whose code is free, in order; a taken code (here or earlier in
     /// the batch) is left as it is and reported with its link. Durable when it returns,
     /// and so is every link it reports as taken.
     pub(crate) fn insert(&self, links: &[Link]) -> Result<Vec<InsertOutcome>, Error> {
         let mut tail = self.tail.lock();
         tail.check(&self.path)?;
+        // Under the appender's lock: a compaction puts its copy in place under it too.
+        let current = self.current.load_full();
         let mut outcomes = Vec::with_capacity(links.len());
         let mut frames = Vec::new();
         let mut fresh: HashMap<ShortCode, (Slot, usize), FixedState> = HashMap::default();
@@ -322,15 +412,15 @@ impl LinkLog {
             }
         }
         if !frames.is_empty() {
-            if let Err(e) = self.file.write_all_at(&frames, tail.len) {
-                let _ = self.file.set_len(tail.len); // best effort: open cuts a torn end anyway
+            if let Err(e) = current.file.write_all_at(&frames, tail.len) {
+                let _ = current.file.set_len(tail.len); // best effort: open cuts a torn end anyway
                 return Err(io(e));
             }
             tail.len += frames.len() as u64;
             // Written before indexed: a reader never finds a code whose frame is not there.
             for (code, (slot, _)) in fresh {
                 let hash = (self.hash)(&code);
-                let mut index = self.index[shard_of(hash)].write();
+                let mut index = current.index[shard_of(hash)].write();
                 // Under the appender's lock: no other insert is indexing, so a taken hash is
                 // another code's.
                 let index = &mut *index;
@@ -346,15 +436,86 @@ impl LinkLog {
         }
         drop(tail);
         // It also covers a taken code found above whose own insert has not synced yet: its
-        // frame was written first.
-        frame::sync_appended(&self.file, &self.tail, &self.path)?;
+        // frame was written first. A compaction since then synced its copy before putting
+        // it in place.
+        frame::sync_appended(&current.file, &self.tail, &self.path)?;
         Ok(outcomes)
+    }
+
+    /// Erases the links with these codes: an erasure frame each, synced, then out of the
+    /// index. Codes not stored are passed over.
+    pub(crate) fn erase(&self, codes: &[ShortCode]) -> Result<(), Error> {
+        let mut tail = self.tail.lock();
+        tail.check(&self.path)?;
+        let current = self.current.load_full();
+        let mut frames = Vec::new();
+        let mut stored = Vec::with_capacity(codes.len());
+        for code in codes {
+            if self.find(code)?.is_some() && !stored.contains(code) {
+                frame::append(&mut frames, &erasure_record(code));
+                stored.push(*code);
+            }
+        }
+        if frames.is_empty() {
+            return Ok(());
+        }
+        if tail.len + frames.len() as u64 >= Slot::MAX_OFFSET {
+            return Err(Error::Storage(format!("{} is full", self.path.display()).into()));
+        }
+        if let Err(e) = current.file.write_all_at(&frames, tail.len) {
+            let _ = current.file.set_len(tail.len);
+            return Err(io(e));
+        }
+        tail.len += frames.len() as u64;
+        // Out of the index under the appender's lock, so that a compaction's catching up
+        // finds each erased link either still indexed or with its erasure frame after it.
+        let mut garbage = frames.len() as u64;
+        for code in &stored {
+            let slot = current.unindex(&self.path, (self.hash)(code), code, self.hash)?;
+            garbage += slot.map_or(0, |slot| HEADER + slot.len() as u64);
+        }
+        self.garbage.fetch_add(garbage, Relaxed);
+        drop(tail);
+        frame::sync_appended(&current.file, &self.tail, &self.path)
+    }
+
+    /// How many bytes the file has, and how many of them nothing needs any more.
+    pub(crate) fn usage(&self) -> (u64, u64) {
+        (self.tail.lock().len, self.garbage.load(Relaxed))
+    }
+
+    /// Rewrites the file without erased links and erasures, and puts the copy in its
+    /// place ([`frame::Compacted`]): crash-safe at every point. Reads go on throughout
+    /// (from the old file until the new one is in place); inserts and erasures wait only
+    /// while the copy takes in what came after it started. Returns the bytes it freed.
+    pub(crate) fn compact(&self) -> Result<u64, Error> {
+        let old = self.current.load_full();
+        let started_at = self.tail.lock().len;
+        let out = frame::Compacted::start(&self.path)?;
+        let new = Generation::new(out.file.try_clone().map_err(io)?);
+        let mut copy = LinkCopy { log: self, old: &old, out, new, frames: Vec::new(), written: 0, garbage: 0 };
+        frame::read_between(&old.file, 0, started_at, MAX_RECORD, |offset, record| copy.take(offset, record, false))?;
+        let mut tail = self.tail.lock();
+        tail.check(&self.path)?;
+        // What came since: links inserted, and erasures, while the copy was made.
+        frame::read_between(&old.file, started_at, tail.len, MAX_RECORD, |offset, record| {
+            copy.take(offset, record, true)
+        })?;
+        copy.flush()?;
+        let LinkCopy { out, new, written, garbage, .. } = copy;
+        out.put_in_place(&self.path)?;
+        let freed = tail.len.saturating_sub(written);
+        self.current.store(Arc::new(new));
+        tail.len = written;
+        self.garbage.store(garbage, Relaxed);
+        Ok(freed)
     }
 
     /// How many links there are.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        let sizes = self.index.iter().map(|shard| {
+        let current = self.current.load();
+        let sizes = current.index.iter().map(|shard| {
             let index = shard.read();
             index.by_hash.len() + index.collided.len()
         });
@@ -475,7 +636,7 @@ mod tests {
     fn a_read_checks_its_frame() {
         let (_dir, log, link) = filled(1);
         let slot = log.find(&link[0].code).unwrap().unwrap().0;
-        log.file.write_all_at(b"#", slot.offset() + HEADER + 20).unwrap();
+        log.current.load().file.write_all_at(b"#", slot.offset() + HEADER + 20).unwrap();
         assert!(matches!(log.get(&link[0].code), Err(Error::Corrupt(_))));
     }
 
@@ -518,6 +679,78 @@ mod tests {
         assert_eq!(log.len(), 2);
         let log = LinkLog::open(dir.path()).unwrap();
         assert_eq!(found(&log, &stored), expected, "with the real hash too");
+    }
+
+    #[test]
+    fn a_compaction_leaves_out_erased_links_and_a_reopen_finds_the_same() {
+        let (dir, log, stored) = filled(50);
+        let erased: Vec<ShortCode> = stored.iter().step_by(3).map(|l| l.code).collect();
+        log.erase(&erased).unwrap();
+        let before = file_len(dir.path());
+        let freed = log.compact().unwrap();
+        assert_eq!(file_len(dir.path()), before - freed);
+        assert_eq!(log.usage(), (before - freed, 0));
+        let expected: Vec<bool> = stored.iter().map(|l| !erased.contains(&l.code)).collect();
+        assert_eq!(found(&log, &stored), expected);
+        let text = std::fs::read(dir.path().join(FILE_NAME)).unwrap();
+        for code in &erased {
+            assert!(!text.windows(code.as_bytes().len()).any(|w| w == code.as_bytes()), "{code} is gone from the file");
+        }
+        let later = links(100, 3);
+        log.insert(&later).unwrap();
+        drop(log);
+        let log = LinkLog::open(dir.path()).unwrap();
+        assert_eq!(found(&log, &stored), expected);
+        assert_eq!(found(&log, &later), [true; 3], "inserts after a compaction go to the new file");
+        assert_eq!(log.len(), stored.len() - erased.len() + 3);
+    }
+
+    #[test]
+    fn a_compaction_cut_short_leaves_the_log_as_it_was() {
+        let (dir, log, stored) = filled(5);
+        log.erase(&[stored[0].code]).unwrap();
+        drop(log);
+        let before = std::fs::read(dir.path().join(FILE_NAME)).unwrap();
+        // A copy half written when the process died.
+        std::fs::write(dir.path().join(format!("{FILE_NAME}.compact")), &before[..before.len() / 2]).unwrap();
+        let log = LinkLog::open(dir.path()).unwrap();
+        assert!(!dir.path().join(format!("{FILE_NAME}.compact")).exists(), "the stray copy is deleted");
+        assert_eq!(std::fs::read(dir.path().join(FILE_NAME)).unwrap(), before);
+        assert_eq!(found(&log, &stored), [false, true, true, true, true]);
+    }
+
+    #[test]
+    fn inserts_and_erasures_during_compactions_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let same_hash: CodeHash = |code| u64::from(code.as_bytes()[11] % 4);
+        let log = LinkLog::open_hashing(dir.path(), same_hash).unwrap();
+        let all = links(1, 400);
+        let erased: Vec<ShortCode> = all.iter().skip(1).step_by(2).map(|l| l.code).collect();
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                for (batch, chunk) in all.chunks(20).enumerate() {
+                    log.insert(chunk).unwrap();
+                    let odd: Vec<ShortCode> = chunk.iter().skip(1).step_by(2).map(|l| l.code).collect();
+                    if batch % 2 == 0 {
+                        log.erase(&odd).unwrap();
+                    } else {
+                        std::thread::yield_now();
+                        log.erase(&odd).unwrap();
+                    }
+                }
+            });
+            while !writer.is_finished() {
+                log.compact().unwrap();
+            }
+        });
+        let expected: Vec<bool> = all.iter().map(|l| !erased.contains(&l.code)).collect();
+        assert_eq!(found(&log, &all), expected);
+        log.compact().unwrap();
+        assert_eq!(found(&log, &all), expected);
+        drop(log);
+        let log = LinkLog::open_hashing(dir.path(), same_hash).unwrap();
+        assert_eq!(found(&log, &all), expected, "after a reopen");
+        assert_eq!(log.len(), 200);
     }
 
     #[test]

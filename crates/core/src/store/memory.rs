@@ -306,8 +306,9 @@ impl Store for MemoryStore {
 
 #[cfg(any(test, feature = "testing"))]
 impl super::conformance::CrashFaults for MemoryStore {
-    async fn lose_index_entry(&self, link: &Link) {
+    async fn lose_index_entry(&self, link: &Link) -> bool {
         let index = keys::link_index_key(link.account, link.entity, link.code.as_bytes());
         self.links.write().by_entity.remove(&index);
+        true
     }
 }

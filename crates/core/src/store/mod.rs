@@ -407,4 +407,19 @@ pub trait Store:
 {
     /// Makes every write so far durable; called on shutdown.
     fn flush(&self) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Rewrites what the store keeps on disk without what is erased or handled, so that
+    /// none of its bytes are left in the store's files; returns how many bytes that freed.
+    /// Crash-safe, and reads go on meanwhile. Nothing to do, by default.
+    fn compact(&self) -> impl Future<Output = Result<u64, Error>> + Send {
+        async { Ok(0) }
+    }
+
+    /// Compacts if it is due: an erasure older than `after_erasure` not yet compacted
+    /// away, or files mostly garbage. Called every minute by a running server; returns
+    /// what [`Store::compact`] freed, if it ran.
+    fn maintain(&self, after_erasure: std::time::Duration) -> impl Future<Output = Result<Option<u64>, Error>> + Send {
+        let _ = after_erasure;
+        async { Ok(None) }
+    }
 }

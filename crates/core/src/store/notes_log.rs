@@ -30,6 +30,9 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use foldhash::fast::FixedState;
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
@@ -160,23 +163,39 @@ impl Ledger {
 /// I/O); claims and sweeps touch memory only.
 pub(crate) struct NotesLog {
     path: PathBuf,
-    file: File,
+    current: ArcSwap<Generation>,
     tail: Mutex<Tail>,
-    notes: RwLock<NotesIndex>,
     ledger: Mutex<Ledger>,
+}
+
+/// The file and its index of notes, replaced together by a compaction: a listing reads
+/// the file of the index it took its slots from.
+struct Generation {
+    file: File,
+    notes: RwLock<NotesIndex>,
+}
+
+impl Generation {
+    fn new(file: File) -> Self {
+        Self { file, notes: RwLock::default() }
+    }
 }
 
 impl NotesLog {
     /// Opens (or creates) `notes.log` in `dir`; marks made before `horizon` are not loaded.
     pub(crate) fn open(dir: &Path, horizon: Timestamp) -> Result<Self, Error> {
         let (path, file, len) = frame::open_log(dir, FILE_NAME)?;
-        let mut log =
-            Self { path, file, tail: Mutex::new(Tail::new(len)), notes: RwLock::default(), ledger: Mutex::default() };
-        let reader = log.file.try_clone().map_err(io)?;
+        let reader = file.try_clone().map_err(io)?;
+        let log = Self {
+            path,
+            current: ArcSwap::from_pointee(Generation::new(file)),
+            tail: Mutex::new(Tail::new(len)),
+            ledger: Mutex::default(),
+        };
         let valid = frame::read_through(&reader, MAX_RECORD, |offset, record| log.found(offset, record, horizon))?;
         if valid < len {
-            let (end, kept) = frame::recover(&log.file, &log.path, valid, len, MAX_RECORD, salvageable)?;
-            log.tail.get_mut().len = end;
+            let (end, kept) = frame::recover(&reader, &log.path, valid, len, MAX_RECORD, salvageable)?;
+            log.tail.lock().len = end;
             for (offset, record) in kept {
                 log.found(offset, &record, horizon)?;
             }
@@ -185,22 +204,23 @@ impl NotesLog {
     }
 
     /// Indexes an intact frame read on open.
-    fn found(&mut self, offset: u64, record: &[u8], horizon: Timestamp) -> Result<(), Error> {
+    fn found(&self, offset: u64, record: &[u8], horizon: Timestamp) -> Result<(), Error> {
         if let Some(mark) = MarkRecord::parse(record) {
             if mark.mark.at >= horizon {
-                self.ledger.get_mut().found(mark);
+                self.ledger.lock().found(mark);
             }
             return Ok(());
         }
+        let current = self.current.load();
         if let Some(entity) = erased_entity(record) {
-            self.notes.get_mut().remove(&entity);
+            current.notes.write().remove(&entity);
             return Ok(());
         }
         // Intact, so this wrote it: anything else is a bug, not a torn write.
         let (entity, at, id) = note_key_of(record).ok_or_else(|| {
             Error::Corrupt(format!("{} holds a frame of no known kind at {offset}", self.path.display()))
         })?;
-        self.notes.get_mut().insert(entity, NoteSlot { at, id, slot: Slot::new(offset, record.len()) });
+        current.notes.write().insert(entity, NoteSlot { at, id, slot: Slot::new(offset, record.len()) });
         Ok(())
     }
 
@@ -257,13 +277,15 @@ impl NotesLog {
     pub(crate) fn append(&self, notes: Vec<Note>) -> Result<(), Error> {
         let mut tail = self.tail.lock();
         tail.check(&self.path)?;
+        // Under the appender's lock: a compaction puts its copy in place under it too.
+        let current = self.current.load_full();
         let mut frames = std::mem::take(&mut self.ledger.lock().pending);
         let marks = frames.len();
         let mut fresh: Vec<(Entity, NoteSlot)> = Vec::with_capacity(notes.len());
         let mut in_batch: HashSet<(Entity, u64, u64), FixedState> =
             HashSet::with_capacity_and_hasher(notes.len(), FixedState::default());
         {
-            let index = self.notes.read();
+            let index = current.notes.read();
             for note in &notes {
                 let (entity, at, id) = (entity_of(note), note.created_at.0, note.id);
                 if index.contains(&entity, at, id) || !in_batch.insert((entity, at, id)) {
@@ -279,22 +301,22 @@ impl NotesLog {
             }
         }
         if !frames.is_empty() {
-            if let Err(e) = self.file.write_all_at(&frames, tail.len) {
-                let _ = self.file.set_len(tail.len); // best effort: open cuts a torn end anyway
-                                                     // The marks are still owed to the file.
+            if let Err(e) = current.file.write_all_at(&frames, tail.len) {
+                let _ = current.file.set_len(tail.len); // best effort: open cuts a torn end anyway
+                                                        // The marks are still owed to the file.
                 frames.truncate(marks);
                 self.ledger.lock().pending.splice(0..0, frames);
                 return Err(io(e));
             }
             tail.len += frames.len() as u64;
             // Written before indexed: a listing never finds a note whose frame is not there.
-            let mut index = self.notes.write();
+            let mut index = current.notes.write();
             for (entity, note) in fresh {
                 index.insert(entity, note);
             }
         }
         drop(tail);
-        frame::sync_appended(&self.file, &self.tail, &self.path)?;
+        frame::sync_appended(&current.file, &self.tail, &self.path)?;
         Ok(())
     }
 
@@ -304,20 +326,22 @@ impl NotesLog {
         let entity = (account.0, entity.kind.tag(), entity.id);
         let mut tail = self.tail.lock();
         tail.check(&self.path)?;
-        if self.notes.read().get(&entity).is_none() {
+        let current = self.current.load_full();
+        if current.notes.read().get(&entity).is_none() {
             return Ok(0);
         }
         let mut frames = Vec::with_capacity(HEADER as usize + ERASURE_LEN);
         frame::append(&mut frames, &erasure_record(entity));
-        if let Err(e) = self.file.write_all_at(&frames, tail.len) {
-            let _ = self.file.set_len(tail.len);
+        if let Err(e) = current.file.write_all_at(&frames, tail.len) {
+            let _ = current.file.set_len(tail.len);
             return Err(io(e));
         }
         tail.len += frames.len() as u64;
-        // Under the appender's lock: a note appended after the erasure frame stays listed.
-        let erased = self.notes.write().remove(&entity) as u64;
+        // Under the appender's lock: a note appended after the erasure frame stays listed,
+        // and a compaction catching up finds the notes either listed or erased after.
+        let erased = current.notes.write().remove(&entity) as u64;
         drop(tail);
-        frame::sync_appended(&self.file, &self.tail, &self.path)?;
+        frame::sync_appended(&current.file, &self.tail, &self.path)?;
         Ok(erased)
     }
 
@@ -332,13 +356,14 @@ impl NotesLog {
     /// The notes a query asks for: entities in id order, each entity's notes in time
     /// order, after `offset`, at most `limit`.
     pub(crate) fn list(&self, query: &NotesQuery) -> Result<Vec<Note>, Error> {
+        let current = self.current.load_full();
         let mut slots = Vec::new();
         {
             let index = match query.entity_ids {
-                Some(_) => self.notes.read(),
+                Some(_) => current.notes.read(),
                 None => {
                     // Listing every entity needs them in order: sort in those that came since.
-                    let mut index = self.notes.write();
+                    let mut index = current.notes.write();
                     index.settle();
                     RwLockWriteGuard::downgrade(index)
                 }
@@ -372,13 +397,13 @@ impl NotesLog {
                 }
             }
         }
-        slots.into_iter().map(|slot| self.read(slot)).collect()
+        slots.into_iter().map(|slot| self.read(&current.file, slot)).collect()
     }
 
     /// Reads and checks one note's frame.
-    fn read(&self, slot: Slot) -> Result<Note, Error> {
+    fn read(&self, file: &File, slot: Slot) -> Result<Note, Error> {
         let mut bytes = vec![0u8; HEADER as usize + slot.len()];
-        self.file.read_exact_at(&mut bytes, slot.offset()).map_err(io)?;
+        file.read_exact_at(&mut bytes, slot.offset()).map_err(io)?;
         frame::parse(&bytes, MAX_RECORD)
             .filter(|record| record.len() == slot.len() && note_key_of(record).is_some())
             .map(|record| decode::<Note>(&record[34..]))
@@ -391,10 +416,94 @@ impl NotesLog {
         self.ledger.lock().visits.len()
     }
 
-    /// Holds the index as a writer would, so a listing started meanwhile must wait.
+    /// Runs `f` holding the index as a writer would, so a listing started meanwhile must wait.
     #[cfg(test)]
-    pub(crate) fn hold_index(&self) -> RwLockWriteGuard<'_, NotesIndex> {
-        self.notes.write()
+    pub(crate) fn with_index_held<R>(&self, f: impl FnOnce() -> R) -> R {
+        let current = self.current.load_full();
+        let _held = current.notes.write();
+        f()
+    }
+
+    /// Rewrites the file with only what is needed ([`frame::Compacted`], crash-safe at
+    /// every point): the notes still listed, and the visit ledger as it is in memory, in
+    /// place of every mark ever written. Erased notes and erasures are left behind.
+    /// Listings go on throughout; appends and erasures wait only while the copy takes in
+    /// what came after it started. Returns the bytes it freed.
+    pub(crate) fn compact(&self) -> Result<u64, Error> {
+        let old = self.current.load_full();
+        let out = frame::Compacted::start(&self.path)?;
+        let new = Generation::new(out.file.try_clone().map_err(io)?);
+        let mut copy = NotesCopy { old: &old, out, new, frames: Vec::new(), written: 0 };
+        // Where the copy of the file starts taking marks as written, then the ledger: a mark
+        // appended before that point was claimed before the ledger is copied.
+        let started_at = self.tail.lock().len;
+        {
+            let ledger = self.ledger.lock();
+            for (&key, &mark) in &ledger.visits {
+                MarkRecord { key, link: NO_KEY, mark }.append_to(&mut copy.frames);
+            }
+            for (&link, times) in &ledger.link_notes {
+                for &at in times {
+                    let mark = VisitMark { at: Timestamp(at), note_id: 0 };
+                    MarkRecord { key: NO_KEY, link, mark }.append_to(&mut copy.frames);
+                }
+            }
+        }
+        frame::read_between(&old.file, 0, started_at, MAX_RECORD, |_, record| copy.take(record, false))?;
+        let mut tail = self.tail.lock();
+        tail.check(&self.path)?;
+        // What came since: notes, marks and erasures while the copy was made.
+        frame::read_between(&old.file, started_at, tail.len, MAX_RECORD, |_, record| copy.take(record, true))?;
+        copy.flush()?;
+        let NotesCopy { out, new, written, .. } = copy;
+        out.put_in_place(&self.path)?;
+        let freed = tail.len.saturating_sub(written);
+        self.current.store(Arc::new(new));
+        tail.len = written;
+        Ok(freed)
+    }
+}
+
+/// A compaction's copy of the notes, as it is made.
+struct NotesCopy<'a> {
+    old: &'a Generation,
+    out: frame::Compacted,
+    /// The copy's index, by the copy's offsets.
+    new: Generation,
+    /// Frames not yet written to the copy.
+    frames: Vec<u8>,
+    written: u64,
+}
+
+impl NotesCopy<'_> {
+    /// Takes one frame of the old file: a note still listed is copied; marks and erasures
+    /// are dropped (the ledger was copied whole), unless they came while the copy was made
+    /// (`since`): then they are copied too, and an erasure applied.
+    fn take(&mut self, record: &[u8], since: bool) -> Result<(), Error> {
+        if let Some((entity, at, id)) = note_key_of(record) {
+            if self.old.notes.read().contains(&entity, at, id) {
+                let slot = Slot::new(self.written + self.frames.len() as u64, record.len());
+                frame::append(&mut self.frames, record);
+                self.new.notes.write().insert(entity, NoteSlot { at, id, slot });
+            }
+        } else if since {
+            if let Some(entity) = erased_entity(record) {
+                self.new.notes.write().remove(&entity);
+            }
+            frame::append(&mut self.frames, record);
+        }
+        if self.frames.len() >= 1 << 20 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the frames taken so far.
+    fn flush(&mut self) -> Result<(), Error> {
+        self.out.file.write_all_at(&self.frames, self.written).map_err(io)?;
+        self.written += self.frames.len() as u64;
+        self.frames.clear();
+        Ok(())
     }
 }
 
@@ -452,6 +561,39 @@ mod tests {
         assert_eq!(log.claim(&[claim(1, 100, 7)], RULES), [Claimed::Note], "a redelivered claim");
         drop(log);
         assert_eq!(NotesLog::open(dir.path(), Timestamp(101)).unwrap().marks(), 0, "behind the horizon");
+    }
+
+    #[test]
+    fn a_compaction_keeps_the_notes_listed_and_the_ledger_and_leaves_erased_notes_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = NotesLog::open(dir.path(), Timestamp(0)).unwrap();
+        assert_eq!(log.claim(&[claim(1, 100, 7)], RULES), [Claimed::Note]);
+        let erased_url = TargetUrl::parse("https://erased.example/only-here").unwrap();
+        let mut gone = note(2, 100, 8);
+        gone.body = NoteBody::LinkFollowed { url: erased_url };
+        log.append(vec![note(1, 100, 7), gone, note(3, 100, 9)]).unwrap();
+        let contact = |id| EntityRef { kind: EntityType::Contacts, id };
+        assert_eq!(log.erase(AccountId(1), contact(2)).unwrap(), 1);
+        // Many marks made and forgotten: the copy keeps only the ledger as it is.
+        let old_marks: Vec<VisitClaim> =
+            (0..50u8).map(|i| VisitClaim { key: [i + 100; 16], ..claim(20 + i, 10, 1_000 + u64::from(i)) }).collect();
+        log.claim(&old_marks, RULES);
+        log.flush().unwrap();
+        log.forget(Timestamp(50));
+        let before = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len();
+        let freed = log.compact().unwrap();
+        assert!(freed > 50 * 57, "freed {freed} of {before}");
+        let text = std::fs::read(dir.path().join(FILE_NAME)).unwrap();
+        assert!(!text.windows(12).any(|w| w == b"erased.examp"), "the erased note's URL is gone from the file");
+        let expected = vec![note(1, 100, 7), note(3, 100, 9)];
+        assert_eq!(all(&log), expected);
+        log.append(vec![note(4, 200, 10)]).unwrap();
+        drop(log);
+
+        let log = NotesLog::open(dir.path(), Timestamp(0)).unwrap();
+        assert_eq!(all(&log), [expected, vec![note(4, 200, 10)]].concat());
+        assert_eq!(log.claim(&[claim(1, 500, 9)], RULES), [Claimed::Repeat], "the ledger survived the compaction");
+        assert_eq!(log.marks(), 1);
     }
 
     #[test]

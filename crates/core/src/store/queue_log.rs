@@ -313,6 +313,33 @@ impl QueueLog {
         Ok((state.head != before).then_some(state.head))
     }
 
+    /// The bytes of its segments.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.state.lock().segments.values().map(|s| s.len).sum()
+    }
+
+    /// Once every entry is removed, starts a new segment and deletes the old one, so that
+    /// no handled entry's bytes stay in the last segment (which is otherwise kept for the
+    /// pushes). Returns the new head, for the backend to keep; `None` if there was nothing
+    /// to do. A crash before the head is kept leaves a head in a deleted segment, which
+    /// opening reads as "from the first entry": there is none.
+    pub(crate) fn roll_if_drained(&self) -> Result<Option<Position>, Error> {
+        let mut tail = self.tail.lock();
+        let mut state = self.state.lock();
+        let drained = state.head == Position { segment: tail.segment, offset: tail.len } && state.removed.is_empty();
+        if !drained || tail.len == 0 {
+            return Ok(None);
+        }
+        let segment = tail.segment + 1;
+        let file = Arc::new(open_segment(&self.dir, segment, true)?);
+        sync_dir(&self.dir)?;
+        *tail = Tail { segment, file: file.clone(), len: 0 };
+        state.segments.insert(segment, Segment { file, len: 0 });
+        state.head = Position { segment, offset: 0 };
+        self.drop_drained(&mut state);
+        Ok(Some(state.head))
+    }
+
     /// Moves the head past segments it has drained and deletes every segment before it
     /// (never the last one, which takes the pushes).
     fn drop_drained(&self, state: &mut State) {
@@ -425,6 +452,29 @@ mod tests {
         assert_eq!(segment_files(dir.path()), 1, "the last segment stays, for the next push");
         log.push(&[b"after".to_vec()]).unwrap();
         assert_eq!(records(&log), [&b"after"[..]]);
+    }
+
+    #[test]
+    fn a_drained_queue_rolls_onto_a_new_segment_and_its_handled_bytes_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = QueueLog::open(dir.path(), None, SEGMENT_BYTES).unwrap();
+        log.push(&[b"handled-secret".to_vec(), b"waiting".to_vec()]).unwrap();
+        let leased = log.lease(10).unwrap();
+        log.remove(&[leased[0].0]).unwrap();
+        assert_eq!(log.roll_if_drained().unwrap(), None, "an entry still waits");
+        log.remove(&[leased[1].0]).unwrap();
+        let head = log.roll_if_drained().unwrap().unwrap();
+        assert_eq!(log.roll_if_drained().unwrap(), None, "nothing more to do");
+        assert_eq!(segment_files(dir.path()), 1);
+        let bytes: Vec<u8> =
+            std::fs::read_dir(dir.path()).unwrap().flat_map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
+        assert!(!bytes.windows(6).any(|w| w == b"secret"), "the handled entry's bytes are gone");
+        log.push(&[b"next".to_vec()]).unwrap();
+        drop(log);
+        for kept in [Some(head), None] {
+            let log = QueueLog::open(dir.path(), kept, SEGMENT_BYTES).unwrap();
+            assert_eq!(records(&log), [&b"next"[..]], "with the head kept, or lost in a crash");
+        }
     }
 
     #[test]

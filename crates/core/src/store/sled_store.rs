@@ -4,13 +4,13 @@
 //!
 //! | tree        | key                                               | value        |
 //! |-------------|---------------------------------------------------|--------------|
-//! | `by_entity` | account u64 ‖ type u8 ‖ entity u64 ‖ code bytes   | empty        |
 //! | `queue_heads` | queue name                                      | the head's position (16 bytes) |
 //! | `tokens`    | token id                                          | `ApiToken`   |
 //! | `erased`    | a [`Tombstone`]: the keyed hash of an erased code   | when, u64    |
 //! | default     | `installation_secret`                             | 32 raw bytes |
 //! | default     | `credential:<name>`                               | a credential's bytes (see `CredentialStore`) |
 //! | default     | `visits_forgotten_before`                         | the last sweep's horizon, u64 (not flushed on its own) |
+//! | default     | `erased_since`                                    | the first erasure not yet compacted away, u64 ms |
 //!
 //! Integers in keys are big-endian, so scans come out in numeric order.
 //!
@@ -44,9 +44,9 @@ use super::queue_log::{Position, QueueLog, SEGMENT_BYTES};
 use super::rate::LocalRates;
 use super::sightings_log::SightingsLog;
 use super::{
-    check_queue_name, keys, AddressLedger, AddressRule, Claimed, CredentialStore, GatewaySpan, InsertOutcome,
-    LinkStore, NotesJournal, NotesQuery, Queues, Rate, RateLimiter, SecretStore, Sighting, Store, TokenStore,
-    VisitClaim, VisitLedger, VisitRules,
+    check_queue_name, AddressLedger, AddressRule, Claimed, CredentialStore, GatewaySpan, InsertOutcome, LinkStore,
+    NotesJournal, NotesQuery, Queues, Rate, RateLimiter, SecretStore, Sighting, Store, TokenStore, VisitClaim,
+    VisitLedger, VisitRules,
 };
 use crate::code::{InstallationSecret, ShortCode, Tombstone};
 use crate::codec::{decode, encode};
@@ -56,13 +56,14 @@ use crate::Error;
 const SECRET_KEY: &[u8] = b"installation_secret";
 /// Where the last sweep of the visit ledger reached: marks before it are not loaded.
 const VISITS_HORIZON_KEY: &[u8] = b"visits_forgotten_before";
+/// When the first erasure not yet compacted away was made.
+const ERASED_SINCE_KEY: &[u8] = b"erased_since";
 
 /// A sled database. Cheap to clone: clones share the open database.
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
     links: Arc<LinkLog>,
-    by_entity: sled::Tree,
     erased: sled::Tree,
     queue_heads: sled::Tree,
     queues: Arc<OpenQueues>,
@@ -124,7 +125,6 @@ impl SledStore {
             sled_log: Arc::new(log),
             journal: Arc::new(NotesLog::open(dir, horizon)?),
             links: Arc::new(LinkLog::open(dir)?),
-            by_entity: db.open_tree("by_entity").map_err(Error::storage)?,
             erased: db.open_tree("erased").map_err(Error::storage)?,
             queue_heads: db.open_tree("queue_heads").map_err(Error::storage)?,
             queues: Arc::new(OpenQueues { dir: dir.join("queues"), open: Mutex::default() }),
@@ -173,8 +173,11 @@ impl SledStore {
                 }
             }
         }
-        if has("sightings") {
-            self.db.drop_tree("sightings").map_err(Error::storage)?;
+        // Sightings matter for minutes; the index by entity is no longer kept.
+        for name in ["sightings", "by_entity"] {
+            if has(name) {
+                self.db.drop_tree(name).map_err(Error::storage)?;
+            }
         }
         if has("visits") || has("link_notes") {
             self.journal.adopt_marks(&marks)?;
@@ -212,64 +215,32 @@ impl SledStore {
         self.db.flush().map_err(Error::storage)?;
         self.sled_log.sync_data().map_err(Error::storage)
     }
-
-    /// Appends the links to the log (durable when it returns), then writes the index
-    /// entries of their owners. A crash in between leaves a link without its index entry
-    /// (never the reverse), and a retry heals it: an occupied code's entry is written again.
-    ///
-    /// The entries are plain inserts, not a `Batch`: sled 0.34's first batch or transaction
-    /// in a process makes every later operation of every tree take a global lock (its
-    /// `concurrency_control`).
-    fn insert_unflushed(&self, links: &[Link]) -> Result<Vec<InsertOutcome>, Error> {
-        let outcomes = self.links.insert(links)?;
-        for (link, outcome) in links.iter().zip(&outcomes) {
-            let owner = match outcome {
-                InsertOutcome::Inserted => link,
-                InsertOutcome::Occupied(existing) => existing,
-            };
-            self.by_entity
-                .insert(keys::link_index_key(owner.account, owner.entity, owner.code.as_bytes()), &[] as &[u8])
-                .map_err(Error::storage)?;
-        }
-        Ok(outcomes)
-    }
 }
 
 impl LinkStore for SledStore {
     async fn insert_links(&self, links: Vec<Link>) -> Result<Vec<InsertOutcome>, Error> {
-        self.blocking(move |s| {
-            let outcomes = s.insert_unflushed(&links)?;
-            s.flush_now()?;
-            Ok(outcomes)
-        })
-        .await
+        self.blocking(move |s| s.links.insert(&links)).await
     }
 
     async fn get_link(&self, code: &ShortCode) -> Result<Option<Link>, Error> {
         self.links.get(code)
     }
 
+    /// A read of `links.log` through, on the blocking pool: an erasure's look, and the
+    /// price of keeping no index by entity (whose entries sled would keep in its log, with
+    /// the contact's id and codes, long after they were removed).
     async fn links_of(&self, account: AccountId, entity: EntityRef) -> Result<Vec<Link>, Error> {
-        let prefix = keys::entity_prefix(account, entity);
-        let mut links = Vec::new();
-        for entry in self.by_entity.scan_prefix(prefix) {
-            let (key, _) = entry.map_err(Error::storage)?;
-            let code = ShortCode::from_key(&key[prefix.len()..])
-                .ok_or_else(|| Error::Corrupt("bad code in the entity index".into()))?;
-            if let Some(link) = self.get_link(&code).await? {
-                links.push(link);
-            }
-        }
-        Ok(links)
+        self.blocking(move |s| s.links.links_of(account, entity)).await
     }
 
-    /// Tombstones (flushed), then the links' erasure frames (synced), then the index.
+    /// Tombstones (flushed), then the links' erasure frames (synced).
     async fn erase_links(&self, links: Vec<(Link, Tombstone)>) -> Result<(), Error> {
         self.blocking(move |s| {
             let now = Timestamp::now().0.to_be_bytes();
             for (_, tombstone) in &links {
                 s.erased.insert(tombstone.0, &now).map_err(Error::storage)?;
             }
+            s.note_erasure()?;
             s.flush_now()?;
             let mut codes = Vec::with_capacity(links.len());
             for (link, _) in &links {
@@ -277,12 +248,7 @@ impl LinkStore for SledStore {
                     codes.push(link.code);
                 }
             }
-            s.links.erase(&codes)?;
-            for (link, _) in &links {
-                let key = keys::link_index_key(link.account, link.entity, link.code.as_bytes());
-                s.by_entity.remove(key).map_err(Error::storage)?;
-            }
-            s.flush_now()
+            s.links.erase(&codes)
         })
         .await
     }
@@ -353,7 +319,15 @@ impl NotesJournal for SledStore {
     }
 
     async fn erase_notes(&self, account: AccountId, entity: EntityRef) -> Result<u64, Error> {
-        self.blocking(move |s| s.journal.erase(account, entity)).await
+        self.blocking(move |s| {
+            let erased = s.journal.erase(account, entity)?;
+            if erased > 0 {
+                s.note_erasure()?;
+                s.flush_now()?;
+            }
+            Ok(erased)
+        })
+        .await
     }
 }
 
@@ -461,13 +435,74 @@ impl Store for SledStore {
         })
         .await
     }
+
+    async fn compact(&self) -> Result<u64, Error> {
+        self.blocking(|s| s.compact_now()).await
+    }
+
+    async fn maintain(&self, after_erasure: Duration) -> Result<Option<u64>, Error> {
+        self.blocking(move |s| match s.compaction_due(after_erasure)? {
+            true => s.compact_now().map(Some),
+            false => Ok(None),
+        })
+        .await
+    }
+}
+
+impl SledStore {
+    /// [`Store::compact`]: `links.log` and `notes.log` rewritten, each drained queue
+    /// started on a new segment, and the time of the first erasure not yet compacted away
+    /// cleared (flushed). sled itself holds no contact's data: its files are left as they are.
+    fn compact_now(&self) -> Result<u64, Error> {
+        let since = self.db.get(ERASED_SINCE_KEY).map_err(Error::storage)?;
+        let mut freed = self.links.compact()? + self.journal.compact()?;
+        let names: Vec<String> = match std::fs::read_dir(&self.queues.dir) {
+            Ok(entries) => entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::storage(e)),
+        };
+        for name in names.iter().filter(|n| check_queue_name(n).is_ok()) {
+            let queue = self.queue(name)?;
+            let before = queue.bytes();
+            if let Some(head) = queue.roll_if_drained()? {
+                self.queue_heads.insert(name.as_bytes(), &head.to_bytes()[..]).map_err(Error::storage)?;
+                freed += before;
+            }
+        }
+        // Only the erasures this compaction saw: one made meanwhile keeps its own time.
+        if let Some(since) = since {
+            let _ = self.db.compare_and_swap(ERASED_SINCE_KEY, Some(since), None as Option<&[u8]>);
+        }
+        self.flush_now()?;
+        Ok(freed)
+    }
+
+    /// Whether a compaction is due: an erasure made before `after_erasure` ago is still in
+    /// the files, or garbage is over half of `links.log` (and 64 MiB).
+    fn compaction_due(&self, after_erasure: Duration) -> Result<bool, Error> {
+        let since = self.db.get(ERASED_SINCE_KEY).map_err(Error::storage)?;
+        let since = since.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok()).map(u64::from_be_bytes);
+        let overdue = since.is_some_and(|at| Timestamp::now().0.saturating_sub(at) >= after_erasure.as_millis() as u64);
+        let (len, garbage) = self.links.usage();
+        Ok(overdue || (garbage > 64 << 20 && garbage * 2 > len))
+    }
+
+    /// Notes the time of the first erasure since the last compaction (flushed with it).
+    fn note_erasure(&self) -> Result<(), Error> {
+        let now = Timestamp::now().0.to_be_bytes();
+        let _ = self
+            .db
+            .compare_and_swap(ERASED_SINCE_KEY, None as Option<&[u8]>, Some(&now[..]))
+            .map_err(Error::storage)?;
+        Ok(())
+    }
 }
 
 #[cfg(any(test, feature = "testing"))]
 impl super::conformance::CrashFaults for SledStore {
-    async fn lose_index_entry(&self, link: &Link) {
-        let key = keys::link_index_key(link.account, link.entity, link.code.as_bytes());
-        self.by_entity.remove(key).expect("remove an index entry");
+    /// No index by entity to lose: `links_of` reads the links themselves.
+    async fn lose_index_entry(&self, _: &Link) -> bool {
+        false
     }
 }
 
@@ -506,9 +541,10 @@ mod tests {
             let (ran_tx, ran_rx) = mpsc::channel::<()>();
             let holder = store.clone();
             let holding = std::thread::spawn(move || {
-                let _index = holder.journal.hold_index();
-                held_tx.send(()).unwrap();
-                ran_rx.recv_timeout(Duration::from_secs(10)).is_ok()
+                holder.journal.with_index_held(|| {
+                    held_tx.send(()).unwrap();
+                    ran_rx.recv_timeout(Duration::from_secs(10)).is_ok()
+                })
             });
             held_rx.recv().unwrap();
             tokio::spawn(async move { ran_tx.send(()).ok() });
@@ -536,7 +572,8 @@ mod tests {
             let db = sled::open(dir.path()).unwrap();
             let tree = db.open_tree("notes").unwrap();
             for n in &notes {
-                tree.insert(keys::note_key(n.account, n.entity, n.created_at, n.id), encode(n).unwrap()).unwrap();
+                tree.insert(crate::store::keys::note_key(n.account, n.entity, n.created_at, n.id), encode(n).unwrap())
+                    .unwrap();
             }
             let mark = VisitMark { at: Timestamp(5_000), note_id: 1 };
             db.open_tree("visits").unwrap().insert([7u8; 16], encode(&mark).unwrap()).unwrap();
