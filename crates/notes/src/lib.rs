@@ -16,7 +16,8 @@
 //! - [`note`]: note ids, visit keys, amoCRM's JSON shape.
 //! - [`sink`]: the [`sink::NoteSink`] trait, the webhook and amoCRM sinks, retry with backoff.
 //! - [`pipeline`]: putting it together; [`stats`]: counters.
-//! - [`erasure`]: a contact's notes removed, wherever they wait.
+//! - [`erasure`]: a contact's notes removed, wherever they wait; [`retention`]: old notes
+//!   and dead letters removed.
 
 pub mod capture;
 pub mod classify;
@@ -30,6 +31,7 @@ pub mod pipeline;
 mod raw_click;
 mod recent;
 pub mod replay;
+pub mod retention;
 mod screen;
 pub mod sink;
 #[cfg(any(test, feature = "testing"))]

@@ -53,6 +53,11 @@ impl Keys {
         (format!("{}:notes:{tag}:order", self.prefix), format!("{}:notes:{tag}:body", self.prefix))
     }
 
+    /// The accounts that have notes, one set.
+    pub(crate) fn noted_accounts(&self) -> String {
+        format!("{}:noted-accounts", self.prefix)
+    }
+
     /// The entities of one account and type that have notes.
     pub(crate) fn noted(&self, account: AccountId, kind: shortlinks_core::EntityType) -> String {
         format!("{}:noted:{}:{}", self.prefix, account.0, kind.as_str())

@@ -105,7 +105,11 @@ impl RedisStore {
     /// note's order key and body go in one transaction. `HSETNX` keeps a first copy as is.
     async fn append_note(&self, note: &Note) -> Result<(), Error> {
         let noted = self.keys.noted(note.account, note.entity.kind);
-        let _: i64 = self.write(redis::cmd("ZADD").arg(noted).arg(0).arg(ordered_id(note.entity.id))).await?;
+        let mut listed = redis::cmd("ZADD");
+        listed.arg(noted).arg(0).arg(ordered_id(note.entity.id));
+        let mut account = redis::cmd("SADD");
+        account.arg(self.keys.noted_accounts()).arg(note.account.0);
+        let _: (i64, i64) = futures_util::future::try_join(self.write(&listed), self.write(&account)).await?;
         let (order, body) = self.keys.notes(note.account, note.entity);
         let member = note_member(note);
         let mut pipe = redis::pipe();
@@ -151,6 +155,42 @@ impl NotesJournal for RedisStore {
     async fn append_notes(&self, notes: Vec<Note>) -> Result<(), Error> {
         try_join_all(notes.iter().map(|note| self.append_note(note))).await?;
         self.replicated().await
+    }
+
+    /// Every account with notes, every entity it has notes on, and of each the notes
+    /// before `before`: a walk of the whole journal, which the retention's sweep makes once
+    /// a day.
+    async fn forget_notes(&self, before: Timestamp) -> Result<u64, Error> {
+        let accounts: Vec<u64> = self.query(redis::cmd("SMEMBERS").arg(self.keys.noted_accounts())).await?;
+        let accounts = accounts.into_iter().map(AccountId);
+        // Members are `created_at ‖ id`: those before this are older.
+        let mut bound = vec![b'('];
+        bound.extend_from_slice(&before.0.to_be_bytes());
+        bound.extend_from_slice(&[0; 8]);
+        let mut forgotten = 0;
+        for account in accounts {
+            let kind = shortlinks_core::EntityType::Contacts;
+            let query = NotesQuery { account, entity_type: kind, entity_ids: None, offset: 0, limit: 0 };
+            for id in self.entities_of(&query).await? {
+                let (order, body) = self.keys.notes(account, EntityRef { kind, id });
+                let old: Vec<Vec<u8>> =
+                    self.query(redis::cmd("ZRANGE").arg(&order).arg("-").arg(&bound).arg("BYLEX")).await?;
+                if old.is_empty() {
+                    continue;
+                }
+                let mut pipe = redis::pipe();
+                pipe.atomic().cmd("ZREM").arg(&order).arg(&old).ignore().cmd("HDEL").arg(&body).arg(&old).ignore();
+                pipe.cmd("ZCARD").arg(&order);
+                let (left,): (u64,) = pipe.query_async(&mut self.write_connection()).await.map_err(store_error)?;
+                if left == 0 {
+                    let _: i64 =
+                        self.write(redis::cmd("ZREM").arg(self.keys.noted(account, kind)).arg(ordered_id(id))).await?;
+                }
+                forgotten += old.len() as u64;
+            }
+        }
+        self.replicated().await?;
+        Ok(forgotten)
     }
 
     /// The entity's two keys go in one transaction (one hash tag), then its entry in the

@@ -14,6 +14,7 @@ use shortlinks_core::store::AddressTally;
 use shortlinks_core::store::Rate;
 use shortlinks_core::{AccountId, CodeLength, LinkCache, SledStore};
 use shortlinks_notes::gateway::AddressRule;
+use shortlinks_notes::retention::Retention;
 use shortlinks_notes::sink::amocrm::InstallSettings;
 use shortlinks_notes::sink::{AmoCrmAuth, AmoCrmConfig, AmoNoteType, HttpClient, OAuthApp};
 use shortlinks_notes::{Durability, PipelineConfig};
@@ -131,6 +132,14 @@ pub struct SettingsLayer {
     /// Visits beyond it are counted on `/metrics` (reason `link_cap`) and make no note.
     #[arg(long, env = "SHORTLINKS_NOTES_PER_LINK")]
     pub notes_per_link: Option<u32>,
+    /// Notes are kept this many days after the visit (default 365; 0: for ever), then
+    /// erased from the journal (amoCRM keeps its own copy).
+    #[arg(long, env = "SHORTLINKS_NOTES_RETENTION_DAYS")]
+    pub notes_retention_days: Option<u64>,
+    /// Dead letters are kept this many days after they were set aside (default 30; 0: for
+    /// ever).
+    #[arg(long, env = "SHORTLINKS_DEAD_LETTERS_RETENTION_DAYS")]
+    pub dead_letters_retention_days: Option<u64>,
     /// A visit becomes a note only this many seconds after the click (default 60; 0: at
     /// once), so that the address rule can still veto it.
     #[arg(long, env = "SHORTLINKS_NOTE_HOLD_SECS")]
@@ -340,6 +349,8 @@ impl SettingsLayer {
             commit_window_ms,
             dedup_window_secs,
             notes_per_link,
+            notes_retention_days,
+            dead_letters_retention_days,
             note_hold_secs,
             address_rule_contacts,
             address_rule_window_secs,
@@ -410,6 +421,12 @@ impl SettingsLayer {
             Some(s) => Ok(Duration::from_secs(s)),
             None => Ok(default),
         };
+        // 0: for ever.
+        let days = |v: Option<u64>, default: Option<Duration>| match v {
+            Some(0) => None,
+            Some(d) => Some(Duration::from_secs(d.saturating_mul(86_400))),
+            None => default,
+        };
         if self.cached_links.is_some_and(|n| n > LinkCache::MAX_CAPACITY) {
             return Err(ServerError::Config(format!(
                 "cached_links must be at most {}: the cache's slots are allocated at start, 16 bytes a link",
@@ -427,6 +444,10 @@ impl SettingsLayer {
             public_url,
             code_length,
             access_log: self.access_log.unwrap_or_default(),
+            retention: Retention {
+                notes: days(self.notes_retention_days, Retention::DEFAULT.notes),
+                dead_letters: days(self.dead_letters_retention_days, Retention::DEFAULT.dead_letters),
+            },
             limits: Limits {
                 max_body_bytes,
                 header_read_timeout: secs(
@@ -911,6 +932,8 @@ pub struct Settings {
     pub limits: Limits,
     /// What is logged per request.
     pub access_log: AccessLog,
+    /// How long notes and dead letters are kept.
+    pub retention: Retention,
 }
 
 impl Settings {
@@ -1087,6 +1110,16 @@ mod tests {
         }
         let unknown: Result<SettingsLayer, _> = toml::from_str("lisen = \"127.0.0.1:1\"");
         assert!(unknown.is_err(), "a typo in the file is an error");
+    }
+
+    #[test]
+    fn retention_is_a_year_of_notes_and_a_month_of_dead_letters_unless_set_and_0_is_for_ever() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!(SettingsLayer::default().resolve().unwrap().retention, Retention::DEFAULT);
+        assert_eq!(Retention::DEFAULT, Retention { notes: Some(day * 365), dead_letters: Some(day * 30) });
+        let set =
+            SettingsLayer { notes_retention_days: Some(0), dead_letters_retention_days: Some(7), ..Default::default() };
+        assert_eq!(set.resolve().unwrap().retention, Retention { notes: None, dead_letters: Some(day * 7) });
     }
 
     #[test]

@@ -9,10 +9,11 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 
 use shortlinks_core::store::ErasureCursor;
-use shortlinks_core::{AccountId, ContactScope, SledStore, Store, UserId};
+use shortlinks_core::{AccountId, ContactScope, SledStore, Store, Timestamp, UserId};
 use shortlinks_redis::RedisStore;
 use tokio::net::TcpListener;
 
+use shortlinks_notes::retention::{self, Retention, Swept};
 use shortlinks_notes::sink::amocrm::{AmoConnections, DISCOVER_EVERY};
 use shortlinks_notes::sink::{
     adopt_legacy_pair, adopt_legacy_queue, AmoCrmAuth, AmoCrmConfig, HttpClient, RetryPolicy, WebhookSink,
@@ -50,6 +51,9 @@ struct Parts<S: Store> {
     admin: Option<admin::AdminSocket>,
     /// The amoCRM connections, looked through now and then for ones made elsewhere.
     connections: Arc<AmoConnections<S>>,
+    /// How long notes and dead letters are kept, and the settings' amoCRM accounts, whose
+    /// dead letters that concerns too.
+    retention: (Retention, Vec<AccountId>),
 }
 
 /// Binds, opens the store, and makes the first token if there is none: in that order, so
@@ -151,7 +155,8 @@ async fn assemble<S: Store>(
     }
     // Last: nothing after it can fail, so a token is only made for a server that runs.
     let first_token = ensure_first_token(app.store()).await?;
-    Ok((Parts { app: Arc::new(app), pipeline, listener, admin, connections }, first_token))
+    let retention = (settings.retention, clicks.amocrm.iter().map(|c| c.account).collect());
+    Ok((Parts { app: Arc::new(app), pipeline, listener, admin, connections, retention }, first_token))
 }
 
 /// What a release before per-account connections left (one queue for every account, one
@@ -203,7 +208,7 @@ impl Started {
 
 impl<S: Store> Parts<S> {
     async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let Parts { app, pipeline, listener, admin, connections } = self;
+        let Parts { app, pipeline, listener, admin, connections, retention } = self;
         // Connections made on another node of the store (or by a command) get their sinks here.
         let discover = tokio::spawn(async move {
             loop {
@@ -216,7 +221,7 @@ impl<S: Store> Parts<S> {
             }
         });
         let hear = tokio::spawn(hear_erasures(app.clone()));
-        let maintain = tokio::spawn(maintain(app.clone()));
+        let maintain = tokio::spawn(maintain(app.clone(), retention));
         let admin = admin.map(|admin| {
             let path: PathBuf = admin.path().to_owned();
             (path, tokio::spawn(admin.serve(app.clone())))
@@ -265,11 +270,25 @@ async fn hear_erasures<S: Store>(app: Arc<App<S>>) {
     }
 }
 
-/// Compacts the store when it is due ([`Store::maintain`]): at the latest a day after an
-/// erasure, so that its bytes are gone from the files within that.
-async fn maintain<S: Store>(app: Arc<App<S>>) {
+/// Once a day, removes what is older than the retention allows ([`retention::sweep`]);
+/// every minute, compacts the store when it is due ([`Store::maintain`]): at the latest a
+/// day after an erasure or a sweep, so that their bytes are gone from the files within that.
+async fn maintain<S: Store>(app: Arc<App<S>>, (retention, accounts): (Retention, Vec<AccountId>)) {
+    let mut swept_at: Option<std::time::Instant> = None;
     loop {
         tokio::time::sleep(MAINTAIN_EVERY).await;
+        if swept_at.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+            swept_at = Some(std::time::Instant::now());
+            match retention::sweep(app.store(), retention, Timestamp::now(), &accounts).await {
+                Ok(swept) if swept == Swept::default() => {}
+                Ok(swept) => tracing::info!(
+                    notes = swept.notes,
+                    dead_letters = swept.dead_letters,
+                    "removed what the retention no longer keeps"
+                ),
+                Err(e) => tracing::error!(error = %e, "the retention's sweep failed; trying again in a day"),
+            }
+        }
         match app.store().maintain(COMPACT_AFTER_ERASURE).await {
             Ok(Some(freed)) => tracing::info!(freed, "compacted the store"),
             Ok(None) => {}
@@ -277,6 +296,9 @@ async fn maintain<S: Store>(app: Arc<App<S>>) {
         }
     }
 }
+
+/// How often the retention's sweep runs.
+const SWEEP_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// How often a node looks whether the store is due a compaction.
 const MAINTAIN_EVERY: Duration = Duration::from_secs(60);

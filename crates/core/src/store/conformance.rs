@@ -191,6 +191,15 @@ async fn erasure<S: Store>(store: &S) {
     assert_eq!(listed(6, 60).await.expect("list"), vec![note(603, 6, 60, 3_000)]);
     let every = store.list_notes(query(6, None, 0, 10)).await.expect("list");
     assert_eq!(every, vec![note(603, 6, 60, 3_000), notes[2].clone()], "each entity listed once");
+
+    // The retention's horizon: older notes of every entity go, newer ones stay.
+    store.append_notes(vec![note(612, 6, 61, 2_500)]).await.expect("append");
+    assert_eq!(store.forget_notes(Timestamp(2_000)).await.expect("forget"), 2, "notes 611 and 701");
+    assert_eq!(listed(6, 61).await.expect("list"), vec![note(612, 6, 61, 2_500)]);
+    assert!(listed(7, 60).await.expect("list").is_empty());
+    let every = store.list_notes(query(6, None, 0, 10)).await.expect("list");
+    assert_eq!(every, vec![note(603, 6, 60, 3_000), note(612, 6, 61, 2_500)]);
+    assert_eq!(store.forget_notes(Timestamp(2_000)).await.expect("forget"), 0);
 }
 
 async fn queues<S: Store>(store: &S) {

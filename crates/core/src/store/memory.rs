@@ -216,6 +216,13 @@ impl NotesJournal for MemoryStore {
         }
         Ok(keys.len() as u64)
     }
+
+    async fn forget_notes(&self, before: Timestamp) -> Result<u64, Error> {
+        let mut rest = self.rest.lock();
+        let was = rest.notes.len();
+        rest.notes.retain(|_, note| note.created_at >= before);
+        Ok((was - rest.notes.len()) as u64)
+    }
 }
 
 /// Whether a note key belongs to an entity the query asks for.

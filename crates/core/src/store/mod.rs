@@ -204,6 +204,11 @@ pub trait NotesJournal: Send + Sync + 'static {
     /// Erases every note of one entity, durably before returning; returns how many. Notes
     /// appended later (a click on a link made afterwards) are kept.
     fn erase_notes(&self, account: AccountId, entity: EntityRef) -> impl Future<Output = Result<u64, Error>> + Send;
+
+    /// Erases every note made before `before` (the retention's horizon), of every
+    /// entity, durably; returns how many. As an erasure: gone from every listing at once,
+    /// and from the files with the next compaction.
+    fn forget_notes(&self, before: crate::Timestamp) -> impl Future<Output = Result<u64, Error>> + Send;
 }
 
 /// API tokens, stored hashed.

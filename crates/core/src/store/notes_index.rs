@@ -64,9 +64,9 @@ impl NotesIndex {
     }
 
     /// The notes of one entity.
-    /// Drops an entity and its notes; how many notes it had.
-    pub(super) fn remove(&mut self, entity: &Entity) -> usize {
-        let Some(notes) = self.by_entity.remove(entity) else { return 0 };
+    /// Drops an entity and its notes; how many notes it had, and the bytes of their frames.
+    pub(super) fn remove(&mut self, entity: &Entity) -> (usize, u64) {
+        let Some(notes) = self.by_entity.remove(entity) else { return (0, 0) };
         let (sorted, unsorted) = self.order.split_at(self.sorted);
         if let Ok(i) = sorted.binary_search(entity) {
             self.order.remove(i);
@@ -74,7 +74,27 @@ impl NotesIndex {
         } else if let Some(i) = unsorted.iter().position(|e| e == entity) {
             self.order.remove(self.sorted + i);
         }
-        notes.len()
+        (notes.len(), notes.iter().map(|n| n.slot.len() as u64 + super::frame::HEADER).sum())
+    }
+
+    /// Drops every note made before `at`, and the entities left with none; how many
+    /// notes, and the bytes of their frames.
+    pub(super) fn forget_before(&mut self, at: u64) -> (usize, u64) {
+        let (mut count, mut bytes) = (0, 0);
+        self.by_entity.retain(|_, notes| {
+            let old = notes.partition_point(|n| n.at < at);
+            count += old;
+            bytes += notes[..old].iter().map(|n| n.slot.len() as u64 + super::frame::HEADER).sum::<u64>();
+            notes.drain(..old);
+            !notes.is_empty()
+        });
+        if count > 0 {
+            let by_entity = &self.by_entity;
+            let sorted_kept = self.order[..self.sorted].iter().filter(|e| by_entity.contains_key(e)).count();
+            self.order.retain(|e| by_entity.contains_key(e));
+            self.sorted = sorted_kept;
+        }
+        (count, bytes)
     }
 
     pub(super) fn get(&self, entity: &Entity) -> Option<&[NoteSlot]> {
@@ -154,12 +174,16 @@ mod tests {
         assert_eq!(listed(&index), [5, 3, 9, 7, 1, 8]);
         assert!(index.is_settled());
 
-        assert_eq!(index.remove(&(1, 1, 3)), 2);
+        assert_eq!(index.remove(&(1, 1, 3)).0, 2);
         index.insert((1, 1, 6), note(6, 6));
-        assert_eq!(index.remove(&(1, 1, 6)), 1, "from the part not yet sorted");
-        assert_eq!(index.remove(&(1, 1, 3)), 0);
+        assert_eq!(index.remove(&(1, 1, 6)).0, 1, "from the part not yet sorted");
+        assert_eq!(index.remove(&(1, 1, 3)).0, 0);
         index.insert((1, 1, 3), note(10, 10));
         index.settle();
         assert_eq!(listed(&index), [5, 10, 7, 1, 8], "an entity noted again after its erasure is listed once");
+        let older = 5; // 5, 7 and 1 here, 2 in account 2, 4 in type 2
+        assert_eq!(index.forget_before(8), (older, older as u64 * (10 + super::super::frame::HEADER)));
+        assert_eq!(listed(&index), [10, 8]);
+        assert!(index.get(&(1, 1, 0)).is_none(), "an entity left with no note is gone");
     }
 }

@@ -12,7 +12,9 @@
 //! - `M`, a visit mark: visit key (16 bytes) ‖ link key (16) ‖ at u64 ‖ note id u64, all
 //!   big-endian; an all-zero key stands for none (marks carried over from sled trees);
 //! - `E`, an erasure: account u64 ‖ type u8 ‖ entity u64, big-endian: the entity's notes
-//!   before it are no longer found (their bytes stay until the file is compacted).
+//!   before it are no longer found (their bytes stay until the file is compacted);
+//! - `X`, an expiry: a time u64, big-endian: notes made before it, of every entity, that
+//!   came before the frame are no longer found (the retention's horizon).
 //!
 //! In memory: each note's time, id and frame (24 bytes a note, by entity: see
 //! [`super::notes_index`]), and the visit ledger of the recent window (each visit key's
@@ -30,6 +32,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -52,6 +55,7 @@ const _: () = assert!(1 + 33 + crate::target::MAX_NORMALIZED_BYTES + 100 < MAX_R
 const NOTE: u8 = b'N';
 const MARK: u8 = b'M';
 const ERASURE: u8 = b'E';
+const EXPIRY: u8 = b'X';
 /// An erasure's record: kind, account, type, entity.
 const ERASURE_LEN: usize = 1 + 8 + 1 + 8;
 /// A mark's record: kind, visit key, link key, at, note id.
@@ -125,10 +129,23 @@ fn erased_entity(record: &[u8]) -> Option<Entity> {
     Some((u64_at(1), record[9], u64_at(10)))
 }
 
-/// What recovery keeps of cut-off bytes: marks, erasures, and notes that decode under
-/// their key.
+/// An expiry's record.
+fn expiry_record(before: Timestamp) -> [u8; 9] {
+    let mut record = [EXPIRY; 9];
+    record[1..].copy_from_slice(&before.0.to_be_bytes());
+    record
+}
+
+/// The horizon an expiry's record names.
+fn expiry(record: &[u8]) -> Option<u64> {
+    let record: &[u8; 9] = record.try_into().ok().filter(|r: &&[u8; 9]| r[0] == EXPIRY)?;
+    Some(u64::from_be_bytes(record[1..].try_into().unwrap_or_default()))
+}
+
+/// What recovery keeps of cut-off bytes: marks, erasures, expiries, and notes that decode
+/// under their key.
 fn salvageable(record: &[u8]) -> bool {
-    if MarkRecord::parse(record).is_some() || erased_entity(record).is_some() {
+    if MarkRecord::parse(record).is_some() || erased_entity(record).is_some() || expiry(record).is_some() {
         return true;
     }
     let Some((entity, at, id)) = note_key_of(record) else { return false };
@@ -166,6 +183,8 @@ pub(crate) struct NotesLog {
     current: ArcSwap<Generation>,
     tail: Mutex<Tail>,
     ledger: Mutex<Ledger>,
+    /// Bytes of frames nothing needs any more: erased and expired notes (marks aside).
+    garbage: AtomicU64,
 }
 
 /// The file and its index of notes, replaced together by a compaction: a listing reads
@@ -191,6 +210,7 @@ impl NotesLog {
             current: ArcSwap::from_pointee(Generation::new(file)),
             tail: Mutex::new(Tail::new(len)),
             ledger: Mutex::default(),
+            garbage: AtomicU64::new(0),
         };
         let valid = frame::read_through(&reader, MAX_RECORD, |offset, record| log.found(offset, record, horizon))?;
         if valid < len {
@@ -213,7 +233,13 @@ impl NotesLog {
         }
         let current = self.current.load();
         if let Some(entity) = erased_entity(record) {
-            current.notes.write().remove(&entity);
+            let (_, bytes) = current.notes.write().remove(&entity);
+            self.garbage.fetch_add(bytes + HEADER + record.len() as u64, Relaxed);
+            return Ok(());
+        }
+        if let Some(before) = expiry(record) {
+            let (_, bytes) = current.notes.write().forget_before(before);
+            self.garbage.fetch_add(bytes + HEADER + record.len() as u64, Relaxed);
             return Ok(());
         }
         // Intact, so this wrote it: anything else is a bug, not a torn write.
@@ -339,10 +365,31 @@ impl NotesLog {
         tail.len += frames.len() as u64;
         // Under the appender's lock: a note appended after the erasure frame stays listed,
         // and a compaction catching up finds the notes either listed or erased after.
-        let erased = current.notes.write().remove(&entity) as u64;
+        let (erased, bytes) = current.notes.write().remove(&entity);
+        self.garbage.fetch_add(bytes + frames.len() as u64, Relaxed);
         drop(tail);
         frame::sync_appended(&current.file, &self.tail, &self.path)?;
-        Ok(erased)
+        Ok(erased as u64)
+    }
+
+    /// Forgets every note made before `before`: an expiry frame, synced, then out of the
+    /// index. Returns how many notes went.
+    pub(crate) fn forget_before(&self, before: Timestamp) -> Result<u64, Error> {
+        let mut tail = self.tail.lock();
+        tail.check(&self.path)?;
+        let current = self.current.load_full();
+        let mut frames = Vec::with_capacity(HEADER as usize + 9);
+        frame::append(&mut frames, &expiry_record(before));
+        if let Err(e) = current.file.write_all_at(&frames, tail.len) {
+            let _ = current.file.set_len(tail.len);
+            return Err(io(e));
+        }
+        tail.len += frames.len() as u64;
+        let (forgotten, bytes) = current.notes.write().forget_before(before.0);
+        self.garbage.fetch_add(bytes + frames.len() as u64, Relaxed);
+        drop(tail);
+        frame::sync_appended(&current.file, &self.tail, &self.path)?;
+        Ok(forgotten as u64)
     }
 
     /// Writes the pending marks, if any, durably.
@@ -460,7 +507,13 @@ impl NotesLog {
         let freed = tail.len.saturating_sub(written);
         self.current.store(Arc::new(new));
         tail.len = written;
+        self.garbage.store(0, Relaxed);
         Ok(freed)
+    }
+
+    /// Bytes of frames nothing needs any more, since the last compaction or open.
+    pub(crate) fn garbage(&self) -> u64 {
+        self.garbage.load(Relaxed)
     }
 }
 
@@ -489,6 +542,9 @@ impl NotesCopy<'_> {
         } else if since {
             if let Some(entity) = erased_entity(record) {
                 self.new.notes.write().remove(&entity);
+            }
+            if let Some(before) = expiry(record) {
+                self.new.notes.write().forget_before(before);
             }
             frame::append(&mut self.frames, record);
         }
@@ -594,6 +650,26 @@ mod tests {
         assert_eq!(all(&log), [expected, vec![note(4, 200, 10)]].concat());
         assert_eq!(log.claim(&[claim(1, 500, 9)], RULES), [Claimed::Repeat], "the ledger survived the compaction");
         assert_eq!(log.marks(), 1);
+    }
+
+    #[test]
+    fn notes_past_the_retention_stay_forgotten_after_a_reopen_and_leave_with_a_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = NotesLog::open(dir.path(), Timestamp(0)).unwrap();
+        log.append(vec![note(1, 100, 7), note(2, 300, 8), note(1, 500, 9)]).unwrap();
+        assert_eq!(log.forget_before(Timestamp(400)).unwrap(), 2);
+        // A late note, older than the horizon, written after it: kept, as it was listed.
+        log.append(vec![note(3, 200, 10)]).unwrap();
+        let expected = vec![note(1, 500, 9), note(3, 200, 10)];
+        assert_eq!(all(&log), expected);
+        drop(log);
+        let log = NotesLog::open(dir.path(), Timestamp(0)).unwrap();
+        assert_eq!(all(&log), expected, "after a reopen");
+        assert!(log.garbage() > 0);
+        log.compact().unwrap();
+        assert_eq!(log.garbage(), 0);
+        drop(log);
+        assert_eq!(all(&NotesLog::open(dir.path(), Timestamp(0)).unwrap()), expected, "after a compaction");
     }
 
     #[test]

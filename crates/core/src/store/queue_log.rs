@@ -7,8 +7,9 @@
 //!
 //! A queue is a directory of segments, `<number as 16 hex digits>.log`, each a run of
 //! frames `length u32 LE ‖ crc32 u32 LE ‖ record`. A push goes to the last segment, or
-//! starts a new one once that is `segment_bytes` long; a segment wholly behind the head is
-//! deleted. An entry's id is `segment << 64 | offset << 32 | length`: ordered like the queue,
+//! starts a new one once that is `segment_bytes` long or ten minutes old; a segment wholly
+//! behind the head is deleted, and a drained queue can start anew
+//! ([`QueueLog::roll_if_drained`]): handled entries do not stay on disk for long. An entry's id is `segment << 64 | offset << 32 | length`: ordered like the queue,
 //! and it tells where the next entry starts, so moving the head needs no read.
 //!
 //! Crash safety: a push returns once its frames are written and `fdatasync`ed (and the
@@ -108,12 +109,21 @@ struct Tail {
     segment: u64,
     file: Arc<File>,
     len: u64,
+    /// When this segment took its first push (or the queue was opened): a segment older
+    /// than [`SEGMENT_MAX_AGE`] is not pushed to any more, so that it is deleted once
+    /// drained and handled entries (clicks, with their addresses) do not stay on disk.
+    started: std::time::Instant,
 }
+
+/// The age past which a push starts a new segment.
+pub(crate) const SEGMENT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// One queue. Methods block (file I/O): call them off the async runtime.
 pub(crate) struct QueueLog {
     dir: PathBuf,
     segment_bytes: u64,
+    /// How long a segment takes pushes ([`SEGMENT_MAX_AGE`]).
+    segment_age: std::time::Duration,
     tail: Mutex<Tail>,
     state: Mutex<State>,
 }
@@ -186,7 +196,7 @@ impl QueueLog {
 
     fn assemble(dir: &Path, segment_bytes: u64, segments: BTreeMap<u64, Segment>, head: Option<Position>) -> Self {
         let (&last, tail) = segments.last_key_value().expect("a queue has a segment");
-        let tail = Tail { segment: last, file: tail.file.clone(), len: tail.len };
+        let tail = Tail { segment: last, file: tail.file.clone(), len: tail.len, started: std::time::Instant::now() };
         let first = Position { segment: *segments.keys().next().expect("a queue has a segment"), offset: 0 };
         // A kept head inside the data is where to start; one that is not (its segment was
         // deleted after it was kept, or it is damaged) means: from the first entry there is.
@@ -197,6 +207,7 @@ impl QueueLog {
         let log = Self {
             dir: dir.to_owned(),
             segment_bytes,
+            segment_age: SEGMENT_MAX_AGE,
             tail: Mutex::new(tail),
             state: Mutex::new(State { segments, head, removed: BTreeSet::new() }),
         };
@@ -221,13 +232,14 @@ impl QueueLog {
             frame::append(&mut frames, record);
         }
         let mut tail = self.tail.lock();
-        if tail.len > 0 && tail.len + frames.len() as u64 > self.segment_bytes {
+        let full = tail.len + frames.len() as u64 > self.segment_bytes;
+        if tail.len > 0 && (full || tail.started.elapsed() >= self.segment_age) {
             // A failed push may have left bytes past the end: the segment ends where its
             // last push did, since only the last one is checked on open.
             tail.file.set_len(tail.len).and_then(|()| tail.file.sync_data()).map_err(io)?;
             let segment = tail.segment + 1;
             let file = Arc::new(open_segment(&self.dir, segment, true)?);
-            *tail = Tail { segment, file, len: 0 };
+            *tail = Tail { segment, file, len: 0, started: std::time::Instant::now() };
         }
         // A failed write leaves the length where it was: the next push writes over it.
         let written = tail.file.write_all_at(&frames, tail.len).and_then(|()| tail.file.sync_data());
@@ -313,6 +325,13 @@ impl QueueLog {
         Ok((state.head != before).then_some(state.head))
     }
 
+    /// The same queue, its segments taking pushes for `age` only.
+    #[cfg(test)]
+    fn with_segment_age(mut self, age: std::time::Duration) -> Self {
+        self.segment_age = age;
+        self
+    }
+
     /// The bytes of its segments.
     pub(crate) fn bytes(&self) -> u64 {
         self.state.lock().segments.values().map(|s| s.len).sum()
@@ -333,7 +352,7 @@ impl QueueLog {
         let segment = tail.segment + 1;
         let file = Arc::new(open_segment(&self.dir, segment, true)?);
         sync_dir(&self.dir)?;
-        *tail = Tail { segment, file: file.clone(), len: 0 };
+        *tail = Tail { segment, file: file.clone(), len: 0, started: std::time::Instant::now() };
         state.segments.insert(segment, Segment { file, len: 0 });
         state.head = Position { segment, offset: 0 };
         self.drop_drained(&mut state);
@@ -475,6 +494,23 @@ mod tests {
             let log = QueueLog::open(dir.path(), kept, SEGMENT_BYTES).unwrap();
             assert_eq!(records(&log), [&b"next"[..]], "with the head kept, or lost in a crash");
         }
+    }
+
+    #[test]
+    fn a_segment_takes_pushes_for_a_while_only_and_goes_once_drained() {
+        let dir = tempfile::tempdir().unwrap();
+        let age = std::time::Duration::from_millis(50);
+        let log = QueueLog::open(dir.path(), None, SEGMENT_BYTES).unwrap().with_segment_age(age);
+        log.push(&[b"old-click".to_vec()]).unwrap();
+        log.push(&[b"same-segment".to_vec()]).unwrap();
+        assert_eq!(segment_files(dir.path()), 1);
+        std::thread::sleep(age);
+        log.push(&[b"new".to_vec()]).unwrap();
+        assert_eq!(segment_files(dir.path()), 2, "the old segment takes no more");
+        let leased = log.lease(10).unwrap();
+        log.remove(&[leased[0].0, leased[1].0]).unwrap();
+        assert_eq!(segment_files(dir.path()), 1, "drained, so deleted, while the queue still holds an entry");
+        assert_eq!(records(&log), [&b"new"[..]]);
     }
 
     #[test]
