@@ -17,11 +17,11 @@
 
 use std::time::Duration;
 
-use shortlinks_core::model::{EntityRef, EntryId, Note};
-use shortlinks_core::store::{decode, Queues};
+use shortlinks_core::model::{EntityRef, Note};
+use shortlinks_core::store::decode;
 use shortlinks_core::{AccountId, Shortener, Store};
 
-use crate::sink::dead_letter::{DeadLetter, MOST_AT_ONCE};
+use crate::sink::dead_letter::{remove_where, DeadLetter};
 use crate::sink::SinkKeys;
 use crate::Error;
 
@@ -95,21 +95,4 @@ async fn sweep<S: Store>(store: &S, account: AccountId, entity: EntityRef) -> Re
         erased.dead_letters += remove_where(store, &keys.dead_letters(), dead).await?;
     }
     Ok(erased)
-}
-
-/// Removes the entries of `queue` (the first [`MOST_AT_ONCE`]) whose record `matches`;
-/// how many.
-async fn remove_where<S: Queues>(store: &S, queue: &str, matches: impl Fn(&[u8]) -> bool) -> Result<usize, Error> {
-    let found: Vec<EntryId> = store
-        .peek(queue, MOST_AT_ONCE)
-        .await?
-        .into_iter()
-        .filter(|(_, bytes)| matches(bytes))
-        .map(|(id, _)| id)
-        .collect();
-    let count = found.len();
-    if count > 0 {
-        store.remove(queue, found).await?;
-    }
-    Ok(count)
 }

@@ -8,12 +8,10 @@
 
 use std::time::Duration;
 
-use shortlinks_core::model::EntryId;
-use shortlinks_core::store::Queues;
 use shortlinks_core::{AccountId, Store, Timestamp};
 
 use crate::sink::amocrm::connection;
-use crate::sink::dead_letter::{DeadLetter, MOST_AT_ONCE};
+use crate::sink::dead_letter::{remove_where, DeadLetter};
 use crate::sink::SinkKeys;
 use crate::Error;
 
@@ -66,32 +64,16 @@ pub async fn sweep<S: Store>(
         amocrm.dedup();
         sinks.extend(amocrm.into_iter().map(|a| SinkKeys::new("amocrm", Some(a))));
         for keys in sinks {
-            swept.dead_letters += older_letters(store, &keys.dead_letters(), before).await?;
+            let older = |bytes: &[u8]| DeadLetter::decode(bytes).is_ok_and(|letter| letter.at < before);
+            swept.dead_letters += remove_where(store, &keys.dead_letters(), older).await?;
         }
     }
     Ok(swept)
 }
 
-/// Removes the dead letters of `queue` (the first [`MOST_AT_ONCE`]) set aside before
-/// `before`; how many.
-async fn older_letters<S: Queues>(store: &S, queue: &str, before: Timestamp) -> Result<usize, Error> {
-    let old: Vec<EntryId> = store
-        .peek(queue, MOST_AT_ONCE)
-        .await?
-        .into_iter()
-        .filter(|(_, bytes)| DeadLetter::decode(bytes).is_ok_and(|letter| letter.at < before))
-        .map(|(id, _)| id)
-        .collect();
-    let count = old.len();
-    if count > 0 {
-        store.remove(queue, old).await?;
-    }
-    Ok(count)
-}
-
 #[cfg(test)]
 mod tests {
-    use shortlinks_core::store::{conformance, NotesJournal, NotesQuery, RecordQueues};
+    use shortlinks_core::store::{conformance, NotesJournal, NotesQuery, Queues, RecordQueues};
     use shortlinks_core::{EntityType, MemoryStore};
 
     use super::*;

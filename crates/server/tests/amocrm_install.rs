@@ -371,17 +371,11 @@ async fn on_redis_a_connection_made_through_one_node_takes_what_another_node_dis
 
 /// `shortlinks amocrm contact-deleted-url --account N [more]`; what it printed.
 async fn contact_deleted_url(server: &TestServer, account: u64, more: &[&str]) -> String {
-    let output = tokio::process::Command::new(common::shortlinks_binary())
-        .args(["amocrm", "contact-deleted-url", "--account", &account.to_string()])
-        .args(more)
-        .arg("--data-dir")
-        .arg(server.dir.path())
-        .env("SHORTLINKS_PUBLIC_URL", format!("http://{}", server.addr))
-        .output()
-        .await
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    let account = account.to_string();
+    let args = [&["amocrm", "contact-deleted-url", "--account", &account][..], more].concat();
+    let public_url = format!("http://{}", server.addr);
+    let env = [("SHORTLINKS_PUBLIC_URL", public_url.as_str())];
+    common::shortlinks(&args, Some(server.dir.path()), &env).await.trim().to_owned()
 }
 
 /// The webhook turned on for `account`: its path on the server.

@@ -11,16 +11,9 @@ use common::{all_notes, click, code_of, item, until_settled, Process, BROWSER};
 use serde_json::json;
 
 /// `shortlinks erase` on `dir`; its standard output.
-async fn erase(dir: &Path, account: u64, contact: u64, env: &[(&str, &str)]) -> String {
-    let output = tokio::process::Command::new(common::shortlinks_binary())
-        .args(["erase", "--account", &account.to_string(), "--contact", &contact.to_string(), "--data-dir"])
-        .arg(dir)
-        .envs(env.iter().copied())
-        .output()
-        .await
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap()
+async fn erase(dir: &Path, account: u64, contact: u64) -> String {
+    let (account, contact) = (account.to_string(), contact.to_string());
+    common::shortlinks(&["erase", "--account", &account, "--contact", &contact], Some(dir), &[]).await
 }
 
 fn codes(reply: &serde_json::Value) -> Vec<String> {
@@ -48,7 +41,7 @@ async fn an_erased_contact_is_gone_for_good_and_its_codes_answer_410_even_after_
     };
     assert_eq!(notes(7).await.len(), 2);
 
-    let said = erase(dir.path(), 1, 7, &[]).await;
+    let said = erase(dir.path(), 1, 7).await;
     assert!(said.contains("erased contact 7 of account 1: 2 links"), "{said}");
     assert!(said.contains("2 notes"), "{said}");
     for code in &first[..2] {
@@ -86,7 +79,7 @@ async fn an_erased_contact_is_gone_for_good_and_its_codes_answer_410_even_after_
     assert_eq!(server.terminate().await, 0);
 
     // With no server running, the command opens the data directory itself.
-    let said = erase(dir.path(), 1, 8, &[]).await;
+    let said = erase(dir.path(), 1, 8).await;
     assert!(said.contains("erased contact 8 of account 1: 1 links"), "{said}");
     let server = Process::serve(dir.path(), &[], &[]).await;
     assert_eq!(click(server.addr, &first[2], &[("user-agent", BROWSER)]).await.status, 410);
@@ -116,14 +109,7 @@ fn found_in(files: &[(std::path::PathBuf, Vec<u8>)], needle: &[u8]) -> Vec<Strin
 
 /// `shortlinks compact` on `dir`.
 async fn compact(dir: &Path) -> String {
-    let output = tokio::process::Command::new(common::shortlinks_binary())
-        .args(["compact", "--data-dir"])
-        .arg(dir)
-        .output()
-        .await
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap()
+    common::shortlinks(&["compact"], Some(dir), &[]).await
 }
 
 /// postcard's varint of `n`: how records hold integers.
@@ -169,7 +155,7 @@ async fn after_an_erasure_and_a_compaction_no_byte_of_the_contact_is_left_in_the
     for (what, needle) in &needles[..2] {
         assert!(!found_in(&before, needle).is_empty(), "{what} was written somewhere");
     }
-    erase(dir.path(), 1, contact, &[]).await;
+    erase(dir.path(), 1, contact).await;
     let said = compact(dir.path()).await;
     assert!(said.starts_with("compacted: "), "{said}");
 
@@ -207,7 +193,7 @@ async fn kill_9_during_a_compaction_loses_nothing() {
     let code = all[0].clone();
     assert_eq!(click(server.addr, &code, &[("user-agent", BROWSER)]).await.status, 302);
     until_settled(server.addr, 1).await;
-    erase(dir.path(), 1, 2, &[]).await;
+    erase(dir.path(), 1, 2).await;
     let (erased, kept) = (all[100..200].to_vec(), [&all[..100], &all[200..]].concat());
 
     // The compaction stops before putting its copy in place; kill the server there.

@@ -554,16 +554,9 @@ async fn an_erasure_reaches_every_nodes_cache_of_links() {
         }
     }
 
-    let output = tokio::process::Command::new(common::shortlinks_binary())
-        .args(["erase", "--account", "1", "--contact", "70"])
-        .env("SHORTLINKS_STORAGE", "redis")
-        .env("SHORTLINKS_REDIS_URL", &url)
-        .env("SHORTLINKS_REDIS_KEY_PREFIX", "erase")
-        .output()
-        .await
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let said = String::from_utf8_lossy(&output.stdout);
+    let env =
+        [("SHORTLINKS_STORAGE", "redis"), ("SHORTLINKS_REDIS_URL", &url), ("SHORTLINKS_REDIS_KEY_PREFIX", "erase")];
+    let said = common::shortlinks(&["erase", "--account", "1", "--contact", "70"], None, &env).await;
     assert!(said.contains("erased contact 70 of account 1: 1 links"), "{said}");
     // The command waits out the sweep after an erasure (3 s), longer than a node takes to
     // hear of it (1 s): both have dropped the link by now, or within a moment.
@@ -632,9 +625,7 @@ async fn after_an_erasure_and_a_compaction_redis_holds_nothing_of_the_contact() 
         ("SHORTLINKS_REDIS_KEY_PREFIX", "scan"),
     ];
     for args in [&["erase", "--account", "1", "--contact", &contact.to_string()][..], &["compact"][..]] {
-        let output =
-            tokio::process::Command::new(common::shortlinks_binary()).args(args).envs(env).output().await.unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        common::shortlinks(args, None, &env).await;
     }
     let after = keyspace(redis.port(), "scan");
     for needle in &needles {

@@ -266,14 +266,16 @@ pub(crate) fn sync_appended(file: &File, tail: &parking_lot::Mutex<Tail>, path: 
     Ok(())
 }
 
-/// A compacted copy of a log, written next to it (`<name>.compact`) and then put in its
-/// place: synced, renamed over `<name>`, and the directory synced. A crash leaves the old
-/// file in use (and a stray `.compact`, which [`open_log`] deletes) or the whole new one,
-/// never a mix.
+/// A compacted copy of a log, written next to it (`<name>.compact`) a batch of frames at
+/// a time, and then put in its place: synced, renamed over `<name>`, and the directory
+/// synced. A crash leaves the old file in use (and a stray `.compact`, which [`open_log`]
+/// deletes) or the whole new one, never a mix.
 pub(crate) struct Compacted {
     path: std::path::PathBuf,
-    /// The copy, open for reading and writing.
-    pub(crate) file: File,
+    file: File,
+    /// Frames not yet written.
+    frames: Vec<u8>,
+    written: u64,
 }
 
 impl Compacted {
@@ -282,11 +284,46 @@ impl Compacted {
         let copy = compacting(path);
         let file =
             std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&copy).map_err(io)?;
-        Ok(Self { path: copy, file })
+        Ok(Self { path: copy, file, frames: Vec::new(), written: 0 })
     }
 
-    /// Puts the copy in the place of the log at `log`; returns it.
-    pub(crate) fn put_in_place(self, log: &Path) -> Result<File, Error> {
+    /// The copy's file (what is flushed of it is readable).
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Where the next frame goes.
+    pub(crate) fn next_offset(&self) -> u64 {
+        self.written + self.frames.len() as u64
+    }
+
+    /// Adds a record's frame.
+    pub(crate) fn append(&mut self, record: &[u8]) -> Result<(), Error> {
+        append(&mut self.frames, record);
+        if self.frames.len() >= 1 << 20 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Adds frames made elsewhere.
+    pub(crate) fn extend(&mut self, frames: &[u8]) -> Result<(), Error> {
+        self.frames.extend_from_slice(frames);
+        self.flush()
+    }
+
+    /// Writes the frames added so far, so that they can be read back.
+    pub(crate) fn flush(&mut self) -> Result<(), Error> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(&self.frames, self.written).map_err(io)?;
+        self.written += self.frames.len() as u64;
+        self.frames.clear();
+        Ok(())
+    }
+
+    /// Puts the copy in the place of the log at `log`; returns its length.
+    pub(crate) fn put_in_place(mut self, log: &Path) -> Result<u64, Error> {
+        self.flush()?;
         self.file.sync_all().map_err(io)?;
         // In debug builds only: a test kills the process here, with the copy whole and not
         // yet in place.
@@ -298,7 +335,7 @@ impl Compacted {
         if let Some(dir) = log.parent() {
             sync_dir(dir)?;
         }
-        Ok(self.file)
+        Ok(self.written)
     }
 }
 

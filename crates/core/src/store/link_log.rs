@@ -233,9 +233,6 @@ struct LinkCopy<'a> {
     out: frame::Compacted,
     /// The copy's index, by the copy's offsets.
     new: Generation,
-    /// Frames not yet written to the copy.
-    frames: Vec<u8>,
-    written: u64,
     /// Bytes of the copy that are already garbage: links erased while it was made.
     garbage: u64,
 }
@@ -249,8 +246,8 @@ impl LinkCopy<'_> {
             Some(Found::Link(code, _)) => {
                 let hash = (self.log.hash)(&code);
                 if self.old.lookup(hash, &code) == Some(Slot::new(offset, record.len())) {
-                    let slot = Slot::new(self.written + self.frames.len() as u64, record.len());
-                    frame::append(&mut self.frames, record);
+                    let slot = Slot::new(self.out.next_offset(), record.len());
+                    self.out.append(record)?;
                     // Each live code is copied once: a taken hash is another code's.
                     let mut index = self.new.index[shard_of(hash)].write();
                     match index.by_hash.entry(hash) {
@@ -264,25 +261,15 @@ impl LinkCopy<'_> {
                 }
             }
             Some(Found::Erased(code)) if since => {
-                self.flush()?;
+                // The index reads frames back: what is taken so far must be in the file.
+                self.out.flush()?;
                 let hash = (self.log.hash)(&code);
                 let erased = self.new.unindex(&self.log.path, hash, &code, self.log.hash)?;
-                frame::append(&mut self.frames, record);
+                self.out.append(record)?;
                 self.garbage += framed_len(record) + erased.map_or(0, |slot| HEADER + slot.len() as u64);
             }
             Some(Found::Erased(_)) | None => {}
         }
-        if self.frames.len() >= 1 << 20 {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    /// Writes the frames taken so far.
-    fn flush(&mut self) -> Result<(), Error> {
-        self.out.file.write_all_at(&self.frames, self.written).map_err(io)?;
-        self.written += self.frames.len() as u64;
-        self.frames.clear();
         Ok(())
     }
 }
@@ -492,8 +479,8 @@ impl LinkLog {
         let old = self.current.load_full();
         let started_at = self.tail.lock().len;
         let out = frame::Compacted::start(&self.path)?;
-        let new = Generation::new(out.file.try_clone().map_err(io)?);
-        let mut copy = LinkCopy { log: self, old: &old, out, new, frames: Vec::new(), written: 0, garbage: 0 };
+        let new = Generation::new(out.file().try_clone().map_err(io)?);
+        let mut copy = LinkCopy { log: self, old: &old, out, new, garbage: 0 };
         frame::read_between(&old.file, 0, started_at, MAX_RECORD, |offset, record| copy.take(offset, record, false))?;
         let mut tail = self.tail.lock();
         tail.check(&self.path)?;
@@ -501,9 +488,8 @@ impl LinkLog {
         frame::read_between(&old.file, started_at, tail.len, MAX_RECORD, |offset, record| {
             copy.take(offset, record, true)
         })?;
-        copy.flush()?;
-        let LinkCopy { out, new, written, garbage, .. } = copy;
-        out.put_in_place(&self.path)?;
+        let LinkCopy { out, new, garbage, .. } = copy;
+        let written = out.put_in_place(&self.path)?;
         let freed = tail.len.saturating_sub(written);
         self.current.store(Arc::new(new));
         tail.len = written;

@@ -479,31 +479,32 @@ impl NotesLog {
     pub(crate) fn compact(&self) -> Result<u64, Error> {
         let old = self.current.load_full();
         let out = frame::Compacted::start(&self.path)?;
-        let new = Generation::new(out.file.try_clone().map_err(io)?);
-        let mut copy = NotesCopy { old: &old, out, new, frames: Vec::new(), written: 0 };
+        let new = Generation::new(out.file().try_clone().map_err(io)?);
+        let mut copy = NotesCopy { old: &old, out, new };
         // Where the copy of the file starts taking marks as written, then the ledger: a mark
         // appended before that point was claimed before the ledger is copied.
         let started_at = self.tail.lock().len;
+        let mut marks = Vec::new();
         {
             let ledger = self.ledger.lock();
             for (&key, &mark) in &ledger.visits {
-                MarkRecord { key, link: NO_KEY, mark }.append_to(&mut copy.frames);
+                MarkRecord { key, link: NO_KEY, mark }.append_to(&mut marks);
             }
             for (&link, times) in &ledger.link_notes {
                 for &at in times {
                     let mark = VisitMark { at: Timestamp(at), note_id: 0 };
-                    MarkRecord { key: NO_KEY, link, mark }.append_to(&mut copy.frames);
+                    MarkRecord { key: NO_KEY, link, mark }.append_to(&mut marks);
                 }
             }
         }
+        copy.out.extend(&marks)?;
         frame::read_between(&old.file, 0, started_at, MAX_RECORD, |_, record| copy.take(record, false))?;
         let mut tail = self.tail.lock();
         tail.check(&self.path)?;
         // What came since: notes, marks and erasures while the copy was made.
         frame::read_between(&old.file, started_at, tail.len, MAX_RECORD, |_, record| copy.take(record, true))?;
-        copy.flush()?;
-        let NotesCopy { out, new, written, .. } = copy;
-        out.put_in_place(&self.path)?;
+        let NotesCopy { out, new, .. } = copy;
+        let written = out.put_in_place(&self.path)?;
         let freed = tail.len.saturating_sub(written);
         self.current.store(Arc::new(new));
         tail.len = written;
@@ -523,20 +524,17 @@ struct NotesCopy<'a> {
     out: frame::Compacted,
     /// The copy's index, by the copy's offsets.
     new: Generation,
-    /// Frames not yet written to the copy.
-    frames: Vec<u8>,
-    written: u64,
 }
 
 impl NotesCopy<'_> {
-    /// Takes one frame of the old file: a note still listed is copied; marks and erasures
-    /// are dropped (the ledger was copied whole), unless they came while the copy was made
-    /// (`since`): then they are copied too, and an erasure applied.
+    /// Takes one frame of the old file: a note still listed is copied; marks, erasures and
+    /// expiries are dropped (the ledger was copied whole), unless they came while the copy
+    /// was made (`since`): then they are copied too, and applied.
     fn take(&mut self, record: &[u8], since: bool) -> Result<(), Error> {
         if let Some((entity, at, id)) = note_key_of(record) {
             if self.old.notes.read().contains(&entity, at, id) {
-                let slot = Slot::new(self.written + self.frames.len() as u64, record.len());
-                frame::append(&mut self.frames, record);
+                let slot = Slot::new(self.out.next_offset(), record.len());
+                self.out.append(record)?;
                 self.new.notes.write().insert(entity, NoteSlot { at, id, slot });
             }
         } else if since {
@@ -546,19 +544,8 @@ impl NotesCopy<'_> {
             if let Some(before) = expiry(record) {
                 self.new.notes.write().forget_before(before);
             }
-            frame::append(&mut self.frames, record);
+            self.out.append(record)?;
         }
-        if self.frames.len() >= 1 << 20 {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    /// Writes the frames taken so far.
-    fn flush(&mut self) -> Result<(), Error> {
-        self.out.file.write_all_at(&self.frames, self.written).map_err(io)?;
-        self.written += self.frames.len() as u64;
-        self.frames.clear();
         Ok(())
     }
 }

@@ -108,6 +108,27 @@ impl<'a, S: Queues> DeadLetters<'a, S> {
     }
 }
 
+/// Removes the entries of `queue` (the first [`MOST_AT_ONCE`]) whose record `matches`;
+/// how many. An erasure's and the retention's way through a queue.
+pub(crate) async fn remove_where<S: Queues>(
+    store: &S,
+    queue: &str,
+    matches: impl Fn(&[u8]) -> bool,
+) -> Result<usize, Error> {
+    let found: Vec<EntryId> = store
+        .peek(queue, MOST_AT_ONCE)
+        .await?
+        .into_iter()
+        .filter(|(_, bytes)| matches(bytes))
+        .map(|(id, _)| id)
+        .collect();
+    let count = found.len();
+    if count > 0 {
+        store.remove(queue, found).await?;
+    }
+    Ok(count)
+}
+
 #[cfg(test)]
 mod tests {
     use shortlinks_core::store::{conformance, encode, RecordQueues};

@@ -202,6 +202,19 @@ pub fn shortlinks_binary() -> &'static Path {
 
 /// A temporary directory as the server wants its data directory: private (0700), whatever
 /// the process's umask was when it was made.
+/// `shortlinks <args>` (with `--data-dir dir` when given) and `env`; its standard output,
+/// once it succeeded.
+pub async fn shortlinks(args: &[&str], dir: Option<&Path>, env: &[(&str, &str)]) -> String {
+    let mut command = tokio::process::Command::new(shortlinks_binary());
+    command.args(args).envs(env.iter().copied());
+    if let Some(dir) = dir {
+        command.arg("--data-dir").arg(dir);
+    }
+    let output = command.output().await.unwrap();
+    assert!(output.status.success(), "shortlinks {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
 pub fn private_tempdir() -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
