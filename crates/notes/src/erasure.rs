@@ -44,8 +44,8 @@ pub struct Erased {
 }
 
 impl Erased {
-    /// Adds what a later sweep removed.
-    fn add(&mut self, other: &Erased) {
+    /// Adds what another erasure, or a later sweep, removed.
+    pub fn add(&mut self, other: &Erased) {
         self.links += other.links;
         self.notes += other.notes;
         self.waiting += other.waiting;
@@ -67,21 +67,18 @@ pub async fn erase<S: Store>(
     Ok(erased)
 }
 
-/// Sweeps the entity's notes again after [`SETTLE`], for any written by a batch that read
-/// its link before the erasure; adds what it found to `erased`.
-pub async fn settle<S: Store>(
-    store: &S,
-    account: AccountId,
-    entity: EntityRef,
-    erased: &mut Erased,
-) -> Result<(), Error> {
+/// Sweeps the entities' notes again after [`SETTLE`], for any written by a batch that read
+/// a link before the erasure; what it found.
+pub async fn settle<S: Store>(store: &S, account: AccountId, entities: &[EntityRef]) -> Result<Erased, Error> {
     tokio::time::sleep(SETTLE).await;
-    let late = sweep(store, account, entity).await?;
+    let mut late = Erased::default();
+    for &entity in entities {
+        late.add(&sweep(store, account, entity).await?);
+    }
     if late != Erased::default() {
         tracing::info!(account = account.0, ?late, "notes in flight during an erasure were erased after it");
     }
-    erased.add(&late);
-    Ok(())
+    Ok(late)
 }
 
 /// The entity's notes: in the journal, waiting, and dead-lettered.

@@ -393,7 +393,7 @@ pub async fn erase<S: Store>(
 ) -> Result<AdminReply, ServerError> {
     let (account, entity) = (positive_account(account)?, EntityRef::contact(contact));
     let mut erased = erasure::erase(engine, store, account, entity).await.map_err(notes_failure)?;
-    erasure::settle(store, account, entity, &mut erased).await.map_err(notes_failure)?;
+    erased.add(&erasure::settle(store, account, &[entity]).await.map_err(notes_failure)?);
     tracing::info!(account = account.0, links = erased.links, notes = erased.notes, "erased a contact");
     let Erased { links, notes, waiting, dead_letters } = erased;
     Ok(AdminReply::Erased { links, notes, waiting, dead_letters })

@@ -137,9 +137,9 @@ impl<S: Store> App<S> {
             );
             return forbidden();
         }
-        for &contact in &deleted.contacts {
-            let entity = EntityRef::contact(contact);
-            let mut erased = match erasure::erase(&self.engine, &self.store, account, entity).await {
+        let entities: Vec<EntityRef> = deleted.contacts.iter().map(|&id| EntityRef::contact(id)).collect();
+        for &entity in &entities {
+            let erased = match erasure::erase(&self.engine, &self.store, account, entity).await {
                 Ok(erased) => erased,
                 Err(e) => return failed(&ServerError::Admin(e.to_string())),
             };
@@ -149,13 +149,14 @@ impl<S: Store> App<S> {
                 notes = erased.notes,
                 "erased a contact deleted in amoCRM"
             );
-            let store = self.store.clone();
-            tokio::spawn(async move {
-                if let Err(e) = erasure::settle(&store, account, entity, &mut erased).await {
-                    tracing::warn!(error = %e, account = account.0, "the sweep after an erasure failed; erase the contact again");
-                }
-            });
         }
+        // Answered now: amoCRM waits for no sweep. One sweep for every contact of the call.
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = erasure::settle(&store, account, &entities).await {
+                tracing::warn!(error = %e, account = account.0, "the sweep after an erasure failed; erase the contacts again");
+            }
+        });
         problem::text(StatusCode::OK, "ok\n")
     }
 }
