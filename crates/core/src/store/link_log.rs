@@ -82,6 +82,18 @@ impl Index {
         let collided = if self.collided.is_empty() { None } else { self.collided.get(code) };
         collided.or_else(|| self.by_hash.get(&hash)).copied()
     }
+
+    /// Indexes a code known not to be here yet: a taken hash is another code's.
+    fn insert_new(&mut self, hash: u64, code: ShortCode, slot: Slot) {
+        match self.by_hash.entry(hash) {
+            Entry::Vacant(first) => {
+                first.insert(slot);
+            }
+            Entry::Occupied(_) => {
+                self.collided.insert(code, slot);
+            }
+        }
+    }
 }
 
 type Shard = RwLock<Index>;
@@ -248,16 +260,8 @@ impl LinkCopy<'_> {
                 if self.old.lookup(hash, &code) == Some(Slot::new(offset, record.len())) {
                     let slot = Slot::new(self.out.next_offset(), record.len());
                     self.out.append(record)?;
-                    // Each live code is copied once: a taken hash is another code's.
-                    let mut index = self.new.index[shard_of(hash)].write();
-                    match index.by_hash.entry(hash) {
-                        Entry::Vacant(first) => {
-                            first.insert(slot);
-                        }
-                        Entry::Occupied(_) => {
-                            index.collided.insert(code, slot);
-                        }
-                    }
+                    // Each live code is copied once.
+                    self.new.index[shard_of(hash)].write().insert_new(hash, code, slot);
                 }
             }
             Some(Found::Erased(code)) if since => {
@@ -407,18 +411,8 @@ impl LinkLog {
             // Written before indexed: a reader never finds a code whose frame is not there.
             for (code, (slot, _)) in fresh {
                 let hash = (self.hash)(&code);
-                let mut index = current.index[shard_of(hash)].write();
-                // Under the appender's lock: no other insert is indexing, so a taken hash is
-                // another code's.
-                let index = &mut *index;
-                match index.by_hash.entry(hash) {
-                    Entry::Vacant(first) => {
-                        first.insert(slot);
-                    }
-                    Entry::Occupied(_) => {
-                        index.collided.insert(code, slot);
-                    }
-                }
+                // Under the appender's lock: no other insert is indexing this code.
+                current.index[shard_of(hash)].write().insert_new(hash, code, slot);
             }
         }
         drop(tail);
