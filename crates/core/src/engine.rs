@@ -164,7 +164,13 @@ impl<S: LinkStore + SecretStore> Shortener<S> {
     pub async fn erase(&self, account: crate::AccountId, entity: EntityRef) -> Result<Vec<ShortCode>, Error> {
         let links = self.store.links_of(account, entity).await?;
         let codes: Vec<ShortCode> = links.iter().map(|l| l.code).collect();
-        let buried = links.into_iter().map(|l| (self.codes.tombstone(&l.code), l)).map(|(t, l)| (l, t)).collect();
+        let buried = links
+            .into_iter()
+            .map(|link| {
+                let tombstone = self.codes.tombstone(&link.code);
+                (link, tombstone)
+            })
+            .collect();
         self.store.erase_links(buried).await?;
         self.cache.forget(&codes);
         Ok(codes)
