@@ -119,6 +119,28 @@ impl LinkCache {
         Ok(Some(answer))
     }
 
+    /// Where forgetting stands: taken before a store write whose links are then
+    /// [`LinkCache::put`].
+    pub(crate) fn era(&self) -> u64 {
+        self.inner.forgets.load(SeqCst)
+    }
+
+    /// Caches links just stored, unless a forget came since `era`: it may have been of one
+    /// of them, and missed it (not in yet).
+    pub(crate) fn put(&self, links: impl IntoIterator<Item = Link>, era: u64) {
+        for link in links {
+            if self.inner.forgets.load(SeqCst) != era {
+                return;
+            }
+            let code = link.code;
+            self.insert(Arc::new(link));
+            if self.inner.forgets.load(SeqCst) != era {
+                self.remove(&code);
+                return;
+            }
+        }
+    }
+
     /// Takes these codes' links out of the cache: they were erased.
     pub fn forget(&self, codes: &[ShortCode]) {
         self.inner.forgets.fetch_add(1, SeqCst);

@@ -137,10 +137,15 @@ impl<S: LinkStore + SecretStore> Shortener<S> {
                 }
                 collided.push((index, attempt + 1));
             }
+            let era = self.cache.era();
             let results = match candidates.is_empty() {
                 true => Vec::new(),
                 false => self.store.insert_links(candidates.clone()).await?,
             };
+            if S::READS_ARE_REMOTE {
+                let inserted = candidates.iter().zip(&results).filter(|(_, r)| **r == InsertOutcome::Inserted);
+                self.cache.put(inserted.map(|(link, _)| link.clone()), era);
+            }
             for ((index, attempt), (candidate, result)) in trying.into_iter().zip(candidates.into_iter().zip(results)) {
                 match result {
                     InsertOutcome::Inserted => outcomes[index] = Outcome::Linked(candidate),

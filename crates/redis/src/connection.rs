@@ -1,7 +1,10 @@
 //! One connection type over a standalone server and a cluster, and error mapping.
 
+use std::collections::HashMap;
+
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 use shortlinks_core::Error;
 
@@ -37,6 +40,34 @@ impl ConnectionLike for Connection {
             Connection::Standalone(c) => c.get_db(),
             Connection::Cluster(c) => c.get_db(),
         }
+    }
+}
+
+/// The most items (claims, notes) one script call takes: Redis serves nothing else while a
+/// script runs, and this many take it about a millisecond.
+pub(crate) const MOST_PER_CALL: usize = 256;
+
+impl Connection {
+    /// Packs units of work into script calls, in order: each call takes whole units (one
+    /// unit's items stay in one call, in their order), at most [`MOST_PER_CALL`] items
+    /// unless one unit alone has more, and on a cluster only units whose keys share a slot.
+    /// A unit comes with one of its keys: all of a unit's keys share that key's slot.
+    pub(crate) fn pack<T>(&self, units: impl IntoIterator<Item = (String, Vec<T>)>) -> Vec<Vec<T>> {
+        let mut open: HashMap<Option<Slot>, Vec<T>> = HashMap::new();
+        let mut calls = Vec::new();
+        for (key, items) in units {
+            let slot = match self {
+                Connection::Standalone(_) => None,
+                Connection::Cluster(_) => Some(Slot::for_key(key)),
+            };
+            let call = open.entry(slot).or_default();
+            if !call.is_empty() && call.len() + items.len() > MOST_PER_CALL {
+                calls.push(std::mem::take(call));
+            }
+            call.extend(items);
+        }
+        calls.extend(open.into_values().filter(|call| !call.is_empty()));
+        calls
     }
 }
 

@@ -88,8 +88,12 @@ impl Keys {
     /// The mark of one visit key and the recent notes of its link, under the link's hash
     /// tag: one claim updates both.
     pub(crate) fn visit(&self, link: &[u8; 16], key: &[u8; 16]) -> (String, String) {
-        let tag = hex(link);
-        (format!("{}:visit:{{{tag}}}:{}", self.prefix, hex(key)), format!("{}:link-notes:{{{tag}}}", self.prefix))
+        (format!("{}:visit:{{{}}}:{}", self.prefix, hex(link), hex(key)), self.link_notes(link))
+    }
+
+    /// The recent notes of one link (see [`Keys::visit`]).
+    pub(crate) fn link_notes(&self, link: &[u8; 16]) -> String {
+        format!("{}:link-notes:{{{}}}", self.prefix, hex(link))
     }
 }
 

@@ -59,6 +59,8 @@ impl RedisStore {
 }
 
 impl LinkStore for RedisStore {
+    const READS_ARE_REMOTE: bool = true;
+
     async fn insert_links(&self, links: Vec<Link>) -> Result<Vec<InsertOutcome>, Error> {
         let mut codes = HashSet::with_capacity(links.len());
         if links.iter().all(|l| codes.insert(l.code)) {
@@ -77,7 +79,11 @@ impl LinkStore for RedisStore {
     }
 
     async fn get_link(&self, code: &ShortCode) -> Result<Option<Link>, Error> {
-        let bytes: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(self.keys.link(code))).await?;
+        let bytes: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(self.keys.link(code))
+            .query_async(&mut self.hot_connection(false))
+            .await
+            .map_err(store_error)?;
         bytes.map(|b| decode(&b)).transpose()
     }
 

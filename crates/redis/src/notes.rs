@@ -15,39 +15,57 @@ use crate::connection::store_error;
 use crate::keys::ordered_id;
 use crate::store::RedisStore;
 
-/// Claims one visit: the same decision as `shortlinks_core::store::decide_visit`, made
-/// atomically next to the mark and the link's count (one hash tag, so one slot). Both
-/// expire once they can no longer matter. Answers 1 for a note, 0 for a repeat, 2 for a
-/// link over its cap.
+/// Claims visits in order: for each, the same decision as
+/// `shortlinks_core::store::decide_visit`, made atomically next to the mark and the link's
+/// count. Both expire once they can no longer matter. Answers, per claim, 1 for a note, 0
+/// for a repeat, 2 for a link over its cap. One call takes many claims: per claim a Lua call
+/// costs Redis a fraction of a command of its own (measured: 12 µs a call of one claim).
 ///
-/// KEYS[1] the mark, KEYS[2] the link's notes (a sorted set of note ids by time);
-/// ARGV: at (ms), note id, window (ms), time to live (ms), notes per link (0: no cap), and
-/// at minus window (from Rust: Lua would print a large number in exponent form).
-/// Note ids are compared as strings: Lua numbers would round them.
-const CLAIM_VISIT: &str = r"
-local at, window = tonumber(ARGV[1]), tonumber(ARGV[3])
-local mark = redis.call('GET', KEYS[1])
-if mark then
-  local sep = string.find(mark, ':', 1, true)
-  local marked = tonumber(string.sub(mark, 1, sep - 1))
-  if string.sub(mark, sep + 1) == ARGV[2] then
-    return 1
+/// KEYS: per claim, the mark and the link's notes (a sorted set of note ids by time);
+/// ARGV: window (ms), time to live (ms), notes per link (0: no cap), then per claim: at
+/// (ms), note id, and at minus window (from Rust: Lua would print a large number in
+/// exponent form). Note ids are compared as strings: Lua numbers would round them.
+const CLAIM_VISITS: &str = r"
+local window, ttl, cap = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local function claim(mark_key, notes_key, at_text, id, since)
+  local at = tonumber(at_text)
+  local mark = redis.call('GET', mark_key)
+  if mark then
+    local sep = string.find(mark, ':', 1, true)
+    local marked = tonumber(string.sub(mark, 1, sep - 1))
+    if string.sub(mark, sep + 1) == id then
+      return 1
+    end
+    if at < marked + window then
+      return 0
+    end
   end
-  if at < marked + window then
-    return 0
+  if cap > 0 then
+    redis.call('ZREMRANGEBYSCORE', notes_key, '-inf', since)
+    if redis.call('ZCARD', notes_key) >= cap then
+      return 2
+    end
+    redis.call('ZADD', notes_key, at_text, id)
+    redis.call('PEXPIRE', notes_key, ttl)
   end
+  redis.call('SET', mark_key, at_text .. ':' .. id, 'PX', ttl)
+  return 1
 end
-local cap = tonumber(ARGV[5])
-if cap > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[6])
-  if redis.call('ZCARD', KEYS[2]) >= cap then
-    return 2
-  end
-  redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+local answers = {}
+for i = 1, #KEYS / 2 do
+  local a = 3 + 3 * (i - 1)
+  answers[i] = claim(KEYS[2 * i - 1], KEYS[2 * i], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
 end
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'PX', ARGV[4])
-return 1
+return answers
+";
+
+/// Writes notes: each note's body (a first copy is kept as is) and its order key.
+/// KEYS: per note, its entity's order and bodies; ARGV: per note, its member and body.
+const WRITE_NOTES: &str = r"
+for i = 1, #KEYS / 2 do
+  redis.call('HSETNX', KEYS[2 * i], ARGV[2 * i - 1], ARGV[2 * i])
+  redis.call('ZADD', KEYS[2 * i - 1], 0, ARGV[2 * i - 1])
+end
 ";
 
 /// Counts one address's sightings: the same steps as `shortlinks_core::store::AddressTally`,
@@ -101,32 +119,6 @@ fn note_member(note: &Note) -> [u8; 16] {
 }
 
 impl RedisStore {
-    /// One note: the entity is listed first (an entry without notes is harmless), then the
-    /// note's order key and body go in one transaction. `HSETNX` keeps a first copy as is.
-    async fn append_note(&self, note: &Note) -> Result<(), Error> {
-        let noted = self.keys.noted(note.account, note.entity.kind);
-        let mut listed = redis::cmd("ZADD");
-        listed.arg(noted).arg(0).arg(ordered_id(note.entity.id));
-        let mut account = redis::cmd("SADD");
-        account.arg(self.keys.noted_accounts()).arg(note.account.0);
-        let _: (i64, i64) = futures_util::future::try_join(self.write(&listed), self.write(&account)).await?;
-        let (order, body) = self.keys.notes(note.account, note.entity);
-        let member = note_member(note);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("HSETNX")
-            .arg(&body)
-            .arg(member.as_slice())
-            .arg(encode(note)?)
-            .ignore()
-            .cmd("ZADD")
-            .arg(&order)
-            .arg(0)
-            .arg(member.as_slice())
-            .ignore();
-        pipe.query_async::<()>(&mut self.write_connection()).await.map_err(store_error)
-    }
-
     /// The entity ids of a query, ascending.
     async fn entities_of(&self, query: &NotesQuery) -> Result<Vec<u64>, Error> {
         if let Some(ids) = &query.entity_ids {
@@ -152,8 +144,46 @@ impl RedisStore {
 }
 
 impl NotesJournal for RedisStore {
+    /// The entities are listed first (an entry without notes is harmless), then the
+    /// notes go in with a few script calls. A retry after a failure part way writes the
+    /// rest: a body already there is kept as is, an order key already there is set again.
     async fn append_notes(&self, notes: Vec<Note>) -> Result<(), Error> {
-        try_join_all(notes.iter().map(|note| self.append_note(note))).await?;
+        if notes.is_empty() {
+            return Ok(());
+        }
+        let mut accounts: Vec<u64> = notes.iter().map(|n| n.account.0).collect();
+        accounts.sort_unstable();
+        accounts.dedup();
+        let mut listed = redis::cmd("SADD");
+        listed.arg(self.keys.noted_accounts()).arg(&accounts);
+        let mut noted: HashMap<String, redis::Cmd> = HashMap::new();
+        for note in &notes {
+            let key = self.keys.noted(note.account, note.entity.kind);
+            let add = noted.entry(key).or_insert_with_key(|key| {
+                let mut add = redis::cmd("ZADD");
+                add.arg(key);
+                add
+            });
+            add.arg(0).arg(ordered_id(note.entity.id));
+        }
+        let listings = noted.values().chain([&listed]).map(|cmd| self.write::<i64>(cmd));
+        try_join_all(listings).await?;
+        let mut units = Vec::with_capacity(notes.len());
+        for note in &notes {
+            let (order, body) = self.keys.notes(note.account, note.entity);
+            let member = note_member(note);
+            let unit = (order.clone(), vec![(order, body, member, encode(note)?)]);
+            units.push(unit);
+        }
+        let script = redis::Script::new(WRITE_NOTES);
+        let calls = self.connection.pack(units).into_iter().map(|call| {
+            let mut invocation = script.prepare_invoke();
+            for (order, body, member, bytes) in &call {
+                invocation.key(order).key(body).arg(member.as_slice()).arg(bytes.as_slice());
+            }
+            async move { invocation.invoke_async::<()>(&mut self.write_connection()).await.map_err(store_error) }
+        });
+        try_join_all(calls).await?;
         self.replicated().await
     }
 
@@ -245,47 +275,45 @@ impl NotesJournal for RedisStore {
 }
 
 impl VisitLedger for RedisStore {
+    /// A few script calls for the whole batch (see [`CLAIM_VISITS`]). Claims of one link
+    /// go in one call, in batch order; on a cluster, calls go per slot.
     async fn claim_visits(&self, claims: Vec<VisitClaim>, rules: VisitRules) -> Result<Vec<Claimed>, Error> {
-        let script = redis::Script::new(CLAIM_VISIT);
         // A mark outlives its window by a minute: clicks reach the dispatcher a little late.
         let ttl_ms = rules.window_ms.saturating_add(60_000).min(i64::MAX as u64);
-        // Claims of one link run in batch order, one after another; different links at once.
         let mut chains: HashMap<[u8; 16], Vec<usize>> = HashMap::new();
         for (i, claim) in claims.iter().enumerate() {
             chains.entry(claim.link).or_default().push(i);
         }
-        let calls = chains.into_values().map(|chain| {
-            let (script, claims) = (&script, &claims);
+        let units = chains.into_iter().map(|(link, chain)| (self.keys.link_notes(&link), chain));
+        let script = redis::Script::new(CLAIM_VISITS);
+        let calls = self.connection.pack(units).into_iter().map(|call| {
+            let mut invocation = script.prepare_invoke();
+            invocation.arg(rules.window_ms).arg(ttl_ms).arg(rules.notes_per_link);
+            for &i in &call {
+                let claim = &claims[i];
+                let (mark, link_notes) = self.keys.visit(&claim.link, &claim.key);
+                invocation
+                    .key(mark)
+                    .key(link_notes)
+                    .arg(claim.at.0)
+                    .arg(claim.note_id.to_string())
+                    .arg(i128::from(claim.at.0) - i128::from(rules.window_ms));
+            }
             async move {
-                let mut answers = Vec::with_capacity(chain.len());
-                for i in chain {
-                    let claim = &claims[i];
-                    let (mark, link_notes) = self.keys.visit(&claim.link, &claim.key);
-                    let answer: i64 = script
-                        .key(mark)
-                        .key(link_notes)
-                        .arg(claim.at.0)
-                        .arg(claim.note_id.to_string())
-                        .arg(rules.window_ms)
-                        .arg(ttl_ms)
-                        .arg(rules.notes_per_link)
-                        .arg(i128::from(claim.at.0) - i128::from(rules.window_ms))
-                        .invoke_async(&mut self.connection())
-                        .await
-                        .map_err(store_error)?;
-                    let claimed = match answer {
-                        1 => Claimed::Note,
-                        0 => Claimed::Repeat,
-                        _ => Claimed::OverLinkCap,
-                    };
-                    answers.push((i, claimed));
+                let answers: Vec<i64> = invocation.invoke_async(&mut self.connection()).await.map_err(store_error)?;
+                if answers.len() != call.len() {
+                    return Err(Error::Corrupt(format!("{} answers to {} visit claims", answers.len(), call.len())));
                 }
-                Ok::<_, Error>(answers)
+                Ok::<_, Error>(call.into_iter().zip(answers))
             }
         });
         let mut claimed = vec![Claimed::Repeat; claims.len()];
         for (i, answer) in try_join_all(calls).await?.into_iter().flatten() {
-            claimed[i] = answer;
+            claimed[i] = match answer {
+                1 => Claimed::Note,
+                0 => Claimed::Repeat,
+                _ => Claimed::OverLinkCap,
+            };
         }
         Ok(claimed)
     }

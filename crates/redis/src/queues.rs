@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoConsumersReply, StreamReadReply};
 use shortlinks_core::model::EntryId;
-use shortlinks_core::store::{check_queue_name, Queues};
+use shortlinks_core::store::{check_queue_name, Queues, CLICK_QUEUE};
 use shortlinks_core::Error;
 
 use crate::connection::store_error;
@@ -184,7 +184,11 @@ impl Queues for RedisStore {
         for record in &records {
             pipe.cmd("XADD").arg(&key).arg("*").arg(FIELD).arg(record.as_slice()).ignore();
         }
-        pipe.query_async::<()>(&mut self.write_connection()).await.map_err(store_error)?;
+        let mut connection = match queue {
+            CLICK_QUEUE => self.hot_connection(true),
+            _ => self.write_connection(),
+        };
+        pipe.query_async::<()>(&mut connection).await.map_err(store_error)?;
         self.replicated().await
     }
 

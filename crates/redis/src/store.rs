@@ -22,6 +22,11 @@ use crate::keys::Keys;
 #[derive(Clone)]
 pub struct RedisStore {
     pub(crate) connection: Connection,
+    /// The redirect's own traffic, on a connection of its own: its reads of links, and the
+    /// appends of its clicks to the outbox (which a redirect waits for in `sync` mode).
+    /// Queued on the shared connection, they would wait behind whatever the dispatcher sent
+    /// before them (a batch's script calls take Redis milliseconds).
+    pub(crate) hot: Connection,
     pub(crate) keys: Keys,
     pub(crate) consumer: Arc<str>,
     pub(crate) claim_after: Duration,
@@ -51,6 +56,7 @@ impl RedisStore {
     pub async fn open(config: RedisConfig) -> Result<Self, Error> {
         let certificates = certificates(&config.tls)?;
         let connection = connect(&config.target, certificates.as_ref(), config.response_timeout).await?;
+        let hot = connect(&config.target, certificates.as_ref(), config.response_timeout).await?;
         let acked = match config.replicas_ack {
             0 => None,
             replicas => Some(Acked {
@@ -71,6 +77,7 @@ impl RedisStore {
         };
         let store = Self {
             connection,
+            hot,
             keys: Keys::new(&config.key_prefix),
             consumer: consumer.into(),
             claim_after: config.claim_after,
@@ -96,6 +103,15 @@ impl RedisStore {
     /// The connection for a write the store promises as durable.
     pub(crate) fn write_connection(&self) -> Connection {
         self.acked.as_ref().map_or_else(|| self.connection(), |a| a.connection.clone())
+    }
+
+    /// The connection for the redirect's own traffic (see [`RedisStore::hot`]), or for its
+    /// durable writes the acknowledged one.
+    pub(crate) fn hot_connection(&self, write: bool) -> Connection {
+        match &self.acked {
+            Some(acked) if write => acked.connection.clone(),
+            _ => self.hot.clone(),
+        }
     }
 
     /// Runs a durable write's command (see [`RedisStore::write_connection`]).

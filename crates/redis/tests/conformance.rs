@@ -340,3 +340,53 @@ async fn erasures_reach_every_reader_or_tell_it_what_it_missed() {
         "a reader behind a trimmed erasure is told it missed some"
     );
 }
+
+/// Links never change, so a node keeps the ones it creates: their first clicks cost no
+/// round trip there. Another node reads each once; an erasure takes it out of the creator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_the_links_it_created_from_memory() {
+    use shortlinks_core::{AccountId, EntityRef, NewLink, Outcome, Principal, Resolved, Shortener, TargetUrl, UserId};
+    if !shortlinks_redis::testing::available() {
+        return;
+    }
+    let server = RedisServer::standalone().unwrap();
+    let reads = || {
+        let stats = shortlinks_redis::testing::cli(server.port(), &["INFO", "commandstats"]).unwrap();
+        let get = stats.lines().find_map(|l| l.strip_prefix("cmdstat_get:calls=")).unwrap_or("0,");
+        get.split(',').next().unwrap().parse::<u64>().unwrap()
+    };
+    let creator = Shortener::builder(RedisStore::open(server.config("warm")).await.unwrap()).build().await.unwrap();
+    let other = Shortener::builder(RedisStore::open(server.config("warm")).await.unwrap()).build().await.unwrap();
+    let who = Principal::all_contacts(AccountId(1), UserId(1));
+    let items: Vec<NewLink> = (1..=3)
+        .map(|id| NewLink {
+            target: TargetUrl::parse("https://warm.example/").unwrap(),
+            entity: EntityRef::contact(id),
+        })
+        .collect();
+    let codes: Vec<String> = creator
+        .create(&who, &items)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|outcome| match outcome {
+            Outcome::Linked(link) => link.code.as_str().to_owned(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+
+    let before = reads();
+    for code in &codes {
+        assert!(creator.resolve(code).await.unwrap().is_some());
+    }
+    assert_eq!(reads(), before, "the creator read no link from Redis");
+    for code in &codes {
+        assert!(other.resolve(code).await.unwrap().is_some());
+        assert!(other.resolve(code).await.unwrap().is_some());
+    }
+    assert_eq!(reads(), before + 3, "another node read each link once");
+
+    creator.erase(AccountId(1), EntityRef::contact(1)).await.unwrap();
+    let gone = creator.resolve_with(&codes[0], |_| ()).await.unwrap();
+    assert_eq!(gone, Resolved::Erased, "the erasure took it out of the creator's cache");
+}

@@ -38,6 +38,7 @@ pub async fn run<S: CrashFaults>(store: &S) {
     credentials(store).await;
     address_ledger(store).await;
     link_cap(store).await;
+    large_batches(store).await;
     tokens(store).await;
     installation_secret(store).await;
     rate_limits(store).await;
@@ -379,6 +380,42 @@ async fn link_cap<S: Store>(store: &S) {
     let after = vec![claim(7, 4, 1_000 + HOUR, 91), claim(7, 5, 1_000 + HOUR, 92)];
     assert_eq!(store.claim_visits(after, rules).await.expect("claim"), vec![Note, OverLinkCap]);
     assert_eq!(store.claim_visits(vec![claim(7, 5, 1_000 + HOUR, 92)], UNCAPPED).await.expect("claim"), vec![Note]);
+}
+
+/// A dispatcher's batch holds thousands of claims and notes, which a backend may split
+/// (Redis: into script calls): each answer still lands at its claim, a link's claims are
+/// still decided in batch order, and every note is written once.
+async fn large_batches<S: Store>(store: &S) {
+    use Claimed::{Note, OverLinkCap, Repeat};
+    const LINKS: u16 = 700;
+    // Each claim a note id of its own: a repeat is not a redelivery.
+    let wide = |link: u16, client: u8, at: u64| {
+        let mut id = [0u8; 16];
+        id[..2].copy_from_slice(&link.to_be_bytes());
+        id[2] = 0xba;
+        let mut key = id;
+        key[15] = client;
+        VisitClaim { link: id, key, at: Timestamp(at), note_id: u64::from(link) << 32 | at }
+    };
+    // Round by round over every link, so that one link's claims lie far apart.
+    let mut claims = Vec::new();
+    let mut expected = Vec::new();
+    for (round, (client, answer)) in [(1, Note), (1, Repeat), (2, Note), (3, OverLinkCap)].into_iter().enumerate() {
+        for link in 0..LINKS {
+            claims.push(wide(link, client, 50_000 + round as u64));
+            expected.push(answer);
+        }
+    }
+    let rules = VisitRules { window_ms: HOUR, notes_per_link: 2 };
+    assert_eq!(store.claim_visits(claims, rules).await.expect("claim"), expected);
+
+    let notes: Vec<_> = (0..u64::from(LINKS) * 2).map(|i| note(900_000 + i, 9, 9_000 + i / 2, 1_000 + i)).collect();
+    store.append_notes(notes.clone()).await.expect("append");
+    store.append_notes(notes[..10].to_vec()).await.expect("append a copy again");
+    let every = store.list_notes(query(9, None, 0, 10_000)).await.expect("list");
+    assert_eq!(every.len(), notes.len(), "each note once");
+    let of_one = store.list_notes(query(9, Some(vec![9_000 + 123]), 0, 10)).await.expect("list");
+    assert_eq!(of_one, notes[246..248].to_vec());
 }
 
 /// For backends that sweep their ledger themselves (not [`run`]'s part: Redis marks expire

@@ -50,6 +50,12 @@ pub enum InsertOutcome {
 
 /// Links, keyed by code, with a per-entity index.
 pub trait LinkStore: Send + Sync + 'static {
+    /// Whether reading a link costs a round trip to another machine. A node then caches
+    /// the links it creates as it creates them: a link is most often clicked soon after
+    /// it is made (a campaign's mails go out), and its first click is then served from
+    /// memory too. A store read in-process gains nothing from the copy.
+    const READS_ARE_REMOTE: bool = false;
+
     /// Inserts each link only if its code is free, atomically per link, and durably before
     /// returning. One outcome per link, in order. A later link in the batch sees earlier ones.
     fn insert_links(&self, links: Vec<Link>) -> impl Future<Output = Result<Vec<InsertOutcome>, Error>> + Send;
