@@ -119,6 +119,33 @@ impl LinkCache {
         Ok(Some(answer))
     }
 
+    /// The links with these codes, in order: from the cache, and every miss in one
+    /// [`LinkStore::get_links`] (then cached). Off the hot path: a batch's reads.
+    pub async fn get_many<S: LinkStore>(
+        &self,
+        store: &S,
+        codes: &[ShortCode],
+    ) -> Result<Vec<Option<Arc<Link>>>, Error> {
+        let mut found: Vec<Option<Arc<Link>>> = codes.iter().map(|code| self.find(code, Arc::clone)).collect();
+        let mut missed: Vec<ShortCode> =
+            codes.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(c, _)| *c).collect();
+        if missed.is_empty() {
+            return Ok(found);
+        }
+        missed.sort_unstable();
+        missed.dedup();
+        let era = self.era();
+        let read: std::collections::HashMap<ShortCode, Arc<Link>> =
+            store.get_links(&missed).await?.into_iter().flatten().map(|link| (link.code, Arc::new(link))).collect();
+        for (code, slot) in codes.iter().zip(&mut found) {
+            if slot.is_none() {
+                *slot = read.get(code).cloned();
+            }
+        }
+        self.put_shared(read.into_values(), era);
+        Ok(found)
+    }
+
     /// Where forgetting stands: taken before a store write whose links are then
     /// [`LinkCache::put`].
     pub(crate) fn era(&self) -> u64 {
@@ -128,12 +155,16 @@ impl LinkCache {
     /// Caches links just stored, unless a forget came since `era`: it may have been of one
     /// of them, and missed it (not in yet).
     pub(crate) fn put(&self, links: impl IntoIterator<Item = Link>, era: u64) {
+        self.put_shared(links.into_iter().map(Arc::new), era);
+    }
+
+    fn put_shared(&self, links: impl IntoIterator<Item = Arc<Link>>, era: u64) {
         for link in links {
             if self.inner.forgets.load(SeqCst) != era {
                 return;
             }
             let code = link.code;
-            self.insert(Arc::new(link));
+            self.insert(link);
             if self.inner.forgets.load(SeqCst) != era {
                 self.remove(&code);
                 return;

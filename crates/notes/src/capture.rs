@@ -15,11 +15,10 @@ use crate::gateway::contact_key;
 use crate::raw_click::RawClick;
 use crate::screen::Screen;
 use crate::stats::Stats;
+use crate::time_slice::TimeSlice;
 
 /// The most clicks in one group commit.
 const MAX_GROUP: usize = 1024;
-/// Clicks screened between two yields to the redirects, as in the dispatcher.
-const YIELD_EVERY: usize = 64;
 
 /// When a redirect may answer, relative to its click becoming durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,10 +211,9 @@ async fn write_groups<S: Store>(
         let (mut clicks, mut waiters) = (Vec::with_capacity(group.len()), Vec::with_capacity(group.len()));
         let mut sightings = Vec::new();
         let mut screened = 0;
-        for (n, pending) in group.drain(..).enumerate() {
-            if n % YIELD_EVERY == YIELD_EVERY - 1 {
-                tokio::task::yield_now().await;
-            }
+        let mut slice = TimeSlice::start();
+        for pending in group.drain(..) {
+            slice.tick().await;
             next_nonce = next_nonce.wrapping_add(1);
             let contact = pending.click.contact;
             let mut click = pending.click.into_click(next_nonce);

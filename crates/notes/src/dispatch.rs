@@ -17,18 +17,17 @@ use shortlinks_core::model::{Click, Link, Note};
 use shortlinks_core::model::VisitMark;
 use shortlinks_core::store::{Claimed, RecordQueues, VisitClaim, CLICK_QUEUE};
 use shortlinks_core::Timestamp;
-use shortlinks_core::{AccountId, Error, LinkCache, Store};
+use shortlinks_core::{AccountId, Error, LinkCache, ShortCode, Store};
 use tokio::sync::{watch, Notify};
 
 use crate::classify::NotVisit;
 use crate::note::NoteKeys;
 use crate::screen::Screen;
 use crate::stats::Stats;
+use crate::time_slice::TimeSlice;
 
 /// Outbox records (each a group of clicks) handled per round.
 const GROUPS: usize = 8;
-/// Clicks handled between two yields to the redirects (~50 µs of work).
-const YIELD_EVERY: usize = 64;
 /// Where an outbox record that cannot be read is set aside, rather than block the rest.
 const DEAD_CLICKS: &str = "dead:clicks";
 /// Even without a wake-up, look at the outbox this often (clicks written by another process).
@@ -192,10 +191,11 @@ impl<S: Store> Dispatcher<S> {
         // A write retried after a timeout can be in the outbox twice, byte for byte, and
         // usually next to its original: the copy is dropped, not dispatched again.
         let mut distinct: HashSet<&[u8], foldhash::fast::RandomState> = HashSet::default();
+        // The dispatcher shares the runtime's workers with the redirects: it gives the
+        // worker back between slices of work, so no redirect waits behind a whole batch.
+        let mut slice = TimeSlice::start();
         for (_, bytes) in &records {
-            // The dispatcher shares the runtime's workers with the redirects: it gives the
-            // worker back between pieces of work, so no redirect waits behind a whole batch.
-            tokio::task::yield_now().await;
+            slice.tick().await;
             if !distinct.insert(bytes.as_slice()) {
                 let copied = Click::decode_group(bytes).map_or(0, |group| group.len());
                 self.stats.clicks_copied.fetch_add(copied as u64, Relaxed);
@@ -224,19 +224,29 @@ impl<S: Store> Dispatcher<S> {
             due += 1;
         }
         records.truncate(due);
-        let (mut candidates, mut claims) = (Vec::new(), Vec::new());
-        for (n, click) in clicks.iter().enumerate() {
-            if n % YIELD_EVERY == YIELD_EVERY - 1 {
-                tokio::task::yield_now().await;
-            }
+        let mut judged = Vec::new();
+        let mut slice = TimeSlice::start();
+        for click in &clicks {
+            slice.tick().await;
             // Non-visits and remembered repeats need neither the link nor the store.
-            let Some(key) = self.screen.judge(click).key_or_count(&self.stats) else { continue };
-            let Some(link) = self.links.get(&self.store, &click.code).await? else {
-                self.stats.unknown_links.fetch_add(1, Relaxed);
-                continue;
-            };
-            candidates.push((key, click, link));
+            if let Some(key) = self.screen.judge(click).key_or_count(&self.stats) {
+                judged.push((key, click));
+            }
         }
+        // The links in one read of the store for the whole batch (after a restart none is
+        // cached, and one round trip each would set the pace of a backlog's drain).
+        let codes: Vec<ShortCode> = judged.iter().map(|(_, click)| click.code).collect();
+        let links = self.links.get_many(&self.store, &codes).await?;
+        let mut candidates = Vec::with_capacity(judged.len());
+        for ((key, click), link) in judged.into_iter().zip(links) {
+            match link {
+                Some(link) => candidates.push((key, click, link)),
+                None => {
+                    self.stats.unknown_links.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        let mut claims = Vec::new();
         let candidates = self.without_gateways(candidates).await?;
         let candidates: Vec<_> = candidates
             .into_iter()

@@ -37,6 +37,7 @@ pub mod sink;
 #[cfg(any(test, feature = "testing"))]
 pub mod stand_in;
 pub mod stats;
+mod time_slice;
 
 pub use capture::{ClickRecorder, Durability, NotRecorded};
 pub use error::Error;

@@ -7,6 +7,7 @@
 /// to find the slots.
 pub const COMMANDS: &[&str] = &[
     "get",
+    "mget",
     "set",
     "del",
     "pexpire",

@@ -87,6 +87,28 @@ impl LinkStore for RedisStore {
         bytes.map(|b| decode(&b)).transpose()
     }
 
+    /// `MGET`s of up to 256 keys (on a cluster, per hash slot), on the shared connection:
+    /// a batch's reads must not queue ahead of the redirects' own.
+    async fn get_links(&self, codes: &[ShortCode]) -> Result<Vec<Option<Link>>, Error> {
+        let units = codes.iter().enumerate().map(|(i, code)| {
+            let key = self.keys.link(code);
+            (key.clone(), vec![(i, key)])
+        });
+        let calls = self.connection.pack(units).into_iter().map(|call| async move {
+            let keys: Vec<&String> = call.iter().map(|(_, key)| key).collect();
+            let found: Vec<Option<Vec<u8>>> = self.query(redis::cmd("MGET").arg(keys)).await?;
+            if found.len() != call.len() {
+                return Err(Error::Corrupt(format!("{} values for {} keys", found.len(), call.len())));
+            }
+            Ok(call.into_iter().map(|(i, _)| i).zip(found))
+        });
+        let mut links = vec![None; codes.len()];
+        for (i, bytes) in try_join_all(calls).await?.into_iter().flatten() {
+            links[i] = bytes.map(|b| decode(&b)).transpose()?;
+        }
+        Ok(links)
+    }
+
     async fn links_of(&self, account: AccountId, entity: EntityRef) -> Result<Vec<Link>, Error> {
         let codes: Vec<String> = self
             .query(redis::cmd("ZRANGE").arg(self.keys.links_of(account, entity)).arg("-").arg("+").arg("BYLEX"))

@@ -409,6 +409,25 @@ async fn large_batches<S: Store>(store: &S) {
     let rules = VisitRules { window_ms: HOUR, notes_per_link: 2 };
     assert_eq!(store.claim_visits(claims, rules).await.expect("claim"), expected);
 
+    // Links read in one call: found or not, each in its place, a code asked twice twice.
+    let stored: Vec<Link> =
+        (0..LINKS).map(|i| link(&format!("BULK{i:08}"), 9, 9_000 + u64::from(i), "https://bulk.example/")).collect();
+    store.insert_links(stored.clone()).await.expect("insert");
+    let mut asked = Vec::new();
+    let mut expected = Vec::new();
+    for (i, l) in stored.iter().enumerate() {
+        asked.push(l.code);
+        expected.push(Some(l.clone()));
+        if i % 7 == 0 {
+            asked.push(ShortCode::from_key(format!("NONE{i:08}").as_bytes()).expect("base62 code"));
+            expected.push(None);
+        }
+    }
+    asked.push(stored[5].code);
+    expected.push(Some(stored[5].clone()));
+    assert_eq!(store.get_links(&asked).await.expect("get links"), expected);
+    assert!(store.get_links(&[]).await.expect("get links").is_empty());
+
     let notes: Vec<_> = (0..u64::from(LINKS) * 2).map(|i| note(900_000 + i, 9, 9_000 + i / 2, 1_000 + i)).collect();
     store.append_notes(notes.clone()).await.expect("append");
     store.append_notes(notes[..10].to_vec()).await.expect("append a copy again");

@@ -63,6 +63,19 @@ pub trait LinkStore: Send + Sync + 'static {
     /// The link with this code: the hot path, one read.
     fn get_link(&self, code: &ShortCode) -> impl Future<Output = Result<Option<Link>, Error>> + Send;
 
+    /// The links with these codes, in order: a batch's reads (the dispatcher's), which a
+    /// remote store makes in a few round trips rather than one each. One
+    /// [`LinkStore::get_link`] after another, by default.
+    fn get_links(&self, codes: &[ShortCode]) -> impl Future<Output = Result<Vec<Option<Link>>, Error>> + Send {
+        async move {
+            let mut links = Vec::with_capacity(codes.len());
+            for code in codes {
+                links.push(self.get_link(code).await?);
+            }
+            Ok(links)
+        }
+    }
+
     /// The links of one entity in one account, in key (code) order.
     fn links_of(&self, account: AccountId, entity: EntityRef) -> impl Future<Output = Result<Vec<Link>, Error>> + Send;
 
