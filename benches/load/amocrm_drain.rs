@@ -24,7 +24,7 @@ const CONTACTS: usize = 10_000;
 /// Targets (issue 17): every note once within this, and no 429.
 const TARGET: Duration = Duration::from_secs(45);
 /// wrk's agent during the drain: a preview bot, so its redirects make no notes.
-const BOT: &str = "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)";
+pub(super) const BOT: &str = "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)";
 const ROUND_SECONDS: u64 = 3;
 
 /// One visit per code, each from an address of its own, 32 at a time.

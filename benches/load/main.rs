@@ -20,6 +20,7 @@ use tokio::process::{Child, Command};
 
 mod amocrm_accounts;
 mod amocrm_drain;
+mod backlog;
 
 /// A browser's agent: these requests are what people send, so they become visits and notes.
 const AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0";
@@ -77,7 +78,9 @@ Scenarios, in this order:
                        the drain against a server without the sink (see amocrm_drain.rs)
   --amocrm-accounts    instead: 20 accounts x 1000 notes drained at once, each into its
                        own amoCRM stand-in, against one account's 1000 alone
-                       (see amocrm_accounts.rs)";
+                       (see amocrm_accounts.rs)
+  --backlog N          instead: a node on Redis restarts with N held clicks due at once
+                       and drains them while wrk's campaign goes on (see backlog.rs)";
 
 /// What the clicks of a run are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +115,8 @@ struct Options {
     amocrm_accounts: bool,
     /// The note hold and the address rule as a production server has them.
     production_rules: bool,
+    /// The backlog scenario instead: this many clicks held, then drained.
+    backlog: u64,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -127,6 +132,7 @@ fn options() -> anyhow::Result<Options> {
         amocrm_drain: false,
         amocrm_accounts: false,
         production_rules: false,
+        backlog: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -146,6 +152,7 @@ fn options() -> anyhow::Result<Options> {
             "--amocrm-drain" => o.amocrm_drain = true,
             "--amocrm-accounts" => o.amocrm_accounts = true,
             "--production-rules" => o.production_rules = true,
+            "--backlog" => o.backlog = value()?.parse()?,
             "--scenarios" => o.scenarios = value()?.split(',').map(Scenario::parse).collect::<Result<_, _>>()?,
             other => bail!("unknown option {other} (see --help)"),
         }
@@ -395,6 +402,92 @@ fn clock_ticks_per_second() -> f64 {
 /// wrk runs started so far.
 static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// What one wrk run printed.
+struct WrkFigures {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: f64,
+    /// wrk's own CPU time, in seconds.
+    cpu: f64,
+}
+
+/// One wrk run against `addr`, as is: every answer must be a redirect.
+async fn run_wrk(
+    addr: &str,
+    script: &Path,
+    connections: usize,
+    seconds: u64,
+    agent: &str,
+) -> anyhow::Result<WrkFigures> {
+    run_wrk_until(addr, script, connections, seconds, agent, std::future::pending()).await
+}
+
+/// A wrk run that ends after `seconds`, or as soon as `until` is ready (wrk, interrupted,
+/// prints its figures so far).
+async fn run_wrk_until(
+    addr: &str,
+    script: &Path,
+    connections: usize,
+    seconds: u64,
+    agent: &str,
+    until: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<WrkFigures> {
+    // Under bash's `time`, which reports wrk's own CPU time on stderr; in a process group of
+    // its own, so that an interruption reaches wrk.
+    let child = Command::new("bash")
+        .args(["-c", "TIMEFORMAT='%3U %3S'; time wrk \"$@\"", "wrk"])
+        .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "-H"])
+        .arg(format!("User-Agent: {agent}"))
+        // A browser's navigation headers, so that its clicks are visits.
+        .args(["-H", ACCEPT, "-H", ACCEPT_LANGUAGE])
+        .arg("-s")
+        .arg(script)
+        .arg(format!("http://{addr}"))
+        // The script's argument: a number of its own for each run, so that the campaign
+        // never sends an address twice.
+        .arg("--")
+        .arg(RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_string())
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let group = child.id().context("wrk's shell")?;
+    let output = tokio::time::timeout(Duration::from_secs(seconds + 30), child.wait_with_output());
+    tokio::pin!(output);
+    let output = tokio::select! {
+        output = &mut output => output,
+        () = until => {
+            std::process::Command::new("kill").args(["-INT", "--", &format!("-{group}")]).status()?;
+            output.await
+        }
+    }
+    .context("wrk did not finish in time")??;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if text.contains("Non-2xx or 3xx responses") {
+        bail!("errors in the run:\n{text}");
+    }
+    let field = |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned()));
+    // `1234567 requests in 10.00s, 123.45MB read`
+    let requests: f64 = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in ").and_then(|(n, _)| n.parse().ok()))
+        .context("no request count")?;
+    let cpu: f64 = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().map(str::parse::<f64>).sum::<Result<f64, _>>().ok())
+        .context("no CPU time from `time wrk`")?;
+    Ok(WrkFigures {
+        rps: field("Requests/sec:").context("no Requests/sec")?.parse()?,
+        p50_ms: field("50%").and_then(|v| millis(&v)).context("no p50")?,
+        p99_ms: field("99%").and_then(|v| millis(&v)).context("no p99")?,
+        requests,
+        cpu,
+    })
+}
+
 /// One wrk run against `server`, with the server's CPU time read around it.
 async fn wrk(server: &Server, script: &Path, connections: usize, seconds: u64, agent: &str) -> anyhow::Result<Run> {
     let pid = server.child.id().context("the server has exited")?;
@@ -402,53 +495,23 @@ async fn wrk(server: &Server, script: &Path, connections: usize, seconds: u64, a
     let addr = &server.addr;
     let (stop_probe, probe_stopped) = tokio::sync::watch::channel(false);
     let probe = tokio::spawn(slowest_health(addr.clone(), probe_stopped));
-    let output = tokio::time::timeout(
-        Duration::from_secs(seconds + 30),
-        // Under bash's `time`, which reports wrk's own CPU time on stderr.
-        Command::new("bash")
-            .args(["-c", "TIMEFORMAT='%3U %3S'; time wrk \"$@\"", "wrk"])
-            .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "-H"])
-            .arg(format!("User-Agent: {agent}"))
-            // A browser's navigation headers, so that its clicks are visits.
-            .args(["-H", ACCEPT, "-H", ACCEPT_LANGUAGE])
-            .arg("-s")
-            .arg(script)
-            .arg(format!("http://{addr}"))
-            // The script's argument: a number of its own for each run, so that the campaign
-            // never sends an address twice.
-            .arg("--")
-            .arg(RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_string())
-            .output(),
-    )
-    .await
-    .context("wrk did not finish in time")??;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let field = |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned()));
-    let rps = field("Requests/sec:").context("no Requests/sec")?.parse()?;
-    let p50 = field("50%").and_then(|v| millis(&v)).context("no p50")?;
-    let p99 = field("99%").and_then(|v| millis(&v)).context("no p99")?;
+    let figures = run_wrk(addr, script, connections, seconds, agent).await?;
     // The CPU time counts until the pipeline has handled this run's clicks: work left for
     // later is still this run's work.
     let backlog = settle(addr).await?;
     let cpu = cpu_seconds(pid).context("cannot read the server's CPU time")? - cpu_before;
     stop_probe.send(true)?;
     let health_ms = probe.await??.as_secs_f64() * 1000.0;
-    // `1234567 requests in 10.00s, 123.45MB read`
-    let requests: f64 = text
-        .lines()
-        .find_map(|l| l.trim().split_once(" requests in ").and_then(|(n, _)| n.parse().ok()))
-        .context("no request count")?;
-    if text.contains("Non-2xx or 3xx responses") {
-        bail!("errors in the run:\n{text}");
-    }
-    let wrk_cpu: f64 = String::from_utf8_lossy(&output.stderr)
-        .lines()
-        .last()
-        .and_then(|l| l.split_whitespace().map(str::parse::<f64>).sum::<Result<f64, _>>().ok())
-        .context("no CPU time from `time wrk`")?;
-    let per_request = |seconds: f64| seconds * 1e6 / requests.max(1.0);
-    let (cpu_us, wrk_cpu_us) = (per_request(cpu), per_request(wrk_cpu));
-    Ok(Run { rps, p50_ms: p50, p99_ms: p99, cpu_us, wrk_cpu_us, backlog, health_ms })
+    let per_request = |seconds: f64| seconds * 1e6 / figures.requests.max(1.0);
+    Ok(Run {
+        rps: figures.rps,
+        p50_ms: figures.p50_ms,
+        p99_ms: figures.p99_ms,
+        cpu_us: per_request(cpu),
+        wrk_cpu_us: per_request(figures.cpu),
+        backlog,
+        health_ms,
+    })
 }
 
 /// Asks `addr` for `/healthz` ten times a second, each on a new connection, until
@@ -697,6 +760,27 @@ struct Scripts {
     campaign: std::path::PathBuf,
 }
 
+/// Writes contender `i`'s scripts, which draw among `codes` at random.
+fn scripts_for(work: &Path, i: usize, codes: &[&str]) -> anyhow::Result<Scripts> {
+    let codes_file = work.join(format!("codes-{i}.txt"));
+    std::fs::write(&codes_file, codes.join("\n"))?;
+    let script = |kind: &str, request: &str| -> anyhow::Result<std::path::PathBuf> {
+        let script = work.join(format!("{kind}-{i}.lua"));
+        std::fs::write(
+            &script,
+            format!(
+                "local paths = {{}}\nfor line in io.lines(\"{}\") do paths[#paths + 1] = \"/\" .. line end\n\
+                 local counter = 0\nfunction setup(thread) counter = counter + 1; thread:set(\"id\", counter) end\n\
+                 function init(args) math.randomseed({SEED} + id); run = tonumber(args[1]) or 0; n = 0 end\n\
+                 {request}",
+                codes_file.display(),
+            ),
+        )?;
+        Ok(script)
+    };
+    Ok(Scripts { repeat: script("repeat", REPEAT_REQUEST)?, campaign: script("campaign", NEW_VISITOR_REQUEST)? })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let o = options()?;
@@ -707,6 +791,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if o.amocrm_drain {
         return amocrm_drain::run(&release, work.path(), o.rounds).await;
+    }
+    if o.backlog > 0 {
+        return backlog::run(&release, work.path(), &o).await;
     }
     println!("links: {}, rounds: {}, {} s each, storage: {}", o.links, o.rounds, o.seconds, o.storages.join(", "));
     if let Some(baseline) = &o.baseline {
@@ -764,26 +851,7 @@ async fn main() -> anyhow::Result<()> {
             Some(codes) => picks.iter().map(|&p| codes[p].as_str()).collect(),
             None => picks.iter().map(|&p| links[p].0.as_str()).collect(),
         };
-        let codes_file = work.path().join(format!("codes-{i}.txt"));
-        std::fs::write(&codes_file, codes.join("\n"))?;
-        let script = |kind: &str, request: &str| -> anyhow::Result<std::path::PathBuf> {
-            let script = work.path().join(format!("{kind}-{i}.lua"));
-            std::fs::write(
-                &script,
-                format!(
-                    "local paths = {{}}\nfor line in io.lines(\"{}\") do paths[#paths + 1] = \"/\" .. line end\n\
-                     local counter = 0\nfunction setup(thread) counter = counter + 1; thread:set(\"id\", counter) end\n\
-                     function init(args) math.randomseed({SEED} + id); run = tonumber(args[1]) or 0; n = 0 end\n\
-                     {request}",
-                    codes_file.display(),
-                ),
-            )?;
-            Ok(script)
-        };
-        scripts.push(Scripts {
-            repeat: script("repeat", REPEAT_REQUEST)?,
-            campaign: script("campaign", NEW_VISITOR_REQUEST)?,
-        });
+        scripts.push(scripts_for(work.path(), i, &codes)?);
     }
 
     if o.scenarios.contains(&Scenario::Cold) {
