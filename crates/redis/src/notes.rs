@@ -296,7 +296,7 @@ impl VisitLedger for RedisStore {
                     .key(mark)
                     .key(link_notes)
                     .arg(claim.at.0)
-                    .arg(claim.note_id.to_string())
+                    .arg(claim.note_id)
                     .arg(i128::from(claim.at.0) - i128::from(rules.window_ms));
             }
             async move {
