@@ -20,6 +20,10 @@ pub enum Error {
     /// The operating system's random source failed.
     #[error("random source failed: {0}")]
     Random(String),
+    /// The data was written by a newer version of shortlinks, in a format this build does
+    /// not know: it is left untouched rather than misread.
+    #[error("written by a newer shortlinks: {0}")]
+    NewerFormat(String),
 }
 
 impl Error {

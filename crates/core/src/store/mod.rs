@@ -19,6 +19,7 @@ use crate::Error;
 mod address_tally;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+mod format;
 mod frame;
 pub(crate) mod keys;
 mod link_log;

@@ -287,17 +287,6 @@ impl NotesLog {
         (was - ledger.visits.len()) as u64
     }
 
-    /// Takes in marks carried over from elsewhere (the old sled trees), durably.
-    pub(crate) fn adopt_marks(&self, marks: &[MarkRecord]) -> Result<(), Error> {
-        let mut ledger = self.ledger.lock();
-        for mark in marks {
-            mark.append_to(&mut ledger.pending);
-            ledger.found(*mark);
-        }
-        drop(ledger);
-        self.append(Vec::new())
-    }
-
     /// Writes the pending marks and the notes not already there, in one write, and syncs.
     /// Durable when it returns.
     pub(crate) fn append(&self, notes: Vec<Note>) -> Result<(), Error> {

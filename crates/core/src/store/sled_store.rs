@@ -19,8 +19,7 @@
 //! `queues/` (see [`QueueLog`]); sled keeps only each queue's head, without a flush of its
 //! own. Nor are notes and the visit ledger: they are `notes.log`, with the ledger in memory
 //! (see [`NotesLog`]). Nor is the address ledger: it is in memory and two files beside it
-//! (see [`SightingsLog`]). Directories from before these files are moved into them on open
-//! (sightings, which matter for minutes, are dropped).
+//! (see [`SightingsLog`]).
 //!
 //! Reads run inline: sled serves them from its page cache, a link is one positional read,
 //! and the hot path puts its own cache in front. Anything that writes or flushes (an fsync)
@@ -39,7 +38,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::link_log::LinkLog;
-use super::notes_log::{MarkRecord, NotesLog};
+use super::notes_log::NotesLog;
 use super::queue_log::{Position, QueueLog, SEGMENT_BYTES};
 use super::rate::LocalRates;
 use super::sightings_log::SightingsLog;
@@ -50,7 +49,7 @@ use super::{
 };
 use crate::code::{InstallationSecret, ShortCode, Tombstone};
 use crate::codec::{decode, encode};
-use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, Timestamp, VisitMark};
+use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, Timestamp};
 use crate::Error;
 
 const SECRET_KEY: &[u8] = b"installation_secret";
@@ -112,6 +111,8 @@ impl SledStore {
 
     /// As [`SledStore::open`], with sled's page cache limited to `cache_bytes`.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, Error> {
+        // Before sled or any file of ours is touched: a newer directory is left as it is.
+        super::format::check_or_record(dir)?;
         let db = open_sled(dir, cache_bytes)?;
         // sled 0.34 keeps its whole log in `db`; the version is pinned, so is the name.
         let log = File::open(dir.join("db"))
@@ -133,59 +134,7 @@ impl SledStore {
             rates: Arc::default(),
             db,
         };
-        store.carry_over_notes_and_visits()?;
         Ok(store)
-    }
-
-    /// A directory from before `notes.log` keeps notes and the visit ledger in sled trees:
-    /// they are appended to the file (durably), then the trees are dropped. A crash in
-    /// between carries them over again, which changes nothing: notes are kept once, and a
-    /// mark read twice is the same mark.
-    fn carry_over_notes_and_visits(&self) -> Result<(), Error> {
-        let names = self.db.tree_names();
-        let has = |name: &str| names.iter().any(|n| n.as_ref() == name.as_bytes());
-        if has("notes") {
-            let tree = self.db.open_tree("notes").map_err(Error::storage)?;
-            let mut batch = Vec::new();
-            for entry in tree.iter() {
-                batch.push(decode::<Note>(&entry.map_err(Error::storage)?.1)?);
-                if batch.len() == 10_000 {
-                    self.journal.append(std::mem::take(&mut batch))?;
-                }
-            }
-            self.journal.append(batch)?;
-            self.db.drop_tree("notes").map_err(Error::storage)?;
-        }
-        let mut marks = Vec::new();
-        if has("visits") {
-            for entry in self.db.open_tree("visits").map_err(Error::storage)?.iter() {
-                let (key, bytes) = entry.map_err(Error::storage)?;
-                let key = <[u8; 16]>::try_from(key.as_ref()).map_err(|_| Error::Corrupt("a visit key".into()))?;
-                marks.push(MarkRecord { key, link: [0; 16], mark: decode::<VisitMark>(&bytes)? });
-            }
-        }
-        if has("link_notes") {
-            for entry in self.db.open_tree("link_notes").map_err(Error::storage)?.iter() {
-                let (link, bytes) = entry.map_err(Error::storage)?;
-                let link = <[u8; 16]>::try_from(link.as_ref()).map_err(|_| Error::Corrupt("a link key".into()))?;
-                for at in decode::<Vec<u64>>(&bytes)? {
-                    marks.push(MarkRecord { key: [0; 16], link, mark: VisitMark { at: Timestamp(at), note_id: 0 } });
-                }
-            }
-        }
-        // Sightings matter for minutes; the index by entity is no longer kept.
-        for name in ["sightings", "by_entity"] {
-            if has(name) {
-                self.db.drop_tree(name).map_err(Error::storage)?;
-            }
-        }
-        if has("visits") || has("link_notes") {
-            self.journal.adopt_marks(&marks)?;
-            for name in ["visits", "link_notes"] {
-                self.db.drop_tree(name).map_err(Error::storage)?;
-            }
-        }
-        Ok(())
     }
 
     /// A queue's files, opened (or made) on first use, at the head kept in sled.
@@ -586,49 +535,6 @@ mod tests {
             assert_eq!(store.list_notes(query).await.unwrap().len(), 1);
             assert!(holding.join().unwrap(), "the listing held the runtime's thread");
         });
-    }
-
-    /// A directory whose notes and visit ledger are still sled trees (the layout before
-    /// `notes.log`): opening carries them into the file and drops the trees; a visit seen
-    /// there is still a repeat, a link at its cap still capped, every note listed once.
-    #[tokio::test]
-    async fn notes_and_marks_in_sled_trees_are_carried_over_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let notes: Vec<Note> = (0..3).map(|i| conformance::note(i + 1, 1, 10 + i, 1_000 + i)).collect();
-        {
-            let db = sled::open(dir.path()).unwrap();
-            let tree = db.open_tree("notes").unwrap();
-            for n in &notes {
-                tree.insert(crate::store::keys::note_key(n.account, n.entity, n.created_at, n.id), encode(n).unwrap())
-                    .unwrap();
-            }
-            let mark = VisitMark { at: Timestamp(5_000), note_id: 1 };
-            db.open_tree("visits").unwrap().insert([7u8; 16], encode(&mark).unwrap()).unwrap();
-            db.open_tree("link_notes").unwrap().insert([8u8; 16], encode(&vec![5_000u64; 5]).unwrap()).unwrap();
-            db.flush().unwrap();
-        }
-        for _ in 0..2 {
-            let store = SledStore::open(dir.path()).unwrap();
-            let query = NotesQuery {
-                account: AccountId(1),
-                entity_type: crate::EntityType::Contacts,
-                entity_ids: None,
-                offset: 0,
-                limit: 10,
-            };
-            assert_eq!(store.list_notes(query).await.unwrap(), notes);
-            let rules = VisitRules { window_ms: 60_000, notes_per_link: 5 };
-            let repeat = VisitClaim { link: [9; 16], key: [7; 16], at: Timestamp(6_000), note_id: 2 };
-            let capped = VisitClaim { link: [8; 16], key: [6; 16], at: Timestamp(6_000), note_id: 3 };
-            assert_eq!(
-                store.claim_visits(vec![repeat, capped], rules).await.unwrap(),
-                [Claimed::Repeat, Claimed::OverLinkCap]
-            );
-            let names = store.db.tree_names();
-            assert!(["notes", "visits", "link_notes"]
-                .iter()
-                .all(|t| !names.iter().any(|n| n.as_ref() == t.as_bytes())));
-        }
     }
 
     /// Queue records of any size stay out of sled: a page over 128 KiB would go to a blob
