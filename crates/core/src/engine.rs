@@ -8,7 +8,7 @@ use crate::error::CreateError;
 use crate::model::{EntityRef, Link, Principal, Timestamp};
 use crate::store::{ErasureCursor, ErasureNews, InsertOutcome, LinkStore, SecretStore};
 use crate::target::TargetUrl;
-use crate::{Error, ShortCode};
+use crate::{Error, ShortCode, Tombstone};
 
 /// How many candidate codes to try for one link before giving up. With 8+ characters a
 /// second candidate is already astronomically rare; the bound only matters for tiny test codes.
@@ -142,12 +142,22 @@ impl<S: LinkStore + SecretStore> Shortener<S> {
                 true => Vec::new(),
                 false => self.store.insert_links(candidates.clone()).await?,
             };
+            let lost = self.buried_meanwhile(&candidates, &results).await?;
             if S::READS_ARE_REMOTE {
-                let inserted = candidates.iter().zip(&results).filter(|(_, r)| **r == InsertOutcome::Inserted);
-                self.cache.put(inserted.map(|(link, _)| link.clone()), era);
+                let inserted = candidates
+                    .iter()
+                    .zip(&results)
+                    .zip(&lost)
+                    .filter(|((_, r), lost)| **r == InsertOutcome::Inserted && !**lost);
+                self.cache.put(inserted.map(|((link, _), _)| link.clone()), era);
             }
-            for ((index, attempt), (candidate, result)) in trying.into_iter().zip(candidates.into_iter().zip(results)) {
+            let tried = trying.into_iter().zip(candidates.into_iter().zip(results)).zip(lost);
+            for (((index, attempt), (candidate, result)), lost) in tried {
                 match result {
+                    _ if lost && attempt + 1 >= MAX_ATTEMPTS => {
+                        return Err(CreateError::CodeSpaceExhausted(MAX_ATTEMPTS))
+                    }
+                    _ if lost => collided.push((index, attempt + 1)),
                     InsertOutcome::Inserted => outcomes[index] = Outcome::Linked(candidate),
                     InsertOutcome::Occupied(existing) if existing.same_identity(&candidate) => {
                         outcomes[index] = Outcome::Linked(existing)
@@ -161,6 +171,37 @@ impl<S: LinkStore + SecretStore> Shortener<S> {
             pending = collided;
         }
         Ok(outcomes)
+    }
+
+    /// Which of a round's links an erasure buried after the round's check of the
+    /// tombstones (so while it inserted them): each such code is erased again, in case
+    /// the erasure removed the links before the insert, and the item tries its next code.
+    /// An erased code is never live again, however a create and an erasure interleave.
+    async fn buried_meanwhile(&self, candidates: &[Link], results: &[InsertOutcome]) -> Result<Vec<bool>, Error> {
+        let linked = |(link, result): (&Link, &InsertOutcome)| match result {
+            InsertOutcome::Inserted => true,
+            InsertOutcome::Occupied(existing) => existing.same_identity(link),
+        };
+        let tombstones: Vec<Tombstone> = candidates.iter().map(|c| self.codes.tombstone(&c.code)).collect();
+        let asked: Vec<usize> = (0..candidates.len()).filter(|&i| linked((&candidates[i], &results[i]))).collect();
+        let mut lost = vec![false; candidates.len()];
+        if asked.is_empty() {
+            return Ok(lost);
+        }
+        let buried = self.store.buried(asked.iter().map(|&i| tombstones[i]).collect()).await?;
+        let mut erase = Vec::new();
+        for (&i, buried) in asked.iter().zip(buried) {
+            if buried {
+                lost[i] = true;
+                erase.push((candidates[i].clone(), tombstones[i]));
+            }
+        }
+        if !erase.is_empty() {
+            let codes: Vec<ShortCode> = erase.iter().map(|(link, _)| link.code).collect();
+            self.store.erase_links(erase).await?;
+            self.cache.forget(&codes);
+        }
+        Ok(lost)
     }
 
     /// Erases every link of one entity: their codes then resolve as

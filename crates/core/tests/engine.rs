@@ -1,4 +1,4 @@
-//! The engine's create/resolve contract, on the in-memory store.
+//! The engine's create/resolve contract, on the in-memory store (and on sled where an erasure races a create).
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
@@ -92,4 +92,82 @@ async fn code_length_is_configurable() {
     let who = Principal::all_contacts(AccountId(1), UserId(1));
     let out = engine.create(&who, &[item("https://x.example/", 1)]).await.unwrap();
     assert_eq!(linked(&out[0]).code.as_str().len(), 22);
+}
+
+/// A sled store whose next insert first lets an erasure of the inserted links' entity run
+/// to its end, through another engine on the same store: the interleaving in which a
+/// create has checked the tombstones and an erasure then buries and removes the code
+/// before the create inserts it.
+#[derive(Clone)]
+struct EraseBeforeInsert {
+    store: shortlinks_core::SledStore,
+    eraser: std::sync::Arc<tokio::sync::OnceCell<Shortener<shortlinks_core::SledStore>>>,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl shortlinks_core::store::LinkStore for EraseBeforeInsert {
+    async fn insert_links(
+        &self,
+        links: Vec<shortlinks_core::Link>,
+    ) -> Result<Vec<shortlinks_core::store::InsertOutcome>, shortlinks_core::Error> {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let eraser = self.eraser.get().unwrap();
+            eraser.erase(links[0].account, links[0].entity).await?;
+        }
+        self.store.insert_links(links).await
+    }
+    async fn get_link(
+        &self,
+        code: &shortlinks_core::ShortCode,
+    ) -> Result<Option<shortlinks_core::Link>, shortlinks_core::Error> {
+        self.store.get_link(code).await
+    }
+    async fn links_of(
+        &self,
+        account: AccountId,
+        entity: EntityRef,
+    ) -> Result<Vec<shortlinks_core::Link>, shortlinks_core::Error> {
+        self.store.links_of(account, entity).await
+    }
+    async fn erase_links(
+        &self,
+        links: Vec<(shortlinks_core::Link, shortlinks_core::Tombstone)>,
+    ) -> Result<(), shortlinks_core::Error> {
+        self.store.erase_links(links).await
+    }
+    async fn buried(&self, tombstones: Vec<shortlinks_core::Tombstone>) -> Result<Vec<bool>, shortlinks_core::Error> {
+        self.store.buried(tombstones).await
+    }
+}
+
+impl shortlinks_core::SecretStore for EraseBeforeInsert {
+    async fn installation_secret(
+        &self,
+        candidate: shortlinks_core::InstallationSecret,
+    ) -> Result<shortlinks_core::InstallationSecret, shortlinks_core::Error> {
+        self.store.installation_secret(candidate).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_code_never_comes_back_through_a_create_that_raced_the_erasure() {
+    use shortlinks_core::store::LinkStore;
+    use shortlinks_core::Resolved;
+    let dir = tempfile::tempdir().unwrap();
+    let sled = shortlinks_core::SledStore::open(dir.path()).unwrap();
+    let store = EraseBeforeInsert { store: sled.clone(), eraser: Default::default(), armed: Default::default() };
+    let _ = store.eraser.set(Shortener::builder(sled.clone()).build().await.unwrap());
+    let engine = Shortener::builder(store.clone()).build().await.unwrap();
+    let who = Principal::all_contacts(AccountId(1), UserId(1));
+    let contact = item("https://race.example/", 5);
+    let first = linked(&engine.create(&who, std::slice::from_ref(&contact)).await.unwrap()[0]).clone();
+
+    // A retry of the same item, with the erasure of its contact slipping in before the insert.
+    store.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let again = linked(&engine.create(&who, std::slice::from_ref(&contact)).await.unwrap()[0]).clone();
+    assert_ne!(again.code, first.code, "the erased code was issued again");
+    assert_eq!(sled.get_link(&first.code).await.unwrap(), None, "the erased code is live again");
+    assert_eq!(engine.resolve_with(first.code.as_str(), |_| ()).await.unwrap(), Resolved::Erased);
+    assert_eq!(engine.resolve(again.code.as_str()).await.unwrap().unwrap().target, contact.target);
+    assert_eq!(sled.links_of(AccountId(1), EntityRef::contact(5)).await.unwrap(), vec![again]);
 }
