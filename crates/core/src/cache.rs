@@ -107,15 +107,11 @@ impl LinkCache {
             return Ok(answer);
         }
         let Some(f) = f else { return Ok(None) };
-        let forgets = self.inner.forgets.load(SeqCst);
+        let era = self.era();
         let Some(link) = store.get_link(code).await? else { return Ok(None) };
         let link = Arc::new(link);
         let answer = f(&link);
-        self.insert(link);
-        // A forget since the read may have been of this link, and missed it (not in yet).
-        if self.inner.forgets.load(SeqCst) != forgets {
-            self.remove(code);
-        }
+        self.put_shared([link], era);
         Ok(Some(answer))
     }
 
@@ -146,18 +142,19 @@ impl LinkCache {
         Ok(found)
     }
 
-    /// Where forgetting stands: taken before a store write whose links are then
-    /// [`LinkCache::put`].
+    /// Where forgetting stands: taken before a store read or write whose links are then
+    /// cached.
     pub(crate) fn era(&self) -> u64 {
         self.inner.forgets.load(SeqCst)
     }
 
-    /// Caches links just stored, unless a forget came since `era`: it may have been of one
-    /// of them, and missed it (not in yet).
+    /// Caches links just stored, unless a forget came since `era` (see below).
     pub(crate) fn put(&self, links: impl IntoIterator<Item = Link>, era: u64) {
         self.put_shared(links.into_iter().map(Arc::new), era);
     }
 
+    /// Caches links read or stored since `era`, unless a forget came since: it may have
+    /// been of one of them, and missed it (not in yet).
     fn put_shared(&self, links: impl IntoIterator<Item = Arc<Link>>, era: u64) {
         for link in links {
             if self.inner.forgets.load(SeqCst) != era {
