@@ -178,22 +178,26 @@ impl<S: LinkStore + SecretStore> Shortener<S> {
     /// the erasure removed the links before the insert, and the item tries its next code.
     /// An erased code is never live again, however a create and an erasure interleave.
     async fn buried_meanwhile(&self, candidates: &[Link], results: &[InsertOutcome]) -> Result<Vec<bool>, Error> {
-        let linked = |(link, result): (&Link, &InsertOutcome)| match result {
-            InsertOutcome::Inserted => true,
-            InsertOutcome::Occupied(existing) => existing.same_identity(link),
-        };
-        let tombstones: Vec<Tombstone> = candidates.iter().map(|c| self.codes.tombstone(&c.code)).collect();
-        let asked: Vec<usize> = (0..candidates.len()).filter(|&i| linked((&candidates[i], &results[i]))).collect();
         let mut lost = vec![false; candidates.len()];
+        let asked: Vec<(usize, Tombstone)> = candidates
+            .iter()
+            .zip(results)
+            .enumerate()
+            .filter(|(_, (link, result))| match result {
+                InsertOutcome::Inserted => true,
+                InsertOutcome::Occupied(existing) => existing.same_identity(link),
+            })
+            .map(|(i, (link, _))| (i, self.codes.tombstone(&link.code)))
+            .collect();
         if asked.is_empty() {
             return Ok(lost);
         }
-        let buried = self.store.buried(asked.iter().map(|&i| tombstones[i]).collect()).await?;
+        let buried = self.store.buried(asked.iter().map(|&(_, tombstone)| tombstone).collect()).await?;
         let mut erase = Vec::new();
-        for (&i, buried) in asked.iter().zip(buried) {
+        for ((i, tombstone), buried) in asked.into_iter().zip(buried) {
             if buried {
                 lost[i] = true;
-                erase.push((candidates[i].clone(), tombstones[i]));
+                erase.push((candidates[i].clone(), tombstone));
             }
         }
         if !erase.is_empty() {

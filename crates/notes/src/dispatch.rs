@@ -239,12 +239,11 @@ impl<S: Store> Dispatcher<S> {
         let links = self.links.get_many(&self.store, &codes).await?;
         let mut candidates = Vec::with_capacity(judged.len());
         for ((key, click), link) in judged.into_iter().zip(links) {
-            match link {
-                Some(link) => candidates.push((key, click, link)),
-                None => {
-                    self.stats.unknown_links.fetch_add(1, Relaxed);
-                }
-            }
+            let Some(link) = link else {
+                self.stats.unknown_links.fetch_add(1, Relaxed);
+                continue;
+            };
+            candidates.push((key, click, link));
         }
         let mut claims = Vec::new();
         let candidates = self.without_gateways(candidates).await?;
