@@ -30,6 +30,7 @@ pub const COMMANDS: &[&str] = &[
     "xadd",
     "xreadgroup",
     "xrange",
+    "xlen",
     "xack",
     "xdel",
     "xtrim",

@@ -235,6 +235,12 @@ impl Queues for RedisStore {
         }
         self.remove_entries(&self.keys.queue(queue), &ids).await
     }
+
+    /// `XLEN`: a stream holds only entries not yet removed (see [`Queues::remove`]).
+    async fn depth(&self, queue: &str) -> Result<u64, Error> {
+        check_queue_name(queue)?;
+        self.query(redis::cmd("XLEN").arg(self.keys.queue(queue))).await
+    }
 }
 
 /// Stream ids are `milliseconds-sequence`; as one number they keep their order.

@@ -213,6 +213,9 @@ async fn queues<S: Store>(store: &S) {
     // Another queue is independent of the outbox.
     store.push("sink:webhook", vec![b"x".to_vec()]).await.expect("push");
 
+    assert_eq!(store.depth(CLICK_QUEUE).await.expect("depth"), 5);
+    assert_eq!(store.depth("sink:webhook").await.expect("depth"), 1, "each queue its own depth");
+    assert_eq!(store.depth("never:used").await.expect("depth"), 0);
     let all = read(100).await.expect("read");
     let times: Vec<u64> = all.iter().map(|(_, c)| c.at.0).collect();
     assert_eq!(times, vec![1, 2, 3, 4, 5], "entries come back in push order, from their queue only");
@@ -227,12 +230,17 @@ async fn queues<S: Store>(store: &S) {
     store.remove(CLICK_QUEUE, removed).await.expect("remove");
     let left: Vec<u64> = read(100).await.expect("read").iter().map(|(_, c)| c.at.0).collect();
     assert_eq!(left, vec![2, 4, 5], "removed entries are gone, the rest stay in order");
+    assert_eq!(store.depth(CLICK_QUEUE).await.expect("depth"), 3, "leased entries count until removed");
+    store.remove(CLICK_QUEUE, vec![all[0].0, all[2].0]).await.expect("removing again");
+    assert_eq!(store.depth(CLICK_QUEUE).await.expect("depth"), 3, "a second removal counts once");
 
     store.push_records(CLICK_QUEUE, &[click("FFFFFFFFFFFF", 6)]).await.expect("push");
     let rest = read(100).await.expect("read");
     assert_eq!(rest.last().map(|(_, c)| c.at.0), Some(6), "a new entry goes after the older ones");
+    assert_eq!(store.depth(CLICK_QUEUE).await.expect("depth"), 4, "a push counts");
     store.remove(CLICK_QUEUE, rest.iter().map(|(id, _)| *id).collect()).await.expect("remove");
     assert!(read(100).await.expect("read").is_empty());
+    assert_eq!(store.depth(CLICK_QUEUE).await.expect("depth"), 0);
 
     let other = store.lease("sink:webhook", 10).await.expect("lease");
     assert_eq!(other.iter().map(|(_, r)| r.as_slice()).collect::<Vec<_>>(), vec![b"x".as_slice()]);

@@ -146,6 +146,13 @@ impl Queues for MemoryStore {
         }
         Ok(())
     }
+
+    async fn depth(&self, queue: &str) -> Result<u64, Error> {
+        check_queue_name(queue)?;
+        let rest = self.rest.lock();
+        let start = (queue.to_owned(), EntryId(0));
+        Ok(rest.queues.range(start..).take_while(|((name, _), _)| name == queue).count() as u64)
+    }
 }
 
 impl VisitLedger for MemoryStore {

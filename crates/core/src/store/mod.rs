@@ -152,6 +152,10 @@ pub trait Queues: Send + Sync + 'static {
     /// Removes handled entries. Unknown ids are ignored. Not necessarily flushed: a removal
     /// lost in a crash means the entry is handled again, never that it is lost.
     fn remove(&self, queue: &str, ids: Vec<EntryId>) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// How many entries the queue holds, leased or not: a backlog for an operator's eyes,
+    /// read often, so cheap after its first answer.
+    fn depth(&self, queue: &str) -> impl Future<Output = Result<u64, Error>> + Send;
 }
 
 /// Typed access to [`Queues`]: records go through [`crate::codec`].

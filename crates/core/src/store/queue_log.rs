@@ -101,6 +101,9 @@ struct State {
     head: Position,
     /// Removed entries past the head (removals out of order), until the head reaches them.
     removed: BTreeSet<u128>,
+    /// Entries not yet removed, once [`QueueLog::depth`] has counted them; then kept by
+    /// pushes and removals. Not counted on open: that would read every frame's header.
+    entries: Option<u64>,
 }
 
 /// The appender's own view of the last segment; held through the write and the sync, so
@@ -209,7 +212,7 @@ impl QueueLog {
             segment_bytes,
             segment_age: SEGMENT_MAX_AGE,
             tail: Mutex::new(tail),
-            state: Mutex::new(State { segments, head, removed: BTreeSet::new() }),
+            state: Mutex::new(State { segments, head, removed: BTreeSet::new(), entries: None }),
         };
         let mut state = log.state.lock();
         log.drop_drained(&mut state);
@@ -255,6 +258,9 @@ impl QueueLog {
         let mut state = self.state.lock();
         let segment = state.segments.entry(tail.segment).or_insert_with(|| Segment { file: tail.file.clone(), len: 0 });
         segment.len = tail.len;
+        if let Some(entries) = &mut state.entries {
+            *entries += records.len() as u64;
+        }
         Ok(())
     }
 
@@ -265,6 +271,7 @@ impl QueueLog {
         let last = *state.segments.keys().next_back().expect("a queue has a segment");
         let mut out = Vec::new();
         let mut at = state.head;
+        let mut lost = false;
         for (&number, segment) in state.segments.range_mut(state.head.segment..) {
             if out.len() >= max {
                 break;
@@ -288,9 +295,41 @@ impl QueueLog {
                 }
                 // An earlier segment: what follows the damage is lost, the queue goes on.
                 segment.len = at.offset;
+                lost = true;
             }
         }
+        if lost {
+            state.entries = None;
+        }
         Ok(out)
+    }
+
+    /// Entries not yet removed, leased or not. The first call walks the frames' headers
+    /// from the head (one small read each); later ones answer from the count that pushes
+    /// and removals keep.
+    pub(crate) fn depth(&self) -> Result<u64, Error> {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        if let Some(entries) = state.entries {
+            return Ok(entries);
+        }
+        let mut entries = 0;
+        let mut at = state.head;
+        for (&number, segment) in state.segments.range(state.head.segment..) {
+            if number != at.segment {
+                at = Position { segment: number, offset: 0 };
+            }
+            while at.offset + HEADER <= segment.len {
+                let frame = Frame { at, len: frame_len(&segment.file, at.offset)? };
+                if frame.end() > segment.len {
+                    break; // damaged: a lease finds it and says so
+                }
+                entries += u64::from(!state.removed.contains(&frame.id().0));
+                at.offset = frame.end();
+            }
+        }
+        state.entries = Some(entries);
+        Ok(entries)
     }
 
     /// Removes entries; unknown ids are ignored. Returns the new head if it moved, for the
@@ -306,8 +345,10 @@ impl QueueLog {
             let known = frame.at >= state.head
                 && frame.end() <= segment.len
                 && frame_len(&segment.file, frame.at.offset)? == frame.len;
-            if known {
-                state.removed.insert(id.0);
+            if known && state.removed.insert(id.0) {
+                if let Some(entries) = &mut state.entries {
+                    *entries -= 1;
+                }
             }
         }
         loop {
@@ -471,6 +512,27 @@ mod tests {
         assert_eq!(segment_files(dir.path()), 1, "the last segment stays, for the next push");
         log.push(&[b"after".to_vec()]).unwrap();
         assert_eq!(records(&log), [&b"after"[..]]);
+    }
+
+    #[test]
+    fn depth_counts_across_segments_and_follows_pushes_and_removals() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = QueueLog::open(dir.path(), None, 16).unwrap();
+        for i in 0..5u8 {
+            log.push(&[vec![i; 10]]).unwrap();
+        }
+        let leased = log.lease(usize::MAX).unwrap();
+        log.remove(&[leased[0].0, leased[3].0]).unwrap(); // the head moves, and one out of order
+        assert_eq!(log.depth().unwrap(), 3, "counted by a walk");
+        log.push(&[b"a".to_vec(), b"b".to_vec()]).unwrap();
+        log.remove(&[leased[3].0, leased[4].0, EntryId(u128::MAX)]).unwrap();
+        assert_eq!(log.depth().unwrap(), 4, "kept since: two pushed, one removed (once)");
+        let head = log.remove(&[leased[1].0]).unwrap().unwrap();
+        assert_eq!(log.depth().unwrap(), 3);
+        drop(log);
+        let log = QueueLog::open(dir.path(), Some(head), 16).unwrap();
+        assert_eq!(log.depth().unwrap(), 5, "counted again on reopening: removals past the head are not kept");
+        assert_eq!(log.depth().unwrap() as usize, log.lease(usize::MAX).unwrap().len());
     }
 
     #[test]

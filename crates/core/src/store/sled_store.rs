@@ -234,6 +234,11 @@ impl Queues for SledStore {
         })
         .await
     }
+
+    async fn depth(&self, queue: &str) -> Result<u64, Error> {
+        let queue = queue.to_owned();
+        self.blocking(move |s| s.queue(&queue)?.depth()).await
+    }
 }
 
 impl VisitLedger for SledStore {
