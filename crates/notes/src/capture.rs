@@ -97,7 +97,7 @@ impl ClickRecorder {
             // A failing outbox does not matter here: its clicks are held while there is room.
             let pending = match self.tx.try_send(Pending { click, durable: None }) {
                 Ok(()) => {
-                    self.stats.clicks_recorded.fetch_add(1, Relaxed);
+                    self.stats.clicks_recorded.inc();
                     return Ok(());
                 }
                 Err(mpsc::error::TrySendError::Full(pending)) => pending,
@@ -136,7 +136,7 @@ impl ClickRecorder {
             sent = self.tx.send(pending) => sent.map_err(|_| NotRecorded::Stopped)?,
             () = failed => return Err(NotRecorded::OutboxUnavailable),
         }
-        self.stats.clicks_recorded.fetch_add(1, Relaxed);
+        self.stats.clicks_recorded.inc();
         Ok(())
     }
 }
@@ -243,7 +243,7 @@ async fn write_groups<S: Store>(
                 tracing::warn!(error = %e, "cannot record the clicks' addresses; the address rule misses them");
             }
         }
-        stats.clicks_screened.fetch_add(screened, Relaxed);
+        stats.clicks_screened.inc_by(screened);
         if clicks.is_empty() {
             for durable in waiters.into_iter().flatten() {
                 let _ = durable.send(true);
@@ -264,7 +264,7 @@ async fn write_groups<S: Store>(
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
         outbox.failing.store(false, Relaxed);
-        stats.clicks_persisted.fetch_add(clicks.len() as u64, Relaxed);
+        stats.clicks_persisted.inc_by(clicks.len() as u64);
         for durable in waiters.into_iter().flatten() {
             let _ = durable.send(true);
         }
@@ -335,8 +335,8 @@ mod tests {
             records.iter().flat_map(|(_, group)| group.iter().map(|c| c.nonce)).collect();
         assert_eq!(nonces.len(), 4000, "each click once");
         assert!(records.iter().all(|(_, group)| group.len() <= MAX_GROUP));
-        assert_eq!(stats.clicks_recorded.load(Relaxed), 4000, "the refused click is not counted");
-        assert_eq!(stats.clicks_persisted.load(Relaxed), 4000);
+        assert_eq!(stats.clicks_recorded.get(), 4000, "the refused click is not counted");
+        assert_eq!(stats.clicks_persisted.get(), 4000);
     }
 
     /// The writer's screen: a bot's click and a repeat of a visit the node remembers are
@@ -371,10 +371,10 @@ mod tests {
         assert_eq!(written.len(), 1, "only the possible first visit: {written:?}");
         assert_eq!(written[0].code, other_code);
         assert_eq!(written[0].visit_key, Some(screen.keys.visit_key(written[0])), "written with its visit key");
-        assert_eq!(stats.clicks_recorded.load(Relaxed), 3);
-        assert_eq!(stats.clicks_screened.load(Relaxed), 2);
-        assert_eq!(stats.clicks_persisted.load(Relaxed), 1);
-        assert_eq!(stats.duplicate_visits.load(Relaxed), 1);
+        assert_eq!(stats.clicks_recorded.get(), 3);
+        assert_eq!(stats.clicks_screened.get(), 2);
+        assert_eq!(stats.clicks_persisted.get(), 1);
+        assert_eq!(stats.duplicate_visits.get(), 1);
         assert_eq!(stats.not_visits(NotVisit::Crawler), 1);
     }
 
@@ -389,7 +389,7 @@ mod tests {
             channel(store.clone(), Durability::Sync, 64, screen(), stats.clone(), Arc::default(), stopped);
         let bot = RawClick { user_agent: Some(Box::from(&b"curl/8.5.0"[..])), ..raw_click() };
         assert_eq!(recorder.record(bot).await, Ok(()));
-        assert_eq!(stats.clicks_screened.load(Relaxed), 1);
+        assert_eq!(stats.clicks_screened.get(), 1);
         assert!(store.lease_records::<Vec<Click>>(CLICK_QUEUE, 10).await.unwrap().is_empty(), "nothing written");
     }
 }

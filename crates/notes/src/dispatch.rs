@@ -29,7 +29,7 @@ use crate::time_slice::TimeSlice;
 /// Outbox records (each a group of clicks) handled per round.
 const GROUPS: usize = 8;
 /// Where an outbox record that cannot be read is set aside, rather than block the rest.
-const DEAD_CLICKS: &str = "dead:clicks";
+pub(crate) const DEAD_CLICKS: &str = "dead:clicks";
 /// Even without a wake-up, look at the outbox this often (clicks written by another process).
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// How often the visit ledger is swept of marks that can no longer matter.
@@ -135,7 +135,7 @@ impl<S: Store> Dispatcher<S> {
         async move {
             match store.forget_visits(before).await {
                 Ok(n) => {
-                    stats.visit_marks_forgotten.fetch_add(n, Relaxed);
+                    stats.visit_marks_forgotten.inc_by(n);
                     tracing::debug!(forgotten = n, ?before, "swept the visit ledger");
                 }
                 Err(e) => tracing::warn!(error = %e, "sweeping the visit ledger failed; trying again later"),
@@ -198,7 +198,7 @@ impl<S: Store> Dispatcher<S> {
             slice.tick().await;
             if !distinct.insert(bytes.as_slice()) {
                 let copied = Click::decode_group(bytes).map_or(0, |group| group.len());
-                self.stats.clicks_copied.fetch_add(copied as u64, Relaxed);
+                self.stats.clicks_copied.inc_by(copied as u64);
                 due += 1;
                 continue;
             }
@@ -240,7 +240,7 @@ impl<S: Store> Dispatcher<S> {
         let mut candidates = Vec::with_capacity(judged.len());
         for ((key, click), link) in judged.into_iter().zip(links) {
             let Some(link) = link else {
-                self.stats.unknown_links.fetch_add(1, Relaxed);
+                self.stats.unknown_links.inc();
                 continue;
             };
             candidates.push((key, click, link));
@@ -266,7 +266,7 @@ impl<S: Store> Dispatcher<S> {
                     self.screen.recent.remember(claim.key, VisitMark { at: claim.at, note_id: claim.note_id })
                 }
                 Claimed::Repeat => {
-                    self.stats.duplicate_visits.fetch_add(1, Relaxed);
+                    self.stats.duplicate_visits.inc();
                 }
                 Claimed::OverLinkCap => self.stats.not_visit(NotVisit::OverLinkCap),
             }
@@ -303,13 +303,13 @@ impl<S: Store> Dispatcher<S> {
                     route.wake.notify_one();
                 }
             }
-            self.stats.notes_written.fetch_add(written, Relaxed);
+            self.stats.notes_written.inc_by(written);
         }
         self.store.remove(CLICK_QUEUE, records.iter().map(|(id, _)| *id).collect()).await?;
         if let Some(latest) = clicks.iter().map(|c| c.at.0).max() {
             self.progress.fetch_max(latest, Relaxed);
         }
-        self.stats.clicks_dispatched.fetch_add(clicks.len() as u64, Relaxed);
+        self.stats.clicks_dispatched.inc_by(clicks.len() as u64);
         Ok(Dispatched::Records(records.len()))
     }
 
@@ -401,8 +401,8 @@ mod tests {
         let dispatcher = dispatcher(store.clone());
         assert_eq!(dispatcher.dispatch_batch().await.unwrap(), Dispatched::Records(1));
         assert_eq!(store.list_notes(every_note()).await.unwrap().len(), 1);
-        assert_eq!(dispatcher.stats.duplicate_visits.load(Relaxed), 1);
-        assert_eq!(dispatcher.stats.clicks_dispatched.load(Relaxed), 2);
+        assert_eq!(dispatcher.stats.duplicate_visits.get(), 1);
+        assert_eq!(dispatcher.stats.clicks_dispatched.get(), 2);
         assert_eq!(dispatcher.dispatch_batch().await.unwrap(), Dispatched::Nothing, "the outbox is empty");
     }
 
@@ -417,9 +417,9 @@ mod tests {
 
         let dispatcher = dispatcher(store.clone());
         assert_eq!(dispatcher.dispatch_batch().await.unwrap(), Dispatched::Records(4));
-        assert_eq!(dispatcher.stats.clicks_copied.load(Relaxed), 4, "two copies of two clicks");
-        assert_eq!(dispatcher.stats.clicks_dispatched.load(Relaxed), 3);
-        assert_eq!(dispatcher.stats.notes_written.load(Relaxed), 3);
+        assert_eq!(dispatcher.stats.clicks_copied.get(), 4, "two copies of two clicks");
+        assert_eq!(dispatcher.stats.clicks_dispatched.get(), 3);
+        assert_eq!(dispatcher.stats.notes_written.get(), 3);
         assert_eq!(store.list_notes(every_note()).await.unwrap().len(), 3);
         assert_eq!(dispatcher.dispatch_batch().await.unwrap(), Dispatched::Nothing, "the copies left the outbox too");
     }
@@ -435,13 +435,13 @@ mod tests {
         let clicks = vec![visit(ten_hours, "Firefox/125.0"), visit(ten_hours + 2 * hour, "Firefox/126.0")];
         store.push_records(CLICK_QUEUE, &[clicks]).await.unwrap();
         first.dispatch_batch().await.unwrap();
-        assert_eq!(first.stats.notes_written.load(Relaxed), 2);
+        assert_eq!(first.stats.notes_written.get(), 2);
         // Behind the latest click by the window and the slack, however late the clock is.
         let horizon = first.sweep_horizon(Timestamp::now()).unwrap();
         assert_eq!(horizon, Timestamp(ten_hours + 2 * hour - hour - SWEEP_SLACK_MS));
         assert_eq!(first.sweep_horizon(Timestamp(ten_hours)), Some(Timestamp(ten_hours - hour - SWEEP_SLACK_MS)));
         first.sweep(horizon).await;
-        assert_eq!(first.stats.visit_marks_forgotten.load(Relaxed), 1, "only the first visitor's mark");
+        assert_eq!(first.stats.visit_marks_forgotten.get(), 1, "only the first visitor's mark");
 
         // In the store (a fresh dispatcher remembers nothing itself), the second visitor's
         // repeat within its window is still a duplicate; the first's mark is gone.
@@ -449,8 +449,8 @@ mod tests {
         let repeats = vec![visit(ten_hours + 2 * hour + 5, "Firefox/126.0"), visit(ten_hours + 5, "Firefox/125.0")];
         store.push_records(CLICK_QUEUE, &[repeats]).await.unwrap();
         fresh.dispatch_batch().await.unwrap();
-        assert_eq!(fresh.stats.duplicate_visits.load(Relaxed), 1);
-        assert_eq!(fresh.stats.notes_written.load(Relaxed), 1, "the forgotten visitor's click is a note again");
+        assert_eq!(fresh.stats.duplicate_visits.get(), 1);
+        assert_eq!(fresh.stats.notes_written.get(), 1, "the forgotten visitor's click is a note again");
     }
 
     #[tokio::test(start_paused = true)]
@@ -463,10 +463,10 @@ mod tests {
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(running.run(stopped));
         tokio::time::sleep(SWEEP_EVERY - Duration::from_secs(1)).await;
-        assert_eq!(stats.notes_written.load(Relaxed), 2);
-        assert_eq!(stats.visit_marks_forgotten.load(Relaxed), 0, "not yet");
+        assert_eq!(stats.notes_written.get(), 2);
+        assert_eq!(stats.visit_marks_forgotten.get(), 0, "not yet");
         tokio::time::sleep(IDLE_POLL * 3).await;
-        assert_eq!(stats.visit_marks_forgotten.load(Relaxed), 1);
+        assert_eq!(stats.visit_marks_forgotten.get(), 1);
         stop.send(true).unwrap();
         task.await.unwrap();
     }
@@ -487,7 +487,7 @@ mod tests {
         // A deadline, not a speed target: the stall this guards against never ended.
         let (longest, stats) = outcome.recv_timeout(Duration::from_secs(300)).expect("the dispatcher stalled");
         assert_eq!(stats.not_visits(NotVisit::ManyContacts), 2_000, "every click is the gateway's");
-        assert_eq!(stats.notes_written.load(Relaxed), 0);
+        assert_eq!(stats.notes_written.get(), 0);
         assert!(longest < Duration::from_secs(2), "a redirect waited {longest:?} for the dispatcher");
     }
 
@@ -542,7 +542,7 @@ mod tests {
         let redirects = tokio::spawn(async move {
             let (mut last, mut longest) = (std::time::Instant::now(), Duration::ZERO);
             let cached = ShortCode::from_key(code(0).as_bytes()).unwrap();
-            while stats.clicks_dispatched.load(Relaxed) < LINKS {
+            while stats.clicks_dispatched.get() < LINKS {
                 assert!(cache.get(&store, &cached).await.unwrap().is_some());
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 longest = longest.max(last.elapsed());

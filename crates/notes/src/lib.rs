@@ -19,6 +19,7 @@
 //! - [`erasure`]: a contact's notes removed, wherever they wait; [`retention`]: old notes
 //!   and dead letters removed.
 
+pub mod backlog;
 pub mod capture;
 pub mod classify;
 mod dispatch;

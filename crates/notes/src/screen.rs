@@ -17,8 +17,6 @@
 //! click's note is written, that click is still in the outbox and is dispatched again;
 //! the repeat it covered would have made no note anyway.
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use shortlinks_core::model::Click;
 use shortlinks_core::store::VisitRules;
 
@@ -61,7 +59,7 @@ impl Verdict {
         match self {
             Verdict::NotVisit(why) => stats.not_visit(why),
             Verdict::Repeat => {
-                stats.duplicate_visits.fetch_add(1, Relaxed);
+                stats.duplicate_visits.inc();
             }
             Verdict::MaybeNew(key) => return Some(key),
         }

@@ -1,48 +1,267 @@
-//! Counters of what the pipeline did: non-visits are counted, not noted.
+//! What the pipeline did, as Prometheus metrics: non-visits are counted, not noted.
+//!
+//! Made with the `prometheus` crate (decision 0010): its histograms are atomics, so the
+//! redirect's own observation takes no lock. One [`Registry`] per process holds these and
+//! the HTTP front end's metrics; `/metrics` encodes it.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use shortlinks_core::AccountId;
 
 use crate::classify::NotVisit;
+use crate::sink::SinkKeys;
 
-/// Pipeline counters, shared by its tasks; read by `/metrics`.
-#[derive(Default)]
+/// Pipeline metrics, shared by its tasks; read by `/metrics`.
 pub struct Stats {
+    registry: Registry,
+    /// When this process started counting.
+    started: std::time::Instant,
     /// Clicks handed over by redirects: counted once the queue has taken them, so a click
     /// refused (a stopped pipeline, a failed outbox) is not among them.
-    pub(crate) clicks_recorded: AtomicU64,
+    pub(crate) clicks_recorded: IntCounter,
     /// Clicks settled by the writer's screen, never written: not visits, or repeats of a
     /// visit this node remembers (see `screen`).
-    pub(crate) clicks_screened: AtomicU64,
+    pub(crate) clicks_screened: IntCounter,
     /// Clicks durably in the outbox.
-    pub(crate) clicks_persisted: AtomicU64,
+    pub(crate) clicks_persisted: IntCounter,
     /// Clicks the dispatcher has finished with.
-    pub(crate) clicks_dispatched: AtomicU64,
+    pub(crate) clicks_dispatched: IntCounter,
     /// Clicks in outbox records that were copies of another in the same lease (a store
     /// write that timed out and was carried out later, then retried): dropped.
-    pub(crate) clicks_copied: AtomicU64,
+    pub(crate) clicks_copied: IntCounter,
     /// Clicks whose link no longer exists.
-    pub(crate) unknown_links: AtomicU64,
+    pub(crate) unknown_links: IntCounter,
     /// Visits that became notes.
-    pub(crate) notes_written: AtomicU64,
+    pub(crate) notes_written: IntCounter,
     /// Visits within the dedup window of an earlier one.
-    pub(crate) duplicate_visits: AtomicU64,
+    pub(crate) duplicate_visits: IntCounter,
     /// Visit marks swept from the ledger once they could no longer matter.
-    pub(crate) visit_marks_forgotten: AtomicU64,
-    not_visits: [AtomicU64; NotVisit::ALL.len()],
-    /// Each sink's counters, with their labels (`sink="…"`, and `account="…"` if it serves one).
-    sinks: Mutex<Vec<(String, Arc<SinkStats>)>>,
+    pub(crate) visit_marks_forgotten: IntCounter,
+    clicks_waiting: IntGauge,
+    not_visits: IntCounterVec,
+    sink_families: SinkFamilies,
+    /// Read from the store by [`crate::backlog`], per queue.
+    pub(crate) queue_entries: IntGaugeVec,
+    pub(crate) queue_oldest_age: GaugeVec,
+    /// Each sink's keys and metrics.
+    sinks: Mutex<Vec<(SinkKeys, Arc<SinkStats>)>>,
 }
 
-/// A sink's labels in metrics: `sink="…"`, and `account="…"` if it serves one.
-fn labels(name: &str, account: Option<shortlinks_core::AccountId>) -> String {
-    match account {
-        None => format!("sink=\"{name}\""),
-        Some(account) => format!("sink=\"{name}\",account=\"{}\"", account.0),
+/// The families of every sink's metrics, labelled `sink` and `account` (empty for a sink
+/// serving every account).
+struct SinkFamilies {
+    delivered: IntCounterVec,
+    failed_attempts: IntCounterVec,
+    dead_lettered: IntCounterVec,
+    restricted: IntCounterVec,
+    account_refusals: IntCounterVec,
+    copies_skipped: IntCounterVec,
+    state: IntGaugeVec,
+    paused_until: IntGaugeVec,
+    dead_letters: IntGaugeVec,
+    delivery_seconds: HistogramVec,
+    batch_notes: HistogramVec,
+    click_to_note_seconds: HistogramVec,
+}
+
+/// Registers a metric; the names are ours and distinct, so this cannot fail.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry.register(Box::new(metric.clone())).expect("metric names are distinct");
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    registered(registry, IntCounter::new(name, help).expect("a valid metric"))
+}
+
+fn counters(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    registered(registry, IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric"))
+}
+
+fn gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    registered(registry, IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid metric"))
+}
+
+/// A histogram family on `registry`; for the HTTP front end's too.
+pub fn histograms(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    registered(registry, HistogramVec::new(opts, labels).expect("a valid metric"))
+}
+
+const SINK: &[&str] = &["sink", "account"];
+
+impl Default for Stats {
+    fn default() -> Self {
+        let r = Registry::new();
+        let sink_families = SinkFamilies {
+            delivered: counters(&r, "shortlinks_sink_delivered_total", "Notes a sink took.", SINK),
+            failed_attempts: counters(
+                &r,
+                "shortlinks_sink_failed_attempts_total",
+                "Failed delivery attempts, each retried.",
+                SINK,
+            ),
+            dead_lettered: counters(&r, "shortlinks_sink_dead_lettered_total", "Notes a sink refused for good.", SINK),
+            restricted: counters(
+                &r,
+                "shortlinks_sink_restricted_total",
+                "Answers restricting the integration's access (each pauses the sink).",
+                SINK,
+            ),
+            account_refusals: counters(
+                &r,
+                "shortlinks_sink_account_refused_total",
+                "Answers refusing the account as a whole, no note in particular (each pauses the sink).",
+                SINK,
+            ),
+            copies_skipped: counters(
+                &r,
+                "shortlinks_sink_copies_skipped_total",
+                "Copies of notes in the sink's queue, not sent again.",
+                SINK,
+            ),
+            state: gauges(
+                &r,
+                "shortlinks_sink_state",
+                "A sink's state on this node: 1 for the state it is in.",
+                &["sink", "account", "state"],
+            ),
+            paused_until: gauges(
+                &r,
+                "shortlinks_sink_paused_until_seconds",
+                "Until when a paused or refused sink waits (Unix time; 0: it does not).",
+                SINK,
+            ),
+            dead_letters: gauges(
+                &r,
+                "shortlinks_sink_dead_letters",
+                "Notes in a sink's dead-letter queue, read from the store.",
+                SINK,
+            ),
+            delivery_seconds: histograms(
+                &r,
+                "shortlinks_sink_delivery_duration_seconds",
+                "How long a sink's delivery attempt took, whatever its outcome.",
+                SINK,
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+            ),
+            batch_notes: histograms(
+                &r,
+                "shortlinks_sink_batch_notes",
+                "Notes per delivery attempt.",
+                SINK,
+                &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0],
+            ),
+            click_to_note_seconds: histograms(
+                &r,
+                "shortlinks_click_to_note_seconds",
+                "From a click to its note delivered by a sink (the note hold included).",
+                SINK,
+                &[1.0, 5.0, 15.0, 30.0, 60.0, 90.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 21600.0, 86400.0],
+            ),
+        };
+        let not_visits =
+            counters(&r, "shortlinks_not_visits_total", "Clicks that were not visits, by reason.", &["reason"]);
+        // Every reason from the start, at zero: a series that appears only once it moves
+        // makes `rate()` miss its first increase.
+        for why in NotVisit::ALL {
+            not_visits.with_label_values(&[why.name()]);
+        }
+        let clicks_waiting = IntGauge::new(
+            "shortlinks_clicks_waiting",
+            "Clicks this process put in the outbox and has not dispatched yet: held until their note_hold is over, or queued.",
+        )
+        .expect("a valid metric");
+        Self {
+            clicks_recorded: counter(&r, "shortlinks_clicks_recorded_total", "Clicks handed over by redirects."),
+            clicks_screened: counter(
+                &r,
+                "shortlinks_clicks_screened_total",
+                "Clicks settled before the outbox: not visits, or remembered repeats.",
+            ),
+            clicks_persisted: counter(&r, "shortlinks_clicks_persisted_total", "Clicks durably in the outbox."),
+            clicks_dispatched: counter(&r, "shortlinks_clicks_dispatched_total", "Clicks the dispatcher finished."),
+            clicks_copied: counter(
+                &r,
+                "shortlinks_clicks_copies_dropped_total",
+                "Clicks in outbox records that copied another record of the same lease.",
+            ),
+            unknown_links: counter(&r, "shortlinks_clicks_unknown_link_total", "Clicks on links that no longer exist."),
+            notes_written: counter(&r, "shortlinks_notes_written_total", "Visits that became notes."),
+            duplicate_visits: counter(&r, "shortlinks_visits_deduplicated_total", "Repeat visits within the window."),
+            visit_marks_forgotten: counter(
+                &r,
+                "shortlinks_visit_marks_forgotten_total",
+                "Visit marks swept from the ledger after their window.",
+            ),
+            clicks_waiting: registered(&r, clicks_waiting),
+            not_visits,
+            sink_families,
+            queue_entries: gauges(
+                &r,
+                "shortlinks_queue_entries",
+                "Entries in a queue, read from the store: clicks (the outbox), a sink's notes, dead letters.",
+                &["queue"],
+            ),
+            queue_oldest_age: registered(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "shortlinks_queue_oldest_age_seconds",
+                        "Age of the oldest click or note waiting in a queue, read from the store (0: empty).",
+                    ),
+                    &["queue"],
+                )
+                .expect("a valid metric"),
+            ),
+            sinks: Mutex::default(),
+            started: std::time::Instant::now(),
+            registry: r,
+        }
     }
+}
+
+/// This process's figures since it started ([`Stats::summary`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    /// Seconds since it started.
+    pub uptime_secs: u64,
+    /// Clicks handed over by redirects.
+    pub clicks_recorded: u64,
+    /// Clicks settled before the outbox.
+    pub clicks_screened: u64,
+    /// Clicks the dispatcher finished.
+    pub clicks_dispatched: u64,
+    /// Visits that became notes.
+    pub notes_written: u64,
+    /// Repeat visits within the dedup window.
+    pub repeats: u64,
+    /// Clicks that were not visits, by reason (those with any).
+    pub not_visits: Vec<(String, u64)>,
+    /// Each sink this process runs.
+    pub sinks: Vec<SinkSummary>,
+}
+
+/// One sink in a [`Summary`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SinkSummary {
+    /// `<name>` or `<name>:<account>`.
+    pub label: String,
+    /// Its state on this node.
+    pub state: String,
+    /// Notes its receiver took.
+    pub delivered: u64,
+    /// Failed attempts, each retried.
+    pub failed_attempts: u64,
+    /// Notes refused for good.
+    pub dead_lettered: u64,
 }
 
 /// What an operator needs to know of a sink: whether it is delivering, and if not, whose
@@ -80,34 +299,65 @@ impl SinkState {
     }
 }
 
-/// Counters of one sink.
-#[derive(Default)]
+/// Metrics of one sink: children of the families in [`Stats`], and its state.
 pub(crate) struct SinkStats {
     /// Notes the sink took.
-    pub(crate) delivered: AtomicU64,
+    pub(crate) delivered: IntCounter,
     /// Failed attempts (each retried).
-    pub(crate) failed_attempts: AtomicU64,
+    pub(crate) failed_attempts: IntCounter,
     /// Notes refused for good, moved to the sink's dead-letter queue.
-    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) dead_lettered: IntCounter,
     /// Answers saying the receiver restricted our access (each a long pause).
-    pub(crate) restricted: AtomicU64,
+    pub(crate) restricted: IntCounter,
     /// Answers refusing the account as a whole (each a long pause).
-    pub(crate) account_refusals: AtomicU64,
+    pub(crate) account_refusals: IntCounter,
     /// Copies of notes in the sink's queue (of one in the same batch, or of one it handed
     /// on lately), not sent again.
-    pub(crate) copies_skipped: AtomicU64,
+    pub(crate) copies_skipped: IntCounter,
+    /// How long each delivery attempt took.
+    pub(crate) delivery_seconds: Histogram,
+    /// Notes per attempt.
+    pub(crate) batch_notes: Histogram,
+    /// From each delivered note's click to its delivery.
+    pub(crate) click_to_note_seconds: Histogram,
+    /// Notes in its dead-letter queue (read from the store).
+    pub(crate) dead_letters: IntGauge,
+    /// One gauge per state, in the order of [`SinkState::ALL`].
+    states: [IntGauge; SinkState::ALL.len()],
+    paused_until_seconds: IntGauge,
     /// The sink's state, as its place in [`SinkState::ALL`].
-    state: AtomicU8,
+    state: std::sync::atomic::AtomicU8,
     /// Until when a pause lasts, in Unix milliseconds (0: none).
-    until_ms: AtomicU64,
+    until_ms: std::sync::atomic::AtomicU64,
 }
 
 impl SinkStats {
     /// Records the sink's state, paused for `pause` from now if given.
-    pub(crate) fn set_state(&self, state: SinkState, pause: Option<std::time::Duration>) {
+    pub(crate) fn set_state(&self, state: SinkState, pause: Option<Duration>) {
         let until = pause.map_or(0, |p| shortlinks_core::Timestamp::now().0.saturating_add(p.as_millis() as u64));
         self.until_ms.store(until, Relaxed);
-        self.state.store(SinkState::ALL.iter().position(|s| *s == state).unwrap_or(0) as u8, Relaxed);
+        let place = SinkState::ALL.iter().position(|s| *s == state).unwrap_or(0);
+        self.state.store(place as u8, Relaxed);
+        for (i, gauge) in self.states.iter().enumerate() {
+            gauge.set(i64::from(i == place));
+        }
+        let paused = self.paused_until_ms().map_or(0, |ms| ms / 1000);
+        self.paused_until_seconds.set(i64::try_from(paused).unwrap_or(i64::MAX));
+    }
+
+    /// Records one delivery attempt of `notes`, which took `took`; `delivered` if the
+    /// receiver took them.
+    pub(crate) fn attempted(&self, notes: &[shortlinks_core::model::Note], took: Duration, delivered: bool) {
+        self.delivery_seconds.observe(took.as_secs_f64());
+        self.batch_notes.observe(notes.len() as f64);
+        if delivered {
+            self.delivered.inc_by(notes.len() as u64);
+            let now = shortlinks_core::Timestamp::now().0;
+            for note in notes {
+                let waited_ms = now.saturating_sub(note.created_at.0);
+                self.click_to_note_seconds.observe(waited_ms as f64 / 1000.0);
+            }
+        }
     }
 
     /// The sink's state.
@@ -123,144 +373,115 @@ impl SinkStats {
 }
 
 impl Stats {
+    /// Where every metric of this process is registered: the HTTP front end adds its own.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Counts a click that is not a visit.
     pub(crate) fn not_visit(&self, why: NotVisit) {
-        self.not_visits[why as usize].fetch_add(1, Relaxed);
+        self.not_visits.with_label_values(&[why.name()]).inc();
     }
 
     /// Clicks handed over by redirects and taken by the queue.
     pub fn clicks_recorded(&self) -> u64 {
-        self.clicks_recorded.load(Relaxed)
+        self.clicks_recorded.get()
     }
 
     /// Clicks the dispatcher has finished with.
     pub fn clicks_dispatched(&self) -> u64 {
-        self.clicks_dispatched.load(Relaxed)
+        self.clicks_dispatched.get()
     }
 
     /// How many clicks were not visits for this reason.
     pub fn not_visits(&self, why: NotVisit) -> u64 {
-        self.not_visits[why as usize].load(Relaxed)
+        self.not_visits.with_label_values(&[why.name()]).get()
     }
 
-    /// Registers the counters of the sink `name` serving `account` (or every account).
-    pub(crate) fn sink(&self, name: &str, account: Option<shortlinks_core::AccountId>) -> Arc<SinkStats> {
-        let counters = Arc::new(SinkStats::default());
-        self.sinks.lock().push((labels(name, account), counters.clone()));
+    /// Registers the metrics of the sink `name` serving `account` (or every account).
+    pub(crate) fn sink(&self, name: &'static str, account: Option<AccountId>) -> Arc<SinkStats> {
+        let account_label = account.map(|a| a.0.to_string()).unwrap_or_default();
+        let labels = [name, account_label.as_str()];
+        let f = &self.sink_families;
+        let counters = Arc::new(SinkStats {
+            delivered: f.delivered.with_label_values(&labels),
+            failed_attempts: f.failed_attempts.with_label_values(&labels),
+            dead_lettered: f.dead_lettered.with_label_values(&labels),
+            restricted: f.restricted.with_label_values(&labels),
+            account_refusals: f.account_refusals.with_label_values(&labels),
+            copies_skipped: f.copies_skipped.with_label_values(&labels),
+            delivery_seconds: f.delivery_seconds.with_label_values(&labels),
+            batch_notes: f.batch_notes.with_label_values(&labels),
+            click_to_note_seconds: f.click_to_note_seconds.with_label_values(&labels),
+            dead_letters: f.dead_letters.with_label_values(&labels),
+            states: SinkState::ALL.map(|s| f.state.with_label_values(&[name, &account_label, s.name()])),
+            paused_until_seconds: f.paused_until.with_label_values(&labels),
+            state: Default::default(),
+            until_ms: Default::default(),
+        });
+        counters.set_state(SinkState::Connected, None);
+        self.sinks.lock().push((SinkKeys::new(name, account), counters.clone()));
         counters
     }
 
-    /// The counters in Prometheus' text format.
+    /// The keys of every sink this process runs.
+    pub fn sink_keys(&self) -> Vec<SinkKeys> {
+        self.sinks.lock().iter().map(|(keys, _)| keys.clone()).collect()
+    }
+
+    /// Every sink's keys and metrics, for the backlog's reader.
+    pub(crate) fn sinks(&self) -> Vec<(SinkKeys, Arc<SinkStats>)> {
+        self.sinks.lock().clone()
+    }
+
+    /// This process's figures since it started, for `shortlinks status`.
+    pub fn summary(&self) -> Summary {
+        let not_visits = NotVisit::ALL
+            .iter()
+            .map(|why| (why.name().to_owned(), self.not_visits(*why)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let sinks = self
+            .sinks()
+            .into_iter()
+            .map(|(keys, s)| SinkSummary {
+                label: keys.label,
+                state: s.state().name().to_owned(),
+                delivered: s.delivered.get(),
+                failed_attempts: s.failed_attempts.get(),
+                dead_lettered: s.dead_lettered.get(),
+            })
+            .collect();
+        Summary {
+            uptime_secs: self.started.elapsed().as_secs(),
+            clicks_recorded: self.clicks_recorded.get(),
+            clicks_screened: self.clicks_screened.get(),
+            clicks_dispatched: self.clicks_dispatched.get(),
+            notes_written: self.notes_written.get(),
+            repeats: self.duplicate_visits.get(),
+            not_visits,
+            sinks,
+        }
+    }
+
+    /// Every metric in Prometheus' text format (version 0.0.4).
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let mut counter = |name: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
-        };
-        counter(
-            "shortlinks_clicks_recorded_total",
-            "Clicks handed over by redirects.",
-            self.clicks_recorded.load(Relaxed),
-        );
-        counter(
-            "shortlinks_clicks_screened_total",
-            "Clicks settled before the outbox: not visits, or remembered repeats.",
-            self.clicks_screened.load(Relaxed),
-        );
-        counter(
-            "shortlinks_clicks_persisted_total",
-            "Clicks durably in the outbox.",
-            self.clicks_persisted.load(Relaxed),
-        );
-        counter(
-            "shortlinks_clicks_dispatched_total",
-            "Clicks the dispatcher finished.",
-            self.clicks_dispatched.load(Relaxed),
-        );
-        counter(
-            "shortlinks_clicks_copies_dropped_total",
-            "Clicks in outbox records that copied another record of the same lease.",
-            self.clicks_copied.load(Relaxed),
-        );
-        counter(
-            "shortlinks_clicks_unknown_link_total",
-            "Clicks on links that no longer exist.",
-            self.unknown_links.load(Relaxed),
-        );
-        counter("shortlinks_notes_written_total", "Visits that became notes.", self.notes_written.load(Relaxed));
-        counter(
-            "shortlinks_visits_deduplicated_total",
-            "Repeat visits within the window.",
-            self.duplicate_visits.load(Relaxed),
-        );
-        counter(
-            "shortlinks_visit_marks_forgotten_total",
-            "Visit marks swept from the ledger after their window.",
-            self.visit_marks_forgotten.load(Relaxed),
-        );
-        // Written and not yet dispatched: the hold before a note, and any backlog.
-        let waiting = self.clicks_persisted.load(Relaxed).saturating_sub(self.clicks_dispatched.load(Relaxed));
-        let _ = writeln!(
-            out,
-            "# HELP shortlinks_clicks_waiting Clicks in the outbox, not yet dispatched: held until their note_hold is over, or queued.\n# TYPE shortlinks_clicks_waiting gauge\nshortlinks_clicks_waiting {waiting}"
-        );
-        let _ = writeln!(out, "# HELP shortlinks_not_visits_total Clicks that were not visits, by reason.");
-        let _ = writeln!(out, "# TYPE shortlinks_not_visits_total counter");
-        for why in NotVisit::ALL {
-            let _ = writeln!(out, "shortlinks_not_visits_total{{reason=\"{}\"}} {}", why.name(), self.not_visits(why));
+        // Written and not yet dispatched by this process: the hold before a note, and any
+        // backlog of its own (the store's whole backlog is `shortlinks_queue_entries`).
+        let waiting = self.clicks_persisted.get().saturating_sub(self.clicks_dispatched.get());
+        self.clicks_waiting.set(i64::try_from(waiting).unwrap_or(i64::MAX));
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode the metrics");
         }
-        let sinks = self.sinks.lock();
-        for (metric, help) in [
-            ("shortlinks_sink_delivered_total", "Notes a sink took."),
-            ("shortlinks_sink_failed_attempts_total", "Failed delivery attempts, each retried."),
-            ("shortlinks_sink_dead_lettered_total", "Notes a sink refused for good."),
-            (
-                "shortlinks_sink_restricted_total",
-                "Answers restricting the integration's access (each pauses the sink).",
-            ),
-            (
-                "shortlinks_sink_account_refused_total",
-                "Answers refusing the account as a whole, no note in particular (each pauses the sink).",
-            ),
-            ("shortlinks_sink_copies_skipped_total", "Copies of notes in the sink's queue, not sent again."),
-        ] {
-            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
-            for (labels, s) in sinks.iter() {
-                let value = match metric {
-                    "shortlinks_sink_delivered_total" => s.delivered.load(Relaxed),
-                    "shortlinks_sink_failed_attempts_total" => s.failed_attempts.load(Relaxed),
-                    "shortlinks_sink_dead_lettered_total" => s.dead_lettered.load(Relaxed),
-                    "shortlinks_sink_restricted_total" => s.restricted.load(Relaxed),
-                    "shortlinks_sink_account_refused_total" => s.account_refusals.load(Relaxed),
-                    _ => s.copies_skipped.load(Relaxed),
-                };
-                let _ = writeln!(out, "{metric}{{{labels}}} {value}");
-            }
-        }
-        let _ = writeln!(out, "# HELP shortlinks_sink_state A sink's state on this node: 1 for the state it is in.");
-        let _ = writeln!(out, "# TYPE shortlinks_sink_state gauge");
-        for (labels, s) in sinks.iter() {
-            for state in SinkState::ALL {
-                let value = u8::from(s.state() == state);
-                let _ = writeln!(out, "shortlinks_sink_state{{{labels},state=\"{}\"}} {value}", state.name());
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP shortlinks_sink_paused_until_seconds Until when a paused or refused sink waits (Unix time; 0: it does not)."
-        );
-        let _ = writeln!(out, "# TYPE shortlinks_sink_paused_until_seconds gauge");
-        for (labels, s) in sinks.iter() {
-            let until = s.paused_until_ms().map_or(0, |ms| ms / 1000);
-            let _ = writeln!(out, "shortlinks_sink_paused_until_seconds{{{labels}}} {until}");
-        }
-        out
+        String::from_utf8(out).unwrap_or_default()
     }
 
     /// Notes the sink `name` serving `account` delivered since this process started, if
     /// it runs here.
-    pub fn delivered(&self, name: &str, account: Option<shortlinks_core::AccountId>) -> Option<u64> {
-        let labels = labels(name, account);
-        self.sinks.lock().iter().find(|(l, _)| *l == labels).map(|(_, s)| s.delivered.load(Relaxed))
+    pub fn delivered(&self, name: &str, account: Option<AccountId>) -> Option<u64> {
+        let sinks = self.sinks.lock();
+        sinks.iter().find(|(k, _)| k.name == name && k.account == account).map(|(_, s)| s.delivered.get())
     }
 
     /// One line per sink: its labels, its state, and until when it is paused, for `/readyz`.
@@ -268,7 +489,11 @@ impl Stats {
         let sinks = self.sinks.lock();
         sinks
             .iter()
-            .map(|(labels, s)| {
+            .map(|(keys, s)| {
+                let labels = match keys.account {
+                    None => format!("sink=\"{}\"", keys.name),
+                    Some(account) => format!("sink=\"{}\",account=\"{}\"", keys.name, account.0),
+                };
                 let state = s.state().name();
                 match s.paused_until_ms() {
                     Some(until) => format!("{labels}: {state} until {} (Unix time)", until / 1000),

@@ -14,6 +14,7 @@ use shortlinks_core::model::NoteBody;
 use shortlinks_core::{
     AccountId, ContactScope, EntityRef, LinkCache, ShortCode, Shortener, SledStore, Store, Timestamp, UserId,
 };
+use shortlinks_notes::backlog::{self, QueueBacklog};
 use shortlinks_notes::erasure::{self, Erased};
 use shortlinks_notes::sink::amocrm::connection::Connection;
 use shortlinks_notes::sink::amocrm::install::StateKey;
@@ -21,6 +22,7 @@ use shortlinks_notes::sink::amocrm::status::{status, ConnectionStatus};
 use shortlinks_notes::sink::amocrm::{state_for, store_connection};
 use shortlinks_notes::sink::dead_letter::{DeadLetters, Purge};
 use shortlinks_notes::sink::{OAuthPair, SinkKeys};
+use shortlinks_notes::stats::Summary;
 use shortlinks_redis::RedisStore;
 
 use crate::config::StorageSettings;
@@ -101,6 +103,13 @@ pub enum AdminRequest {
         account: u64,
         /// On or off.
         on: bool,
+    },
+    /// How the service stands: backlogs, connections, and a running server's figures.
+    Status {
+        /// The accounts the settings connect to amoCRM.
+        accounts: Vec<u64>,
+        /// Whether the settings have a webhook.
+        webhook: bool,
     },
     /// Rewrite the store's files without what is erased or handled.
     Compact,
@@ -194,6 +203,11 @@ pub enum AdminReply {
         /// The secret, shown only now.
         secret: Option<String>,
     },
+    /// How the service stands.
+    Status {
+        /// The report.
+        report: StatusReport,
+    },
     /// The store was compacted.
     Compacted {
         /// Bytes freed.
@@ -215,6 +229,28 @@ pub enum AdminReply {
         /// Why.
         message: String,
     },
+}
+
+/// What `shortlinks status` shows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Each queue's backlog, from the store: the outbox, then each sink's.
+    pub queues: Vec<QueueBacklog>,
+    /// Each amoCRM connection, from the store.
+    pub connections: Vec<ConnectionStatus>,
+    /// The running server's own figures, when a server answered.
+    pub server: Option<ServerFigures>,
+}
+
+/// A running server's figures since it started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerFigures {
+    /// The pipeline's counts.
+    pub pipeline: Summary,
+    /// Redirects answered by the lane.
+    pub redirects_lane: u64,
+    /// Redirects answered by hyper.
+    pub redirects_hyper: u64,
 }
 
 /// What `token list` shows of a token.
@@ -370,6 +406,14 @@ async fn run<S: Store>(store: &S, request: AdminRequest) -> Result<AdminReply, S
             let key = StateKey::derive(&store.load_or_create_secret().await?);
             AdminReply::State { state: state_for(store, &key, account).await.map_err(notes_failure)? }
         }
+        AdminRequest::Status { accounts, webhook } => {
+            let accounts: Vec<AccountId> = accounts.into_iter().map(AccountId).collect();
+            let connections = status(store, &accounts).await.map_err(notes_failure)?;
+            let mut sinks: Vec<SinkKeys> = webhook.then(|| SinkKeys::new("webhook", None)).into_iter().collect();
+            sinks.extend(connections.iter().map(|c| SinkKeys::new("amocrm", Some(AccountId(c.account)))));
+            let queues = backlog::backlog(store, &backlog::queues(&sinks)).await?;
+            AdminReply::Status { report: StatusReport { queues, connections, server: None } }
+        }
         AdminRequest::Compact => AdminReply::Compacted { freed: store.compact().await? },
         AdminRequest::ContactDeletedHook { account, on } => {
             AdminReply::HookSecret { secret: contact_deleted::set(store, positive_account(account)?, on).await? }
@@ -397,6 +441,22 @@ pub async fn erase<S: Store>(
     tracing::info!(account = account.0, links = erased.links, notes = erased.notes, "erased a contact");
     let Erased { links, notes, waiting, dead_letters } = erased;
     Ok(AdminReply::Erased { links, notes, waiting, dead_letters })
+}
+
+/// The status as a running server sees it: the queues of the sinks it runs, and its figures.
+async fn server_status<S: Store>(app: &App<S>) -> Result<AdminReply, ServerError> {
+    let store = app.store();
+    let pipeline = app.stats.summary();
+    let running: Vec<SinkKeys> = app.stats.sink_keys();
+    let accounts: Vec<AccountId> = running.iter().filter_map(|k| k.account).collect();
+    let mut connections = status(store, &accounts).await.map_err(notes_failure)?;
+    for c in &mut connections {
+        c.delivered = app.stats.delivered("amocrm", Some(AccountId(c.account)));
+    }
+    let queues = backlog::backlog(store, &backlog::queues(&running)).await?;
+    let (redirects_lane, redirects_hyper) = app.http_metrics.redirects();
+    let server = Some(ServerFigures { pipeline, redirects_lane, redirects_hyper });
+    Ok(AdminReply::Status { report: StatusReport { queues, connections, server } })
 }
 
 /// Account 0 is nobody's: a command for it is a mistake.
@@ -472,6 +532,10 @@ impl AdminSocket {
                         }
                         other => other,
                     },
+                    // With what only the running server knows: its sinks and its figures.
+                    (Ok(AdminRequest::Status { .. }), _) => {
+                        server_status(&app).await.unwrap_or_else(|e| AdminReply::Failed { message: e.to_string() })
+                    }
                     // With the server's engine: its cache forgets the links at once.
                     (Ok(AdminRequest::Erase { account, contact }), _) => {
                         erase(app.engine(), app.store(), account, contact)

@@ -17,6 +17,7 @@ use crate::access_log;
 use crate::amocrm_pages::AmoCrmPages;
 use crate::auth::{authenticate, Caller};
 use crate::config::{Limits, PublicUrl};
+use crate::http_metrics::HttpMetrics;
 use crate::problem::{self, method_not_allowed, Body};
 use crate::request_id::{self, RequestId, X_REQUEST_ID};
 
@@ -29,6 +30,8 @@ pub struct App<S: Store> {
     pub(crate) limits: Limits,
     pub(crate) clicks: ClickRecorder,
     pub(crate) stats: Arc<Stats>,
+    /// Request latency histograms, on `stats`' registry.
+    pub(crate) http_metrics: HttpMetrics,
     pub(crate) client_ip_header: Option<HeaderName>,
     /// Whether redirects are logged too (`access_log = "all"`), not only API requests.
     pub(crate) log_redirects: bool,
@@ -92,6 +95,7 @@ impl<S: Store> App<S> {
             limits: settings.limits,
             clicks: pipeline.recorder().clone(),
             stats: pipeline.stats().clone(),
+            http_metrics: HttpMetrics::new(pipeline.stats().registry()),
             client_ip_header: settings.client_ip_header,
             log_redirects: settings.log_redirects,
             amocrm: None,
@@ -156,7 +160,7 @@ impl<S: Store> App<S> {
         }
         let path = request.uri().path();
         // The hot path first: a single segment that is not an API path.
-        if let Some(code) = path.strip_prefix('/').filter(|rest| !rest.contains('/') && !is_reserved(rest)) {
+        if let Some(code) = code_of(path) {
             return match *request.method() {
                 Method::GET | Method::HEAD if self.log_redirects => {
                     Box::pin(self.logged_redirect(code, &request, peer)).await
@@ -176,7 +180,7 @@ impl<S: Store> App<S> {
             }
             "/healthz" => problem::text(StatusCode::OK, "ok\n"),
             "/readyz" => Box::pin(self.readiness()).await,
-            "/metrics" => self.metrics(),
+            "/metrics" => Box::pin(self.metrics()).await,
             _ if Self::is_contact_deleted(path) => match *request.method() {
                 Method::POST => Box::pin(self.contact_deleted(request)).await,
                 _ => method_not_allowed("POST"),
@@ -204,6 +208,7 @@ impl<S: Store> App<S> {
         let (method, path) = (request.method().clone(), request.uri().path().to_owned());
         let (response, token) = self.authenticated_api(request).await;
         let status = response.status().as_u16();
+        self.http_metrics.api(&path, status, started);
         access_log::api(&request_id::for_log(), method.as_str(), &path, status, token.as_deref(), started);
         response
     }
@@ -282,8 +287,9 @@ impl<S: Store> App<S> {
         }
     }
 
-    /// The pipeline's counters, in Prometheus' text format.
-    fn metrics(&self) -> Response<Body> {
+    /// Every metric, in Prometheus' text format, with the backlog read from the store.
+    async fn metrics(&self) -> Response<Body> {
+        shortlinks_notes::backlog::read(&self.store, &self.stats).await;
         let mut response = Response::new(Body::from(self.stats.render()));
         response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
         response
@@ -293,6 +299,11 @@ impl<S: Store> App<S> {
 /// Single-segment paths that are never codes.
 pub(crate) fn is_reserved(segment: &str) -> bool {
     matches!(segment, "" | "api" | "healthz" | "readyz" | "metrics")
+}
+
+/// The code a path asks for: a single segment that is not reserved.
+pub(crate) fn code_of(path: &str) -> Option<&str> {
+    path.strip_prefix('/').filter(|rest| !rest.contains('/') && !is_reserved(rest))
 }
 
 #[cfg(test)]

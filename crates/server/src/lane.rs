@@ -29,7 +29,7 @@ use http_body_util::BodyExt;
 use hyper::header::HeaderName;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::Response;
+use hyper::{Method, Response};
 use hyper_util::rt::TokioIo;
 use shortlinks_core::model::ClickMethod;
 use shortlinks_core::{Store, TargetUrl, Timestamp};
@@ -38,7 +38,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::access_log;
-use crate::app::{is_reserved, App};
+use crate::app::{code_of, is_reserved, App};
 use crate::client_socket::ClientSocket;
 use crate::drain::GracefulConnection;
 use crate::http_date;
@@ -290,7 +290,7 @@ async fn answer<S: Store>(
     stopping: &AtomicBool,
     out: &mut Vec<u8>,
 ) -> bool {
-    let started = app.log_redirects.then(Instant::now);
+    let started = Instant::now();
     let id = app.request_id(&request.headers);
     out.clear();
     // A `TargetUrl` is printable ASCII (its constructors check, decoding included): a
@@ -315,7 +315,8 @@ async fn answer<S: Store>(
             write_page(out, page, head, &id, close, Timestamp::now()).await
         }
     };
-    if let Some(started) = started {
+    app.http_metrics.redirect(true, started);
+    if app.log_redirects {
         let method = if request.method == ClickMethod::Head { "HEAD" } else { "GET" };
         access_log::redirect(id.as_str(), method, &format!("/{}", request.code), status, started);
     }
@@ -384,7 +385,14 @@ async fn hand_off<S: Store>(
         let app = app.clone();
         let in_flight = activity.begin();
         async move {
+            // Timed here rather than inside `App::handle`, whose future must stay small.
+            let started = Instant::now();
+            let redirect =
+                matches!(*request.method(), Method::GET | Method::HEAD) && code_of(request.uri().path()).is_some();
             let response = app.handle(request, peer).await;
+            if redirect {
+                app.http_metrics.redirect(false, started);
+            }
             Ok::<_, std::convert::Infallible>(response.map(|body| TrackedBody::new(body, in_flight)))
         }
     });

@@ -30,6 +30,7 @@ mod drain;
 mod error;
 mod host;
 mod http_date;
+mod http_metrics;
 mod idle;
 mod lane;
 mod notes_api;
@@ -40,6 +41,7 @@ pub mod request;
 mod request_id;
 pub mod server;
 mod short_links;
+pub mod status;
 
 pub use app::{App, AppSettings};
 pub use error::ServerError;

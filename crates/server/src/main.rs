@@ -58,6 +58,13 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// How the service stands: each queue's backlog and oldest item, each sink and amoCRM
+    /// connection, and, when a server is running on this data directory, its figures
+    /// since it started. Works whether or not a server is running.
+    Status {
+        #[command(flatten)]
+        args: Box<ServeArgs>,
+    },
     /// Erase a contact for good: its links (their codes then answer 410 Gone and are never
     /// issued again), its notes, the notes waiting for a sink and its dead letters. Works
     /// whether or not a server is running.
@@ -280,6 +287,7 @@ async fn main() -> anyhow::Result<()> {
             contact_deleted_url(account, off, *args).await
         }
         Some(Command::Clicks(ClicksCommand::Replay { file, args })) => replay(&file, *args).await,
+        Some(Command::Status { args }) => status(*args).await,
         Some(Command::DeadLetters(command)) => dead_letters(command).await,
         Some(Command::Compact { store }) => match store.command(AdminRequest::Compact).await? {
             AdminReply::Compacted { freed } => {
@@ -494,25 +502,35 @@ async fn amocrm_status(args: ServeArgs) -> anyhow::Result<()> {
     }
     let or_dash = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
     for c in connections {
-        let backlog = match c.backlog > shortlinks_notes::sink::amocrm::status::BACKLOG_COUNTED {
-            true => format!(">{}", c.backlog - 1),
-            false => c.backlog.to_string(),
-        };
         let state = match c.until {
             Some(until) => format!("{} until {until}", c.state),
             None => c.state,
         };
         println!(
-            "account {}  {}  {state} since {}  backlog {backlog}  delivered {}  dead letters {}  token expires {}",
+            "account {}  {}  {state} since {}  backlog {}  delivered {}  dead letters {}  token expires {}",
             c.account,
             c.amocrm.as_deref().unwrap_or("(settings)"),
             or_dash(c.since),
+            c.backlog,
             or_dash(c.delivered),
             c.dead_letters,
             or_dash(c.token_expires),
         );
     }
     Ok(())
+}
+
+async fn status(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = args.settings.over(file_layer(args.config.as_deref())?).resolve()?;
+    let accounts = settings.clicks.amocrm.iter().map(|c| c.account.0).collect();
+    let request = AdminRequest::Status { accounts, webhook: settings.clicks.webhook.is_some() };
+    match admin::command(&settings.storage, &settings.data_dir, request).await? {
+        AdminReply::Status { report } => {
+            print!("{}", shortlinks_server::status::render(&report, &settings.storage, &settings.data_dir));
+            Ok(())
+        }
+        other => unexpected(other),
+    }
 }
 
 async fn amocrm_connect_url(account: u64, args: ServeArgs) -> anyhow::Result<()> {

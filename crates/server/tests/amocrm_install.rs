@@ -133,8 +133,11 @@ async fn visit_all(addr: SocketAddr, codes: &[String], first: usize) {
 
 /// A counter on `/metrics`, 0 while the server has none (a sink it has not started).
 async fn metric_or_zero(addr: SocketAddr, name: &str) -> u64 {
-    let text = send(addr, Method::GET, "/metrics", &[], Vec::new()).await.text();
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0)
+    let metrics = common::try_scrape(addr).await.expect("the server answers");
+    match common::sample(&metrics, name) {
+        Some(openmetrics_parser::PrometheusValue::Counter(c)) => c.value.as_f64() as u64,
+        _ => 0,
+    }
 }
 
 fn state(account: u64, state: &str) -> String {

@@ -281,7 +281,7 @@ pub(crate) async fn run_sink<S: Store, K: NoteSink>(
         // Marked as they are picked: `deliver` returns only once each is taken or set
         // aside, or when stopping, and then this memory goes with the worker.
         let notes: Vec<Note> = batch.iter().filter(|(_, n)| delivered.insert(n.id)).map(|(_, n)| n.clone()).collect();
-        worker.stats.copies_skipped.fetch_add((batch.len() - notes.len()) as u64, Relaxed);
+        worker.stats.copies_skipped.inc_by((batch.len() - notes.len()) as u64);
         if !notes.is_empty() && !worker.deliver(notes, &mut shutdown).await {
             return; // stopping: the batch stays queued
         }
@@ -381,9 +381,11 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
                 // Whether the wait is for someone to connect the receiver again, which
                 // `resume` may cut short.
                 let mut waiting_for_someone = false;
-                let delay = match self.sink.deliver(&group).await {
+                let started = std::time::Instant::now();
+                let delivered = self.sink.deliver(&group).await;
+                self.stats.attempted(&group, started.elapsed(), delivered.is_ok());
+                let delay = match delivered {
                     Ok(()) => {
-                        self.stats.delivered.fetch_add(group.len() as u64, Relaxed);
                         self.enter(SinkState::Connected, None).await;
                         break;
                     }
@@ -410,7 +412,7 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
                         continue; // the rest, again, in its own paced request
                     }
                     Err(SinkError::Unauthorized { reason, after }) => {
-                        self.stats.failed_attempts.fetch_add(1, Relaxed);
+                        self.stats.failed_attempts.inc();
                         self.enter(SinkState::NeedsReconnect, None).await;
                         tracing::error!(sink = name, %reason, retry = ?after, "the receiver does not take our credentials: connect it again; nothing is dropped");
                         waiting_for_someone = true;
@@ -423,19 +425,19 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
                         after
                     }
                     Err(SinkError::Retry { reason, after }) => {
-                        self.stats.failed_attempts.fetch_add(1, Relaxed);
+                        self.stats.failed_attempts.inc();
                         let delay = after.map_or_else(|| self.retry.delay(attempt), |a| a.min(MAX_RETRY_AFTER));
                         tracing::warn!(sink = name, notes = group.len(), %reason, ?delay, "delivery failed; will retry");
                         delay
                     }
                     Err(SinkError::AccountRefused { reason, pause }) => {
-                        self.stats.account_refusals.fetch_add(1, Relaxed);
+                        self.stats.account_refusals.inc();
                         self.enter(SinkState::Refused, Some(pause)).await;
                         tracing::error!(sink = name, %reason, ?pause, "the receiver REFUSED this account (its rights or subscription?); pausing the sink, nothing is dropped");
                         pause
                     }
                     Err(SinkError::Restricted { reason, pause }) => {
-                        self.stats.restricted.fetch_add(1, Relaxed);
+                        self.stats.restricted.inc();
                         self.enter(SinkState::Paused, Some(pause)).await;
                         tracing::error!(sink = name, %reason, ?pause, "the receiver RESTRICTED this integration's access; pausing the sink, nothing is dropped");
                         pause
@@ -473,7 +475,7 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
             tracing::warn!(sink = %self.label, note = note.id, %reason, "note refused for good; kept in {}", self.dead);
             letters.push(DeadLetter { note: note.clone(), reason: reason.to_owned(), at });
         }
-        self.stats.dead_lettered.fetch_add(notes.len() as u64, Relaxed);
+        self.stats.dead_lettered.inc_by(notes.len() as u64);
         self.set_aside_ids.lock().extend(notes.iter().map(|n| n.id));
         if let Err(e) = self.store.push_records(&self.dead, &letters).await {
             tracing::error!(error = %e, "cannot keep a refused note");
@@ -506,7 +508,7 @@ mod tests {
         let keys = SinkKeys::new("amocrm", Some(AccountId(1)));
         store.push_records(&keys.queue(), &queued).await.unwrap();
 
-        let stats = Arc::new(SinkStats::default());
+        let stats = crate::stats::Stats::default().sink("amocrm", Some(AccountId(1)));
         let (stop, stopped) = watch::channel(false);
         let worker = tokio::spawn(run_sink(
             store.clone(),
@@ -518,7 +520,7 @@ mod tests {
             stopped,
         ));
         shortlinks_core::testing::until(Duration::from_secs(30), "both copies skipped", || async {
-            stats.copies_skipped.load(Relaxed) >= 2
+            stats.copies_skipped.get() >= 2
         })
         .await;
         stop.send(true).unwrap();
@@ -527,8 +529,8 @@ mod tests {
         let mut ids: Vec<String> = stand_in.notes().into_iter().filter_map(|n| n.request_id).collect();
         ids.sort();
         assert_eq!(ids, ["1", "2", "3"], "each note once");
-        assert_eq!(stats.delivered.load(Relaxed), 3);
-        assert_eq!(stats.copies_skipped.load(Relaxed), 2);
+        assert_eq!(stats.delivered.get(), 3);
+        assert_eq!(stats.copies_skipped.get(), 2);
         assert!(store.lease(&keys.queue(), 10).await.unwrap().is_empty(), "the copies left the queue");
     }
 

@@ -357,14 +357,61 @@ pub async fn metric(addr: SocketAddr, name: &str) -> u64 {
     try_metric(addr, name).await.expect("the server answers")
 }
 
-/// Reads one counter from `/metrics`, or `None` if the server is gone.
-pub async fn try_metric(addr: SocketAddr, name: &str) -> Option<u64> {
+/// `/metrics`, parsed by a strict parser of Prometheus' text format (a grammar of its own,
+/// not ours): a page it refuses fails the test.
+pub async fn try_scrape(addr: SocketAddr) -> Option<Exposition> {
     let body = try_send(addr, Method::GET, "/metrics", &[], Vec::new()).await?.body;
     let text = String::from_utf8(body.to_vec()).unwrap();
-    let value = text
-        .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()));
-    Some(value.unwrap_or_else(|| panic!("no metric {name} in {text}")))
+    Some(openmetrics_parser::prometheus::parse_prometheus(&text).unwrap_or_else(|e| panic!("{e:?} in {text}")))
+}
+
+/// What [`try_scrape`] parses.
+pub type Exposition =
+    openmetrics_parser::MetricsExposition<openmetrics_parser::PrometheusType, openmetrics_parser::PrometheusValue>;
+
+/// The value of one sample, chosen as `name` or `name{label="value",…}`: labels in any
+/// order, and a label the selector leaves out must be empty on the sample.
+pub fn sample<'e>(metrics: &'e Exposition, selector: &str) -> Option<&'e openmetrics_parser::PrometheusValue> {
+    let (name, wanted) = match selector.split_once('{') {
+        None => (selector, Vec::new()),
+        Some((name, labels)) => {
+            let labels = labels.strip_suffix('}').expect("a selector's labels end with }");
+            let pairs = labels.split("\",").filter(|p| !p.is_empty()).map(|pair| {
+                let (label, value) = pair.split_once("=\"").expect("label=\"value\"");
+                (label.to_owned(), value.trim_end_matches('"').to_owned())
+            });
+            (name, pairs.collect())
+        }
+    };
+    let family = metrics.families.get(name)?;
+    family.iter_samples().map(|s| (s, s.get_labelset().expect("labels"))).find_map(|(sample, set)| {
+        let every_wanted = wanted.iter().all(|(l, v)| set.get_label_value(l) == Some(v.as_str()));
+        let no_other = set.iter().all(|(l, v)| v.is_empty() || wanted.iter().any(|(w, _)| w == l));
+        (every_wanted && no_other).then_some(&sample.value)
+    })
+}
+
+/// Reads one counter or gauge (see [`sample`]), or `None` if the server is gone.
+pub async fn try_metric(addr: SocketAddr, name: &str) -> Option<u64> {
+    use openmetrics_parser::PrometheusValue;
+    let metrics = try_scrape(addr).await?;
+    let value = match sample(&metrics, name) {
+        Some(PrometheusValue::Counter(c)) => c.value.as_f64(),
+        Some(PrometheusValue::Gauge(n) | PrometheusValue::Unknown(n)) => n.as_f64(),
+        other => panic!("no counter or gauge {name} on /metrics: {other:?}"),
+    };
+    Some(value as u64)
+}
+
+/// How many observations one histogram (see [`sample`]) holds: 0 before its first (a
+/// family with no series yet is not on the page).
+pub async fn observations(addr: SocketAddr, name: &str) -> u64 {
+    let metrics = try_scrape(addr).await.expect("the server answers");
+    match sample(&metrics, name) {
+        None => 0,
+        Some(openmetrics_parser::PrometheusValue::Histogram(h)) => h.count.expect("a histogram's count"),
+        Some(other) => panic!("{name} is no histogram: {other:?}"),
+    }
 }
 
 pub use shortlinks_core::testing::until;

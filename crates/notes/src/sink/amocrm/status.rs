@@ -11,9 +11,6 @@ use crate::sink::dead_letter::DeadLetters;
 use crate::sink::{standing, SinkKeys};
 use crate::Error;
 
-/// A backlog is counted up to this; beyond, it is shown as "more than".
-pub const BACKLOG_COUNTED: usize = 10_000;
-
 /// One connection, as the store has it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionStatus {
@@ -29,8 +26,8 @@ pub struct ConnectionStatus {
     pub since: Option<u64>,
     /// Until when a pause lasts (Unix seconds).
     pub until: Option<u64>,
-    /// Notes waiting in its queue, counted up to [`BACKLOG_COUNTED`] (then one more).
-    pub backlog: usize,
+    /// Notes waiting in its queue.
+    pub backlog: u64,
     /// Its dead letters.
     pub dead_letters: usize,
     /// When its OAuth access token expires (Unix seconds); `None` without a pair.
@@ -65,7 +62,7 @@ pub async fn status<S: Store>(store: &S, accounts: &[AccountId]) -> Result<Vec<C
             state,
             since,
             until,
-            backlog: store.peek(&keys.queue(), BACKLOG_COUNTED + 1).await?.len(),
+            backlog: store.depth(&keys.queue()).await?,
             dead_letters: DeadLetters::new(store, keys, account).list(0).await?.0,
             token_expires: pair.map(|p| p.expires_at),
             delivered: None,
