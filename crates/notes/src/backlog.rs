@@ -13,7 +13,7 @@ use shortlinks_core::store::{decode, CLICK_QUEUE};
 use shortlinks_core::{Error, Store, Timestamp};
 
 use crate::dispatch::DEAD_CLICKS;
-use crate::sink::SinkKeys;
+use crate::sink_keys::SinkKeys;
 use crate::stats::Stats;
 
 /// A scrape waits this long for the store at most; past it, the gauges keep what they

@@ -35,6 +35,7 @@ pub mod replay;
 pub mod retention;
 mod screen;
 pub mod sink;
+mod sink_keys;
 #[cfg(any(test, feature = "testing"))]
 pub mod stand_in;
 pub mod stats;

@@ -16,7 +16,7 @@ use prometheus::{
 use shortlinks_core::AccountId;
 
 use crate::classify::NotVisit;
-use crate::sink::SinkKeys;
+use crate::sink_keys::SinkKeys;
 
 /// Pipeline metrics, shared by its tasks; read by `/metrics`.
 pub struct Stats {
@@ -262,6 +262,8 @@ pub struct SinkSummary {
     pub failed_attempts: u64,
     /// Notes refused for good.
     pub dead_lettered: u64,
+    /// Its last few failures: when (Unix seconds) and why, oldest first.
+    pub last_errors: Vec<(u64, String)>,
 }
 
 /// What an operator needs to know of a sink: whether it is delivering, and if not, whose
@@ -325,6 +327,8 @@ pub(crate) struct SinkStats {
     /// One gauge per state, in the order of [`SinkState::ALL`].
     states: [IntGauge; SinkState::ALL.len()],
     paused_until_seconds: IntGauge,
+    /// The last few failures, with when (Unix seconds), oldest first.
+    last_errors: Mutex<std::collections::VecDeque<(u64, String)>>,
     /// The sink's state, as its place in [`SinkState::ALL`].
     state: std::sync::atomic::AtomicU8,
     /// Until when a pause lasts, in Unix milliseconds (0: none).
@@ -343,6 +347,18 @@ impl SinkStats {
         }
         let paused = self.paused_until_ms().map_or(0, |ms| ms / 1000);
         self.paused_until_seconds.set(i64::try_from(paused).unwrap_or(i64::MAX));
+    }
+
+    /// Failures kept for the console.
+    const LAST_ERRORS: usize = 5;
+
+    /// Records why an attempt failed.
+    pub(crate) fn failed(&self, why: &str) {
+        let mut errors = self.last_errors.lock();
+        if errors.len() == Self::LAST_ERRORS {
+            errors.pop_front();
+        }
+        errors.push_back((shortlinks_core::Timestamp::now().as_secs(), why.to_owned()));
     }
 
     /// Records one delivery attempt of `notes`, which took `took`; `delivered` if the
@@ -416,6 +432,7 @@ impl Stats {
             dead_letters: f.dead_letters.with_label_values(&labels),
             states: SinkState::ALL.map(|s| f.state.with_label_values(&[name, &account_label, s.name()])),
             paused_until_seconds: f.paused_until.with_label_values(&labels),
+            last_errors: Mutex::default(),
             state: Default::default(),
             until_ms: Default::default(),
         });
@@ -450,6 +467,7 @@ impl Stats {
                 delivered: s.delivered.get(),
                 failed_attempts: s.failed_attempts.get(),
                 dead_lettered: s.dead_lettered.get(),
+                last_errors: s.last_errors.lock().iter().cloned().collect(),
             })
             .collect();
         Summary {

@@ -1,7 +1,8 @@
 //! The HTTP front end's histograms, on the pipeline's registry (one `/metrics` page).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use prometheus::local::LocalHistogram;
 use prometheus::{Histogram, HistogramVec, Registry};
 use shortlinks_notes::stats::histograms;
 
@@ -37,10 +38,14 @@ impl HttpMetrics {
         Self { lane: redirects.with_label_values(&["lane"]), hyper: redirects.with_label_values(&["hyper"]), api }
     }
 
-    /// A redirect answered by the lane (`true`) or by hyper, begun at `started`.
-    pub(crate) fn redirect(&self, lane: bool, started: Instant) {
-        let histogram = if lane { &self.lane } else { &self.hyper };
-        histogram.observe(started.elapsed().as_secs_f64());
+    /// A redirect answered by hyper, begun at `started`.
+    pub(crate) fn hyper_redirect(&self, started: Instant) {
+        self.hyper.observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Where one lane connection times its redirects.
+    pub(crate) fn lane_timings(&self) -> LaneTimings {
+        LaneTimings { local: self.lane.local(), flushed: None }
     }
 
     /// Redirects answered so far: by the lane, by hyper.
@@ -61,6 +66,38 @@ impl HttpMetrics {
         let digits = itoa_status(status);
         let status = std::str::from_utf8(&digits).unwrap_or("000");
         self.api.with_label_values(&[route, status]).observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// How often a lane connection adds what it timed to the shared histogram.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// One lane connection's redirect timings, added to the shared histogram on its first
+/// redirect, then at most every [`FLUSH_EVERY`], and when the connection ends. Observed
+/// straight into the shared histogram, every redirect paid for four atomic updates of
+/// cache lines both runtime threads write (measured: 3–6% of the lane's throughput); here
+/// it pays for none. A connection left idle holds at most a second of its timings until
+/// its next request or its close (at the latest the header read timeout).
+pub(crate) struct LaneTimings {
+    local: LocalHistogram,
+    flushed: Option<Instant>,
+}
+
+impl LaneTimings {
+    /// A redirect begun at `started`, answered now.
+    pub(crate) fn observe(&mut self, started: Instant) {
+        let now = Instant::now();
+        self.local.observe(now.duration_since(started).as_secs_f64());
+        if self.flushed.is_none_or(|at| now.duration_since(at) >= FLUSH_EVERY) {
+            self.local.flush();
+            self.flushed = Some(now);
+        }
+    }
+}
+
+impl Drop for LaneTimings {
+    fn drop(&mut self) {
+        self.local.flush();
     }
 }
 

@@ -42,6 +42,7 @@ use crate::app::{code_of, is_reserved, App};
 use crate::client_socket::ClientSocket;
 use crate::drain::GracefulConnection;
 use crate::http_date;
+use crate::http_metrics::LaneTimings;
 use crate::idle::{Activity, TrackedBody};
 use crate::prefixed::Prefixed;
 use crate::problem::Body;
@@ -236,6 +237,7 @@ async fn run<S: Store>(stream: TcpStream, connected: Connected<S>, stopping: Arc
     let mut stream = ClientSocket::new(stream, connected.activity.clone());
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let mut out = Vec::with_capacity(512);
+    let mut timings = app.http_metrics.lane_timings();
     loop {
         // Every complete request the buffer holds (a client may send several at once),
         // until the server stops: as hyper, no request is read after that.
@@ -244,10 +246,13 @@ async fn run<S: Store>(stream: TcpStream, connected: Connected<S>, stopping: Arc
             let request = match classify(&buf, &mut headers, max_head) {
                 Head::Redirect(request) => request,
                 Head::Incomplete => break,
-                Head::HandOff => return hand_off(stream, buf, connected, stopping).await,
+                Head::HandOff => {
+                    drop(timings); // hyper times what follows
+                    return hand_off(stream, buf, connected, stopping).await;
+                }
             };
             let in_flight = connected.activity.begin();
-            let close = answer(app, &request, connected.peer, &stopping, &mut out).await;
+            let close = answer(app, &request, connected.peer, &stopping, &mut out, &mut timings).await;
             buf.advance(request.len);
             stream.write_all(&out).await?;
             drop(in_flight);
@@ -289,6 +294,7 @@ async fn answer<S: Store>(
     peer: Option<IpAddr>,
     stopping: &AtomicBool,
     out: &mut Vec<u8>,
+    timings: &mut LaneTimings,
 ) -> bool {
     let started = Instant::now();
     let id = app.request_id(&request.headers);
@@ -315,7 +321,7 @@ async fn answer<S: Store>(
             write_page(out, page, head, &id, close, Timestamp::now()).await
         }
     };
-    app.http_metrics.redirect(true, started);
+    timings.observe(started);
     if app.log_redirects {
         let method = if request.method == ClickMethod::Head { "HEAD" } else { "GET" };
         access_log::redirect(id.as_str(), method, &format!("/{}", request.code), status, started);
@@ -391,7 +397,7 @@ async fn hand_off<S: Store>(
                 matches!(*request.method(), Method::GET | Method::HEAD) && code_of(request.uri().path()).is_some();
             let response = app.handle(request, peer).await;
             if redirect {
-                app.http_metrics.redirect(false, started);
+                app.http_metrics.hyper_redirect(started);
             }
             Ok::<_, std::convert::Infallible>(response.map(|body| TrackedBody::new(body, in_flight)))
         }

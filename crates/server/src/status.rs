@@ -79,7 +79,7 @@ pub fn render_at(report: &StatusReport, storage: &StorageSettings, data_dir: &Pa
 }
 
 /// A duration in milliseconds, in its two largest units.
-fn age(ms: u64) -> String {
+pub(crate) fn age(ms: u64) -> String {
     let s = ms / 1000;
     match s {
         0 => format!("{ms} ms"),
@@ -139,6 +139,7 @@ mod tests {
                         delivered: 5,
                         failed_attempts: 1,
                         dead_lettered: 2,
+                        last_errors: vec![(1_200, "503: busy".into())],
                     }],
                 },
                 redirects_lane: 95,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use shortlinks_core::model::{EntryId, Note};
 use shortlinks_core::store::{Rate, RecordQueues};
-use shortlinks_core::{AccountId, Store};
+use shortlinks_core::Store;
 use tokio::sync::{watch, Notify};
 
 use crate::stats::{SinkState, SinkStats};
@@ -23,6 +23,7 @@ mod http;
 pub mod standing;
 mod webhook;
 
+pub use crate::sink_keys::SinkKeys;
 pub use amocrm::oauth::{adopt_legacy_pair, connect, oauth_credential, store_pair, OAuthApp, OAuthPair};
 pub use amocrm::{AmoCrmAuth, AmoCrmConfig, AmoCrmSink, AmoNoteType, TRANSIT_JITTER};
 pub use http::{HttpAnswer, HttpClient};
@@ -168,41 +169,6 @@ pub const UPKEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// A receiver's `Retry-After` is honoured up to this; beyond it is more likely a mistake.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
-
-/// Where one sink's worker keeps its work: the queue `sink:<name>[:<account>]`, the dead
-/// letters `dead:<name>[:<account>]`, the allowance under the queue's name. A sink that
-/// serves one account has keys of its own, so that accounts never share a queue, a pace
-/// or dead letters.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SinkKeys {
-    /// The sink's kind (its [`NoteSink::name`]).
-    pub name: &'static str,
-    /// The account whose notes it takes; `None`: every account's.
-    pub account: Option<AccountId>,
-    /// `<name>` or `<name>:<account>`: the suffix of its keys, and its name in logs.
-    pub label: String,
-}
-
-impl SinkKeys {
-    /// The keys of the sink `name` serving `account` (or every account).
-    pub fn new(name: &'static str, account: Option<AccountId>) -> Self {
-        let label = match account {
-            None => name.to_owned(),
-            Some(AccountId(id)) => format!("{name}:{id}"),
-        };
-        Self { name, account, label }
-    }
-
-    /// Its queue of notes to deliver.
-    pub fn queue(&self) -> String {
-        format!("sink:{}", self.label)
-    }
-
-    /// Its notes refused for good.
-    pub fn dead_letters(&self) -> String {
-        format!("dead:{}", self.label)
-    }
-}
 
 /// Moves what is left in the shared queue of the sink kind `name` (from a release before
 /// each account had its own) into each note's account's queue, `sink:<name>:<account>`,
@@ -384,6 +350,9 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
                 let started = std::time::Instant::now();
                 let delivered = self.sink.deliver(&group).await;
                 self.stats.attempted(&group, started.elapsed(), delivered.is_ok());
+                if let Err(e) = &delivered {
+                    self.stats.failed(&e.to_string());
+                }
                 let delay = match delivered {
                     Ok(()) => {
                         self.enter(SinkState::Connected, None).await;
@@ -486,7 +455,7 @@ impl<S: Store, K: NoteSink> Worker<S, K> {
 #[cfg(test)]
 mod tests {
     use shortlinks_core::store::{conformance, Queues};
-    use shortlinks_core::MemoryStore;
+    use shortlinks_core::{AccountId, MemoryStore};
 
     use super::*;
     use crate::stand_in::{AmoCrmStandIn, StandInOptions};
