@@ -459,6 +459,21 @@ async fn server_status<S: Store>(app: &App<S>) -> Result<AdminReply, ServerError
     Ok(AdminReply::Status { report: StatusReport { queues, connections, server } })
 }
 
+/// A token's contacts as an operator writes them: `all`, or positive ids separated by commas.
+pub fn parse_scope(contacts: &str) -> Result<ContactScope, ServerError> {
+    if contacts.trim() == "all" {
+        return Ok(ContactScope::All);
+    }
+    let ids = contacts
+        .split(',')
+        .map(|id| match id.trim().parse::<u64>() {
+            Ok(id) if id > 0 => Ok(id),
+            _ => Err(ServerError::Admin(format!("contacts are `all` or positive ids separated by commas, not {id:?}"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ContactScope::only(ids))
+}
+
 /// Account 0 is nobody's: a command for it is a mistake.
 fn positive_account(account: u64) -> Result<AccountId, ServerError> {
     match account {

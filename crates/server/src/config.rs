@@ -159,6 +159,14 @@ pub struct SettingsLayer {
     /// `api` (default: one line per API request) or `all` (redirects too).
     #[arg(long, env = "SHORTLINKS_ACCESS_LOG", value_enum)]
     pub access_log: Option<AccessLog>,
+    /// Where the operator console listens, such as `127.0.0.1:8081`; off unless set.
+    /// Needs `console_password_file`.
+    #[arg(long, env = "SHORTLINKS_CONSOLE_LISTEN")]
+    pub console_listen: Option<String>,
+    /// A file holding the console's password: at least 12 characters, surrounding
+    /// whitespace ignored.
+    #[arg(long, env = "SHORTLINKS_CONSOLE_PASSWORD_FILE")]
+    pub console_password_file: Option<PathBuf>,
     /// A header set by a trusted proxy with the client's address, such as `X-Forwarded-For`.
     /// Unset (the default), the peer address is used and no header is trusted.
     #[arg(long, env = "SHORTLINKS_CLIENT_IP_HEADER")]
@@ -356,6 +364,8 @@ impl SettingsLayer {
             address_rule_window_secs,
             scanner_networks,
             access_log,
+            console_listen,
+            console_password_file,
             client_ip_header,
             webhook_url,
             webhook_secret,
@@ -384,8 +394,32 @@ impl SettingsLayer {
         )
     }
 
+    /// The console's settings: both or neither.
+    fn console(&self) -> Result<Option<ConsoleSettings>, ServerError> {
+        let (listen, file) = match (&self.console_listen, &self.console_password_file) {
+            (None, None) => return Ok(None),
+            (Some(listen), Some(file)) => (listen, file),
+            (Some(_), None) => return Err(ServerError::Config("console_listen needs console_password_file".into())),
+            (None, Some(_)) => return Err(ServerError::Config("console_password_file needs console_listen".into())),
+        };
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            ServerError::Config(format!("console_listen {listen:?} is not an address like 127.0.0.1:8081"))
+        })?;
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| ServerError::io(format!("reading console_password_file {}", file.display()), e))?;
+        let password = ConsolePassword::new(text.trim()).ok_or_else(|| {
+            ServerError::Config(format!(
+                "console_password_file {}: the password must have at least {} characters",
+                file.display(),
+                ConsolePassword::MIN_CHARS
+            ))
+        })?;
+        Ok(Some(ConsoleSettings { listen, password }))
+    }
+
     /// Fills in defaults and checks every value.
     pub fn resolve(self) -> Result<Settings, ServerError> {
+        let console = self.console()?;
         let clicks = self.clicks()?;
         let storage = self.storage()?;
         let listen = self.listen.as_deref().unwrap_or(Settings::DEFAULT_LISTEN);
@@ -434,6 +468,7 @@ impl SettingsLayer {
             )));
         }
         Ok(Settings {
+            console,
             storage,
             cached_links: self.cached_links.unwrap_or(LinkCache::DEFAULT_CAPACITY),
             sled_cache_bytes: self.sled_cache_mib.map_or(SledStore::DEFAULT_CACHE_BYTES, |mib| mib << 20),
@@ -910,6 +945,8 @@ pub struct WebhookSettings {
 /// Complete, checked settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// The operator console, if it is on.
+    pub console: Option<ConsoleSettings>,
     /// Where the data lives.
     pub storage: StorageSettings,
     /// How clicks become notes.
@@ -934,6 +971,40 @@ pub struct Settings {
     pub access_log: AccessLog,
     /// How long notes and dead letters are kept.
     pub retention: Retention,
+}
+
+/// The operator console: where it listens and what signs an operator in.
+#[derive(Clone, Debug)]
+pub struct ConsoleSettings {
+    /// Its own address, apart from the public one.
+    pub listen: SocketAddr,
+    /// Its password.
+    pub password: ConsolePassword,
+}
+
+/// The console's password, kept only as its hash.
+#[derive(Clone)]
+pub struct ConsolePassword(blake3::Hash);
+
+impl ConsolePassword {
+    /// Shorter passwords are refused.
+    pub const MIN_CHARS: usize = 12;
+
+    /// The password `text`, if it is long enough.
+    pub fn new(text: &str) -> Option<Self> {
+        (text.chars().count() >= Self::MIN_CHARS).then(|| Self(blake3::hash(text.as_bytes())))
+    }
+
+    /// Whether `attempt` is the password (compared as hashes, in constant time).
+    pub fn matches(&self, attempt: &str) -> bool {
+        blake3::hash(attempt.as_bytes()) == self.0
+    }
+}
+
+impl std::fmt::Debug for ConsolePassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConsolePassword(..)")
+    }
 }
 
 impl Settings {

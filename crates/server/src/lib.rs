@@ -24,6 +24,7 @@ mod app;
 pub mod auth;
 mod client_socket;
 pub mod config;
+mod console;
 pub mod contact_deleted;
 pub mod data_dir;
 mod drain;

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
-use shortlinks_core::ContactScope;
 use shortlinks_notes::sink::amocrm::connection::Connection;
 use shortlinks_notes::sink::amocrm::read_account;
 use shortlinks_notes::sink::{AmoCrmAuth, HttpClient};
@@ -390,7 +389,7 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 async fn token(command: TokenCommand) -> anyhow::Result<()> {
     match command {
         TokenCommand::Create { store, account, user, contacts } => {
-            let scope = parse_scope(&contacts)?;
+            let scope = admin::parse_scope(&contacts).map_err(|e| anyhow::anyhow!("--contacts: {e}"))?;
             match store.command(AdminRequest::TokenCreate { account, user, scope }).await? {
                 AdminReply::Token { token } => {
                     println!("{token}");
@@ -610,20 +609,6 @@ async fn replay(file: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("{n:>8}  {verdict}");
     }
     Ok(())
-}
-
-fn parse_scope(contacts: &str) -> anyhow::Result<ContactScope> {
-    if contacts.trim() == "all" {
-        return Ok(ContactScope::All);
-    }
-    let ids = contacts
-        .split(',')
-        .map(|id| match id.trim().parse::<u64>() {
-            Ok(id) if id > 0 => Ok(id),
-            _ => bail!("--contacts must be `all` or positive ids separated by commas, got {id:?}"),
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(ContactScope::only(ids))
 }
 
 fn unexpected(reply: AdminReply) -> anyhow::Result<()> {

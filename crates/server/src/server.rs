@@ -24,7 +24,9 @@ use crate::accept_backoff::AcceptBackoff;
 use crate::admission::{self, Admission, ConnectionLimits};
 use crate::amocrm_pages::AmoCrmPages;
 use crate::app::{App, AppSettings};
+use crate::config::ConsolePassword;
 use crate::config::{AccessLog, PublicUrl, Settings, StorageSettings};
+use crate::console::Console;
 use crate::drain::Drain;
 use crate::{admin, auth, data_dir, idle, lane, ServerError};
 
@@ -35,6 +37,8 @@ pub struct Started {
     pub addr: SocketAddr,
     /// The first token, when this start created it: to be shown once.
     pub first_token: Option<String>,
+    /// The operator console's bound address, when it is on.
+    pub console_addr: Option<SocketAddr>,
 }
 
 /// The running parts on one storage engine; the rest of the server is the same on either.
@@ -54,6 +58,8 @@ struct Parts<S: Store> {
     /// How long notes and dead letters are kept, and the settings' amoCRM accounts, whose
     /// dead letters that concerns too.
     retention: (Retention, Vec<AccountId>),
+    /// The operator console's listener and password, when it is on.
+    console: Option<(TcpListener, ConsolePassword)>,
 }
 
 /// Binds, opens the store, and makes the first token if there is none: in that order, so
@@ -66,6 +72,20 @@ pub async fn start(settings: Settings) -> Result<Started, ServerError> {
         .await
         .map_err(|e| ServerError::io(format!("binding {}", settings.listen), e))?;
     let addr = listener.local_addr().map_err(|e| ServerError::io("reading the bound address", e))?;
+    let console = match &settings.console {
+        None => None,
+        Some(console) => Some((
+            TcpListener::bind(console.listen)
+                .await
+                .map_err(|e| ServerError::io(format!("binding the console's {}", console.listen), e))?,
+            console.password.clone(),
+        )),
+    };
+    let console_addr = console
+        .as_ref()
+        .map(|(listener, _)| listener.local_addr())
+        .transpose()
+        .map_err(|e| ServerError::io("reading the console's bound address", e))?;
     let (backend, first_token) = match &settings.storage {
         StorageSettings::Sled => {
             let dir = settings.data_dir.clone();
@@ -77,18 +97,18 @@ pub async fn start(settings: Settings) -> Result<Started, ServerError> {
                     ServerError::Config(format!("cannot open the data directory {}: {e}", settings.data_dir.display()))
                 })?;
             let admin = admin::AdminSocket::bind(&admin::socket_path(&settings.data_dir))?;
-            let (parts, token) = assemble(store, listener, &settings, Some(admin)).await?;
+            let (parts, token) = assemble(store, listener, &settings, Some(admin), console).await?;
             (Backend::Sled(parts), token)
         }
         StorageSettings::Redis(config) => {
             let store = RedisStore::open((**config).clone())
                 .await
                 .map_err(|e| ServerError::Config(format!("cannot reach Redis ({}): {e}", config.target)))?;
-            let (parts, token) = assemble(store, listener, &settings, None).await?;
+            let (parts, token) = assemble(store, listener, &settings, None, console).await?;
             (Backend::Redis(parts), token)
         }
     };
-    Ok(Started { backend, addr, first_token })
+    Ok(Started { backend, addr, first_token, console_addr })
 }
 
 /// The application on `store`, with the configured sinks, serving `listener`.
@@ -97,6 +117,7 @@ async fn assemble<S: Store>(
     listener: TcpListener,
     settings: &Settings,
     admin: Option<admin::AdminSocket>,
+    console: Option<(TcpListener, ConsolePassword)>,
 ) -> Result<(Parts<S>, Option<String>), ServerError> {
     let addr = listener.local_addr().map_err(|e| ServerError::io("reading the bound address", e))?;
     let clicks = &settings.clicks;
@@ -156,7 +177,7 @@ async fn assemble<S: Store>(
     // Last: nothing after it can fail, so a token is only made for a server that runs.
     let first_token = ensure_first_token(app.store()).await?;
     let retention = (settings.retention, clicks.amocrm.iter().map(|c| c.account).collect());
-    Ok((Parts { app: Arc::new(app), pipeline, listener, admin, connections, retention }, first_token))
+    Ok((Parts { app: Arc::new(app), pipeline, listener, admin, connections, retention, console }, first_token))
 }
 
 /// What a release before per-account connections left (one queue for every account, one
@@ -208,7 +229,13 @@ impl Started {
 
 impl<S: Store> Parts<S> {
     async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let Parts { app, pipeline, listener, admin, connections, retention } = self;
+        let Parts { app, pipeline, listener, admin, connections, retention, console } = self;
+        let console = console.map(|(listener, password)| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!("the operator console listens on http://{addr}");
+            }
+            tokio::spawn(Arc::new(Console::new(app.clone(), password)).serve(listener))
+        });
         // Connections made on another node of the store (or by a command) get their sinks here.
         let discover = tokio::spawn(async move {
             loop {
@@ -230,6 +257,9 @@ impl<S: Store> Parts<S> {
         // No request is in flight any more: every click handed over is drained and flushed.
         discover.abort();
         hear.abort();
+        if let Some(console) = console {
+            console.abort();
+        }
         // A compaction under way runs on to its end (or is cut short by the exit, which
         // leaves the old files in use): either way nothing is lost.
         maintain.abort();

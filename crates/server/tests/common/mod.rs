@@ -25,6 +25,8 @@ pub struct TestServer {
     pub token: String,
     pub base: String,
     pub dir: tempfile::TempDir,
+    /// The operator console's address, when the settings turn it on.
+    pub console: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -51,6 +53,7 @@ impl TestServer {
         let started = server::start(layer.over(base).resolve().unwrap()).await.unwrap();
         let (addr, token, url) =
             (started.addr, started.first_token.clone().unwrap(), started.public_url().as_str().to_owned());
+        let console = started.console_addr;
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
             started
@@ -60,7 +63,7 @@ impl TestServer {
                 .await
                 .unwrap();
         });
-        Self { addr, token, base: url, dir, stop: Some(stop), task: Some(task) }
+        Self { addr, token, base: url, dir, console, stop: Some(stop), task: Some(task) }
     }
 
     /// Graceful shutdown; returns the data directory for inspection.
