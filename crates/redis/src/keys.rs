@@ -2,7 +2,7 @@
 //! transaction writes together share a `{hash tag}`, so they live in one cluster slot.
 
 use shortlinks_core::model::EntityRef;
-use shortlinks_core::{AccountId, ShortCode};
+use shortlinks_core::{AccountId, ShortCode, TargetUrl};
 
 /// Builds keys under one prefix.
 #[derive(Clone, Debug)]
@@ -39,6 +39,18 @@ impl Keys {
     /// The codes of one entity's links, in a sorted set ordered by code.
     pub(crate) fn links_of(&self, account: AccountId, entity: EntityRef) -> String {
         format!("{}:links:{}:{}:{}", self.prefix, account.0, entity.kind.as_str(), entity.id)
+    }
+
+    /// The codes of one account's links to one target, in a sorted set ordered by code;
+    /// named by 64 bits of a hash of the target, so that no key holds a URL (a collision
+    /// only adds members that the look-up passes over).
+    pub(crate) fn links_to(&self, account: AccountId, target: &TargetUrl) -> String {
+        let hash = blake3::hash(target.as_str().as_bytes());
+        let mut name = format!("{}:to:{}:", self.prefix, account.0);
+        for byte in &hash.as_bytes()[..8] {
+            name.push_str(&format!("{byte:02x}"));
+        }
+        name
     }
 
     /// One queue's stream.

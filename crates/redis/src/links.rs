@@ -1,15 +1,15 @@
-//! Links: `SET NX` per code, and a per-entity sorted set of codes. Erased codes: a set of
+//! Links: `SET NX` per code, and sorted sets of codes per entity and per target. Erased codes: a set of
 //! tombstones, and a stream of the codes erased in the last [`ERASURES_KEPT`], which every
 //! node reads to drop them from its cache of links.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use futures_util::future::try_join_all;
+use futures_util::future::{try_join, try_join_all};
 use shortlinks_core::model::EntityRef;
 use shortlinks_core::store::{decode, encode};
 use shortlinks_core::store::{ErasureCursor, ErasureNews, InsertOutcome, LinkStore};
-use shortlinks_core::{AccountId, Error, Link, ShortCode, Timestamp, Tombstone};
+use shortlinks_core::{AccountId, Error, Link, ShortCode, TargetUrl, Timestamp, Tombstone};
 
 use crate::connection::store_error;
 use crate::store::RedisStore;
@@ -52,8 +52,17 @@ impl RedisStore {
             InsertOutcome::Inserted => &link,
             InsertOutcome::Occupied(existing) => existing,
         };
-        let index = self.keys.links_of(owner.account, owner.entity);
-        let _: i64 = self.write(redis::cmd("ZADD").arg(index).arg(0).arg(owner.code.as_str())).await?;
+        let of = self.keys.links_of(owner.account, owner.entity);
+        let to = self.keys.links_to(owner.account, &owner.target);
+        let index = |key: String| async move {
+            let _: i64 = self.write(redis::cmd("ZADD").arg(key).arg(0).arg(owner.code.as_str())).await?;
+            Ok::<_, Error>(())
+        };
+        if self.index_targets {
+            try_join(index(of), index(to)).await?;
+        } else {
+            index(of).await?;
+        }
         Ok(outcome)
     }
 }
@@ -121,7 +130,37 @@ impl LinkStore for RedisStore {
         Ok(found.into_iter().flatten().collect())
     }
 
-    /// Tombstones first, then each link's key and index entry, then the news for caches.
+    /// The target's index, then the links; an entry whose link is gone or is another
+    /// target's (a hash collision) is passed over.
+    async fn links_to(&self, account: AccountId, target: &TargetUrl, limit: usize) -> Result<Vec<Link>, Error> {
+        if !self.index_targets {
+            return Err(Error::InvalidInput("links are found by URL only with redis_index_targets on".into()));
+        }
+        let index = self.keys.links_to(account, target);
+        let mut found = Vec::new();
+        let mut after = "-".to_owned();
+        while found.len() < limit {
+            let page = (limit - found.len()).min(1000);
+            let codes: Vec<String> = self
+                .query(redis::cmd("ZRANGE").arg(&index).arg(&after).arg("+").arg("BYLEX").arg("LIMIT").arg(0).arg(page))
+                .await?;
+            let Some(last) = codes.last() else { break };
+            after = format!("({last}");
+            let codes = codes
+                .iter()
+                .map(|c| ShortCode::parse(c).ok_or_else(|| Error::Corrupt(format!("bad code {c:?} in an index"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            let links = self.get_links(&codes).await?;
+            found.extend(links.into_iter().flatten().filter(|l| l.account == account && l.target == *target));
+            if codes.len() < page {
+                break;
+            }
+        }
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    /// Tombstones first, then each link's key and index entries, then the news for caches.
     async fn erase_links(&self, links: Vec<(Link, Tombstone)>) -> Result<(), Error> {
         if links.is_empty() {
             return Ok(());
@@ -138,8 +177,10 @@ impl LinkStore for RedisStore {
                 continue;
             }
             let _: i64 = self.write(redis::cmd("DEL").arg(self.keys.link(&link.code))).await?;
-            let index = self.keys.links_of(link.account, link.entity);
-            let _: i64 = self.write(redis::cmd("ZREM").arg(index).arg(link.code.as_str())).await?;
+            for index in [self.keys.links_of(link.account, link.entity), self.keys.links_to(link.account, &link.target)]
+            {
+                let _: i64 = self.write(redis::cmd("ZREM").arg(index).arg(link.code.as_str())).await?;
+            }
             let _: String = self
                 .write(redis::cmd("XADD").arg(self.keys.erasures()).arg("*").arg("code").arg(link.code.as_str()))
                 .await?;

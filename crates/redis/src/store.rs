@@ -31,6 +31,8 @@ pub struct RedisStore {
     pub(crate) consumer: Arc<str>,
     pub(crate) claim_after: Duration,
     pub(crate) forget_consumer_after: Duration,
+    /// Links are indexed by target too ([`RedisConfig::index_targets`]).
+    pub(crate) index_targets: bool,
     /// When this node last looked for abandoned entries, per queue key.
     pub(crate) last_takeover: Arc<Mutex<HashMap<String, Instant>>>,
     /// Queue keys whose consumer group is known to exist.
@@ -82,6 +84,7 @@ impl RedisStore {
             consumer: consumer.into(),
             claim_after: config.claim_after,
             forget_consumer_after: config.forget_consumer_after,
+            index_targets: config.index_targets,
             last_takeover: Arc::default(),
             groups: Arc::default(),
             acked,

@@ -390,3 +390,35 @@ async fn a_node_serves_the_links_it_created_from_memory() {
     let gone = creator.resolve_with(&codes[0], |_| ()).await.unwrap();
     assert_eq!(gone, Resolved::Erased, "the erasure took it out of the creator's cache");
 }
+
+/// The index by target: one key per account and URL, named without the URL and gone with
+/// its last link; with `index_targets` off, no such key, and a look-up by URL is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_by_target_holds_no_url_and_can_be_turned_off() {
+    if !shortlinks_redis::testing::available() {
+        return;
+    }
+    let server = RedisServer::standalone().unwrap();
+    let keys =
+        |pattern: &str| shortlinks_redis::testing::cli(server.port(), &["--scan", "--pattern", pattern]).unwrap();
+    let url = "https://unique-target.example/only-here";
+    let link = conformance::link("InDeX0000001", 3, 30, url);
+
+    let store = RedisStore::open(server.config("on")).await.unwrap();
+    store.insert_links(vec![link.clone()]).await.unwrap();
+    let index = keys("on:to:*");
+    assert_eq!(index.lines().count(), 1, "{index}");
+    assert!(index.starts_with("on:to:3:") && !index.contains("unique-target"), "{index}");
+    assert_eq!(store.links_to(link.account, &link.target, 10).await.unwrap(), vec![link.clone()]);
+    let tombstone = shortlinks_core::Tombstone([3; 16]);
+    store.erase_links(vec![(link.clone(), tombstone)]).await.unwrap();
+    assert!(keys("on:to:*").trim().is_empty(), "the index goes with its last link");
+
+    let config = RedisConfig { index_targets: false, ..server.config("off") };
+    let store = RedisStore::open(config).await.unwrap();
+    store.insert_links(vec![link.clone()]).await.unwrap();
+    assert!(keys("off:to:*").trim().is_empty(), "no index by target");
+    let refused = store.links_to(link.account, &link.target, 10).await;
+    assert!(matches!(&refused, Err(Error::InvalidInput(why)) if why.contains("redis_index_targets")), "{refused:?}");
+    assert_eq!(store.links_of(link.account, link.entity).await.unwrap(), vec![link], "by contact still");
+}

@@ -62,6 +62,10 @@ pub struct SettingsLayer {
     /// milliseconds (default 1000).
     #[arg(long, env = "SHORTLINKS_REDIS_REPLICAS_ACK_TIMEOUT_MS")]
     pub redis_replicas_ack_timeout_ms: Option<u64>,
+    /// Index each link by its target too, for the console's look-up by URL (default true;
+    /// about 130 bytes of Redis memory a link when each has a URL of its own).
+    #[arg(long, env = "SHORTLINKS_REDIS_INDEX_TARGETS")]
+    pub redis_index_targets: Option<bool>,
     /// For `rediss://` addresses: a CA certificate (PEM) to trust instead of the system's.
     #[arg(long, env = "SHORTLINKS_REDIS_TLS_CA_FILE")]
     pub redis_tls_ca_file: Option<PathBuf>,
@@ -335,6 +339,7 @@ impl SettingsLayer {
             redis_forget_consumer_after_secs,
             redis_replicas_ack,
             redis_replicas_ack_timeout_ms,
+            redis_index_targets,
             redis_tls_ca_file,
             redis_tls_client_cert_file,
             redis_tls_client_key_file,
@@ -566,6 +571,7 @@ impl SettingsLayer {
                     None => {}
                 }
                 config.replicas_ack = self.redis_replicas_ack.unwrap_or(config.replicas_ack);
+                config.index_targets = self.redis_index_targets.unwrap_or(config.index_targets);
                 match self.redis_replicas_ack_timeout_ms {
                     Some(0) => {
                         return Err(ServerError::Config("redis_replicas_ack_timeout_ms must be positive".into()))

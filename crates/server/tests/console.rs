@@ -174,6 +174,16 @@ async fn an_operator_signs_in_sees_a_click_looks_it_up_replays_it_and_manages_to
     assert!(!notes.contains(&code), "a note shows the original URL, never the code");
     screenshot(&browser, "lookup").await;
 
+    // By URL: the account's links to it, one per contact, and from there the contact.
+    let other = server.post_links(&server.token, &json!([item(url, 43)]).to_string()).await;
+    let other = code_of(other.json()["_embedded"]["short_links"][0]["url"].as_str().unwrap()).to_owned();
+    fill(&browser, "url", url).await;
+    submit(&browser, Locator::Css("form:nth-of-type(3) button")).await;
+    let links = text(&browser, "links").await;
+    assert!(links.contains(&code) && links.contains(&other), "both contacts' links: {links}");
+    assert_eq!(links.matches(url).count(), 2, "{links}");
+    screenshot(&browser, "lookup-url").await;
+
     // Delivery: the dead letter is listed, replayed, and the webhook takes it.
     browser.goto(&format!("{console}/delivery?sink=webhook&account=1")).await.unwrap();
     assert!(text(&browser, "dead-count").await.starts_with("1 dead letters"));

@@ -31,6 +31,7 @@ pub trait CrashFaults: Store {
 pub async fn run<S: CrashFaults>(store: &S) {
     links(store).await;
     a_retry_restores_a_lost_index_entry(store).await;
+    links_by_target(store).await;
     erasure(store).await;
     queues(store).await;
     notes_journal(store).await;
@@ -148,6 +149,34 @@ async fn a_retry_restores_a_lost_index_entry<S: CrashFaults>(store: &S) {
     let listed = store.links_of(AccountId(4), EntityRef::contact(40)).await.expect("list");
     assert_eq!(listed, vec![first.clone()], "a retry lists the link again");
     assert_eq!(store.get_link(&first.code).await.expect("get"), Some(first));
+}
+
+/// An account's links to one URL, a link per contact, in code order and up to a limit;
+/// other accounts' and other URLs' links are not among them, nor erased ones.
+async fn links_by_target<S: Store>(store: &S) {
+    let campaign = "https://campaign.example/spring";
+    let ours = [
+        link("TTTTTTTTTTT3", 8, 83, campaign),
+        link("TTTTTTTTTTT1", 8, 81, campaign),
+        link("TTTTTTTTTTT2", 8, 82, campaign),
+    ];
+    let theirs = link("TTTTTTTTTTT4", 9, 81, campaign);
+    let elsewhere = link("TTTTTTTTTTT5", 8, 81, "https://campaign.example/summer");
+    let mut all = ours.to_vec();
+    all.extend([theirs.clone(), elsewhere.clone()]);
+    store.insert_links(all).await.expect("insert");
+    let target = TargetUrl::parse(campaign).expect("target");
+    let found = store.links_to(AccountId(8), &target, 10).await.expect("by target");
+    assert_eq!(found, vec![ours[1].clone(), ours[2].clone(), ours[0].clone()], "code order");
+    assert_eq!(store.links_to(AccountId(8), &target, 2).await.expect("by target").len(), 2, "the limit holds");
+    assert_eq!(store.links_to(AccountId(9), &target, 10).await.expect("by target"), vec![theirs]);
+    let unknown = TargetUrl::parse("https://campaign.example/autumn").expect("target");
+    assert!(store.links_to(AccountId(8), &unknown, 10).await.expect("by target").is_empty());
+
+    store.erase_links(vec![(ours[1].clone(), Tombstone([81; 16]))]).await.expect("erase");
+    let found = store.links_to(AccountId(8), &target, 10).await.expect("by target");
+    assert_eq!(found, vec![ours[2].clone(), ours[0].clone()], "an erased link is not found");
+    assert_eq!(store.links_to(AccountId(8), &elsewhere.target, 10).await.expect("by target"), vec![elsewhere.clone()]);
 }
 
 /// Erasing removes an entity's links and notes for good, buries their codes, and touches

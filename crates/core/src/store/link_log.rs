@@ -44,6 +44,7 @@ use super::InsertOutcome;
 use crate::code::ShortCode;
 use crate::codec::{decode, encode_after};
 use crate::model::{AccountId, EntityRef, Link};
+use crate::target::TargetUrl;
 use crate::Error;
 
 /// The file's name in the data directory.
@@ -355,6 +356,19 @@ impl LinkLog {
     /// Every link of one entity, in code order: a read of the whole file (an erasure's
     /// look, not the redirect's).
     pub(crate) fn links_of(&self, account: AccountId, entity: EntityRef) -> Result<Vec<Link>, Error> {
+        self.links_where(|link| link.account == account && link.entity == entity)
+    }
+
+    /// The first `limit` links of one account to one target, in code order: a read of the
+    /// whole file too (an operator's look-up).
+    pub(crate) fn links_to(&self, account: AccountId, target: &TargetUrl, limit: usize) -> Result<Vec<Link>, Error> {
+        let mut links = self.links_where(|link| link.account == account && link.target == *target)?;
+        links.truncate(limit);
+        Ok(links)
+    }
+
+    /// Every live link that `wanted` keeps, in code order.
+    fn links_where(&self, wanted: impl Fn(&Link) -> bool) -> Result<Vec<Link>, Error> {
         // Together: a compaction replaces both under the appender's lock.
         let (current, end) = {
             let tail = self.tail.lock();
@@ -365,7 +379,7 @@ impl LinkLog {
             if let Some(Found::Link(code, bytes)) = found(record) {
                 let link: Link = decode(bytes)?;
                 let live = current.lookup((self.hash)(&code), &code) == Some(Slot::new(offset, record.len()));
-                if link.account == account && link.entity == entity && live {
+                if live && wanted(&link) {
                     links.push(link);
                 }
             }

@@ -13,6 +13,7 @@ use super::{
 };
 use crate::code::{InstallationSecret, ShortCode, Tombstone};
 use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, Timestamp, VisitMark};
+use crate::target::TargetUrl;
 use crate::Error;
 
 /// Everything in process memory; nothing survives the process. Cheap to clone: clones share data.
@@ -87,6 +88,15 @@ impl LinkStore for MemoryStore {
             .take_while(|(k, _)| k.starts_with(&prefix))
             .filter_map(|(_, code)| guard.by_code.get(code).cloned())
             .collect();
+        Ok(found)
+    }
+
+    async fn links_to(&self, account: AccountId, target: &TargetUrl, limit: usize) -> Result<Vec<Link>, Error> {
+        let guard = self.links.read();
+        let mut found: Vec<Link> =
+            guard.by_code.values().filter(|l| l.account == account && l.target == *target).cloned().collect();
+        found.sort_by_key(|l| l.code);
+        found.truncate(limit);
         Ok(found)
     }
 

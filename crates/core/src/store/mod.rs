@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::code::{InstallationSecret, ShortCode, Tombstone};
 pub use crate::codec::{decode, encode};
 use crate::model::{AccountId, ApiToken, EntityRef, EntityType, EntryId, Link, Note};
+use crate::target::TargetUrl;
 use crate::Error;
 
 mod address_tally;
@@ -79,6 +80,19 @@ pub trait LinkStore: Send + Sync + 'static {
 
     /// The links of one entity in one account, in key (code) order.
     fn links_of(&self, account: AccountId, entity: EntityRef) -> impl Future<Output = Result<Vec<Link>, Error>> + Send;
+
+    /// Up to `limit` links of one account to this target, in code order: an operator's
+    /// look-up by URL (a campaign's URL has a link per contact). A store that cannot
+    /// search by target (the default) refuses.
+    fn links_to(
+        &self,
+        account: AccountId,
+        target: &TargetUrl,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Link>, Error>> + Send {
+        let _ = (account, target, limit);
+        async { Err(Error::InvalidInput("this store cannot find links by URL".into())) }
+    }
 
     /// Erases links for good: each link's tombstone is stored first, durably, then the link
     /// and its index entry are removed, so that a crash in between leaves a link that a

@@ -50,6 +50,7 @@ use super::{
 use crate::code::{InstallationSecret, ShortCode, Tombstone};
 use crate::codec::{decode, encode};
 use crate::model::{AccountId, ApiToken, EntityRef, EntryId, Link, Note, Timestamp};
+use crate::target::TargetUrl;
 use crate::Error;
 
 const SECRET_KEY: &[u8] = b"installation_secret";
@@ -180,6 +181,12 @@ impl LinkStore for SledStore {
     /// the contact's id and codes, long after they were removed).
     async fn links_of(&self, account: AccountId, entity: EntityRef) -> Result<Vec<Link>, Error> {
         self.blocking(move |s| s.links.links_of(account, entity)).await
+    }
+
+    /// A read of `links.log` through, as [`LinkStore::links_of`].
+    async fn links_to(&self, account: AccountId, target: &TargetUrl, limit: usize) -> Result<Vec<Link>, Error> {
+        let target = target.clone();
+        self.blocking(move |s| s.links.links_to(account, &target, limit)).await
     }
 
     /// Tombstones (flushed), then the links' erasure frames (synced).

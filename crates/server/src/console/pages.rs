@@ -12,7 +12,7 @@ use minijinja::{context, Environment, Value};
 use serde::Serialize;
 use shortlinks_core::model::{EntityRef, Note, NoteBody};
 use shortlinks_core::store::{decode, NotesQuery};
-use shortlinks_core::{AccountId, EntityType, ShortCode, Store};
+use shortlinks_core::{AccountId, EntityType, ShortCode, Store, TargetUrl};
 use shortlinks_notes::backlog::{self, QueueBacklog};
 use shortlinks_notes::sink::amocrm::status::status;
 use shortlinks_notes::sink::dead_letter::DeadLetter;
@@ -159,10 +159,14 @@ struct NoteRow {
     delivery: String,
 }
 
+/// The most links a look-up by URL lists.
+const URL_LINKS_SHOWN: usize = 200;
+
 pub(super) async fn lookup<S: Store>(console: &Console<S>, csrf: &str, query: &[(String, String)]) -> Response<Body> {
     let code = field(query, "code").unwrap_or_default().trim();
     let (account, contact) =
         (field(query, "account").unwrap_or("1").trim(), field(query, "contact").unwrap_or_default().trim());
+    let url = field(query, "url").unwrap_or_default().trim();
     let store = console.app.store();
     let mut problem = None;
     let mut links = Vec::new();
@@ -190,7 +194,21 @@ pub(super) async fn lookup<S: Store>(console: &Console<S>, csrf: &str, query: &[
             }
             _ => problem = Some("An account and a contact are positive numbers.".to_owned()),
         }
+    } else if !url.is_empty() {
+        match (account.parse::<u64>(), TargetUrl::parse(url)) {
+            (Ok(account), Ok(target)) if account > 0 => {
+                match store.links_to(AccountId(account), &target, URL_LINKS_SHOWN + 1).await {
+                    Ok(found) => links = found,
+                    Err(e) => problem = Some(format!("The store did not answer: {e}")),
+                }
+            }
+            (_, Err(why)) => problem = Some(format!("Not a link target: {why}.")),
+            _ => problem = Some("An account is a positive number.".to_owned()),
+        }
     }
+    // A campaign's URL has a link per contact: the first ones, and say there are more.
+    let more = links.len() > URL_LINKS_SHOWN;
+    links.truncate(URL_LINKS_SHOWN);
     let notes = match whose {
         Some((account, contact)) if problem.is_none() => match notes_of(console, account, contact).await {
             Ok(notes) => Some(notes),
@@ -213,9 +231,10 @@ pub(super) async fn lookup<S: Store>(console: &Console<S>, csrf: &str, query: &[
         .collect();
     let contact = whose.map_or_else(|| contact.to_owned(), |(_, c)| c.to_string());
     let account = whose.map_or_else(|| account.to_owned(), |(a, _)| a.0.to_string());
-    let searched = !code.is_empty() || !contact.is_empty();
+    let searched = !code.is_empty() || !contact.is_empty() || !url.is_empty();
     let context = context! {
-        title => "Look-up", page => "lookup", csrf, problem, code, account, contact, searched, links, notes,
+        title => "Look-up", page => "lookup", csrf, problem, code, account, contact, url, searched, links, more,
+        shown => URL_LINKS_SHOWN, notes,
     };
     console.pages.render(StatusCode::OK, "lookup.html", context)
 }
