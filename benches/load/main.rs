@@ -21,6 +21,7 @@ use tokio::process::{Child, Command};
 mod amocrm_accounts;
 mod amocrm_drain;
 mod backlog;
+mod compaction;
 
 /// A browser's agent: these requests are what people send, so they become visits and notes.
 const AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0";
@@ -80,7 +81,10 @@ Scenarios, in this order:
                        own amoCRM stand-in, against one account's 1000 alone
                        (see amocrm_accounts.rs)
   --backlog N          instead: a node on Redis restarts with N held clicks due at once
-                       and drains them while wrk's campaign goes on (see backlog.rs)";
+                       and drains them while wrk's campaign goes on (see backlog.rs)
+  --compaction         instead: a node on sled, the repeat visitor's runs with and
+                       without compactions going on back to back, in turns
+                       (see compaction.rs)";
 
 /// What the clicks of a run are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +121,8 @@ struct Options {
     production_rules: bool,
     /// The backlog scenario instead: this many clicks held, then drained.
     backlog: u64,
+    /// The compaction scenario instead.
+    compaction: bool,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -133,6 +139,7 @@ fn options() -> anyhow::Result<Options> {
         amocrm_accounts: false,
         production_rules: false,
         backlog: 0,
+        compaction: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -153,6 +160,7 @@ fn options() -> anyhow::Result<Options> {
             "--amocrm-accounts" => o.amocrm_accounts = true,
             "--production-rules" => o.production_rules = true,
             "--backlog" => o.backlog = value()?.parse()?,
+            "--compaction" => o.compaction = true,
             "--scenarios" => o.scenarios = value()?.split(',').map(Scenario::parse).collect::<Result<_, _>>()?,
             other => bail!("unknown option {other} (see --help)"),
         }
@@ -794,6 +802,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if o.backlog > 0 {
         return backlog::run(&release, work.path(), &o).await;
+    }
+    if o.compaction {
+        return compaction::run(&release, work.path(), &o).await;
     }
     println!("links: {}, rounds: {}, {} s each, storage: {}", o.links, o.rounds, o.seconds, o.storages.join(", "));
     if let Some(baseline) = &o.baseline {
