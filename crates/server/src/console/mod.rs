@@ -2,7 +2,7 @@
 //!
 //! Off unless `console_listen` is set, and never on the public listener. Pages: the
 //! overview (a day per minute as a chart, the not-visit reasons, the backlog, the amoCRM
-//! connections), look-up (by code or contact: links, notes and where each note stands),
+//! connections), look-up (by code, contact or URL: links, notes and where each note stands),
 //! delivery (each sink, its last errors, dead letters to replay or delete) and tokens
 //! (make, list, revoke). Everything is compiled into the binary: templates (minijinja,
 //! HTML-escaped), one stylesheet, charts drawn as inline SVG; no page runs a script or
