@@ -21,6 +21,14 @@ pub(crate) const ERASURES_KEPT: Duration = Duration::from_secs(600);
 /// The most erasures one read takes.
 const ERASURES_AT_ONCE: usize = 10_000;
 
+/// The codes an index (a sorted set of codes) holds.
+fn indexed_codes(members: &[String]) -> Result<Vec<ShortCode>, Error> {
+    members
+        .iter()
+        .map(|c| ShortCode::parse(c).ok_or_else(|| Error::Corrupt(format!("bad code {c:?} in an index"))))
+        .collect()
+}
+
 /// A stream entry id, `ms-seq`, as numbers: ids compare in this order.
 fn stream_id(id: &str) -> Option<(u64, u64)> {
     let (ms, seq) = id.split_once('-')?;
@@ -122,11 +130,7 @@ impl LinkStore for RedisStore {
         let codes: Vec<String> = self
             .query(redis::cmd("ZRANGE").arg(self.keys.links_of(account, entity)).arg("-").arg("+").arg("BYLEX"))
             .await?;
-        let codes = codes
-            .iter()
-            .map(|c| ShortCode::parse(c).ok_or_else(|| Error::Corrupt(format!("bad code {c:?} in an index"))))
-            .collect::<Result<Vec<_>, _>>()?;
-        let found = try_join_all(codes.iter().map(|code| self.get_link(code))).await?;
+        let found = self.get_links(&indexed_codes(&codes)?).await?;
         Ok(found.into_iter().flatten().collect())
     }
 
@@ -146,11 +150,7 @@ impl LinkStore for RedisStore {
                 .await?;
             let Some(last) = codes.last() else { break };
             after = format!("({last}");
-            let codes = codes
-                .iter()
-                .map(|c| ShortCode::parse(c).ok_or_else(|| Error::Corrupt(format!("bad code {c:?} in an index"))))
-                .collect::<Result<Vec<_>, _>>()?;
-            let links = self.get_links(&codes).await?;
+            let links = self.get_links(&indexed_codes(&codes)?).await?;
             found.extend(links.into_iter().flatten().filter(|l| l.account == account && l.target == *target));
             if codes.len() < page {
                 break;

@@ -416,10 +416,14 @@ pub(super) async fn tokens<S: Store>(
     console: &Console<S>,
     csrf: &str,
     query: &[(String, String)],
-    new_token: Option<(String, Option<String>)>,
+    made: Option<Result<String, String>>,
 ) -> Response<Body> {
-    let (new_token, mut problem) =
-        new_token.map_or((None, None), |(token, problem)| (Some(token).filter(|t| !t.is_empty()), problem));
+    // A token just made (its secret, shown this once), or why it was not.
+    let (new_token, mut problem) = match made {
+        Some(Ok(token)) => (Some(token), None),
+        Some(Err(problem)) => (None, Some(problem)),
+        None => (None, None),
+    };
     let tokens = match admin::execute(console.app.store(), AdminRequest::TokenList).await {
         AdminReply::Tokens { tokens } => tokens,
         AdminReply::Failed { message } => {
@@ -458,14 +462,14 @@ pub(super) async fn create_token<S: Store>(
             match admin::execute(console.app.store(), AdminRequest::TokenCreate { account, user, scope }).await {
                 AdminReply::Token { token } => {
                     tracing::info!(account, user, "the console made an API token");
-                    (token, None)
+                    Ok(token)
                 }
-                AdminReply::Failed { message } => (String::new(), Some(message)),
-                other => (String::new(), Some(format!("unexpected answer {other:?}"))),
+                AdminReply::Failed { message } => Err(message),
+                other => Err(format!("unexpected answer {other:?}")),
             }
         }
-        (_, _, Err(e)) => (String::new(), Some(e.to_string())),
-        _ => (String::new(), Some("The account and the user are positive numbers.".to_owned())),
+        (_, _, Err(e)) => Err(e.to_string()),
+        _ => Err("The account and the user are positive numbers.".to_owned()),
     };
     tokens(console, csrf, &[], Some(outcome)).await
 }
