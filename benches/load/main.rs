@@ -22,6 +22,7 @@ mod amocrm_accounts;
 mod amocrm_drain;
 mod backlog;
 mod compaction;
+mod restart;
 
 /// A browser's agent: these requests are what people send, so they become visits and notes.
 const AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0";
@@ -84,7 +85,10 @@ Scenarios, in this order:
                        and drains them while wrk's campaign goes on (see backlog.rs)
   --compaction         instead: a node on sled, the repeat visitor's runs with and
                        without compactions going on back to back, in turns
-                       (see compaction.rs)";
+                       (see compaction.rs)
+  --restart            instead: a node on sled started again and again on --links
+                       links with as many notes, timed to its port and its first
+                       redirect, with and without the links' checkpoint (see restart.rs)";
 
 /// What the clicks of a run are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +127,7 @@ struct Options {
     backlog: u64,
     /// The compaction scenario instead.
     compaction: bool,
+    restart: bool,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -140,6 +145,7 @@ fn options() -> anyhow::Result<Options> {
         production_rules: false,
         backlog: 0,
         compaction: false,
+        restart: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -161,6 +167,7 @@ fn options() -> anyhow::Result<Options> {
             "--production-rules" => o.production_rules = true,
             "--backlog" => o.backlog = value()?.parse()?,
             "--compaction" => o.compaction = true,
+            "--restart" => o.restart = true,
             "--scenarios" => o.scenarios = value()?.split(',').map(Scenario::parse).collect::<Result<_, _>>()?,
             other => bail!("unknown option {other} (see --help)"),
         }
@@ -805,6 +812,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if o.compaction {
         return compaction::run(&release, work.path(), &o).await;
+    }
+    if o.restart {
+        return restart::run(&release, work.path(), &o).await;
     }
     println!("links: {}, rounds: {}, {} s each, storage: {}", o.links, o.rounds, o.seconds, o.storages.join(", "));
     if let Some(baseline) = &o.baseline {

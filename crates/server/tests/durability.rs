@@ -209,14 +209,15 @@ fn codes(reply: &common::Reply) -> Vec<String> {
     links.iter().map(|l| code_of(l["url"].as_str().unwrap()).to_owned()).collect()
 }
 
-/// Creates batches of 250 links, each for new contacts, until the server stops answering.
-fn start_creating(addr: SocketAddr, token: String) -> (Arc<Mutex<Created>>, tokio::task::JoinHandle<()>) {
+/// Creates batches of 250 links, each for new contacts, from batch `first` on, until the
+/// server stops answering.
+fn start_creating(addr: SocketAddr, token: String, first: u64) -> (Arc<Mutex<Created>>, tokio::task::JoinHandle<()>) {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let log = acked.clone();
     let task = tokio::spawn(async move {
         let auth = format!("Bearer {token}");
         let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
-        for batch in 0u64.. {
+        for batch in first.. {
             let items: Vec<_> =
                 (0..250).map(|i| item(&format!("https://original.example/{batch}/{i}"), batch * 250 + i + 1)).collect();
             let items = serde_json::Value::Array(items);
@@ -232,19 +233,30 @@ fn start_creating(addr: SocketAddr, token: String) -> (Arc<Mutex<Created>>, toki
 
 /// Every created link a `200` answered must redirect after kill -9 and a restart (the link
 /// log may end in a torn insert, which the restart cuts off), and creating it again must
-/// return the same link.
+/// return the same link. The first links are made before a SIGTERM, which leaves a
+/// checkpoint of the links' index: the last start reads it and then the log's tail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_creating_links_loses_no_acknowledged_link() {
     let dir = common::private_tempdir();
     let server = Process::serve(dir.path(), &[], &[]).await;
     let token = common::first_token(dir.path());
-    let (acked, creator) = start_creating(server.addr, token.clone());
+    let (before, creator) = start_creating(server.addr, token.clone(), 0);
+    common::until(Duration::from_secs(30), "links acknowledged", || async { before.lock().unwrap().len() >= 4 }).await;
+    assert_eq!(server.terminate().await, 0);
+    creator.await.unwrap();
+    let checkpoint = dir.path().join("links.index");
+    assert!(checkpoint.exists(), "a shutdown leaves the index's checkpoint");
+    let written = std::fs::read(&checkpoint).unwrap();
+
+    let server = Process::serve(dir.path(), &[], &[]).await;
+    let (acked, creator) = start_creating(server.addr, token.clone(), 10_000);
     common::until(Duration::from_secs(30), "eight links acknowledged", || async { acked.lock().unwrap().len() >= 8 })
         .await;
     server.kill9().await;
     creator.await.unwrap();
-    let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 8, "the test must create before the kill, got {} batches", acked.len());
+    assert_eq!(std::fs::read(&checkpoint).unwrap(), written, "the kill came before any other checkpoint");
+    let acked = [before.lock().unwrap().clone(), acked.lock().unwrap().clone()].concat();
+    assert!(acked.len() >= 12, "the test must create before the kill, got {} batches", acked.len());
 
     let server = Process::serve(dir.path(), &[], &[]).await;
     for (_, links) in &acked {

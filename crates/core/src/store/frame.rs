@@ -34,6 +34,15 @@ impl Slot {
     pub(crate) fn len(self) -> usize {
         (self.0 & ((1 << Self::LEN_BITS) - 1)) as usize
     }
+
+    /// The slot as one integer, as an index's checkpoint keeps it.
+    pub(crate) fn raw(self) -> u64 {
+        self.0
+    }
+
+    pub(crate) fn from_raw(raw: u64) -> Self {
+        Self(raw)
+    }
 }
 
 /// Frame header: length and checksum.

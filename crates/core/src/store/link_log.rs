@@ -9,9 +9,13 @@
 //! `links.log` in the data directory is a run of [`frame`]s, each holding
 //! `code length u8 ‖ code ‖ link record` ([`crate::codec`]), or, for an erased link,
 //! `0u8 ‖ code length u8 ‖ code`: the link is no longer found from that frame on (its bytes
-//! stay in the file until it is compacted). The index lives in memory and
-//! is rebuilt on open by reading the file through, which takes the codes from the frames
-//! without decoding the records. It maps a 64-bit hash of each code to where its frame is:
+//! stay in the file until it is compacted). The index lives in memory
+//! ([`link_index`]). Opening reads it back from its checkpoint, `links.index`, and then
+//! reads the file from where the checkpoint ends; without a checkpoint that describes the
+//! file, it reads the file through, taking the codes from the frames without decoding the
+//! records. The checkpoint is written when the store is flushed on shutdown, after a
+//! compaction, and by the store's upkeep once the file has grown by [`CHECKPOINT_EVERY`].
+//! The index maps a 64-bit hash of each code to where its frame is:
 //! a 17-byte slot per link in tables kept 44–87% full, 36 MB at a million links. A read
 //! checks the code in the frame it finds, so codes whose hashes collide are told apart
 //! (that any two of a million codes share a hash has a chance of about 3 in 10^8): the
@@ -37,9 +41,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use foldhash::fast::FixedState;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 use super::frame::{self, io, Slot, Tail, HEADER};
+use super::link_index::{self, code_hash, shard_of, CodeHash, Shard};
 use super::InsertOutcome;
 use crate::code::ShortCode;
 use crate::codec::{decode, encode_after};
@@ -49,6 +54,9 @@ use crate::Error;
 
 /// The file's name in the data directory.
 pub(crate) const FILE_NAME: &str = "links.log";
+/// How much the file grows between the checkpoints the store's upkeep writes: reading
+/// that much at start-up takes about 0.15 s.
+pub(crate) const CHECKPOINT_EVERY: u64 = 32 << 20;
 /// The longest frame record: anything longer is not a frame this wrote, and opening takes
 /// it for a torn one.
 const MAX_RECORD: usize = (64 << 10) - 1;
@@ -56,49 +64,6 @@ const _: () = assert!(MAX_RECORD <= Slot::MAX_LEN);
 // So no link's record comes near it: its target is bounded, and the code, the ids and the
 // time take under 100 bytes more.
 const _: () = assert!(1 + ShortCode::MAX_LEN + 1 + crate::target::MAX_NORMALIZED_BYTES + 100 < MAX_RECORD);
-/// Index shards, so that inserts and reads on different codes do not meet on one lock.
-const SHARDS: usize = 16;
-
-/// The hash the index is keyed by.
-type CodeHash = fn(&ShortCode) -> u64;
-
-fn code_hash(code: &ShortCode) -> u64 {
-    use std::hash::BuildHasher;
-    FixedState::default().hash_one(code)
-}
-
-/// One shard of the index.
-#[derive(Default)]
-struct Index {
-    /// Frames by their code's hash: the first code with that hash.
-    by_hash: HashMap<u64, Slot, FixedState>,
-    /// Codes whose hash an earlier code has; empty in practice.
-    collided: HashMap<ShortCode, Slot, FixedState>,
-}
-
-impl Index {
-    /// The slot of `code` if it is a collided one, else the slot its hash leads to, which
-    /// holds `code` or another code with its hash: the caller reads the frame to tell.
-    fn lookup(&self, hash: u64, code: &ShortCode) -> Option<Slot> {
-        let collided = if self.collided.is_empty() { None } else { self.collided.get(code) };
-        collided.or_else(|| self.by_hash.get(&hash)).copied()
-    }
-
-    /// Indexes a code known not to be here yet: a taken hash is another code's.
-    fn insert_new(&mut self, hash: u64, code: ShortCode, slot: Slot) {
-        match self.by_hash.entry(hash) {
-            Entry::Vacant(first) => {
-                first.insert(slot);
-            }
-            Entry::Occupied(_) => {
-                self.collided.insert(code, slot);
-            }
-        }
-    }
-}
-
-type Shard = RwLock<Index>;
-
 /// The file and its index, replaced together by a compaction: a reader that loaded one
 /// reads its file with its slots, whichever is current by then.
 struct Generation {
@@ -108,7 +73,7 @@ struct Generation {
 
 impl Generation {
     fn new(file: File) -> Self {
-        Self { file, index: (0..SHARDS).map(|_| RwLock::default()).collect() }
+        Self { file, index: link_index::empty() }
     }
 
     /// The slot of `code` if it is a collided one, else the slot its hash leads to.
@@ -168,10 +133,12 @@ pub(crate) struct LinkLog {
     hash: CodeHash,
     /// Bytes of frames nothing needs any more: erased links, and the erasures themselves.
     garbage: AtomicU64,
-}
-
-fn shard_of(hash: u64) -> usize {
-    (hash >> 60) as usize % SHARDS
+    /// How much of the log the checkpoint on disk covers, if there is one. Its lock is
+    /// held while one is written, and by a compaction throughout ([`link_index::write`]).
+    checkpointed: Mutex<Option<u64>>,
+    /// Where opening started to read the log: the end of the checkpoint it read, or 0.
+    #[cfg(test)]
+    read_from: u64,
 }
 
 /// Reads the frame at `slot` (one `pread`), checks it, and hands its code and link record
@@ -288,19 +255,56 @@ impl LinkLog {
     /// As [`LinkLog::open`], with the index keyed by `hash`: tests make codes collide.
     fn open_hashing(dir: &Path, hash: CodeHash) -> Result<Self, Error> {
         let (path, file, len) = frame::open_log(dir, FILE_NAME)?;
+        let (read_from, garbage, index) = match link_index::read(dir, &file, len, hash) {
+            Some(checkpoint) => (checkpoint.covered, checkpoint.garbage, checkpoint.index),
+            None => (0, 0, link_index::empty()),
+        };
         let log = Self {
             path,
-            current: ArcSwap::from_pointee(Generation::new(file)),
+            current: ArcSwap::from_pointee(Generation { file, index }),
             tail: Mutex::new(Tail::new(len)),
             hash,
-            garbage: AtomicU64::new(0),
+            garbage: AtomicU64::new(garbage),
+            checkpointed: Mutex::new((read_from > 0).then_some(read_from)),
+            #[cfg(test)]
+            read_from,
         };
         let reader = log.current.load().file.try_clone().map_err(io)?;
-        let valid = frame::read_through(&reader, MAX_RECORD, |offset, record| log.take_in(offset, record))?;
+        let valid = frame::read_between(&reader, read_from, u64::MAX, MAX_RECORD, |offset, record| {
+            log.take_in(offset, record)
+        })?;
         if valid < len {
             log.recover(valid, len)?;
         }
+        tracing::debug!(log = %log.path.display(), checkpoint = read_from, read = len - read_from, "links indexed");
         Ok(log)
+    }
+
+    /// Writes the index's checkpoint ([`link_index`]) if the log has changed by at least
+    /// `min_change` bytes since the last one (by any, for 1); whether it wrote one.
+    pub(crate) fn checkpoint(&self, min_change: u64) -> Result<bool, Error> {
+        let mut checkpointed = self.checkpointed.lock();
+        self.checkpoint_locked(&mut checkpointed, min_change)
+    }
+
+    fn checkpoint_locked(&self, checkpointed: &mut Option<u64>, min_change: u64) -> Result<bool, Error> {
+        let (current, covered, garbage) = {
+            let tail = self.tail.lock();
+            tail.check(&self.path)?;
+            (self.current.load_full(), tail.len, self.garbage.load(Relaxed))
+        };
+        if checkpointed.is_some_and(|at| at.abs_diff(covered) < min_change.max(1)) || covered == 0 {
+            return Ok(false);
+        }
+        // Every frame it points at is on disk before it is.
+        frame::sync_appended(&current.file, &self.tail, &self.path)?;
+        link_index::write(self.dir(), &current.file, covered, garbage, &current.index, self.hash)?;
+        *checkpointed = Some(covered);
+        Ok(true)
+    }
+
+    fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
     }
 
     /// Indexes a link frame found on open, or drops the link an erasure frame names.
@@ -484,6 +488,8 @@ impl LinkLog {
     /// (from the old file until the new one is in place); inserts and erasures wait only
     /// while the copy takes in what came after it started. Returns the bytes it freed.
     pub(crate) fn compact(&self) -> Result<u64, Error> {
+        // The checkpoint describes the old file: none is written until the new one is in place.
+        let mut checkpointed = self.checkpointed.lock();
         let old = self.current.load_full();
         let started_at = self.tail.lock().len;
         let out = frame::Compacted::start(&self.path)?;
@@ -497,12 +503,25 @@ impl LinkLog {
             copy.take(offset, record, true)
         })?;
         let LinkCopy { out, new, garbage, .. } = copy;
+        link_index::remove(self.dir())?;
+        *checkpointed = None;
         let written = out.put_in_place(&self.path)?;
         let freed = tail.len.saturating_sub(written);
         self.current.store(Arc::new(new));
         tail.len = written;
         self.garbage.store(garbage, Relaxed);
+        drop(tail);
+        // A restart soon after need not read the new file through.
+        if let Err(e) = self.checkpoint_locked(&mut checkpointed, 1) {
+            tracing::warn!(error = %e, "links.log was compacted, but its index's checkpoint could not be written");
+        }
         Ok(freed)
+    }
+
+    /// Where opening started to read the log.
+    #[cfg(test)]
+    fn read_from(&self) -> u64 {
+        self.read_from
     }
 
     /// How many links there are.
@@ -745,6 +764,152 @@ mod tests {
         let log = LinkLog::open_hashing(dir.path(), same_hash).unwrap();
         assert_eq!(found(&log, &all), expected, "after a reopen");
         assert_eq!(log.len(), 200);
+    }
+
+    fn reopened_without_checkpoint(dir: &Path, hash: CodeHash) -> LinkLog {
+        let _ = std::fs::remove_file(dir.join(link_index::FILE_NAME));
+        LinkLog::open_hashing(dir, hash).unwrap()
+    }
+
+    /// Links inserted and erased before and after a checkpoint, among codes whose hashes
+    /// collide (`by_hash` and `collided` both): a reopen reads the checkpoint, then only
+    /// the log's tail, and finds what reading the log through finds.
+    #[test]
+    fn a_reopen_reads_the_checkpoint_and_then_only_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let few_hashes: CodeHash = |code| u64::from(code.as_bytes()[11] % 3) << 61;
+        let log = LinkLog::open_hashing(dir.path(), few_hashes).unwrap();
+        let all = links(1, 60);
+        log.insert(&all[..40]).unwrap();
+        let early: Vec<ShortCode> = all[..40].iter().step_by(4).map(|l| l.code).collect();
+        log.erase(&early).unwrap();
+        assert!(log.checkpoint(1).unwrap());
+        assert!(!log.checkpoint(1).unwrap(), "nothing changed: nothing written");
+        let covered = file_len(dir.path());
+        log.insert(&all[40..]).unwrap();
+        let late: Vec<ShortCode> = all.iter().skip(1).step_by(5).map(|l| l.code).collect();
+        log.erase(&late).unwrap();
+        let expected: Vec<bool> = all.iter().map(|l| !early.contains(&l.code) && !late.contains(&l.code)).collect();
+        let (len, garbage) = log.usage();
+        drop(log);
+
+        let log = LinkLog::open_hashing(dir.path(), few_hashes).unwrap();
+        assert_eq!(log.read_from(), covered, "the checkpoint was read, and the log from its end");
+        assert_eq!(found(&log, &all), expected);
+        assert_eq!(log.usage(), (len, garbage));
+        assert_eq!(log.len(), expected.iter().filter(|&&f| f).count());
+        drop(log);
+        let log = reopened_without_checkpoint(dir.path(), few_hashes);
+        assert_eq!(log.read_from(), 0);
+        assert_eq!(found(&log, &all), expected);
+        assert_eq!(log.usage(), (len, garbage), "the same as reading the log through");
+    }
+
+    #[test]
+    fn a_checkpoint_that_does_not_describe_the_log_is_passed_over() {
+        let (dir, log, stored) = filled(30);
+        log.erase(&[stored[0].code]).unwrap();
+        assert!(log.checkpoint(1).unwrap());
+        let expected: Vec<bool> = (0..30).map(|i| i != 0).collect();
+        drop(log);
+        let index = dir.path().join(link_index::FILE_NAME);
+        let whole = std::fs::read(&index).unwrap();
+        let reopen = |why: &str| {
+            let log = LinkLog::open(dir.path()).unwrap();
+            assert_eq!(log.read_from(), 0, "{why}: read the log through");
+            assert_eq!(found(&log, &stored), expected, "{why}");
+        };
+
+        // One byte changed in a section, then in the header.
+        for at in [whole.len() - 10, 40] {
+            let mut damaged = whole.clone();
+            damaged[at] ^= 1;
+            std::fs::write(&index, &damaged).unwrap();
+            reopen("a damaged checkpoint");
+        }
+        std::fs::write(&index, &whole[..whole.len() - 1]).unwrap();
+        reopen("a checkpoint cut short");
+        // Written by a build that hashes codes another way.
+        std::fs::write(&index, &whole).unwrap();
+        let other_hash: CodeHash = |code| code_hash(code) ^ 1;
+        assert_eq!(LinkLog::open_hashing(dir.path(), other_hash).unwrap().read_from(), 0, "another hash");
+        // A log cut below what the checkpoint covers.
+        let log_path = dir.path().join(FILE_NAME);
+        let full = std::fs::read(&log_path).unwrap();
+        let last = LinkLog::open(dir.path()).unwrap().find(&stored[29].code).unwrap().unwrap().0;
+        std::fs::write(&log_path, &full[..last.offset() as usize]).unwrap();
+        let log = LinkLog::open(dir.path()).unwrap();
+        assert_eq!(log.read_from(), 0, "a shorter log");
+        assert_eq!(found(&log, &stored[1..29]), [true; 28]);
+        assert_eq!(log.get(&stored[29].code).unwrap(), None);
+        drop(log);
+        std::fs::write(&log_path, &full).unwrap();
+        std::fs::write(&index, &whole).unwrap();
+        std::fs::write(dir.path().join(format!("{}.new", link_index::FILE_NAME)), b"half a checkpoint").unwrap();
+        let log = LinkLog::open(dir.path()).unwrap();
+        assert!(log.read_from() > 0, "the checkpoint in place is read");
+        assert!(!dir.path().join(format!("{}.new", link_index::FILE_NAME)).exists(), "a stray copy is deleted");
+        assert_eq!(found(&log, &stored), expected);
+    }
+
+    /// A compaction rewrites the log: the checkpoint of the old one is deleted before the
+    /// new one is in place, and one of the new one written after. The old checkpoint, put
+    /// back (as if the deletion had not happened), does not describe the new log.
+    #[test]
+    fn a_compaction_replaces_the_checkpoint() {
+        let (dir, log, stored) = filled(40);
+        assert!(log.checkpoint(1).unwrap());
+        let index = dir.path().join(link_index::FILE_NAME);
+        let old = std::fs::read(&index).unwrap();
+        let erased: Vec<ShortCode> = stored.iter().skip(20).map(|l| l.code).collect();
+        log.erase(&erased).unwrap();
+        log.compact().unwrap();
+        let expected: Vec<bool> = (0..40).map(|i| i < 20).collect();
+        assert_ne!(std::fs::read(&index).unwrap(), old);
+        let compacted = file_len(dir.path());
+        drop(log);
+        let log = LinkLog::open(dir.path()).unwrap();
+        assert_eq!(log.read_from(), compacted, "the new checkpoint covers the whole compacted log");
+        assert_eq!(found(&log, &stored), expected);
+        drop(log);
+        std::fs::write(&index, &old).unwrap();
+        let log = LinkLog::open(dir.path()).unwrap();
+        assert_eq!(log.read_from(), 0, "the old log's checkpoint is passed over");
+        assert_eq!(found(&log, &stored), expected);
+    }
+
+    /// A checkpoint written while inserts and erasures go on describes the log up to where
+    /// it ends; what came after is read from the log.
+    #[test]
+    fn a_checkpoint_taken_during_inserts_and_erasures_misses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let few_hashes: CodeHash = |code| u64::from(code.as_bytes()[11] % 4);
+        let log = LinkLog::open_hashing(dir.path(), few_hashes).unwrap();
+        let all = links(1, 600);
+        let erased: Vec<ShortCode> = all.iter().step_by(3).map(|l| l.code).collect();
+        let written = std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                for chunk in all.chunks(20) {
+                    log.insert(chunk).unwrap();
+                    let some: Vec<ShortCode> = chunk.iter().map(|l| l.code).filter(|c| erased.contains(c)).collect();
+                    log.erase(&some).unwrap();
+                }
+            });
+            let mut written = 0;
+            while !writer.is_finished() {
+                written += usize::from(log.checkpoint(1).unwrap());
+            }
+            written
+        });
+        assert!(written > 0);
+        let expected: Vec<bool> = all.iter().map(|l| !erased.contains(&l.code)).collect();
+        let usage = log.usage();
+        drop(log);
+        let log = LinkLog::open_hashing(dir.path(), few_hashes).unwrap();
+        assert!(log.read_from() > 0);
+        assert_eq!(found(&log, &all), expected);
+        assert_eq!(log.len(), 400);
+        assert_eq!(log.usage(), usage);
     }
 
     #[test]

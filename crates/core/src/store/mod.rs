@@ -23,6 +23,7 @@ pub mod conformance;
 mod format;
 mod frame;
 pub(crate) mod keys;
+mod link_index;
 mod link_log;
 mod memory;
 mod notes_index;

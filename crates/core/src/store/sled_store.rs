@@ -14,8 +14,8 @@
 //!
 //! Integers in keys are big-endian, so scans come out in numeric order.
 //!
-//! Links are not in sled: they are one append-only file, `links.log`, indexed in memory
-//! (see [`LinkLog`] for why). Nor are queues: each is a directory of append-only files under
+//! Links are not in sled: they are one append-only file, `links.log`, indexed in memory,
+//! with the index's checkpoint in `links.index` (see [`LinkLog`] for why). Nor are queues: each is a directory of append-only files under
 //! `queues/` (see [`QueueLog`]); sled keeps only each queue's head, without a flush of its
 //! own. Nor are notes and the visit ledger: they are `notes.log`, with the ledger in memory
 //! (see [`NotesLog`]). Nor is the address ledger: it is in memory and two files beside it
@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::link_log::LinkLog;
+use super::link_log::{LinkLog, CHECKPOINT_EVERY};
 use super::notes_log::NotesLog;
 use super::queue_log::{Position, QueueLog, SEGMENT_BYTES};
 use super::rate::LocalRates;
@@ -404,7 +404,9 @@ impl Store for SledStore {
     async fn flush(&self) -> Result<(), Error> {
         self.blocking(|s| {
             s.journal.flush()?;
-            s.flush_now()
+            s.flush_now()?;
+            // So that the next start reads the links' index back rather than links.log.
+            s.links.checkpoint(1).map(drop)
         })
         .await
     }
@@ -414,10 +416,14 @@ impl Store for SledStore {
     }
 
     async fn maintain(&self, after_erasure: Duration) -> Result<Option<u64>, Error> {
-        self.blocking(move |s| match s.compaction_due(after_erasure)? {
-            true => s.compact_now().map(Some),
-            // Cheap, so every time: handled clicks leave the disk soon after.
-            false => s.roll_drained_queues().map(|_| None),
+        self.blocking(move |s| {
+            let compacted = match s.compaction_due(after_erasure)? {
+                true => Some(s.compact_now()?),
+                // Cheap, so every time: handled clicks leave the disk soon after.
+                false => s.roll_drained_queues().map(|_| None)?,
+            };
+            s.links.checkpoint(CHECKPOINT_EVERY)?;
+            Ok(compacted)
         })
         .await
     }

@@ -1,0 +1,193 @@
+//! `benches/load/run --restart`: how long a node on the embedded store takes, after a
+//! restart, to answer on its port and to serve its first redirect, and its RSS then, at
+//! `--links` links with as many notes (every link clicked once, as after a campaign).
+//!
+//! The data directory is written through the store in process, in batches of 10 000: the
+//! links, then for each link its visit claimed and its note appended. Going through the
+//! API and wrk would take most of an hour at ten million. Then:
+//! - 32 MiB more links are written and the store is dropped without a flush: the state a
+//!   kill -9 leaves at worst, the checkpoint of the links' index that far behind;
+//! - `shortlinks serve` starts on it once so (`behind`), then `--rounds` times after a
+//!   SIGTERM (`clean`: the checkpoint covers the whole log) and, in turns, with
+//!   `links.index` deleted (`none`: `links.log` read through, as with no checkpoint).
+//!
+//! Printed per start and as medians: from the process's start to its port answering, to
+//! its first `302`, and its RSS then.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use shortlinks_core::model::{Note, NoteBody};
+use shortlinks_core::store::{NotesJournal, VisitClaim, VisitLedger, VisitRules};
+use shortlinks_core::{
+    AccountId, EntityRef, Link, LinkStore, ShortCode, SledStore, Store, TargetUrl, Timestamp, UserId,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{median, rss_mib, spawn, stop, Launch, Options};
+use shortlinks_benches::Rng;
+
+const BATCH: usize = 10_000;
+/// What the store's upkeep lets `links.log` grow by before it writes a checkpoint.
+const BEHIND_BYTES: u64 = 32 << 20;
+
+pub(super) async fn run(release: &Path, work: &Path, o: &Options) -> anyhow::Result<()> {
+    let data = work.join("data-restart");
+    let written = Instant::now();
+    let first_code = write(&data, o.links).await?;
+    println!(
+        "wrote {} links and {} notes in {:.0} s: links.log {:.0} MiB, links.index {:.0} MiB, notes.log {:.0} MiB",
+        o.links,
+        o.links,
+        written.elapsed().as_secs_f64(),
+        mib(&data.join("links.log")),
+        mib(&data.join("links.index")),
+        mib(&data.join("notes.log"))
+    );
+    let launch = || Launch {
+        program: release.join("shortlinks"),
+        args: ["serve", "--listen", "127.0.0.1:0", "--public-url", "https://sho.rt", "--data-dir"]
+            .map(Into::into)
+            .into_iter()
+            .chain([data.clone().into_os_string()])
+            .collect(),
+        envs: Vec::new(),
+    };
+    let mut starts: Vec<(&str, Start)> = vec![("behind", start(launch(), &first_code).await?)];
+    for round in 0..o.rounds {
+        for turn in 0..2 {
+            let without = (round + turn) % 2 == 1;
+            if without {
+                std::fs::remove_file(data.join("links.index")).context("links.index")?;
+            }
+            let name = if without { "none" } else { "clean" };
+            starts.push((name, start(launch(), &first_code).await?));
+        }
+    }
+    println!("\nStart-up at {} links and {} notes (median [min, max]):", o.links, o.links);
+    for name in ["behind", "clean", "none"] {
+        let of: Vec<&Start> = starts.iter().filter(|(n, _)| *n == name).map(|(_, s)| s).collect();
+        let stat = |f: fn(&Start) -> f64| median(of.iter().map(|s| f(s)).collect());
+        let (port, port_min, port_max) = stat(|s| s.port_ms);
+        let (first, first_min, first_max) = stat(|s| s.first_redirect_ms);
+        let (rss, _, _) = stat(|s| s.rss_mib);
+        println!(
+            "  {name:<7} port {port:>6.0} ms [{port_min:.0}, {port_max:.0}]  first redirect {first:>6.0} ms \
+             [{first_min:.0}, {first_max:.0}]  RSS {rss:.0} MiB  ({} starts)",
+            of.len()
+        );
+    }
+    Ok(())
+}
+
+struct Start {
+    port_ms: f64,
+    first_redirect_ms: f64,
+    rss_mib: f64,
+}
+
+/// Starts a server, times its port and its first redirect, reads its RSS, and stops it.
+async fn start(launch: Launch, code: &str) -> anyhow::Result<Start> {
+    let started = Instant::now();
+    let mut server = spawn(launch).await?;
+    let port_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let status = first_status(&server.addr, code).await?;
+    let first_redirect_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if status != 302 {
+        bail!("the first redirect answered {status}");
+    }
+    let rss_mib = server.child.id().and_then(rss_mib).unwrap_or(0.0);
+    stop(&mut server).await?;
+    eprintln!("  start: port {port_ms:.0} ms, first redirect {first_redirect_ms:.0} ms, RSS {rss_mib:.0} MiB");
+    Ok(Start { port_ms, first_redirect_ms, rss_mib })
+}
+
+/// One `GET /{code}` on a new connection; the status it answers.
+async fn first_status(addr: &str, code: &str) -> anyhow::Result<u16> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!(
+        "GET /{code} HTTP/1.1\r\nHost: sho.rt\r\nUser-Agent: {}\r\nAccept: text/html\r\nConnection: close\r\n\r\n",
+        super::AGENT
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await??;
+    let line = String::from_utf8_lossy(&answer[..answer.len().min(12)]).into_owned();
+    line.strip_prefix("HTTP/1.1 ").and_then(|s| s.get(..3)).and_then(|s| s.parse().ok()).context("an HTTP answer")
+}
+
+/// Writes `n` links and `n` notes, flushes (the checkpoint covers them), then 32 MiB more
+/// links without a flush. Returns the first link's code.
+async fn write(dir: &Path, n: usize) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    // As `shortlinks` makes it: the server refuses a directory others can read.
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let store = SledStore::open(dir)?;
+    let mut rng = Rng::new(shortlinks_benches::SEED);
+    let rules = VisitRules { window_ms: 24 * 3600 * 1000, notes_per_link: 0 };
+    let now = Timestamp::now().0;
+    let mut first = None;
+    let mut made = 0;
+    while made < n {
+        let links = batch(&mut rng, made, BATCH.min(n - made), now);
+        first.get_or_insert_with(|| links[0].code.to_string());
+        let claims = links.iter().enumerate().map(|(i, link)| claim(made + i, link)).collect();
+        let notes = links.iter().enumerate().map(|(i, link)| note(made + i, link)).collect();
+        store.insert_links(links).await?;
+        store.claim_visits(claims, rules).await?;
+        store.append_notes(notes).await?;
+        made += BATCH.min(n - made);
+    }
+    store.flush().await?;
+    let grown = std::fs::metadata(dir.join("links.log"))?.len() + BEHIND_BYTES;
+    while std::fs::metadata(dir.join("links.log"))?.len() < grown {
+        store.insert_links(batch(&mut rng, made, BATCH, now)).await?;
+        made += BATCH;
+    }
+    first.context("no links")
+}
+
+/// Links `from` to `from + n`, each on a contact of its own, with random 12-character codes.
+fn batch(rng: &mut Rng, from: usize, n: usize, now: u64) -> Vec<Link> {
+    const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    (from..from + n)
+        .map(|i| {
+            let code: Vec<u8> = (0..12).map(|_| BASE62[rng.below(62)]).collect();
+            Link {
+                code: ShortCode::from_key(&code).unwrap_or_else(|| unreachable!("base62")),
+                account: AccountId(1),
+                entity: EntityRef::contact(i as u64 + 1),
+                target: TargetUrl::parse(&format!("https://example.com/landing/{i}?utm_source=crm"))
+                    .unwrap_or_else(|_| unreachable!("a valid URL")),
+                created_at: Timestamp(now),
+                created_by: UserId(1),
+            }
+        })
+        .collect()
+}
+
+fn claim(i: usize, link: &Link) -> VisitClaim {
+    let key = |tag: u8| {
+        let mut key = [tag; 16];
+        key[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        key
+    };
+    VisitClaim { link: key(0), key: key(1), at: link.created_at, note_id: i as u64 + 1 }
+}
+
+fn note(i: usize, link: &Link) -> Note {
+    Note {
+        id: i as u64 + 1,
+        account: link.account,
+        entity: link.entity,
+        created_by: link.created_by,
+        created_at: link.created_at,
+        body: NoteBody::LinkFollowed { url: link.target.clone() },
+    }
+}
+
+fn mib(path: &Path) -> f64 {
+    std::fs::metadata(path).map_or(0.0, |m| m.len() as f64 / 1048576.0)
+}
