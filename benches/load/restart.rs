@@ -12,7 +12,8 @@
 //!   `links.index` deleted (`none`: `links.log` read through, as with no checkpoint).
 //!
 //! Printed per start and as medians: from the process's start to its port answering, to
-//! its first `302`, and its RSS then.
+//! its first `302`, and to its first notes listing (which waits until `notes.log` is read),
+//! and its RSS at the first redirect and at the listing.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -20,13 +21,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use shortlinks_core::model::{Note, NoteBody};
 use shortlinks_core::store::{NotesJournal, VisitClaim, VisitLedger, VisitRules};
-use shortlinks_core::{
-    AccountId, EntityRef, Link, LinkStore, ShortCode, SledStore, Store, TargetUrl, Timestamp, UserId,
-};
+use shortlinks_core::{AccountId, Link, LinkStore, SledStore, Store, Timestamp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{median, rss_mib, spawn, stop, Launch, Options};
-use shortlinks_benches::Rng;
+use shortlinks_benches::{links_after, Rng};
 
 const BATCH: usize = 10_000;
 /// What the store's upkeep lets `links.log` grow by before it writes a checkpoint.
@@ -54,7 +53,11 @@ pub(super) async fn run(release: &Path, work: &Path, o: &Options) -> anyhow::Res
             .collect(),
         envs: Vec::new(),
     };
-    let mut starts: Vec<(&str, Start)> = vec![("behind", start(launch(), &first_code).await?)];
+    // Made before the links that the checkpoint does not cover: the command flushes, and a
+    // flush writes a checkpoint.
+    let token = mint_token(&release.join("shortlinks"), &data).await?;
+    grow(&data, o.links).await?;
+    let mut starts: Vec<(&str, Start)> = vec![("behind", start(launch(), &first_code, &token).await?)];
     for round in 0..o.rounds {
         for turn in 0..2 {
             let without = (round + turn) % 2 == 1;
@@ -62,7 +65,7 @@ pub(super) async fn run(release: &Path, work: &Path, o: &Options) -> anyhow::Res
                 std::fs::remove_file(data.join("links.index")).context("links.index")?;
             }
             let name = if without { "none" } else { "clean" };
-            starts.push((name, start(launch(), &first_code).await?));
+            starts.push((name, start(launch(), &first_code, &token).await?));
         }
     }
     println!("\nStart-up at {} links and {} notes (median [min, max]):", o.links, o.links);
@@ -71,45 +74,75 @@ pub(super) async fn run(release: &Path, work: &Path, o: &Options) -> anyhow::Res
         let stat = |f: fn(&Start) -> f64| median(of.iter().map(|s| f(s)).collect());
         let (port, port_min, port_max) = stat(|s| s.port_ms);
         let (first, first_min, first_max) = stat(|s| s.first_redirect_ms);
+        let (notes, notes_min, notes_max) = stat(|s| s.notes_ms);
         let (rss, _, _) = stat(|s| s.rss_mib);
+        let (rss_notes, _, _) = stat(|s| s.rss_notes_mib);
         println!(
             "  {name:<7} port {port:>6.0} ms [{port_min:.0}, {port_max:.0}]  first redirect {first:>6.0} ms \
-             [{first_min:.0}, {first_max:.0}]  RSS {rss:.0} MiB  ({} starts)",
+             [{first_min:.0}, {first_max:.0}]  notes {notes:>6.0} ms [{notes_min:.0}, {notes_max:.0}]  \
+             RSS {rss:.0} then {rss_notes:.0} MiB  ({} starts)",
             of.len()
         );
     }
     Ok(())
 }
 
+/// A token for the notes listing, made by the operator's command on the stopped node.
+async fn mint_token(binary: &Path, data: &Path) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(binary)
+        .args(["token", "create", "--account", "1", "--user", "1", "--data-dir"])
+        .arg(data)
+        .output()
+        .await?;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    match printed.split_whitespace().find(|w| w.starts_with("sl_")) {
+        Some(token) if out.status.success() => Ok(token.to_owned()),
+        _ => bail!("no token made: {printed} {}", String::from_utf8_lossy(&out.stderr)),
+    }
+}
+
 struct Start {
     port_ms: f64,
     first_redirect_ms: f64,
+    notes_ms: f64,
     rss_mib: f64,
+    rss_notes_mib: f64,
 }
 
 /// Starts a server, times its port and its first redirect, reads its RSS, and stops it.
-async fn start(launch: Launch, code: &str) -> anyhow::Result<Start> {
+async fn start(launch: Launch, code: &str, token: &str) -> anyhow::Result<Start> {
     let started = Instant::now();
     let mut server = spawn(launch).await?;
     let port_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let status = first_status(&server.addr, code).await?;
+    let browser = format!("User-Agent: {}\r\nAccept: text/html\r\n", super::AGENT);
+    let status = status_of(&server.addr, &format!("/{code}"), &browser).await?;
     let first_redirect_ms = started.elapsed().as_secs_f64() * 1000.0;
     if status != 302 {
         bail!("the first redirect answered {status}");
     }
-    let rss_mib = server.child.id().and_then(rss_mib).unwrap_or(0.0);
+    let rss_at_redirect = server.child.id().and_then(rss_mib).unwrap_or(0.0);
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while status_of(&server.addr, "/api/v4/contacts/notes?limit=1", &auth).await? != 200 {
+        if Instant::now() > deadline {
+            bail!("no notes listed in two minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let notes_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let rss_notes_mib = server.child.id().and_then(rss_mib).unwrap_or(0.0);
     stop(&mut server).await?;
-    eprintln!("  start: port {port_ms:.0} ms, first redirect {first_redirect_ms:.0} ms, RSS {rss_mib:.0} MiB");
-    Ok(Start { port_ms, first_redirect_ms, rss_mib })
+    eprintln!(
+        "  start: port {port_ms:.0} ms, first redirect {first_redirect_ms:.0} ms, notes {notes_ms:.0} ms, \
+         RSS {rss_at_redirect:.0} then {rss_notes_mib:.0} MiB"
+    );
+    Ok(Start { port_ms, first_redirect_ms, notes_ms, rss_mib: rss_at_redirect, rss_notes_mib })
 }
 
-/// One `GET /{code}` on a new connection; the status it answers.
-async fn first_status(addr: &str, code: &str) -> anyhow::Result<u16> {
+/// One `GET` on a new connection, with these header lines; the status it answers.
+async fn status_of(addr: &str, path: &str, headers: &str) -> anyhow::Result<u16> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!(
-        "GET /{code} HTTP/1.1\r\nHost: sho.rt\r\nUser-Agent: {}\r\nAccept: text/html\r\nConnection: close\r\n\r\n",
-        super::AGENT
-    );
+    let request = format!("GET {path} HTTP/1.1\r\nHost: sho.rt\r\n{headers}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await??;
@@ -117,8 +150,8 @@ async fn first_status(addr: &str, code: &str) -> anyhow::Result<u16> {
     line.strip_prefix("HTTP/1.1 ").and_then(|s| s.get(..3)).and_then(|s| s.parse().ok()).context("an HTTP answer")
 }
 
-/// Writes `n` links and `n` notes, flushes (the checkpoint covers them), then 32 MiB more
-/// links without a flush. Returns the first link's code.
+/// Writes `n` links and `n` notes, and flushes: the checkpoint covers them. Returns the
+/// first link's code.
 async fn write(dir: &Path, n: usize) -> anyhow::Result<String> {
     use std::os::unix::fs::PermissionsExt;
     // As `shortlinks` makes it: the server refuses a directory others can read.
@@ -127,11 +160,11 @@ async fn write(dir: &Path, n: usize) -> anyhow::Result<String> {
     let store = SledStore::open(dir)?;
     let mut rng = Rng::new(shortlinks_benches::SEED);
     let rules = VisitRules { window_ms: 24 * 3600 * 1000, notes_per_link: 0 };
-    let now = Timestamp::now().0;
+    let now = Timestamp::now();
     let mut first = None;
     let mut made = 0;
     while made < n {
-        let links = batch(&mut rng, made, BATCH.min(n - made), now);
+        let links = links_after(&mut rng, made, BATCH.min(n - made), now);
         first.get_or_insert_with(|| links[0].code.to_string());
         let claims = links.iter().enumerate().map(|(i, link)| claim(made + i, link)).collect();
         let notes = links.iter().enumerate().map(|(i, link)| note(made + i, link)).collect();
@@ -141,31 +174,30 @@ async fn write(dir: &Path, n: usize) -> anyhow::Result<String> {
         made += BATCH.min(n - made);
     }
     store.flush().await?;
-    let grown = std::fs::metadata(dir.join("links.log"))?.len() + BEHIND_BYTES;
-    while std::fs::metadata(dir.join("links.log"))?.len() < grown {
-        store.insert_links(batch(&mut rng, made, BATCH, now)).await?;
-        made += BATCH;
-    }
     first.context("no links")
 }
 
-/// Links `from` to `from + n`, each on a contact of its own, with random 12-character codes.
-fn batch(rng: &mut Rng, from: usize, n: usize, now: u64) -> Vec<Link> {
-    const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    (from..from + n)
-        .map(|i| {
-            let code: Vec<u8> = (0..12).map(|_| BASE62[rng.below(62)]).collect();
-            Link {
-                code: ShortCode::from_key(&code).unwrap_or_else(|| unreachable!("base62")),
-                account: AccountId(1),
-                entity: EntityRef::contact(i as u64 + 1),
-                target: TargetUrl::parse(&format!("https://example.com/landing/{i}?utm_source=crm"))
-                    .unwrap_or_else(|_| unreachable!("a valid URL")),
-                created_at: Timestamp(now),
-                created_by: UserId(1),
-            }
-        })
-        .collect()
+/// Adds 32 MiB of links (after the first `n`), without a flush: the checkpoint does not
+/// cover them, as after a kill -9 at worst.
+async fn grow(dir: &Path, n: usize) -> anyhow::Result<()> {
+    let store = SledStore::open(dir)?;
+    let mut rng = Rng::new(shortlinks_benches::SEED ^ 1);
+    let grown = std::fs::metadata(dir.join("links.log"))?.len() + BEHIND_BYTES;
+    let mut made = n;
+    while std::fs::metadata(dir.join("links.log"))?.len() < grown {
+        store.insert_links(links_after(&mut rng, made, BATCH, Timestamp::now())).await?;
+        made += BATCH;
+    }
+    // The notes are read on a thread that holds the directory until it is done.
+    let query = shortlinks_core::store::NotesQuery {
+        account: AccountId(1),
+        entity_type: shortlinks_core::EntityType::Contacts,
+        entity_ids: None,
+        offset: 0,
+        limit: 1,
+    };
+    store.list_notes(query).await?;
+    Ok(())
 }
 
 fn claim(i: usize, link: &Link) -> VisitClaim {

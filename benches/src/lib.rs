@@ -37,9 +37,14 @@ impl Rng {
 
 /// `n` links with distinct random 12-character codes, for store benches.
 pub fn links(n: usize, seed: u64) -> Vec<Link> {
+    links_after(&mut Rng::new(seed), 0, n, Timestamp(1_700_000_000_000))
+}
+
+/// Links `from + 1` to `from + n` (each on the contact of that id) with random
+/// 12-character codes drawn from `rng`: a big set made in batches.
+pub fn links_after(rng: &mut Rng, from: usize, n: usize, created_at: Timestamp) -> Vec<Link> {
     const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut rng = Rng::new(seed);
-    (0..n as u64)
+    (from as u64..(from + n) as u64)
         .map(|i| {
             let code: Vec<u8> = (0..12).map(|_| BASE62[rng.below(62)]).collect();
             Link {
@@ -47,7 +52,7 @@ pub fn links(n: usize, seed: u64) -> Vec<Link> {
                 account: AccountId(1),
                 entity: EntityRef::contact(i + 1),
                 target: TargetUrl::parse(&format!("https://example.com/landing/{i}?utm_source=crm")).expect("valid"),
-                created_at: Timestamp(1_700_000_000_000),
+                created_at,
                 created_by: UserId(1),
             }
         })

@@ -15,11 +15,12 @@
 //! Integers in keys are big-endian, so scans come out in numeric order.
 //!
 //! Links are not in sled: they are one append-only file, `links.log`, indexed in memory,
-//! with the index's checkpoint in `links.index` (see [`LinkLog`] for why). Nor are queues: each is a directory of append-only files under
-//! `queues/` (see [`QueueLog`]); sled keeps only each queue's head, without a flush of its
-//! own. Nor are notes and the visit ledger: they are `notes.log`, with the ledger in memory
-//! (see [`NotesLog`]). Nor is the address ledger: it is in memory and two files beside it
-//! (see [`SightingsLog`]).
+//! with the index's checkpoint in `links.index` (see [`LinkLog`] for why). Nor are queues:
+//! each is a directory of append-only files under `queues/` (see [`QueueLog`]); sled keeps
+//! only each queue's head, without a flush of its own. Nor are notes and the visit ledger:
+//! they are `notes.log`, with the ledger in memory (see [`NotesLog`]), opened on a thread
+//! of its own so that opening the store waits only for the links ([`Journal`]). Nor is the
+//! address ledger: it is in memory and two files beside it (see [`SightingsLog`]).
 //!
 //! Reads run inline: sled serves them from its page cache, a link is one positional read,
 //! and the hot path puts its own cache in front. Anything that writes or flushes (an fsync)
@@ -36,6 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use tokio::sync::watch;
 
 use super::link_log::{LinkLog, CHECKPOINT_EVERY};
 use super::notes_log::NotesLog;
@@ -68,12 +70,63 @@ pub struct SledStore {
     queue_heads: sled::Tree,
     queues: Arc<OpenQueues>,
     sightings: Arc<SightingsLog>,
-    /// Notes and the visit ledger.
-    journal: Arc<NotesLog>,
+    /// Notes and the visit ledger, opened on a thread of their own.
+    journal: Journal,
     tokens: sled::Tree,
     /// sled's log file, opened again only to `fdatasync` it: see the module comment.
     sled_log: Arc<File>,
     rates: Arc<Mutex<LocalRates>>,
+}
+
+/// `notes.log`, opened on a thread of its own: reading it through takes seconds at millions
+/// of notes (about 10 s at ten million) and a redirect needs only the links. What needs the
+/// notes waits for it without holding a thread; clicks wait in the outbox meanwhile.
+/// The thread holds a handle on sled, and with it sled's lock on the directory, until it is
+/// done: no other opening of the directory reads the file while this one may cut its end.
+#[derive(Clone)]
+struct Journal(watch::Receiver<Option<Result<Arc<NotesLog>, Arc<str>>>>);
+
+impl Journal {
+    fn open(dir: &Path, horizon: Timestamp, lock: sled::Db) -> Result<Self, Error> {
+        let (opened, journal) = watch::channel(None);
+        let dir = dir.to_owned();
+        std::thread::Builder::new()
+            .name("notes-log-open".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let log = NotesLog::open(&dir, horizon).map(Arc::new).map_err(|e| Arc::<str>::from(e.to_string()));
+                match &log {
+                    Ok(_) => tracing::debug!(took_ms = started.elapsed().as_millis() as u64, "notes.log read"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "notes.log cannot be read: notes and visits fail until a restart")
+                    }
+                }
+                let _ = opened.send(Some(log));
+                drop(lock);
+            })
+            .map_err(Error::storage)?;
+        Ok(Self(journal))
+    }
+
+    /// The log, once it is open.
+    async fn opened(&self) -> Result<Arc<NotesLog>, Error> {
+        let mut journal = self.0.clone();
+        let opened = journal.wait_for(Option::is_some).await.map_err(|_| Self::failed("its opening stopped"))?;
+        Self::unpack(&opened).unwrap_or_else(|| Err(Self::failed("its opening stopped")))
+    }
+
+    /// The log if it is open (or could not be) by now.
+    fn if_opened(&self) -> Option<Result<Arc<NotesLog>, Error>> {
+        Self::unpack(&self.0.borrow())
+    }
+
+    fn unpack(opened: &Option<Result<Arc<NotesLog>, Arc<str>>>) -> Option<Result<Arc<NotesLog>, Error>> {
+        opened.as_ref().map(|log| log.clone().map_err(|e| Self::failed(&e)))
+    }
+
+    fn failed(why: &str) -> Error {
+        Error::Storage(format!("notes.log could not be opened: {why}").into())
+    }
 }
 
 /// The queues' files, each opened on first use.
@@ -125,7 +178,7 @@ impl SledStore {
             .map_or(Timestamp(0), |bytes| Timestamp(u64::from_be_bytes(bytes)));
         let store = Self {
             sled_log: Arc::new(log),
-            journal: Arc::new(NotesLog::open(dir, horizon)?),
+            journal: Journal::open(dir, horizon, db.clone())?,
             links: Arc::new(LinkLog::open(dir)?),
             erased: db.open_tree("erased").map_err(Error::storage)?,
             queue_heads: db.open_tree("queue_heads").map_err(Error::storage)?,
@@ -254,13 +307,15 @@ impl VisitLedger for SledStore {
     /// table, millions of marks in a campaign, now and then grows (a rehash of all of it),
     /// which must not hold a runtime thread that redirects are waiting for.
     async fn claim_visits(&self, claims: Vec<VisitClaim>, rules: VisitRules) -> Result<Vec<Claimed>, Error> {
-        self.blocking(move |s| Ok(s.journal.claim(&claims, rules))).await
+        let journal = self.journal.opened().await?;
+        self.blocking(move |_| Ok(journal.claim(&claims, rules))).await
     }
 
     /// A pass over the whole ledger (millions of marks in a campaign), so off the runtime.
     async fn forget_visits(&self, before: Timestamp) -> Result<u64, Error> {
+        let journal = self.journal.opened().await?;
         self.blocking(move |s| {
-            let forgotten = s.journal.forget(before);
+            let forgotten = journal.forget(before);
             // Not flushed: if it is lost, older marks are loaded on open and swept again.
             s.db.insert(VISITS_HORIZON_KEY, &before.0.to_be_bytes()).map_err(Error::storage)?;
             Ok(forgotten)
@@ -271,17 +326,20 @@ impl VisitLedger for SledStore {
 
 impl NotesJournal for SledStore {
     async fn append_notes(&self, notes: Vec<Note>) -> Result<(), Error> {
-        self.blocking(move |s| s.journal.append(notes)).await
+        let journal = self.journal.opened().await?;
+        self.blocking(move |_| journal.append(notes)).await
     }
 
     /// On the blocking pool: one positional read per note.
     async fn list_notes(&self, query: NotesQuery) -> Result<Vec<Note>, Error> {
-        self.blocking(move |s| s.journal.list(&query)).await
+        let journal = self.journal.opened().await?;
+        self.blocking(move |_| journal.list(&query)).await
     }
 
     async fn forget_notes(&self, before: Timestamp) -> Result<u64, Error> {
+        let journal = self.journal.opened().await?;
         self.blocking(move |s| {
-            let forgotten = s.journal.forget_before(before)?;
+            let forgotten = journal.forget_before(before)?;
             if forgotten > 0 {
                 s.note_erasure()?;
                 s.flush_now()?;
@@ -292,8 +350,9 @@ impl NotesJournal for SledStore {
     }
 
     async fn erase_notes(&self, account: AccountId, entity: EntityRef) -> Result<u64, Error> {
+        let journal = self.journal.opened().await?;
         self.blocking(move |s| {
-            let erased = s.journal.erase(account, entity)?;
+            let erased = journal.erase(account, entity)?;
             if erased > 0 {
                 s.note_erasure()?;
                 s.flush_now()?;
@@ -402,8 +461,12 @@ impl CredentialStore for SledStore {
 
 impl Store for SledStore {
     async fn flush(&self) -> Result<(), Error> {
-        self.blocking(|s| {
-            s.journal.flush()?;
+        // Not open yet: nothing was appended to it (an append waits for it).
+        let journal = self.journal.if_opened();
+        self.blocking(move |s| {
+            if let Some(journal) = journal {
+                journal?.flush()?;
+            }
             s.flush_now()?;
             // So that the next start reads the links' index back rather than links.log.
             s.links.checkpoint(1).map(drop)
@@ -412,20 +475,18 @@ impl Store for SledStore {
     }
 
     async fn compact(&self) -> Result<u64, Error> {
-        self.blocking(|s| s.compact_now()).await
+        let journal = self.journal.opened().await?;
+        self.blocking(move |s| s.compact_now(&journal)).await
     }
 
     async fn maintain(&self, after_erasure: Duration) -> Result<Option<u64>, Error> {
-        self.blocking(move |s| {
-            let compacted = match s.compaction_due(after_erasure)? {
-                true => Some(s.compact_now()?),
-                // Cheap, so every time: handled clicks leave the disk soon after.
-                false => s.roll_drained_queues().map(|_| None)?,
-            };
-            s.links.checkpoint(CHECKPOINT_EVERY)?;
-            Ok(compacted)
-        })
-        .await
+        let compacted = match self.blocking(move |s| s.compaction_due(after_erasure)).await? {
+            true => Some(self.compact().await?),
+            // Cheap, so every time: handled clicks leave the disk soon after.
+            false => self.blocking(|s| s.roll_drained_queues()).await.map(|_| None)?,
+        };
+        self.blocking(|s| s.links.checkpoint(CHECKPOINT_EVERY)).await?;
+        Ok(compacted)
     }
 }
 
@@ -433,15 +494,15 @@ impl SledStore {
     /// [`Store::compact`]: `links.log` and `notes.log` rewritten, each drained queue
     /// started on a new segment, and the time of the first erasure not yet compacted away
     /// cleared (flushed). sled itself holds no contact's data: its files are left as they are.
-    fn compact_now(&self) -> Result<u64, Error> {
+    fn compact_now(&self, journal: &NotesLog) -> Result<u64, Error> {
         let since = self.db.get(ERASED_SINCE_KEY).map_err(Error::storage)?;
         // A file with nothing to leave out is not rewritten.
         let mut freed = 0;
         if self.links.usage().1 > 0 {
             freed += self.links.compact()?;
         }
-        if self.journal.garbage() > 0 {
-            freed += self.journal.compact()?;
+        if journal.garbage() > 0 {
+            freed += journal.compact()?;
         }
         freed += self.roll_drained_queues()?;
         // Only the erasures this compaction saw: one made meanwhile keeps its own time.
@@ -515,6 +576,39 @@ mod tests {
             .await;
     }
 
+    /// Opening does not wait for `notes.log`: with one that cannot be read, links are
+    /// stored and found, and what needs the notes fails saying why. A store dropped while
+    /// its notes are still being read can be opened again at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn links_do_not_wait_for_the_notes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(super::super::notes_log::FILE_NAME)).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let link = conformance::link("AAAAAAAAAAAA", 1, 10, "https://x.example/");
+        store.insert_links(vec![link.clone()]).await.unwrap();
+        assert_eq!(store.get_link(&link.code).await.unwrap(), Some(link.clone()));
+        let failed = store.append_notes(vec![conformance::note(1, 1, 10, 5)]).await.unwrap_err();
+        assert!(failed.to_string().contains("notes.log could not be opened"), "{failed}");
+        store.flush().await.unwrap_err();
+        drop(store);
+
+        std::fs::remove_dir(dir.path().join(super::super::notes_log::FILE_NAME)).unwrap();
+        for _ in 0..3 {
+            drop(SledStore::open(dir.path()).unwrap());
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.get_link(&link.code).await.unwrap(), Some(link));
+        store.append_notes(vec![conformance::note(1, 1, 10, 5)]).await.unwrap();
+        let query = NotesQuery {
+            account: AccountId(1),
+            entity_type: crate::EntityType::Contacts,
+            entity_ids: None,
+            offset: 0,
+            limit: 10,
+        };
+        assert_eq!(store.list_notes(query).await.unwrap().len(), 1);
+    }
+
     /// Listing notes reads the file: it runs off the runtime's threads, so other tasks go
     /// on meanwhile. Another thread holds the index until a second task has run; on this
     /// one-thread runtime that task can run only if the listing waits elsewhere. Were the
@@ -533,9 +627,9 @@ mod tests {
 
             let (held_tx, held_rx) = mpsc::channel();
             let (ran_tx, ran_rx) = mpsc::channel::<()>();
-            let holder = store.clone();
+            let holder = store.journal.opened().await.unwrap();
             let holding = std::thread::spawn(move || {
-                holder.journal.with_index_held(|| {
+                holder.with_index_held(|| {
                     held_tx.send(()).unwrap();
                     ran_rx.recv_timeout(Duration::from_secs(10)).is_ok()
                 })
