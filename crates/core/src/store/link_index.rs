@@ -162,6 +162,11 @@ fn read_checked(file: &File, log: &File, log_len: u64, hash: CodeHash) -> Result
         sections.push((at, len));
         at = at.checked_add(len).ok_or("a section's length is out of range")?;
     }
+    // Before anything is allocated for the sections.
+    let file_len = file.metadata().map_err(|e| e.to_string())?.len();
+    if at != file_len {
+        return Err(format!("its sections end at {at}, and the file at {file_len}"));
+    }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(SHARDS);
     let shards: Vec<Result<Vec<(usize, Index)>, String>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)

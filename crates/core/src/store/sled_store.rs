@@ -469,7 +469,8 @@ impl Store for SledStore {
             }
             s.flush_now()?;
             // So that the next start reads the links' index back rather than links.log.
-            s.links.checkpoint(1).map(drop)
+            s.checkpoint_links(1);
+            Ok(())
         })
         .await
     }
@@ -485,12 +486,25 @@ impl Store for SledStore {
             // Cheap, so every time: handled clicks leave the disk soon after.
             false => self.blocking(|s| s.roll_drained_queues()).await.map(|_| None)?,
         };
-        self.blocking(|s| s.links.checkpoint(CHECKPOINT_EVERY)).await?;
+        self.blocking(|s| {
+            s.checkpoint_links(CHECKPOINT_EVERY);
+            Ok(())
+        })
+        .await?;
         Ok(compacted)
     }
 }
 
 impl SledStore {
+    /// Writes the checkpoint of the links' index if `links.log` changed by `min_change`
+    /// bytes since the last. Only a cache: a failure is logged, and a start without one
+    /// reads `links.log` through.
+    fn checkpoint_links(&self, min_change: u64) {
+        if let Err(e) = self.links.checkpoint(min_change) {
+            tracing::warn!(error = %e, "the checkpoint of the links' index could not be written");
+        }
+    }
+
     /// [`Store::compact`]: `links.log` and `notes.log` rewritten, each drained queue
     /// started on a new segment, and the time of the first erasure not yet compacted away
     /// cleared (flushed). sled itself holds no contact's data: its files are left as they are.
@@ -607,6 +621,26 @@ mod tests {
             limit: 10,
         };
         assert_eq!(store.list_notes(query).await.unwrap().len(), 1);
+    }
+
+    /// The links' checkpoint is a cache: a flush that cannot write it still flushes, and
+    /// the next opening reads `links.log` through.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checkpoint_that_cannot_be_written_fails_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // Where the checkpoint's copy would be written.
+        std::fs::create_dir(dir.path().join("links.index.new")).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let link = conformance::link("BBBBBBBBBBBB", 1, 10, "https://x.example/");
+        store.insert_links(vec![link.clone()]).await.unwrap();
+        store.flush().await.unwrap();
+        assert!(!dir.path().join("links.index").exists());
+        drop(store);
+        std::fs::remove_dir(dir.path().join("links.index.new")).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.get_link(&link.code).await.unwrap(), Some(link));
+        store.flush().await.unwrap();
+        assert!(dir.path().join("links.index").exists(), "written once it can be");
     }
 
     /// Listing notes reads the file: it runs off the runtime's threads, so other tasks go
