@@ -1,6 +1,7 @@
 //! A data directory written by an earlier build keeps opening, with its data, in every
-//! later one: `fixtures/data-v1` is a directory of format 1, written once by
-//! `write_the_format_1_fixture` (ignored; it only ever runs by hand, for a new format).
+//! later one: `fixtures/data-v<N>` is a directory of format N, written once by the build
+//! that introduced it with `write_the_current_fixture` (ignored; it only ever runs by
+//! hand, for a new format). Format 1 has no file headers; format 2 has them.
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
@@ -14,6 +15,8 @@ use shortlinks_core::{
 };
 
 const ACCOUNT: AccountId = AccountId(7);
+/// The format this build writes.
+const CURRENT: u32 = 2;
 
 fn fixture(format: u32) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/data-v{format}"))
@@ -55,12 +58,12 @@ async fn codes(engine: &Shortener<SledStore>) -> Vec<String> {
         .collect()
 }
 
-/// Writes `fixtures/data-v1` with this build: three links (one contact's erased), two
-/// notes, a token and a queue with one entry left. Run by hand when a format is added.
+/// Writes `fixtures/data-v<CURRENT>` with this build: three links (one contact's erased),
+/// two notes, a token and a queue with one entry left. Run by hand when a format is added.
 #[tokio::test]
 #[ignore = "writes the fixture; run by hand for a new format only"]
-async fn write_the_format_1_fixture() {
-    let dir = fixture(1);
+async fn write_the_current_fixture() {
+    let dir = fixture(CURRENT);
     let _ = std::fs::remove_dir_all(&dir);
     let store = SledStore::open(&dir).unwrap();
     let engine = Shortener::builder(store.clone()).build().await.unwrap();
@@ -89,8 +92,19 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_of_format_1_opens_with_its_data() {
+    opens_with_its_data(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_of_format_2_opens_with_its_data() {
+    opens_with_its_data(2).await;
+}
+
+/// The fixture of `format` (copied: opening raises the format) holds what the writer put
+/// in it, and takes more.
+async fn opens_with_its_data(format: u32) {
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(&fixture(1), dir.path());
+    copy_dir(&fixture(format), dir.path());
     let store = SledStore::open(dir.path()).unwrap();
     let engine = Shortener::builder(store.clone()).build().await.unwrap();
     // The erased contact's first code is still buried: 410, and no link is listed.
@@ -114,15 +128,23 @@ async fn a_directory_of_format_1_opens_with_its_data() {
     }
     assert_eq!(store.links_of(ACCOUNT, EntityRef::contact(1)).await.unwrap().len(), 1);
     assert_ne!(codes[2], erased.as_str());
+    let raised = std::fs::read_to_string(dir.path().join("FORMAT")).unwrap();
+    assert_eq!(raised, format!("shortlinks data directory\nformat {CURRENT}\n"), "raised to this build's");
+    store.flush().await.unwrap();
+    drop((engine, store));
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.links_of(ACCOUNT, EntityRef::contact(3)).await.unwrap().len(), 1, "the new link, after a reopen");
 }
 
 #[test]
 fn a_directory_of_a_newer_format_is_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(&fixture(1), dir.path());
-    std::fs::write(dir.path().join("FORMAT"), "shortlinks data directory\nformat 2\n").unwrap();
+    copy_dir(&fixture(CURRENT), dir.path());
+    let newer = CURRENT + 1;
+    std::fs::write(dir.path().join("FORMAT"), format!("shortlinks data directory\nformat {newer}\n")).unwrap();
     let before = std::fs::read(dir.path().join("links.log")).unwrap();
     let refused = SledStore::open(dir.path()).err().expect("a newer format is refused");
-    assert!(refused.to_string().contains("newer shortlinks") && refused.to_string().contains("format 2"), "{refused}");
+    let said = refused.to_string();
+    assert!(said.contains("newer shortlinks") && said.contains(&format!("format {newer}")), "{refused}");
     assert_eq!(std::fs::read(dir.path().join("links.log")).unwrap(), before);
 }

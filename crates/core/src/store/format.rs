@@ -1,15 +1,20 @@
 //! The data directory's format, named in a file of its own, `FORMAT`, so that a build
 //! refuses a directory that a newer build wrote instead of misreading it.
 //!
-//! Format 1 is this release's layout: sled's trees, `links.log`, `notes.log`, `queues/` and
-//! the sightings files, each record one version byte and postcard (`codec`). A release that
-//! changes any of them writes the next number, and keeps reading the ones before; the
-//! fixture directory `crates/core/tests/fixtures/data-v1` holds a directory of format 1,
-//! which every later build must keep opening (`crates/core/tests/data_format.rs`).
+//! Format 1: sled's trees, `links.log`, `notes.log`, `queues/` and the sightings files,
+//! each record one version byte and postcard (`codec`). Format 2: the same, each file of
+//! ours starting with a header that names it and its layout's version
+//! ([`super::file_header`]); files without one, left from format 1, are read as they are
+//! until a compaction or a turn-over replaces them. A release that changes a layout writes
+//! the next number, and keeps reading the ones before; the fixture directories
+//! `crates/core/tests/fixtures/data-v<N>` hold a directory of each format, which every
+//! later build must keep opening (`crates/core/tests/data_format.rs`).
 //!
-//! The file is written once, when a directory is made (or first opened by a build that
-//! knows it: the layout is the same), through a copy synced and renamed into place, so a
-//! crash leaves either no file or a whole one.
+//! The file is written when a directory is made (or first opened by a build that knows
+//! it), and raised to the current format when an earlier one is opened, before any file is
+//! written: a build of the earlier format then refuses the directory rather than misread a
+//! header. Each time through a copy synced and renamed into place, so a crash leaves the
+//! old file or the new one.
 
 use std::path::Path;
 
@@ -19,12 +24,13 @@ use crate::Error;
 /// The file's name in the data directory.
 pub(crate) const FILE_NAME: &str = "FORMAT";
 /// The format this build writes, and the newest it reads.
-pub(crate) const CURRENT: u32 = 1;
+pub(crate) const CURRENT: u32 = 2;
 /// The file's first line: what it is, for a person who finds it.
 const TITLE: &str = "shortlinks data directory";
 
-/// Checks the directory's format, or records the current one in a directory that has
-/// none. Returns the format. Refuses a newer format, and a file it cannot read.
+/// Checks the directory's format, and records the current one in a directory of an earlier
+/// format or of none. Returns the format found. Refuses a newer format, and a file it
+/// cannot read.
 pub(crate) fn check_or_record(dir: &Path) -> Result<u32, Error> {
     let path = dir.join(FILE_NAME);
     match std::fs::read_to_string(&path) {
@@ -39,19 +45,27 @@ pub(crate) fn check_or_record(dir: &Path) -> Result<u32, Error> {
                     dir.display()
                 )));
             }
+            if version < CURRENT {
+                record(dir, CURRENT)?;
+            }
             Ok(version)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(dir).map_err(io)?;
-            let copy = dir.join(format!("{FILE_NAME}.new"));
-            std::fs::write(&copy, render(CURRENT)).map_err(io)?;
-            std::fs::File::open(&copy).and_then(|f| f.sync_all()).map_err(io)?;
-            std::fs::rename(&copy, &path).map_err(io)?;
-            sync_dir(dir)?;
+            record(dir, CURRENT)?;
             Ok(CURRENT)
         }
         Err(e) => Err(io(e)),
     }
+}
+
+/// Writes `FORMAT` naming `version`: a copy, synced, renamed into place, the directory synced.
+fn record(dir: &Path, version: u32) -> Result<(), Error> {
+    let copy = dir.join(format!("{FILE_NAME}.new"));
+    std::fs::write(&copy, render(version)).map_err(io)?;
+    std::fs::File::open(&copy).and_then(|f| f.sync_all()).map_err(io)?;
+    std::fs::rename(&copy, dir.join(FILE_NAME)).map_err(io)?;
+    sync_dir(dir)
 }
 
 fn render(version: u32) -> String {
@@ -73,8 +87,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         assert_eq!(check_or_record(&data).unwrap(), CURRENT);
-        assert_eq!(std::fs::read_to_string(data.join(FILE_NAME)).unwrap(), "shortlinks data directory\nformat 1\n");
+        assert_eq!(std::fs::read_to_string(data.join(FILE_NAME)).unwrap(), "shortlinks data directory\nformat 2\n");
         assert_eq!(check_or_record(&data).unwrap(), CURRENT);
+    }
+
+    #[test]
+    fn an_earlier_format_is_raised_to_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), render(1)).unwrap();
+        assert_eq!(check_or_record(dir.path()).unwrap(), 1, "the format found");
+        assert_eq!(std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap(), render(CURRENT));
+        assert_eq!(check_or_record(dir.path()).unwrap(), CURRENT);
     }
 
     #[test]
@@ -83,7 +106,7 @@ mod tests {
         std::fs::write(dir.path().join(FILE_NAME), render(CURRENT + 1)).unwrap();
         let refused = check_or_record(dir.path()).unwrap_err();
         assert!(matches!(refused, Error::NewerFormat(_)), "{refused}");
-        assert!(refused.to_string().contains("format 2"), "{refused}");
+        assert!(refused.to_string().contains(&format!("format {}", CURRENT + 1)), "{refused}");
         assert_eq!(std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap(), render(CURRENT + 1));
         std::fs::write(dir.path().join(FILE_NAME), "format 1\n").unwrap();
         assert!(matches!(check_or_record(dir.path()), Err(Error::Corrupt(_))));

@@ -1,5 +1,6 @@
 //! Checksummed frames in append-only files, `length u32 LE ‖ crc32 u32 LE ‖ record`: the
-//! format of the sled backend's own files (its queues, its links and its notes).
+//! format of the sled backend's own files (its queues, its links and its notes), after
+//! each file's header ([`file_header`]).
 //!
 //! A frame that is short or fails its checksum marks where intact data ends: what an
 //! append that never returned can leave behind.
@@ -8,6 +9,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use super::file_header;
 use crate::Error;
 
 /// Where a frame is in its file: its offset (44 bits, 16 TiB) and record length (20 bits),
@@ -57,9 +59,18 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io)
 }
 
-/// Opens `name` in `dir` for reading and appending, creating it, and the directory entry,
-/// durably if it is new. Returns its path, the file and its length.
-pub(crate) fn open_log(dir: &Path, name: &str) -> Result<(std::path::PathBuf, File, u64), Error> {
+/// A log file opened by [`open_log`].
+pub(crate) struct OpenLog {
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) file: File,
+    pub(crate) len: u64,
+    /// Where its frames start ([`file_header::frames_start`]).
+    pub(crate) start: u64,
+}
+
+/// Opens `name` in `dir`, a file of `kind`, for reading and appending, creating it with its
+/// header, and the directory entry, durably if it is new.
+pub(crate) fn open_log(dir: &Path, name: &str, kind: file_header::Kind) -> Result<OpenLog, Error> {
     let path = dir.join(name);
     // A compaction cut short: the log it was copying is still whole.
     match std::fs::remove_file(compacting(&path)) {
@@ -69,12 +80,13 @@ pub(crate) fn open_log(dir: &Path, name: &str) -> Result<(std::path::PathBuf, Fi
     let existed = path.exists();
     let file =
         std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+    // Synced, with its header, before its name is.
+    let start = file_header::frames_start(&file, &path, kind)?;
     if !existed {
-        file.sync_all().map_err(io)?;
         sync_dir(dir)?;
     }
     let len = file.metadata().map_err(io)?.len();
-    Ok((path, file, len))
+    Ok(OpenLog { path, file, len, start })
 }
 
 /// Appends one record's frame to `frames`.
@@ -130,18 +142,9 @@ pub(crate) fn read_full(reader: &mut impl std::io::Read, buf: &mut [u8]) -> Resu
     }
 }
 
-/// Reads `file` from the start, handing each intact frame's offset and record to `found`,
-/// and returns where the intact frames end: the first short frame, one over `max_len`, or
-/// one that fails its checksum.
-pub(crate) fn read_through(
-    file: &File,
-    max_len: usize,
-    found: impl FnMut(u64, &[u8]) -> Result<(), Error>,
-) -> Result<u64, Error> {
-    read_between(file, 0, u64::MAX, max_len, found)
-}
-
-/// As [`read_through`], from the frame at `from` and no further than `end`.
+/// Reads `file` from the frame at `from` and no further than `end`, handing each intact
+/// frame's offset and record to `found`, and returns where the intact frames end: the
+/// first short frame, one over `max_len`, or one that fails its checksum.
 pub(crate) fn read_between(
     file: &File,
     from: u64,
@@ -288,12 +291,13 @@ pub(crate) struct Compacted {
 }
 
 impl Compacted {
-    /// Starts the copy of the log at `path`.
-    pub(crate) fn start(path: &Path) -> Result<Self, Error> {
+    /// Starts the copy of the log at `path`, a file of `kind`: its header first, whatever
+    /// version the log is of.
+    pub(crate) fn start(path: &Path, kind: file_header::Kind) -> Result<Self, Error> {
         let copy = compacting(path);
         let file =
             std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&copy).map_err(io)?;
-        Ok(Self { path: copy, file, frames: Vec::new(), written: 0 })
+        Ok(Self { path: copy, file, frames: file_header::bytes(kind).to_vec(), written: 0 })
     }
 
     /// The copy's file (what is flushed of it is readable).

@@ -243,6 +243,9 @@ fn parse_section(bytes: &[u8], shard: usize, covered: u64, hash: CodeHash) -> Re
 /// Inserts and erasures may run meanwhile (each shard is read under its lock): entries
 /// whose frames are at `covered` or later are left out, and reading the log from
 /// `covered` on puts back what came after, erasures included. A compaction must not.
+/// A link erased after `covered` but before its shard was read is in neither; replaying
+/// its erasure then counts only the erasure's bytes as garbage, so the count (which only
+/// decides when a compaction is due) can fall short by such links until the next one.
 pub(super) fn write(
     dir: &Path,
     log: &File,

@@ -20,6 +20,7 @@ use crate::Error;
 mod address_tally;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+mod file_header;
 mod format;
 mod frame;
 pub(crate) mod keys;

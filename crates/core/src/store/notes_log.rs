@@ -39,6 +39,7 @@ use arc_swap::ArcSwap;
 use foldhash::fast::FixedState;
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
+use super::file_header;
 use super::frame::{self, io, Slot, Tail, HEADER};
 use super::notes_index::{Entity, NoteSlot, NotesIndex};
 use super::{decide_visit, keys, Claimed, NotesQuery, VisitClaim, VisitRules};
@@ -192,27 +193,32 @@ pub(crate) struct NotesLog {
 struct Generation {
     file: File,
     notes: RwLock<NotesIndex>,
+    /// Where its frames start: after its header ([`file_header`]), or at 0 in a file of
+    /// version 1.
+    start: u64,
 }
 
 impl Generation {
-    fn new(file: File) -> Self {
-        Self { file, notes: RwLock::default() }
+    fn new(file: File, start: u64) -> Self {
+        Self { file, notes: RwLock::default(), start }
     }
 }
 
 impl NotesLog {
     /// Opens (or creates) `notes.log` in `dir`; marks made before `horizon` are not loaded.
     pub(crate) fn open(dir: &Path, horizon: Timestamp) -> Result<Self, Error> {
-        let (path, file, len) = frame::open_log(dir, FILE_NAME)?;
+        let frame::OpenLog { path, file, len, start } = frame::open_log(dir, FILE_NAME, file_header::NOTES)?;
         let reader = file.try_clone().map_err(io)?;
         let log = Self {
             path,
-            current: ArcSwap::from_pointee(Generation::new(file)),
+            current: ArcSwap::from_pointee(Generation::new(file, start)),
             tail: Mutex::new(Tail::new(len)),
             ledger: Mutex::default(),
             garbage: AtomicU64::new(0),
         };
-        let valid = frame::read_through(&reader, MAX_RECORD, |offset, record| log.found(offset, record, horizon))?;
+        let valid = frame::read_between(&reader, start, u64::MAX, MAX_RECORD, |offset, record| {
+            log.found(offset, record, horizon)
+        })?;
         if valid < len {
             let (end, kept) = frame::recover(&reader, &log.path, valid, len, MAX_RECORD, salvageable)?;
             log.tail.lock().len = end;
@@ -467,8 +473,8 @@ impl NotesLog {
     /// what came after it started. Returns the bytes it freed.
     pub(crate) fn compact(&self) -> Result<u64, Error> {
         let old = self.current.load_full();
-        let out = frame::Compacted::start(&self.path)?;
-        let new = Generation::new(out.file().try_clone().map_err(io)?);
+        let out = frame::Compacted::start(&self.path, file_header::NOTES)?;
+        let new = Generation::new(out.file().try_clone().map_err(io)?, file_header::LEN);
         let mut copy = NotesCopy { old: &old, out, new };
         // Where the copy of the file starts taking marks as written, then the ledger: a mark
         // appended before that point was claimed before the ledger is copied.
@@ -487,7 +493,7 @@ impl NotesLog {
             }
         }
         copy.out.extend(&marks)?;
-        frame::read_between(&old.file, 0, started_at, MAX_RECORD, |_, record| copy.take(record, false))?;
+        frame::read_between(&old.file, old.start, started_at, MAX_RECORD, |_, record| copy.take(record, false))?;
         let mut tail = self.tail.lock();
         tail.check(&self.path)?;
         // What came since: notes, marks and erasures while the copy was made.

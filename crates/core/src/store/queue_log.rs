@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::file_header;
 use super::frame::{self, io, sync_dir, HEADER};
 use crate::model::EntryId;
 use crate::Error;
@@ -93,6 +94,9 @@ struct Segment {
     file: Arc<File>,
     /// Bytes written and synced: readers never look past them.
     len: u64,
+    /// Where its frames start: after its header ([`file_header`]), or at 0 in a segment of
+    /// version 1.
+    start: u64,
 }
 
 /// What readers and removers share.
@@ -112,6 +116,8 @@ struct Tail {
     segment: u64,
     file: Arc<File>,
     len: u64,
+    /// Where the segment's frames start: it holds none while `len` is there.
+    start: u64,
     /// When this segment took its first push (or the queue was opened): a segment older
     /// than [`SEGMENT_MAX_AGE`] is not pushed to any more, so that it is deleted once
     /// drained and handled entries (clicks, with their addresses) do not stay on disk.
@@ -135,8 +141,16 @@ fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:016x}.log"))
 }
 
-fn open_segment(dir: &Path, segment: u64, create: bool) -> Result<File, Error> {
-    OpenOptions::new().read(true).write(true).create_new(create).open(segment_path(dir, segment)).map_err(io)
+fn open_segment(dir: &Path, segment: u64) -> Result<File, Error> {
+    OpenOptions::new().read(true).write(true).open(segment_path(dir, segment)).map_err(io)
+}
+
+/// Makes a segment, with its header, synced (its directory is not).
+fn new_segment(dir: &Path, segment: u64) -> Result<Arc<File>, Error> {
+    let file =
+        OpenOptions::new().read(true).write(true).create_new(true).open(segment_path(dir, segment)).map_err(io)?;
+    file_header::write(&file, file_header::QUEUE_SEGMENT)?;
+    Ok(Arc::new(file))
 }
 
 /// The record length in the frame header at `offset`.
@@ -166,22 +180,24 @@ impl QueueLog {
         numbers.sort_unstable();
         let Some(&last) = numbers.last() else {
             // A new queue: its first segment, made durable with the directories above it.
-            let start = head.map_or(0, |h| h.segment);
-            let file = Arc::new(open_segment(dir, start, true)?);
-            file.sync_all().map_err(io)?;
+            let number = head.map_or(0, |h| h.segment);
+            let file = new_segment(dir, number)?;
             // The queue's directory, `queues/` and the data directory may all be new.
             for directory in dir.ancestors().take(3) {
                 sync_dir(directory)?;
             }
-            return Ok(Self::assemble(dir, segment_bytes, BTreeMap::from([(start, Segment { file, len: 0 })]), None));
+            let first = Segment { file, len: file_header::LEN, start: file_header::LEN };
+            return Ok(Self::assemble(dir, segment_bytes, BTreeMap::from([(number, first)]), None));
         };
         let mut segments = BTreeMap::new();
         for &number in &numbers {
-            let file = Arc::new(open_segment(dir, number, false)?);
+            let file = Arc::new(open_segment(dir, number)?);
+            let path = segment_path(dir, number);
+            let start = file_header::frames_start(&file, &path, file_header::QUEUE_SEGMENT)?;
             let mut len = file.metadata().map_err(io)?.len();
             if number == last {
                 // Only the last segment can end in a push that never returned: cut it there.
-                let mut valid = 0;
+                let mut valid = start;
                 while let Some((record_len, _)) = read_frame(&file, valid, len)? {
                     valid += HEADER + record_len;
                 }
@@ -192,19 +208,26 @@ impl QueueLog {
                     len = valid;
                 }
             }
-            segments.insert(number, Segment { file, len });
+            segments.insert(number, Segment { file, len, start });
         }
         Ok(Self::assemble(dir, segment_bytes, segments, head))
     }
 
     fn assemble(dir: &Path, segment_bytes: u64, segments: BTreeMap<u64, Segment>, head: Option<Position>) -> Self {
         let (&last, tail) = segments.last_key_value().expect("a queue has a segment");
-        let tail = Tail { segment: last, file: tail.file.clone(), len: tail.len, started: std::time::Instant::now() };
-        let first = Position { segment: *segments.keys().next().expect("a queue has a segment"), offset: 0 };
+        let tail = Tail {
+            segment: last,
+            file: tail.file.clone(),
+            len: tail.len,
+            start: tail.start,
+            started: std::time::Instant::now(),
+        };
+        let (&number, segment) = segments.first_key_value().expect("a queue has a segment");
+        let first = Position { segment: number, offset: segment.start };
         // A kept head inside the data is where to start; one that is not (its segment was
         // deleted after it was kept, or it is damaged) means: from the first entry there is.
         let head = head
-            .filter(|h| segments.get(&h.segment).is_some_and(|s| h.offset <= s.len))
+            .filter(|h| segments.get(&h.segment).is_some_and(|s| s.start <= h.offset && h.offset <= s.len))
             .filter(|h| *h >= first)
             .unwrap_or(first);
         let log = Self {
@@ -236,13 +259,14 @@ impl QueueLog {
         }
         let mut tail = self.tail.lock();
         let full = tail.len + frames.len() as u64 > self.segment_bytes;
-        if tail.len > 0 && (full || tail.started.elapsed() >= self.segment_age) {
+        if tail.len > tail.start && (full || tail.started.elapsed() >= self.segment_age) {
             // A failed push may have left bytes past the end: the segment ends where its
             // last push did, since only the last one is checked on open.
             tail.file.set_len(tail.len).and_then(|()| tail.file.sync_data()).map_err(io)?;
             let segment = tail.segment + 1;
-            let file = Arc::new(open_segment(&self.dir, segment, true)?);
-            *tail = Tail { segment, file, len: 0, started: std::time::Instant::now() };
+            let file = new_segment(&self.dir, segment)?;
+            let start = file_header::LEN;
+            *tail = Tail { segment, file, len: start, start, started: std::time::Instant::now() };
         }
         // A failed write leaves the length where it was: the next push writes over it.
         let written = tail.file.write_all_at(&frames, tail.len).and_then(|()| tail.file.sync_data());
@@ -250,13 +274,17 @@ impl QueueLog {
             let _ = tail.file.set_len(tail.len); // best effort: open cuts a torn end anyway
             return Err(io(e));
         }
-        if tail.len == 0 {
+        if tail.len == tail.start {
             // The segment's first data: make sure its name is on disk too.
             sync_dir(&self.dir)?;
         }
         tail.len += frames.len() as u64;
         let mut state = self.state.lock();
-        let segment = state.segments.entry(tail.segment).or_insert_with(|| Segment { file: tail.file.clone(), len: 0 });
+        let segment = state.segments.entry(tail.segment).or_insert_with(|| Segment {
+            file: tail.file.clone(),
+            len: tail.start,
+            start: tail.start,
+        });
         segment.len = tail.len;
         if let Some(entries) = &mut state.entries {
             *entries += records.len() as u64;
@@ -277,7 +305,7 @@ impl QueueLog {
                 break;
             }
             if number != at.segment {
-                at = Position { segment: number, offset: 0 };
+                at = Position { segment: number, offset: segment.start };
             }
             while out.len() < max {
                 let Some((len, record)) = read_frame(&segment.file, at.offset, segment.len)? else { break };
@@ -317,7 +345,7 @@ impl QueueLog {
         let mut at = state.head;
         for (&number, segment) in state.segments.range(state.head.segment..) {
             if number != at.segment {
-                at = Position { segment: number, offset: 0 };
+                at = Position { segment: number, offset: segment.start };
             }
             while at.offset + HEADER <= segment.len {
                 let frame = Frame { at, len: frame_len(&segment.file, at.offset)? };
@@ -387,15 +415,16 @@ impl QueueLog {
         let mut tail = self.tail.lock();
         let mut state = self.state.lock();
         let drained = state.head == Position { segment: tail.segment, offset: tail.len } && state.removed.is_empty();
-        if !drained || tail.len == 0 {
+        if !drained || tail.len == tail.start {
             return Ok(None);
         }
         let segment = tail.segment + 1;
-        let file = Arc::new(open_segment(&self.dir, segment, true)?);
+        let file = new_segment(&self.dir, segment)?;
         sync_dir(&self.dir)?;
-        *tail = Tail { segment, file: file.clone(), len: 0, started: std::time::Instant::now() };
-        state.segments.insert(segment, Segment { file, len: 0 });
-        state.head = Position { segment, offset: 0 };
+        let start = file_header::LEN;
+        *tail = Tail { segment, file: file.clone(), len: start, start, started: std::time::Instant::now() };
+        state.segments.insert(segment, Segment { file, len: start, start });
+        state.head = Position { segment, offset: start };
         self.drop_drained(&mut state);
         Ok(Some(state.head))
     }
@@ -407,8 +436,11 @@ impl QueueLog {
         while state.head.segment < last
             && state.segments.get(&state.head.segment).is_none_or(|s| state.head.offset >= s.len)
         {
-            let next = state.segments.range(state.head.segment + 1..).next().map_or(last, |(&n, _)| n);
-            state.head = Position { segment: next, offset: 0 };
+            let (next, start) = match state.segments.range(state.head.segment + 1..).next() {
+                Some((&number, segment)) => (number, segment.start),
+                None => (last, 0),
+            };
+            state.head = Position { segment: next, offset: start };
         }
         while let Some((&first, _)) = state.segments.first_key_value() {
             if first >= state.head.segment {
@@ -473,7 +505,7 @@ mod tests {
 
         let log = QueueLog::open(dir.path(), None, SEGMENT_BYTES).unwrap();
         assert_eq!(records(&log), [&b"kept"[..]]);
-        assert_eq!(std::fs::metadata(segment_path(dir.path(), 0)).unwrap().len(), HEADER + 4);
+        assert_eq!(std::fs::metadata(segment_path(dir.path(), 0)).unwrap().len(), file_header::LEN + HEADER + 4);
     }
 
     #[test]
@@ -629,6 +661,34 @@ mod tests {
         assert_eq!(state.segments.len(), 1);
     }
 
+    /// A segment of version 1 (no header) is read from its first byte, with a head kept
+    /// in it; the segments made after it have headers.
+    #[test]
+    fn a_segment_without_a_header_is_read_and_the_next_has_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = QueueLog::open(dir.path(), None, SEGMENT_BYTES).unwrap();
+        log.push(&[b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]).unwrap();
+        drop(log);
+        let path = segment_path(dir.path(), 0);
+        let headed = std::fs::read(&path).unwrap();
+        assert_eq!(headed[..file_header::LEN as usize], file_header::bytes(file_header::QUEUE_SEGMENT));
+        std::fs::write(&path, &headed[file_header::LEN as usize..]).unwrap();
+        // Past the first entry, as an earlier build kept it.
+        let head = Position { segment: 0, offset: HEADER + 3 };
+
+        let log = QueueLog::open(dir.path(), Some(head), SEGMENT_BYTES).unwrap();
+        let leased = log.lease(10).unwrap();
+        assert_eq!(leased.iter().map(|(_, r)| r.as_slice()).collect::<Vec<_>>(), [&b"two"[..], b"three"]);
+        log.remove(&leased.iter().map(|(id, _)| *id).collect::<Vec<_>>()).unwrap();
+        let head = log.roll_if_drained().unwrap().unwrap();
+        assert_eq!(head, Position { segment: 1, offset: file_header::LEN });
+        assert_eq!(std::fs::read(segment_path(dir.path(), 1)).unwrap(), file_header::bytes(file_header::QUEUE_SEGMENT));
+        log.push(&[b"four".to_vec()]).unwrap();
+        drop(log);
+        let log = QueueLog::open(dir.path(), Some(head), SEGMENT_BYTES).unwrap();
+        assert_eq!(records(&log), [&b"four"[..]]);
+    }
+
     /// Damage in a segment other than the last (a disk fault) costs the rest of that
     /// segment, not the queue: later segments are still delivered and the head moves on.
     #[test]
@@ -639,7 +699,7 @@ mod tests {
         log.push(&[vec![3; 30]]).unwrap(); // does not fit: a second segment
         drop(log);
         let first = OpenOptions::new().write(true).open(segment_path(dir.path(), 0)).unwrap();
-        first.write_all_at(b"X", HEADER + 10 + HEADER).unwrap(); // the second record's first byte
+        first.write_all_at(b"X", file_header::LEN + HEADER + 10 + HEADER).unwrap(); // the second record's first byte
 
         let log = QueueLog::open(dir.path(), None, 64).unwrap();
         let leased = log.lease(10).unwrap();

@@ -15,8 +15,9 @@
 //! unsynced tail. A sweep forgets what is older than its horizon in memory. Once everything
 //! in the previous file is older, that file is deleted and the current one becomes the
 //! previous. So the files hold the sightings a sweep would keep, and at most two sweeps'
-//! more. On open both are read; a torn end of the current file is cut, and a record of
-//! another size (another version's) is skipped.
+//! more. Each file starts with its header ([`file_header`]), which says where its frames
+//! start (a file of version 1 has none). On open both are read; a torn end of the current
+//! file is cut, and a record of another size is skipped.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 use foldhash::fast::FixedState;
 use parking_lot::Mutex;
 
+use super::file_header;
 use super::frame::{self, io};
 use super::{AddressRule, AddressTally, GatewaySpan, Sighting};
 use crate::model::Timestamp;
@@ -73,6 +75,14 @@ fn parse(record: &[u8]) -> Option<(Sighting, Option<GatewaySpan>)> {
     Some((sighting, marked))
 }
 
+/// Opens the current file for appending, made with its header if it is new.
+fn open_current(dir: &Path) -> Result<File, Error> {
+    let path = dir.join(CURRENT);
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+    file_header::frames_start(&file, &path, file_header::SIGHTINGS)?;
+    OpenOptions::new().append(true).open(&path).map_err(io)
+}
+
 impl SightingsLog {
     /// Opens (or creates) the files in `dir` and loads what they hold.
     pub(crate) fn open(dir: &Path) -> Result<Self, Error> {
@@ -81,7 +91,9 @@ impl SightingsLog {
         for (i, name) in [PREVIOUS, CURRENT].into_iter().enumerate() {
             let path = dir.join(name);
             let Ok(file) = File::open(&path) else { continue };
-            let valid = frame::read_through(&file, RECORD, |_, bytes| {
+            // Without a whole header it holds nothing yet.
+            let Some(start) = file_header::read(&file, &path, file_header::SIGHTINGS)? else { continue };
+            let valid = frame::read_between(&file, start, u64::MAX, RECORD, |_, bytes| {
                 if let Some((s, marked)) = parse(bytes) {
                     by_address.entry(s.address).or_default().restore(s.contact, s.at, marked);
                     newest[i] = newest[i].max(s.at.0);
@@ -93,7 +105,7 @@ impl SightingsLog {
                 OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(valid)).map_err(io)?;
             }
         }
-        let current = OpenOptions::new().append(true).create(true).open(dir.join(CURRENT)).map_err(io)?;
+        let current = open_current(dir)?;
         let files = Files { dir: dir.to_owned(), current, current_newest: newest[1], previous_newest: newest[0] };
         Ok(Self { by_address: Mutex::new(by_address), files: Mutex::new(files) })
     }
@@ -137,7 +149,7 @@ impl SightingsLog {
         let mut files = self.files.lock();
         if files.previous_newest < before.0 {
             std::fs::rename(files.dir.join(CURRENT), files.dir.join(PREVIOUS)).map_err(io)?;
-            files.current = OpenOptions::new().append(true).create(true).open(files.dir.join(CURRENT)).map_err(io)?;
+            files.current = open_current(&files.dir)?;
             files.previous_newest = std::mem::take(&mut files.current_newest);
         }
         Ok(forgotten)
@@ -201,6 +213,27 @@ mod tests {
         log.forget(Timestamp(400)).unwrap();
         drop(log);
         assert!(spans(&SightingsLog::open(dir.path()).unwrap(), 1).is_empty(), "both files turned over");
+    }
+
+    /// Files of version 1 (no header) are read; the next file made has one.
+    #[test]
+    fn files_without_a_header_are_read_and_the_next_one_has_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SightingsLog::open(dir.path()).unwrap();
+        log.sight(&[seen(1, 100, 1), seen(1, 110, 2)], RULE).unwrap();
+        drop(log);
+        let path = dir.path().join(CURRENT);
+        let headed = std::fs::read(&path).unwrap();
+        assert_eq!(headed[..file_header::LEN as usize], file_header::bytes(file_header::SIGHTINGS));
+        std::fs::write(&path, &headed[file_header::LEN as usize..]).unwrap();
+        let log = SightingsLog::open(dir.path()).unwrap();
+        log.sight(&[seen(1, 120, 3)], RULE).unwrap();
+        assert_eq!(spans(&log, 1), [span(0, 120)]);
+        log.forget(Timestamp(50)).unwrap(); // turns over: the old file becomes the previous
+        let made = std::fs::read(&path).unwrap();
+        assert_eq!(made, file_header::bytes(file_header::SIGHTINGS), "the new file starts with its header");
+        drop(log);
+        assert_eq!(spans(&SightingsLog::open(dir.path()).unwrap(), 1), [span(0, 120)], "read from both");
     }
 
     #[test]
