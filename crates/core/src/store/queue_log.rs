@@ -436,11 +436,10 @@ impl QueueLog {
         while state.head.segment < last
             && state.segments.get(&state.head.segment).is_none_or(|s| state.head.offset >= s.len)
         {
-            let (next, start) = match state.segments.range(state.head.segment + 1..).next() {
-                Some((&number, segment)) => (number, segment.start),
-                None => (last, 0),
-            };
-            state.head = Position { segment: next, offset: start };
+            // The last segment is after the head, so there is a next one.
+            let (&next, segment) =
+                state.segments.range(state.head.segment + 1..).next().expect("the last segment follows the head");
+            state.head = Position { segment: next, offset: segment.start };
         }
         while let Some((&first, _)) = state.segments.first_key_value() {
             if first >= state.head.segment {
