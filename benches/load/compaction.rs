@@ -13,10 +13,9 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
-use tokio::process::Command;
+use anyhow::bail;
 
-use super::{median, scripts_for, shortlinks_on, wrk, Options, Run, AGENT};
+use super::{command, median, scripts_for, shortlinks_on, wrk, Options, Run, AGENT};
 
 /// The most contacts set aside to be erased.
 const SET_ASIDE: usize = 10_000;
@@ -111,14 +110,4 @@ async fn compact(binary: std::path::PathBuf, data: std::path::PathBuf) -> anyhow
         bail!("a compaction freed nothing: {said}");
     }
     Ok(started.elapsed().as_secs_f64() * 1000.0)
-}
-
-/// Runs an operator command against the running node's data directory; what it printed.
-async fn command(binary: &Path, args: &[&str], data: &Path) -> anyhow::Result<String> {
-    let out =
-        Command::new(binary).args(args).arg("--data-dir").arg(data).output().await.context("an operator command")?;
-    if !out.status.success() {
-        bail!("shortlinks {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

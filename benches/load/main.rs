@@ -331,6 +331,30 @@ impl Run {
     }
 }
 
+/// The status of one `GET path` with these headers, on a new connection.
+async fn status_of(addr: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<u16> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut request = Request::get(path).header("host", addr);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = sender.send_request(request.body(Full::new(Bytes::new()))?).await?;
+    Ok(response.status().as_u16())
+}
+
+/// Runs an operator command on a data directory (through its node's admin socket when
+/// one runs); what it printed.
+async fn command(binary: &Path, args: &[&str], data: &Path) -> anyhow::Result<String> {
+    let out =
+        Command::new(binary).args(args).arg("--data-dir").arg(data).output().await.context("an operator command")?;
+    if !out.status.success() {
+        bail!("shortlinks {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The server's pipeline counters (`/metrics`), by name; `None` for a server without them
 /// (the reference).
 async fn counters(addr: &str) -> anyhow::Result<Option<std::collections::HashMap<String, u64>>> {

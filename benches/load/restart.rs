@@ -22,9 +22,8 @@ use anyhow::{bail, Context};
 use shortlinks_core::model::{Note, NoteBody};
 use shortlinks_core::store::{NotesJournal, VisitClaim, VisitLedger, VisitRules};
 use shortlinks_core::{AccountId, Link, LinkStore, SledStore, Store, Timestamp};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{median, rss_mib, spawn, stop, Launch, Options};
+use super::{command, median, rss_mib, spawn, status_of, stop, Launch, Options};
 use shortlinks_benches::{links_after, Rng};
 
 const BATCH: usize = 10_000;
@@ -89,16 +88,8 @@ pub(super) async fn run(release: &Path, work: &Path, o: &Options) -> anyhow::Res
 
 /// A token for the notes listing, made by the operator's command on the stopped node.
 async fn mint_token(binary: &Path, data: &Path) -> anyhow::Result<String> {
-    let out = tokio::process::Command::new(binary)
-        .args(["token", "create", "--account", "1", "--user", "1", "--data-dir"])
-        .arg(data)
-        .output()
-        .await?;
-    let printed = String::from_utf8_lossy(&out.stdout);
-    match printed.split_whitespace().find(|w| w.starts_with("sl_")) {
-        Some(token) if out.status.success() => Ok(token.to_owned()),
-        _ => bail!("no token made: {printed} {}", String::from_utf8_lossy(&out.stderr)),
-    }
+    let printed = command(binary, &["token", "create", "--account", "1", "--user", "1"], data).await?;
+    printed.split_whitespace().find(|w| w.starts_with("sl_")).map(str::to_owned).context("no token printed")
 }
 
 struct Start {
@@ -114,16 +105,16 @@ async fn start(launch: Launch, code: &str, token: &str) -> anyhow::Result<Start>
     let started = Instant::now();
     let mut server = spawn(launch).await?;
     let port_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let browser = format!("User-Agent: {}\r\nAccept: text/html\r\n", super::AGENT);
+    let browser = [("user-agent", super::AGENT), ("accept", "text/html")];
     let status = status_of(&server.addr, &format!("/{code}"), &browser).await?;
     let first_redirect_ms = started.elapsed().as_secs_f64() * 1000.0;
     if status != 302 {
         bail!("the first redirect answered {status}");
     }
     let rss_at_redirect = server.child.id().and_then(rss_mib).unwrap_or(0.0);
-    let auth = format!("Authorization: Bearer {token}\r\n");
+    let auth = format!("Bearer {token}");
     let deadline = Instant::now() + Duration::from_secs(120);
-    while status_of(&server.addr, "/api/v4/contacts/notes?limit=1", &auth).await? != 200 {
+    while status_of(&server.addr, "/api/v4/contacts/notes?limit=1", &[("authorization", &auth)]).await? != 200 {
         if Instant::now() > deadline {
             bail!("no notes listed in two minutes");
         }
@@ -137,17 +128,6 @@ async fn start(launch: Launch, code: &str, token: &str) -> anyhow::Result<Start>
          RSS {rss_at_redirect:.0} then {rss_notes_mib:.0} MiB"
     );
     Ok(Start { port_ms, first_redirect_ms, notes_ms, rss_mib: rss_at_redirect, rss_notes_mib })
-}
-
-/// One `GET` on a new connection, with these header lines; the status it answers.
-async fn status_of(addr: &str, path: &str, headers: &str) -> anyhow::Result<u16> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: sho.rt\r\n{headers}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await??;
-    let line = String::from_utf8_lossy(&answer[..answer.len().min(12)]).into_owned();
-    line.strip_prefix("HTTP/1.1 ").and_then(|s| s.get(..3)).and_then(|s| s.parse().ok()).context("an HTTP answer")
 }
 
 /// Writes `n` links and `n` notes, and flushes: the checkpoint covers them. Returns the

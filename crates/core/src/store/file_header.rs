@@ -96,6 +96,16 @@ pub(crate) fn write(file: &File, kind: Kind) -> Result<(), Error> {
     file.write_all_at(&bytes(kind), 0).and_then(|()| file.sync_all()).map_err(Error::storage)
 }
 
+/// Turns a file of `kind` back into version 1, as a build before headers wrote it: for
+/// tests of reading such files.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn strip(path: &Path, kind: Kind) {
+    let headed = std::fs::read(path).unwrap();
+    assert_eq!(headed[..LEN as usize], bytes(kind), "{} has its header", path.display());
+    std::fs::write(path, &headed[LEN as usize..]).unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

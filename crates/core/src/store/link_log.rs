@@ -782,9 +782,7 @@ mod tests {
         let (dir, log, stored) = filled(5);
         drop(log);
         let path = dir.path().join(FILE_NAME);
-        let headed = std::fs::read(&path).unwrap();
-        assert_eq!(headed[..file_header::LEN as usize], file_header::bytes(file_header::LINKS));
-        std::fs::write(&path, &headed[file_header::LEN as usize..]).unwrap();
+        file_header::strip(&path, file_header::LINKS);
         let log = LinkLog::open(dir.path()).unwrap();
         assert_eq!(log.read_from(), 0);
         assert_eq!(found(&log, &stored), [true; 5]);

@@ -223,9 +223,7 @@ mod tests {
         log.sight(&[seen(1, 100, 1), seen(1, 110, 2)], RULE).unwrap();
         drop(log);
         let path = dir.path().join(CURRENT);
-        let headed = std::fs::read(&path).unwrap();
-        assert_eq!(headed[..file_header::LEN as usize], file_header::bytes(file_header::SIGHTINGS));
-        std::fs::write(&path, &headed[file_header::LEN as usize..]).unwrap();
+        file_header::strip(&path, file_header::SIGHTINGS);
         let log = SightingsLog::open(dir.path()).unwrap();
         log.sight(&[seen(1, 120, 3)], RULE).unwrap();
         assert_eq!(spans(&log, 1), [span(0, 120)]);
