@@ -3,7 +3,8 @@
 //! `--links` links with as many notes (every link clicked once, as after a campaign).
 //!
 //! The data directory is written through the store in process, in batches of 10 000: the
-//! links, then for each link its visit claimed and its note appended. Going through the
+//! links, then for each link its visit claimed and its note appended, with the store's
+//! upkeep after every million notes, as a server runs it every minute. Going through the
 //! API and wrk would take most of an hour at ten million. Then:
 //! - 32 MiB more links are written and the store is dropped without a flush: the state a
 //!   kill -9 leaves at worst, the checkpoint of the links' index that far behind;
@@ -27,6 +28,8 @@ use super::{command, median, rss_mib, spawn, status_of, stop, Launch, Options};
 use shortlinks_benches::{links_after, Rng};
 
 const BATCH: usize = 10_000;
+/// Notes written between two runs of the store's upkeep (a server's runs every minute).
+const UPKEEP_EVERY: usize = 1_000_000;
 /// What the store's upkeep lets `links.log` grow by before it writes a checkpoint.
 const BEHIND_BYTES: u64 = 32 << 20;
 
@@ -130,8 +133,9 @@ async fn start(launch: Launch, code: &str, token: &str) -> anyhow::Result<Start>
     Ok(Start { port_ms, first_redirect_ms, notes_ms, rss_mib: rss_at_redirect, rss_notes_mib })
 }
 
-/// Writes `n` links and `n` notes, and flushes: the checkpoint covers them. Returns the
-/// first link's code.
+/// Writes `n` links and `n` notes, with the store's upkeep after every million notes as a
+/// server's every minute, and flushes: the checkpoints cover them. Returns the first
+/// link's code.
 async fn write(dir: &Path, n: usize) -> anyhow::Result<String> {
     use std::os::unix::fs::PermissionsExt;
     // As `shortlinks` makes it: the server refuses a directory others can read.
@@ -152,6 +156,9 @@ async fn write(dir: &Path, n: usize) -> anyhow::Result<String> {
         store.claim_visits(claims, rules).await?;
         store.append_notes(notes).await?;
         made += BATCH.min(n - made);
+        if made % UPKEEP_EVERY == 0 {
+            store.maintain(Duration::from_secs(24 * 3600)).await?;
+        }
     }
     store.flush().await?;
     first.context("no links")

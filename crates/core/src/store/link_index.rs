@@ -325,7 +325,7 @@ fn probe() -> ShortCode {
 }
 
 /// The hash of the log's last [`TAIL_CHECKED`] bytes before `covered`.
-fn tail_hash(log: &File, covered: u64) -> Result<[u8; 8], Error> {
+pub(super) fn tail_hash(log: &File, covered: u64) -> Result<[u8; 8], Error> {
     let from = covered.saturating_sub(TAIL_CHECKED);
     let mut bytes = vec![0u8; (covered - from) as usize];
     log.read_exact_at(&mut bytes, from).map_err(io)?;
@@ -336,10 +336,10 @@ fn tail_hash(log: &File, covered: u64) -> Result<[u8; 8], Error> {
 }
 
 /// Reads a checkpoint's fields in order.
-struct Reader<'a>(&'a [u8]);
+pub(super) struct Reader<'a>(pub(super) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         if self.0.len() < n {
             return Err("it is cut short".into());
         }
@@ -348,13 +348,13 @@ impl<'a> Reader<'a> {
         Ok(taken)
     }
 
-    fn u32(&mut self) -> Result<u32, String> {
+    pub(super) fn u32(&mut self) -> Result<u32, String> {
         let mut bytes = [0u8; 4];
         bytes.copy_from_slice(self.take(4)?);
         Ok(u32::from_le_bytes(bytes))
     }
 
-    fn u64(&mut self) -> Result<u64, String> {
+    pub(super) fn u64(&mut self) -> Result<u64, String> {
         let mut bytes = [0u8; 8];
         bytes.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(bytes))

@@ -18,7 +18,7 @@ use super::frame::Slot;
 pub(super) type Entity = (u64, u8, u64);
 
 /// One note in the index: its order within its entity, and where its frame is.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct NoteSlot {
     pub(super) at: u64,
     pub(super) id: u64,
@@ -38,6 +38,8 @@ pub(super) struct NotesIndex {
     /// Every entity with notes, once: in order up to `sorted`, then as they came.
     order: Vec<Entity>,
     sorted: usize,
+    /// How many notes, of every entity.
+    notes: usize,
 }
 
 impl NotesIndex {
@@ -57,16 +59,36 @@ impl NotesIndex {
             Some(last) if last.order() >= note.order() => {
                 if let Err(i) = notes.binary_search_by_key(&note.order(), NoteSlot::order) {
                     notes.insert(i, note);
+                    self.notes += 1;
                 }
             }
-            _ => notes.push(note),
+            _ => {
+                notes.push(note);
+                self.notes += 1;
+            }
         }
     }
 
-    /// The notes of one entity.
+    /// How many notes it holds.
+    pub(super) fn len(&self) -> usize {
+        self.notes
+    }
+
+    /// Every note, entities in no particular order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (Entity, NoteSlot)> + '_ {
+        self.by_entity.iter().flat_map(|(&entity, notes)| notes.iter().map(move |&n| (entity, n)))
+    }
+
+    /// Drops every note whose frame is before `offset`, and the entities left with none:
+    /// what a newer index on disk holds now.
+    pub(super) fn keep_from(&mut self, offset: u64) {
+        self.drop_where(|n| n.slot.offset() < offset);
+    }
+
     /// Drops an entity and its notes; how many notes it had, and the bytes of their frames.
     pub(super) fn remove(&mut self, entity: &Entity) -> (usize, u64) {
         let Some(notes) = self.by_entity.remove(entity) else { return (0, 0) };
+        self.notes -= notes.len();
         let (sorted, unsorted) = self.order.split_at(self.sorted);
         if let Ok(i) = sorted.binary_search(entity) {
             self.order.remove(i);
@@ -80,15 +102,26 @@ impl NotesIndex {
     /// Drops every note made before `at`, and the entities left with none; how many
     /// notes, and the bytes of their frames.
     pub(super) fn forget_before(&mut self, at: u64) -> (usize, u64) {
+        self.drop_where(|n| n.at < at)
+    }
+
+    /// Drops the notes `gone` picks, and the entities left with none; how many notes, and
+    /// the bytes of their frames.
+    fn drop_where(&mut self, gone: impl Fn(&NoteSlot) -> bool) -> (usize, u64) {
         let (mut count, mut bytes) = (0, 0);
         self.by_entity.retain(|_, notes| {
-            let old = notes.partition_point(|n| n.at < at);
-            count += old;
-            bytes += notes[..old].iter().map(|n| n.slot.len() as u64 + super::frame::HEADER).sum::<u64>();
-            notes.drain(..old);
+            notes.retain(|n| {
+                let drop = gone(n);
+                if drop {
+                    count += 1;
+                    bytes += n.slot.len() as u64 + super::frame::HEADER;
+                }
+                !drop
+            });
             !notes.is_empty()
         });
         if count > 0 {
+            self.notes -= count;
             let by_entity = &self.by_entity;
             let sorted_kept = self.order[..self.sorted].iter().filter(|e| by_entity.contains_key(e)).count();
             self.order.retain(|e| by_entity.contains_key(e));
@@ -118,13 +151,13 @@ impl NotesIndex {
 
     /// The notes of every entity of this account and type, entities in id order. Entities
     /// that came since the last [`NotesIndex::settle`] are not listed.
-    pub(super) fn of_kind(&self, account: u64, kind: u8) -> impl Iterator<Item = &[NoteSlot]> {
+    pub(super) fn of_kind(&self, account: u64, kind: u8) -> impl Iterator<Item = (Entity, &[NoteSlot])> {
         let sorted = &self.order[..self.sorted];
         let from = sorted.partition_point(|e| *e < (account, kind, 0));
         sorted[from..]
             .iter()
             .take_while(move |e| (e.0, e.1) == (account, kind))
-            .filter_map(|e| self.by_entity.get(e).map(Vec::as_slice))
+            .filter_map(|e| self.by_entity.get(e).map(|notes| (*e, notes.as_slice())))
     }
 }
 
@@ -160,7 +193,7 @@ mod tests {
             index.insert(entity, note(id, id));
         }
         index.insert((1, 1, 3), note(9, 9));
-        let listed = |index: &NotesIndex| index.of_kind(1, 1).flat_map(ids).collect::<Vec<_>>();
+        let listed = |index: &NotesIndex| index.of_kind(1, 1).flat_map(|(_, notes)| ids(notes)).collect::<Vec<_>>();
         assert!(!index.is_settled());
         assert!(listed(&index).is_empty(), "nothing is in order yet");
         index.settle();
@@ -185,5 +218,22 @@ mod tests {
         assert_eq!(index.forget_before(8), (older, older as u64 * (10 + super::super::frame::HEADER)));
         assert_eq!(listed(&index), [10, 8]);
         assert!(index.get(&(1, 1, 0)).is_none(), "an entity left with no note is gone");
+        assert_eq!(index.len(), 2);
+        assert_eq!(index.iter().count(), 2);
+    }
+
+    #[test]
+    fn keeping_from_an_offset_drops_the_notes_before_it_and_counts_the_rest() {
+        let mut index = NotesIndex::default();
+        for (entity, at) in [((1, 1, 1), 1), ((1, 1, 1), 5), ((1, 1, 2), 2), ((1, 1, 3), 6)] {
+            index.insert(entity, note(at, at));
+        }
+        index.insert((1, 1, 1), note(5, 5));
+        assert_eq!(index.len(), 4, "a note indexed twice counts once");
+        index.keep_from(500); // frames at at * 100 + id
+        index.settle();
+        assert_eq!(index.len(), 2);
+        let listed: Vec<_> = index.of_kind(1, 1).map(|(entity, notes)| (entity.2, ids(notes))).collect();
+        assert_eq!(listed, [(1, vec![5]), (3, vec![6])]);
     }
 }

@@ -16,10 +16,14 @@
 //! - `X`, an expiry: a time u64, big-endian: notes made before it, of every entity, that
 //!   came before the frame are no longer found (the retention's horizon).
 //!
-//! In memory: each note's time, id and frame (24 bytes a note, by entity: see
-//! [`super::notes_index`]), and the visit ledger of the recent window (each visit key's
-//! mark, each link's recent note times). Both are rebuilt on open by reading the file through; marks made
-//! before `horizon` (the last sweep's, kept by the caller) are skipped.
+//! The notes' index is in two tiers ([`super::notes_tiers`]): `notes.index` on disk holds
+//! the notes up to an offset, sorted ([`super::notes_cold`]), and memory the notes written
+//! since (24 bytes a note, by entity: see [`super::notes_index`]). The upkeep writes a new
+//! `notes.index` once memory holds [`HOT_NOTES`] notes, so memory stays bounded whatever
+//! the number of notes kept. The visit ledger of the recent window (each visit key's mark,
+//! each link's recent note times) is in memory. On open, the file is read through for the
+//! marks (those made before `horizon`, the last sweep's, are skipped) and for the notes
+//! after `notes.index`.
 //!
 //! Crash safety: a claim leaves its mark in `pending`, and the next append writes the
 //! pending marks and then the notes in one write, synced before it returns. A note's mark
@@ -41,7 +45,9 @@ use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
 use super::file_header;
 use super::frame::{self, io, Slot, Tail, HEADER};
-use super::notes_index::{Entity, NoteSlot, NotesIndex};
+use super::notes_cold::{self, ColdNotes, ColdWriter, Entry};
+use super::notes_index::{Entity, NoteSlot};
+use super::notes_tiers::Notes;
 use super::{decide_visit, keys, Claimed, NotesQuery, VisitClaim, VisitRules};
 use crate::codec::{decode, encode_after};
 use crate::model::{AccountId, EntityRef, Note, Timestamp, VisitMark};
@@ -49,6 +55,9 @@ use crate::Error;
 
 /// The file's name in the data directory.
 pub(crate) const FILE_NAME: &str = "notes.log";
+/// Notes held in memory past which the upkeep writes a new `notes.index`: about 120 MiB
+/// of index, and a new `notes.index` for every million notes written.
+pub(crate) const HOT_NOTES: usize = 1 << 20;
 /// The longest frame record: a note's target is bounded well below it.
 const MAX_RECORD: usize = (64 << 10) - 1;
 const _: () = assert!(MAX_RECORD <= Slot::MAX_LEN);
@@ -181,26 +190,26 @@ impl Ledger {
 /// I/O); claims and sweeps touch memory only.
 pub(crate) struct NotesLog {
     path: PathBuf,
+    dir: PathBuf,
     current: ArcSwap<Generation>,
     tail: Mutex<Tail>,
     ledger: Mutex<Ledger>,
     /// Bytes of frames nothing needs any more: erased and expired notes (marks aside).
     garbage: AtomicU64,
+    /// Held by whatever writes `notes.index` (a compaction, the upkeep): one at a time.
+    rewriting: Mutex<()>,
 }
 
 /// The file and its index of notes, replaced together by a compaction: a listing reads
 /// the file of the index it took its slots from.
 struct Generation {
     file: File,
-    notes: RwLock<NotesIndex>,
-    /// Where its frames start: after its header ([`file_header`]), or at 0 in a file of
-    /// version 1.
-    start: u64,
+    notes: RwLock<Notes>,
 }
 
 impl Generation {
-    fn new(file: File, start: u64) -> Self {
-        Self { file, notes: RwLock::default(), start }
+    fn new(file: File, notes: Notes) -> Self {
+        Self { file, notes: RwLock::new(notes) }
     }
 }
 
@@ -209,42 +218,57 @@ impl NotesLog {
     pub(crate) fn open(dir: &Path, horizon: Timestamp) -> Result<Self, Error> {
         let frame::OpenLog { path, file, len, start } = frame::open_log(dir, FILE_NAME, file_header::NOTES)?;
         let reader = file.try_clone().map_err(io)?;
+        let cold = ColdNotes::read(dir, &reader, len);
+        let covered = cold.as_ref().map_or(0, |c| c.covered);
         let log = Self {
             path,
-            current: ArcSwap::from_pointee(Generation::new(file, start)),
+            dir: dir.to_owned(),
+            garbage: AtomicU64::new(cold.as_ref().map_or(0, |c| c.garbage)),
+            current: ArcSwap::from_pointee(Generation::new(file, Notes::with_cold(cold))),
             tail: Mutex::new(Tail::new(len)),
             ledger: Mutex::default(),
-            garbage: AtomicU64::new(0),
+            rewriting: Mutex::new(()),
         };
         let valid = frame::read_between(&reader, start, u64::MAX, MAX_RECORD, |offset, record| {
-            log.found(offset, record, horizon)
+            log.found(offset, record, horizon, covered)
         })?;
         if valid < len {
             let (end, kept) = frame::recover(&reader, &log.path, valid, len, MAX_RECORD, salvageable)?;
+            if valid < covered {
+                // Damage among the frames the index describes: it no longer does.
+                tracing::warn!(at = valid, "notes.log was damaged before the end of notes.index: reading it through");
+                notes_cold::remove(dir)?;
+                drop(log);
+                return Self::open(dir, horizon);
+            }
             log.tail.lock().len = end;
             for (offset, record) in kept {
-                log.found(offset, &record, horizon)?;
+                log.found(offset, &record, horizon, covered)?;
             }
         }
         Ok(log)
     }
 
-    /// Indexes an intact frame read on open.
-    fn found(&self, offset: u64, record: &[u8], horizon: Timestamp) -> Result<(), Error> {
+    /// Indexes an intact frame read on open. Before `covered`, only marks: the rest is in
+    /// `notes.index` (notes), or was applied to it (erasures, expiries).
+    fn found(&self, offset: u64, record: &[u8], horizon: Timestamp, covered: u64) -> Result<(), Error> {
         if let Some(mark) = MarkRecord::parse(record) {
             if mark.mark.at >= horizon {
                 self.ledger.lock().found(mark);
             }
             return Ok(());
         }
+        if offset < covered {
+            return Ok(());
+        }
         let current = self.current.load();
         if let Some(entity) = erased_entity(record) {
-            let (_, bytes) = current.notes.write().remove(&entity);
+            let (_, bytes) = current.notes.write().erase(entity, offset)?;
             self.garbage.fetch_add(bytes + HEADER + record.len() as u64, Relaxed);
             return Ok(());
         }
         if let Some(before) = expiry(record) {
-            let (_, bytes) = current.notes.write().forget_before(before);
+            let (_, bytes) = current.notes.write().forget_before(before, offset, false)?;
             self.garbage.fetch_add(bytes + HEADER + record.len() as u64, Relaxed);
             return Ok(());
         }
@@ -252,7 +276,7 @@ impl NotesLog {
         let (entity, at, id) = note_key_of(record).ok_or_else(|| {
             Error::Corrupt(format!("{} holds a frame of no known kind at {offset}", self.path.display()))
         })?;
-        current.notes.write().insert(entity, NoteSlot { at, id, slot: Slot::new(offset, record.len()) });
+        current.notes.write().hot.insert(entity, NoteSlot { at, id, slot: Slot::new(offset, record.len()) });
         Ok(())
     }
 
@@ -309,7 +333,7 @@ impl NotesLog {
             let index = current.notes.read();
             for note in &notes {
                 let (entity, at, id) = (entity_of(note), note.created_at.0, note.id);
-                if index.contains(&entity, at, id) || !in_batch.insert((entity, at, id)) {
+                if index.contains(entity, at, id)? || !in_batch.insert((entity, at, id)) {
                     continue; // a redelivered note: the first copy stays
                 }
                 let record = note_record(note)?;
@@ -333,7 +357,7 @@ impl NotesLog {
             // Written before indexed: a listing never finds a note whose frame is not there.
             let mut index = current.notes.write();
             for (entity, note) in fresh {
-                index.insert(entity, note);
+                index.hot.insert(entity, note);
             }
         }
         drop(tail);
@@ -348,7 +372,7 @@ impl NotesLog {
         let mut tail = self.tail.lock();
         tail.check(&self.path)?;
         let current = self.current.load_full();
-        if current.notes.read().get(&entity).is_none() {
+        if !current.notes.read().has(entity)? {
             return Ok(0);
         }
         let mut frames = Vec::with_capacity(HEADER as usize + ERASURE_LEN);
@@ -357,10 +381,11 @@ impl NotesLog {
             let _ = current.file.set_len(tail.len);
             return Err(io(e));
         }
+        let at = tail.len;
         tail.len += frames.len() as u64;
         // Under the appender's lock: a note appended after the erasure frame stays listed,
         // and a compaction catching up finds the notes either listed or erased after.
-        let (erased, bytes) = current.notes.write().remove(&entity);
+        let (erased, bytes) = current.notes.write().erase(entity, at)?;
         self.garbage.fetch_add(bytes + frames.len() as u64, Relaxed);
         drop(tail);
         frame::sync_appended(&current.file, &self.tail, &self.path)?;
@@ -379,8 +404,9 @@ impl NotesLog {
             let _ = current.file.set_len(tail.len);
             return Err(io(e));
         }
+        let at = tail.len;
         tail.len += frames.len() as u64;
-        let (forgotten, bytes) = current.notes.write().forget_before(before.0);
+        let (forgotten, bytes) = current.notes.write().forget_before(before.0, at, true)?;
         self.garbage.fetch_add(bytes + frames.len() as u64, Relaxed);
         drop(tail);
         frame::sync_appended(&current.file, &self.tail, &self.path)?;
@@ -399,57 +425,35 @@ impl NotesLog {
     /// order, after `offset`, at most `limit`.
     pub(crate) fn list(&self, query: &NotesQuery) -> Result<Vec<Note>, Error> {
         let current = self.current.load_full();
-        let mut slots = Vec::new();
-        {
-            let index = match query.entity_ids {
+        let slots = {
+            let notes = match query.entity_ids {
                 Some(_) => current.notes.read(),
                 None => {
                     // Listing every entity needs them in order: sort in those that came since.
-                    let mut index = current.notes.write();
-                    index.settle();
-                    RwLockWriteGuard::downgrade(index)
+                    let mut notes = current.notes.write();
+                    notes.hot.settle();
+                    RwLockWriteGuard::downgrade(notes)
                 }
             };
-            let mut skip = query.offset;
-            let mut take = |notes: &[NoteSlot]| {
-                let from = skip.min(notes.len());
-                skip -= from;
-                let wanted = query.limit - slots.len();
-                slots.extend(notes[from..].iter().take(wanted).map(|n| n.slot));
-                slots.len() == query.limit
-            };
-            match &query.entity_ids {
-                Some(ids) => {
-                    let mut ids = ids.clone();
-                    ids.sort_unstable();
-                    for id in ids {
-                        let entity = (query.account.0, query.entity_type.tag(), id);
-                        if index.get(&entity).is_some_and(&mut take) {
-                            break;
-                        }
-                    }
-                }
-                None => {
-                    let (account, kind) = (query.account.0, query.entity_type.tag());
-                    for notes in index.of_kind(account, kind) {
-                        if take(notes) {
-                            break;
-                        }
-                    }
-                }
-            }
-        }
+            notes.slots(query)?
+        };
         slots.into_iter().map(|slot| self.read(&current.file, slot)).collect()
     }
 
     /// Reads and checks one note's frame.
     fn read(&self, file: &File, slot: Slot) -> Result<Note, Error> {
+        let record = self.record_at(file, slot)?;
+        decode::<Note>(&record[34..])
+    }
+
+    /// The record of one note's frame, checked.
+    fn record_at(&self, file: &File, slot: Slot) -> Result<Vec<u8>, Error> {
         let mut bytes = vec![0u8; HEADER as usize + slot.len()];
         file.read_exact_at(&mut bytes, slot.offset()).map_err(io)?;
         frame::parse(&bytes, MAX_RECORD)
             .filter(|record| record.len() == slot.len() && note_key_of(record).is_some())
-            .map(|record| decode::<Note>(&record[34..]))
-            .ok_or_else(|| Error::Corrupt(format!("{} is damaged at {}", self.path.display(), slot.offset())))?
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| Error::Corrupt(format!("{} is damaged at {}", self.path.display(), slot.offset())))
     }
 
     /// How many visit marks are held.
@@ -466,16 +470,44 @@ impl NotesLog {
         f()
     }
 
+    /// Writes a new `notes.index` if memory holds `min_hot` notes or more (and at least
+    /// one): every note listed up to the log's end as it is now, merged from both tiers,
+    /// after which memory drops them. Appends, erasures and listings go on meanwhile.
+    /// Returns whether it wrote one.
+    pub(crate) fn checkpoint(&self, min_hot: usize) -> Result<bool, Error> {
+        let _rewriting = self.rewriting.lock();
+        let current = self.current.load_full();
+        if current.notes.read().hot_len() < min_hot.max(1) {
+            return Ok(false);
+        }
+        let upto = self.tail.lock().len;
+        // The index must describe frames that are on disk.
+        current.file.sync_data().map_err(io)?;
+        let snapshot = current.notes.read().snapshot(upto);
+        let mut writer = ColdWriter::start(&self.dir)?;
+        snapshot.write(&mut writer, Ok)?;
+        let (cold, pending) = writer.finish(&current.file, upto, self.garbage.load(Relaxed))?;
+        pending.put_in_place()?;
+        current.notes.write().install(cold);
+        Ok(true)
+    }
+
+    /// How many notes the index holds in memory.
+    #[cfg(test)]
+    fn hot_notes(&self) -> usize {
+        self.current.load().notes.read().hot_len()
+    }
+
     /// Rewrites the file with only what is needed ([`frame::Compacted`], crash-safe at
-    /// every point): the notes still listed, and the visit ledger as it is in memory, in
-    /// place of every mark ever written. Erased notes and erasures are left behind.
-    /// Listings go on throughout; appends and erasures wait only while the copy takes in
-    /// what came after it started. Returns the bytes it freed.
+    /// every point): the visit ledger as it is in memory, in place of every mark ever
+    /// written, then the notes still listed in key order, so that their `notes.index` is
+    /// written as they are copied. Erased notes and erasures are left behind. Listings go
+    /// on throughout; appends and erasures wait only while the copy takes in what came
+    /// after it started. Returns the bytes it freed.
     pub(crate) fn compact(&self) -> Result<u64, Error> {
+        let _rewriting = self.rewriting.lock();
         let old = self.current.load_full();
-        let out = frame::Compacted::start(&self.path, file_header::NOTES)?;
-        let new = Generation::new(out.file().try_clone().map_err(io)?, file_header::LEN);
-        let mut copy = NotesCopy { old: &old, out, new };
+        let mut out = frame::Compacted::start(&self.path, file_header::NOTES)?;
         // Where the copy of the file starts taking marks as written, then the ledger: a mark
         // appended before that point was claimed before the ledger is copied.
         let started_at = self.tail.lock().len;
@@ -492,18 +524,33 @@ impl NotesLog {
                 }
             }
         }
-        copy.out.extend(&marks)?;
-        frame::read_between(&old.file, old.start, started_at, MAX_RECORD, |_, record| copy.take(record, false))?;
+        out.extend(&marks)?;
+        let snapshot = old.notes.read().snapshot(started_at);
+        let mut index = ColdWriter::start(&self.dir)?;
+        snapshot.write(&mut index, |entry| {
+            let record = self.record_at(&old.file, entry.note.slot)?;
+            let slot = Slot::new(out.next_offset(), record.len());
+            out.append(&record)?;
+            Ok(Entry { note: NoteSlot { slot, ..entry.note }, ..entry })
+        })?;
+        out.flush()?;
+        let covered = out.next_offset();
+        let (cold, pending) = index.finish(out.file(), covered, 0)?;
+        let new = Generation::new(out.file().try_clone().map_err(io)?, Notes::with_cold(Some(cold)));
+        let mut copy = NotesCopy { out, new, garbage: 0 };
         let mut tail = self.tail.lock();
         tail.check(&self.path)?;
         // What came since: notes, marks and erasures while the copy was made.
-        frame::read_between(&old.file, started_at, tail.len, MAX_RECORD, |_, record| copy.take(record, true))?;
-        let NotesCopy { out, new, .. } = copy;
+        frame::read_between(&old.file, started_at, tail.len, MAX_RECORD, |_, record| copy.take(record))?;
+        let NotesCopy { out, new, garbage } = copy;
+        // The old index describes the old log only: gone before the new log is in place.
+        notes_cold::remove(&self.dir)?;
         let written = out.put_in_place(&self.path)?;
+        pending.put_in_place()?;
         let freed = tail.len.saturating_sub(written);
         self.current.store(Arc::new(new));
         tail.len = written;
-        self.garbage.store(0, Relaxed);
+        self.garbage.store(garbage, Relaxed);
         Ok(freed)
     }
 
@@ -513,33 +560,27 @@ impl NotesLog {
     }
 }
 
-/// A compaction's copy of the notes, as it is made.
-struct NotesCopy<'a> {
-    old: &'a Generation,
+/// The frames a compaction's copy takes in after its start.
+struct NotesCopy {
     out: frame::Compacted,
     /// The copy's index, by the copy's offsets.
     new: Generation,
+    /// Bytes of what the frames taken in erased or expired.
+    garbage: u64,
 }
 
-impl NotesCopy<'_> {
-    /// Takes one frame of the old file: a note still listed is copied; marks, erasures and
-    /// expiries are dropped (the ledger was copied whole), unless they came while the copy
-    /// was made (`since`): then they are copied too, and applied.
-    fn take(&mut self, record: &[u8], since: bool) -> Result<(), Error> {
+impl NotesCopy {
+    /// Copies one frame of the old file and applies it to the copy's index.
+    fn take(&mut self, record: &[u8]) -> Result<(), Error> {
+        let offset = self.out.next_offset();
+        self.out.append(record)?;
+        let mut notes = self.new.notes.write();
         if let Some((entity, at, id)) = note_key_of(record) {
-            if self.old.notes.read().contains(&entity, at, id) {
-                let slot = Slot::new(self.out.next_offset(), record.len());
-                self.out.append(record)?;
-                self.new.notes.write().insert(entity, NoteSlot { at, id, slot });
-            }
-        } else if since {
-            if let Some(entity) = erased_entity(record) {
-                self.new.notes.write().remove(&entity);
-            }
-            if let Some(before) = expiry(record) {
-                self.new.notes.write().forget_before(before);
-            }
-            self.out.append(record)?;
+            notes.hot.insert(entity, NoteSlot { at, id, slot: Slot::new(offset, record.len()) });
+        } else if let Some(entity) = erased_entity(record) {
+            self.garbage += notes.erase(entity, offset)?.1 + HEADER + record.len() as u64;
+        } else if let Some(before) = expiry(record) {
+            self.garbage += notes.forget_before(before, offset, true)?.1 + HEADER + record.len() as u64;
         }
         Ok(())
     }
@@ -728,5 +769,156 @@ mod tests {
         assert_eq!(ids(log.list(&query(Some(vec![4, 2]), 1, 4)).unwrap()), [21, 22, 40, 41]);
         let other = NotesQuery { account: AccountId(2), ..query(None, 0, 10) };
         assert!(log.list(&other).unwrap().is_empty(), "another account sees nothing");
+    }
+
+    /// What every sequence of operations must list: each note once, until an erasure of its
+    /// entity or an expiry of its time that comes after it.
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Clone, Debug)]
+        pub(super) enum Op {
+            Append(Vec<(u64, u64)>),
+            Erase(u64),
+            Expire(u64),
+            Checkpoint,
+            Compact,
+            Reopen,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => prop::collection::vec((0..6u64, 0..40u64), 1..20).prop_map(Op::Append),
+                1 => (0..6u64).prop_map(Op::Erase),
+                1 => (0..40u64).prop_map(Op::Expire),
+                2 => Just(Op::Checkpoint),
+                1 => Just(Op::Compact),
+                1 => Just(Op::Reopen),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+            #[test]
+            fn both_tiers_list_what_the_operations_leave(ops in prop::collection::vec(op(), 1..30)) {
+                let dir = tempfile::tempdir().unwrap();
+                let mut log = NotesLog::open(dir.path(), Timestamp(0)).unwrap();
+                let mut listed = std::collections::BTreeMap::new();
+                let page = |log: &NotesLog, ids: Option<Vec<u64>>, offset, limit| {
+                    let query = NotesQuery {
+                        account: AccountId(1),
+                        entity_type: EntityType::Contacts,
+                        entity_ids: ids,
+                        offset,
+                        limit,
+                    };
+                    log.list(&query).unwrap().into_iter().map(|n| (n.entity.id, n.created_at.0, n.id)).collect::<Vec<_>>()
+                };
+                for op in ops {
+                    match op {
+                        // The id follows from entity and time: a copy is the same note again.
+                        Op::Append(notes) => {
+                            log.append(notes.iter().map(|&(e, at)| note(e, at, e * 100 + at)).collect()).unwrap();
+                            for (e, at) in notes {
+                                listed.insert((e, at, e * 100 + at), ());
+                            }
+                        }
+                        Op::Erase(e) => {
+                            let gone = listed.keys().filter(|k| k.0 == e).count() as u64;
+                            let contact = EntityRef { kind: EntityType::Contacts, id: e };
+                            prop_assert_eq!(log.erase(AccountId(1), contact).unwrap(), gone);
+                            listed.retain(|k, _| k.0 != e);
+                        }
+                        Op::Expire(before) => {
+                            let gone = listed.keys().filter(|k| k.1 < before).count() as u64;
+                            prop_assert_eq!(log.forget_before(Timestamp(before)).unwrap(), gone);
+                            listed.retain(|k, _| k.1 >= before);
+                        }
+                        Op::Checkpoint => {
+                            log.checkpoint(0).unwrap();
+                            prop_assert_eq!(log.hot_notes(), 0);
+                        }
+                        Op::Compact => {
+                            log.compact().unwrap();
+                        }
+                        Op::Reopen => {
+                            drop(log);
+                            log = NotesLog::open(dir.path(), Timestamp(0)).unwrap();
+                        }
+                    }
+                    let expected: Vec<_> = listed.keys().copied().collect();
+                    prop_assert_eq!(page(&log, None, 0, usize::MAX), expected.clone());
+                    prop_assert_eq!(page(&log, None, 3, 4), expected.iter().copied().skip(3).take(4).collect::<Vec<_>>());
+                    let some: Vec<_> = expected.iter().copied().filter(|k| k.0 == 1 || k.0 == 4).collect();
+                    prop_assert_eq!(page(&log, Some(vec![4, 1]), 0, usize::MAX), some);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn notes_on_disk_stay_out_of_memory_across_a_reopen_and_an_erasure_leaves_no_byte_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = NotesLog::open(dir.path(), Timestamp(0)).unwrap();
+        let contact = 0x00ab_cdef_1234_5678;
+        let erased_url = TargetUrl::parse("https://erased.example/on-disk").unwrap();
+        let mut gone = note(contact, 100, 8);
+        gone.body = NoteBody::LinkFollowed { url: erased_url };
+        let kept: Vec<Note> = (1..=300).map(|e| note(e, 100 + e, e)).collect();
+        log.append([kept.clone(), vec![gone.clone()]].concat()).unwrap();
+        assert!(log.checkpoint(0).unwrap());
+        assert_eq!(log.hot_notes(), 0, "memory holds none of them");
+        assert!(!log.checkpoint(1).unwrap(), "nothing new to write");
+        log.append(vec![note(7, 100 + 7, 7)]).unwrap();
+        assert_eq!(log.hot_notes(), 0, "a copy of a note on disk is not written again");
+        drop(log);
+
+        let log = NotesLog::open(dir.path(), Timestamp(0)).unwrap();
+        assert_eq!(log.hot_notes(), 0, "read back from notes.index");
+        assert_eq!(all(&log), [kept.clone(), vec![gone]].concat());
+        assert_eq!(log.erase(AccountId(1), EntityRef { kind: EntityType::Contacts, id: contact }).unwrap(), 1);
+        assert_eq!(all(&log), kept);
+        assert!(log.garbage() > 0);
+        log.compact().unwrap();
+        drop(log);
+        for name in [FILE_NAME, notes_cold::FILE_NAME] {
+            let bytes = std::fs::read(dir.path().join(name)).unwrap();
+            assert!(!bytes.windows(8).any(|w| w == b"erased.e"), "{name} keeps the erased URL");
+            let id = contact.to_be_bytes();
+            assert!(!bytes.windows(8).any(|w| w == id), "{name} keeps the erased contact's id");
+        }
+        let log = NotesLog::open(dir.path(), Timestamp(0)).unwrap();
+        assert_eq!((all(&log), log.hot_notes()), (kept, 0), "the compaction wrote its notes.index");
+    }
+
+    #[test]
+    fn without_its_notes_index_or_with_a_damaged_one_the_log_is_read_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = NotesLog::open(dir.path(), Timestamp(0)).unwrap();
+        let notes: Vec<Note> = (1..=200).map(|e| note(e, 100, e)).collect();
+        log.append(notes.clone()).unwrap();
+        log.checkpoint(0).unwrap();
+        drop(log);
+        let index = dir.path().join(notes_cold::FILE_NAME);
+        let whole = std::fs::read(&index).unwrap();
+        let damaged = [&whole[..200], &[whole[200] ^ 1], &whole[201..]].concat();
+        std::fs::write(&index, damaged).unwrap();
+        let log = NotesLog::open(dir.path(), Timestamp(0)).unwrap();
+        assert!(
+            log.list(&NotesQuery {
+                account: AccountId(1),
+                entity_type: EntityType::Contacts,
+                entity_ids: None,
+                offset: 0,
+                limit: usize::MAX,
+            })
+            .is_err(),
+            "a damaged block is reported, not passed over"
+        );
+        drop(log);
+        std::fs::remove_file(&index).unwrap();
+        let log = NotesLog::open(dir.path(), Timestamp(0)).unwrap();
+        assert_eq!((all(&log), log.hot_notes()), (notes, 200));
     }
 }

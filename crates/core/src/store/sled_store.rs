@@ -40,7 +40,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::link_log::{LinkLog, CHECKPOINT_EVERY};
-use super::notes_log::NotesLog;
+use super::notes_log::{NotesLog, HOT_NOTES};
 use super::queue_log::{Position, QueueLog, SEGMENT_BYTES};
 use super::rate::LocalRates;
 use super::sightings_log::SightingsLog;
@@ -76,6 +76,8 @@ pub struct SledStore {
     /// sled's log file, opened again only to `fdatasync` it: see the module comment.
     sled_log: Arc<File>,
     rates: Arc<Mutex<LocalRates>>,
+    /// Notes the index may hold in memory before the upkeep writes `notes.index`.
+    hot_notes: usize,
 }
 
 /// `notes.log`, opened on a thread of its own: reading it through takes seconds at millions
@@ -186,6 +188,7 @@ impl SledStore {
             sightings: Arc::new(SightingsLog::open(dir)?),
             tokens: db.open_tree("tokens").map_err(Error::storage)?,
             rates: Arc::default(),
+            hot_notes: HOT_NOTES,
             db,
         };
         Ok(store)
@@ -486,8 +489,16 @@ impl Store for SledStore {
             // Cheap, so every time: handled clicks leave the disk soon after.
             false => self.blocking(|s| s.roll_drained_queues()).await.map(|_| None)?,
         };
-        self.blocking(|s| {
+        let journal = self.journal.if_opened().transpose()?;
+        self.blocking(move |s| {
             s.checkpoint_links(CHECKPOINT_EVERY);
+            if let Some(journal) = journal {
+                // So that memory holds only the notes written lately. Only a cache: a
+                // start without it reads the notes from notes.log.
+                if let Err(e) = journal.checkpoint(s.hot_notes) {
+                    tracing::warn!(error = %e, "the index of older notes could not be written");
+                }
+            }
             Ok(())
         })
         .await?;
@@ -588,6 +599,35 @@ mod tests {
         let store = SledStore::open(dir.path()).unwrap();
         conformance::a_gateways_tally_stays_small(&store, 1_000, |a| std::future::ready(store.sightings.held(&a)))
             .await;
+    }
+
+    /// The upkeep moves the notes' index to disk once memory holds enough of them, and a
+    /// new store reads it back: the notes are all listed, the same before and after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_upkeep_writes_the_older_notes_index_and_a_start_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SledStore::open(dir.path()).unwrap();
+        store.hot_notes = 100;
+        let notes: Vec<_> = (0..150).map(|i| conformance::note(i, 1, 1 + i % 40, 1_000 + i)).collect();
+        store.append_notes(notes[..99].to_vec()).await.unwrap();
+        let index = dir.path().join(super::super::notes_cold::FILE_NAME);
+        store.maintain(Duration::from_secs(3600)).await.unwrap();
+        assert!(!index.exists(), "not before memory holds enough notes");
+        store.append_notes(notes[99..].to_vec()).await.unwrap();
+        store.maintain(Duration::from_secs(3600)).await.unwrap();
+        assert!(index.exists(), "written by the upkeep");
+        let query = NotesQuery {
+            account: AccountId(1),
+            entity_type: crate::EntityType::Contacts,
+            entity_ids: None,
+            offset: 0,
+            limit: 1_000,
+        };
+        let listed = store.list_notes(query.clone()).await.unwrap();
+        assert_eq!(listed.len(), 150);
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.list_notes(query).await.unwrap(), listed);
     }
 
     /// Opening does not wait for `notes.log`: with one that cannot be read, links are
