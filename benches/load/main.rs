@@ -88,7 +88,9 @@ Scenarios, in this order:
                        (see compaction.rs)
   --restart            instead: a node on sled started again and again on --links
                        links with as many notes, timed to its port and its first
-                       redirect, with and without the links' checkpoint (see restart.rs)";
+                       redirect, with and without the links' checkpoint (see restart.rs)
+  --clicks-age-hours H with --restart: the links, clicks and notes made H hours before the
+                       starts, and the visit ledger swept as a server sweeps it (0)";
 
 /// What the clicks of a run are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,6 +130,8 @@ struct Options {
     /// The compaction scenario instead.
     compaction: bool,
     restart: bool,
+    /// With `restart`: how long ago the campaign was.
+    clicks_age_hours: u64,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -146,6 +150,7 @@ fn options() -> anyhow::Result<Options> {
         backlog: 0,
         compaction: false,
         restart: false,
+        clicks_age_hours: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -168,6 +173,7 @@ fn options() -> anyhow::Result<Options> {
             "--backlog" => o.backlog = value()?.parse()?,
             "--compaction" => o.compaction = true,
             "--restart" => o.restart = true,
+            "--clicks-age-hours" => o.clicks_age_hours = value()?.parse()?,
             "--scenarios" => o.scenarios = value()?.split(',').map(Scenario::parse).collect::<Result<_, _>>()?,
             other => bail!("unknown option {other} (see --help)"),
         }

@@ -1,6 +1,7 @@
 //! `benches/load/run --restart`: how long a node on the embedded store takes, after a
 //! restart, to answer on its port and to serve its first redirect, and its RSS then, at
-//! `--links` links with as many notes (every link clicked once, as after a campaign).
+//! `--links` links with as many notes (every link clicked once, as after a campaign;
+//! `--clicks-age-hours` before the starts, so that the visit ledger has let their marks go).
 //!
 //! The data directory is written through the store in process, in batches of 10 000: the
 //! links, then for each link its visit claimed and its note appended, with the store's
@@ -36,7 +37,7 @@ const BEHIND_BYTES: u64 = 32 << 20;
 pub(super) async fn run(release: &Path, work: &Path, o: &Options) -> anyhow::Result<()> {
     let data = work.join("data-restart");
     let written = Instant::now();
-    let first_code = write(&data, o.links).await?;
+    let first_code = write(&data, o.links, Duration::from_secs(o.clicks_age_hours * 3600)).await?;
     println!(
         "wrote {} links and {} notes in {:.0} s: links.log {:.0} MiB, links.index {:.0} MiB, notes.log {:.0} MiB",
         o.links,
@@ -133,10 +134,11 @@ async fn start(launch: Launch, code: &str, token: &str) -> anyhow::Result<Start>
     Ok(Start { port_ms, first_redirect_ms, notes_ms, rss_mib: rss_at_redirect, rss_notes_mib })
 }
 
-/// Writes `n` links and `n` notes, with the store's upkeep after every million notes as a
-/// server's every minute, and flushes: the checkpoints cover them. Returns the first
-/// link's code.
-async fn write(dir: &Path, n: usize) -> anyhow::Result<String> {
+/// Writes `n` links and `n` notes, made `age` ago, with the store's upkeep after every
+/// million notes as a server's every minute, and flushes: the checkpoints cover them. The
+/// visit ledger is swept of marks older than its window, as a server's dispatcher does
+/// every ten minutes. Returns the first link's code.
+async fn write(dir: &Path, n: usize, age: Duration) -> anyhow::Result<String> {
     use std::os::unix::fs::PermissionsExt;
     // As `shortlinks` makes it: the server refuses a directory others can read.
     std::fs::create_dir_all(dir)?;
@@ -145,10 +147,12 @@ async fn write(dir: &Path, n: usize) -> anyhow::Result<String> {
     let mut rng = Rng::new(shortlinks_benches::SEED);
     let rules = VisitRules { window_ms: 24 * 3600 * 1000, notes_per_link: 0 };
     let now = Timestamp::now();
+    let window = Duration::from_millis(rules.window_ms);
+    let made_at = Timestamp(now.0 - age.as_millis() as u64);
     let mut first = None;
     let mut made = 0;
     while made < n {
-        let links = links_after(&mut rng, made, BATCH.min(n - made), now);
+        let links = links_after(&mut rng, made, BATCH.min(n - made), made_at);
         first.get_or_insert_with(|| links[0].code.to_string());
         let claims = links.iter().enumerate().map(|(i, link)| claim(made + i, link)).collect();
         let notes = links.iter().enumerate().map(|(i, link)| note(made + i, link)).collect();
@@ -160,6 +164,7 @@ async fn write(dir: &Path, n: usize) -> anyhow::Result<String> {
             store.maintain(Duration::from_secs(24 * 3600)).await?;
         }
     }
+    store.forget_visits(Timestamp(now.0 - window.as_millis() as u64)).await?;
     store.flush().await?;
     first.context("no links")
 }
