@@ -1,7 +1,8 @@
 //! A data directory written by an earlier build keeps opening, with its data, in every
 //! later one: `fixtures/data-v<N>` is a directory of format N, written once by the build
 //! that introduced it with `write_the_current_fixture` (ignored; it only ever runs by
-//! hand, for a new format). Format 1 has no file headers; format 2 has them.
+//! hand, for a new format). Format 1 has no file headers; format 2 has them; format 3
+//! keeps in `state.log` what the first two kept in sled's trees.
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
@@ -16,7 +17,7 @@ use shortlinks_core::{
 
 const ACCOUNT: AccountId = AccountId(7);
 /// The format this build writes.
-const CURRENT: u32 = 2;
+const CURRENT: u32 = 3;
 
 fn fixture(format: u32) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/data-v{format}"))
@@ -100,6 +101,39 @@ async fn a_directory_of_format_2_opens_with_its_data() {
     opens_with_its_data(2).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_of_format_3_opens_with_its_data() {
+    opens_with_its_data(3).await;
+}
+
+/// sled's files are what the first open of formats 1 and 2 imports into `state.log`.
+const SLED_FILES: [&str; 2] = ["db", "conf"];
+
+/// The import deletes sled's files only once `state.log` is in place: a crash before that
+/// leaves sled's files to import again (with a stray copy), after it only files to delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_cut_short_by_a_crash_is_finished_by_the_next_open() {
+    for crash in ["before the rename", "after the rename"] {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&fixture(2), dir.path());
+        if crash == "before the rename" {
+            std::fs::write(dir.path().join("state.log.compact"), b"half a copy").unwrap();
+        } else {
+            // What the import writes, made on the side, then sled's files put back.
+            let side = tempfile::tempdir().unwrap();
+            copy_dir(&fixture(2), side.path());
+            drop(SledStore::open(side.path()).unwrap());
+            std::fs::copy(side.path().join("state.log"), dir.path().join("state.log")).unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.get_token("fixture").await.unwrap(), Some(token()), "{crash}");
+        for name in SLED_FILES {
+            assert!(!dir.path().join(name).exists(), "{crash}: sled's {name} is deleted");
+        }
+        assert!(!dir.path().join("state.log.compact").exists(), "{crash}");
+    }
+}
+
 /// The fixture of `format` (copied: opening raises the format) holds what the writer put
 /// in it, and takes more.
 async fn opens_with_its_data(format: u32) {
@@ -107,6 +141,11 @@ async fn opens_with_its_data(format: u32) {
     copy_dir(&fixture(format), dir.path());
     let store = SledStore::open(dir.path()).unwrap();
     let engine = Shortener::builder(store.clone()).build().await.unwrap();
+    if format < 3 {
+        for name in SLED_FILES {
+            assert!(!dir.path().join(name).exists(), "sled's {name} is deleted once imported");
+        }
+    }
     // The erased contact's first code is still buried: 410, and no link is listed.
     let secret = store.load_or_create_secret().await.unwrap();
     let erased =

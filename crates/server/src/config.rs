@@ -32,7 +32,7 @@ pub struct SettingsLayer {
     /// `sled` (the default: embedded, in `data_dir`) or `redis` (shared by many nodes).
     #[arg(long, env = "SHORTLINKS_STORAGE", value_enum)]
     pub storage: Option<StorageKind>,
-    /// Where the sled database (and the admin socket) lives.
+    /// Where the embedded store's files (and the admin socket) live.
     #[arg(long, env = "SHORTLINKS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Start even if the data directory is open to group or others (it is refused otherwise).
@@ -120,7 +120,8 @@ pub struct SettingsLayer {
     /// How many links the read cache holds (default 2000000, about 500 MB when full).
     #[arg(long, env = "SHORTLINKS_CACHED_LINKS")]
     pub cached_links: Option<usize>,
-    /// sled's page cache in MiB (default 64).
+    /// sled's page cache in MiB while a data directory of format 1 or 2 is imported
+    /// (default 64).
     #[arg(long, env = "SHORTLINKS_SLED_CACHE_MIB")]
     pub sled_cache_mib: Option<u64>,
     /// `group` (default) or `sync`: see [`shortlinks_notes::Durability`].
@@ -882,7 +883,7 @@ fn redis_url(text: &str) -> Result<String, ServerError> {
 /// Where the data lives.
 #[derive(Clone, Debug)]
 pub enum StorageSettings {
-    /// sled, in the data directory.
+    /// The embedded store (named `sled`), in the data directory.
     Sled,
     /// Redis or Redis Cluster.
     Redis(Box<RedisConfig>),
@@ -957,7 +958,7 @@ pub struct Settings {
     pub storage: StorageSettings,
     /// How clicks become notes.
     pub clicks: ClickSettings,
-    /// Where the sled database and the admin socket live.
+    /// Where the embedded store's files and the admin socket live.
     pub data_dir: PathBuf,
     /// Whether a data directory open to others is accepted.
     pub allow_open_permissions: bool,
@@ -969,7 +970,7 @@ pub struct Settings {
     pub code_length: CodeLength,
     /// How many links the read cache holds.
     pub cached_links: usize,
-    /// sled's page cache.
+    /// sled's page cache while a directory of format 1 or 2 is imported.
     pub sled_cache_bytes: u64,
     /// Request size and time limits.
     pub limits: Limits,

@@ -31,6 +31,8 @@ pub(crate) const LINKS: Kind = Kind { name: "links.log", version: 2 };
 pub(crate) const NOTES: Kind = Kind { name: "notes.log", version: 2 };
 pub(crate) const QUEUE_SEGMENT: Kind = Kind { name: "queue-segment", version: 2 };
 pub(crate) const SIGHTINGS: Kind = Kind { name: "sightings", version: 2 };
+/// Made with format 3, so never of version 1.
+pub(crate) const STATE: Kind = Kind { name: "state.log", version: 2 };
 
 /// The header of a new file of `kind`.
 pub(crate) fn bytes(kind: Kind) -> [u8; LEN as usize] {

@@ -5,7 +5,9 @@
 //! each record one version byte and postcard (`codec`). Format 2: the same, each file of
 //! ours starting with a header that names it and its layout's version
 //! ([`super::file_header`]); files without one, left from format 1, are read as they are
-//! until a compaction or a turn-over replaces them. A release that changes a layout writes
+//! until a compaction or a turn-over replaces them. Format 3: sled's trees are in
+//! `state.log`, moved there from sled's files on the first open
+//! ([`super::sled_import`]). A release that changes a layout writes
 //! the next number, and keeps reading the ones before; the fixture directories
 //! `crates/core/tests/fixtures/data-v<N>` hold a directory of each format, which every
 //! later build must keep opening (`crates/core/tests/data_format.rs`).
@@ -24,7 +26,7 @@ use crate::Error;
 /// The file's name in the data directory.
 pub(crate) const FILE_NAME: &str = "FORMAT";
 /// The format this build writes, and the newest it reads.
-pub(crate) const CURRENT: u32 = 2;
+pub(crate) const CURRENT: u32 = 3;
 /// The file's first line: what it is, for a person who finds it.
 const TITLE: &str = "shortlinks data directory";
 
@@ -87,7 +89,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         assert_eq!(check_or_record(&data).unwrap(), CURRENT);
-        assert_eq!(std::fs::read_to_string(data.join(FILE_NAME)).unwrap(), "shortlinks data directory\nformat 2\n");
+        assert_eq!(std::fs::read_to_string(data.join(FILE_NAME)).unwrap(), "shortlinks data directory\nformat 3\n");
         assert_eq!(check_or_record(&data).unwrap(), CURRENT);
     }
 

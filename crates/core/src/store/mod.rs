@@ -20,6 +20,7 @@ use crate::Error;
 mod address_tally;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+mod dir_lock;
 mod file_header;
 mod format;
 mod frame;
@@ -34,7 +35,9 @@ mod notes_tiers;
 mod queue_log;
 mod rate;
 mod sightings_log;
+mod sled_import;
 mod sled_store;
+mod state_log;
 
 pub use address_tally::{AddressRule, AddressTally, GatewaySpan};
 pub use memory::MemoryStore;

@@ -1,37 +1,38 @@
-//! The embedded default backend: sled 0.34, in one directory.
+//! The embedded default backend, in one directory: files of our own, each an append-only
+//! run of frames ([`frame`](super::frame)) with its index in memory. It is still called
+//! `sled` in the settings, after the database that once held it (sled's files, in a
+//! directory of format 1 or 2, are moved into `state.log` on the first open:
+//! [`sled_import`](super::sled_import)).
 //!
-//! Trees (all values are [`crate::codec`] records):
+//! | file | what | see |
+//! |------|------|-----|
+//! | `links.log`, `links.index` | links and erasures, the index's checkpoint | [`LinkLog`] |
+//! | `notes.log`, `notes.index` | notes, visit marks and erasures, the older notes' index | [`NotesLog`] |
+//! | `queues/<name>/` | each queue's segments | [`QueueLog`] |
+//! | `sightings.log`, `sightings.previous.log` | the address ledger | [`SightingsLog`] |
+//! | `state.log` | tokens, tombstones, queue heads, the secret, credentials, times | [`StateLog`] |
+//! | `lock` | one process at a time | [`DirLock`] |
 //!
-//! | tree        | key                                               | value        |
-//! |-------------|---------------------------------------------------|--------------|
-//! | `queue_heads` | queue name                                      | the head's position (16 bytes) |
-//! | `tokens`    | token id                                          | `ApiToken`   |
-//! | `erased`    | a [`Tombstone`]: the keyed hash of an erased code   | when, u64    |
-//! | default     | `installation_secret`                             | 32 raw bytes |
-//! | default     | `credential:<name>`                               | a credential's bytes (see `CredentialStore`) |
-//! | default     | `visits_forgotten_before`                         | the last sweep's horizon, u64 (not flushed on its own) |
-//! | default     | `erased_since`                                    | the first erasure not yet compacted away, u64 ms |
+//! In `state.log` (values are [`crate::codec`] records unless said):
 //!
-//! Integers in keys are big-endian, so scans come out in numeric order.
+//! | table | key | value |
+//! |-------|-----|-------|
+//! | `QueueHeads` | queue name | the head's position (16 bytes) |
+//! | `Tokens` | token id | `ApiToken` |
+//! | `Erased` | a [`Tombstone`]: the keyed hash of an erased code | when, u64 |
+//! | `Settings` | `installation_secret` | 32 raw bytes |
+//! | `Settings` | `credential:<name>` | a credential's bytes (see `CredentialStore`) |
+//! | `Settings` | `visits_forgotten_before` | the last sweep's horizon, u64 (not synced on its own) |
+//! | `Settings` | `erased_since` | the first erasure not yet compacted away, u64 ms |
 //!
-//! Links are not in sled: they are one append-only file, `links.log`, indexed in memory,
-//! with the index's checkpoint in `links.index` (see [`LinkLog`] for why). Nor are queues:
-//! each is a directory of append-only files under `queues/` (see [`QueueLog`]); sled keeps
-//! only each queue's head, without a flush of its own. Nor are notes and the visit ledger:
-//! they are `notes.log`, with the ledger in memory (see [`NotesLog`]), opened on a thread
-//! of its own so that opening the store waits only for the links ([`Journal`]). Nor is the
-//! address ledger: it is in memory and two files beside it (see [`SightingsLog`]).
+//! Integers are big-endian.
 //!
-//! Reads run inline: sled serves them from its page cache, a link is one positional read,
-//! and the hot path puts its own cache in front. Anything that writes or flushes (an fsync)
-//! runs on tokio's blocking pool.
-//!
-//! A flush is sled's own (`sync_file_range` on Linux, which neither records the log's new
-//! length nor empties the disk's write cache) followed by an `fdatasync` of sled's log file,
-//! which does both: without it, a flushed write could still be lost on power loss.
+//! `notes.log` is opened on a thread of its own, so that opening the store waits only for
+//! the links ([`Journal`]). Reads run inline: a link is one positional read, and the hot
+//! path puts its own cache in front. Anything that writes or syncs runs on tokio's
+//! blocking pool.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,11 +40,13 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use super::dir_lock::DirLock;
 use super::link_log::{LinkLog, CHECKPOINT_EVERY};
 use super::notes_log::{NotesLog, HOT_NOTES};
 use super::queue_log::{Position, QueueLog, SEGMENT_BYTES};
 use super::rate::LocalRates;
 use super::sightings_log::SightingsLog;
+use super::state_log::{Change, StateLog, Table};
 use super::{
     check_queue_name, AddressLedger, AddressRule, Claimed, CredentialStore, GatewaySpan, InsertOutcome, LinkStore,
     NotesJournal, NotesQuery, Queues, Rate, RateLimiter, SecretStore, Sighting, Store, TokenStore, VisitClaim,
@@ -61,36 +64,32 @@ const VISITS_HORIZON_KEY: &[u8] = b"visits_forgotten_before";
 /// When the first erasure not yet compacted away was made.
 const ERASED_SINCE_KEY: &[u8] = b"erased_since";
 
-/// A sled database. Cheap to clone: clones share the open database.
+/// The embedded store. Cheap to clone: clones share the open directory.
 #[derive(Clone)]
 pub struct SledStore {
-    db: sled::Db,
+    state: Arc<StateLog>,
     links: Arc<LinkLog>,
-    erased: sled::Tree,
-    queue_heads: sled::Tree,
     queues: Arc<OpenQueues>,
     sightings: Arc<SightingsLog>,
     /// Notes and the visit ledger, opened on a thread of their own.
     journal: Journal,
-    tokens: sled::Tree,
-    /// sled's log file, opened again only to `fdatasync` it: see the module comment.
-    sled_log: Arc<File>,
     rates: Arc<Mutex<LocalRates>>,
     /// Notes the index may hold in memory before the upkeep writes `notes.index`.
     hot_notes: usize,
+    _lock: Arc<DirLock>,
 }
 
 /// `notes.log`, opened on a thread of its own: reading it through takes seconds at millions
 /// of notes (3 s at ten million, with their marks) and a redirect needs only the links.
 /// What needs the notes waits for it without holding a thread; clicks wait in the outbox
 /// meanwhile.
-/// The thread holds a handle on sled, and with it sled's lock on the directory, until it is
-/// done: no other opening of the directory reads the file while this one may cut its end.
+/// The thread holds the directory's lock until it is done: no other opening of the
+/// directory reads the file while this one may cut its end.
 #[derive(Clone)]
 struct Journal(watch::Receiver<Option<Result<Arc<NotesLog>, Arc<str>>>>);
 
 impl Journal {
-    fn open(dir: &Path, horizon: Timestamp, lock: sled::Db) -> Result<Self, Error> {
+    fn open(dir: &Path, horizon: Timestamp, lock: Arc<DirLock>) -> Result<Self, Error> {
         let (opened, journal) = watch::channel(None);
         let dir = dir.to_owned();
         std::thread::Builder::new()
@@ -138,71 +137,49 @@ struct OpenQueues {
     open: Mutex<HashMap<String, Arc<QueueLog>>>,
 }
 
-/// Opens sled, waiting a moment for its directory lock if this process just let go of it:
-/// sled's flusher thread releases the lock shortly after the last handle is dropped, so a
-/// reopen in the same process (an embedding host, a test) could otherwise fail. Another
-/// process holding the directory still fails, a second later.
-fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, Error> {
-    let deadline = Instant::now() + Duration::from_secs(1);
-    loop {
-        match sled::Config::new().path(dir).cache_capacity(cache_bytes).open() {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock") && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            opened => return opened.map_err(Error::storage),
-        }
-    }
-}
-
 impl SledStore {
-    /// sled's page cache by default: 64 MiB (sled's own default is 1 GiB). Small, because
-    /// links are not in sled and the link cache serves the redirect.
+    /// sled's page cache while a directory of format 1 or 2 is imported: 64 MiB (sled's
+    /// own default is 1 GiB).
     pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
 
-    /// Opens (or creates) the database in `dir`. sled locks the directory: one process at a time.
+    /// Opens (or creates) the store in `dir`, which it locks: one process at a time.
     pub fn open(dir: &Path) -> Result<Self, Error> {
         Self::open_with_cache(dir, Self::DEFAULT_CACHE_BYTES)
     }
 
-    /// As [`SledStore::open`], with sled's page cache limited to `cache_bytes`.
+    /// As [`SledStore::open`], with sled's page cache limited to `cache_bytes` should the
+    /// directory's sled files need importing.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, Error> {
-        // Before sled or any file of ours is touched: a newer directory is left as it is.
+        // Before any file is touched: a newer directory is left as it is.
         super::format::check_or_record(dir)?;
-        let db = open_sled(dir, cache_bytes)?;
-        // sled 0.34 keeps its whole log in `db`; the version is pinned, so is the name.
-        let log = File::open(dir.join("db"))
-            .map_err(|e| Error::Storage(format!("cannot open sled's log file for fsync: {e}").into()))?;
-        let horizon = db
-            .get(VISITS_HORIZON_KEY)
-            .map_err(Error::storage)?
-            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
+        let lock = Arc::new(DirLock::take(dir)?);
+        super::sled_import::import(dir, cache_bytes)?;
+        let state = StateLog::open(dir)?;
+        let horizon = state
+            .get(Table::Settings, VISITS_HORIZON_KEY)
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
             .map_or(Timestamp(0), |bytes| Timestamp(u64::from_be_bytes(bytes)));
         let store = Self {
-            sled_log: Arc::new(log),
-            journal: Journal::open(dir, horizon, db.clone())?,
+            state: Arc::new(state),
+            journal: Journal::open(dir, horizon, lock.clone())?,
             links: Arc::new(LinkLog::open(dir)?),
-            erased: db.open_tree("erased").map_err(Error::storage)?,
-            queue_heads: db.open_tree("queue_heads").map_err(Error::storage)?,
             queues: Arc::new(OpenQueues { dir: dir.join("queues"), open: Mutex::default() }),
             sightings: Arc::new(SightingsLog::open(dir)?),
-            tokens: db.open_tree("tokens").map_err(Error::storage)?,
             rates: Arc::default(),
             hot_notes: HOT_NOTES,
-            db,
+            _lock: lock,
         };
         Ok(store)
     }
 
-    /// A queue's files, opened (or made) on first use, at the head kept in sled.
+    /// A queue's files, opened (or made) on first use, at the head kept in `state.log`.
     fn queue(&self, name: &str) -> Result<Arc<QueueLog>, Error> {
         check_queue_name(name)?;
         let mut open = self.queues.open.lock();
         if let Some(log) = open.get(name) {
             return Ok(log.clone());
         }
-        let head = self.queue_heads.get(name).map_err(Error::storage)?.and_then(|bytes| Position::from_bytes(&bytes));
+        let head = self.state.get(Table::QueueHeads, name.as_bytes()).and_then(|bytes| Position::from_bytes(&bytes));
         let log = Arc::new(QueueLog::open(&self.queues.dir.join(name), head, SEGMENT_BYTES)?);
         open.insert(name.to_owned(), log.clone());
         Ok(log)
@@ -218,9 +195,10 @@ impl SledStore {
         tokio::task::spawn_blocking(move || work(&store)).await.map_err(Error::storage)?
     }
 
+    /// Syncs what `state.log` was given without a sync (the queues' heads, the sweep's
+    /// horizon).
     fn flush_now(&self) -> Result<(), Error> {
-        self.db.flush().map_err(Error::storage)?;
-        self.sled_log.sync_data().map_err(Error::storage)
+        self.state.sync()
     }
 }
 
@@ -250,11 +228,12 @@ impl LinkStore for SledStore {
     async fn erase_links(&self, links: Vec<(Link, Tombstone)>) -> Result<(), Error> {
         self.blocking(move |s| {
             let now = Timestamp::now().0.to_be_bytes();
-            for (_, tombstone) in &links {
-                s.erased.insert(tombstone.0, &now).map_err(Error::storage)?;
-            }
+            let buried: Vec<Change<'_>> = links
+                .iter()
+                .map(|(_, tombstone)| Change { table: Table::Erased, key: &tombstone.0, value: Some(&now) })
+                .collect();
+            s.state.write(&buried, true)?;
             s.note_erasure()?;
-            s.flush_now()?;
             let mut codes = Vec::with_capacity(links.len());
             for (link, _) in &links {
                 if s.links.get(&link.code)?.is_some_and(|stored| stored.same_identity(link)) {
@@ -267,7 +246,7 @@ impl LinkStore for SledStore {
     }
 
     async fn buried(&self, tombstones: Vec<Tombstone>) -> Result<Vec<bool>, Error> {
-        tombstones.iter().map(|t| self.erased.contains_key(t.0).map_err(Error::storage)).collect()
+        Ok(tombstones.iter().map(|t| self.state.contains(Table::Erased, &t.0)).collect())
     }
 }
 
@@ -291,8 +270,9 @@ impl Queues for SledStore {
         let queue = queue.to_owned();
         self.blocking(move |s| {
             if let Some(head) = s.queue(&queue)?.remove(&ids)? {
-                // Not flushed: an old head after a crash only means entries handled again.
-                s.queue_heads.insert(queue.as_bytes(), &head.to_bytes()[..]).map_err(Error::storage)?;
+                // Not synced: an old head after a crash only means entries handled again.
+                let change = Change { table: Table::QueueHeads, key: queue.as_bytes(), value: Some(&head.to_bytes()) };
+                s.state.write(&[change], false)?;
             }
             Ok(())
         })
@@ -320,8 +300,10 @@ impl VisitLedger for SledStore {
         let journal = self.journal.opened().await?;
         self.blocking(move |s| {
             let forgotten = journal.forget(before);
-            // Not flushed: if it is lost, older marks are loaded on open and swept again.
-            s.db.insert(VISITS_HORIZON_KEY, &before.0.to_be_bytes()).map_err(Error::storage)?;
+            // Not synced: if it is lost, older marks are loaded on open and swept again.
+            let horizon = before.0.to_be_bytes();
+            s.state
+                .write(&[Change { table: Table::Settings, key: VISITS_HORIZON_KEY, value: Some(&horizon) }], false)?;
             Ok(forgotten)
         })
         .await
@@ -346,7 +328,6 @@ impl NotesJournal for SledStore {
             let forgotten = journal.forget_before(before)?;
             if forgotten > 0 {
                 s.note_erasure()?;
-                s.flush_now()?;
             }
             Ok(forgotten)
         })
@@ -359,7 +340,6 @@ impl NotesJournal for SledStore {
             let erased = journal.erase(account, entity)?;
             if erased > 0 {
                 s.note_erasure()?;
-                s.flush_now()?;
             }
             Ok(erased)
         })
@@ -370,21 +350,18 @@ impl NotesJournal for SledStore {
 impl TokenStore for SledStore {
     async fn put_token(&self, token: ApiToken) -> Result<(), Error> {
         self.blocking(move |s| {
-            s.tokens.insert(token.id.as_bytes(), encode(&token)?).map_err(Error::storage)?;
-            s.flush_now()
+            let record = encode(&token)?;
+            s.state.write(&[Change { table: Table::Tokens, key: token.id.as_bytes(), value: Some(&record) }], true)
         })
         .await
     }
 
     async fn get_token(&self, id: &str) -> Result<Option<ApiToken>, Error> {
-        match self.tokens.get(id.as_bytes()).map_err(Error::storage)? {
-            Some(bytes) => decode(&bytes).map(Some),
-            None => Ok(None),
-        }
+        self.state.get(Table::Tokens, id.as_bytes()).map(|bytes| decode(&bytes)).transpose()
     }
 
     async fn list_tokens(&self) -> Result<Vec<ApiToken>, Error> {
-        self.tokens.iter().map(|entry| decode(&entry.map_err(Error::storage)?.1)).collect()
+        self.state.values(Table::Tokens).iter().map(|bytes| decode(bytes)).collect()
     }
 }
 
@@ -399,19 +376,12 @@ impl SecretStore for SledStore {
     async fn installation_secret(&self, candidate: InstallationSecret) -> Result<InstallationSecret, Error> {
         self.blocking(move |s| {
             let bytes = candidate.to_bytes();
-            let stored = match s
-                .db
-                .compare_and_swap(SECRET_KEY, None as Option<&[u8]>, Some(&bytes[..]))
-                .map_err(Error::storage)?
-            {
-                Ok(()) => {
-                    s.flush_now()?;
-                    return Ok(candidate);
-                }
-                Err(current) => current.current,
-            };
-            let stored: [u8; 32] = stored
-                .as_deref()
+            if s.state.compare_and_swap(Table::Settings, SECRET_KEY, None, Some(&bytes))? {
+                return Ok(candidate);
+            }
+            let stored: [u8; 32] = s
+                .state
+                .get(Table::Settings, SECRET_KEY)
                 .and_then(|b| b.try_into().ok())
                 .ok_or_else(|| Error::Corrupt("installation secret is not 32 bytes".into()))?;
             Ok(InstallationSecret::from_bytes(stored))
@@ -447,17 +417,13 @@ const CREDENTIAL_PREFIX: &str = "credential:";
 impl CredentialStore for SledStore {
     async fn credential(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
         let key = format!("{CREDENTIAL_PREFIX}{name}");
-        Ok(self.db.get(key).map_err(Error::storage)?.map(|v| v.to_vec()))
+        Ok(self.state.get(Table::Settings, key.as_bytes()))
     }
 
     async fn swap_credential(&self, name: &str, expected: Option<Vec<u8>>, new: Vec<u8>) -> Result<bool, Error> {
         let key = format!("{CREDENTIAL_PREFIX}{name}");
         self.blocking(move |s| {
-            let swapped = s.db.compare_and_swap(key, expected, Some(new)).map_err(Error::storage)?.is_ok();
-            if swapped {
-                s.flush_now()?;
-            }
-            Ok(swapped)
+            s.state.compare_and_swap(Table::Settings, key.as_bytes(), expected.as_deref(), Some(&new))
         })
         .await
     }
@@ -519,9 +485,9 @@ impl SledStore {
 
     /// [`Store::compact`]: `links.log` and `notes.log` rewritten, each drained queue
     /// started on a new segment, and the time of the first erasure not yet compacted away
-    /// cleared (flushed). sled itself holds no contact's data: its files are left as they are.
+    /// cleared (synced).
     fn compact_now(&self, journal: &NotesLog) -> Result<u64, Error> {
-        let since = self.db.get(ERASED_SINCE_KEY).map_err(Error::storage)?;
+        let since = self.state.get(Table::Settings, ERASED_SINCE_KEY);
         // A file with nothing to leave out is not rewritten.
         let mut freed = 0;
         if self.links.usage().1 > 0 {
@@ -533,7 +499,7 @@ impl SledStore {
         freed += self.roll_drained_queues()?;
         // Only the erasures this compaction saw: one made meanwhile keeps its own time.
         if let Some(since) = since {
-            let _ = self.db.compare_and_swap(ERASED_SINCE_KEY, Some(since), None as Option<&[u8]>);
+            self.state.compare_and_swap(Table::Settings, ERASED_SINCE_KEY, Some(&since), None)?;
         }
         self.flush_now()?;
         Ok(freed)
@@ -551,7 +517,8 @@ impl SledStore {
             let queue = self.queue(name)?;
             let before = queue.bytes();
             if let Some(head) = queue.roll_if_drained()? {
-                self.queue_heads.insert(name.as_bytes(), &head.to_bytes()[..]).map_err(Error::storage)?;
+                let change = Change { table: Table::QueueHeads, key: name.as_bytes(), value: Some(&head.to_bytes()) };
+                self.state.write(&[change], false)?;
                 freed += before;
             }
         }
@@ -561,20 +528,17 @@ impl SledStore {
     /// Whether a compaction is due: an erasure made before `after_erasure` ago is still in
     /// the files, or garbage is over half of `links.log` (and 64 MiB).
     fn compaction_due(&self, after_erasure: Duration) -> Result<bool, Error> {
-        let since = self.db.get(ERASED_SINCE_KEY).map_err(Error::storage)?;
-        let since = since.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok()).map(u64::from_be_bytes);
+        let since = self.state.get(Table::Settings, ERASED_SINCE_KEY);
+        let since = since.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok()).map(u64::from_be_bytes);
         let overdue = since.is_some_and(|at| Timestamp::now().0.saturating_sub(at) >= after_erasure.as_millis() as u64);
         let (len, garbage) = self.links.usage();
         Ok(overdue || (garbage > 64 << 20 && garbage * 2 > len))
     }
 
-    /// Notes the time of the first erasure since the last compaction (flushed with it).
+    /// Notes the time of the first erasure since the last compaction, durably.
     fn note_erasure(&self) -> Result<(), Error> {
         let now = Timestamp::now().0.to_be_bytes();
-        let _ = self
-            .db
-            .compare_and_swap(ERASED_SINCE_KEY, None as Option<&[u8]>, Some(&now[..]))
-            .map_err(Error::storage)?;
+        self.state.compare_and_swap(Table::Settings, ERASED_SINCE_KEY, None, Some(&now))?;
         Ok(())
     }
 }
@@ -724,8 +688,8 @@ mod tests {
         });
     }
 
-    /// Queue records of any size stay out of sled: a page over 128 KiB would go to a blob
-    /// file that sled never syncs. Pushed, removed and kept across a reopen.
+    /// Queue records of any size live in the queue's own files. Pushed, removed and kept
+    /// across a reopen.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn queues_live_in_their_own_files_and_keep_their_head() {
         let dir = tempfile::tempdir().unwrap();
@@ -737,7 +701,6 @@ mod tests {
         store.remove("clicks", vec![leased[0].0]).await.unwrap();
         store.flush().await.unwrap();
         drop(store);
-        assert_eq!(std::fs::read_dir(dir.path().join("blobs")).unwrap().count(), 0, "no sled blob files");
 
         let store = SledStore::open(dir.path()).unwrap();
         let left: Vec<Vec<u8>> = store.lease("clicks", 10).await.unwrap().into_iter().map(|(_, r)| r).collect();
