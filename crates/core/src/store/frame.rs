@@ -59,6 +59,15 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io)
 }
 
+/// Deletes `name` in `dir` if it is there, durably (the directory synced).
+pub(crate) fn remove_durably(dir: &Path, name: &str) -> Result<(), Error> {
+    match std::fs::remove_file(dir.join(name)) {
+        Ok(()) => sync_dir(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(e)),
+    }
+}
+
 /// A log file opened by [`open_log`].
 pub(crate) struct OpenLog {
     pub(crate) path: std::path::PathBuf,

@@ -359,11 +359,7 @@ impl Pending {
 
 /// Deletes the index, durably: before a compaction puts a new log in place.
 pub(super) fn remove(dir: &Path) -> Result<(), Error> {
-    match std::fs::remove_file(dir.join(FILE_NAME)) {
-        Ok(()) => sync_dir(dir),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io(e)),
-    }
+    super::frame::remove_durably(dir, FILE_NAME)
 }
 
 fn new_name() -> String {
