@@ -29,6 +29,11 @@ impl NoteSlot {
     fn order(&self) -> (u64, u64) {
         (self.at, self.id)
     }
+
+    /// The bytes its frame takes in the log.
+    pub(super) fn frame_bytes(&self) -> u64 {
+        self.slot.len() as u64 + super::frame::HEADER
+    }
 }
 
 /// Notes by entity, each entity's in (time, id) order.
@@ -96,7 +101,7 @@ impl NotesIndex {
         } else if let Some(i) = unsorted.iter().position(|e| e == entity) {
             self.order.remove(self.sorted + i);
         }
-        (notes.len(), notes.iter().map(|n| n.slot.len() as u64 + super::frame::HEADER).sum())
+        (notes.len(), notes.iter().map(NoteSlot::frame_bytes).sum())
     }
 
     /// Drops every note made before `at`, and the entities left with none; how many
@@ -114,7 +119,7 @@ impl NotesIndex {
                 let drop = gone(n);
                 if drop {
                     count += 1;
-                    bytes += n.slot.len() as u64 + super::frame::HEADER;
+                    bytes += n.frame_bytes();
                 }
                 !drop
             });

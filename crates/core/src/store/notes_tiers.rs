@@ -125,7 +125,7 @@ impl Notes {
         if let (Some(cold), false) = (&self.cold, self.erased.contains_key(&entity)) {
             for entry in cold.of_entity(entity)?.iter().filter(|e| self.shown(e)) {
                 count += 1;
-                bytes += entry.note.slot.len() as u64 + super::frame::HEADER;
+                bytes += entry.note.frame_bytes();
             }
         }
         self.erased.insert(entity, offset);
@@ -156,7 +156,7 @@ impl Notes {
                     let entry = entry?;
                     if entry.note.at < before && self.shown(&entry) {
                         count += 1;
-                        bytes += entry.note.slot.len() as u64 + super::frame::HEADER;
+                        bytes += entry.note.frame_bytes();
                     }
                 }
             }

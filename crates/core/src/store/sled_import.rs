@@ -10,8 +10,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::file_header;
-use super::frame::{self, io, sync_dir};
+use super::frame::{io, sync_dir};
 use super::state_log::{self, Change, Table};
 use crate::Error;
 
@@ -45,13 +44,7 @@ pub(super) fn import(dir: &Path, cache_bytes: u64) -> Result<(), Error> {
             entries.push((Table::Settings, key.to_vec(), value.to_vec()));
         }
         drop(db);
-        let mut copy = frame::Compacted::start(&state, file_header::STATE)?;
-        let mut frames = Vec::new();
-        for (table, key, value) in &entries {
-            Change { table: *table, key, value: Some(value) }.append_to(&mut frames)?;
-        }
-        copy.extend(&frames)?;
-        copy.put_in_place(&state)?;
+        state_log::write_whole(&state, entries.iter().map(|(table, key, value)| Change::put(*table, key, value)))?;
         tracing::info!(entries = entries.len(), dir = %dir.display(), "moved sled's trees into state.log");
     }
     for name in std::iter::once(SLED_LOG).chain(SLED_FILES.iter().copied()) {

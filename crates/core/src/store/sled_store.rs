@@ -228,10 +228,8 @@ impl LinkStore for SledStore {
     async fn erase_links(&self, links: Vec<(Link, Tombstone)>) -> Result<(), Error> {
         self.blocking(move |s| {
             let now = Timestamp::now().0.to_be_bytes();
-            let buried: Vec<Change<'_>> = links
-                .iter()
-                .map(|(_, tombstone)| Change { table: Table::Erased, key: &tombstone.0, value: Some(&now) })
-                .collect();
+            let buried: Vec<Change<'_>> =
+                links.iter().map(|(_, tombstone)| Change::put(Table::Erased, &tombstone.0, &now)).collect();
             s.state.write(&buried, true)?;
             s.note_erasure()?;
             let mut codes = Vec::with_capacity(links.len());
@@ -271,8 +269,8 @@ impl Queues for SledStore {
         self.blocking(move |s| {
             if let Some(head) = s.queue(&queue)?.remove(&ids)? {
                 // Not synced: an old head after a crash only means entries handled again.
-                let change = Change { table: Table::QueueHeads, key: queue.as_bytes(), value: Some(&head.to_bytes()) };
-                s.state.write(&[change], false)?;
+                let head = head.to_bytes();
+                s.state.write(&[Change::put(Table::QueueHeads, queue.as_bytes(), &head)], false)?;
             }
             Ok(())
         })
@@ -302,8 +300,7 @@ impl VisitLedger for SledStore {
             let forgotten = journal.forget(before);
             // Not synced: if it is lost, older marks are loaded on open and swept again.
             let horizon = before.0.to_be_bytes();
-            s.state
-                .write(&[Change { table: Table::Settings, key: VISITS_HORIZON_KEY, value: Some(&horizon) }], false)?;
+            s.state.write(&[Change::put(Table::Settings, VISITS_HORIZON_KEY, &horizon)], false)?;
             Ok(forgotten)
         })
         .await
@@ -351,7 +348,7 @@ impl TokenStore for SledStore {
     async fn put_token(&self, token: ApiToken) -> Result<(), Error> {
         self.blocking(move |s| {
             let record = encode(&token)?;
-            s.state.write(&[Change { table: Table::Tokens, key: token.id.as_bytes(), value: Some(&record) }], true)
+            s.state.write(&[Change::put(Table::Tokens, token.id.as_bytes(), &record)], true)
         })
         .await
     }
@@ -517,8 +514,8 @@ impl SledStore {
             let queue = self.queue(name)?;
             let before = queue.bytes();
             if let Some(head) = queue.roll_if_drained()? {
-                let change = Change { table: Table::QueueHeads, key: name.as_bytes(), value: Some(&head.to_bytes()) };
-                self.state.write(&[change], false)?;
+                let head = head.to_bytes();
+                self.state.write(&[Change::put(Table::QueueHeads, name.as_bytes(), &head)], false)?;
                 freed += before;
             }
         }

@@ -66,8 +66,13 @@ pub(crate) struct Change<'a> {
     pub(crate) value: Option<&'a [u8]>,
 }
 
-impl Change<'_> {
-    pub(super) fn append_to(&self, frames: &mut Vec<u8>) -> Result<(), Error> {
+impl<'a> Change<'a> {
+    /// A value put under `key`.
+    pub(crate) fn put(table: Table, key: &'a [u8], value: &'a [u8]) -> Self {
+        Self { table, key, value: Some(value) }
+    }
+
+    fn append_to(&self, frames: &mut Vec<u8>) -> Result<(), Error> {
         if self.key.len() > MAX_KEY || self.value.map_or(0, <[u8]>::len) + MAX_KEY + 4 > MAX_RECORD {
             return Err(Error::Storage(format!("a {:?} entry is too long to store", self.table).into()));
         }
@@ -253,19 +258,26 @@ impl Appender {
         Ok(())
     }
 
-    /// Rewrites the file with what is live: a copy, synced, renamed over.
+    /// Rewrites the file with what is live.
     fn rewrite(&mut self, path: &Path, map: &Map) -> Result<(), Error> {
-        let mut copy = frame::Compacted::start(path, file_header::STATE)?;
-        let mut frames = Vec::new();
-        for ((table, key), value) in map {
-            Change { table: *table, key, value: Some(value) }.append_to(&mut frames)?;
-        }
-        copy.extend(&frames)?;
-        let file = copy.file().try_clone().map_err(io)?;
-        self.len = copy.put_in_place(path)?;
-        self.file = file;
+        let puts = map.iter().map(|((table, key), value)| Change::put(*table, key, value));
+        (self.file, self.len) = write_whole(path, puts)?;
         Ok(())
     }
+}
+
+/// Writes a whole `state.log` at `path` holding `puts`: a copy, synced, renamed over
+/// whatever is there ([`frame::Compacted`]). The new file, and its length.
+pub(super) fn write_whole<'a>(path: &Path, puts: impl Iterator<Item = Change<'a>>) -> Result<(File, u64), Error> {
+    let mut copy = frame::Compacted::start(path, file_header::STATE)?;
+    let mut frames = Vec::new();
+    for put in puts {
+        put.append_to(&mut frames)?;
+    }
+    copy.extend(&frames)?;
+    let file = copy.file().try_clone().map_err(io)?;
+    let len = copy.put_in_place(path)?;
+    Ok((file, len))
 }
 
 #[cfg(test)]
@@ -278,7 +290,7 @@ mod tests {
     fn changes_come_back_after_a_reopen_and_a_swap_needs_the_value_it_expects() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateLog::open(dir.path()).unwrap();
-        let put = |table, key: &'static [u8], value: &'static [u8]| Change { table, key, value: Some(value) };
+        let put = Change::put;
         state.write(&[put(Table::Tokens, b"b", b"2"), put(Table::Tokens, b"a", b"1")], true).unwrap();
         state.write(&[put(Table::QueueHeads, b"a", b"head")], false).unwrap();
         state.write(&[Change { table: Table::Tokens, key: b"b", value: None }], true).unwrap();
@@ -302,7 +314,7 @@ mod tests {
         let head = [7u8; 16];
         for i in 0..60_000u32 {
             let value = [head, [i as u8; 16]].concat();
-            state.write(&[Change { table: Table::QueueHeads, key: b"clicks", value: Some(&value) }], false).unwrap();
+            state.write(&[Change::put(Table::QueueHeads, b"clicks", &value)], false).unwrap();
         }
         let (len, live) = state.usage();
         assert!(len < live * REWRITE_RATIO + REWRITE_SLACK, "rewritten: {len} bytes for {live} live");
@@ -318,7 +330,7 @@ mod tests {
     fn a_torn_write_is_cut_and_the_writes_before_it_are_kept() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateLog::open(dir.path()).unwrap();
-        state.write(&[Change { table: Table::Erased, key: b"code-hash", value: Some(b"when") }], true).unwrap();
+        state.write(&[Change::put(Table::Erased, b"code-hash", b"when")], true).unwrap();
         drop(state);
         let path = dir.path().join(FILE_NAME);
         let mut bytes = std::fs::read(&path).unwrap();
@@ -326,7 +338,7 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let state = StateLog::open(dir.path()).unwrap();
         assert!(state.contains(Table::Erased, b"code-hash"));
-        state.write(&[Change { table: Table::Erased, key: b"another", value: Some(b"when") }], true).unwrap();
+        state.write(&[Change::put(Table::Erased, b"another", b"when")], true).unwrap();
         drop(state);
         assert_eq!(StateLog::open(dir.path()).unwrap().values(Table::Erased).len(), 2);
     }
@@ -336,10 +348,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = StateLog::open(dir.path()).unwrap();
         let key = vec![b'k'; MAX_KEY + 1];
-        let changes = [
-            Change { table: Table::Tokens, key: b"fine", value: Some(b"1") },
-            Change { table: Table::Tokens, key: &key, value: Some(b"2") },
-        ];
+        let changes = [Change::put(Table::Tokens, b"fine", b"1"), Change::put(Table::Tokens, &key, b"2")];
         assert!(state.write(&changes, true).is_err());
         assert!(state.values(Table::Tokens).is_empty(), "all of the changes or none");
     }
