@@ -48,8 +48,9 @@ usage: benches/load/run [OPTIONS]
 
 shortlinks (click pipeline on, group durability) side by side with a bare hyper server,
 under wrk on 127.0.0.1, rounds interleaved. Prints req/s, p50/p99, the server's CPU
-time per request (user and kernel, from /proc) and wrk's own (context for slow rounds),
-as medians [min, max], and each server's ratio to the reference. After each run it waits
+time per request (user and kernel, from /proc), on Redis its redis-server's (with the
+append-only file's rewrites), and wrk's own (context for slow rounds), as medians
+[min, max], and each server's ratio to the reference. After each run it waits
 until shortlinks has settled every click it recorded (screened out or dispatched; the
 backlog printed is what was left when wrk stopped, also as milliseconds of clicks), and
 that time's CPU counts in the run. Codes are drawn at random from all the links.
@@ -71,7 +72,8 @@ Scenarios, in this order:
   --storage LIST       sled, redis and/or redis-acked (sled); redis starts its own
                        redis-server, redis-acked a primary and a replica, with every
                        durable write waiting for the replica (redis_replicas_ack = 1)
-  --baseline PATH      another shortlinks binary, run on sled in the same rounds
+  --baseline PATH      another shortlinks binary, run in the same rounds on the first
+                       storage of --storage
   --production-rules   keep the note hold (60 s) and the address rule (3 contacts a
                        minute) on: the repeat visitor is then a gateway, and each
                        run's clicks are released together a hold later, during settling
@@ -321,6 +323,10 @@ struct Run {
     /// shared machine runs slow, and also when responses come slower (fewer per wake-up),
     /// so it hints at the cause without settling it.
     wrk_cpu_us: f64,
+    /// For a contender on Redis, its `redis-server`'s CPU time per request (main thread
+    /// and forked children, such as the append-only file's rewrites), read around the run
+    /// and its settling: the share of the machine the node's store took.
+    redis_cpu_us: Option<f64>,
     /// Clicks shortlinks had recorded but not yet settled when wrk stopped (none for the
     /// reference): shows whether the pipeline kept up or left work for after the run.
     backlog: u64,
@@ -554,6 +560,7 @@ async fn wrk(server: &Server, script: &Path, connections: usize, seconds: u64, a
         p99_ms: figures.p99_ms,
         cpu_us: per_request(cpu),
         wrk_cpu_us: per_request(figures.cpu),
+        redis_cpu_us: None,
         backlog,
         health_ms,
     })
@@ -584,6 +591,21 @@ async fn slowest_health(addr: String, mut stop: tokio::sync::watch::Receiver<boo
         }
     }
     Ok(slowest)
+}
+
+/// A `redis-server`'s CPU seconds so far: all its threads, and its forked children
+/// (the append-only file's rewrites) once they have exited.
+fn redis_cpu_seconds(port: u16) -> Option<f64> {
+    let info = cli(port, &["info", "cpu"])?;
+    let field = |name: &str| -> Option<f64> {
+        info.lines().find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':')?.parse().ok())
+    };
+    Some(
+        field("used_cpu_user")?
+            + field("used_cpu_sys")?
+            + field("used_cpu_user_children")?
+            + field("used_cpu_sys_children")?,
+    )
 }
 
 fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
@@ -747,15 +769,22 @@ async fn rounds(
                     Scenario::Repeat => &scripts[i].repeat,
                     Scenario::Cold | Scenario::Campaign => &scripts[i].campaign,
                 };
-                let run = wrk(&contenders[i].server, script, connections, o.seconds, AGENT).await?;
+                let redis_port = contenders[i]._redis.as_ref().map(RedisServer::port);
+                let redis_before = redis_port.and_then(redis_cpu_seconds);
+                let mut run = wrk(&contenders[i].server, script, connections, o.seconds, AGENT).await?;
+                if let (Some(port), Some(before)) = (redis_port, redis_before) {
+                    let spent = redis_cpu_seconds(port).map(|after| after - before);
+                    run.redis_cpu_us = spent.map(|s| s * 1e6 / (run.rps * o.seconds as f64).max(1.0));
+                }
                 eprintln!(
-                    "  {scenario:?} c={connections} round {} {:<17} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms  cpu {:.1} us/req  wrk {:.2} us/req  backlog {} ({:.1} ms)  /healthz slowest {:.1} ms",
+                    "  {scenario:?} c={connections} round {} {:<17} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms  cpu {:.1} us/req{}  wrk {:.2} us/req  backlog {} ({:.1} ms)  /healthz slowest {:.1} ms",
                     round + 1,
                     contenders[i].name,
                     run.rps,
                     run.p50_ms,
                     run.p99_ms,
                     run.cpu_us,
+                    run.redis_cpu_us.map(|r| format!(" (redis {r:.1})")).unwrap_or_default(),
                     run.wrk_cpu_us,
                     run.backlog,
                     run.backlog_ms(),
@@ -771,11 +800,18 @@ async fn rounds(
             let (p50, p50_min, p50_max) = stats(runs, |r| r.p50_ms);
             let (p99, p99_min, p99_max) = stats(runs, |r| r.p99_ms);
             let (cpu, cpu_min, cpu_max) = stats(runs, |r| r.cpu_us);
+            let redis = match runs.iter().map(|r| r.redis_cpu_us).collect::<Option<Vec<f64>>>() {
+                Some(spent) if !spent.is_empty() => {
+                    let (r, r_min, r_max) = median(spent);
+                    format!("  redis cpu {r:.1} us/req [{r_min:.1}, {r_max:.1}]")
+                }
+                _ => String::new(),
+            };
             let (wrk, wrk_min, wrk_max) = stats(runs, |r| r.wrk_cpu_us);
             let (backlog, _, backlog_max) = stats(runs, Run::backlog_ms);
             let (_, _, health_max) = stats(runs, |r| r.health_ms);
             println!(
-                "  {:<17} {rps:>9.0} req/s [{rps_min:.0}, {rps_max:.0}]  p50 {p50:.2} ms [{p50_min:.2}, {p50_max:.2}]  p99 {p99:.2} ms [{p99_min:.2}, {p99_max:.2}]  cpu {cpu:.1} us/req [{cpu_min:.1}, {cpu_max:.1}]  wrk {wrk:.2} us/req [{wrk_min:.2}, {wrk_max:.2}]  backlog {backlog:.1} ms (max {backlog_max:.1})  /healthz slowest {health_max:.1} ms",
+                "  {:<17} {rps:>9.0} req/s [{rps_min:.0}, {rps_max:.0}]  p50 {p50:.2} ms [{p50_min:.2}, {p50_max:.2}]  p99 {p99:.2} ms [{p99_min:.2}, {p99_max:.2}]  cpu {cpu:.1} us/req [{cpu_min:.1}, {cpu_max:.1}]{redis}  wrk {wrk:.2} us/req [{wrk_min:.2}, {wrk_max:.2}]  backlog {backlog:.1} ms (max {backlog_max:.1})  /healthz slowest {health_max:.1} ms",
                 contender.name
             );
         }
@@ -856,7 +892,8 @@ async fn main() -> anyhow::Result<()> {
     let mut runs: Vec<(String, std::path::PathBuf, &str)> =
         o.storages.iter().map(|s| (format!("shortlinks-{s}"), release.join("shortlinks"), s.as_str())).collect();
     if let Some(baseline) = &o.baseline {
-        runs.push(("baseline-sled".into(), baseline.clone(), "sled"));
+        let storage = o.storages.first().map_or("sled", String::as_str);
+        runs.push((format!("baseline-{storage}"), baseline.clone(), storage));
     }
     for (name, binary, storage) in &runs {
         let production = [("SHORTLINKS_NOTE_HOLD_SECS", "60"), ("SHORTLINKS_ADDRESS_RULE_CONTACTS", "3")];

@@ -43,14 +43,16 @@ impl ConnectionLike for Connection {
     }
 }
 
-/// The most items (claims, notes) one script call takes: Redis serves nothing else while a
-/// script runs, and this many take it about a millisecond.
+/// The most items (claims, notes) one script call or pipeline takes: Redis serves nothing
+/// else while a script runs, and this many take it about a millisecond; a pipeline's
+/// replies stay small.
 pub(crate) const MOST_PER_CALL: usize = 256;
 
 impl Connection {
-    /// Packs units of work into script calls, in order: each call takes whole units (one
-    /// unit's items stay in one call, in their order), at most [`MOST_PER_CALL`] items
-    /// unless one unit alone has more, and on a cluster only units whose keys share a slot.
+    /// Packs units of work into calls (a script's or a pipeline's), in order: each call
+    /// takes whole units (one unit's items stay in one call, in their order), at most
+    /// [`MOST_PER_CALL`] items unless one unit alone has more, and on a cluster only units
+    /// whose keys share a slot.
     /// A unit comes with one of its keys: all of a unit's keys share that key's slot.
     pub(crate) fn pack<T>(&self, units: impl IntoIterator<Item = (String, Vec<T>)>) -> Vec<Vec<T>> {
         let mut open: HashMap<Option<Slot>, Vec<T>> = HashMap::new();

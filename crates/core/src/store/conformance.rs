@@ -420,7 +420,7 @@ async fn link_cap<S: Store>(store: &S) {
 }
 
 /// A dispatcher's batch holds thousands of claims and notes, which a backend may split
-/// (Redis: into script calls): each answer still lands at its claim, a link's claims are
+/// (Redis: into script calls and pipelines): each answer still lands at its claim, a link's claims are
 /// still decided in batch order, and every note is written once.
 async fn large_batches<S: Store>(store: &S) {
     use Claimed::{Note, OverLinkCap, Repeat};
@@ -445,6 +445,19 @@ async fn large_batches<S: Store>(store: &S) {
     }
     let rules = VisitRules { window_ms: HOUR, notes_per_link: 2 };
     assert_eq!(store.claim_visits(claims, rules).await.expect("claim"), expected);
+    // Without a cap (Redis: plain commands, and the script for a mark past its window),
+    // on links of their own: a window's repeat, a later window's note and its repeat.
+    let mut claims = Vec::new();
+    let mut expected = Vec::new();
+    let rounds =
+        [(0, 1, Note), (1, 1, Repeat), (2, 2, Note), (HOUR, 1, Note), (HOUR + 1, 1, Repeat), (HOUR + 2, 2, Note)];
+    for (after, client, answer) in rounds {
+        for link in LINKS..2 * LINKS {
+            claims.push(wide(link, client, 60_000 + after));
+            expected.push(answer);
+        }
+    }
+    assert_eq!(store.claim_visits(claims, UNCAPPED).await.expect("claim"), expected);
 
     // Links read in one call: found or not, each in its place, a code asked twice twice.
     let stored: Vec<Link> =
