@@ -134,6 +134,29 @@ async fn an_import_cut_short_by_a_crash_is_finished_by_the_next_open() {
     }
 }
 
+/// An older server still running on a directory of format 2 holds sled's lock: a newer
+/// build's open fails, and leaves the directory of format 2 with sled's files, so the
+/// older server can go on and start again; once it has stopped, the newer build imports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_server_still_running_keeps_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture(2), dir.path());
+    let older = sled::open(dir.path()).unwrap();
+    let refused = SledStore::open(dir.path()).err().expect("sled's lock is held");
+    assert!(!refused.to_string().is_empty());
+    let format = std::fs::read_to_string(dir.path().join("FORMAT")).unwrap();
+    assert_eq!(format, "shortlinks data directory\nformat 2\n", "the format is left as it was");
+    assert!(!dir.path().join("state.log").exists());
+    drop(older);
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.get_token("fixture").await.unwrap(), Some(token()));
+    let format = std::fs::read_to_string(dir.path().join("FORMAT")).unwrap();
+    assert_eq!(format, format!("shortlinks data directory\nformat {CURRENT}\n"));
+    for name in SLED_FILES {
+        assert!(!dir.path().join(name).exists(), "sled's {name} is deleted once imported");
+    }
+}
+
 /// The fixture of `format` (copied: opening raises the format) holds what the writer put
 /// in it, and takes more.
 async fn opens_with_its_data(format: u32) {

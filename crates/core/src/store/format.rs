@@ -12,11 +12,13 @@
 //! `crates/core/tests/fixtures/data-v<N>` hold a directory of each format, which every
 //! later build must keep opening (`crates/core/tests/data_format.rs`).
 //!
-//! The file is written when a directory is made (or first opened by a build that knows
-//! it), and raised to the current format when an earlier one is opened, before any file is
-//! written: a build of the earlier format then refuses the directory rather than misread a
-//! header. Each time through a copy synced and renamed into place, so a crash leaves the
-//! old file or the new one.
+//! The format is checked before any file is touched. It is written when a directory is
+//! made (or first opened by a build that knows it), and raised to the current format when
+//! an earlier one is opened, once the directory is this process's (its lock taken, and
+//! sled's lock too while sled's files are there, which an older server still running on
+//! the directory holds) and before any file is written: a build of the earlier format then
+//! refuses the directory rather than misread a header. Each time through a copy synced and
+//! renamed into place, so a crash leaves the old file or the new one.
 
 use std::path::Path;
 
@@ -30,10 +32,10 @@ pub(crate) const CURRENT: u32 = 3;
 /// The file's first line: what it is, for a person who finds it.
 const TITLE: &str = "shortlinks data directory";
 
-/// Checks the directory's format, and records the current one in a directory of an earlier
-/// format or of none. Returns the format found. Refuses a newer format, and a file it
-/// cannot read.
-pub(crate) fn check_or_record(dir: &Path) -> Result<u32, Error> {
+/// Checks the directory's format without writing: the format found, `None` for a
+/// directory without the file (or without the directory). Refuses a newer format, and a
+/// file it cannot read.
+pub(crate) fn check(dir: &Path) -> Result<Option<u32>, Error> {
     let path = dir.join(FILE_NAME);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -47,18 +49,20 @@ pub(crate) fn check_or_record(dir: &Path) -> Result<u32, Error> {
                     dir.display()
                 )));
             }
-            if version < CURRENT {
-                record(dir, CURRENT)?;
-            }
-            Ok(version)
+            Ok(Some(version))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(io)?;
-            record(dir, CURRENT)?;
-            Ok(CURRENT)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io(e)),
     }
+}
+
+/// Records the current format in a directory of an earlier format or of none; nothing to
+/// do in one of the current format. Call it only with the directory's lock held.
+pub(crate) fn raise(dir: &Path) -> Result<(), Error> {
+    if check(dir)? != Some(CURRENT) {
+        record(dir, CURRENT)?;
+    }
+    Ok(())
 }
 
 /// Writes `FORMAT` naming `version`: a copy, synced, renamed into place, the directory synced.
@@ -87,30 +91,39 @@ mod tests {
     #[test]
     fn a_new_directory_gets_the_current_format_and_keeps_it() {
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        assert_eq!(check_or_record(&data).unwrap(), CURRENT);
-        assert_eq!(std::fs::read_to_string(data.join(FILE_NAME)).unwrap(), "shortlinks data directory\nformat 3\n");
-        assert_eq!(check_or_record(&data).unwrap(), CURRENT);
+        assert_eq!(check(dir.path()).unwrap(), None);
+        assert!(!dir.path().join(FILE_NAME).exists(), "a check writes nothing");
+        raise(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap(),
+            "shortlinks data directory\nformat 3\n"
+        );
+        assert_eq!(check(dir.path()).unwrap(), Some(CURRENT));
+        raise(dir.path()).unwrap();
+        assert_eq!(check(dir.path()).unwrap(), Some(CURRENT));
     }
 
     #[test]
     fn an_earlier_format_is_raised_to_the_current_one() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FILE_NAME), render(1)).unwrap();
-        assert_eq!(check_or_record(dir.path()).unwrap(), 1, "the format found");
+        assert_eq!(check(dir.path()).unwrap(), Some(1), "the format found");
+        assert_eq!(std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap(), render(1), "a check writes nothing");
+        raise(dir.path()).unwrap();
         assert_eq!(std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap(), render(CURRENT));
-        assert_eq!(check_or_record(dir.path()).unwrap(), CURRENT);
+        assert_eq!(check(dir.path()).unwrap(), Some(CURRENT));
     }
 
     #[test]
     fn a_newer_format_or_an_unreadable_file_is_refused_and_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FILE_NAME), render(CURRENT + 1)).unwrap();
-        let refused = check_or_record(dir.path()).unwrap_err();
+        let refused = check(dir.path()).unwrap_err();
         assert!(matches!(refused, Error::NewerFormat(_)), "{refused}");
         assert!(refused.to_string().contains(&format!("format {}", CURRENT + 1)), "{refused}");
         assert_eq!(std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap(), render(CURRENT + 1));
         std::fs::write(dir.path().join(FILE_NAME), "format 1\n").unwrap();
-        assert!(matches!(check_or_record(dir.path()), Err(Error::Corrupt(_))));
+        assert!(matches!(check(dir.path()), Err(Error::Corrupt(_))));
+        assert!(matches!(raise(dir.path()), Err(Error::Corrupt(_))), "nor written over");
     }
 }

@@ -25,6 +25,10 @@ const TREES: &[(&str, Table)] =
 
 /// Moves sled's trees in `dir`, if there are any, into a new `state.log`, then deletes
 /// sled's files. `cache_bytes` bounds sled's page cache meanwhile.
+///
+/// The format is raised (see [`super::format`]) before anything is written: once sled is
+/// open here, so that an older server still running on the directory, which holds
+/// sled's lock, fails this open and leaves the directory of its own format.
 pub(super) fn import(dir: &Path, cache_bytes: u64) -> Result<(), Error> {
     if !dir.join(SLED_LOG).exists() {
         return Ok(());
@@ -32,6 +36,7 @@ pub(super) fn import(dir: &Path, cache_bytes: u64) -> Result<(), Error> {
     let state = dir.join(state_log::FILE_NAME);
     if !state.exists() {
         let db = open_sled(dir, cache_bytes)?;
+        super::format::raise(dir)?;
         let mut entries: Vec<(Table, Vec<u8>, Vec<u8>)> = Vec::new();
         for &(name, table) in TREES {
             for entry in db.open_tree(name).map_err(Error::storage)?.iter() {
@@ -47,6 +52,7 @@ pub(super) fn import(dir: &Path, cache_bytes: u64) -> Result<(), Error> {
         state_log::write_whole(&state, entries.iter().map(|(table, key, value)| Change::put(*table, key, value)))?;
         tracing::info!(entries = entries.len(), dir = %dir.display(), "moved sled's trees into state.log");
     }
+    super::format::raise(dir)?;
     for name in std::iter::once(SLED_LOG).chain(SLED_FILES.iter().copied()) {
         remove(&dir.join(name))?;
     }

@@ -151,9 +151,12 @@ impl SledStore {
     /// directory's sled files need importing.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, Error> {
         // Before any file is touched: a newer directory is left as it is.
-        super::format::check_or_record(dir)?;
+        super::format::check(dir)?;
+        std::fs::create_dir_all(dir).map_err(super::frame::io)?;
         let lock = Arc::new(DirLock::take(dir)?);
+        // Raises the format once it holds sled's lock, if sled's files are there.
         super::sled_import::import(dir, cache_bytes)?;
+        super::format::raise(dir)?;
         let state = StateLog::open(dir)?;
         let horizon = state
             .get(Table::Settings, VISITS_HORIZON_KEY)
