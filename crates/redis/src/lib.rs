@@ -12,7 +12,8 @@
 //!   group, so any node can dispatch and a crashed node's entries are claimed by another;
 //! - notes live per (account, contact) under one hash tag, so appending one is a single
 //!   atomic transaction even on a cluster;
-//! - visit marks are keys with a time to live, checked and set by one script;
+//! - visit marks are keys with a time to live, made by `SET NX GET` (or, under a cap on
+//!   notes per link, checked and set with the link's count by one script);
 //! - rate limits are one key per caller, decided by a script on Redis's clock, so every
 //!   node draws on one allowance.
 //!

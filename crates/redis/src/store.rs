@@ -25,7 +25,7 @@ pub struct RedisStore {
     /// The redirect's own traffic, on a connection of its own: its reads of links, and the
     /// appends of its clicks to the outbox (which a redirect waits for in `sync` mode).
     /// Queued on the shared connection, they would wait behind whatever the dispatcher sent
-    /// before them (a batch's script calls take Redis milliseconds).
+    /// before them (a batch's pipelines and script calls take Redis milliseconds).
     pub(crate) hot: Connection,
     pub(crate) keys: Keys,
     pub(crate) consumer: Arc<str>,
