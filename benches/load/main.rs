@@ -639,8 +639,8 @@ fn dir_bytes(dir: &Path) -> u64 {
 struct Contender {
     name: String,
     server: Server,
-    /// Keeps the `redis-server` of a Redis contender alive.
-    _redis: Option<RedisServer>,
+    /// The `redis-server` of a Redis contender: kept alive, and asked for its CPU time.
+    redis: Option<RedisServer>,
     /// And its replica, for `redis-acked`.
     _replica: Option<RedisServer>,
 }
@@ -760,7 +760,7 @@ async fn shortlinks_on(
     if let Some(id) = server.child.id() {
         println!("{name} RSS after preload: {:.0} MiB", rss_mib(id).unwrap_or(0.0));
     }
-    Ok((Contender { name: name.to_owned(), server, _redis: redis, _replica }, links))
+    Ok((Contender { name: name.to_owned(), server, redis, _replica }, links))
 }
 
 /// Runs `rounds` rounds of every contender under `script_of`'s script, interleaved and
@@ -789,7 +789,7 @@ async fn rounds(
                     Scenario::Repeat => &scripts[i].repeat,
                     Scenario::Cold | Scenario::Campaign => &scripts[i].campaign,
                 };
-                let redis_port = contenders[i]._redis.as_ref().map(RedisServer::port);
+                let redis_port = contenders[i].redis.as_ref().map(RedisServer::port);
                 let redis_before = redis_port.and_then(redis_cpu_seconds);
                 let mut run = wrk(&contenders[i].server, script, connections, o.seconds, AGENT).await?;
                 if let (Some(port), Some(before)) = (redis_port, redis_before) {
@@ -939,7 +939,7 @@ async fn main() -> anyhow::Result<()> {
     contenders.push(Contender {
         name: "reference".into(),
         server: spawn(reference).await?,
-        _redis: None,
+        redis: None,
         _replica: None,
     });
 

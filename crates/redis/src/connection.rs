@@ -73,6 +73,19 @@ impl Connection {
     }
 }
 
+/// Pairs a call's items with Redis's answers, in order. A reply with another count of
+/// answers is corrupt: pairing it anyway would give items answers not theirs.
+pub(crate) fn one_each<T, A>(
+    call: Vec<T>,
+    answers: Vec<A>,
+    what: &str,
+) -> Result<std::iter::Zip<std::vec::IntoIter<T>, std::vec::IntoIter<A>>, Error> {
+    if answers.len() != call.len() {
+        return Err(Error::Corrupt(format!("{} answers to {} {what}", answers.len(), call.len())));
+    }
+    Ok(call.into_iter().zip(answers))
+}
+
 /// Lost connections, timeouts and a cluster without quorum are "unavailable" (retrying
 /// may succeed); anything else is a storage failure.
 pub(crate) fn store_error(e: RedisError) -> Error {

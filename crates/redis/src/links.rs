@@ -11,7 +11,7 @@ use shortlinks_core::store::{decode, encode};
 use shortlinks_core::store::{ErasureCursor, ErasureNews, InsertOutcome, LinkStore};
 use shortlinks_core::{AccountId, Error, Link, ShortCode, TargetUrl, Timestamp, Tombstone};
 
-use crate::connection::store_error;
+use crate::connection::{one_each, store_error};
 use crate::store::RedisStore;
 
 /// How long an erased code stays in the stream of erasures: every node reads it well
@@ -114,10 +114,7 @@ impl LinkStore for RedisStore {
         let calls = self.connection.pack(units).into_iter().map(|call| async move {
             let keys: Vec<&String> = call.iter().map(|(_, key)| key).collect();
             let found: Vec<Option<Vec<u8>>> = self.query(redis::cmd("MGET").arg(keys)).await?;
-            if found.len() != call.len() {
-                return Err(Error::Corrupt(format!("{} values for {} keys", found.len(), call.len())));
-            }
-            Ok(call.into_iter().map(|(i, _)| i).zip(found))
+            Ok(one_each(call, found, "keys")?.map(|((i, _), bytes)| (i, bytes)))
         });
         let mut links = vec![None; codes.len()];
         for (i, bytes) in try_join_all(calls).await?.into_iter().flatten() {

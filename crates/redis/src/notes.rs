@@ -11,7 +11,7 @@ use shortlinks_core::store::{
 };
 use shortlinks_core::{AccountId, Error, Timestamp};
 
-use crate::connection::store_error;
+use crate::connection::{one_each, store_error};
 use crate::keys::ordered_id;
 use crate::store::RedisStore;
 
@@ -157,10 +157,7 @@ impl RedisStore {
             }
             async move {
                 let marks: Vec<Option<String>> = pipe.query_async(&mut self.connection()).await.map_err(store_error)?;
-                if marks.len() != call.len() {
-                    return Err(Error::Corrupt(format!("{} answers to {} visit claims", marks.len(), call.len())));
-                }
-                Ok::<_, Error>(call.into_iter().zip(marks))
+                one_each(call, marks, "visit claims")
             }
         });
         let mut scripted = Vec::new();
@@ -213,10 +210,7 @@ impl RedisStore {
             }
             async move {
                 let answers: Vec<i64> = invocation.invoke_async(&mut self.connection()).await.map_err(store_error)?;
-                if answers.len() != call.len() {
-                    return Err(Error::Corrupt(format!("{} answers to {} visit claims", answers.len(), call.len())));
-                }
-                Ok::<_, Error>(call.into_iter().zip(answers))
+                one_each(call, answers, "visit claims")
             }
         });
         for (i, answer) in try_join_all(calls).await?.into_iter().flatten() {
